@@ -1,0 +1,455 @@
+"""AutoLRS as a Lightning callback: the learning rate of each training stage is chosen by Bayesian optimisation.
+
+The callback is the thin Lightning edge of the package. It turns Trainer hooks into events for the pure
+:class:`~lightning_autolrs.controller.StageController` (which owns the algorithm) and carries out what the controller
+decides: set the LR, capture or restore the in-memory :class:`~lightning_autolrs.snapshot.StateSnapshot`, log.
+
+Works with ``lightning.pytorch`` and with ``pytorch_lightning`` Trainers: the class derives from the ``Callback`` of
+each package that is installed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+from lightning_autolrs._validation import check_float, check_int
+from lightning_autolrs.controller import StageController, default_tau, tau_prime_for
+from lightning_autolrs.exceptions import InvalidArgumentError, UnsupportedSetupError
+from lightning_autolrs.schedule import Schedule, save_schedule
+from lightning_autolrs.snapshot import StateSnapshot
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+__all__ = ["AutoLRS"]
+
+
+def _callback_bases() -> tuple[type, ...]:
+    bases: list[type] = []
+    try:
+        from lightning.pytorch.callbacks import Callback as _LightningCallback
+
+        bases.append(_LightningCallback)
+    except ImportError:  # pragma: no cover - depends on the installed flavour
+        pass
+    try:
+        from pytorch_lightning.callbacks import Callback as _PLCallback
+
+        bases.append(_PLCallback)
+    except ImportError:  # pragma: no cover - depends on the installed flavour
+        pass
+    if not bases:  # pragma: no cover
+        raise ImportError("lightning_autolrs needs `lightning` or `pytorch_lightning`; install one of them.")
+    return tuple(bases)
+
+
+_DEFAULT_RANGE_BELOW = 100.0
+_DEFAULT_RANGE_ABOVE = 10.0
+_DEFAULT_RANGE_SPAN = 1000.0
+_NO_LOSS_LIMIT = 10  # consecutive loss-less optimizer steps (at least one trial's length) before we give up
+
+
+class AutoLRS(*_callback_bases()):  # type: ignore[misc]
+    r"""Choose the learning rate of each training stage on the fly by Bayesian optimisation (Jin et al., ICLR 2021).
+
+    Training is cut into stages. At the start of a stage the model and optimizer are snapshotted in memory;
+    ``num_trials`` candidate LRs, proposed by a Gaussian process with an upper-confidence-bound acquisition, are each
+    trained for τ' = ``search_ratio``·τ steps from that snapshot; an exponential model fitted to each trial's loss
+    curve forecasts the loss after τ steps. The stage then restores the snapshot and trains τ steps with the LR of the best forecast.
+    τ and τ' double each stage until τ reaches ``tau_max``. All steps, trials included, are real optimizer steps of
+    the Trainer, so ``max_steps`` / ``max_epochs`` bound the whole run.
+
+    Args:
+        min_lr: lower end of the LR search range. Default (``None``): the optimizer's configured LR / 100, or
+            ``max_lr`` / 1000 when only ``max_lr`` is given.
+        max_lr: upper end of the LR search range. Default (``None``): the optimizer's configured LR × 10, or
+            ``min_lr`` × 1000 when only ``min_lr`` is given.
+        num_trials: candidate LRs tried per stage (≥ 2).
+        tau: the first stage's exploit length τ in optimizer steps. Default (``None``): derived from the Trainer's
+            step budget so that at least three full stages fit
+            (``(budget − warmup_steps) / (7·(1 + num_trials·search_ratio))``), or 1000 if the budget is unbounded.
+        tau_max: τ doubles each stage until it reaches ``tau_max``.
+        search_ratio: trial length as a fraction of τ, in (0, 1).
+        beta: UCB exploration weight (``mean + sqrt(beta)·sigma`` on the negated forecast loss).
+        warmup_steps: linear LR warmup steps before the first stage (no search during warmup).
+        warmup_lr: LR reached at the end of warmup. Default: the optimizer's configured LR clamped to the range.
+        seed: seed of each stage's first, space-filling proposals (stage ``s`` uses ``seed + s``; ``None`` acts as 0).
+        divergence_factor: a trial whose loss exceeds this multiple of the stage's reference loss (or is NaN/inf) is
+            stopped at once and restored.
+        snapshot_device: where the stage snapshot lives: ``None`` keeps each copy on its tensor's device, ``"cpu"``
+            keeps it in host memory.
+        save_files: at fit end, write ``autolrs_schedule.json`` and ``autolrs_schedule.png`` into the Trainer's log
+            dir (only when the Trainer has a logger; the PNG needs matplotlib).
+        verbose: print one line per trial and per stage on rank zero.
+
+    Attributes:
+        lrs: the base LR applied at each optimizer step (index = global step; the first param group's LR).
+        history: one JSON-serialisable dict per stage: ``stage``, ``start_step``, ``tau``, ``tau_prime``, ``trials``
+            (``lr``, ``predicted_loss``, ``steps``, ``diverged``, ...), ``best_lr``, ``exploit_start``, ...
+        phase: ``"warmup"``, ``"search"`` or ``"exploit"``.
+
+    Example:
+        >>> from lightning_autolrs import AutoLRS
+        >>> cb = AutoLRS(min_lr=1e-4, max_lr=1e-1, num_trials=5)
+        >>> cb.phase
+        'warmup'
+    """
+
+    def __init__(
+        self,
+        min_lr: float | None = None,
+        max_lr: float | None = None,
+        *,
+        num_trials: int = 10,
+        tau: int | None = None,
+        tau_max: int = 8000,
+        search_ratio: float = 0.1,
+        beta: float = 2.0,
+        warmup_steps: int = 0,
+        warmup_lr: float | None = None,
+        seed: int | None = None,
+        divergence_factor: float = 5.0,
+        snapshot_device: str | None = None,
+        save_files: bool = True,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        self._min_lr = check_float("min_lr", min_lr, positive=True, allow_none=True)
+        self._max_lr = check_float("max_lr", max_lr, positive=True, allow_none=True)
+        if self._min_lr is not None and self._max_lr is not None and self._max_lr <= self._min_lr:
+            raise InvalidArgumentError(
+                f"`max_lr` must be greater than `min_lr`, got max_lr={max_lr} <= min_lr={min_lr}; widen the range."
+            )
+        self._num_trials = check_int("num_trials", num_trials, minimum=2)
+        self._tau = check_int("tau", tau, minimum=1, allow_none=True)
+        self._tau_max = check_int("tau_max", tau_max, minimum=1)
+        if self._tau is not None and self._tau_max < self._tau:
+            raise InvalidArgumentError(f"`tau_max` must be >= `tau`, got tau_max={tau_max} < tau={tau}.")
+        self._search_ratio = check_float("search_ratio", search_ratio, open_unit=True)
+        self._beta = check_float("beta", beta, positive=True)
+        self._warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
+        self._warmup_lr = check_float("warmup_lr", warmup_lr, positive=True, allow_none=True)
+        self._seed = check_int("seed", seed, allow_none=True)
+        self._divergence_factor = check_float("divergence_factor", divergence_factor, positive=True)
+        if self._divergence_factor <= 1.0:
+            raise InvalidArgumentError(f"`divergence_factor` must be > 1, got {divergence_factor}.")
+        if snapshot_device is not None and not isinstance(snapshot_device, str | torch.device):
+            raise InvalidArgumentError(
+                f"`snapshot_device` must be None or a device name like 'cpu', got {snapshot_device!r}."
+            )
+        self._snapshot_device = snapshot_device
+        self._save_files = bool(save_files)
+        self._verbose = bool(verbose)
+
+        self.controller: StageController | None = None
+        self._snapshot: StateSnapshot | None = None
+        self._loaded_state: dict[str, Any] | None = None
+        self._ratios: list[float] = []
+        self._step_open = False
+        self._step_loss = 0.0
+        self._step_loss_count = 0
+        self._seen_global_step = 0
+        self._steps_without_loss = 0
+
+    # ------------------------------------------------------------------ public results
+    @property
+    def lrs(self) -> list[float]:
+        """Base LR applied at each optimizer step so far (index = global step)."""
+        return [] if self.controller is None else self.controller.lrs
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One JSON-serialisable dict per stage (see the class docstring)."""
+        return [] if self.controller is None else self.controller.history
+
+    @property
+    def phase(self) -> str:
+        """Current phase: ``"warmup"``, ``"search"`` or ``"exploit"``."""
+        return "warmup" if self.controller is None else self.controller.phase
+
+    @property
+    def schedule(self) -> Schedule:
+        """The schedule found so far, as data (see :mod:`lightning_autolrs.schedule`)."""
+        c = self.controller
+        settings = {
+            "min_lr": getattr(self, "min_lr", self._min_lr),
+            "max_lr": getattr(self, "max_lr", self._max_lr),
+            "num_trials": self._num_trials,
+            "tau": getattr(self, "tau", self._tau),
+            "tau_max": self._tau_max,
+            "search_ratio": self._search_ratio,
+            "beta": self._beta,
+            "warmup_steps": self._warmup_steps,
+            "warmup_lr": getattr(self, "warmup_lr", self._warmup_lr),
+            "total_steps": getattr(self, "total_steps", None),
+            "seed": self._seed,
+        }
+        if c is None:
+            return Schedule(lrs=[], stages=[], settings=settings)
+        return Schedule(lrs=list(c.lrs), stages=c.history, settings=settings, losses=list(c.losses))
+
+    def save_schedule(self, path: str | os.PathLike[str]) -> Path:
+        """Write the schedule found so far as JSON (format in :mod:`lightning_autolrs.schedule`); returns the path."""
+        return save_schedule(self.schedule, path)
+
+    # ------------------------------------------------------------------ set-up checks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not getattr(pl_module, "automatic_optimization", True):
+            raise UnsupportedSetupError(
+                "AutoLRS needs automatic optimization, but the LightningModule sets `automatic_optimization = False`. "
+                "Remove AutoLRS from the callbacks or use automatic optimization."
+            )
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        optimizers = trainer.optimizers
+        if len(optimizers) != 1:
+            raise UnsupportedSetupError(
+                f"AutoLRS drives exactly one optimizer, but `configure_optimizers` returned {len(optimizers)}. "
+                "Return a single optimizer (use param groups for different LRs)."
+            )
+        if trainer.lr_scheduler_configs:
+            raise UnsupportedSetupError(
+                "AutoLRS sets the learning rate itself, but `configure_optimizers` also returned an LR scheduler "
+                f"({type(trainer.lr_scheduler_configs[0].scheduler).__name__}). Return only the optimizer."
+            )
+        groups = optimizers[0].param_groups
+        base = float(groups[0]["lr"])
+        if not base > 0 or not math.isfinite(base):
+            raise UnsupportedSetupError(
+                f"The optimizer's first param group has lr={base}; AutoLRS needs a positive configured LR to keep the "
+                "param groups' LR ratios. Configure a positive `lr`."
+            )
+        if self._loaded_state is None or not self._ratios:
+            self._ratios = [float(g["lr"]) / base for g in groups]
+        self._resolve_range(base)
+        self._resolve_budget(trainer)
+
+    def _resolve_range(self, configured_lr: float) -> None:
+        lo, hi = self._min_lr, self._max_lr
+        if lo is None and hi is None:
+            lo, hi = configured_lr / _DEFAULT_RANGE_BELOW, configured_lr * _DEFAULT_RANGE_ABOVE
+        elif lo is None:
+            assert hi is not None
+            lo = hi / _DEFAULT_RANGE_SPAN
+        elif hi is None:
+            hi = lo * _DEFAULT_RANGE_SPAN
+        self.min_lr, self.max_lr = float(lo), float(hi)
+        if self._warmup_lr is None:
+            self.warmup_lr = min(max(configured_lr, self.min_lr), self.max_lr)
+        else:
+            self.warmup_lr = self._warmup_lr
+
+    def _resolve_budget(self, trainer: pl.Trainer) -> None:
+        total = trainer.estimated_stepping_batches
+        self.total_steps = None if total is None or math.isinf(total) or total < 0 else int(total)
+        if self._tau is not None:
+            self.tau = self._tau
+        else:
+            self.tau = min(
+                default_tau(self.total_steps, self._num_trials, self._search_ratio, self._warmup_steps), self._tau_max
+            )
+            if self.tau < 1:
+                raise InvalidArgumentError(
+                    f"The Trainer's budget of {self.total_steps} optimizer steps is too small to derive `tau` "
+                    f"(needs at least {7 * (1 + self._num_trials * self._search_ratio) + self._warmup_steps:.0f} "
+                    "steps for three stages); raise `max_steps`/`max_epochs` or pass a small `tau`."
+                )
+        if self.total_steps is not None and self._loaded_state is None:
+            need = self._warmup_steps + (self._num_trials + 1) * tau_prime_for(self.tau, self._search_ratio)
+            if need > self.total_steps:
+                raise InvalidArgumentError(
+                    f"`tau`={self.tau} needs at least {need} optimizer steps for one search with `num_trials`="
+                    f"{self._num_trials} (plus `warmup_steps`={self._warmup_steps}), but the Trainer's budget is "
+                    f"{self.total_steps}. Lower `tau` or `num_trials`, or raise `max_steps`."
+                )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.controller = StageController(
+            self.min_lr,
+            self.max_lr,
+            num_trials=self._num_trials,
+            tau=self.tau,
+            tau_max=max(self._tau_max, self.tau),
+            search_ratio=self._search_ratio,
+            warmup_steps=self._warmup_steps,
+            warmup_lr=self.warmup_lr if self._warmup_steps > 0 else None,
+            total_steps=self.total_steps,
+            start_step=trainer.global_step,
+            beta=self._beta,
+            seed=self._seed,
+            divergence_factor=self._divergence_factor,
+        )
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self._snapshot = StateSnapshot(pl_module, trainer.optimizers[0], scaler=scaler, device=self._snapshot_device)
+        if self._loaded_state is not None:
+            state, self._loaded_state = self._loaded_state, None
+            self.controller.load_state_dict(state["controller"])
+            if state.get("snapshot") is not None:
+                self._snapshot.load_state_dict(state["snapshot"])
+            elif self.controller.phase == "search":
+                # checkpoint saved without the snapshot: redo the interrupted stage's search from the resumed weights
+                self.controller.restart_stage()
+        self._step_open = False
+        self._seen_global_step = trainer.global_step
+
+    # ------------------------------------------------------------------ the step loop
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._step_open or self.controller is None:
+            return
+        if self.total_steps is not None and self.controller.step >= self.total_steps:
+            return
+        plan = self.controller.begin_step()
+        assert self._snapshot is not None
+        if plan.restore:
+            self._snapshot.restore()
+        if plan.capture:
+            self._snapshot.capture()
+        for group, ratio in zip(trainer.optimizers[0].param_groups, self._ratios):
+            group["lr"] = plan.lr * ratio
+        self._step_open = True
+        self._step_loss = 0.0
+        self._step_loss_count = 0
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._step_open or self.controller is None:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            self._step_loss += float(loss.detach())
+            self._step_loss_count += 1
+        if trainer.global_step == self._seen_global_step:
+            return  # gradient accumulation: the optimizer step has not happened yet
+        self._seen_global_step = trainer.global_step
+        self._step_open = False
+        step_loss = self._step_loss if self._step_loss_count else None
+        step_loss = self._reduce_loss(trainer, step_loss)
+        self._check_loss_present(step_loss)
+        events = self.controller.end_step(step_loss)
+        pl_module.log("autolrs/lr", self.controller.lrs[-1], on_step=True, on_epoch=False, prog_bar=True)
+        for event in events:
+            self._report(trainer, event)
+
+    def _check_loss_present(self, loss: float | None) -> None:
+        assert self.controller is not None
+        self._steps_without_loss = 0 if loss is not None else self._steps_without_loss + 1
+        limit = max(_NO_LOSS_LIMIT, self.controller.stage_steps[1])
+        if self._steps_without_loss >= limit:
+            raise UnsupportedSetupError(
+                f"`training_step` returned no loss in {self._steps_without_loss} consecutive optimizer steps; AutoLRS "
+                "needs the training loss to judge trial LRs. Return the loss tensor (or a dict with a 'loss' key)."
+            )
+
+    def _reduce_loss(self, trainer: pl.Trainer, loss: float | None) -> float | None:
+        if trainer.world_size <= 1:
+            return loss
+        value = torch.tensor([math.nan if loss is None else loss, 0.0 if loss is None else 1.0], dtype=torch.float64)
+        value = value.to(trainer.strategy.root_device)
+        total = trainer.strategy.reduce(torch.nan_to_num(value, nan=0.0) * 1.0, reduce_op="sum")
+        if float(total[1]) == 0:
+            return None
+        return float(total[0] / total[1])
+
+    def _report(self, trainer: pl.Trainer, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "trial":
+            metrics = {"autolrs/trial_lr": event["lr"], "autolrs/trial_diverged": float(event["diverged"])}
+            if event["predicted_loss"] is not None:
+                metrics["autolrs/trial_predicted_loss"] = event["predicted_loss"]
+            if self._verbose:
+                pred = "diverged" if event["diverged"] else f"predicted loss {event['predicted_loss']:.4g}"
+                rank_zero_info(
+                    f"AutoLRS stage {event['stage']} trial {event['trial'] + 1}/{self._num_trials}: "
+                    f"lr={event['lr']:.4g}, {event['steps']} steps, {pred}"
+                )
+        elif kind == "search":
+            metrics = {"autolrs/stage_best_lr": event["best_lr"], "autolrs/stage": float(event["stage"])}
+            if self._verbose:
+                entry = self.history[-1]
+                rank_zero_info(
+                    f"AutoLRS stage {event['stage']}: best lr={event['best_lr']:.4g} of {event['trials']} trials; "
+                    f"exploiting steps {self.controller.step}..{self.controller.exploit_end - 1} "
+                    f"(tau={entry['tau']}, tau'={entry['tau_prime']})"
+                )
+        else:
+            metrics = {"autolrs/fallback_lr": event["new_lr"]}
+            rank_zero_warn(
+                f"AutoLRS stage {event['stage']}: lr={event['failed_lr']:.4g} diverged at step {event['step']}; "
+                f"restored the stage snapshot and continued at lr={event['new_lr']:.4g}."
+            )
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    # ------------------------------------------------------------------ ends of the run
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._abandon_search("the run ended")
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not (self._save_files and trainer.loggers and trainer.is_global_zero and self.controller is not None):
+            return
+        log_dir = trainer.log_dir
+        if log_dir is None:
+            return
+        out = Path(log_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        json_path = self.save_schedule(out / "autolrs_schedule.json")
+        written = [str(json_path)]
+        try:
+            from lightning_autolrs.plot import plot_schedule
+
+            plot_schedule(self.schedule, out / "autolrs_schedule.png", title="AutoLRS schedule")
+            written.append(str(out / "autolrs_schedule.png"))
+        except ImportError:
+            rank_zero_warn("AutoLRS: matplotlib is not installed, so autolrs_schedule.png was not written.")
+        if self._verbose:
+            rank_zero_info(f"AutoLRS: wrote {', '.join(written)}")
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._abandon_search(f"{type(exception).__name__} was raised")
+
+    def _abandon_search(self, why: str) -> None:
+        if self.controller is None or self._snapshot is None or not self._snapshot.captured:
+            return
+        if self.controller.finalize():
+            self._snapshot.restore()
+            rank_zero_warn(f"AutoLRS: {why} in the middle of a search; restored the model to the stage start.")
+
+    # ------------------------------------------------------------------ checkpoints
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        if self.controller is None:
+            return {}
+        in_search = self.controller.phase == "search" and self._snapshot is not None and self._snapshot.captured
+        return {
+            "version": 1,
+            "ratios": list(self._ratios),
+            "controller": self.controller.state_dict(),
+            "snapshot": self._snapshot.state_dict() if in_search and self._snapshot is not None else None,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        self._loaded_state = dict(state_dict)
+        self._ratios = [float(r) for r in state_dict.get("ratios", [])]

@@ -1,0 +1,125 @@
+"""The ``autolrs`` console script: a LightningCLI over the bundled demos (or any LightningModule by class path).
+
+Examples::
+
+    autolrs fit --config configs/digits.yaml             # AutoLRS on the digits CNN
+    autolrs fit --config configs/digits_cosine.yaml      # the same budget with a plain cosine schedule
+    autolrs fit --demo charlm --trainer.max_steps 600 --trainer.callbacks+=lightning_autolrs.AutoLRS
+
+``--demo NAME`` is a shortcut for ``--model`` / ``--data`` set to the demo's classes. After ``fit`` the CLI prints a
+per-stage table of every AutoLRS callback (trials: LR and forecast loss; the chosen LR). Input errors (unknown keys, a
+missing config file, a wrong ``class_path``, an unknown demo, an unwritable output directory) end with a one-line
+message on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from jsonargparse import ArgumentError
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+from lightning_autolrs.callback import AutoLRS
+from lightning_autolrs.demos import get_demo
+from lightning_autolrs.exceptions import AutoLRSError
+from lightning_autolrs.schedule import summary_table
+
+__all__ = ["AutoLRSCLI", "main"]
+
+
+def _expand_demo(argv: list[str]) -> list[str]:
+    """Replace ``--demo NAME`` / ``--demo=NAME`` by the demo's ``--model`` and ``--data`` class paths."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--demo" or arg.startswith("--demo="):
+            if "=" in arg:
+                name = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                name = argv[i + 1]
+                i += 1
+            else:
+                raise AutoLRSError("`--demo` needs a name, e.g. `--demo digits`.")
+            model_cls, data_cls = get_demo(name)
+            out += [
+                f"--model={model_cls.__module__}.{model_cls.__name__}",
+                f"--data={data_cls.__module__}.{data_cls.__name__}",
+            ]
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+class AutoLRSCLI(LightningCLI):
+    """LightningCLI that checks the output directories before ``fit`` and prints each AutoLRS stage table after it."""
+
+    def before_fit(self) -> None:
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None
+        for directory in filter(None, [self.trainer.default_root_dir, log_dir]):
+            _check_writable(Path(directory))
+
+    def after_fit(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, AutoLRS):
+                print(summary_table(cb.schedule))
+
+
+def _check_writable(directory: Path) -> None:
+    """Raise a clear error when ``directory`` cannot be created or written, without leaving anything behind."""
+    created: list[Path] = []
+    probe = directory
+    while not probe.exists():
+        created.append(probe)
+        probe = probe.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        test = directory / ".autolrs_write_test"
+        test.write_text("")
+        test.unlink()
+    except OSError as err:
+        raise AutoLRSError(f"cannot write to output directory {str(directory)!r}: {err.strerror or err}.") from None
+    finally:
+        for path in created:  # leave no empty directories behind; the run creates what it needs
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``autolrs`` console script; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _expand_demo(args)
+        AutoLRSCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
+            save_config_kwargs={"overwrite": True},
+        )
+    except ArgumentError as err:
+        print(f"autolrs: error: {_one_line(str(err))}", file=sys.stderr)
+        return 2
+    except (AutoLRSError, FileNotFoundError, PermissionError) as err:
+        print(f"autolrs: error: {_one_line(str(err))}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _one_line(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "invalid arguments"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,478 @@
+"""The AutoLRS algorithm as a pure state machine over optimizer steps.
+
+:class:`StageController` knows nothing about Lightning. The callback asks it, before every optimizer step, for a
+:class:`StepPlan` (which LR to apply, and whether to capture or restore the stage snapshot first), and reports after the
+step the training loss it produced. Everything else (stages, trials, forecasts, BO proposals, the budget) lives here.
+
+The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ' = search_ratio·τ``):
+
+1. **Warmup** (optional): ``warmup_steps`` steps with ``lr = warmup_lr · (i + 1) / warmup_steps``. No search.
+2. **Stage start**: the caller captures a snapshot of model and optimizer.
+3. **Search**: ``k`` trials. Trial ``j`` restores the snapshot (all but the first), trains ``τ'`` steps at the LR the
+   proposer gives, and its loss series is turned into a forecast of the loss after ``τ`` steps. The proposer (a GP with
+   UCB) learns from (LR, forecast) pairs.
+4. **Exploit**: the snapshot is restored and the stage trains ``τ`` steps at the trial LR with the lowest forecast
+   (ties go to the smaller LR; if every trial diverged, ``min_lr``).
+5. **Next stage**: ``τ`` and ``τ'`` double until ``τ`` reaches ``tau_max``.
+
+Budget rule (``total_steps`` known): a stage searches only when the ``k·τ'`` search steps plus at least ``τ'`` exploit
+steps fit in what is left; otherwise it exploits the previous stage's LR to the end. A stage whose exploit phase would
+leave too few steps for the next stage's search (``(k + 1)·τ'_next``) exploits to the end instead. So every step of the
+budget belongs to exactly one phase and the last stage always exploits to the end.
+
+Divergence rule: a step whose loss is NaN/inf, or above ``divergence_factor`` times the stage's reference loss (the
+median training loss of the last steps before the stage, or the stage's first loss for the first stage), stops a trial
+at once; the trial is recorded as diverged and the proposer gives it a penalty. In the exploit phase the same test
+restores the snapshot and continues the stage at the next-best trial LR (or a tenth of the current LR when none is
+left). After a stage with a diverged trial the upper end of the range for the next stage is the smallest LR that
+diverged; after a stage without divergence it grows back by 2× per stage up to ``max_lr``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from lightning_autolrs._validation import check_float, check_int
+from lightning_autolrs.exceptions import InvalidArgumentError
+from lightning_autolrs.forecast import ExponentialForecaster
+from lightning_autolrs.proposer import LRProposer
+
+__all__ = ["StageController", "StepPlan", "default_tau"]
+
+_REFERENCE_WINDOW = 20
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What the caller must do before the next optimizer step.
+
+    Attributes:
+        lr: base LR for this step (the first param group's; other groups keep their initial ratio to it).
+        phase: ``"warmup"``, ``"search"`` or ``"exploit"``.
+        restore: restore the stage snapshot before this step.
+        capture: capture the stage snapshot before this step (after ``restore`` when both are set).
+    """
+
+    lr: float
+    phase: str
+    restore: bool = False
+    capture: bool = False
+
+
+def default_tau(total_steps: float | None, num_trials: int, search_ratio: float, warmup_steps: int) -> int:
+    """First-stage τ derived from the step budget so that at least three full stages fit.
+
+    Three stages with doubling cost ``(1 + 2 + 4)·τ·(1 + num_trials·search_ratio)`` steps, so
+    ``τ = floor((total_steps − warmup_steps) / (7·(1 + num_trials·search_ratio)))``. An unbounded budget gives 1000.
+
+    Example:
+        >>> default_tau(2000, num_trials=10, search_ratio=0.1, warmup_steps=0)
+        142
+        >>> default_tau(None, num_trials=10, search_ratio=0.1, warmup_steps=0)
+        1000
+    """
+    if total_steps is None or math.isinf(total_steps):
+        return 1000
+    return int((total_steps - warmup_steps) // (7 * (1 + num_trials * search_ratio)))
+
+
+def tau_prime_for(tau: int, search_ratio: float) -> int:
+    """Trial length τ' for a stage of length τ: ``max(1, round(search_ratio·τ))``."""
+    return max(1, round(search_ratio * tau))
+
+
+def _jsonable(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+class StageController:
+    """AutoLRS stage/trial state machine (see the module docstring for the rules).
+
+    Args:
+        min_lr: lower end of the LR search range (> 0).
+        max_lr: upper end of the LR search range (> ``min_lr``).
+        num_trials: candidate LRs tried per stage (≥ 2).
+        tau: first stage's exploit length in optimizer steps.
+        tau_max: τ doubles each stage until it reaches this.
+        search_ratio: τ' = ``search_ratio``·τ, in (0, 1).
+        warmup_steps: linear warmup steps before the first stage.
+        warmup_lr: LR reached at the end of warmup (required when ``warmup_steps > 0``).
+        total_steps: optimizer steps in the whole run (``None`` = unbounded).
+        start_step: global step at which this controller starts (a run that adds AutoLRS mid-way).
+        beta: UCB exploration weight handed to the proposer.
+        seed: seed of the proposer's initial design; stage ``s`` uses ``seed + s``.
+        divergence_factor: a loss above this multiple of the stage's reference loss counts as divergence.
+        proposer: an :class:`LRProposer` to use instead of a new one (for tests).
+        forecaster: an :class:`ExponentialForecaster` to use instead of a new one.
+
+    Example:
+        >>> c = StageController(1e-3, 1.0, num_trials=2, tau=10, tau_max=10, search_ratio=0.2, total_steps=30, seed=0)
+        >>> plan = c.begin_step()
+        >>> plan.phase, plan.capture
+        ('search', True)
+        >>> for _ in range(30):
+        ...     _ = c.end_step(1.0)
+        ...     plan = c.begin_step() if c.step < 30 else None
+        >>> len(c.lrs), [h["tau"] for h in c.history]
+        (30, [10, 10])
+    """
+
+    def __init__(
+        self,
+        min_lr: float,
+        max_lr: float,
+        *,
+        num_trials: int = 10,
+        tau: int = 1000,
+        tau_max: int = 8000,
+        search_ratio: float = 0.1,
+        warmup_steps: int = 0,
+        warmup_lr: float | None = None,
+        total_steps: int | None = None,
+        start_step: int = 0,
+        beta: float = 2.0,
+        seed: int | None = None,
+        divergence_factor: float = 5.0,
+        proposer: LRProposer | None = None,
+        forecaster: ExponentialForecaster | None = None,
+    ) -> None:
+        self.min_lr = check_float("min_lr", min_lr, positive=True)
+        self.max_lr = check_float("max_lr", max_lr, positive=True)
+        if self.max_lr <= self.min_lr:
+            raise InvalidArgumentError(
+                f"`max_lr` must be greater than `min_lr`, got max_lr={max_lr} <= min_lr={min_lr}."
+            )
+        self.num_trials = check_int("num_trials", num_trials, minimum=2)
+        self.tau = check_int("tau", tau, minimum=1)
+        self.tau_max = check_int("tau_max", tau_max, minimum=1)
+        if self.tau_max < self.tau:
+            raise InvalidArgumentError(f"`tau_max` must be >= `tau`, got tau_max={tau_max} < tau={tau}.")
+        self.search_ratio = check_float("search_ratio", search_ratio, open_unit=True)
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
+        self.warmup_lr = check_float("warmup_lr", warmup_lr, positive=True, allow_none=True)
+        if self.warmup_steps > 0 and self.warmup_lr is None:
+            raise InvalidArgumentError("`warmup_lr` is required when `warmup_steps` > 0; pass the LR warmup ends at.")
+        self.total_steps = check_int("total_steps", total_steps, minimum=1, allow_none=True)
+        self.seed = check_int("seed", seed, allow_none=True)
+        self.divergence_factor = check_float("divergence_factor", divergence_factor, positive=True)
+        if self.divergence_factor <= 1.0:
+            raise InvalidArgumentError(f"`divergence_factor` must be > 1, got {divergence_factor}.")
+        self.beta = check_float("beta", beta, positive=True)
+        self.proposer = proposer or LRProposer(self.min_lr, self.max_lr, beta=self.beta, seed=self.seed)
+        self.forecaster = forecaster or ExponentialForecaster()
+
+        self.step = check_int("start_step", start_step, minimum=0)
+        self.lrs: list[float] = []
+        self.losses: list[float | None] = []
+        self.history: list[dict[str, Any]] = []
+        self.phase = "warmup" if self.warmup_steps > self.step else "exploit"
+        self._plan: StepPlan | None = None
+        self._pending_restore = False
+        self._pending_capture = False
+        self._recent: deque[float] = deque(maxlen=_REFERENCE_WINDOW)
+        self._eff_max_lr = self.max_lr
+        # stage state
+        self._stage = -1
+        self._stage_tau = 0
+        self._stage_tau_prime = 0
+        self._ref_loss: float | None = None
+        self._lr = self.min_lr
+        self._exploit_end = self.step  # the first begin_step after warmup starts a stage
+        self._trial = 0
+        self._trial_start = 0
+        self._trial_losses: list[float] = []
+        self._trial_steps = 0
+        self._ranking: list[float] = []  # trial LRs of the current stage, best first (exploit fallbacks)
+
+    # ------------------------------------------------------------------ the two events
+    def begin_step(self) -> StepPlan:
+        """Plan the optimizer step number :attr:`step` (0-based global step)."""
+        if self.step < self.warmup_steps:
+            assert self.warmup_lr is not None
+            self.phase = "warmup"
+            self._plan = StepPlan(self.warmup_lr * (self.step + 1) / self.warmup_steps, "warmup")
+            return self._plan
+        if self.phase == "warmup" or (self.phase == "exploit" and self.step >= self._exploit_end):
+            self._start_stage()
+        self._plan = StepPlan(self._lr, self.phase, restore=self._pending_restore, capture=self._pending_capture)
+        self._pending_restore = self._pending_capture = False
+        return self._plan
+
+    def end_step(self, loss: float | None) -> list[dict[str, Any]]:
+        """Record the finished step and its training loss (``None`` when the step produced no loss).
+
+        Returns:
+            Events for the caller to log: dicts with ``"event"`` in ``{"trial", "search", "fallback"}``.
+        """
+        if self._plan is None:
+            raise RuntimeError("end_step() called without a matching begin_step()")
+        plan, self._plan = self._plan, None
+        self.lrs.append(plan.lr)
+        self.step += 1
+        if loss is not None:
+            loss = float(loss)
+        self.losses.append(loss if loss is not None and math.isfinite(loss) else None)
+        events: list[dict[str, Any]] = []
+        if plan.phase == "warmup":
+            if loss is not None and math.isfinite(loss):
+                self._recent.append(loss)
+        elif plan.phase == "search":
+            events += self._record_trial_step(loss)
+        else:
+            events += self._record_exploit_step(loss)
+        return events
+
+    # ------------------------------------------------------------------ stage planning
+    def _remaining(self) -> float:
+        return math.inf if self.total_steps is None else self.total_steps - self.step
+
+    def _start_stage(self) -> None:
+        self._stage += 1
+        tau = min(self.tau * 2 ** min(self._stage, 62), self.tau_max)
+        tau_prime = tau_prime_for(tau, self.search_ratio)
+        self._stage_tau, self._stage_tau_prime = tau, tau_prime
+        self._ref_loss = statistics.median(self._recent) if self._recent else None
+        search_cost = self.num_trials * tau_prime
+        remaining = self._remaining()
+        searching = remaining >= search_cost + tau_prime or not self.history
+        entry: dict[str, Any] = {
+            "stage": self._stage,
+            "start_step": self.step,
+            "tau": tau,
+            "tau_prime": tau_prime,
+            "lr_range": [self.min_lr, self._eff_max_lr],
+            "trials": [],
+            "best_lr": None,
+            "search_steps": 0,
+            "exploit_start": None,
+            "exploit_steps": 0,
+            "fallbacks": [],
+        }
+        self.history.append(entry)
+        self._pending_capture = True
+        if searching:
+            self.phase = "search"
+            self.proposer.reset(min_lr=self.min_lr, max_lr=self._eff_max_lr, seed=self._stage_seed())
+            self._begin_trial(0)
+        else:
+            best = self.history[-2]["best_lr"]
+            entry["best_lr"] = best
+            self._ranking = [best]
+            self._begin_exploit(best)
+
+    def _stage_seed(self) -> int:
+        return (0 if self.seed is None else self.seed) + self._stage
+
+    def _begin_trial(self, index: int) -> None:
+        self._trial = index
+        self._trial_start = self.step
+        self._trial_losses = []
+        self._trial_steps = 0
+        self._lr = min(max(self.proposer.propose(), self.min_lr), self._eff_max_lr)
+
+    def _begin_exploit(self, lr: float) -> None:
+        entry = self.history[-1]
+        self.phase = "exploit"
+        self._lr = lr
+        entry["exploit_start"] = self.step
+        remaining = self._remaining()
+        exploit = min(self._stage_tau, remaining)
+        after = remaining - exploit
+        next_tau = min(self._stage_tau * 2, self.tau_max)
+        next_tp = tau_prime_for(next_tau, self.search_ratio)
+        if after < (self.num_trials + 1) * next_tp:
+            exploit = remaining  # last stage: exploit to the end of the budget
+        self._exploit_end = math.inf if math.isinf(exploit) else self.step + int(exploit)
+
+    # ------------------------------------------------------------------ trials
+    def _diverged(self, loss: float | None) -> bool:
+        if loss is None:
+            return False
+        if not math.isfinite(loss):
+            return True
+        ref = self._ref_loss
+        return ref is not None and ref > 0 and loss > self.divergence_factor * ref
+
+    def _record_trial_step(self, loss: float | None) -> list[dict[str, Any]]:
+        entry = self.history[-1]
+        entry["search_steps"] += 1
+        self._trial_steps += 1
+        if self._ref_loss is None and loss is not None and math.isfinite(loss):
+            self._ref_loss = loss  # first stage, no history: the stage-start loss
+        diverged = self._diverged(loss)
+        if loss is not None and not diverged:
+            self._trial_losses.append(loss)
+        if not diverged and self._trial_steps < self._stage_tau_prime:
+            return []
+        return self._finish_trial(diverged)
+
+    def _finish_trial(self, diverged: bool) -> list[dict[str, Any]]:
+        entry = self.history[-1]
+        forecast = None if diverged else self.forecaster.predict(self._trial_losses, self._stage_tau)
+        predicted = math.inf if forecast is None else forecast.value
+        diverged = diverged or not math.isfinite(predicted)
+        tail = self._trial_losses[-max(1, len(self._trial_losses) // 4) :]
+        trial = {
+            "lr": self._lr,
+            "start_step": self._trial_start,
+            "predicted_loss": None if diverged else predicted,
+            "steps": self._trial_steps,
+            "diverged": diverged,
+            "final_loss": _jsonable(statistics.fmean(tail)) if tail else None,
+            "forecast": None if forecast is None else forecast.method,
+        }
+        entry["trials"].append(trial)
+        self.proposer.observe(self._lr, predicted, diverged=diverged)
+        events: list[dict[str, Any]] = [{"event": "trial", "stage": self._stage, "trial": self._trial, **trial}]
+        self._pending_restore = True
+        if self._trial + 1 < self.num_trials:
+            self._begin_trial(self._trial + 1)
+            return events
+        ranked = sorted((t for t in entry["trials"] if not t["diverged"]), key=lambda t: (t["predicted_loss"], t["lr"]))
+        self._ranking = [t["lr"] for t in ranked]
+        best = self._ranking[0] if self._ranking else self.min_lr
+        entry["best_lr"] = best
+        diverged_lrs = [t["lr"] for t in entry["trials"] if t["diverged"]]
+        if diverged_lrs:
+            self._eff_max_lr = max(min(diverged_lrs), self.min_lr * 1.5)
+        else:
+            self._eff_max_lr = min(self._eff_max_lr * 2, self.max_lr)
+        self._begin_exploit(best)
+        events.append({"event": "search", "stage": self._stage, "best_lr": best, "trials": len(entry["trials"])})
+        return events
+
+    # ------------------------------------------------------------------ exploit
+    def _record_exploit_step(self, loss: float | None) -> list[dict[str, Any]]:
+        entry = self.history[-1]
+        entry["exploit_steps"] += 1
+        if self._ref_loss is None and loss is not None and math.isfinite(loss):
+            self._ref_loss = loss
+        if self._diverged(loss):
+            failed = self._lr
+            if failed in self._ranking:
+                self._ranking.remove(failed)
+            smaller = [lr for lr in self._ranking if lr < failed]
+            self._lr = smaller[0] if smaller else max(failed / 10, self.min_lr / 10)
+            fallback = {"step": self.step - 1, "failed_lr": failed, "new_lr": self._lr}
+            entry["fallbacks"].append(fallback)
+            self._pending_restore = True
+            return [{"event": "fallback", "stage": self._stage, **fallback}]
+        if loss is not None and math.isfinite(loss):
+            self._recent.append(loss)
+        return []
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def stage(self) -> int:
+        """Index of the current stage (−1 before the first)."""
+        return self._stage
+
+    @property
+    def trial(self) -> int:
+        """Index of the current trial within the stage's search."""
+        return self._trial
+
+    @property
+    def stage_steps(self) -> tuple[int, int]:
+        """(τ, τ') of the current stage."""
+        return self._stage_tau, self._stage_tau_prime
+
+    @property
+    def exploit_end(self) -> float:
+        """Global step at which the current exploit phase ends (``inf`` when the budget is unbounded)."""
+        return self._exploit_end
+
+    def restart_stage(self) -> None:
+        """Start the current stage's search again from the current weights (resume without a stage snapshot).
+
+        The trials recorded so far are dropped, the proposer forgets them, and the next step captures a new snapshot.
+        """
+        if self.phase != "search":
+            return
+        entry = self.history[-1]
+        entry["trials"] = []
+        entry["search_steps"] = 0
+        entry["start_step"] = self.step
+        entry["restarted"] = True
+        self.proposer.reset(min_lr=self.min_lr, max_lr=self._eff_max_lr, seed=self._stage_seed())
+        self._pending_restore = False
+        self._pending_capture = True
+        self._begin_trial(0)
+
+    def finalize(self) -> bool:
+        """End a run cut short in the middle of a search (e.g. by ``max_time``).
+
+        Returns:
+            Whether the caller must restore the stage snapshot (the model holds a losing trial's state).
+        """
+        return self.phase == "search"
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """All mutable state as plain Python values (safe for ``torch.load(weights_only=True)``)."""
+        return {
+            "version": 1,
+            "step": self.step,
+            "phase": self.phase,
+            "lrs": list(self.lrs),
+            "losses": list(self.losses),
+            "history": _copy_history(self.history),
+            "recent": list(self._recent),
+            "eff_max_lr": self._eff_max_lr,
+            "stage": self._stage,
+            "stage_tau": self._stage_tau,
+            "stage_tau_prime": self._stage_tau_prime,
+            "ref_loss": self._ref_loss,
+            "lr": self._lr,
+            "exploit_end": None if math.isinf(self._exploit_end) else self._exploit_end,
+            "trial": self._trial,
+            "trial_start": self._trial_start,
+            "trial_losses": list(self._trial_losses),
+            "trial_steps": self._trial_steps,
+            "ranking": list(self._ranking),
+            "pending_restore": self._pending_restore,
+            "pending_capture": self._pending_capture,
+            "proposer": self.proposer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned; keys added in later versions are read with defaults."""
+        self.step = int(state.get("step", self.step))
+        self.phase = state.get("phase", self.phase)
+        self.lrs = [float(x) for x in state.get("lrs", [])]
+        self.losses = [None if x is None else float(x) for x in state.get("losses", [None] * len(self.lrs))]
+        self.history = _copy_history(state.get("history", []))
+        self._recent = deque(state.get("recent", []), maxlen=_REFERENCE_WINDOW)
+        self._eff_max_lr = float(state.get("eff_max_lr", self.max_lr))
+        self._stage = int(state.get("stage", -1))
+        self._stage_tau = int(state.get("stage_tau", 0))
+        self._stage_tau_prime = int(state.get("stage_tau_prime", 0))
+        self._ref_loss = state.get("ref_loss")
+        self._lr = float(state.get("lr", self.min_lr))
+        end = state.get("exploit_end")
+        self._exploit_end = math.inf if end is None else int(end)
+        self._trial = int(state.get("trial", 0))
+        self._trial_start = int(state.get("trial_start", 0))
+        self._trial_losses = [float(x) for x in state.get("trial_losses", [])]
+        self._trial_steps = int(state.get("trial_steps", 0))
+        self._ranking = [float(x) for x in state.get("ranking", [])]
+        self._pending_restore = bool(state.get("pending_restore", False))
+        self._pending_capture = bool(state.get("pending_capture", False))
+        if "proposer" in state:
+            self.proposer.load_state_dict(state["proposer"])
+        self._plan = None
+
+
+def _copy_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for entry in history:
+        e = dict(entry)
+        e["trials"] = [dict(t) for t in entry.get("trials", [])]
+        e["fallbacks"] = [dict(f) for f in entry.get("fallbacks", [])]
+        e["lr_range"] = list(entry.get("lr_range", []))
+        out.append(e)
+    return out

@@ -1,0 +1,170 @@
+"""Pictures of an AutoLRS run (matplotlib, headless Agg backend).
+
+Top panel: the LR against the global step on a log axis; each search trial is drawn as its own short coloured
+segment, each exploit phase as a thick dark line, warmup in grey. Bottom panel: the training loss per step (light) and
+its running mean, with, per stage, the best trial's forecast of the loss after τ steps (a marker at the end of the
+exploit phase) next to the loss actually reached there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning_autolrs.schedule import Schedule
+
+__all__ = ["plot_schedule"]
+
+
+def _running_mean(values: list[float | None], window: int) -> tuple[list[int], list[float]]:
+    xs, ys, buf = [], [], []
+    for i, v in enumerate(values):
+        if v is None or not math.isfinite(v):
+            continue
+        buf.append(v)
+        if len(buf) > window:
+            buf.pop(0)
+        xs.append(i)
+        ys.append(sum(buf) / len(buf))
+    return xs, ys
+
+
+def plot_schedule(schedule: Schedule, path: str | os.PathLike[str] | None = None, *, title: str | None = None) -> Any:
+    """Draw ``schedule`` and optionally save it as a PNG.
+
+    Args:
+        schedule: a :class:`~lightning_autolrs.schedule.Schedule` (``AutoLRS.schedule`` or ``load_schedule(path)``).
+        path: where to write the PNG (written atomically); ``None`` only returns the figure.
+        title: figure title.
+
+    Returns:
+        The matplotlib ``Figure``.
+    """
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 7), dpi=110, layout="constrained")
+    ax_lr, ax_loss = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    lrs = schedule.lrs
+    cmap = plt.get_cmap("viridis")
+    warm = schedule.warmup_steps
+    if warm:
+        ax_lr.plot(range(warm), lrs[:warm], color="0.6", lw=2, label="warmup")
+    search_labelled = exploit_labelled = False
+    for stage in schedule.stages:
+        trials = stage.get("trials", [])
+        for j, trial in enumerate(trials):
+            start = trial.get("start_step")
+            if start is None:
+                continue
+            n = int(trial.get("steps", 0))
+            color = "tab:red" if trial.get("diverged") else cmap(j / max(1, len(trials) - 1))
+            ax_lr.plot(
+                [start, start + n],
+                [trial["lr"]] * 2,
+                color=color,
+                lw=4,
+                solid_capstyle="butt",
+                label=None if search_labelled else "search trials",
+            )
+            search_labelled = True
+        start, n = stage.get("exploit_start"), int(stage.get("exploit_steps", 0))
+        if start is not None and n:
+            xs = list(range(start, start + n))
+            ax_lr.plot(
+                xs,
+                lrs[start : start + n],
+                color="black",
+                lw=2.5,
+                label=None if exploit_labelled else "exploit (chosen LR)",
+            )
+            exploit_labelled = True
+            ax_lr.axvline(stage["start_step"], color="0.85", lw=0.8, zorder=0)
+            ax_lr.annotate(
+                f"stage {stage['stage']}",
+                (stage["start_step"], 1.0),
+                xycoords=("data", "axes fraction"),
+                va="top",
+                ha="left",
+                fontsize=8,
+                color="0.35",
+                xytext=(2, -2),
+                textcoords="offset points",
+            )
+    if any(t.get("diverged") for s in schedule.stages for t in s.get("trials", [])):
+        ax_lr.plot([], [], color="tab:red", lw=4, label="diverged trial")
+    ax_lr.set_yscale("log")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.grid(True, which="major", alpha=0.3)
+    ax_lr.legend(loc="lower left", fontsize=8)
+    if title:
+        ax_lr.set_title(title)
+
+    losses = schedule.losses
+    if losses:
+        finite = [(i, v) for i, v in enumerate(losses) if v is not None and math.isfinite(v)]
+        if finite:
+            ax_loss.plot(
+                [i for i, _ in finite],
+                [v for _, v in finite],
+                color="tab:blue",
+                alpha=0.25,
+                lw=0.8,
+                label="training loss",
+            )
+            xs, ys = _running_mean(losses, max(1, len(losses) // 100))
+            ax_loss.plot(xs, ys, color="tab:blue", lw=1.5, label="running mean")
+        shown = False
+        for stage in schedule.stages:
+            best = [
+                t
+                for t in stage.get("trials", [])
+                if t.get("lr") == stage.get("best_lr") and t.get("predicted_loss") is not None
+            ]
+            start, n = stage.get("exploit_start"), int(stage.get("exploit_steps", 0))
+            if not best or start is None or not n:
+                continue
+            end = start + n
+            tail = [v for v in losses[max(start, end - max(1, n // 10)) : end] if v is not None]
+            ax_loss.scatter(
+                [end - 1],
+                [best[0]["predicted_loss"]],
+                marker="v",
+                color="tab:orange",
+                zorder=3,
+                label=None if shown else "forecast of chosen LR",
+            )
+            if tail:
+                ax_loss.scatter(
+                    [end - 1],
+                    [sum(tail) / len(tail)],
+                    marker="o",
+                    color="tab:green",
+                    zorder=3,
+                    label=None if shown else "loss reached",
+                )
+            shown = True
+        positive = all(v is None or v > 0 for v in losses)
+        if positive and finite and max(v for _, v in finite) / max(min(v for _, v in finite), 1e-12) > 30:
+            ax_loss.set_yscale("log")
+        ax_loss.legend(loc="upper right", fontsize=8)
+    ax_loss.set_ylabel("training loss")
+    ax_loss.set_xlabel("optimizer step (search trials included)")
+    ax_loss.grid(True, alpha=0.3)
+
+    if path is not None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.png")
+        try:
+            fig.savefig(tmp, format="png")
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+    return fig

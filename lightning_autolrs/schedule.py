@@ -1,0 +1,187 @@
+"""The schedule AutoLRS found, as data: a versioned JSON format, with save, load and the exploit-only LR sequence.
+
+Format (``"format": "lightning-autolrs/schedule"``, ``"version": 1``)::
+
+    {
+      "format": "lightning-autolrs/schedule",
+      "version": 1,
+      "settings": {"min_lr": ..., "max_lr": ..., "num_trials": ..., "tau": ..., "tau_max": ..., "search_ratio": ...,
+                   "warmup_steps": ..., "warmup_lr": ..., "total_steps": ... or null},
+      "lrs": [lr at global step 0, 1, ...],                # every optimizer step, search trials included
+      "losses": [training loss at each step, or null],     # same length as lrs (may be empty)
+      "stages": [
+        {"stage": 0, "start_step": 0, "tau": 100, "tau_prime": 10, "lr_range": [lo, hi],
+         "trials": [{"lr": ..., "predicted_loss": ... or null, "final_loss": ... or null, "steps": 10,
+                     "diverged": false, "forecast": "exp"}, ...],
+         "best_lr": ..., "exploit_start": 100, "exploit_steps": 100, "search_steps": 100,
+         "fallbacks": [{"step": ..., "failed_lr": ..., "new_lr": ...}]},
+        ...
+      ]
+    }
+
+``predicted_loss`` / ``final_loss`` are ``null`` for diverged trials; a trial's ``final_loss`` is the mean training loss
+of the last quarter of its steps. Unknown keys are ignored on load so later versions can add fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_autolrs.exceptions import ScheduleFormatError
+
+__all__ = ["FORMAT", "VERSION", "Schedule", "load_schedule", "save_schedule"]
+
+FORMAT = "lightning-autolrs/schedule"
+VERSION = 1
+_TRIAL_KEYS = ("lr", "start_step", "predicted_loss", "final_loss", "steps", "diverged", "forecast")
+_STAGE_KEYS = (
+    "stage",
+    "start_step",
+    "tau",
+    "tau_prime",
+    "lr_range",
+    "best_lr",
+    "exploit_start",
+    "exploit_steps",
+    "search_steps",
+    "fallbacks",
+)
+
+
+@dataclass
+class Schedule:
+    """A found schedule.
+
+    Attributes:
+        lrs: LR at every optimizer step of the run, search trials included.
+        stages: one dict per stage (see the module docstring).
+        settings: the AutoLRS settings of the run.
+        losses: training loss at every optimizer step (``None`` where there was none), or empty.
+    """
+
+    lrs: list[float]
+    stages: list[dict[str, Any]]
+    settings: dict[str, Any] = field(default_factory=dict)
+    losses: list[float | None] = field(default_factory=list)
+
+    @property
+    def warmup_steps(self) -> int:
+        """Steps of linear warmup at the start of :attr:`lrs`."""
+        return int(self.settings.get("warmup_steps", 0) or 0)
+
+    def exploit_lrs(self) -> list[float]:
+        """The LR sequence with every search step removed: warmup, then each stage's exploit steps in order.
+
+        Example:
+            >>> s = Schedule(lrs=[0.1, 0.2, 0.3, 0.2, 0.2], stages=[{"exploit_start": 3, "exploit_steps": 2}])
+            >>> s.exploit_lrs()
+            [0.2, 0.2]
+        """
+        out = list(self.lrs[: self.warmup_steps])
+        for stage in self.stages:
+            start, n = stage.get("exploit_start"), int(stage.get("exploit_steps", 0))
+            if start is not None:
+                out += self.lrs[int(start) : int(start) + n]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of this schedule."""
+        stages = []
+        for stage in self.stages:
+            entry = {k: stage[k] for k in _STAGE_KEYS if k in stage}
+            entry["trials"] = [{k: t[k] for k in _TRIAL_KEYS if k in t} for t in stage.get("trials", [])]
+            stages.append(entry)
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "settings": dict(self.settings),
+            "lrs": list(self.lrs),
+            "losses": list(self.losses),
+            "stages": stages,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> Schedule:
+        """Read a JSON document; raises :class:`ScheduleFormatError` when it is not a schedule of a known version."""
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ScheduleFormatError(f"not an AutoLRS schedule: expected `format` == {FORMAT!r}.")
+        version = doc.get("version")
+        if not isinstance(version, int) or version > VERSION or version < 1:
+            raise ScheduleFormatError(
+                f"unsupported schedule `version` {version!r}; this lightning_autolrs reads versions 1..{VERSION}."
+            )
+        lrs, stages = doc.get("lrs"), doc.get("stages")
+        if not isinstance(lrs, list) or not all(isinstance(x, int | float) for x in lrs):
+            raise ScheduleFormatError("schedule `lrs` must be a list of numbers.")
+        if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
+            raise ScheduleFormatError("schedule `stages` must be a list of objects.")
+        losses = doc.get("losses") or []
+        if not isinstance(losses, list) or not all(x is None or isinstance(x, int | float) for x in losses):
+            raise ScheduleFormatError("schedule `losses` must be a list of numbers or nulls.")
+        return cls(
+            lrs=[float(x) for x in lrs],
+            stages=stages,
+            settings=dict(doc.get("settings") or {}),
+            losses=[None if x is None else float(x) for x in losses],
+        )
+
+
+def save_schedule(schedule: Schedule, path: str | os.PathLike[str]) -> Path:
+    """Write ``schedule`` as JSON to ``path`` atomically (a temporary file renamed into place); returns the path."""
+    path = Path(path)
+    text = json.dumps(schedule.to_dict(), indent=1, allow_nan=False)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_schedule(path: str | os.PathLike[str]) -> Schedule:
+    """Read a schedule written by :func:`save_schedule` (or ``AutoLRS.save_schedule``)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ScheduleFormatError(f"{path} is not valid JSON: {err}") from err
+    return Schedule.from_dict(doc)
+
+
+def summary_table(schedule: Schedule, *, max_trials: int | None = None) -> str:
+    """A plain-text table of the stages: each trial's LR and forecast loss, and the chosen LR.
+
+    Example:
+        >>> s = Schedule(lrs=[0.1] * 4, stages=[{"stage": 0, "start_step": 0, "tau": 2, "tau_prime": 1,
+        ...     "trials": [{"lr": 0.1, "predicted_loss": 0.5, "diverged": False},
+        ...                {"lr": 1.0, "predicted_loss": None, "diverged": True}],
+        ...     "best_lr": 0.1, "exploit_start": 2, "exploit_steps": 2}])
+        >>> print(summary_table(s))
+        stage  steps     tau  tau'  trials (lr: forecast loss)           chosen lr
+            0  0-3         2     1  1e-01: 0.5000  1e+00: diverged       1.000e-01
+    """
+    head = f"{'stage':>5}  {'steps':<8} {'tau':>4}  {'tau_':>4}  {'trials (lr: forecast loss)':<36} chosen lr"
+    head = head.replace("tau_", "tau'")
+    rows = [head]
+    for st in schedule.stages:
+        trials = st.get("trials", [])
+        shown = trials if max_trials is None else trials[:max_trials]
+        parts = [
+            f"{t['lr']:.0e}: " + ("diverged" if t.get("diverged") else f"{t['predicted_loss']:.4f}") for t in shown
+        ]
+        if len(shown) < len(trials):
+            parts.append(f"... {len(trials) - len(shown)} more")
+        text = "  ".join(parts) if parts else "(no search: budget left too small)"
+        start = st.get("start_step", 0)
+        end = (st.get("exploit_start") or start) + int(st.get("exploit_steps", 0)) - 1
+        best = st.get("best_lr")
+        rows.append(
+            f"{st.get('stage', '?'):>5}  {f'{start}-{end}':<8} {st.get('tau', ''):>4}  {st.get('tau_prime', ''):>4}  "
+            f"{text:<36} {'-' if best is None else f'{best:.3e}'}"
+        )
+    return "\n".join(rows)

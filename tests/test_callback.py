@@ -1,0 +1,253 @@
+"""Tests of the Lightning edge: AutoLRS inside real Trainers of both Lightning flavours."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from lightning_autolrs import AutoLRS
+from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError, UnsupportedSetupError
+
+from .conftest import make_module_class, trainer_kwargs
+
+
+def fit(pl, tmp_path, cb: AutoLRS, max_steps: int = 120, module_kw: dict | None = None, **trainer_kw: Any):
+    pl.seed_everything(0)
+    model = make_module_class(pl)(**(module_kw or {}))
+    trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_steps=max_steps, **trainer_kw))
+    trainer.fit(model)
+    return trainer, model
+
+
+def test_full_stages_and_step_accounting(pl, tmp_path) -> None:
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=4, tau=20, tau_max=40, search_ratio=0.25, seed=0, verbose=False)
+    trainer, model = fit(pl, tmp_path, cb, max_steps=160)
+    assert len(cb.lrs) == trainer.global_step == 160
+    assert len(cb.history) >= 2
+    for h in cb.history[:-1]:
+        assert len(h["trials"]) == 4 and h["best_lr"] is not None and h["exploit_steps"] >= h["tau"]
+    assert all(1e-3 <= lr <= 0.5 for lr in cb.lrs)
+    # the LR the optimizer actually saw at each step is the one recorded
+    assert [g[0] for g in model.group_lrs] == pytest.approx(cb.lrs)
+    assert cb.phase == "exploit"
+    json.dumps(cb.history)
+    assert list(tmp_path.iterdir()) == []  # no disk I/O
+
+
+def test_param_group_ratios_are_kept(lpl, tmp_path) -> None:
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, seed=0, verbose=False)
+    _, model = fit(lpl, tmp_path, cb, max_steps=60, module_kw=dict(two_groups=True, lr=0.1))
+    for (g0, g1), lr in zip(model.group_lrs, cb.lrs):
+        assert g0 == pytest.approx(lr) and g1 == pytest.approx(lr / 10)
+
+
+def test_trials_start_from_the_bitwise_stage_snapshot(lpl, tmp_path) -> None:
+    seen: dict[int, list[torch.Tensor]] = {}
+    cls = make_module_class(lpl)
+
+    class Recorder(lpl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen[trainer.global_step] = [p.detach().clone() for p in pl_module.parameters()]
+
+    lpl.seed_everything(0)
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=4, tau=40, search_ratio=0.25, seed=0, verbose=False)
+    model = cls(optimizer="adamw", lr=0.01)
+    trainer = lpl.Trainer(callbacks=[cb, Recorder()], **trainer_kwargs(tmp_path, max_steps=120))
+    trainer.fit(model)
+    stage = cb.history[0]
+    starts = [t["start_step"] for t in stage["trials"]] + [stage["exploit_start"]]
+    assert len(starts) == 5 and starts[0] == stage["start_step"]
+    for s in starts[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(seen[starts[0]], seen[s]))
+    assert not all(torch.equal(a, b) for a, b in zip(seen[starts[0]], seen[starts[0] + 1]))
+
+
+def test_diverging_trials_are_restored_and_the_model_stays_finite(lpl, tmp_path) -> None:
+    cb = AutoLRS(min_lr=1e-3, max_lr=1e3, num_trials=5, tau=30, search_ratio=0.2, seed=0, verbose=False)
+    _, model = fit(lpl, tmp_path, cb, max_steps=150)
+    trials = [t for h in cb.history for t in h["trials"]]
+    assert any(t["diverged"] for t in trials), "an LR near 1e3 must blow up an SGD regression"
+    assert all(t["steps"] < 6 for t in trials if t["diverged"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_end_to_end_beats_training_at_min_lr(lpl, tmp_path) -> None:
+    steps = 240
+
+    def val_loss(model) -> float:
+        x, y = model.val_set.tensors
+        with torch.no_grad():
+            return float(torch.nn.functional.mse_loss(model(x), y))
+
+    cb = AutoLRS(min_lr=1e-3, max_lr=1.0, num_trials=5, seed=0, verbose=False)
+    _, tuned = fit(lpl, tmp_path, cb, max_steps=steps)
+    assert cb.history[0]["tau"] == int(steps // (7 * (1 + 5 * 0.1)))  # the documented default tau rule
+    baseline_cb = lpl.Callback()
+    lpl.seed_everything(0)
+    base = make_module_class(lpl)(lr=1e-3)
+    lpl.Trainer(callbacks=[baseline_cb], **trainer_kwargs(tmp_path, max_steps=steps)).fit(base)
+    assert val_loss(tuned) < 0.5 * val_loss(base)
+
+
+def test_default_range_follows_the_configured_lr(lpl, tmp_path) -> None:
+    cb = AutoLRS(num_trials=3, tau=20, verbose=False)
+    fit(lpl, tmp_path, cb, max_steps=60, module_kw=dict(lr=0.02))
+    assert (cb.min_lr, cb.max_lr) == pytest.approx((0.0002, 0.2))
+    only_max = AutoLRS(max_lr=0.5, num_trials=3, tau=20, verbose=False)
+    fit(lpl, tmp_path, only_max, max_steps=60)
+    assert only_max.min_lr == pytest.approx(0.0005)
+
+
+def test_warmup_then_search(lpl, tmp_path) -> None:
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, warmup_steps=10, warmup_lr=0.05, verbose=False)
+    fit(lpl, tmp_path, cb, max_steps=80)
+    assert cb.lrs[:10] == pytest.approx([0.005 * (i + 1) for i in range(10)])
+    assert cb.history[0]["start_step"] == 10
+
+
+def test_gradient_accumulation_counts_optimizer_steps(lpl, tmp_path) -> None:
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, seed=0, verbose=False)
+    trainer, _ = fit(lpl, tmp_path, cb, max_steps=60, accumulate_grad_batches=2)
+    assert len(cb.lrs) == trainer.global_step == 60
+    assert all(t["steps"] == 2 for t in cb.history[0]["trials"])
+
+
+def test_logs_lr_and_trials(lpl, tmp_path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, seed=0, verbose=False)
+    logger = CSVLogger(tmp_path, name="run")
+    fit(lpl, tmp_path, cb, max_steps=60, logger=logger, log_every_n_steps=1)
+    text = (tmp_path / "run" / "version_0" / "metrics.csv").read_text()
+    for key in ("autolrs/lr", "autolrs/trial_lr", "autolrs/trial_predicted_loss", "autolrs/stage_best_lr"):
+        assert key in text
+
+
+def test_verbose_prints_one_line_per_trial_and_stage(lpl, tmp_path, caplog) -> None:
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, seed=0)
+    with caplog.at_level("INFO"):
+        fit(lpl, tmp_path, cb, max_steps=60)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("AutoLRS stage")]
+    trials = sum(len(h["trials"]) for h in cb.history)
+    searched = sum(1 for h in cb.history if h["trials"])
+    assert len(lines) == trials + searched
+
+
+# ---------------------------------------------------------------- unsupported set-ups
+def test_manual_optimization_is_rejected(lpl, tmp_path) -> None:
+    cls = make_module_class(lpl)
+
+    class Manual(cls):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            loss = super().training_step(batch, batch_idx)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+
+    trainer = lpl.Trainer(callbacks=[AutoLRS()], **trainer_kwargs(tmp_path, max_steps=10))
+    with pytest.raises(UnsupportedSetupError, match="automatic_optimization"):
+        trainer.fit(Manual())
+
+
+def test_lr_scheduler_is_rejected(lpl, tmp_path) -> None:
+    cls = make_module_class(lpl)
+
+    class WithScheduler(cls):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return [opt], [torch.optim.lr_scheduler.StepLR(opt, 10)]
+
+    trainer = lpl.Trainer(callbacks=[AutoLRS()], **trainer_kwargs(tmp_path, max_steps=10))
+    with pytest.raises(UnsupportedSetupError, match="LR scheduler"):
+        trainer.fit(WithScheduler())
+
+
+def test_multiple_optimizers_are_rejected(lpl, tmp_path) -> None:
+    cls = make_module_class(lpl)
+
+    class TwoOptimizers(cls):
+        def configure_optimizers(self):
+            return [
+                torch.optim.SGD(self.net[0].parameters(), lr=0.1),
+                torch.optim.SGD(self.net[2].parameters(), lr=0.1),
+            ]
+
+    # Lightning itself refuses several optimizers under automatic optimization, at fit start, naming the fix ...
+    trainer = lpl.Trainer(callbacks=[AutoLRS()], **trainer_kwargs(tmp_path, max_steps=10))
+    with pytest.raises(RuntimeError, match="multiple optimizers"):
+        trainer.fit(TwoOptimizers())
+
+    # ... and with manual optimization AutoLRS refuses before any step is taken.
+    class ManualTwo(TwoOptimizers):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+    model = ManualTwo()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = lpl.Trainer(callbacks=[AutoLRS()], **trainer_kwargs(tmp_path, max_steps=10))
+    with pytest.raises(UnsupportedSetupError, match="automatic_optimization"):
+        trainer.fit(model)
+    assert trainer.global_step == 0 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_training_step_without_loss_is_rejected(lpl, tmp_path) -> None:
+    cls = make_module_class(lpl)
+
+    class NoLoss(cls):
+        def training_step(self, batch, batch_idx):
+            super().training_step(batch, batch_idx)
+            return None
+
+    trainer = lpl.Trainer(callbacks=[AutoLRS(num_trials=3, tau=20)], **trainer_kwargs(tmp_path, max_steps=60))
+    with pytest.warns(UserWarning), pytest.raises(UnsupportedSetupError, match="returned no loss"):
+        trainer.fit(NoLoss())
+
+
+def test_budget_too_small_for_tau_is_rejected(lpl, tmp_path) -> None:
+    trainer = lpl.Trainer(callbacks=[AutoLRS(tau=1000)], **trainer_kwargs(tmp_path, max_steps=50))
+    with pytest.raises(InvalidArgumentError, match="`tau`=1000"):
+        trainer.fit(make_module_class(lpl)())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        (dict(min_lr=0.0), InvalidArgumentError, r"`min_lr` must be > 0, got 0.0"),
+        (dict(min_lr=-1e-3), InvalidArgumentError, "`min_lr`"),
+        (dict(min_lr=0.1, max_lr=0.01), InvalidArgumentError, "`max_lr` must be greater than `min_lr`"),
+        (dict(max_lr=math.nan), InvalidArgumentError, "`max_lr` must be finite"),
+        (dict(min_lr=math.inf), InvalidArgumentError, "`min_lr` must be finite"),
+        (dict(min_lr="0.1"), InvalidArgumentTypeError, "`min_lr` must be a number"),
+        (dict(num_trials=1), InvalidArgumentError, "`num_trials` must be >= 2"),
+        (dict(search_ratio=0.0), InvalidArgumentError, "`search_ratio`"),
+        (dict(search_ratio=1.5), InvalidArgumentError, "`search_ratio`"),
+        (dict(tau=0), InvalidArgumentError, "`tau` must be >= 1"),
+        (dict(tau=100, tau_max=50), InvalidArgumentError, "`tau_max` must be >= `tau`"),
+        (dict(warmup_steps=-5), InvalidArgumentError, "`warmup_steps` must be >= 0"),
+        (dict(warmup_lr=0.0), InvalidArgumentError, "`warmup_lr`"),
+        (dict(beta=0.0), InvalidArgumentError, "`beta`"),
+        (dict(divergence_factor=0.5), InvalidArgumentError, "`divergence_factor`"),
+        (dict(snapshot_device=3), InvalidArgumentError, "`snapshot_device`"),
+    ],
+)
+def test_invalid_constructor_arguments(kwargs, exc, match) -> None:
+    with pytest.raises(exc, match=match):
+        AutoLRS(**kwargs)
+
+
+def test_is_a_callback_of_both_flavours() -> None:
+    import lightning.pytorch
+    import pytorch_lightning
+
+    cb = AutoLRS()
+    assert isinstance(cb, lightning.pytorch.Callback) and isinstance(cb, pytorch_lightning.Callback)

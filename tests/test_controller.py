@@ -1,0 +1,233 @@
+"""Tests of the pure AutoLRS state machine, driven by a small noisy quadratic problem (no Trainer)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from lightning_autolrs.controller import StageController, default_tau
+from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError
+
+
+class Quadratic:
+    """Noisy gradient descent on 0.5·Σ h_i w_i²; diverges for lr > 2 / max(h) = 0.2. Executes a controller's plans."""
+
+    def __init__(self, seed: int = 0, nan_above: float | None = None) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.h = torch.logspace(-1, 1, 16, dtype=torch.float64)
+        self.w = torch.randn(16, generator=g, dtype=torch.float64) * 3
+        self.gen = g
+        self.saved: torch.Tensor | None = None
+        self.restores = 0
+        self.captures = 0
+        self.nan_above = nan_above
+
+    def run(self, c: StageController, steps: int) -> None:
+        for _ in range(steps):
+            plan = c.begin_step()
+            if plan.restore:
+                assert self.saved is not None
+                self.w.copy_(self.saved)
+                self.restores += 1
+            if plan.capture:
+                self.saved = self.w.clone()
+                self.captures += 1
+            noise = torch.randn(16, generator=self.gen, dtype=torch.float64) * 0.1
+            loss = float(0.5 * (self.h * (self.w + noise) ** 2).sum())
+            self.w -= plan.lr * self.h * (self.w + noise)
+            if self.nan_above is not None and plan.lr > self.nan_above:
+                loss = math.nan
+                self.w.fill_(math.nan)
+            c.end_step(loss)
+
+
+def make(total: int | None = 1000, min_lr: float = 1e-3, max_lr: float = 1.0, **kw) -> StageController:
+    args = dict(num_trials=4, tau=40, tau_max=160, search_ratio=0.25, total_steps=total, seed=0)
+    args.update(kw)
+    return StageController(min_lr, max_lr, **args)
+
+
+def test_default_tau_fits_three_stages() -> None:
+    for total in (500, 2000, 12345):
+        tau = default_tau(total, num_trials=10, search_ratio=0.1, warmup_steps=50)
+        assert 7 * tau * 2 <= total - 50  # (1 + 2 + 4) stages, each costing tau·(1 + 10·0.1)
+        assert 7 * (tau + 1) * 2 > total - 50
+    assert default_tau(None, 10, 0.1, 0) == 1000
+
+
+def test_phase_accounting_over_the_whole_budget() -> None:
+    c, sim = make(total=1000), Quadratic()
+    sim.run(c, 1000)
+    assert len(c.lrs) == c.step == 1000
+    accounted = sum(h["search_steps"] + h["exploit_steps"] for h in c.history)
+    assert accounted == 1000
+    for h in c.history[:-1]:  # full stages: k trials of tau' steps, then tau exploit steps (or more for the last)
+        assert len(h["trials"]) == 4
+        assert all(t["steps"] == h["tau_prime"] for t in h["trials"] if not t["diverged"])
+        assert h["exploit_steps"] == h["tau"]
+    assert [h["tau"] for h in c.history[:4]] == [40, 80, 160, 160]
+    assert [h["tau_prime"] for h in c.history[:4]] == [10, 20, 40, 40]
+    last = c.history[-1]
+    assert last["exploit_start"] + last["exploit_steps"] == 1000
+    json.dumps(c.history)  # JSON-serialisable
+
+
+def test_restores_per_full_stage_equal_num_trials() -> None:
+    c, sim = make(total=None, max_lr=0.15), Quadratic()  # all stable: no trial is cut short
+    sim.run(c, 40 + 40)  # first stage: 4 trials × 10 steps + 40 exploit steps
+    assert len(c.history) == 1 and c.phase == "exploit"
+    assert sim.captures == 1 and sim.restores == 4
+    sim.run(c, 1)  # next stage starts with a capture
+    assert sim.captures == 2 and c.phase == "search"
+
+
+def test_lrs_stay_in_range_and_best_is_the_lowest_forecast() -> None:
+    c, sim = make(total=1000), Quadratic()
+    sim.run(c, 1000)
+    assert all(1e-3 <= lr <= 1.0 for lr in c.lrs)
+    for h in c.history:
+        ok = [t for t in h["trials"] if not t["diverged"]]
+        if ok:
+            assert h["best_lr"] == min(ok, key=lambda t: (t["predicted_loss"], t["lr"]))["lr"]
+        start, n = h["exploit_start"], h["exploit_steps"]
+        assert set(c.lrs[start : start + n]) <= {h["best_lr"]} | {f["new_lr"] for f in h["fallbacks"]}
+
+
+def test_search_finds_a_stable_lr_and_beats_min_lr() -> None:
+    c, sim = make(total=1000), Quadratic()
+    sim.run(c, 1000)
+    baseline, base_sim = make(total=1000), Quadratic()
+    for h in c.history:
+        assert h["best_lr"] < 0.2  # the stable region of the quadratic
+    final = float(0.5 * (sim.h * sim.w**2).sum())
+    w = base_sim.w.clone()
+    for _ in range(1000):
+        w -= 1e-3 * base_sim.h * w
+    assert final < 0.1 * float(0.5 * (base_sim.h * w**2).sum())
+    del baseline
+
+
+def test_budget_never_starts_a_search_that_cannot_finish() -> None:
+    for total in (130, 175, 333, 700):
+        c, sim = make(total=total), Quadratic()
+        sim.run(c, total)
+        for h in c.history:
+            if h["trials"]:
+                assert h["start_step"] + h["search_steps"] + h["tau_prime"] <= total
+        assert c.history[-1]["exploit_start"] + c.history[-1]["exploit_steps"] == total
+
+
+def test_warmup_is_linear_and_searchless() -> None:
+    c, sim = make(total=1000, warmup_steps=10, warmup_lr=0.05), Quadratic()
+    sim.run(c, 10)
+    assert c.lrs == pytest.approx([0.005 * (i + 1) for i in range(10)])
+    assert c.history == [] and c.phase == "warmup"
+    sim.run(c, 1)
+    assert c.phase == "search" and c.history[0]["start_step"] == 10
+
+
+def test_diverging_trials_are_cut_and_the_range_shrinks() -> None:
+    c, sim = make(total=None, num_trials=6), Quadratic(nan_above=0.3)
+    sim.run(c, 300)
+    first = c.history[0]
+    diverged = [t for t in first["trials"] if t["diverged"]]
+    assert diverged, "the design should try an LR above 0.3"
+    assert all(t["steps"] == 1 and t["lr"] > 0.3 and t["predicted_loss"] is None for t in diverged)
+    assert first["best_lr"] <= 0.3
+    assert c.history[1]["lr_range"][1] == min(t["lr"] for t in diverged)
+    assert torch.isfinite(sim.w).all()
+
+
+def test_exploit_divergence_falls_back_to_a_smaller_lr() -> None:
+    c = make(total=None, num_trials=2, tau=20, tau_max=20, search_ratio=0.25)
+    sim = Quadratic()
+    sim.run(c, 10)  # two trials of 5 steps
+    assert c.phase == "exploit"
+    chosen = c.history[0]["best_lr"]
+    plan = c.begin_step()
+    events = c.end_step(math.nan)  # the exploit step blew up
+    assert plan.lr == chosen and events[0]["event"] == "fallback"
+    nxt = c.begin_step()
+    assert nxt.restore and nxt.lr < chosen and c.history[0]["fallbacks"][0]["failed_lr"] == chosen
+
+
+def test_first_proposal_is_deterministic_given_seed() -> None:
+    a, b, other = make(seed=3), make(seed=3), make(seed=4)
+    assert a.begin_step().lr == b.begin_step().lr != other.begin_step().lr
+
+
+def test_state_dict_round_trip_mid_search_continues_identically() -> None:
+    a, sim_a = make(total=600), Quadratic(seed=1)
+    sim_a.run(a, 57)  # inside the first stage's search
+    state = a.state_dict()
+    torch.save(state, buf := __import__("io").BytesIO())
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    b = make(total=600)
+    b.load_state_dict(loaded)
+    sim_b = Quadratic(seed=1)
+    sim_b.w, sim_b.saved, sim_b.gen = sim_a.w.clone(), sim_a.saved.clone(), sim_a.gen.clone_state()
+    sim_a.run(a, 543)
+    sim_b.run(b, 543)
+    assert a.lrs == b.lrs and a.history == b.history
+    assert torch.equal(sim_a.w, sim_b.w)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        (dict(min_lr=0.0), InvalidArgumentError, "`min_lr`"),
+        (dict(max_lr=1e-4), InvalidArgumentError, "`max_lr`"),
+        (dict(max_lr=math.inf), InvalidArgumentError, "`max_lr`"),
+        (dict(num_trials=1), InvalidArgumentError, "`num_trials`"),
+        (dict(num_trials=2.5), InvalidArgumentTypeError, "`num_trials`"),
+        (dict(tau=0), InvalidArgumentError, "`tau`"),
+        (dict(tau_max=10), InvalidArgumentError, "`tau_max`"),
+        (dict(search_ratio=1.0), InvalidArgumentError, "`search_ratio`"),
+        (dict(warmup_steps=-1), InvalidArgumentError, "`warmup_steps`"),
+        (dict(warmup_steps=5), InvalidArgumentError, "`warmup_lr`"),
+        (dict(divergence_factor=1.0), InvalidArgumentError, "`divergence_factor`"),
+    ],
+)
+def test_invalid_arguments(kwargs, exc, match) -> None:
+    args = dict(min_lr=1e-3, max_lr=1.0, tau=40)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        StageController(args.pop("min_lr"), args.pop("max_lr"), **args)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    total=st.integers(60, 400),
+    k=st.integers(2, 4),
+    tau=st.integers(4, 40),
+    ratio=st.sampled_from([0.1, 0.25, 0.5]),
+    warmup=st.integers(0, 10),
+)
+def test_property_budget_bounds_and_restores(total, k, tau, ratio, warmup) -> None:
+    assume(total >= warmup + (k + 1) * max(1, round(ratio * tau)))  # the first search fits (the callback checks this)
+    c = StageController(
+        1e-3,
+        1.0,
+        num_trials=k,
+        tau=tau,
+        tau_max=4 * tau,
+        search_ratio=ratio,
+        warmup_steps=warmup,
+        warmup_lr=0.01 if warmup else None,
+        total_steps=total,
+        seed=0,
+    )
+    sim = Quadratic()
+    sim.run(c, total)
+    assert len(c.lrs) == total
+    assert warmup + sum(h["search_steps"] + h["exploit_steps"] for h in c.history) == total
+    assert all(1e-3 <= lr <= 1.0 for lr in c.lrs[warmup:])
+    full = [h for h in c.history if len(h["trials"]) == k]
+    fallbacks = sum(len(h["fallbacks"]) for h in c.history)
+    assert sim.restores == k * len(full) + fallbacks

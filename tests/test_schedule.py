@@ -1,0 +1,98 @@
+"""Tests of the schedule format: save/load round trip, exploit-only LRs, errors, the summary table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lightning_autolrs.exceptions import ScheduleFormatError
+from lightning_autolrs.schedule import FORMAT, Schedule, load_schedule, save_schedule, summary_table
+
+
+def sample() -> Schedule:
+    stages = [
+        {
+            "stage": 0,
+            "start_step": 2,
+            "tau": 4,
+            "tau_prime": 1,
+            "lr_range": [0.01, 1.0],
+            "best_lr": 0.1,
+            "trials": [
+                {
+                    "lr": 0.5,
+                    "start_step": 2,
+                    "predicted_loss": None,
+                    "final_loss": None,
+                    "steps": 1,
+                    "diverged": True,
+                    "forecast": None,
+                },
+                {
+                    "lr": 0.1,
+                    "start_step": 3,
+                    "predicted_loss": 0.25,
+                    "final_loss": 0.3,
+                    "steps": 1,
+                    "diverged": False,
+                    "forecast": "short",
+                },
+            ],
+            "exploit_start": 4,
+            "exploit_steps": 4,
+            "search_steps": 2,
+            "fallbacks": [],
+        },
+    ]
+    lrs = [0.05, 0.1, 0.5, 0.1, 0.1, 0.1, 0.1, 0.1]
+    return Schedule(lrs=lrs, stages=stages, settings={"warmup_steps": 2}, losses=[1.0, 0.9, None, 0.8] + [0.5] * 4)
+
+
+def test_round_trip(tmp_path) -> None:
+    path = save_schedule(sample(), tmp_path / "s.json")
+    doc = json.loads(path.read_text())
+    assert doc["format"] == FORMAT and doc["version"] == 1
+    loaded = load_schedule(path)
+    assert loaded == sample()
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]  # no temporary file left
+
+
+def test_exploit_lrs_drop_search_steps() -> None:
+    assert sample().exploit_lrs() == [0.05, 0.1, 0.1, 0.1, 0.1, 0.1]
+
+
+@pytest.mark.parametrize(
+    ("doc", "match"),
+    [
+        ({"format": "other"}, "not an AutoLRS schedule"),
+        ({"format": FORMAT, "version": 99, "lrs": [], "stages": []}, "unsupported schedule `version` 99"),
+        ({"format": FORMAT, "version": 1, "lrs": "x", "stages": []}, "`lrs`"),
+        ({"format": FORMAT, "version": 1, "lrs": [], "stages": [1]}, "`stages`"),
+    ],
+)
+def test_bad_documents(tmp_path, doc, match) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ScheduleFormatError, match=match):
+        load_schedule(path)
+
+
+def test_invalid_json(tmp_path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text("{")
+    with pytest.raises(ScheduleFormatError, match="not valid JSON"):
+        load_schedule(path)
+
+
+def test_non_finite_values_are_refused_not_written(tmp_path) -> None:
+    bad = Schedule(lrs=[float("nan")], stages=[])
+    with pytest.raises(ValueError):
+        save_schedule(bad, tmp_path / "s.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_summary_table_lists_trials_and_choice() -> None:
+    table = summary_table(sample())
+    assert "5e-01: diverged" in table and "1e-01: 0.2500" in table and "1.000e-01" in table
+    assert len(table.splitlines()) == 2
