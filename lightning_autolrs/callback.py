@@ -22,6 +22,7 @@ from typing_extensions import override
 from lightning_autolrs._validation import check_float, check_int
 from lightning_autolrs.controller import StageController, default_tau, tau_prime_for
 from lightning_autolrs.exceptions import InvalidArgumentError, UnsupportedSetupError
+from lightning_autolrs.proposer import DEFAULT_BETA
 from lightning_autolrs.schedule import Schedule, save_schedule
 from lightning_autolrs.snapshot import StateSnapshot
 
@@ -62,8 +63,8 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
     Training is cut into stages. At the start of a stage the model and optimizer are snapshotted in memory;
     ``num_trials`` candidate LRs, proposed by a Gaussian process with an upper-confidence-bound acquisition, are each
     trained for τ' = ``search_ratio``·τ steps from that snapshot; an exponential model fitted to each trial's loss
-    curve forecasts the loss after τ steps. The stage then restores the snapshot and trains τ steps with the LR of the best forecast.
-    τ and τ' double each stage until τ reaches ``tau_max``. All steps, trials included, are real optimizer steps of
+    curve forecasts the loss after τ steps. The stage then restores the snapshot and trains τ steps with the LR of the
+    best forecast. τ and τ' double each stage until τ reaches ``tau_max``. All steps, trials included, are real optimizer steps of
     the Trainer, so ``max_steps`` / ``max_epochs`` bound the whole run.
 
     Args:
@@ -77,7 +78,8 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
             (``(budget − warmup_steps) / (7·(1 + num_trials·search_ratio))``), or 1000 if the budget is unbounded.
         tau_max: τ doubles each stage until it reaches ``tau_max``.
         search_ratio: trial length as a fraction of τ, in (0, 1).
-        beta: UCB exploration weight (``mean + sqrt(beta)·sigma`` on the negated forecast loss).
+        beta: UCB exploration weight (``mean + sqrt(beta)·sigma`` on the negated forecast loss). The default 8 explores
+            a lot, which is cheap: the stage keeps the best *observed* trial, and a stage has only ~10 trials.
         warmup_steps: linear LR warmup steps before the first stage (no search during warmup).
         warmup_lr: LR reached at the end of warmup. Default: the optimizer's configured LR clamped to the range.
         seed: seed of each stage's first, space-filling proposals (stage ``s`` uses ``seed + s``; ``None`` acts as 0).
@@ -111,7 +113,7 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         tau: int | None = None,
         tau_max: int = 8000,
         search_ratio: float = 0.1,
-        beta: float = 2.0,
+        beta: float = DEFAULT_BETA,
         warmup_steps: int = 0,
         warmup_lr: float | None = None,
         seed: int | None = None,

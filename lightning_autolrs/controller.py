@@ -21,8 +21,8 @@ leave too few steps for the next stage's search (``(k + 1)·τ'_next``) exploits
 budget belongs to exactly one phase and the last stage always exploits to the end.
 
 Divergence rule: a step whose loss is NaN/inf, or above ``divergence_factor`` times the stage's reference loss (the
-median training loss of the last steps before the stage, or the stage's first loss for the first stage), stops a trial
-at once; the trial is recorded as diverged and the proposer gives it a penalty. In the exploit phase the same test
+largest training loss of the last 20 steps before the stage, or the stage's first loss for the first stage), stops a
+trial at once; the trial is recorded as diverged and the proposer gives it a penalty. In the exploit phase the same test
 restores the snapshot and continues the stage at the next-best trial LR (or a tenth of the current LR when none is
 left). After a stage with a diverged trial the upper end of the range for the next stage is the smallest LR that
 diverged; after a stage without divergence it grows back by 2× per stage up to ``max_lr``.
@@ -39,7 +39,7 @@ from typing import Any
 from lightning_autolrs._validation import check_float, check_int
 from lightning_autolrs.exceptions import InvalidArgumentError
 from lightning_autolrs.forecast import ExponentialForecaster
-from lightning_autolrs.proposer import LRProposer
+from lightning_autolrs.proposer import DEFAULT_BETA, LRProposer
 
 __all__ = ["StageController", "StepPlan", "default_tau"]
 
@@ -134,7 +134,7 @@ class StageController:
         warmup_lr: float | None = None,
         total_steps: int | None = None,
         start_step: int = 0,
-        beta: float = 2.0,
+        beta: float = DEFAULT_BETA,
         seed: int | None = None,
         divergence_factor: float = 5.0,
         proposer: LRProposer | None = None,
@@ -235,7 +235,7 @@ class StageController:
         tau = min(self.tau * 2 ** min(self._stage, 62), self.tau_max)
         tau_prime = tau_prime_for(tau, self.search_ratio)
         self._stage_tau, self._stage_tau_prime = tau, tau_prime
-        self._ref_loss = statistics.median(self._recent) if self._recent else None
+        self._ref_loss = max(self._recent) if self._recent else None
         search_cost = self.num_trials * tau_prime
         remaining = self._remaining()
         searching = remaining >= search_cost + tau_prime or not self.history

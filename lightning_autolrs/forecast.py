@@ -73,7 +73,11 @@ With :math:`S_{\max} = \max_j S_j`, the last smoothed level :math:`S_m` and the 
     [\,S_m - K D,\; S_{\max}\,], \qquad K = \texttt{max\_drop\_ratio},
 
 i.e. the forecast may not fall below the last smoothed level by more than :math:`K` times the drop already observed,
-and may never exceed the highest smoothed level. Since :math:`S` consists of medians of the data,
+and may never exceed the highest smoothed level. When every finite value is positive (cross-entropy, MSE, ...), the
+lower end is raised to :math:`\max(S_m - K D,\; S_m (S_m / S_{\max})^{K_{\log}})` with
+:math:`K_{\log}` = ``max_log_drop_ratio`` (default 1.5): the further drop in log space is at most :math:`K_{\log}`
+times the log drop already observed, so a positive loss is never forecast at or below zero. Since :math:`S`
+consists of medians of the data,
 :math:`\min y \le S_m \le S_{\max} \le \max y` and :math:`D \le \max y - \min y`, so the bound always lies within
 :math:`[\min y - K (\max y - \min y),\; \max y]` (over the finite values). When the series is so extreme that
 :math:`S_m - K D` overflows, the lower end is ``-sys.float_info.max``.
@@ -241,6 +245,7 @@ class ExponentialForecaster:
         *,
         min_points: int = 5,
         max_drop_ratio: float = 3.0,
+        max_log_drop_ratio: float = 1.5,
         flat_z: float = 3.0,
         min_r2: float = 0.1,
         tail_fraction: float = 0.25,
@@ -252,6 +257,9 @@ class ExponentialForecaster:
     ) -> None:
         self.min_points: int = check_int("min_points", min_points, minimum=3)  # type: ignore[assignment]
         self.max_drop_ratio: float = check_float("max_drop_ratio", max_drop_ratio, nonnegative=True)  # type: ignore[assignment]
+        self.max_log_drop_ratio: float = check_float(  # type: ignore[assignment]
+            "max_log_drop_ratio", max_log_drop_ratio, nonnegative=True
+        )
         self.flat_z: float = check_float("flat_z", flat_z, nonnegative=True)  # type: ignore[assignment]
         self.min_r2: float = check_float("min_r2", min_r2, nonnegative=True)  # type: ignore[assignment]
         if self.min_r2 >= 1.0:
@@ -316,6 +324,8 @@ class ExponentialForecaster:
         low = s_last - self.max_drop_ratio * (s_max - s_last)
         if not math.isfinite(low):
             low = -sys.float_info.max
+        if s_last > 0 and bool((y > 0).all()):  # positive series: limit the further drop in log space too
+            low = max(low, s_last * (s_last / s_max) ** self.max_log_drop_ratio)
         bound = (low, s_max)
 
         def done(value: float, method: str, a: float = 0.0, b: float = 0.0, c: float | None = None) -> Forecast:

@@ -71,10 +71,12 @@ from linear_operator.utils.errors import NanError, NotPSDError
 from lightning_autolrs._validation import check_float, check_int
 from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 
-__all__ = ["LRProposer"]
+__all__ = ["DEFAULT_BETA", "LRProposer"]
 
 log = logging.getLogger(__name__)
 
+#: Default UCB exploration weight (see :class:`LRProposer`); callers that expose ``beta`` should default to it.
+DEFAULT_BETA: float = 8.0
 _DEFAULT_SEED = 0
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _NUM_DESIGN_CANDIDATES = 2048
@@ -144,7 +146,7 @@ class LRProposer:
         min_lr: float,
         max_lr: float,
         *,
-        beta: float = 8.0,
+        beta: float = DEFAULT_BETA,
         seed: int | None = None,
         num_initial: int = 2,
         dedup_tol: float = 1e-3,

@@ -33,7 +33,7 @@ from typing import Any
 
 from lightning_autolrs.exceptions import ScheduleFormatError
 
-__all__ = ["FORMAT", "VERSION", "Schedule", "load_schedule", "save_schedule"]
+__all__ = ["FORMAT", "VERSION", "Schedule", "load_schedule", "save_schedule", "summary_table"]
 
 FORMAT = "lightning-autolrs/schedule"
 VERSION = 1
@@ -153,35 +153,42 @@ def load_schedule(path: str | os.PathLike[str]) -> Schedule:
     return Schedule.from_dict(doc)
 
 
-def summary_table(schedule: Schedule, *, max_trials: int | None = None) -> str:
-    """A plain-text table of the stages: each trial's LR and forecast loss, and the chosen LR.
+def summary_table(schedule: Schedule) -> str:
+    """A plain-text table of the stages: one row per trial (LR, forecast loss, observed final loss) and the choice.
 
     Example:
         >>> s = Schedule(lrs=[0.1] * 4, stages=[{"stage": 0, "start_step": 0, "tau": 2, "tau_prime": 1,
-        ...     "trials": [{"lr": 0.1, "predicted_loss": 0.5, "diverged": False},
-        ...                {"lr": 1.0, "predicted_loss": None, "diverged": True}],
+        ...     "trials": [{"lr": 0.1, "predicted_loss": 0.5, "final_loss": 0.6, "diverged": False},
+        ...                {"lr": 1.0, "predicted_loss": None, "final_loss": None, "diverged": True}],
         ...     "best_lr": 0.1, "exploit_start": 2, "exploit_steps": 2}])
         >>> print(summary_table(s))
-        stage  steps     tau  tau'  trials (lr: forecast loss)           chosen lr
-            0  0-3         2     1  1e-01: 0.5000  1e+00: diverged       1.000e-01
+        stage  steps       tau  tau'  trial        lr   forecast   observed
+            0  0-3           2     1      1  1.00e-01     0.5000     0.6000  <- chosen
+                                          2  1.00e+00   diverged          -
     """
-    head = f"{'stage':>5}  {'steps':<8} {'tau':>4}  {'tau_':>4}  {'trials (lr: forecast loss)':<36} chosen lr"
-    head = head.replace("tau_", "tau'")
-    rows = [head]
+
+    def num(x: Any) -> str:
+        return "-" if x is None else f"{x:.4f}"
+
+    rows = [f"{'stage':>5}  {'steps':<10} {'tau':>4}  {'tau' + chr(39):>4}  {'trial':>5}  {'lr':>8}  "
+            f"{'forecast':>9}  {'observed':>9}"]
     for st in schedule.stages:
-        trials = st.get("trials", [])
-        shown = trials if max_trials is None else trials[:max_trials]
-        parts = [
-            f"{t['lr']:.0e}: " + ("diverged" if t.get("diverged") else f"{t['predicted_loss']:.4f}") for t in shown
-        ]
-        if len(shown) < len(trials):
-            parts.append(f"... {len(trials) - len(shown)} more")
-        text = "  ".join(parts) if parts else "(no search: budget left too small)"
         start = st.get("start_step", 0)
         end = (st.get("exploit_start") or start) + int(st.get("exploit_steps", 0)) - 1
+        lead = f"{st.get('stage', '?'):>5}  {f'{start}-{end}':<10} {st.get('tau', ''):>4}  {st.get('tau_prime', ''):>4}"
+        blank = " " * len(lead)
+        trials = st.get("trials", [])
         best = st.get("best_lr")
-        rows.append(
-            f"{st.get('stage', '?'):>5}  {f'{start}-{end}':<8} {st.get('tau', ''):>4}  {st.get('tau_prime', ''):>4}  "
-            f"{text:<36} {'-' if best is None else f'{best:.3e}'}"
-        )
+        if not trials:
+            chosen = "-" if best is None else f"{best:.2e}"
+            rows.append(f"{lead}  {'-':>5}  {chosen:>8}  (no search: too few steps left; previous LR kept)")
+        for j, t in enumerate(trials):
+            forecast = "diverged" if t.get("diverged") else num(t.get("predicted_loss"))
+            mark = "  <- chosen" if t.get("lr") == best and not t.get("diverged") else ""
+            rows.append(
+                f"{lead if j == 0 else blank}  {j + 1:>5}  {t['lr']:>8.2e}  {forecast:>9}  "
+                f"{num(t.get('final_loss')):>9}{mark}"
+            )
+        for f in st.get("fallbacks", []):
+            rows.append(f"{blank}  exploit diverged at step {f['step']}: lr {f['failed_lr']:.2e} -> {f['new_lr']:.2e}")
     return "\n".join(rows)

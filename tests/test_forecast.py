@@ -163,10 +163,21 @@ def test_clipping_to_the_documented_bound() -> None:
     s_first = float(torch.sort(y[:6]).values[2])
     s_last = float(torch.sort(y[-6:]).values[2])
     for k in (0.0, 1.0, 3.0):
-        fc = ExponentialForecaster(max_drop_ratio=k).predict(y, horizon=100 * n)
+        fc = ExponentialForecaster(max_drop_ratio=k, max_log_drop_ratio=1e6).predict(y, horizon=100 * n)
         assert fc.method == "exp"
         assert fc.bound == pytest.approx((s_last - k * (s_first - s_last), s_first), rel=1e-12)
         assert fc.value == fc.bound[0]  # the fit (about 0 at t = 10^4) wants more than k times the observed drop
+
+
+def test_positive_series_never_forecast_below_the_log_drop_bound() -> None:
+    n = 20
+    y = exp_series(n, 2.0, 0.02, 0.0, 0.0, seed=0) + 0.3  # steep, still-linear start of a positive loss curve
+    s_first, s_last = float(torch.sort(y[:2]).values[0]), float(torch.sort(y[-2:]).values[0])
+    additive = ExponentialForecaster(max_log_drop_ratio=1e6).predict(y, horizon=10 * n)
+    fc = ExponentialForecaster().predict(y, horizon=10 * n)
+    assert additive.value < fc.value  # the additive rule alone lets the forecast fall far lower
+    assert fc.bound[0] == pytest.approx(s_last * (s_last / s_first) ** 1.5, rel=1e-9)
+    assert fc.value >= fc.bound[0] > 0
 
 
 def test_deterministic() -> None:
@@ -210,6 +221,7 @@ def test_unconvertible_entries_are_treated_as_non_finite() -> None:
         ({"min_points": 5.0}, InvalidArgumentTypeError),
         ({"max_drop_ratio": -1.0}, InvalidArgumentError),
         ({"max_drop_ratio": math.nan}, InvalidArgumentError),
+        ({"max_log_drop_ratio": -0.5}, InvalidArgumentError),
         ({"flat_z": -0.1}, InvalidArgumentError),
         ({"min_r2": 1.0}, InvalidArgumentError),
         ({"min_r2": -0.5}, InvalidArgumentError),
@@ -237,6 +249,7 @@ def test_every_tuning_argument_has_an_effect() -> None:
     variants = [
         ({"min_points": n + 1}, bending),
         ({"max_drop_ratio": 0.0}, bending),
+        ({"max_log_drop_ratio": 0.0}, bending),
         ({"flat_z": 1e6}, bending),
         ({"min_r2": 0.99}, bending),
         ({"tail_fraction": 0.1}, flat),

@@ -45,7 +45,7 @@ def assert_valid_proposal(p: LRProposer, lr: float) -> None:
         assert abs(x - t) >= p.dedup_tol - 1e-9, (x, t)
 
 
-# ---------------------------------------------------------------------------------------------------- optimisation
+# ---- optimisation
 @pytest.mark.parametrize("target", [-3.6, -2.0, -0.4])
 def test_finds_minimum_of_quadratic_in_log_lr(target: float) -> None:
     noise = random.Random(1)
@@ -88,7 +88,7 @@ def test_divergence_above_a_threshold_is_avoided_and_minimum_next_to_it_found() 
     assert abs(math.log10(best_lr) + 1.3) < TOL_DECADES
 
 
-# ---------------------------------------------------------------------------------------------------- range & dedup
+# ---- range & dedup
 def test_proposals_in_range_and_never_duplicate_when_dense() -> None:
     # A large dedup_tol makes the grid crowded quickly; 8 points mask at most 0.8 of [0, 1], so free points remain.
     p = LRProposer(1e-3, 1e-1, seed=5, dedup_tol=0.05, grid_size=65)
@@ -128,7 +128,7 @@ def test_unit_mapping_round_trip_and_bounds() -> None:
         assert p.to_unit(p.from_unit(x)) == pytest.approx(x, abs=1e-12)
 
 
-# ---------------------------------------------------------------------------------------------------- determinism
+# ---- determinism
 def _sequence(seed: int | None, rounds: int = 5) -> list[float]:
     p = LRProposer(MIN_LR, MAX_LR, seed=seed)
     out = []
@@ -167,7 +167,7 @@ def test_propose_leaves_global_rng_untouched() -> None:
     assert torch.equal(before, torch.get_rng_state())
 
 
-# ---------------------------------------------------------------------------------------------------- divergence
+# ---- divergence
 def test_penalty_puts_diverged_trials_at_the_worst_value() -> None:
     p = LRProposer(MIN_LR, MAX_LR, seed=0)
     p.observe(p.from_unit(0.1), 2.0)
@@ -208,7 +208,7 @@ def test_divergence_at_min_lr_still_returns_a_valid_lr() -> None:
     assert_valid_proposal(p, lr)
 
 
-# ---------------------------------------------------------------------------------------------------- best / reset / state
+# ---- best / reset / state
 def test_best_rules() -> None:
     p = LRProposer(MIN_LR, MAX_LR)
     assert p.best() is None
@@ -282,7 +282,7 @@ def test_load_state_dict_missing_keys_keep_current_values() -> None:
         p.load_state_dict({"lrs": [1e-2, 2e-2], "losses": [0.3]})
 
 
-# ---------------------------------------------------------------------------------------------------- robustness
+# ---- robustness
 def test_constant_observations_do_not_crash_or_warn() -> None:
     p = LRProposer(MIN_LR, MAX_LR, seed=0)
     with warnings.catch_warnings():
@@ -318,7 +318,7 @@ def test_huge_and_tiny_finite_losses() -> None:
     assert_valid_proposal(p, p.propose())
 
 
-# ---------------------------------------------------------------------------------------------------- validation
+# ---- validation
 @pytest.mark.parametrize(
     ("kwargs", "name", "exc"),
     [
@@ -365,7 +365,7 @@ def test_observe_validation() -> None:
     assert p.best() == (1e-2, 0.25) and p.num_observations == 2
 
 
-# ---------------------------------------------------------------------------------------------------- property test
+# ---- property test
 observations = st.lists(
     st.tuples(
         st.floats(0.0, 1.0),
@@ -388,7 +388,7 @@ def test_property_proposal_valid_for_any_observations(obs: list, seed: int, num_
     assert_valid_proposal(p, lr)
 
 
-# ---------------------------------------------------------------------------------------------------- docs
+# ---- docs
 def test_module_doctest() -> None:
     result = doctest.testmod(proposer_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -93,6 +93,7 @@ def test_non_finite_values_are_refused_not_written(tmp_path) -> None:
 
 
 def test_summary_table_lists_trials_and_choice() -> None:
-    table = summary_table(sample())
-    assert "5e-01: diverged" in table and "1e-01: 0.2500" in table and "1.000e-01" in table
-    assert len(table.splitlines()) == 2
+    lines = summary_table(sample()).splitlines()
+    assert len(lines) == 3  # header + one row per trial
+    assert "5.00e-01" in lines[1] and "diverged" in lines[1] and "chosen" not in lines[1]
+    assert "1.00e-01" in lines[2] and "0.2500" in lines[2] and "0.3000" in lines[2] and lines[2].endswith("<- chosen")
