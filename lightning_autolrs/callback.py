@@ -64,8 +64,8 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
     ``num_trials`` candidate LRs, proposed by a Gaussian process with an upper-confidence-bound acquisition, are each
     trained for τ' = ``search_ratio``·τ steps from that snapshot; an exponential model fitted to each trial's loss
     curve forecasts the loss after τ steps. The stage then restores the snapshot and trains τ steps with the LR of the
-    best forecast. τ and τ' double each stage until τ reaches ``tau_max``. All steps, trials included, are real optimizer steps of
-    the Trainer, so ``max_steps`` / ``max_epochs`` bound the whole run.
+    best forecast. τ and τ' double each stage until τ reaches ``tau_max``. All steps, trials included, are real
+    optimizer steps of the Trainer, so ``max_steps`` / ``max_epochs`` bound the whole run.
 
     Args:
         min_lr: lower end of the LR search range. Default (``None``): the optimizer's configured LR / 100, or
