@@ -54,6 +54,8 @@ def _callback_bases() -> tuple[type, ...]:
 _DEFAULT_RANGE_BELOW = 100.0
 _DEFAULT_RANGE_ABOVE = 10.0
 _DEFAULT_RANGE_SPAN = 1000.0
+_SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy"})
+_SNAPSHOT_KEY = "autolrs_stage_snapshot"
 _NO_LOSS_LIMIT = 10  # consecutive loss-less optimizer steps (at least one trial's length) before we give up
 
 
@@ -87,6 +89,10 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
             stopped at once and restored.
         snapshot_device: where the stage snapshot lives: ``None`` keeps each copy on its tensor's device, ``"cpu"``
             keeps it in host memory.
+        checkpoint_snapshot: put the stage snapshot into checkpoints saved during a search (one extra copy of model
+            and optimizer state), so a resumed run continues the interrupted trial exactly. ``False`` keeps
+            checkpoints small; a run resumed in the middle of a search then restarts that stage's search from the
+            resumed weights.
         save_files: at fit end, write ``autolrs_schedule.json`` and ``autolrs_schedule.png`` into the Trainer's log
             dir (only when the Trainer has a logger; the PNG needs matplotlib).
         verbose: print one line per trial and per stage on rank zero.
@@ -119,6 +125,7 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         seed: int | None = None,
         divergence_factor: float = 5.0,
         snapshot_device: str | None = None,
+        checkpoint_snapshot: bool = True,
         save_files: bool = True,
         verbose: bool = True,
     ) -> None:
@@ -147,12 +154,17 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
                 f"`snapshot_device` must be None or a device name like 'cpu', got {snapshot_device!r}."
             )
         self._snapshot_device = snapshot_device
+        self._checkpoint_snapshot = bool(checkpoint_snapshot)
         self._save_files = bool(save_files)
         self._verbose = bool(verbose)
 
         self.controller: StageController | None = None
         self._snapshot: StateSnapshot | None = None
         self._loaded_state: dict[str, Any] | None = None
+        self._loaded_snapshot: dict[str, Any] | None = None
+        self._scaler: Any = None
+        self._scale_before: float | None = None
+        self._progress_bar: Any = None
         self._ratios: list[float] = []
         self._step_open = False
         self._step_loss = 0.0
@@ -214,6 +226,12 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        strategy = type(trainer.strategy).__name__
+        if strategy in _SHARDED_STRATEGIES:
+            raise UnsupportedSetupError(
+                f"AutoLRS does not support the `{strategy}` strategy yet: its snapshot would have to copy sharded "
+                "parameters and optimizer state, which is not verified. Use `strategy='ddp'` (or a single device)."
+            )
         optimizers = trainer.optimizers
         if len(optimizers) != 1:
             raise UnsupportedSetupError(
@@ -298,13 +316,18 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         if self._loaded_state is not None:
             state, self._loaded_state = self._loaded_state, None
             self.controller.load_state_dict(state["controller"])
-            if state.get("snapshot") is not None:
-                self._snapshot.load_state_dict(state["snapshot"])
+            if self._loaded_snapshot is not None:
+                self._snapshot.load_state_dict(self._loaded_snapshot)
+                self._loaded_snapshot = None
             elif self.controller.phase == "search":
                 # checkpoint saved without the snapshot: redo the interrupted stage's search from the resumed weights
                 self.controller.restart_stage()
+            elif self.controller.phase == "exploit" and self.controller.stage >= 0:
+                self._snapshot.capture()  # the exploit guard falls back to the resumed weights
         self._step_open = False
         self._seen_global_step = trainer.global_step
+        self._scaler = scaler
+        self._hook_progress_bar(trainer)
 
     # ------------------------------------------------------------------ the step loop
     @override
@@ -323,6 +346,7 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
             self._snapshot.capture()
         for group, ratio in zip(trainer.optimizers[0].param_groups, self._ratios):
             group["lr"] = plan.lr * ratio
+        self._scale_before = self._scaler_scale()
         self._step_open = True
         self._step_loss = 0.0
         self._step_loss_count = 0
@@ -344,10 +368,54 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         step_loss = self._step_loss if self._step_loss_count else None
         step_loss = self._reduce_loss(trainer, step_loss)
         self._check_loss_present(step_loss)
-        events = self.controller.end_step(step_loss)
-        pl_module.log("autolrs/lr", self.controller.lrs[-1], on_step=True, on_epoch=False, prog_bar=True)
+        scale_after = self._scaler_scale()
+        skipped = self._scale_before is not None and scale_after is not None and scale_after < self._scale_before
+        events = self.controller.end_step(step_loss, progressed=not skipped)
+        if events and trainer.world_size > 1:
+            # rank 0 decides: every rank adopts its decision state, so all ranks apply the same LR at the same step
+            self.controller.load_sync_state(trainer.strategy.broadcast(self.controller.sync_state(), src=0))
+        pl_module.log("autolrs/lr", self.controller.lrs[-1], on_step=True, on_epoch=False, prog_bar=False)
         for event in events:
             self._report(trainer, event)
+
+    def _scaler_scale(self) -> float | None:
+        scaler = self._scaler
+        if scaler is None or not getattr(scaler, "is_enabled", lambda: False)():
+            return None
+        return float(scaler.get_scale())
+
+    @property
+    def progress_text(self) -> str:
+        """Where the schedule is, e.g. ``"stage 2 · trial 3/10"``, shown in the progress bar."""
+        c = self.controller
+        if c is None or c.phase == "warmup":
+            return "warmup"
+        if c.phase == "search":
+            return f"stage {c.stage} · trial {c.trial + 1}/{self._num_trials}"
+        return f"stage {c.stage} · exploit"
+
+    def _hook_progress_bar(self, trainer: pl.Trainer) -> None:
+        """Add the current LR and :attr:`progress_text` to the progress bar's metrics (TQDM and Rich bars)."""
+        bar = trainer.progress_bar_callback
+        if bar is None or self._progress_bar is not None:
+            return
+        original = bar.get_metrics
+
+        def get_metrics(trainer: Any, pl_module: Any) -> dict[str, Any]:
+            metrics = dict(original(trainer, pl_module))
+            if self.controller is not None and self.controller.lrs:
+                metrics["lr"] = f"{self.controller.lrs[-1]:.3g}"
+            metrics["autolrs"] = self.progress_text
+            return metrics
+
+        bar.get_metrics = get_metrics
+        self._progress_bar = (bar, original)
+
+    def _unhook_progress_bar(self) -> None:
+        if self._progress_bar is not None:
+            bar, original = self._progress_bar
+            bar.get_metrics = original
+            self._progress_bar = None
 
     def _check_loss_present(self, loss: float | None) -> None:
         assert self.controller is not None
@@ -362,9 +430,15 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
     def _reduce_loss(self, trainer: pl.Trainer, loss: float | None) -> float | None:
         if trainer.world_size <= 1:
             return loss
-        value = torch.tensor([math.nan if loss is None else loss, 0.0 if loss is None else 1.0], dtype=torch.float64)
-        value = value.to(trainer.strategy.root_device)
-        total = trainer.strategy.reduce(torch.nan_to_num(value, nan=0.0) * 1.0, reduce_op="sum")
+        finite = loss is not None and math.isfinite(loss)
+        value = torch.tensor(
+            [loss if finite else 0.0, 1.0 if loss is not None else 0.0, 0.0 if finite or loss is None else 1.0],
+            dtype=torch.float64,
+            device=trainer.strategy.root_device,
+        )
+        total = trainer.strategy.reduce(value, reduce_op="sum")  # [sum of losses, ranks with a loss, non-finite]
+        if float(total[2]) > 0:
+            return math.nan  # a rank diverged: every rank sees it and aborts the trial together
         if float(total[1]) == 0:
             return None
         return float(total[0] / total[1])
@@ -402,6 +476,7 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
     # ------------------------------------------------------------------ ends of the run
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._unhook_progress_bar()
         self._abandon_search("the run ended")
 
     @override
@@ -427,6 +502,7 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._unhook_progress_bar()
         self._abandon_search(f"{type(exception).__name__} was raised")
 
     def _abandon_search(self, why: str) -> None:
@@ -434,20 +510,17 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
             return
         if self.controller.finalize():
             self._snapshot.restore()
-            rank_zero_warn(f"AutoLRS: {why} in the middle of a search; restored the model to the stage start.")
+            rank_zero_warn(
+                f"AutoLRS: {why} in the middle of a search (or right after a diverged step); restored the model "
+                "and optimizer to the stage start, the last committed state."
+            )
 
     # ------------------------------------------------------------------ checkpoints
     @override
     def state_dict(self) -> dict[str, Any]:
         if self.controller is None:
             return {}
-        in_search = self.controller.phase == "search" and self._snapshot is not None and self._snapshot.captured
-        return {
-            "version": 1,
-            "ratios": list(self._ratios),
-            "controller": self.controller.state_dict(),
-            "snapshot": self._snapshot.state_dict() if in_search and self._snapshot is not None else None,
-        }
+        return {"version": 1, "ratios": list(self._ratios), "controller": self.controller.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -455,3 +528,17 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
             return
         self._loaded_state = dict(state_dict)
         self._ratios = [float(r) for r in state_dict.get("ratios", [])]
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        c, snap = self.controller, self._snapshot
+        if self._checkpoint_snapshot and c is not None and snap is not None and snap.captured and c.phase == "search":
+            checkpoint[_SNAPSHOT_KEY] = snap.state_dict()
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._loaded_snapshot = checkpoint.get(_SNAPSHOT_KEY)

@@ -202,8 +202,13 @@ class StageController:
         self._pending_restore = self._pending_capture = False
         return self._plan
 
-    def end_step(self, loss: float | None) -> list[dict[str, Any]]:
+    def end_step(self, loss: float | None, *, progressed: bool = True) -> list[dict[str, Any]]:
         """Record the finished step and its training loss (``None`` when the step produced no loss).
+
+        Args:
+            loss: the step's training loss (mean over micro-batches and ranks), or ``None``.
+            progressed: ``False`` when the optimizer did not update the weights (an AMP GradScaler skipped the step):
+                the step is still accounted to its phase, but it does not count towards a trial's τ' steps.
 
         Returns:
             Events for the caller to log: dicts with ``"event"`` in ``{"trial", "search", "fallback"}``.
@@ -221,7 +226,7 @@ class StageController:
             if loss is not None and math.isfinite(loss):
                 self._recent.append(loss)
         elif plan.phase == "search":
-            events += self._record_trial_step(loss)
+            events += self._record_trial_step(loss, progressed)
         else:
             events += self._record_exploit_step(loss)
         return events
@@ -297,9 +302,11 @@ class StageController:
         ref = self._ref_loss
         return ref is not None and ref > 0 and loss > self.divergence_factor * ref
 
-    def _record_trial_step(self, loss: float | None) -> list[dict[str, Any]]:
+    def _record_trial_step(self, loss: float | None, progressed: bool = True) -> list[dict[str, Any]]:
         entry = self.history[-1]
         entry["search_steps"] += 1
+        if not progressed:
+            return []
         self._trial_steps += 1
         if self._ref_loss is None and loss is not None and math.isfinite(loss):
             self._ref_loss = loss  # first stage, no history: the stage-start loss
@@ -407,9 +414,10 @@ class StageController:
         """End a run cut short in the middle of a search (e.g. by ``max_time``).
 
         Returns:
-            Whether the caller must restore the stage snapshot (the model holds a losing trial's state).
+            Whether the caller must restore the stage snapshot: the model holds a trial's state (which need not be
+            the winner's), or the last step diverged.
         """
-        return self.phase == "search"
+        return self.phase == "search" or self._pending_restore
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
@@ -438,6 +446,16 @@ class StageController:
             "pending_capture": self._pending_capture,
             "proposer": self.proposer.state_dict(),
         }
+
+    def sync_state(self) -> dict[str, Any]:
+        """The decision state that ranks must share (:meth:`state_dict` without the per-step lists)."""
+        state = self.state_dict()
+        del state["lrs"], state["losses"]
+        return state
+
+    def load_sync_state(self, state: dict[str, Any]) -> None:
+        """Adopt another rank's :meth:`sync_state`, keeping this rank's per-step lists."""
+        self.load_state_dict({**state, "lrs": self.lrs, "losses": self.losses})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned; keys added in later versions are read with defaults."""

@@ -29,7 +29,14 @@ def make_module_class(pl: ModuleType) -> type:
     """A small MLP regression LightningModule of the given Lightning flavour."""
 
     class TinyRegressor(pl.LightningModule):
-        def __init__(self, lr: float = 0.05, optimizer: str = "sgd", two_groups: bool = False, batch_size: int = 32):
+        def __init__(
+            self,
+            lr: float = 0.05,
+            optimizer: str = "sgd",
+            two_groups: bool = False,
+            batch_size: int = 32,
+            shuffle: bool = True,
+        ):
             super().__init__()
             self.save_hyperparameters()
             self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
@@ -69,7 +76,9 @@ def make_module_class(pl: ModuleType) -> type:
 
         def train_dataloader(self) -> DataLoader:
             g = torch.Generator().manual_seed(0)
-            return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, generator=g)
+            return DataLoader(
+                self.train_set, batch_size=self.hparams.batch_size, shuffle=self.hparams.shuffle, generator=g
+            )
 
         def val_dataloader(self) -> DataLoader:
             return DataLoader(self.val_set, batch_size=128)

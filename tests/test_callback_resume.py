@@ -1,0 +1,101 @@
+"""Exact resume: a run stopped at a checkpoint (in warmup, inside a search trial, inside an exploit phase) and resumed
+in a fresh Trainer ends bitwise where the uninterrupted run ends.
+
+The model trains full-batch (one batch per epoch), so the data each step sees does not depend on where Lightning's
+non-resumable DataLoader restarts; what is under test is AutoLRS's own state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_autolrs import AutoLRS
+
+from .conftest import make_module_class, trainer_kwargs
+
+STEPS = 120  # full batch: one step per epoch; a checkpoint every 12 epochs (= steps)
+
+
+def autolrs(**kw) -> AutoLRS:
+    args = dict(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, tau_max=40, search_ratio=0.25, seed=0, verbose=False)
+    args.update(kw)
+    return AutoLRS(**args)
+
+
+def run(lpl, root: Path, cb: AutoLRS, ckpt_path: str | None = None, save_every_epoch: bool = False):
+    lpl.seed_everything(0)
+    model = make_module_class(lpl)(shuffle=False, batch_size=384)
+    callbacks: list = [cb]
+    if save_every_epoch:
+        callbacks.append(
+            lpl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", filename="{step}", every_n_epochs=12, save_top_k=-1)
+        )
+    kw = trainer_kwargs(root, max_steps=STEPS, enable_checkpointing=save_every_epoch, deterministic=True)
+    trainer = lpl.Trainer(callbacks=callbacks, **kw)
+    trainer.fit(model, ckpt_path=ckpt_path)
+    return trainer, model
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    import lightning.pytorch as lpl
+
+    root = tmp_path_factory.mktemp("ref")
+    cb = autolrs()
+    _, model = run(lpl, root, cb, save_every_epoch=True)
+    return root, cb, [p.detach().clone() for p in model.parameters()]
+
+
+def phase_at(ckpt: Path) -> str:
+    state = torch.load(ckpt, weights_only=True)  # the callback's state needs no pickled classes
+    (cb_state,) = [v for k, v in state["callbacks"].items() if k.startswith("AutoLRS")]
+    return cb_state["controller"]["phase"]
+
+
+@pytest.mark.parametrize(("step", "phase"), [(12, "search"), (24, "exploit"), (48, "search")])
+def test_resume_is_bitwise_exact(lpl, tmp_path, reference, step, phase) -> None:
+    root, ref_cb, ref_params = reference
+    ckpt = root / "ckpt" / f"step={step}.ckpt"
+    assert phase_at(ckpt) == phase
+    cb = autolrs()
+    trainer, model = run(lpl, tmp_path, cb, ckpt_path=str(ckpt))
+    assert trainer.global_step == STEPS
+    assert cb.lrs == ref_cb.lrs
+    assert cb.history == ref_cb.history
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_params))
+
+
+def test_resume_in_warmup_is_bitwise_exact(lpl, tmp_path) -> None:
+    ref_cb = autolrs(warmup_steps=15, warmup_lr=0.05)
+    _, ref_model = run(lpl, tmp_path / "a", ref_cb, save_every_epoch=True)
+    ckpt = tmp_path / "a" / "ckpt" / "step=12.ckpt"
+    assert phase_at(ckpt) == "warmup"
+    cb = autolrs(warmup_steps=15, warmup_lr=0.05)
+    _, model = run(lpl, tmp_path / "b", cb, ckpt_path=str(ckpt))
+    assert cb.lrs == ref_cb.lrs and cb.history == ref_cb.history
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
+
+
+def test_checkpoint_carries_the_snapshot_only_during_a_search(lpl, tmp_path, reference) -> None:
+    root, _, _ = reference
+    search, exploit = torch.load(root / "ckpt" / "step=12.ckpt"), torch.load(root / "ckpt" / "step=24.ckpt")
+    assert "autolrs_stage_snapshot" in search and "autolrs_stage_snapshot" not in exploit
+    params = sum(t.numel() for t in search["state_dict"].values())
+    snap_model = sum(t.numel() for t in search["autolrs_stage_snapshot"]["model"])
+    assert snap_model == params  # one extra copy of the model (plus the optimizer state)
+
+
+def test_resume_without_snapshot_restarts_the_stage_search(lpl, tmp_path) -> None:
+    ref = autolrs(checkpoint_snapshot=False)
+    run(lpl, tmp_path / "a", ref, save_every_epoch=True)
+    ckpt = tmp_path / "a" / "ckpt" / "step=12.ckpt"
+    assert "autolrs_stage_snapshot" not in torch.load(ckpt)
+    cb = autolrs(checkpoint_snapshot=False)
+    trainer, model = run(lpl, tmp_path / "b", cb, ckpt_path=str(ckpt))
+    first = cb.history[0]
+    assert first.get("restarted") and first["start_step"] == 12
+    assert [t["start_step"] for t in first["trials"]][0] == 12 and len(first["trials"]) == 3
+    assert len(cb.lrs) == trainer.global_step == STEPS
+    assert all(torch.isfinite(p).all() for p in model.parameters())
