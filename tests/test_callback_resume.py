@@ -96,6 +96,6 @@ def test_resume_without_snapshot_restarts_the_stage_search(lpl, tmp_path) -> Non
     trainer, model = run(lpl, tmp_path / "b", cb, ckpt_path=str(ckpt))
     first = cb.history[0]
     assert first.get("restarted") and first["start_step"] == 12
-    assert [t["start_step"] for t in first["trials"]][0] == 12 and len(first["trials"]) == 3
+    assert first["trials"][0]["start_step"] == 12 and len(first["trials"]) == 3
     assert len(cb.lrs) == trainer.global_step == STEPS
     assert all(torch.isfinite(p).all() for p in model.parameters())
