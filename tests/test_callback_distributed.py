@@ -1,0 +1,47 @@
+"""AutoLRS under DDP on 2 CPU processes (gloo): rank 0 decides, every rank applies the same LR at the same step."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parent / "scripts" / "ddp_fit.py"
+
+
+def launch(tmp_path: Path, strategy: str, *extra: str) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), strategy, str(tmp_path), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_ranks_agree_on_every_decision(tmp_path, strategy) -> None:
+    r0, r1 = launch(tmp_path, strategy)
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert len(r0["lrs"]) == r0["global_step"] == 70
+    assert r0["lrs"] == r1["lrs"] and r0["history"] == r1["history"] and r0["losses"] == r1["losses"]
+    assert len(r0["history"][0]["trials"]) == 3
+    assert r0["params"] == r1["params"]  # restores happened identically on both ranks
+
+
+def test_nan_on_one_rank_aborts_the_trial_on_all(tmp_path) -> None:
+    r0, r1 = launch(tmp_path, "ddp", "1", "7")  # rank 1 sees NaN at step 7, inside trial 2 of stage 0
+    trials = r0["history"][0]["trials"]
+    assert trials[1]["diverged"] and trials[1]["steps"] == 3  # steps 5, 6, 7
+    assert r0["history"] == r1["history"] and r0["lrs"] == r1["lrs"]
+    assert r0["params"] == r1["params"]
+    assert all(v == v for p in r0["params"] for v in p)  # finite (no NaN) weights on both ranks
