@@ -1,0 +1,69 @@
+"""Mixed precision, gradient clipping and the AMP GradScaler under AutoLRS (all on CPU)."""
+
+from __future__ import annotations
+
+import torch
+
+from lightning_autolrs import AutoLRS
+
+from .conftest import make_module_class, trainer_kwargs
+
+
+def autolrs(**kw) -> AutoLRS:
+    args = dict(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, tau_max=40, search_ratio=0.25, seed=0, verbose=False)
+    args.update(kw)
+    return AutoLRS(**args)
+
+
+def test_bf16_mixed_on_cpu(lpl, tmp_path) -> None:
+    cb = autolrs()
+    model = make_module_class(lpl)()
+    trainer = lpl.Trainer(callbacks=[cb], precision="bf16-mixed", **trainer_kwargs(tmp_path, max_steps=80))
+    trainer.fit(model)
+    assert len(cb.lrs) == trainer.global_step == 80
+    assert all(len(h["trials"]) == 3 for h in cb.history[:-1])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_gradient_clipping_keeps_working(lpl, tmp_path) -> None:
+    cls = make_module_class(lpl)
+    norms: list[float] = []
+
+    class Clipped(cls):
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            norms.append(float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in self.parameters()]))))
+
+    cb = autolrs()
+    trainer = lpl.Trainer(callbacks=[cb], gradient_clip_val=0.01, **trainer_kwargs(tmp_path, max_steps=60))
+    trainer.fit(Clipped())
+    assert len(norms) == 60 and max(norms) <= 0.01 + 1e-6
+    assert len(cb.lrs) == 60 and cb.history[0]["best_lr"] is not None
+
+
+def test_grad_scaler_state_is_snapshotted_and_skipped_steps_do_not_count(lpl, tmp_path) -> None:
+    """A real GradScaler on CPU (fp16 autocast): an overflow step is skipped by the scaler and not counted as a
+    trial step; restoring the snapshot brings the scale back."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    cls = make_module_class(lpl)
+    scales: dict[int, float] = {}
+
+    class Overflow(cls):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * 1e30 if self.trainer.global_step == 2 else loss  # inf gradients in fp16 at step 2
+
+        def on_train_batch_start(self, batch, batch_idx) -> None:
+            scales[self.trainer.global_step] = float(self.trainer.precision_plugin.scaler.get_scale())
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    cb = autolrs()
+    trainer = lpl.Trainer(callbacks=[cb], plugins=[plugin], **trainer_kwargs(tmp_path, max_steps=60))
+    trainer.fit(Overflow())
+    first = cb.history[0]["trials"][0]
+    assert first["steps"] == 5 and cb.history[0]["trials"][1]["start_step"] == 6  # 6 steps taken, 5 counted
+    assert scales[3] < scales[2] == 1024.0  # the scaler backed off after the overflow ...
+    assert scales[6] == 1024.0  # ... and the restore before trial 2 brought the stage-start scale back
+    assert len(cb.lrs) == trainer.global_step == 60
