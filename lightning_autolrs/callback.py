@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +22,9 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_autolrs._validation import check_float, check_int
-from lightning_autolrs.controller import StageController, default_tau, tau_prime_for
+from lightning_autolrs.controller import MONITORS, StageController, default_tau, tau_prime_for
 from lightning_autolrs.exceptions import InvalidArgumentError, UnsupportedSetupError
+from lightning_autolrs.probe import ValidationProbe
 from lightning_autolrs.proposer import DEFAULT_BETA
 from lightning_autolrs.schedule import Schedule, save_schedule
 from lightning_autolrs.snapshot import StateSnapshot
@@ -87,6 +90,15 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         seed: seed of each stage's first, space-filling proposals (stage ``s`` uses ``seed + s``; ``None`` acts as 0).
         divergence_factor: a trial whose loss exceeds this multiple of the stage's reference loss (or is NaN/inf) is
             stopped at once and restored.
+        monitor: what a trial is judged on. ``"train_loss"``: the training loss of every trial step.
+            ``"val_loss"``: the loss on ``val_batches`` fixed validation batches, probed at 8 evenly spaced steps of
+            each trial (the paper's objective; needs a validation dataloader). ``"auto"`` (default): validation
+            probes once trials are at least 200 steps long (and a validation dataloader exists), the training loss
+            for shorter trials, where 8 probes of 10 batches would cost too much relative to the trial and the
+            training loss is the less noisy signal.
+        val_batches: batches of the validation dataloader used by the probe.
+        val_loss_fn: ``val_loss_fn(module, batch) -> loss`` for the probe; default: the module's
+            ``validation_step`` (its returned loss, or the value it logs as ``*val_loss``).
         snapshot_device: where the stage snapshot lives: ``None`` keeps each copy on its tensor's device, ``"cpu"``
             keeps it in host memory.
         checkpoint_snapshot: put the stage snapshot into checkpoints saved during a search (one extra copy of model
@@ -124,6 +136,9 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         warmup_lr: float | None = None,
         seed: int | None = None,
         divergence_factor: float = 5.0,
+        monitor: str = "auto",
+        val_batches: int = 10,
+        val_loss_fn: Callable[[Any, Any], Any] | None = None,
         snapshot_device: str | None = None,
         checkpoint_snapshot: bool = True,
         save_files: bool = True,
@@ -154,6 +169,14 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
                 f"`snapshot_device` must be None or a device name like 'cpu', got {snapshot_device!r}."
             )
         self._snapshot_device = snapshot_device
+        if monitor not in MONITORS:
+            raise InvalidArgumentError(f"`monitor` must be one of {', '.join(map(repr, MONITORS))}, got {monitor!r}.")
+        self._monitor = monitor
+        self._val_batches = check_int("val_batches", val_batches, minimum=1)
+        if val_loss_fn is not None and not callable(val_loss_fn):
+            raise InvalidArgumentError(f"`val_loss_fn` must be callable as fn(module, batch), got {val_loss_fn!r}.")
+        self._val_loss_fn = val_loss_fn
+        self._probe: ValidationProbe | None = None
         self._checkpoint_snapshot = bool(checkpoint_snapshot)
         self._save_files = bool(save_files)
         self._verbose = bool(verbose)
@@ -163,6 +186,7 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         self._loaded_state: dict[str, Any] | None = None
         self._loaded_snapshot: dict[str, Any] | None = None
         self._scaler: Any = None
+        self._plan_probe = False
         self._scale_before: float | None = None
         self._progress_bar: Any = None
         self._ratios: list[float] = []
@@ -296,6 +320,17 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        monitor = self._monitor
+        self._probe = None
+        if monitor != "train_loss":
+            self._probe = ValidationProbe.from_trainer(trainer, self._val_batches, self._val_loss_fn)
+            if self._probe is None and monitor == "val_loss":
+                raise UnsupportedSetupError(
+                    "`monitor='val_loss'` needs validation data, but the Trainer has no validation dataloader (or "
+                    "`limit_val_batches=0`). Provide `val_dataloader`, or use `monitor='train_loss'`."
+                )
+            if self._probe is None:
+                monitor = "train_loss"
         self.controller = StageController(
             self.min_lr,
             self.max_lr,
@@ -310,6 +345,7 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
             beta=self._beta,
             seed=self._seed,
             divergence_factor=self._divergence_factor,
+            monitor=monitor,
         )
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         self._snapshot = StateSnapshot(pl_module, trainer.optimizers[0], scaler=scaler, device=self._snapshot_device)
@@ -347,6 +383,7 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         for group, ratio in zip(trainer.optimizers[0].param_groups, self._ratios):
             group["lr"] = plan.lr * ratio
         self._scale_before = self._scaler_scale()
+        self._plan_probe = plan.probe
         self._step_open = True
         self._step_loss = 0.0
         self._step_loss_count = 0
@@ -370,7 +407,12 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         self._check_loss_present(step_loss)
         scale_after = self._scaler_scale()
         skipped = self._scale_before is not None and scale_after is not None and scale_after < self._scale_before
-        events = self.controller.end_step(step_loss, progressed=not skipped)
+        probe, probe_seconds = None, 0.0
+        if self._plan_probe and self._probe is not None:
+            start = time.perf_counter()
+            probe = self._reduce_loss(trainer, self._probe(pl_module))
+            probe_seconds = time.perf_counter() - start
+        events = self.controller.end_step(step_loss, progressed=not skipped, probe=probe, probe_seconds=probe_seconds)
         if events and trainer.world_size > 1:
             # rank 0 decides: every rank adopts its decision state, so all ranks apply the same LR at the same step
             self.controller.load_sync_state(trainer.strategy.broadcast(self.controller.sync_state(), src=0))

@@ -41,7 +41,9 @@ from lightning_autolrs.exceptions import InvalidArgumentError
 from lightning_autolrs.forecast import ExponentialForecaster
 from lightning_autolrs.proposer import DEFAULT_BETA, LRProposer
 
-__all__ = ["StageController", "StepPlan", "default_tau"]
+__all__ = ["MONITORS", "StageController", "StepPlan", "default_tau"]
+
+MONITORS = ("auto", "train_loss", "val_loss")
 
 _REFERENCE_WINDOW = 20
 
@@ -55,12 +57,14 @@ class StepPlan:
         phase: ``"warmup"``, ``"search"`` or ``"exploit"``.
         restore: restore the stage snapshot before this step.
         capture: capture the stage snapshot before this step (after ``restore`` when both are set).
+        probe: evaluate the validation probe after this step and pass it to :meth:`StageController.end_step`.
     """
 
     lr: float
     phase: str
     restore: bool = False
     capture: bool = False
+    probe: bool = False
 
 
 def default_tau(total_steps: float | None, num_trials: int, search_ratio: float, warmup_steps: int) -> int:
@@ -106,6 +110,11 @@ class StageController:
         beta: UCB exploration weight handed to the proposer.
         seed: seed of the proposer's initial design; stage ``s`` uses ``seed + s``.
         divergence_factor: a loss above this multiple of the stage's reference loss counts as divergence.
+        monitor: the series a trial is judged on: ``"train_loss"`` (every step's training loss), ``"val_loss"``
+            (validation probes at ``probes_per_trial`` evenly spaced steps of each trial) or ``"auto"`` (validation
+            probes once τ' ≥ ``auto_val_min_tau_prime``, the training loss for shorter trials).
+        probes_per_trial: validation probes per trial when probing (the stride is ``τ' // probes_per_trial``).
+        auto_val_min_tau_prime: the τ' from which ``monitor="auto"`` switches to validation probes.
         proposer: an :class:`LRProposer` to use instead of a new one (for tests).
         forecaster: an :class:`ExponentialForecaster` to use instead of a new one.
 
@@ -137,6 +146,9 @@ class StageController:
         beta: float = DEFAULT_BETA,
         seed: int | None = None,
         divergence_factor: float = 5.0,
+        monitor: str = "train_loss",
+        probes_per_trial: int = 8,
+        auto_val_min_tau_prime: int = 200,
         proposer: LRProposer | None = None,
         forecaster: ExponentialForecaster | None = None,
     ) -> None:
@@ -162,6 +174,11 @@ class StageController:
         if self.divergence_factor <= 1.0:
             raise InvalidArgumentError(f"`divergence_factor` must be > 1, got {divergence_factor}.")
         self.beta = check_float("beta", beta, positive=True)
+        if monitor not in MONITORS:
+            raise InvalidArgumentError(f"`monitor` must be one of {', '.join(map(repr, MONITORS))}, got {monitor!r}.")
+        self.monitor = monitor
+        self.probes_per_trial = check_int("probes_per_trial", probes_per_trial, minimum=2)
+        self.auto_val_min_tau_prime = check_int("auto_val_min_tau_prime", auto_val_min_tau_prime, minimum=1)
         self.proposer = proposer or LRProposer(self.min_lr, self.max_lr, beta=self.beta, seed=self.seed)
         self.forecaster = forecaster or ExponentialForecaster()
 
@@ -185,6 +202,8 @@ class StageController:
         self._trial = 0
         self._trial_start = 0
         self._trial_losses: list[float] = []
+        self._trial_probes: list[float] = []
+        self._probe_stride = 0  # 0: this stage's trials are judged on the training loss
         self._trial_steps = 0
         self._ranking: list[float] = []  # trial LRs of the current stage, best first (exploit fallbacks)
 
@@ -198,17 +217,24 @@ class StageController:
             return self._plan
         if self.phase == "warmup" or (self.phase == "exploit" and self.step >= self._exploit_end):
             self._start_stage()
-        self._plan = StepPlan(self._lr, self.phase, restore=self._pending_restore, capture=self._pending_capture)
+        probe = self.phase == "search" and self._probe_stride > 0 and (self._trial_steps + 1) % self._probe_stride == 0
+        self._plan = StepPlan(
+            self._lr, self.phase, restore=self._pending_restore, capture=self._pending_capture, probe=probe
+        )
         self._pending_restore = self._pending_capture = False
         return self._plan
 
-    def end_step(self, loss: float | None, *, progressed: bool = True) -> list[dict[str, Any]]:
+    def end_step(
+        self, loss: float | None, *, progressed: bool = True, probe: float | None = None, probe_seconds: float = 0.0
+    ) -> list[dict[str, Any]]:
         """Record the finished step and its training loss (``None`` when the step produced no loss).
 
         Args:
             loss: the step's training loss (mean over micro-batches and ranks), or ``None``.
             progressed: ``False`` when the optimizer did not update the weights (an AMP GradScaler skipped the step):
                 the step is still accounted to its phase, but it does not count towards a trial's τ' steps.
+            probe: the validation probe's loss, when the plan asked for one.
+            probe_seconds: time the probe took (summed per stage in ``history``).
 
         Returns:
             Events for the caller to log: dicts with ``"event"`` in ``{"trial", "search", "fallback"}``.
@@ -226,6 +252,9 @@ class StageController:
             if loss is not None and math.isfinite(loss):
                 self._recent.append(loss)
         elif plan.phase == "search":
+            self.history[-1]["probe_seconds"] += float(probe_seconds)
+            if plan.probe and progressed and probe is not None:
+                self._trial_probes.append(float(probe))
             events += self._record_trial_step(loss, progressed)
         else:
             events += self._record_exploit_step(loss)
@@ -256,7 +285,13 @@ class StageController:
             "exploit_start": None,
             "exploit_steps": 0,
             "fallbacks": [],
+            "signal": "train_loss",
+            "probe_seconds": 0.0,
         }
+        probing = self.monitor == "val_loss" or (self.monitor == "auto" and tau_prime >= self.auto_val_min_tau_prime)
+        self._probe_stride = max(1, tau_prime // self.probes_per_trial) if probing else 0
+        if probing:
+            entry["signal"] = "val_loss"
         self.history.append(entry)
         self._pending_capture = True
         if searching:
@@ -276,6 +311,7 @@ class StageController:
         self._trial = index
         self._trial_start = self.step
         self._trial_losses = []
+        self._trial_probes = []
         self._trial_steps = 0
         self._lr = min(max(self.proposer.propose(), self.min_lr), self._eff_max_lr)
 
@@ -319,7 +355,11 @@ class StageController:
 
     def _finish_trial(self, diverged: bool) -> list[dict[str, Any]]:
         entry = self.history[-1]
-        forecast = None if diverged else self.forecaster.predict(self._trial_losses, self._stage_tau)
+        if self._probe_stride:  # judged on validation probes, one every `stride` steps
+            series, horizon = self._trial_probes, max(1, self._stage_tau // self._probe_stride)
+        else:
+            series, horizon = self._trial_losses, self._stage_tau
+        forecast = None if diverged else self.forecaster.predict(series, horizon)
         predicted = math.inf if forecast is None else forecast.value
         diverged = diverged or not math.isfinite(predicted)
         tail = self._trial_losses[-max(1, len(self._trial_losses) // 4) :]
@@ -440,6 +480,8 @@ class StageController:
             "trial": self._trial,
             "trial_start": self._trial_start,
             "trial_losses": list(self._trial_losses),
+            "trial_probes": list(self._trial_probes),
+            "probe_stride": self._probe_stride,
             "trial_steps": self._trial_steps,
             "ranking": list(self._ranking),
             "pending_restore": self._pending_restore,
@@ -476,6 +518,8 @@ class StageController:
         self._trial = int(state.get("trial", 0))
         self._trial_start = int(state.get("trial_start", 0))
         self._trial_losses = [float(x) for x in state.get("trial_losses", [])]
+        self._trial_probes = [float(x) for x in state.get("trial_probes", [])]
+        self._probe_stride = int(state.get("probe_stride", 0))
         self._trial_steps = int(state.get("trial_steps", 0))
         self._ranking = [float(x) for x in state.get("ranking", [])]
         self._pending_restore = bool(state.get("pending_restore", False))

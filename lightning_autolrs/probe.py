@@ -1,0 +1,131 @@
+"""The validation-loss probe: the loss of a fixed set of validation batches, measured during a search trial.
+
+AutoLRS judges a trial by a loss series. With ``monitor="val_loss"`` that series is the mean loss on ``val_batches``
+batches taken once from the Trainer's validation dataloader, evaluated in eval mode under ``torch.no_grad()`` at
+evenly spaced steps of each trial (the model's train/eval mode is restored afterwards).
+
+How the loss of a batch is computed:
+
+- ``val_loss_fn(module, batch)`` when given (returns a scalar tensor or float);
+- otherwise the module's ``validation_step(batch, batch_idx)``: its return value when it is a tensor (or a dict with
+  ``"loss"``/``"val_loss"``), else the value it logs under a name ending in ``val_loss`` (or ``loss``). The probe
+  catches those ``self.log`` calls, so nothing the probe computes reaches the Trainer's logged metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lightning_autolrs.exceptions import UnsupportedSetupError
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+__all__ = ["ValidationProbe"]
+
+
+class ValidationProbe:
+    """Mean loss of a fixed set of validation batches.
+
+    Args:
+        batches: the batches (already on the model's device).
+        loss_fn: ``loss_fn(module, batch)``; ``None`` uses the module's ``validation_step`` (see module docstring).
+    """
+
+    def __init__(self, batches: list[Any], loss_fn: Callable[[Any, Any], Any] | None = None) -> None:
+        self.batches = batches
+        self.loss_fn = loss_fn
+
+    @classmethod
+    def from_trainer(
+        cls, trainer: pl.Trainer, num_batches: int, loss_fn: Callable[[Any, Any], Any] | None = None
+    ) -> ValidationProbe | None:
+        """Take the first ``num_batches`` batches of the Trainer's (first) validation dataloader.
+
+        Returns ``None`` when there is no validation data: no ``val_dataloader`` on the datamodule or the module, or
+        ``limit_val_batches=0``.
+        """
+        if trainer.limit_val_batches == 0:
+            return None
+        loaders = trainer.val_dataloaders
+        if loaders is None:  # the fit loop only builds them when validation runs in the first epoch
+            loaders = _user_val_dataloader(trainer)
+        if isinstance(loaders, list | tuple):
+            loaders = loaders[0] if loaders else None
+        if loaders is None:
+            return None
+        batches = []
+        for i, batch in enumerate(loaders):
+            if i >= num_batches:
+                break
+            batches.append(trainer.strategy.batch_to_device(batch))
+        return cls(batches, loss_fn) if batches else None
+
+    @torch.no_grad()
+    def __call__(self, module: pl.LightningModule) -> float:
+        """The mean probe loss of ``module`` (``nan`` if any batch loss is not finite)."""
+        was_training = module.training
+        module.eval()
+        try:
+            losses = [self._batch_loss(module, batch, i) for i, batch in enumerate(self.batches)]
+        finally:
+            module.train(was_training)
+        return math.fsum(losses) / len(losses)
+
+    def _batch_loss(self, module: Any, batch: Any, index: int) -> float:
+        if self.loss_fn is not None:
+            return _to_float(self.loss_fn(module, batch), "`val_loss_fn`")
+        logged: dict[str, Any] = {}
+
+        def capture_log(name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+            logged[name] = value
+
+        def capture_log_dict(values: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            logged.update(values)
+
+        module.log, module.log_dict = capture_log, capture_log_dict  # instance attributes shadow the methods
+        try:
+            out = module.validation_step(batch, index)
+        finally:
+            del module.log, module.log_dict
+        if isinstance(out, dict):
+            out = out.get("loss", out.get("val_loss"))
+        if out is None:
+            names = [k for k in logged if k.endswith("val_loss")] or [k for k in logged if k.endswith("loss")]
+            out = logged[names[0]] if names else None
+        if out is None:
+            raise UnsupportedSetupError(
+                "`monitor='val_loss'` needs a validation loss, but `validation_step` neither returned a loss nor "
+                "logged one named '*val_loss' / '*loss'. Return or log it, or pass "
+                "`val_loss_fn=lambda module, batch: ...`."
+            )
+        return _to_float(out, "`validation_step`")
+
+
+def _user_val_dataloader(trainer: pl.Trainer) -> Any:
+    for source in (trainer.datamodule, trainer.lightning_module):
+        hook = getattr(source, "val_dataloader", None)
+        if hook is None:
+            continue
+        try:
+            return hook()
+        except Exception:  # Lightning's default hook raises when the user did not implement it
+            continue
+    return None
+
+
+def _to_float(value: Any, source: str) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise UnsupportedSetupError(
+                f"{source} must give a scalar loss, got a tensor of shape {tuple(value.shape)}."
+            )
+        return float(value.detach())
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UnsupportedSetupError(f"{source} must give a scalar loss, got {type(value).__name__}.") from None

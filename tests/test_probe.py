@@ -1,0 +1,109 @@
+"""The validation-loss signal: probes during trials, logging untouched, custom loss functions, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lightning_autolrs import AutoLRS
+from lightning_autolrs.exceptions import UnsupportedSetupError
+from lightning_autolrs.probe import ValidationProbe
+
+from .conftest import make_module_class, trainer_kwargs
+
+
+def autolrs(**kw) -> AutoLRS:
+    args = dict(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=64, tau_max=64, search_ratio=0.25, seed=0, verbose=False)
+    args.update(kw)
+    return AutoLRS(**args)
+
+
+def test_val_loss_monitor_probes_every_trial(lpl, tmp_path) -> None:
+    cls = make_module_class(lpl)
+    calls: list[bool] = []
+
+    class Counting(cls):
+        def validation_step(self, batch, batch_idx):
+            calls.append(self.training)
+            return super().validation_step(batch, batch_idx)
+
+    cb = autolrs(monitor="val_loss", val_batches=2)
+    kw = trainer_kwargs(tmp_path, max_steps=100, limit_val_batches=1.0, check_val_every_n_epoch=100)
+    model = Counting()
+    trainer = lpl.Trainer(callbacks=[cb], **kw)
+    trainer.fit(model)
+    stage = cb.history[0]
+    assert stage["signal"] == "val_loss" and stage["probe_seconds"] > 0
+    tau_prime = stage["tau_prime"]  # 16 steps: a probe every 2 steps -> 8 probes per trial
+    probes_per_trial = tau_prime // max(1, tau_prime // 8)
+    assert probes_per_trial >= 8
+    finished = [t for t in stage["trials"] if not t["diverged"]]
+    assert len(calls) >= len(finished) * probes_per_trial  # the val set is a single batch of 128
+    assert not any(calls)  # the module was in eval mode during every probe ...
+    assert model.training  # ... and is back in train mode afterwards
+    assert "val_loss" not in trainer.logged_metrics  # no validation loop ran, and the probe logged nothing
+
+
+def test_auto_monitor_uses_the_training_loss_for_short_trials(lpl, tmp_path) -> None:
+    cb = autolrs()
+    kw = trainer_kwargs(tmp_path, max_steps=100, limit_val_batches=1.0, check_val_every_n_epoch=100)
+    lpl.Trainer(callbacks=[cb], **kw).fit(make_module_class(lpl)())
+    assert cb.history[0]["signal"] == "train_loss" and cb.history[0]["probe_seconds"] == 0.0
+
+
+def test_val_loss_fn_overrides_validation_step(lpl, tmp_path) -> None:
+    seen: list[int] = []
+
+    def loss_fn(module, batch) -> torch.Tensor:
+        x, y = batch
+        seen.append(len(x))
+        return torch.nn.functional.l1_loss(module(x), y)
+
+    cb = autolrs(monitor="val_loss", val_batches=1, val_loss_fn=loss_fn)
+    kw = trainer_kwargs(tmp_path, max_steps=100, limit_val_batches=1.0, check_val_every_n_epoch=100)
+    lpl.Trainer(callbacks=[cb], **kw).fit(make_module_class(lpl)())
+    assert seen and set(seen) == {128}
+    assert cb.history[0]["signal"] == "val_loss"
+
+
+def test_val_loss_without_val_data_is_rejected(lpl, tmp_path) -> None:
+    trainer = lpl.Trainer(callbacks=[autolrs(monitor="val_loss")], **trainer_kwargs(tmp_path, max_steps=100))
+    with pytest.raises(UnsupportedSetupError, match="no validation dataloader"):
+        trainer.fit(make_module_class(lpl)())
+
+
+def test_probe_reads_the_logged_loss_and_logs_nothing(lpl) -> None:
+    cls = make_module_class(lpl)
+    model = cls()  # its validation_step only logs "val_loss" and returns None
+    x, y = model.val_set.tensors
+    probe = ValidationProbe([(x[:64], y[:64]), (x[64:], y[64:])])
+    expected = (
+        float(torch.nn.functional.mse_loss(model(x[:64]), y[:64]))
+        + float(torch.nn.functional.mse_loss(model(x[64:]), y[64:]))
+    ) / 2
+    assert probe(model) == pytest.approx(expected, rel=1e-6)
+    assert "log" not in vars(model)  # the capture was removed again
+
+
+def test_probe_without_any_loss_is_a_clear_error(lpl) -> None:
+    cls = make_module_class(lpl)
+
+    class Silent(cls):
+        def validation_step(self, batch, batch_idx):
+            return None
+
+    x, y = Silent().val_set.tensors
+    with pytest.raises(UnsupportedSetupError, match="val_loss_fn"):
+        ValidationProbe([(x, y)])(Silent())
+
+
+def test_probe_batches_come_from_the_val_dataloader(lpl, tmp_path) -> None:
+    model = make_module_class(lpl)()
+    trainer = lpl.Trainer(**trainer_kwargs(tmp_path, max_steps=1, limit_val_batches=1.0))
+    trainer.fit(model)
+    trainer.fit_loop.epoch_loop.val_loop.setup_data()
+    probe = ValidationProbe.from_trainer(trainer, 1)
+    assert probe is not None and len(probe.batches) == 1
+    first = next(iter(DataLoader(model.val_set, batch_size=128)))
+    assert torch.equal(probe.batches[0][0], first[0])
