@@ -14,6 +14,7 @@ from lightning_autolrs.exceptions import (
     ScheduleFormatError,
     UnsupportedSetupError,
 )
+from lightning_autolrs.replay import ReplaySchedule
 from lightning_autolrs.schedule import Schedule, load_schedule, save_schedule
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "AutoLRSWarning",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
+    "ReplaySchedule",
     "Schedule",
     "ScheduleFormatError",
     "UnsupportedSetupError",
