@@ -59,6 +59,7 @@ _DEFAULT_RANGE_ABOVE = 10.0
 _DEFAULT_RANGE_SPAN = 1000.0
 _SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy"})
 _SNAPSHOT_KEY = "autolrs_stage_snapshot"
+_BEST_SNAPSHOT_KEY = "autolrs_best_trial_snapshot"
 _NO_LOSS_LIMIT = 10  # consecutive loss-less optimizer steps (at least one trial's length) before we give up
 
 
@@ -96,6 +97,11 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
             probes once trials are at least 200 steps long (and a validation dataloader exists), the training loss
             for shorter trials, where 8 probes of 10 batches would cost too much relative to the trial and the
             training loss is the less noisy signal.
+        reuse_best_trial: continue the exploit phase from the end state of the best trial (one more in-memory
+            snapshot) instead of re-training its τ' steps from the stage start; saves τ' steps per stage.
+        early_stop: end a stage's search early, after at least ``min_trials`` trials, once the GP's optimistic bound
+            (``mean + sigma``) nowhere beats the best trial.
+        min_trials: fewest trials per stage when ``early_stop`` is on (≥ 2).
         val_batches: batches of the validation dataloader used by the probe.
         val_loss_fn: ``val_loss_fn(module, batch) -> loss`` for the probe; default: the module's
             ``validation_step`` (its returned loss, or the value it logs as ``*val_loss``).
@@ -137,6 +143,9 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         seed: int | None = None,
         divergence_factor: float = 5.0,
         monitor: str = "auto",
+        reuse_best_trial: bool = False,
+        early_stop: bool = False,
+        min_trials: int = 3,
         val_batches: int = 10,
         val_loss_fn: Callable[[Any, Any], Any] | None = None,
         snapshot_device: str | None = None,
@@ -173,6 +182,13 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
             raise InvalidArgumentError(f"`monitor` must be one of {', '.join(map(repr, MONITORS))}, got {monitor!r}.")
         self._monitor = monitor
         self._val_batches = check_int("val_batches", val_batches, minimum=1)
+        self._reuse_best_trial = bool(reuse_best_trial)
+        self._early_stop = bool(early_stop)
+        self._min_trials = check_int("min_trials", min_trials, minimum=2)
+        if self._min_trials > self._num_trials:
+            raise InvalidArgumentError(
+                f"`min_trials` must be <= `num_trials`, got min_trials={min_trials} > num_trials={num_trials}."
+            )
         if val_loss_fn is not None and not callable(val_loss_fn):
             raise InvalidArgumentError(f"`val_loss_fn` must be callable as fn(module, batch), got {val_loss_fn!r}.")
         self._val_loss_fn = val_loss_fn
@@ -185,6 +201,8 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         self._snapshot: StateSnapshot | None = None
         self._loaded_state: dict[str, Any] | None = None
         self._loaded_snapshot: dict[str, Any] | None = None
+        self._loaded_best: dict[str, Any] | None = None
+        self._best_snapshot: StateSnapshot | None = None
         self._scaler: Any = None
         self._plan_probe = False
         self._scale_before: float | None = None
@@ -346,15 +364,26 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
             seed=self._seed,
             divergence_factor=self._divergence_factor,
             monitor=monitor,
+            reuse_best_trial=self._reuse_best_trial,
+            early_stop=self._early_stop,
+            min_trials=self._min_trials,
         )
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         self._snapshot = StateSnapshot(pl_module, trainer.optimizers[0], scaler=scaler, device=self._snapshot_device)
+        self._best_snapshot = (
+            StateSnapshot(pl_module, trainer.optimizers[0], scaler=scaler, device=self._snapshot_device)
+            if self._reuse_best_trial
+            else None
+        )
         if self._loaded_state is not None:
             state, self._loaded_state = self._loaded_state, None
             self.controller.load_state_dict(state["controller"])
             if self._loaded_snapshot is not None:
                 self._snapshot.load_state_dict(self._loaded_snapshot)
                 self._loaded_snapshot = None
+                if self._best_snapshot is not None and self._loaded_best is not None:
+                    self._best_snapshot.load_state_dict(self._loaded_best)
+                self._loaded_best = None
             elif self.controller.phase == "search":
                 # checkpoint saved without the snapshot: redo the interrupted stage's search from the resumed weights
                 self.controller.restart_stage()
@@ -376,7 +405,11 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
             return
         plan = self.controller.begin_step()
         assert self._snapshot is not None
-        if plan.restore:
+        if plan.save_best and self._best_snapshot is not None:
+            self._best_snapshot.capture()
+        if plan.restore_best and self._best_snapshot is not None:
+            self._best_snapshot.restore()
+        elif plan.restore:
             self._snapshot.restore()
         if plan.capture:
             self._snapshot.capture()
@@ -578,9 +611,12 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         c, snap = self.controller, self._snapshot
         if self._checkpoint_snapshot and c is not None and snap is not None and snap.captured and c.phase == "search":
             checkpoint[_SNAPSHOT_KEY] = snap.state_dict()
+            if self._best_snapshot is not None and self._best_snapshot.captured:
+                checkpoint[_BEST_SNAPSHOT_KEY] = self._best_snapshot.state_dict()
 
     @override
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         self._loaded_snapshot = checkpoint.get(_SNAPSHOT_KEY)
+        self._loaded_best = checkpoint.get(_BEST_SNAPSHOT_KEY)

@@ -58,6 +58,9 @@ class StepPlan:
         restore: restore the stage snapshot before this step.
         capture: capture the stage snapshot before this step (after ``restore`` when both are set).
         probe: evaluate the validation probe after this step and pass it to :meth:`StageController.end_step`.
+        save_best: before anything else, copy the current state (the end of the best trial so far) into the
+            best-trial snapshot.
+        restore_best: restore the best-trial snapshot instead of the stage snapshot.
     """
 
     lr: float
@@ -65,6 +68,8 @@ class StepPlan:
     restore: bool = False
     capture: bool = False
     probe: bool = False
+    save_best: bool = False
+    restore_best: bool = False
 
 
 def default_tau(total_steps: float | None, num_trials: int, search_ratio: float, warmup_steps: int) -> int:
@@ -113,6 +118,13 @@ class StageController:
         monitor: the series a trial is judged on: ``"train_loss"`` (every step's training loss), ``"val_loss"``
             (validation probes at ``probes_per_trial`` evenly spaced steps of each trial) or ``"auto"`` (validation
             probes once τ' ≥ ``auto_val_min_tau_prime``, the training loss for shorter trials).
+        reuse_best_trial: continue the exploit phase from the end state of the best trial (kept in a second
+            snapshot, :attr:`StepPlan.save_best`) instead of re-training its τ' steps from the stage start; the
+            exploit phase is then τ − τ' steps long.
+        early_stop: end a stage's search before ``num_trials`` once at least ``min_trials`` trials are done and the
+            GP's optimistic bound (UCB with ``stop_beta``) nowhere beats the best trial.
+        min_trials: fewest trials before ``early_stop`` may end a search.
+        stop_beta: UCB weight of the ``early_stop`` test (smaller stops sooner).
         probes_per_trial: validation probes per trial when probing (the stride is ``τ' // probes_per_trial``).
         auto_val_min_tau_prime: the τ' from which ``monitor="auto"`` switches to validation probes.
         proposer: an :class:`LRProposer` to use instead of a new one (for tests).
@@ -147,6 +159,10 @@ class StageController:
         seed: int | None = None,
         divergence_factor: float = 5.0,
         monitor: str = "train_loss",
+        reuse_best_trial: bool = False,
+        early_stop: bool = False,
+        min_trials: int = 3,
+        stop_beta: float = 1.0,
         probes_per_trial: int = 8,
         auto_val_min_tau_prime: int = 200,
         proposer: LRProposer | None = None,
@@ -178,6 +194,10 @@ class StageController:
             raise InvalidArgumentError(f"`monitor` must be one of {', '.join(map(repr, MONITORS))}, got {monitor!r}.")
         self.monitor = monitor
         self.probes_per_trial = check_int("probes_per_trial", probes_per_trial, minimum=2)
+        self.reuse_best_trial = bool(reuse_best_trial)
+        self.early_stop = bool(early_stop)
+        self.min_trials = check_int("min_trials", min_trials, minimum=2)
+        self.stop_beta = check_float("stop_beta", stop_beta, positive=True)
         self.auto_val_min_tau_prime = check_int("auto_val_min_tau_prime", auto_val_min_tau_prime, minimum=1)
         self.proposer = proposer or LRProposer(self.min_lr, self.max_lr, beta=self.beta, seed=self.seed)
         self.forecaster = forecaster or ExponentialForecaster()
@@ -190,6 +210,9 @@ class StageController:
         self._plan: StepPlan | None = None
         self._pending_restore = False
         self._pending_capture = False
+        self._pending_save_best = False
+        self._pending_restore_best = False
+        self._best_trial: int | None = None  # index of the trial whose end state the best-trial snapshot holds
         self._recent: deque[float] = deque(maxlen=_REFERENCE_WINDOW)
         self._eff_max_lr = self.max_lr
         # stage state
@@ -219,9 +242,16 @@ class StageController:
             self._start_stage()
         probe = self.phase == "search" and self._probe_stride > 0 and (self._trial_steps + 1) % self._probe_stride == 0
         self._plan = StepPlan(
-            self._lr, self.phase, restore=self._pending_restore, capture=self._pending_capture, probe=probe
+            self._lr,
+            self.phase,
+            restore=self._pending_restore and not self._pending_restore_best,
+            capture=self._pending_capture,
+            probe=probe,
+            save_best=self._pending_save_best,
+            restore_best=self._pending_restore_best,
         )
         self._pending_restore = self._pending_capture = False
+        self._pending_save_best = self._pending_restore_best = False
         return self._plan
 
     def end_step(
@@ -315,13 +345,14 @@ class StageController:
         self._trial_steps = 0
         self._lr = min(max(self.proposer.propose(), self.min_lr), self._eff_max_lr)
 
-    def _begin_exploit(self, lr: float) -> None:
+    def _begin_exploit(self, lr: float, already: int = 0) -> None:
+        """Exploit ``lr`` for the rest of the stage; ``already`` steps of it were trained by a reused trial."""
         entry = self.history[-1]
         self.phase = "exploit"
         self._lr = lr
         entry["exploit_start"] = self.step
         remaining = self._remaining()
-        exploit = min(self._stage_tau, remaining)
+        exploit = min(max(1, self._stage_tau - already), remaining)
         after = remaining - exploit
         next_tau = min(self._stage_tau * 2, self.tau_max)
         next_tp = tau_prime_for(next_tau, self.search_ratio)
@@ -376,19 +407,44 @@ class StageController:
         self.proposer.observe(self._lr, predicted, diverged=diverged)
         events: list[dict[str, Any]] = [{"event": "trial", "stage": self._stage, "trial": self._trial, **trial}]
         self._pending_restore = True
-        if self._trial + 1 < self.num_trials:
+        if self.reuse_best_trial and not diverged and trial["steps"] == self._stage_tau_prime:
+            best = self._best_trial
+            if best is None or (predicted, self._lr) < (
+                entry["trials"][best]["predicted_loss"],
+                entry["trials"][best]["lr"],
+            ):
+                self._best_trial = self._trial
+                self._pending_save_best = True
+        done = len(entry["trials"])
+        stop_early = (
+            self.early_stop
+            and done < self.num_trials
+            and done >= self.min_trials
+            and not self.proposer.improvement_plausible(self.stop_beta)
+        )
+        if stop_early:
+            entry["stopped_early"] = True
+        if self._trial + 1 < self.num_trials and not stop_early:
             self._begin_trial(self._trial + 1)
             return events
         ranked = sorted((t for t in entry["trials"] if not t["diverged"]), key=lambda t: (t["predicted_loss"], t["lr"]))
         self._ranking = [t["lr"] for t in ranked]
         best = self._ranking[0] if self._ranking else self.min_lr
         entry["best_lr"] = best
+        reused = self._best_trial is not None and entry["trials"][self._best_trial]["lr"] == best
+        if reused:
+            entry["reused_trial"] = self._best_trial
+            if self._best_trial == len(entry["trials"]) - 1:
+                self._pending_restore = self._pending_save_best = False  # the model already holds that state
+            else:
+                self._pending_restore_best = True
         diverged_lrs = [t["lr"] for t in entry["trials"] if t["diverged"]]
         if diverged_lrs:
             self._eff_max_lr = max(min(diverged_lrs), self.min_lr * 1.5)
         else:
             self._eff_max_lr = min(self._eff_max_lr * 2, self.max_lr)
-        self._begin_exploit(best)
+        self._best_trial = None
+        self._begin_exploit(best, already=self._stage_tau_prime if reused else 0)
         events.append({"event": "search", "stage": self._stage, "best_lr": best, "trials": len(entry["trials"])})
         return events
 
@@ -448,6 +504,8 @@ class StageController:
         self.proposer.reset(min_lr=self.min_lr, max_lr=self._eff_max_lr, seed=self._stage_seed())
         self._pending_restore = False
         self._pending_capture = True
+        self._pending_save_best = self._pending_restore_best = False
+        self._best_trial = None
         self._begin_trial(0)
 
     def finalize(self) -> bool:
@@ -486,6 +544,9 @@ class StageController:
             "ranking": list(self._ranking),
             "pending_restore": self._pending_restore,
             "pending_capture": self._pending_capture,
+            "pending_save_best": self._pending_save_best,
+            "pending_restore_best": self._pending_restore_best,
+            "best_trial": self._best_trial,
             "proposer": self.proposer.state_dict(),
         }
 
@@ -524,6 +585,10 @@ class StageController:
         self._ranking = [float(x) for x in state.get("ranking", [])]
         self._pending_restore = bool(state.get("pending_restore", False))
         self._pending_capture = bool(state.get("pending_capture", False))
+        self._pending_save_best = bool(state.get("pending_save_best", False))
+        self._pending_restore_best = bool(state.get("pending_restore_best", False))
+        best_trial = state.get("best_trial")
+        self._best_trial = None if best_trial is None else int(best_trial)
         if "proposer" in state:
             self.proposer.load_state_dict(state["proposer"])
         self._plan = None

@@ -359,14 +359,51 @@ class LRProposer:
             return None
         return float(self._grid[int(torch.where(ok, values, -math.inf).argmax())])
 
-    def _ucb_on_grid(self, train_x: torch.Tensor, train_y: torch.Tensor) -> torch.Tensor:
+    def _ucb_on_grid(self, train_x: torch.Tensor, train_y: torch.Tensor, beta: float | None = None) -> torch.Tensor:
         """Fit the GP to ``(n x 1, n x 1)`` float64 data and return UCB on the ``grid_size x 1 x 1`` grid."""
         with torch.random.fork_rng(devices=[]), gpytorch.settings.debug(False):
             torch.manual_seed(self._effective_seed * 1_000_003 + train_x.shape[0])
             model = _make_model(train_x, train_y)
             fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model), optimizer_kwargs=_FIT_OPTIONS)
             with torch.no_grad():
-                return UpperConfidenceBound(model, beta=self.beta)(self._grid.view(-1, 1, 1))
+                b = self.beta if beta is None else beta
+                return UpperConfidenceBound(model, beta=b)(self._grid.view(-1, 1, 1))
+
+    def improvement_plausible(self, beta: float = 1.0) -> bool:
+        """Whether an untried LR could still beat the best observation, by the GP's optimistic bound.
+
+        Fits the GP to the observations (penalties included) and compares ``max UCB_beta(-loss)`` over the untried
+        grid points (below the lowest diverged LR, if any) with the best observed ``-loss``: ``False`` means that even
+        ``mean + sqrt(beta)·sigma`` nowhere reaches the best trial, so more trials are unlikely to pay off. Returns
+        ``True`` whenever the GP cannot be fitted (too few or degenerate observations): never stop on no evidence.
+
+        Example:
+            >>> p = LRProposer(1e-3, 1.0, seed=0)
+            >>> p.improvement_plausible()
+            True
+        """
+        tried = self._tried_x()
+        data = self._gp_data(tried)
+        if data is None or len(data[0]) < max(2, self.num_initial):
+            return True
+        y = _rescale(data[1])
+        if y is None:
+            return True
+        train_x = torch.tensor(data[0], dtype=torch.float64).unsqueeze(-1)
+        train_y = (-y).unsqueeze(-1)
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            try:
+                values = self._ucb_on_grid(train_x, train_y, beta=beta).detach().reshape(-1)
+            except _GP_ERRORS:
+                return True
+        ok = self._free_mask(self._grid, tried) & torch.isfinite(values)
+        upper = self._diverged_upper(tried)
+        if upper is not None:
+            ok &= self._grid < upper
+        if not bool(ok.any()):
+            return False  # nothing left to try
+        return float(values[ok].max()) > float(train_y.max())
 
     # ------------------------------------------------------------------ helpers
     @property

@@ -99,3 +99,15 @@ def test_resume_without_snapshot_restarts_the_stage_search(lpl, tmp_path) -> Non
     assert first["trials"][0]["start_step"] == 12 and len(first["trials"]) == 3
     assert len(cb.lrs) == trainer.global_step == STEPS
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_resume_with_reuse_best_trial_is_bitwise_exact(lpl, tmp_path) -> None:
+    ref_cb = autolrs(reuse_best_trial=True)
+    _, ref_model = run(lpl, tmp_path / "a", ref_cb, save_every_epoch=True)
+    ckpt = tmp_path / "a" / "ckpt" / "step=12.ckpt"
+    assert phase_at(ckpt) == "search" and "autolrs_best_trial_snapshot" in torch.load(ckpt)
+    assert "reused_trial" in ref_cb.history[0]
+    cb = autolrs(reuse_best_trial=True)
+    _, model = run(lpl, tmp_path / "b", cb, ckpt_path=str(ckpt))
+    assert cb.lrs == ref_cb.lrs and cb.history == ref_cb.history
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))

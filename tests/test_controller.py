@@ -23,6 +23,10 @@ class Quadratic:
         self.w = torch.randn(16, generator=g, dtype=torch.float64) * 3
         self.gen = g
         self.saved: torch.Tensor | None = None
+        self.best: torch.Tensor | None = None
+        self.best_restores = 0
+        self.inputs: list[torch.Tensor] = []  # weights each step started from (after restores)
+        self.outputs: list[torch.Tensor] = []  # weights after each step
         self.restores = 0
         self.captures = 0
         self.nan_above = nan_above
@@ -30,6 +34,12 @@ class Quadratic:
     def run(self, c: StageController, steps: int) -> None:
         for _ in range(steps):
             plan = c.begin_step()
+            if plan.save_best:
+                self.best = self.w.clone()
+            if plan.restore_best:
+                assert self.best is not None and not plan.restore
+                self.w.copy_(self.best)
+                self.best_restores += 1
             if plan.restore:
                 assert self.saved is not None
                 self.w.copy_(self.saved)
@@ -37,12 +47,14 @@ class Quadratic:
             if plan.capture:
                 self.saved = self.w.clone()
                 self.captures += 1
+            self.inputs.append(self.w.clone())
             noise = torch.randn(16, generator=self.gen, dtype=torch.float64) * 0.1
             loss = float(0.5 * (self.h * (self.w + noise) ** 2).sum())
             self.w -= plan.lr * self.h * (self.w + noise)
             if self.nan_above is not None and plan.lr > self.nan_above:
                 loss = math.nan
                 self.w.fill_(math.nan)
+            self.outputs.append(self.w.clone())
             c.end_step(loss)
 
 
@@ -231,3 +243,32 @@ def test_property_budget_bounds_and_restores(total, k, tau, ratio, warmup) -> No
     full = [h for h in c.history if len(h["trials"]) == k]
     fallbacks = sum(len(h["fallbacks"]) for h in c.history)
     assert sim.restores + int(c.finalize()) == k * len(full) + fallbacks  # a fallback at the last step is pending
+
+
+def test_reuse_best_trial_continues_from_its_end_state() -> None:
+    c, sim = make(total=1000, reuse_best_trial=True), Quadratic()
+    sim.run(c, 1000)
+    full = [h for h in c.history if len(h["trials"]) == 4]
+    assert full and all("reused_trial" in h for h in full)
+    for h in full:
+        best = h["trials"][h["reused_trial"]]
+        assert best["lr"] == h["best_lr"]
+        if h is not c.history[-1]:
+            assert h["exploit_steps"] == h["tau"] - h["tau_prime"]  # the trial's tau' steps count for the stage
+        # the exploit phase starts from exactly the weights the best trial ended with
+        assert torch.equal(sim.inputs[h["exploit_start"]], sim.outputs[best["start_step"] + best["steps"] - 1])
+    assert sum(h["search_steps"] + h["exploit_steps"] for h in c.history) == 1000
+    assert sim.best_restores == sum(1 for h in full if h["reused_trial"] != 3)  # no restore when the last trial won
+
+
+def test_early_stop_ends_confident_searches_sooner() -> None:
+    plain, sim_plain = make(total=2000, num_trials=8, tau=40, search_ratio=0.25), Quadratic()
+    early = make(total=2000, num_trials=8, tau=40, search_ratio=0.25, early_stop=True, min_trials=3)
+    sim_early = Quadratic()
+    sim_plain.run(plain, 2000)
+    sim_early.run(early, 2000)
+    stopped = [h for h in early.history if h.get("stopped_early")]
+    assert stopped and all(3 <= len(h["trials"]) < 8 for h in stopped)
+    trials = lambda c: [len(h["trials"]) for h in c.history if h["trials"]]  # noqa: E731
+    assert sum(trials(early)) / len(trials(early)) < sum(trials(plain)) / len(trials(plain)) == 8
+    assert sum(h["search_steps"] + h["exploit_steps"] for h in early.history) == 2000
