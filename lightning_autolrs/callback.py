@@ -21,8 +21,8 @@ import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_autolrs._validation import check_float, check_int
-from lightning_autolrs.controller import MONITORS, StageController, default_tau, tau_prime_for
+from lightning_autolrs._validation import check_int
+from lightning_autolrs.controller import StageController, check_settings, default_tau, tau_prime_for
 from lightning_autolrs.exceptions import InvalidArgumentError, UnsupportedSetupError
 from lightning_autolrs.probe import ValidationProbe
 from lightning_autolrs.proposer import DEFAULT_BETA
@@ -154,41 +154,31 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         verbose: bool = True,
     ) -> None:
         super().__init__()
-        self._min_lr = check_float("min_lr", min_lr, positive=True, allow_none=True)
-        self._max_lr = check_float("max_lr", max_lr, positive=True, allow_none=True)
-        if self._min_lr is not None and self._max_lr is not None and self._max_lr <= self._min_lr:
-            raise InvalidArgumentError(
-                f"`max_lr` must be greater than `min_lr`, got max_lr={max_lr} <= min_lr={min_lr}; widen the range."
-            )
-        self._num_trials = check_int("num_trials", num_trials, minimum=2)
-        self._tau = check_int("tau", tau, minimum=1, allow_none=True)
-        self._tau_max = check_int("tau_max", tau_max, minimum=1)
-        if self._tau is not None and self._tau_max < self._tau:
-            raise InvalidArgumentError(f"`tau_max` must be >= `tau`, got tau_max={tau_max} < tau={tau}.")
-        self._search_ratio = check_float("search_ratio", search_ratio, open_unit=True)
-        self._beta = check_float("beta", beta, positive=True)
-        self._warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
-        self._warmup_lr = check_float("warmup_lr", warmup_lr, positive=True, allow_none=True)
-        self._seed = check_int("seed", seed, allow_none=True)
-        self._divergence_factor = check_float("divergence_factor", divergence_factor, positive=True)
-        if self._divergence_factor <= 1.0:
-            raise InvalidArgumentError(f"`divergence_factor` must be > 1, got {divergence_factor}.")
+        checked = check_settings(
+            min_lr=min_lr,
+            max_lr=max_lr,
+            num_trials=num_trials,
+            tau=tau,
+            tau_max=tau_max,
+            search_ratio=search_ratio,
+            beta=beta,
+            warmup_steps=warmup_steps,
+            warmup_lr=warmup_lr,
+            seed=seed,
+            divergence_factor=divergence_factor,
+            monitor=monitor,
+            min_trials=min_trials,
+        )
+        for name, value in checked.items():
+            setattr(self, f"_{name}", value)
         if snapshot_device is not None and not isinstance(snapshot_device, str | torch.device):
             raise InvalidArgumentError(
                 f"`snapshot_device` must be None or a device name like 'cpu', got {snapshot_device!r}."
             )
         self._snapshot_device = snapshot_device
-        if monitor not in MONITORS:
-            raise InvalidArgumentError(f"`monitor` must be one of {', '.join(map(repr, MONITORS))}, got {monitor!r}.")
-        self._monitor = monitor
         self._val_batches = check_int("val_batches", val_batches, minimum=1)
         self._reuse_best_trial = bool(reuse_best_trial)
         self._early_stop = bool(early_stop)
-        self._min_trials = check_int("min_trials", min_trials, minimum=2)
-        if self._min_trials > self._num_trials:
-            raise InvalidArgumentError(
-                f"`min_trials` must be <= `num_trials`, got min_trials={min_trials} > num_trials={num_trials}."
-            )
         if val_loss_fn is not None and not callable(val_loss_fn):
             raise InvalidArgumentError(f"`val_loss_fn` must be callable as fn(module, batch), got {val_loss_fn!r}.")
         self._val_loss_fn = val_loss_fn

@@ -89,6 +89,61 @@ def default_tau(total_steps: float | None, num_trials: int, search_ratio: float,
     return int((total_steps - warmup_steps) // (7 * (1 + num_trials * search_ratio)))
 
 
+def check_settings(
+    *,
+    min_lr: Any,
+    max_lr: Any,
+    num_trials: Any,
+    tau: Any,
+    tau_max: Any,
+    search_ratio: Any,
+    beta: Any,
+    warmup_steps: Any,
+    warmup_lr: Any,
+    seed: Any,
+    divergence_factor: Any,
+    monitor: Any,
+    min_trials: Any,
+) -> dict[str, Any]:
+    """Validate the AutoLRS settings shared by the callback and the controller; return them normalised.
+
+    ``min_lr``, ``max_lr``, ``tau`` and ``warmup_lr`` may be ``None`` (the callback derives them at fit start).
+    Raises :class:`InvalidArgumentError` / :class:`InvalidArgumentTypeError` naming the argument.
+    """
+    lo = check_float("min_lr", min_lr, positive=True, allow_none=True)
+    hi = check_float("max_lr", max_lr, positive=True, allow_none=True)
+    if lo is not None and hi is not None and hi <= lo:
+        raise InvalidArgumentError(
+            f"`max_lr` must be greater than `min_lr`, got max_lr={max_lr} <= min_lr={min_lr}; widen the range."
+        )
+    num_trials = check_int("num_trials", num_trials, minimum=2)
+    tau = check_int("tau", tau, minimum=1, allow_none=True)
+    tau_max = check_int("tau_max", tau_max, minimum=1)
+    if tau is not None and tau_max < tau:
+        raise InvalidArgumentError(f"`tau_max` must be >= `tau`, got tau_max={tau_max} < tau={tau}.")
+    factor = check_float("divergence_factor", divergence_factor, positive=True)
+    if factor <= 1.0:
+        raise InvalidArgumentError(f"`divergence_factor` must be > 1, got {divergence_factor}.")
+    if monitor not in MONITORS:
+        raise InvalidArgumentError(f"`monitor` must be one of {', '.join(map(repr, MONITORS))}, got {monitor!r}.")
+    min_trials = check_int("min_trials", min_trials, minimum=2)  # above num_trials it simply never stops early
+    return {
+        "min_lr": lo,
+        "max_lr": hi,
+        "num_trials": num_trials,
+        "tau": tau,
+        "tau_max": tau_max,
+        "search_ratio": check_float("search_ratio", search_ratio, open_unit=True),
+        "beta": check_float("beta", beta, positive=True),
+        "warmup_steps": check_int("warmup_steps", warmup_steps, minimum=0),
+        "warmup_lr": check_float("warmup_lr", warmup_lr, positive=True, allow_none=True),
+        "seed": check_int("seed", seed, allow_none=True),
+        "divergence_factor": factor,
+        "monitor": monitor,
+        "min_trials": min_trials,
+    }
+
+
 def tau_prime_for(tau: int, search_ratio: float) -> int:
     """Trial length τ' for a stage of length τ: ``max(1, round(search_ratio·τ))``."""
     return max(1, round(search_ratio * tau))
@@ -168,35 +223,31 @@ class StageController:
         proposer: LRProposer | None = None,
         forecaster: ExponentialForecaster | None = None,
     ) -> None:
-        self.min_lr = check_float("min_lr", min_lr, positive=True)
-        self.max_lr = check_float("max_lr", max_lr, positive=True)
-        if self.max_lr <= self.min_lr:
-            raise InvalidArgumentError(
-                f"`max_lr` must be greater than `min_lr`, got max_lr={max_lr} <= min_lr={min_lr}."
-            )
-        self.num_trials = check_int("num_trials", num_trials, minimum=2)
-        self.tau = check_int("tau", tau, minimum=1)
-        self.tau_max = check_int("tau_max", tau_max, minimum=1)
-        if self.tau_max < self.tau:
-            raise InvalidArgumentError(f"`tau_max` must be >= `tau`, got tau_max={tau_max} < tau={tau}.")
-        self.search_ratio = check_float("search_ratio", search_ratio, open_unit=True)
-        self.warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
-        self.warmup_lr = check_float("warmup_lr", warmup_lr, positive=True, allow_none=True)
-        if self.warmup_steps > 0 and self.warmup_lr is None:
+        if min_lr is None or max_lr is None:
+            raise InvalidArgumentError("`min_lr` and `max_lr` are required by the controller.")
+        checked = check_settings(
+            min_lr=min_lr,
+            max_lr=max_lr,
+            num_trials=num_trials,
+            tau=tau,
+            tau_max=tau_max,
+            search_ratio=search_ratio,
+            beta=beta,
+            warmup_steps=warmup_steps,
+            warmup_lr=warmup_lr,
+            seed=seed,
+            divergence_factor=divergence_factor,
+            monitor=monitor,
+            min_trials=min_trials,
+        )
+        if checked["warmup_steps"] > 0 and checked["warmup_lr"] is None:
             raise InvalidArgumentError("`warmup_lr` is required when `warmup_steps` > 0; pass the LR warmup ends at.")
+        for name, value in checked.items():
+            setattr(self, name, value)
         self.total_steps = check_int("total_steps", total_steps, minimum=1, allow_none=True)
-        self.seed = check_int("seed", seed, allow_none=True)
-        self.divergence_factor = check_float("divergence_factor", divergence_factor, positive=True)
-        if self.divergence_factor <= 1.0:
-            raise InvalidArgumentError(f"`divergence_factor` must be > 1, got {divergence_factor}.")
-        self.beta = check_float("beta", beta, positive=True)
-        if monitor not in MONITORS:
-            raise InvalidArgumentError(f"`monitor` must be one of {', '.join(map(repr, MONITORS))}, got {monitor!r}.")
-        self.monitor = monitor
         self.probes_per_trial = check_int("probes_per_trial", probes_per_trial, minimum=2)
         self.reuse_best_trial = bool(reuse_best_trial)
         self.early_stop = bool(early_stop)
-        self.min_trials = check_int("min_trials", min_trials, minimum=2)
         self.stop_beta = check_float("stop_beta", stop_beta, positive=True)
         self.auto_val_min_tau_prime = check_int("auto_val_min_tau_prime", auto_val_min_tau_prime, minimum=1)
         self.proposer = proposer or LRProposer(self.min_lr, self.max_lr, beta=self.beta, seed=self.seed)
