@@ -58,10 +58,23 @@ def _expand_demo(argv: list[str]) -> list[str]:
 class AutoLRSCLI(LightningCLI):
     """LightningCLI that checks the output directories before ``fit`` and prints each AutoLRS stage table after it."""
 
-    def before_fit(self) -> None:
-        log_dir = self.trainer.log_dir if self.trainer.loggers else None
-        for directory in filter(None, [self.trainer.default_root_dir, log_dir]):
-            _check_writable(Path(directory))
+    def before_instantiate_classes(self) -> None:
+        """Check the output directories named in the config before anything (the Trainer included) is built."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        trainer = config.get("trainer") if config is not None else None
+        if trainer is None:
+            return
+        dirs = [trainer.get("default_root_dir")]
+        loggers = trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init_args = getattr(logger, "init_args", None) or (
+                logger.get("init_args") if isinstance(logger, dict) else None
+            )
+            if init_args is not None:
+                dirs.append(init_args.get("save_dir"))
+        for directory in dirs:
+            if isinstance(directory, str | Path) and directory:
+                _check_writable(Path(directory))
 
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:
@@ -96,14 +109,16 @@ def _check_writable(directory: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``autolrs`` console script; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
+    saved_argv = sys.argv
     try:
         args = _expand_demo(args)
+        sys.argv = [saved_argv[0] if saved_argv else "autolrs", *args]  # LightningCLI reads sys.argv
         AutoLRSCLI(
             LightningModule,
             LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            args=args,
+            args=None,
             parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
             save_config_kwargs={"overwrite": True},
         )
@@ -113,12 +128,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AutoLRSError, FileNotFoundError, PermissionError) as err:
         print(f"autolrs: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
+    except ValueError as err:  # jsonargparse wraps errors raised while instantiating classes (bad init_args)
+        cause = _autolrs_cause(err)
+        if cause is None:
+            raise
+        print(f"autolrs: error: {_one_line(str(cause))}", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = saved_argv
     return 0
 
 
+def _autolrs_cause(err: BaseException) -> AutoLRSError | None:
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, AutoLRSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _one_line(message: str) -> str:
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return lines[0] if lines else "invalid arguments"
+    """Squeeze jsonargparse's multi-line report into one line: the key, plus its most specific cause."""
+    lines = [line.strip().lstrip("- ").strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return "invalid arguments"
+    head = lines[0]
+    if not head.endswith(":") or len(lines) == 1:
+        return head
+    for i, line in enumerate(lines):
+        if "class_path" in line and i + 1 < len(lines):
+            return f"{head} {line.rstrip(':')}: {lines[i + 1]}"
+    return f"{head} {lines[1]}"
 
 
 if __name__ == "__main__":  # pragma: no cover
