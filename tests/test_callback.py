@@ -252,3 +252,19 @@ def test_is_a_callback_of_both_flavours() -> None:
 
     cb = AutoLRS()
     assert isinstance(cb, lightning.pytorch.Callback) and isinstance(cb, pytorch_lightning.Callback)
+
+
+def test_progress_bar_shows_lr_and_search_position(lpl, tmp_path) -> None:
+    seen: list[str] = []
+
+    class Peek(lpl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            metrics = trainer.progress_bar_callback.get_metrics(trainer, pl_module)
+            seen.append(metrics["autolrs"])
+            assert float(metrics["lr"]) == pytest.approx(cb.lrs[-1], rel=1e-2)
+
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, search_ratio=0.25, seed=0, verbose=False)
+    trainer = lpl.Trainer(callbacks=[cb, Peek()], **trainer_kwargs(tmp_path, max_steps=40, enable_progress_bar=True))
+    trainer.fit(make_module_class(lpl)())
+    assert seen[0] == "stage 0 · trial 1/3" and "stage 0 · trial 3/3" in seen and "stage 0 · exploit" in seen
+    assert "autolrs" not in trainer.progress_bar_callback.get_metrics(trainer, trainer.lightning_module)  # unhooked
