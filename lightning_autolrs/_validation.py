@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, Literal, overload
 
 from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 
 
+@overload
+def check_int(name: str, value: Any, *, minimum: int | None = ..., allow_none: Literal[False] = ...) -> int: ...
+@overload
+def check_int(name: str, value: Any, *, minimum: int | None = ..., allow_none: bool) -> int | None: ...
 def check_int(name: str, value: Any, *, minimum: int | None = None, allow_none: bool = False) -> int | None:
     """Return ``value`` as ``int`` after checking type and lower bound."""
     if value is None and allow_none:
@@ -21,6 +25,26 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, allow_none: 
     return value
 
 
+@overload
+def check_float(
+    name: str,
+    value: Any,
+    *,
+    positive: bool = ...,
+    nonnegative: bool = ...,
+    open_unit: bool = ...,
+    allow_none: Literal[False] = ...,
+) -> float: ...
+@overload
+def check_float(
+    name: str,
+    value: Any,
+    *,
+    positive: bool = ...,
+    nonnegative: bool = ...,
+    open_unit: bool = ...,
+    allow_none: bool,
+) -> float | None: ...
 def check_float(
     name: str,
     value: Any,

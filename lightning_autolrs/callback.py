@@ -169,8 +169,19 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
             monitor=monitor,
             min_trials=min_trials,
         )
-        for name, value in checked.items():
-            setattr(self, f"_{name}", value)
+        self._min_lr: float | None = checked["min_lr"]
+        self._max_lr: float | None = checked["max_lr"]
+        self._num_trials: int = checked["num_trials"]
+        self._tau: int | None = checked["tau"]
+        self._tau_max: int = checked["tau_max"]
+        self._search_ratio: float = checked["search_ratio"]
+        self._beta: float = checked["beta"]
+        self._warmup_steps: int = checked["warmup_steps"]
+        self._warmup_lr: float | None = checked["warmup_lr"]
+        self._seed: int | None = checked["seed"]
+        self._divergence_factor: float = checked["divergence_factor"]
+        self._monitor: str = checked["monitor"]
+        self._min_trials: int = checked["min_trials"]
         if snapshot_device is not None and not isinstance(snapshot_device, str | torch.device):
             raise InvalidArgumentError(
                 f"`snapshot_device` must be None or a device name like 'cpu', got {snapshot_device!r}."
@@ -473,7 +484,7 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
             metrics["autolrs"] = self.progress_text
             return metrics
 
-        bar.get_metrics = get_metrics
+        bar.get_metrics = get_metrics  # type: ignore[method-assign]
         self._progress_bar = (bar, original)
 
     def _unhook_progress_bar(self) -> None:
@@ -522,7 +533,7 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
                 )
         elif kind == "search":
             metrics = {"autolrs/stage_best_lr": event["best_lr"], "autolrs/stage": float(event["stage"])}
-            if self._verbose:
+            if self._verbose and self.controller is not None:
                 entry = self.history[-1]
                 rank_zero_info(
                     f"AutoLRS stage {event['stage']}: best lr={event['best_lr']:.4g} of {event['trials']} trials; "

@@ -242,8 +242,19 @@ class StageController:
         )
         if checked["warmup_steps"] > 0 and checked["warmup_lr"] is None:
             raise InvalidArgumentError("`warmup_lr` is required when `warmup_steps` > 0; pass the LR warmup ends at.")
-        for name, value in checked.items():
-            setattr(self, name, value)
+        self.min_lr: float = checked["min_lr"]
+        self.max_lr: float = checked["max_lr"]
+        self.num_trials: int = checked["num_trials"]
+        self.tau: int = checked["tau"]
+        self.tau_max: int = checked["tau_max"]
+        self.search_ratio: float = checked["search_ratio"]
+        self.beta: float = checked["beta"]
+        self.warmup_steps: int = checked["warmup_steps"]
+        self.warmup_lr: float | None = checked["warmup_lr"]
+        self.seed: int | None = checked["seed"]
+        self.divergence_factor: float = checked["divergence_factor"]
+        self.monitor: str = checked["monitor"]
+        self.min_trials: int = checked["min_trials"]
         self.total_steps = check_int("total_steps", total_steps, minimum=1, allow_none=True)
         self.probes_per_trial = check_int("probes_per_trial", probes_per_trial, minimum=2)
         self.reuse_best_trial = bool(reuse_best_trial)
@@ -272,7 +283,7 @@ class StageController:
         self._stage_tau_prime = 0
         self._ref_loss: float | None = None
         self._lr = self.min_lr
-        self._exploit_end = self.step  # the first begin_step after warmup starts a stage
+        self._exploit_end: float = self.step  # the first begin_step after warmup starts a stage
         self._trial = 0
         self._trial_start = 0
         self._trial_losses: list[float] = []
@@ -459,10 +470,10 @@ class StageController:
         events: list[dict[str, Any]] = [{"event": "trial", "stage": self._stage, "trial": self._trial, **trial}]
         self._pending_restore = True
         if self.reuse_best_trial and not diverged and trial["steps"] == self._stage_tau_prime:
-            best = self._best_trial
-            if best is None or (predicted, self._lr) < (
-                entry["trials"][best]["predicted_loss"],
-                entry["trials"][best]["lr"],
+            best_index = self._best_trial
+            if best_index is None or (predicted, self._lr) < (
+                entry["trials"][best_index]["predicted_loss"],
+                entry["trials"][best_index]["lr"],
             ):
                 self._best_trial = self._trial
                 self._pending_save_best = True

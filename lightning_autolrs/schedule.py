@@ -170,8 +170,10 @@ def summary_table(schedule: Schedule) -> str:
     def num(x: Any) -> str:
         return "-" if x is None else f"{x:.4f}"
 
-    rows = [f"{'stage':>5}  {'steps':<10} {'tau':>4}  {'tau' + chr(39):>4}  {'trial':>5}  {'lr':>8}  "
-            f"{'forecast':>9}  {'observed':>9}"]
+    rows = [
+        f"{'stage':>5}  {'steps':<10} {'tau':>4}  {'tau' + chr(39):>4}  {'trial':>5}  {'lr':>8}  "
+        f"{'forecast':>9}  {'observed':>9}"
+    ]
     for st in schedule.stages:
         start = st.get("start_step", 0)
         end = (st.get("exploit_start") or start) + int(st.get("exploit_steps", 0)) - 1
