@@ -23,8 +23,8 @@ budget belongs to exactly one phase and the last stage always exploits to the en
 Divergence rule: a step whose loss is NaN/inf, or above ``divergence_factor`` times the stage's reference loss (the
 largest training loss of the last 20 steps before the stage, or the stage's first loss for the first stage), stops a
 trial at once; the trial is recorded as diverged and the proposer gives it a penalty. In the exploit phase the same test
-restores the snapshot and continues the stage at the next-best trial LR (or a tenth of the current LR when none is
-left). After a stage with a diverged trial the upper end of the range for the next stage is the smallest LR that
+restores the snapshot and continues the stage at the next-best smaller trial LR (or a tenth of the current LR when
+none is left, but never below ``min_lr``). After a stage with a diverged trial the upper end of the range for the next stage is the smallest LR that
 diverged; after a stage without divergence it grows back by 2× per stage up to ``max_lr``.
 """
 
@@ -521,7 +521,7 @@ class StageController:
             if failed in self._ranking:
                 self._ranking.remove(failed)
             smaller = [lr for lr in self._ranking if lr < failed]
-            self._lr = smaller[0] if smaller else max(failed / 10, self.min_lr / 10)
+            self._lr = smaller[0] if smaller else max(failed / 10, self.min_lr)  # never below the range
             fallback = {"step": self.step - 1, "failed_lr": failed, "new_lr": self._lr}
             entry["fallbacks"].append(fallback)
             self._pending_restore = True

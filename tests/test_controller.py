@@ -272,3 +272,13 @@ def test_early_stop_ends_confident_searches_sooner() -> None:
     trials = lambda c: [len(h["trials"]) for h in c.history if h["trials"]]  # noqa: E731
     assert sum(trials(early)) / len(trials(early)) < sum(trials(plain)) / len(trials(plain)) == 8
     assert sum(h["search_steps"] + h["exploit_steps"] for h in early.history) == 2000
+
+
+def test_exploit_fallback_never_leaves_the_range() -> None:
+    c = make(total=None, num_trials=2, tau=20, tau_max=20, search_ratio=0.25)
+    Quadratic().run(c, 10)
+    for _ in range(6):  # the exploit LR keeps diverging: fall back, again and again
+        c.begin_step()
+        c.end_step(math.nan)
+    assert all(1e-3 <= lr <= 1.0 for lr in c.lrs)
+    assert c.history[0]["fallbacks"][-1]["new_lr"] == 1e-3
