@@ -25,7 +25,8 @@ largest training loss of the last 20 steps before the stage, or the stage's firs
 trial at once; the trial is recorded as diverged and the proposer gives it a penalty. In the exploit phase the same test
 restores the snapshot and continues the stage at the next-best smaller trial LR (or a tenth of the current LR when
 none is left, but never below ``min_lr``). After a stage with a diverged trial the upper end of the range for the
-next stage is the smallest LR that diverged; after a stage without divergence it grows back by 2× per stage up to ``max_lr``.
+next stage is the smallest LR that diverged; after a stage without divergence it grows back by 2× per stage up to
+``max_lr``.
 """
 
 from __future__ import annotations
