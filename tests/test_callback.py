@@ -268,3 +268,15 @@ def test_progress_bar_shows_lr_and_search_position(lpl, tmp_path) -> None:
     trainer.fit(make_module_class(lpl)())
     assert seen[0] == "stage 0 · trial 1/3" and "stage 0 · trial 3/3" in seen and "stage 0 · exploit" in seen
     assert "autolrs" not in trainer.progress_bar_callback.get_metrics(trainer, trainer.lightning_module)  # unhooked
+
+
+def test_save_files_writes_the_schedule_into_the_log_dir_only_when_asked(lpl, tmp_path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    for save in (True, False):
+        cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, seed=0, verbose=False, save_files=save)
+        logger = CSVLogger(tmp_path, name=f"save{save}")
+        fit(lpl, tmp_path, cb, max_steps=60, logger=logger)
+        run_dir = tmp_path / f"save{save}" / "version_0"
+        assert (run_dir / "autolrs_schedule.json").exists() is save
+        assert (run_dir / "autolrs_schedule.png").exists() is save

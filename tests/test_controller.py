@@ -282,3 +282,23 @@ def test_exploit_fallback_never_leaves_the_range() -> None:
         c.end_step(math.nan)
     assert all(1e-3 <= lr <= 1.0 for lr in c.lrs)
     assert c.history[0]["fallbacks"][-1]["new_lr"] == 1e-3
+
+
+@pytest.mark.parametrize(
+    "change",
+    [dict(beta=0.5), dict(divergence_factor=1.5), dict(seed=7), dict(search_ratio=0.1), dict(tau_max=40)],
+)
+def test_every_setting_changes_the_schedule(change) -> None:
+    base, other = make(total=600, num_trials=5), make(total=600, num_trials=5, **change)
+    Quadratic().run(base, 600)
+    Quadratic().run(other, 600)
+    assert base.lrs != other.lrs or base.history != other.history
+
+
+def test_min_trials_bounds_early_stopping() -> None:
+    runs = {}
+    for m in (2, 7):
+        c = make(total=2000, num_trials=8, early_stop=True, min_trials=m)
+        Quadratic().run(c, 2000)
+        runs[m] = [len(h["trials"]) for h in c.history if h["trials"]]
+    assert min(runs[7]) >= 7 and min(runs[2]) < 7
