@@ -63,6 +63,21 @@ _BEST_SNAPSHOT_KEY = "autolrs_best_trial_snapshot"
 _NO_LOSS_LIMIT = 10  # consecutive loss-less optimizer steps (at least one trial's length) before we give up
 
 
+def check_strategy(strategy: Any) -> None:
+    """Refuse strategies that shard parameters or optimizer state (FSDP, DeepSpeed, model parallel, XLA FSDP).
+
+    The check walks the strategy's class hierarchy by name, so subclasses are caught and no optional package
+    (DeepSpeed) has to be importable.
+    """
+    names = {cls.__name__ for cls in type(strategy).__mro__}
+    sharded = sorted(names & _SHARDED_STRATEGIES)
+    if sharded:
+        raise UnsupportedSetupError(
+            f"AutoLRS does not support the `{sharded[0]}` strategy yet: its snapshot would have to copy sharded "
+            "parameters and optimizer state, which is not verified. Use `strategy='ddp'` (or a single device)."
+        )
+
+
 class AutoLRS(*_callback_bases()):  # type: ignore[misc]
     r"""Choose the learning rate of each training stage on the fly by Bayesian optimisation (Jin et al., ICLR 2021).
 
@@ -269,12 +284,7 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        strategy = type(trainer.strategy).__name__
-        if strategy in _SHARDED_STRATEGIES:
-            raise UnsupportedSetupError(
-                f"AutoLRS does not support the `{strategy}` strategy yet: its snapshot would have to copy sharded "
-                "parameters and optimizer state, which is not verified. Use `strategy='ddp'` (or a single device)."
-            )
+        check_strategy(trainer.strategy)
         optimizers = trainer.optimizers
         if len(optimizers) != 1:
             raise UnsupportedSetupError(
@@ -538,7 +548,8 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
                 rank_zero_info(
                     f"AutoLRS stage {event['stage']}: best lr={event['best_lr']:.4g} of {event['trials']} trials; "
                     f"exploiting steps {self.controller.step}..{self.controller.exploit_end - 1} "
-                    f"(tau={entry['tau']}, tau'={entry['tau_prime']})"
+                    f"(tau={entry['tau']}, tau'={entry['tau_prime']}"
+                    + (f", val probes {entry['probe_seconds']:.2f} s)" if entry["signal"] == "val_loss" else ")")
                 )
         else:
             metrics = {"autolrs/fallback_lr": event["new_lr"]}

@@ -280,3 +280,20 @@ def test_save_files_writes_the_schedule_into_the_log_dir_only_when_asked(lpl, tm
         run_dir = tmp_path / f"save{save}" / "version_0"
         assert (run_dir / "autolrs_schedule.json").exists() is save
         assert (run_dir / "autolrs_schedule.png").exists() is save
+
+
+def test_sharded_strategies_are_refused_by_name() -> None:
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
+
+    from lightning_autolrs.callback import check_strategy
+
+    with pytest.raises(UnsupportedSetupError, match="`FSDPStrategy` strategy"):
+        check_strategy(FSDPStrategy())
+
+    class MyFSDP(FSDPStrategy):
+        pass
+
+    with pytest.raises(UnsupportedSetupError, match="strategy='ddp'"):
+        check_strategy(MyFSDP())
+    check_strategy(DDPStrategy())  # allowed
+    check_strategy(SingleDeviceStrategy("cpu"))

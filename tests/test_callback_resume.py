@@ -111,3 +111,28 @@ def test_resume_with_reuse_best_trial_is_bitwise_exact(lpl, tmp_path) -> None:
     _, model = run(lpl, tmp_path / "b", cb, ckpt_path=str(ckpt))
     assert cb.lrs == ref_cb.lrs and cb.history == ref_cb.history
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
+
+
+def test_checkpoint_without_keys_added_later_still_loads(lpl, tmp_path, reference) -> None:
+    root, ref_cb, ref_params = reference
+    ckpt = torch.load(root / "ckpt" / "step=24.ckpt", weights_only=True)  # in an exploit phase
+    (key,) = [k for k in ckpt["callbacks"] if k.startswith("AutoLRS")]
+    controller = ckpt["callbacks"][key]["controller"]
+    for added_later in (
+        "losses",
+        "trial_start",
+        "trial_probes",
+        "probe_stride",
+        "pending_save_best",
+        "pending_restore_best",
+        "best_trial",
+        "version",
+    ):
+        controller.pop(added_later)
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    cb = autolrs()
+    trainer, model = run(lpl, tmp_path, cb, ckpt_path=str(old))
+    assert trainer.global_step == STEPS and cb.lrs == ref_cb.lrs
+    assert cb.controller.losses[:24] == [None] * 24  # unknown history of losses reads as missing
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_params))
