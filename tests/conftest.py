@@ -113,3 +113,12 @@ def trainer_kwargs(tmp_path: Any, **kw: Any) -> dict[str, Any]:
     )
     base.update(kw)
     return base
+
+
+@pytest.fixture(autouse=True)
+def _fixed_seed() -> None:
+    """Every test starts from the same global RNG state, whatever ran before it."""
+    import random
+
+    random.seed(0)
+    torch.manual_seed(0)

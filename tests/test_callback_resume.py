@@ -83,7 +83,8 @@ def test_checkpoint_carries_the_snapshot_only_during_a_search(lpl, tmp_path, ref
     search, exploit = torch.load(root / "ckpt" / "step=12.ckpt"), torch.load(root / "ckpt" / "step=24.ckpt")
     assert "autolrs_stage_snapshot" in search and "autolrs_stage_snapshot" not in exploit
     params = sum(t.numel() for t in search["state_dict"].values())
-    snap_model = sum(t.numel() for t in search["autolrs_stage_snapshot"]["model"])
+    tensors = search["autolrs_stage_snapshot"]["tensors"]
+    snap_model = sum(t.numel() for k, t in tensors.items() if k.startswith("model."))
     assert snap_model == params  # one extra copy of the model (plus the optimizer state)
 
 
