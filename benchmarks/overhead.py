@@ -1,0 +1,521 @@
+"""Overhead benchmark: what AutoLRS's machinery costs, measured side by side in one process, medians of repeats.
+
+1. **Decision time** per trial with 1..10 observations: :class:`~lightning_autolrs.proposer.LRProposer` (BoTorch GP
+   refit + UCB on a grid) vs scikit-optimize configured as the reference implementation does
+   (``Optimizer([Real(min, max, "log-uniform")], "GP", n_initial_points=1, acq_func="LCB",
+   acq_func_kwargs={"kappa": 1e6})``; one ``tell`` of all points + ``ask``, i.e. one GP refit and one acquisition
+   optimisation). Both see the same synthetic (LR, forecast loss) data. Measured with torch's default intra-op
+   threads and with one thread (BLAS limited to one thread as well). Targets: not slower, ≤ 50 ms median.
+2. **Forecast fit time** of :class:`~lightning_autolrs.forecast.ExponentialForecaster` on noisy exponential loss
+   series of 100..800 points (with outliers). Target ≤ 20 ms median.
+3. **Snapshot** capture + restore (:class:`~lightning_autolrs.snapshot.StateSnapshot`) of MLPs of 1M, 10M and 100M
+   parameters with AdamW state, vs (a) ``torch.save`` of the model and optimizer state dicts to a file + ``torch.load``
+   + ``load_state_dict`` (what the reference implementation does) and (b) one raw ``Tensor.copy_`` of the same number
+   of bytes there and back between two preallocated contiguous buffers (the memory-bandwidth limit). Also checks that
+   captures after the first allocate nothing (the ``data_ptr()`` of every snapshot buffer stays the same). Targets:
+   ≥ 5× faster than (a), within 1.5× of (b), no new allocations.
+4. **Whole-run overhead**: wall time of an AutoLRS run minus the same number of plain training steps (constant LR),
+   as a fraction of the plain run, on the quality benchmark's digits and charlm workloads (one torch thread, no
+   evaluation), with the AutoLRS time split into GP decisions, forecasts and snapshot copies.
+
+GPU measurements run only when CUDA is available (this benchmark was written on a machine without one).
+
+Run: ``python -m benchmarks.overhead`` (a few minutes) or ``python -m benchmarks.overhead --quick --out DIR``
+(seconds; checks that the harness runs). Writes ``overhead.md`` into ``--out`` (default ``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["main"]
+
+
+# ------------------------------------------------------------------------------------------------------------ helpers
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _load() -> str:
+    try:
+        return "/".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:  # pragma: no cover - not on Windows
+        return "n/a"
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Limit torch's intra-op threads and the BLAS pools to ``n`` (``None``: leave the defaults)."""
+    if n is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _ms(seconds: float) -> str:
+    return f"{1000 * seconds:.1f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+# --------------------------------------------------------------------------------------------------- 1. GP
+def _synthetic_observations(n: int, rep: int) -> tuple[list[float], list[float]]:
+    """``n`` (LR, forecast loss) pairs: a noisy bowl in log LR over [1e-4, 1] (minimum near 1e-2), seeded by ``rep``."""
+    g = torch.Generator().manual_seed(1000 * rep + n)
+    logs = (torch.rand(n, generator=g, dtype=torch.float64) * 4 - 4).tolist()
+    noise = (torch.randn(n, generator=g, dtype=torch.float64) * 0.02).tolist()
+    return [10**v for v in logs], [1.0 + 0.1 * (v + 2) ** 2 + e for v, e in zip(logs, noise)]
+
+
+def bench_decisions(ns: Sequence[int], reps: int, threads: int | None) -> list[dict[str, Any]]:
+    from skopt import Optimizer
+    from skopt.space import Real
+
+    from lightning_autolrs.proposer import LRProposer
+
+    lo, hi = 1e-4, 1.0
+    rows = []
+    with _threads(threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # warm-up: first calls pay for imports and lazy initialisation
+        p = LRProposer(lo, hi, seed=0)
+        for lr, y in zip(*_synthetic_observations(3, 99)):
+            p.observe(lr, y)
+        p.propose()
+        Optimizer([Real(lo, hi, "log-uniform")], "GP", n_initial_points=1, acq_func="LCB", random_state=0).tell(
+            [0.01], 1.0
+        )
+        for n in ns:
+            ours, ref = [], []
+            for rep in range(reps):
+                lrs, ys = _synthetic_observations(n, rep)
+                proposer = LRProposer(lo, hi, seed=rep)
+                for lr, y in zip(lrs, ys):
+                    proposer.observe(lr, y)
+                ours.append(_timed(proposer.propose))
+                opt = Optimizer(
+                    [Real(lo, hi, "log-uniform")],
+                    "GP",
+                    n_initial_points=1,
+                    acq_func="LCB",
+                    acq_func_kwargs={"kappa": 1e6},
+                    random_state=rep,
+                )
+
+                def skopt_decision(opt: Any = opt, lrs: list[float] = lrs, ys: list[float] = ys) -> None:
+                    opt.tell([[lr] for lr in lrs], ys)
+                    opt.ask()
+
+                ref.append(_timed(skopt_decision))
+            rows.append({"n": n, "ours": statistics.median(ours), "ours_max": max(ours),
+                         "ref": statistics.median(ref), "ref_max": max(ref)})  # fmt: skip
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------- 2. forecast
+def _loss_series(m: int, rep: int) -> list[float]:
+    g = torch.Generator().manual_seed(7919 * rep + m)
+    t = torch.arange(1, m + 1, dtype=torch.float64)
+    y = 2.0 * torch.exp(-t / (0.4 * m)) + 1.0 + 0.05 * torch.randn(m, generator=g, dtype=torch.float64)
+    spikes = torch.rand(m, generator=g) < 0.02
+    y[spikes] += 1.0  # a few outlier batches
+    return y.tolist()
+
+
+def bench_forecast(ms: Sequence[int], reps: int) -> list[dict[str, Any]]:
+    from lightning_autolrs.forecast import ExponentialForecaster
+
+    fc = ExponentialForecaster()
+    fc.predict(_loss_series(100, 0), horizon=1000)  # warm-up
+    rows = []
+    for m in ms:
+        times, methods = [], set()
+        for rep in range(reps):
+            series = _loss_series(m, rep)
+            start = time.perf_counter()
+            out = fc.predict(series, horizon=10 * m)
+            times.append(time.perf_counter() - start)
+            methods.add(out.method)
+        rows.append({"m": m, "median": statistics.median(times), "max": max(times), "methods": sorted(methods)})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------- 3. snapshot
+SNAPSHOT_MODELS = {"1M": (1, 1000), "10M": (10, 1000), "100M": (4, 5000)}
+"""Parameter count label -> (number of ``Linear(w, w)`` layers, width ``w``)."""
+
+
+def _model_with_adamw(layers: int, width: int, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+    model = nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)]).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e-3)
+    opt.step()  # creates exp_avg, exp_avg_sq, step for every parameter
+    opt.zero_grad(set_to_none=True)
+    return model, opt
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _save_reference(model: nn.Module, opt: torch.optim.Optimizer, path: Path) -> None:
+    """The reference implementation's backup: both state dicts to a file."""
+    torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict()}, path)
+
+
+def _load_reference(model: nn.Module, opt: torch.optim.Optimizer, path: Path, device: torch.device) -> None:
+    """The reference implementation's restore: read the file and load both state dicts."""
+    ckpt = torch.load(path, map_location=device)
+    model.load_state_dict(ckpt["model_state_dict"])
+    opt.load_state_dict(ckpt["optimizer_state_dict"])
+
+
+def _buffer_ptrs(snap: Any) -> list[int]:
+    return [t.data_ptr() for t in [*snap._model_buffers, *snap._state_buffers]]
+
+
+def bench_snapshot_one(label: str, reps: int, device: torch.device, tmpdir: Path) -> dict[str, Any]:
+    """Capture/restore, torch.save/load and raw-copy times of one model size (medians of ``reps``)."""
+    from lightning_autolrs.snapshot import StateSnapshot
+
+    layers, width = SNAPSHOT_MODELS[label]
+    model, opt = _model_with_adamw(layers, width, device)
+    params = sum(p.numel() for p in model.parameters())
+    snap = StateSnapshot(model, opt)
+
+    def timed(fn: Callable[[], Any]) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - start
+
+    first = timed(snap.capture)
+    nbytes = snap.nbytes
+    ptrs = _buffer_ptrs(snap)
+    same_ptrs = True
+    src = torch.full((nbytes // 4,), 1.0, dtype=torch.float32, device=device)  # pages touched once, before timing
+    dst = torch.zeros_like(src)
+    path = tmpdir / f"autolrs-overhead-{label}-{os.getpid()}.pt"
+    ours_c, ours_r, save_t, load_t, raw_t = [], [], [], [], []
+    try:
+        for _ in range(reps):
+            ours_c.append(timed(snap.capture))
+            ours_r.append(timed(snap.restore))
+            same_ptrs = same_ptrs and _buffer_ptrs(snap) == ptrs
+            save_t.append(timed(lambda: _save_reference(model, opt, path)))
+            load_t.append(timed(lambda: _load_reference(model, opt, path, device)))
+            raw_t.append(timed(lambda: dst.copy_(src)) + timed(lambda: src.copy_(dst)))
+    finally:
+        path.unlink(missing_ok=True)
+    return {
+        "label": label,
+        "device": str(device),
+        "params": params,
+        "nbytes": nbytes,
+        "first_capture": first,
+        "capture": statistics.median(ours_c),
+        "restore": statistics.median(ours_r),
+        "ours": statistics.median(c + r for c, r in zip(ours_c, ours_r)),
+        "save": statistics.median(save_t),
+        "load": statistics.median(load_t),
+        "ref": statistics.median(s + lo for s, lo in zip(save_t, load_t)),
+        "raw": statistics.median(raw_t),
+        "same_ptrs": same_ptrs,
+    }
+
+
+def bench_snapshot(sizes: Sequence[str], reps: int, device: torch.device, tmpdir: Path) -> list[dict[str, Any]]:
+    return [bench_snapshot_one(label, reps, device, tmpdir) for label in sizes]
+
+
+# --------------------------------------------------------------------------------------------------- 4. run
+class _Instrument:
+    """Wraps the AutoLRS callback's proposer, forecaster and snapshots (instance attributes only) with timers."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {"decisions": 0.0, "forecasts": 0.0, "snapshot": 0.0}
+        self.calls: dict[str, int] = dict.fromkeys(self.seconds, 0)
+
+    def wrap(self, obj: Any, name: str, bucket: str) -> None:
+        original = getattr(obj, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[bucket] += time.perf_counter() - start
+                self.calls[bucket] += 1
+
+        setattr(obj, name, timed)
+
+
+def _instrument_callback(inst: _Instrument) -> Any:
+    import lightning.pytorch as pl
+
+    from lightning_autolrs import AutoLRS
+
+    class Hook(pl.Callback):
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            cb = next(c for c in trainer.callbacks if isinstance(c, AutoLRS))
+            inst.wrap(cb.controller.proposer, "propose", "decisions")
+            inst.wrap(cb.controller.forecaster, "predict", "forecasts")
+            for snap in (cb._snapshot, cb._best_snapshot):
+                if snap is not None:
+                    inst.wrap(snap, "capture", "snapshot")
+                    inst.wrap(snap, "restore", "snapshot")
+
+    return Hook()
+
+
+def _fit_seconds(workload_name: str, budget: int, autolrs: bool, seed: int) -> tuple[float, _Instrument | None]:
+    import lightning.pytorch as pl
+
+    from benchmarks.workloads import WORKLOADS, quiet
+    from lightning_autolrs import AutoLRS
+
+    quiet()
+    workload = WORKLOADS[workload_name]
+    pl.seed_everything(seed, verbose=False)
+    module_cls, kwargs, dm = workload.build(seed, False)
+    callbacks: list[pl.Callback] = []
+    inst = None
+    if autolrs:
+        inst = _Instrument()
+        callbacks = [
+            AutoLRS(*workload.grid, seed=seed, verbose=False, save_files=False),
+            _instrument_callback(inst),
+        ]
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=budget,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+    )
+    module = module_cls(**kwargs)
+    return _timed(lambda: trainer.fit(module, datamodule=dm)), inst
+
+
+def bench_whole_run(workloads: Sequence[tuple[str, int]], reps: int) -> list[dict[str, Any]]:
+    rows = []
+    with _threads(1):
+        for name, budget in workloads:
+            plain, auto, parts = [], [], []
+            for rep in range(reps):
+                plain.append(_fit_seconds(name, budget, False, rep)[0])
+                seconds, inst = _fit_seconds(name, budget, True, rep)
+                auto.append(seconds)
+                parts.append(inst)
+            i = sorted(range(reps), key=lambda k: auto[k])[reps // 2]  # the median AutoLRS run's breakdown
+            p, a = statistics.median(plain), statistics.median(auto)
+            inst = parts[i]
+            assert inst is not None
+            rows.append(
+                {
+                    "workload": name,
+                    "steps": budget,
+                    "plain": p,
+                    "autolrs": a,
+                    "fraction": (a - p) / p,
+                    "seconds": dict(inst.seconds),
+                    "calls": dict(inst.calls),
+                }
+            )
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------------ report
+def report(sections: dict[str, Any], command: str, header: list[str]) -> str:
+    lines = ["# Overhead (`python -m benchmarks.overhead`)", "", f"Command: `{command}`", "", *header, ""]
+    lines += ["## 1. Per-trial decision time (GP refit + proposal)", ""]
+    all_ours: list[float] = []
+    all_ratio_ok = True
+    for threads, rows in sections["decisions"]:
+        lines += [
+            f"torch intra-op threads: {threads}.",
+            "",
+            "| observations | LRProposer (BoTorch GP + UCB) ms | scikit-optimize GP + LCB ms | ratio ours / skopt |",
+            "| ---: | ---: | ---: | ---: |",
+        ]
+        for r in rows:
+            all_ours.append(r["ours"])
+            ratio = r["ours"] / r["ref"]
+            all_ratio_ok &= ratio <= 1.0
+            lines.append(
+                f"| {r['n']} | {_ms(r['ours'])} (max {_ms(r['ours_max'])}) | {_ms(r['ref'])} "
+                f"(max {_ms(r['ref_max'])}) | {ratio:.2f} |"
+            )
+        lines.append("")
+    worst = max(all_ours) if all_ours else math.nan
+    lines += [
+        f"Medians of {sections['decision_reps']} repeats per cell, same data for both. With 1 observation "
+        "LRProposer uses its space-filling initial design (no GP; it needs 2), scikit-optimize already fits a GP. "
+        f"Targets: not slower than scikit-optimize — {_verdict(all_ratio_ok)}; ≤ 50 ms median — "
+        f"{_verdict(worst <= 0.050)} (worst median {_ms(worst)} ms).",
+        "",
+        "## 2. Forecast fit time (ExponentialForecaster.predict)",
+        "",
+        "| points | median ms | max ms | fit outcome |",
+        "| ---: | ---: | ---: | --- |",
+    ]
+    fc_rows = sections["forecast"]
+    for r in fc_rows:
+        lines.append(f"| {r['m']} | {_ms(r['median'])} | {_ms(r['max'])} | {', '.join(r['methods'])} |")
+    fc_worst = max(r["median"] for r in fc_rows)
+    lines += [
+        "",
+        f"{sections['forecast_reps']} noisy exponential series per length (2 % outlier steps). Target ≤ 20 ms median — "
+        f"{_verdict(fc_worst <= 0.020)} (worst median {_ms(fc_worst)} ms).",
+        "",
+        "## 3. Snapshot capture + restore (AdamW state)",
+        "",
+        "| model | device | bytes copied | first capture ms | capture ms | restore ms | capture + restore ms | "
+        "(a) torch.save + load ms | (b) raw copy_ there and back ms | speed-up vs (a) | ratio vs (b) | "
+        "allocations after first capture |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    ok_a = ok_b = ok_alloc = True
+    for r in sections["snapshot"]:
+        speed = r["ref"] / r["ours"]
+        ratio = r["ours"] / r["raw"]
+        ok_a &= speed >= 5.0
+        ok_b &= ratio <= 1.5
+        ok_alloc &= r["same_ptrs"]
+        lines.append(
+            f"| {r['params'] / 1e6:.1f}M params | {r['device']} | {r['nbytes'] / 2**20:.0f} MiB | "
+            f"{_ms(r['first_capture'])} | {_ms(r['capture'])} | {_ms(r['restore'])} | {_ms(r['ours'])} | "
+            f"{_ms(r['ref'])} ({_ms(r['save'])} + {_ms(r['load'])}) | {_ms(r['raw'])} | {speed:.1f}× | {ratio:.2f} | "
+            f"{'none (same data_ptr)' if r['same_ptrs'] else 'NEW BUFFERS'} |"
+        )
+    lines += [
+        "",
+        f"Medians of {sections['snapshot_reps']} repeats; (a) writes to `{sections['tmpdir']}` (page cache: no disk "
+        f"flush is forced). Targets: ≥ 5× faster than (a) — {_verdict(ok_a)}; within 1.5× of (b) — {_verdict(ok_b)}; "
+        f"no new allocations after the first capture — {_verdict(ok_alloc)}.",
+        "",
+        "## 4. Whole-run overhead",
+        "",
+        "| workload | steps | plain s | AutoLRS s | overhead | GP decisions | forecasts | snapshot copies | rest |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in sections["whole_run"]:
+        s, c = r["seconds"], r["calls"]
+        extra = r["autolrs"] - r["plain"]
+        rest = extra - sum(s.values())
+        lines.append(
+            f"| {r['workload']} | {r['steps']} | {r['plain']:.2f} | {r['autolrs']:.2f} | "
+            f"{extra:+.2f} s ({100 * r['fraction']:+.1f} %) | {s['decisions']:.2f} s ({c['decisions']}) | "
+            f"{s['forecasts']:.3f} s ({c['forecasts']}) | {s['snapshot']:.3f} s ({c['snapshot']}) | {rest:+.2f} s |"
+        )
+    lines += [
+        "",
+        f"Medians of {sections['run_reps']} runs each, one torch thread, no validation, the quality benchmark's model "
+        "sizes; AutoLRS with its defaults on the quality benchmark's LR range. The breakdown (seconds, calls) is that "
+        "of the median AutoLRS run; `rest` = callback bookkeeping, logging, and run-to-run noise.",
+        "",
+        "## 5. GPU",
+        "",
+        sections["gpu"],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few repeats, small sizes: checks the harness runs")
+    parser.add_argument("--out", default=None, help="output folder (default benchmarks/results; quick: a temp dir)")
+    parser.add_argument("--tmpdir", default=None, help="folder for the torch.save files (default: the system temp)")
+    parser.add_argument("--reps", type=int, default=None, help="repeats per measurement (default 9; quick: 1)")
+    args = parser.parse_args(argv)
+    if args.out is None:
+        out = Path(tempfile.mkdtemp(prefix="autolrs-overhead-quick-")) if args.quick else Path("benchmarks/results")
+    else:
+        out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(args.tmpdir or tempfile.gettempdir())
+    reps = args.reps or (1 if args.quick else 9)
+    command = "python -m benchmarks.overhead" + ("" if not argv else " " + shlex.join(argv))
+    start = time.perf_counter()
+    load_before = _load()
+    default_threads = torch.get_num_threads()
+    sections: dict[str, Any] = {"decision_reps": reps, "forecast_reps": 3 * reps, "tmpdir": tmpdir}
+
+    def say(msg: str) -> None:
+        sys.stdout.write(f"[{time.perf_counter() - start:6.1f}s] {msg}\n")
+        sys.stdout.flush()
+
+    ns = [1, 2, 5] if args.quick else list(range(1, 11))
+    sections["decisions"] = []
+    for threads in (None, 1):
+        say(f"decision time, threads={threads or default_threads}")
+        sections["decisions"].append((threads or default_threads, bench_decisions(ns, reps, threads)))
+    say("forecast fit time")
+    sections["forecast"] = bench_forecast([100, 800] if args.quick else [100, 200, 400, 800], 3 * reps)
+    sizes = ["1M"] if args.quick else list(SNAPSHOT_MODELS)
+    snap_reps = reps if args.quick else max(3, reps // 2)
+    sections["snapshot_reps"] = snap_reps
+    say(f"snapshot {sizes}")
+    sections["snapshot"] = bench_snapshot(sizes, snap_reps, torch.device("cpu"), tmpdir)
+    if torch.cuda.is_available():  # pragma: no cover - no GPU on the machine this was written on
+        sections["snapshot"] += bench_snapshot(sizes, snap_reps, torch.device("cuda"), tmpdir)
+        sections["gpu"] = f"CUDA device {torch.cuda.get_device_name()}: snapshot rows with device `cuda` above."
+    else:
+        sections["gpu"] = "No GPU in this session (`torch.cuda.is_available()` is False): GPU measurements skipped."
+    run_reps = 1 if args.quick else 3
+    sections["run_reps"] = run_reps
+    say("whole-run overhead")
+    runs = [("digits", 40)] if args.quick else [("digits", 800), ("charlm", 500)]
+    sections["whole_run"] = bench_whole_run(runs, run_reps)
+    header = [
+        f"Written by that command on {time.strftime('%Y-%m-%d %H:%M')}: {platform.machine()}, {os.cpu_count()} CPU "
+        f"cores (shared with other jobs; load average 1/5/15 min {load_before} at start, {_load()} at the end), "
+        f"torch {torch.__version__} with {default_threads} intra-op threads by default, "
+        f"{(time.perf_counter() - start) / 60:.1f} min wall.",
+    ]
+    text = report(sections, command, header)
+    (out / "overhead.md").write_text(text)
+    sys.stdout.write("\n" + text + f"\nwrote {out / 'overhead.md'}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

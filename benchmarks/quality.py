@@ -1,0 +1,558 @@
+"""Quality benchmark: how many optimizer steps each LR-schedule method needs to reach a target validation loss.
+
+What it measures, per workload (:data:`benchmarks.workloads.WORKLOADS`: the digits CNN with SGD, the char-level
+Transformer with AdamW, an MLP regression with Adam) and seed (default 0, 1, 2), every run with the same step budget:
+
+- **tuned baselines**: constant LR, cosine with a 5 % linear warmup, OneCycle and schedule-free, each on a 7-point log
+  grid of peak LRs (schedule-free SGD on a grid 10× higher, see :class:`~benchmarks.workloads.Workload`); the grid point
+  with the lowest median final validation loss over the seeds is the "tuned" run (one LR for all seeds);
+- **untuned single runs**: cosine at the grid LR nearest the demo's default, schedule-free at its default LR, Prodigy
+  (lr=1, LR-free);
+- **AutoLRS** with the paper's settings (k=10 trials, τ'=τ/10), the package defaults (the same numbers today, so the
+  row reuses those runs), k=5, and k=10 with ``reuse_best_trial`` + ``early_stop``; ``min_lr``/``max_lr`` = the
+  grid's range.
+
+The validation loss is evaluated on the full validation set every ``budget / --evals`` steps and at step 0. For AutoLRS
+it is evaluated at every such step whatever the phase, so a point inside a search shows a *trial* model (it counts: a
+trial that reaches the target has reached it; the model the user keeps at the end is the last exploit's). Search
+steps are real optimizer steps and are counted.
+
+Metrics (median and min–max over the seeds): the final validation loss; **steps to target**, the first evaluated step
+whose validation loss is ≤ the target, with target T1 = the final validation loss of the tuned cosine run of that seed
+and T2 = the best final loss of any tuned family (constant, cosine, OneCycle, schedule-free) of that seed; **speedup**
+= the steps the reference run (tuned cosine for T1, the family that set T2 for T2) itself needs to first reach the
+target / the steps of the method; the **compute** of each method including its grid (a tuned baseline costs 7 runs).
+
+Run: ``python -m benchmarks.quality`` (full, ~30 min on 2 cores; ``--resume`` reuses finished runs) or
+``python -m benchmarks.quality --quick --out DIR`` (seconds; checks that the harness runs, not speed). Writes
+``<workload>.md``, ``<workload>.png``, ``README_table.md`` and the per-run JSON files (``runs/``) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.workloads import (
+    AUTOLRS_VARIANTS,
+    METHODS,
+    WORKLOADS,
+    Method,
+    Workload,
+    autolrs_settings,
+    demo_default_lr,
+    run_one,
+    sf_default_lr,
+)
+
+__all__ = ["analyse", "main"]
+
+TUNED_FAMILIES = ("constant", "cosine", "onecycle", "sf")
+INF = math.inf
+
+
+# ------------------------------------------------------------------------------------------------------------ planning
+def canonical_kind(kind: str) -> str:
+    """AutoLRS variants with identical settings share their runs: the first such variant's name."""
+    if kind not in AUTOLRS_VARIANTS:
+        return kind
+    settings = autolrs_settings(kind)
+    return next(k for k in AUTOLRS_VARIANTS if autolrs_settings(k) == settings)
+
+
+def method_lrs(method: Method, workload: Workload, quick: bool) -> list[float | None]:
+    """The LR(s) whose runs a method needs (the grid for tuned rows)."""
+    if method.tuned:
+        scale = workload.sf_scale if method.kind == "sf" else 1.0
+        return [float(f"{lr * scale:.4g}") for lr in workload.lr_grid(quick)]
+    if method.lr == "sf_default":
+        return [sf_default_lr(workload)]
+    if method.lr == "demo":
+        return [demo_default_lr(workload) if not quick else workload.lr_grid(True)[1]]
+    if method.lr == "free":
+        return [1.0]
+    return [None]
+
+
+def run_key(kind: str, lr: float | None, seed: int) -> str:
+    kind = canonical_kind(kind)
+    return f"{kind}_s{seed}" if lr is None else f"{kind}_lr{lr:.4g}_s{seed}"
+
+
+def plan_tasks(
+    workloads: Sequence[str], methods: Sequence[str], seeds: Sequence[int], quick: bool, evals: int
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """``{(workload, run key): task}`` for every run the selected rows need (shared runs appear once)."""
+    tasks: dict[tuple[str, str], dict[str, Any]] = {}
+    for wname in workloads:
+        workload = WORKLOADS[wname]
+        for mname in methods:
+            method = METHODS[mname]
+            for lr in method_lrs(method, workload, quick):
+                for seed in seeds:
+                    key = run_key(method.kind, lr, seed)
+                    kind = canonical_kind(method.kind)
+                    tasks[(wname, key)] = {
+                        "workload": wname,
+                        "kind": kind,
+                        "lr": lr,
+                        "seed": seed,
+                        "quick": quick,
+                        "evals": evals,
+                    }
+    return tasks
+
+
+def _run_path(out: Path, workload: str, key: str) -> Path:
+    return out / "runs" / workload / f"{key}.json"
+
+
+def _matches(saved: dict[str, Any], task: dict[str, Any]) -> bool:
+    return all(saved.get(k) == v for k, v in task.items()) and saved.get("budget") == WORKLOADS[task["workload"]].steps(
+        task["quick"]
+    )
+
+
+def execute(
+    tasks: dict[tuple[str, str], dict[str, Any]], out: Path, jobs: int, resume: bool
+) -> tuple[dict[tuple[str, str], dict[str, Any]], int, int]:
+    """Train (or, with ``resume``, reload) every task; returns the results and the numbers run / reused."""
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    todo: list[tuple[tuple[str, str], dict[str, Any]]] = []
+    for ident, task in tasks.items():
+        path = _run_path(out, *ident)
+        if resume and path.is_file():
+            saved = json.loads(path.read_text())
+            if _matches(saved, task):
+                results[ident] = saved
+                continue
+        todo.append((ident, task))
+    cost = {"charlm": 3, "digits": 2, "diabetes": 1}  # longest first, so the two workers finish together
+    todo.sort(key=lambda it: (-cost.get(it[0][0], 0), it[0]))
+    start = time.perf_counter()
+
+    def store(ident: tuple[str, str], result: dict[str, Any]) -> None:
+        path = _run_path(out, *ident)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result))
+        results[ident] = result
+        done = len(results)
+        final = result["final_loss"]
+        sys.stdout.write(
+            f"[{done}/{len(tasks)} {time.perf_counter() - start:6.0f}s] {ident[0]} {ident[1]}: "
+            f"final val loss {'diverged' if final is None else f'{final:.4g}'}, {result['wall_train_s']:.1f}s\n"
+        )
+        sys.stdout.flush()
+
+    if jobs <= 1 or len(todo) <= 1:
+        for ident, task in todo:
+            store(ident, run_one(task))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(jobs, maxtasksperchild=20) as pool:
+            idents = [ident for ident, _ in todo]
+            for i, result in pool.imap_unordered(_indexed_run, list(enumerate(t for _, t in todo))):
+                store(idents[i], result)
+    return results, len(todo), len(tasks) - len(todo)
+
+
+def _indexed_run(item: tuple[int, dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    return item[0], run_one(item[1])
+
+
+# ------------------------------------------------------------------------------------------------------------ analysis
+def final_of(run: dict[str, Any]) -> float:
+    v = run.get("final_loss")
+    return INF if v is None else float(v)
+
+
+def steps_to(run: dict[str, Any], target: float) -> float:
+    """First evaluated step (> 0) whose validation loss is ≤ ``target``; ``inf`` if never."""
+    if not math.isfinite(target):
+        return INF
+    for step, loss, _ in run["curve"]:
+        if step > 0 and loss is not None and loss <= target:
+            return float(step)
+    return INF
+
+
+def analyse(
+    results: dict[tuple[str, str], dict[str, Any]],
+    workload: Workload,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    quick: bool,
+) -> dict[str, Any]:
+    """Per-method metrics of one workload (every value a list over ``seeds``)."""
+    runs = {key: r for (w, key), r in results.items() if w == workload.name}
+    rows: dict[str, dict[str, Any]] = {}
+    grid_table: dict[str, dict[float, float]] = {}
+    for mname in methods:
+        method = METHODS[mname]
+        lrs = method_lrs(method, workload, quick)
+        per_lr = {lr: [runs[run_key(method.kind, lr, s)] for s in seeds] for lr in lrs}
+        if method.tuned:
+            medians = {lr: statistics.median(final_of(r) for r in rs) for lr, rs in per_lr.items()}
+            grid_table[mname] = medians
+            chosen = min(lrs, key=lambda lr: (medians[lr], lr))  # type: ignore[arg-type]
+        else:
+            chosen = lrs[0]
+        selected = per_lr[chosen]
+        rows[mname] = {
+            "method": method,
+            "lr": chosen,
+            "runs": selected,
+            "final": [final_of(r) for r in selected],
+            "best": [min((c[1] for c in r["curve"] if c[1] is not None), default=INF) for r in selected],
+            "compute_steps": [sum(per_lr[lr][i]["steps"] for lr in lrs) for i in range(len(seeds))],
+            "compute_runs": len(lrs),
+            "wall": [sum(per_lr[lr][i]["wall_train_s"] for lr in lrs) for i in range(len(seeds))],
+        }
+    t1 = rows["cosine"]["final"] if "cosine" in rows else [INF] * len(seeds)
+    ref1 = [steps_to(r, t) for r, t in zip(rows["cosine"]["runs"], t1)] if "cosine" in rows else [INF] * len(seeds)
+    families = [f for f in TUNED_FAMILIES if f in rows]
+    t2, ref2, t2_family = [], [], []
+    for i in range(len(seeds)):
+        if not families:
+            t2.append(INF), ref2.append(INF), t2_family.append("-")
+            continue
+        fam = min(families, key=lambda f: rows[f]["final"][i])
+        t2.append(rows[fam]["final"][i])
+        ref2.append(steps_to(rows[fam]["runs"][i], t2[-1]))
+        t2_family.append(fam)
+    for row in rows.values():
+        row["steps_t1"] = [steps_to(r, t) for r, t in zip(row["runs"], t1)]
+        row["steps_t2"] = [steps_to(r, t) for r, t in zip(row["runs"], t2)]
+        row["speedup_t1"] = [
+            ref / s if math.isfinite(s) and math.isfinite(ref) else 0.0 for ref, s in zip(ref1, row["steps_t1"])
+        ]
+        row["speedup_t2"] = [
+            ref / s if math.isfinite(s) and math.isfinite(ref) else 0.0 for ref, s in zip(ref2, row["steps_t2"])
+        ]
+    return {"rows": rows, "t1": t1, "t2": t2, "t2_family": t2_family, "ref1": ref1, "ref2": ref2, "grid": grid_table}
+
+
+# ------------------------------------------------------------------------------------------------------------ reports
+def _num(v: float, digits: int = 4) -> str:
+    if math.isinf(v):
+        return "div." if v > 0 else "-inf"
+    return f"{v:.{digits}g}"
+
+
+def fmt_spread(values: Sequence[float], digits: int = 4, unreached: str = "div.") -> str:
+    """``median [min–max]``; infinities print as ``unreached``."""
+
+    def one(v: float) -> str:
+        return unreached if math.isinf(v) else f"{v:.{digits}g}"
+
+    med = statistics.median(values)
+    if len(values) == 1:
+        return one(med)
+    return f"{one(med)} [{one(min(values))}–{one(max(values))}]"
+
+
+def fmt_steps(values: Sequence[float]) -> str:
+    text = fmt_spread([v for v in values], digits=6, unreached="n/r")
+    reached = sum(math.isfinite(v) for v in values)
+    return text if reached == len(values) else f"{text} ({reached}/{len(values)})"
+
+
+def fmt_speedup(values: Sequence[float]) -> str:
+    med = statistics.median(values)
+    if len(values) == 1:
+        return f"{med:.2f}×" if med > 0 else "—"
+    lo, hi = min(values), max(values)
+    return f"{med:.2f}× [{lo:.2f}–{hi:.2f}]" if med > 0 else f"— [{lo:.2f}–{hi:.2f}]"
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """The method's label; tuned rows say over how many grid points."""
+    method = row["method"]
+    if method.tuned:
+        return f"{method.label} (best of {row['compute_runs']})"
+    canonical = canonical_kind(method.kind)
+    if canonical != method.kind:
+        twin = next((m.label for m in METHODS.values() if m.kind == canonical), canonical)
+        return f"{method.label} (= {twin}: identical settings, same runs)"
+    return method.label
+
+
+def _range_text(row: dict[str, Any]) -> str:
+    if row["lr"] is not None:
+        return f"{row['lr']:.3g}"
+    s = row["runs"][0]["autolrs"]["settings"]
+    return f"{s['min_lr']:g}…{s['max_lr']:g}"
+
+
+TABLE_HEADER = (
+    "| method | LR | final val loss | best val loss | steps to T1 | speedup T1 | steps to T2 | speedup T2 | "
+    "compute: runs, optimizer steps | train wall s |\n"
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+)
+
+
+def table_rows(analysis: dict[str, Any]) -> list[str]:
+    lines = []
+    for row in analysis["rows"].values():
+        compute = f"{row['compute_runs']}, {statistics.median(row['compute_steps']):.0f}"
+        lines.append(
+            f"| {row_label(row)} | {_range_text(row)} | {fmt_spread(row['final'])} | {fmt_spread(row['best'])} | "
+            f"{fmt_steps(row['steps_t1'])} | {fmt_speedup(row['speedup_t1'])} | {fmt_steps(row['steps_t2'])} | "
+            f"{fmt_speedup(row['speedup_t2'])} | {compute} | {statistics.median(row['wall']):.0f} |"
+        )
+    return lines
+
+
+def autolrs_lines(analysis: dict[str, Any], seeds: Sequence[int]) -> list[str]:
+    lines = []
+    for name, row in analysis["rows"].items():
+        if row["lr"] is not None or "autolrs" not in row["runs"][0]:
+            continue
+        first = row["runs"][0]["autolrs"]
+        stages = ", ".join(f"τ={s['tau']}/τ'={s['tau_prime']}" for s in first["stages"])
+        lines.append(f"- **{row_label(row)}** (`{name}`; stages {stages}):")
+        for seed, run in zip(seeds, row["runs"]):
+            info = run["autolrs"]
+            chosen = " → ".join(f"{s['best_lr']:.3g}" for s in info["stages"])
+            methods: dict[str, int] = {}
+            for s in info["stages"]:
+                for f in s["forecasts"]:
+                    methods[str(f)] = methods.get(str(f), 0) + 1
+            div = sum(s["diverged_trials"] for s in info["stages"])
+            fb = sum(s["fallbacks"] for s in info["stages"])
+            trials = sum(s["trials"] for s in info["stages"])
+            lines.append(
+                f"  seed {seed}: stage LRs {chosen}; search {info['search_steps']}/{run['steps']} steps "
+                f"({100 * info['search_steps'] / max(1, run['steps']):.0f} %), {trials} trials, {div} diverged, "
+                f"{fb} exploit fallbacks; forecasts {', '.join(f'{k}×{v}' for k, v in sorted(methods.items()))}"
+            )
+    return lines
+
+
+def workload_markdown(
+    workload: Workload, analysis: dict[str, Any], seeds: Sequence[int], quick: bool, command: str, provenance: str
+) -> str:
+    budget = workload.steps(quick)
+    evals = analysis["rows"][next(iter(analysis["rows"]))]["runs"][0]["evals"]
+    grid = workload.lr_grid(quick)
+    lines = [
+        f"# Quality: {workload.title}",
+        "",
+        f"Command: `{command}`",
+        "",
+        provenance,
+        "",
+        f"Budget {budget} optimizer steps per run; validation loss on the full validation set every "
+        f"{max(1, budget // evals)} steps; seeds {', '.join(map(str, seeds))}; LR grid "
+        f"{', '.join(f'{v:g}' for v in grid)} (schedule-free: × {workload.sf_scale:g}); AutoLRS searches "
+        f"{workload.grid[0]:g}…{workload.grid[1]:g}.",
+        "",
+        "T1 = final val loss of the tuned cosine run of each seed: "
+        + ", ".join(_num(v) for v in analysis["t1"])
+        + f"; the tuned cosine run first reaches it at step {', '.join(_num(v, 6) for v in analysis['ref1'])}.",
+        "T2 = best final val loss of any tuned family per seed: "
+        + ", ".join(f"{_num(v)} ({f})" for v, f in zip(analysis["t2"], analysis["t2_family"]))
+        + f"; that run first reaches it at step {', '.join(_num(v, 6) for v in analysis['ref2'])}.",
+        "",
+        "Cells: median [min–max] over the seeds. `n/r` = not reached within the budget, `(k/n)` = reached in k of n "
+        "seeds; a speedup of an unreached seed counts as 0, `—` when the median is 0. `div.` = diverged (non-finite). "
+        "Compute = runs × steps needed to produce the row, the grid included; train wall s = their training time "
+        "(evaluation excluded) on one CPU thread.",
+        "",
+        TABLE_HEADER,
+        *table_rows(analysis),
+        "",
+        "## Final val loss over the grid (median over seeds; the tuned row takes the lowest)",
+        "",
+        "| family | " + " | ".join(f"lr×{i}" for i in range(len(grid))) + " |",
+        "| --- |" + " ---: |" * len(grid),
+    ]
+    for name, medians in analysis["grid"].items():
+        cells = " | ".join(f"{_num(v)} @ {lr:g}" for lr, v in medians.items())
+        lines.append(f"| {name} | {cells} |")
+    auto = autolrs_lines(analysis, seeds)
+    if auto:
+        lines += ["", "## AutoLRS runs", "", *auto]
+    return "\n".join(lines) + "\n"
+
+
+def summary_lines(workload: Workload, analysis: dict[str, Any]) -> list[str]:
+    """Plain-language comparison of each AutoLRS row with the tuned cosine and the best tuned family."""
+    rows = analysis["rows"]
+    out = []
+    for row in rows.values():
+        if row["lr"] is not None or "cosine" not in rows:
+            continue
+        cos = rows["cosine"]
+        fin, cfin = statistics.median(row["final"]), statistics.median(cos["final"])
+        reached = sum(math.isfinite(v) for v in row["steps_t1"])
+        verdict = "lower" if fin < cfin else "higher"
+        out.append(
+            f"- {workload.name}, {row_label(row)}: final val loss {_num(fin)} vs tuned cosine {_num(cfin)} "
+            f"({verdict}); reaches T1 in {reached}/{len(row['final'])} seeds, median speedup "
+            f"{statistics.median(row['speedup_t1']):.2f}×; compute {statistics.median(row['compute_steps']):.0f} vs "
+            f"{statistics.median(cos['compute_steps']):.0f} steps for the tuned cosine (its grid included)."
+        )
+    return out
+
+
+def readme_markdown(
+    analyses: dict[str, dict[str, Any]], seeds: Sequence[int], quick: bool, command: str, provenance: str
+) -> str:
+    lines = [
+        f"Command: `{command}` ({provenance})",
+        "",
+        "| workload | method | final val loss | steps to T1 (speedup) | steps to T2 (speedup) | compute (steps) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for wname, analysis in analyses.items():
+        for row in analysis["rows"].values():
+            lines.append(
+                f"| {wname} | {row_label(row)} | {fmt_spread(row['final'])} | {fmt_steps(row['steps_t1'])} "
+                f"({fmt_speedup(row['speedup_t1'])}) | {fmt_steps(row['steps_t2'])} "
+                f"({fmt_speedup(row['speedup_t2'])}) | {statistics.median(row['compute_steps']):.0f} |"
+            )
+    lines += [
+        "",
+        f"Median [min–max] over seeds {', '.join(map(str, seeds))}. T1 = final val loss of the tuned cosine run; "
+        "T2 = best final val loss of any tuned family (constant / cosine / OneCycle / schedule-free); speedup = steps "
+        "the run that set the target needs to first reach it ÷ the method's steps. Compute counts every optimizer step "
+        "(AutoLRS's search trials, the tuned rows' 7-point grid).",
+        "",
+    ]
+    for wname, analysis in analyses.items():
+        lines += summary_lines(WORKLOADS[wname], analysis)
+    return "\n".join(lines) + "\n"
+
+
+def plot_workload(workload: Workload, analysis: dict[str, Any], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for name, row in analysis["rows"].items():
+        if name == "cosine_demo":
+            continue
+        steps = [c[0] for c in row["runs"][0]["curve"]]
+        series = []
+        for run in row["runs"]:
+            by_step = {c[0]: (INF if c[1] is None else c[1]) for c in run["curve"]}
+            series.append([by_step.get(s, INF) for s in steps])
+        med = [statistics.median(col) for col in zip(*series)]
+        lo = [min(col) for col in zip(*series)]
+        hi = [max(col) for col in zip(*series)]
+        style = "-" if row["lr"] is not None else "--"
+        label = row_label(row) + (f" @ {row['lr']:.3g}" if row["method"].tuned else "")
+        keep = [i for i, v in enumerate(med) if math.isfinite(v)]
+        (line,) = ax.plot([steps[i] for i in keep], [med[i] for i in keep], style, label=label, lw=1.4)
+        band = [i for i in keep if math.isfinite(hi[i])]
+        ax.fill_between(
+            [steps[i] for i in band], [lo[i] for i in band], [hi[i] for i in band], color=line.get_color(), alpha=0.12
+        )
+        lrs = row["runs"][0]["lrs"]
+        if lrs and row["method"].kind != "sf":
+            ax_lr.plot(range(len(lrs)), lrs, style, color=line.get_color(), lw=1.0)
+    t1 = statistics.median(analysis["t1"])
+    t2 = statistics.median(analysis["t2"])
+    if math.isfinite(t1):
+        ax.axhline(t1, color="k", ls=":", lw=0.8, label=f"T1 (median) {t1:.4g}")
+    if math.isfinite(t2):
+        ax.axhline(t2, color="grey", ls="-.", lw=0.8, label=f"T2 (median) {t2:.4g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step (AutoLRS: search trials included)")
+    ax.set_ylabel("validation loss (full val set)")
+    ax.set_title("val loss, median over seeds (band: min–max)")
+    finite = [
+        v
+        for row in analysis["rows"].values()
+        for r in row["runs"]
+        for c in r["curve"]
+        if c[1] is not None
+        for v in [c[1]]
+    ]
+    if finite:
+        ax.set_ylim(min(finite) * 0.9, min(max(finite), 10 * statistics.median(finite)) * 1.1)
+    ax.legend(fontsize=7)
+    ax_lr.set_yscale("log")
+    ax_lr.set_xlabel("optimizer step")
+    ax_lr.set_ylabel("learning rate (Prodigy: d·lr)")
+    ax_lr.set_title(f"LR per step, seed {analysis['rows'][next(iter(analysis['rows']))]['runs'][0]['seed']}")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------------ main
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.splitlines()[0])
+    p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    p.add_argument(
+        "--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="rows (cosine is always added)"
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2 (quick: 0)")
+    p.add_argument("--quick", action="store_true", help="tiny budgets and a 3-point grid: checks the harness runs")
+    p.add_argument("--out", default=None, help="output folder (default benchmarks/results; quick: a new temp dir)")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default 2; quick: 1)")
+    p.add_argument(
+        "--evals", type=int, default=None, help="validation evaluations per run besides step 0 (40; quick: 5)"
+    )
+    p.add_argument("--resume", action="store_true", help="reuse finished runs found in OUT/runs")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    seeds: list[int] = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+    jobs: int = args.jobs if args.jobs is not None else (1 if args.quick else 2)
+    evals: int = args.evals if args.evals is not None else (5 if args.quick else 40)
+    if args.out is None:
+        out = Path(tempfile.mkdtemp(prefix="autolrs-quality-quick-")) if args.quick else Path("benchmarks/results")
+    else:
+        out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = list(dict.fromkeys(args.methods))
+    if "cosine" not in methods:  # the tuned cosine run defines target T1
+        methods.insert(0, "cosine")
+    command = "python -m benchmarks.quality" + ("" if not argv else " " + shlex.join(argv))
+    start = time.perf_counter()
+    tasks = plan_tasks(args.workloads, methods, seeds, args.quick, evals)
+    sys.stdout.write(f"{len(tasks)} runs planned into {out} ({jobs} worker processes)\n")
+    results, ran, reused = execute(tasks, out, jobs, args.resume)
+    wall = time.perf_counter() - start
+    provenance = (
+        f"Written by that command on {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()} with "
+        f"{os.cpu_count()} CPU cores ({jobs} worker processes, one thread each): {ran} runs trained in this "
+        f"invocation, {reused} reused from earlier ones (`--resume`), {wall / 60:.1f} min wall."
+    )
+    analyses = {}
+    for wname in args.workloads:
+        workload = WORKLOADS[wname]
+        analysis = analyse(results, workload, methods, seeds, args.quick)
+        analyses[wname] = analysis
+        (out / f"{wname}.md").write_text(workload_markdown(workload, analysis, seeds, args.quick, command, provenance))
+        title = f"{workload.title} — budget {workload.steps(args.quick)}"
+        plot_workload(workload, analysis, out / f"{wname}.png", title)
+    readme = readme_markdown(analyses, seeds, args.quick, command, provenance)
+    (out / "README_table.md").write_text(readme)
+    sys.stdout.write("\n" + readme + f"\nwrote {', '.join(sorted(p.name for p in out.glob('*.*')))} into {out}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

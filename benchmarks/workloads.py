@@ -1,0 +1,593 @@
+"""Workloads and LR-schedule methods of the quality benchmark, and the function that trains one run.
+
+A *workload* is a LightningModule + LightningDataModule pair that needs no download (the two bundled demos and an MLP
+regression on scikit-learn's bundled diabetes data), a step budget, and the LR grid the tuned baselines search. A
+*method* says how the learning rate is set: a fixed schedule around a given peak LR (constant, cosine with linear
+warmup, OneCycle), a different optimizer (schedule-free, Prodigy), or the :class:`~lightning_autolrs.AutoLRS` callback.
+
+:func:`run_one` trains one (workload, method, LR, seed) run with a plain Lightning ``Trainer`` and returns a
+JSON-serialisable dict: the validation loss on the *full* validation set every ``eval_every`` optimizer steps (model in
+eval mode, under ``no_grad``, RNG state untouched), the LR applied at each step, and the wall time of the training
+(evaluation excluded). It is what the worker processes of :mod:`benchmarks.quality` execute.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+__all__ = [
+    "AUTOLRS_VARIANTS",
+    "METHODS",
+    "WORKLOADS",
+    "DiabetesDataModule",
+    "DiabetesMLP",
+    "Method",
+    "Workload",
+    "autolrs_settings",
+    "run_one",
+]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------------------- workloads
+class DiabetesDataModule(pl.LightningDataModule):
+    """scikit-learn's bundled diabetes regression data (442 patients, 10 features), standardised with train statistics.
+
+    The train/val split is fixed (``split_seed``) so that every seed evaluates on the same 89 patients; ``seed`` only
+    reshuffles the training batches. Targets are standardised, so a constant prediction has a validation MSE near 1.
+    """
+
+    def __init__(self, batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0, split_seed: int = 0) -> None:
+        super().__init__()
+        self.batch_size, self.val_fraction, self.seed, self.split_seed = batch_size, val_fraction, seed, split_seed
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        from sklearn.datasets import load_diabetes
+
+        data = load_diabetes()
+        x = torch.tensor(data.data, dtype=torch.float32)
+        y = torch.tensor(data.target, dtype=torch.float32)
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
+        n_val = round(len(y) * self.val_fraction)
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        mu, sd = x[train_idx].mean(0), x[train_idx].std(0)
+        y_mu, y_sd = y[train_idx].mean(), y[train_idx].std()
+        x, y = (x - mu) / sd, (y - y_mu) / y_sd
+        self.train_set = TensorDataset(x[train_idx], y[train_idx])
+        self.val_set = TensorDataset(x[val_idx], y[val_idx])
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)
+
+
+class DiabetesMLP(pl.LightningModule):
+    """A ReLU MLP regressor (``depth`` hidden layers of ``hidden`` units) trained with Adam on the MSE."""
+
+    def __init__(self, lr: float = 1e-3, hidden: int = 128, depth: int = 2, weight_decay: float = 0.0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        layers: list[nn.Module] = []
+        width = 10
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self(x), y), batch_size=len(y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One benchmark task.
+
+    Attributes:
+        name: short id (``--workloads``).
+        title: one-line description for the reports.
+        budget: optimizer steps of every run (full mode); ``quick_budget`` in ``--quick`` mode.
+        grid: (lowest, highest) LR of the 7-point log grid of the tuned baselines; also AutoLRS's ``min_lr``/``max_lr``.
+        sf_scale: the schedule-free grid is ``grid × sf_scale`` (schedule-free SGD's ``lr`` is the step of its
+            momentum-free ``z`` sequence, about ``1/(1 − momentum)`` = 10× the LR of SGD with momentum 0.9).
+        family: the base optimizer, ``"sgd"`` (SGD + momentum) or ``"adam"`` (Adam/AdamW).
+        build: ``build(seed, quick) -> (module class, module kwargs, datamodule)``.
+        val_batches: ``val_batches(datamodule) -> list of batches`` covering the whole validation set.
+        loss_sum: ``loss_sum(module, batch) -> (summed loss, number of items)``.
+        bn_batches: batches used to recompute BatchNorm statistics for schedule-free evaluation (empty: no BN).
+    """
+
+    name: str
+    title: str
+    budget: int
+    quick_budget: int
+    grid: tuple[float, float]
+    sf_scale: float
+    family: str
+    build: Callable[[int, bool], tuple[type[pl.LightningModule], dict[str, Any], pl.LightningDataModule]]
+    val_batches: Callable[[Any], list[Batch]]
+    loss_sum: Callable[[nn.Module, Batch], tuple[float, int]]
+    bn_batches: Callable[[Any], list[Batch]] = field(default=lambda dm: [])
+
+    def steps(self, quick: bool) -> int:
+        return self.quick_budget if quick else self.budget
+
+    def lr_grid(self, quick: bool) -> list[float]:
+        """7 log-spaced LRs from ``grid[0]`` to ``grid[1]`` (3 in quick mode)."""
+        n = 3 if quick else 7
+        lo, hi = (math.log10(v) for v in self.grid)
+        return [float(f"{10 ** (lo + (hi - lo) * i / (n - 1)):.4g}") for i in range(n)]
+
+
+def _ce_sum(model: nn.Module, batch: Batch) -> tuple[float, int]:
+    x, y = batch
+    logits = model(x)
+    loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
+    return float(loss), y.numel()
+
+
+def _mse_sum(model: nn.Module, batch: Batch) -> tuple[float, int]:
+    x, y = batch
+    return float(nn.functional.mse_loss(model(x), y, reduction="sum")), y.numel()
+
+
+def _chunks(x: torch.Tensor, y: torch.Tensor, size: int) -> list[Batch]:
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+
+
+def _build_digits(seed: int, quick: bool) -> tuple[type[pl.LightningModule], dict[str, Any], pl.LightningDataModule]:
+    from lightning_autolrs.demos import DigitsCNN, DigitsDataModule
+
+    kwargs: dict[str, Any] = {"channels": 16} if quick else {}
+    return DigitsCNN, kwargs, DigitsDataModule(batch_size=64, seed=seed)
+
+
+def _digits_val(dm: Any) -> list[Batch]:
+    dm.setup()
+    return _chunks(*dm.val_set.tensors, 512)
+
+
+def _digits_bn(dm: Any) -> list[Batch]:
+    dm.setup()
+    x, y = dm.train_set.tensors
+    return _chunks(x, y, dm.batch_size)[:8]
+
+
+# charlm at a size that trains at ~20 ms/step on one CPU thread (the demo's defaults take ~110 ms/step)
+_CHARLM_MODEL = {"d_model": 64, "n_heads": 4, "n_layers": 2, "block_size": 32}
+_CHARLM_DATA = {"block_size": 32, "batch_size": 32, "max_chars": 150_000, "val_fraction": 0.04}
+_CHARLM_QUICK_MODEL = {"d_model": 32, "n_heads": 2, "n_layers": 1, "block_size": 16}
+_CHARLM_QUICK_DATA = {"block_size": 16, "batch_size": 16, "max_chars": 20_000, "val_fraction": 0.1}
+
+
+def _build_charlm(seed: int, quick: bool) -> tuple[type[pl.LightningModule], dict[str, Any], pl.LightningDataModule]:
+    from lightning_autolrs.demos import CharDataModule, CharTransformerLM
+
+    model, data = (_CHARLM_QUICK_MODEL, _CHARLM_QUICK_DATA) if quick else (_CHARLM_MODEL, _CHARLM_DATA)
+    return CharTransformerLM, dict(model), CharDataModule(seed=seed, **data)
+
+
+def _charlm_val(dm: Any) -> list[Batch]:
+    dm.setup()
+    data, t = dm.val_data.long(), dm.block_size
+    n = (len(data) - 1) // t
+    return _chunks(data[: n * t].view(n, t), data[1 : n * t + 1].view(n, t), 128)
+
+
+def _build_diabetes(seed: int, quick: bool) -> tuple[type[pl.LightningModule], dict[str, Any], pl.LightningDataModule]:
+    return DiabetesMLP, {"hidden": 32 if quick else 128}, DiabetesDataModule(seed=seed)
+
+
+def _diabetes_val(dm: Any) -> list[Batch]:
+    dm.setup()
+    return _chunks(*dm.val_set.tensors, 512)
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload(
+            name="digits",
+            title="digits CNN (scikit-learn 8x8 digits, SGD + momentum 0.9, wd 5e-4, batch 64)",
+            budget=800,
+            quick_budget=30,
+            grid=(1e-3, 1.0),
+            sf_scale=10.0,
+            family="sgd",
+            build=_build_digits,
+            val_batches=_digits_val,
+            loss_sum=_ce_sum,
+            bn_batches=_digits_bn,
+        ),
+        Workload(
+            name="charlm",
+            title="char-level Transformer LM (stdlib source, d=64, 2 layers, context 32, AdamW wd 0.01, batch 32)",
+            budget=500,
+            quick_budget=20,
+            grid=(1e-4, 1e-1),
+            sf_scale=1.0,
+            family="adam",
+            build=_build_charlm,
+            val_batches=_charlm_val,
+            loss_sum=_ce_sum,
+        ),
+        Workload(
+            name="diabetes",
+            title="MLP regression (scikit-learn diabetes, 2x128 ReLU, Adam, batch 32, standardised MSE)",
+            budget=800,
+            quick_budget=30,
+            grid=(1e-4, 1e-1),
+            sf_scale=1.0,
+            family="adam",
+            build=_build_diabetes,
+            val_batches=_diabetes_val,
+            loss_sum=_mse_sum,
+        ),
+    )
+}
+
+
+# ------------------------------------------------------------------------------------------------------------ methods
+@dataclass(frozen=True)
+class Method:
+    """A row of the quality tables.
+
+    Attributes:
+        name: id (``--methods``).
+        label: the row label.
+        kind: what :func:`run_one` trains: ``constant``, ``cosine``, ``onecycle``, ``sf``, ``prodigy`` or an AutoLRS
+            variant (a key of :data:`AUTOLRS_VARIANTS`).
+        tuned: the row is the best of the LR grid (7 runs per seed); otherwise one run per seed.
+        lr: how a single run's LR is chosen: ``"sf_default"`` (the schedule-free optimizer's default), ``"demo"`` (the
+            grid point nearest the demo module's default LR, i.e. what one gets without tuning), ``"free"``
+            (Prodigy, lr=1) or ``None`` (AutoLRS: the grid's range).
+    """
+
+    name: str
+    label: str
+    kind: str
+    tuned: bool = False
+    lr: str | None = None
+
+
+AUTOLRS_VARIANTS: dict[str, dict[str, Any]] = {
+    "autolrs_paper": {"num_trials": 10, "search_ratio": 0.1},
+    "autolrs_default": {},
+    "autolrs_k5": {"num_trials": 5, "search_ratio": 0.1},
+    "autolrs_reuse": {"num_trials": 10, "search_ratio": 0.1, "reuse_best_trial": True, "early_stop": True},
+}
+"""Constructor arguments of each AutoLRS row, besides ``min_lr``/``max_lr`` (the grid's range) and ``seed``."""
+
+
+def autolrs_settings(kind: str) -> dict[str, Any]:
+    """The full settings of an AutoLRS variant (constructor defaults filled in), to detect identical variants."""
+    from lightning_autolrs import AutoLRS
+
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(AutoLRS.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty and k not in {"min_lr", "max_lr", "seed", "verbose", "save_files"}
+    }
+    return {**defaults, **AUTOLRS_VARIANTS[kind]}
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("constant", "constant LR, tuned", "constant", tuned=True),
+        Method("cosine_demo", "cosine + 5% warmup, untuned (grid LR nearest the demo default)", "cosine", lr="demo"),
+        Method("cosine", "cosine + 5% warmup, tuned", "cosine", tuned=True),
+        Method("onecycle", "OneCycle, tuned", "onecycle", tuned=True),
+        Method("sf_default", "schedule-free, default LR", "sf", lr="sf_default"),
+        Method("sf", "schedule-free, tuned", "sf", tuned=True),
+        Method("prodigy", "Prodigy (lr=1, LR-free; warmup + cosine)", "prodigy", lr="free"),
+        Method("autolrs_paper", "AutoLRS, paper settings (k=10, τ'=τ/10)", "autolrs_paper"),
+        Method("autolrs_default", "AutoLRS, package defaults", "autolrs_default"),
+        Method("autolrs_k5", "AutoLRS, k=5, τ'=τ/10", "autolrs_k5"),
+        Method("autolrs_reuse", "AutoLRS, k=10 + reuse_best_trial + early_stop", "autolrs_reuse"),
+    )
+}
+
+WARMUP_FRACTION = 0.05
+
+
+def sf_default_lr(workload: Workload) -> float:
+    """The schedule-free optimizer's default ``lr`` (its constructor default)."""
+    import schedulefree
+
+    cls = schedulefree.SGDScheduleFree if workload.family == "sgd" else schedulefree.AdamWScheduleFree
+    return float(inspect.signature(cls.__init__).parameters["lr"].default)
+
+
+def demo_default_lr(workload: Workload) -> float:
+    """The grid point nearest (in log space) to the demo module's own default ``lr``."""
+    module_cls, _, _ = workload.build(0, False)
+    default = float(inspect.signature(module_cls.__init__).parameters["lr"].default)
+    return min(workload.lr_grid(False), key=lambda v: abs(math.log(v / default)))
+
+
+def _warmup_cosine(budget: int) -> Callable[[int], float]:
+    warm = max(1, round(WARMUP_FRACTION * budget))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, budget - warm))))
+
+    return factor
+
+
+def _groups(base: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    return [{"params": g["params"], "weight_decay": g.get("weight_decay", 0.0)} for g in base.param_groups]
+
+
+def configure(kind: str, lr: float, budget: int, workload: Workload, base: torch.optim.Optimizer) -> Any:
+    """The ``configure_optimizers`` return value of a baseline run, built from the module's own optimizer ``base``."""
+    if kind in ("constant", "cosine", "onecycle"):
+        for g in base.param_groups:
+            g["lr"] = lr
+        if kind == "constant":
+            return base
+        if kind == "cosine":
+            sched: Any = torch.optim.lr_scheduler.LambdaLR(base, _warmup_cosine(budget))
+        else:
+            sched = torch.optim.lr_scheduler.OneCycleLR(base, max_lr=lr, total_steps=budget)
+        return {"optimizer": base, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    g0 = base.param_groups[0]
+    if kind == "sf":
+        import schedulefree
+
+        warm = round(WARMUP_FRACTION * budget)
+        if workload.family == "sgd":
+            return schedulefree.SGDScheduleFree(
+                _groups(base), lr=lr, momentum=g0.get("momentum", 0.9), warmup_steps=warm
+            )
+        return schedulefree.AdamWScheduleFree(
+            _groups(base), lr=lr, betas=g0.get("betas", (0.9, 0.999)), warmup_steps=warm
+        )
+    if kind == "prodigy":
+        from prodigyopt import Prodigy
+
+        opt = Prodigy(_groups(base), lr=lr, betas=g0.get("betas", (0.9, 0.999)), safeguard_warmup=True)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(budget))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    raise ValueError(f"unknown baseline kind {kind!r}")
+
+
+_SUBCLASSES: dict[type, type] = {}
+
+
+def _with_optimizer(module_cls: type[pl.LightningModule]) -> type[pl.LightningModule]:
+    """Subclass of ``module_cls`` whose ``configure_optimizers`` hands the parent's optimizer to ``bench_configure``."""
+    if module_cls not in _SUBCLASSES:
+
+        def configure_optimizers(self: Any) -> Any:
+            return self.bench_configure(super(sub, self).configure_optimizers())
+
+        sub = type(f"{module_cls.__name__}Bench", (module_cls,), {"configure_optimizers": configure_optimizers})
+        _SUBCLASSES[module_cls] = sub
+    return _SUBCLASSES[module_cls]
+
+
+# ---------------------------------------------------------------------------------------------------------- recording
+class Recorder(pl.Callback):
+    """Full-validation-set loss every ``every`` steps (and at step 0), the LR and phase of every step, timing.
+
+    Evaluation runs in eval mode under ``no_grad`` and ``torch.random.fork_rng`` (the training RNG stream is untouched).
+    Schedule-free optimizers are switched with ``optimizer.eval()`` / ``.train()`` around it, and BatchNorm statistics
+    are recomputed for their evaluation weights on a few training batches (as the schedulefree README prescribes).
+    With ``stop_on_nan`` a non-finite training loss stops the run (nothing recovers a baseline from NaN weights).
+    """
+
+    def __init__(
+        self,
+        val_batches: list[Batch],
+        loss_sum: Callable[[nn.Module, Batch], tuple[float, int]],
+        every: int,
+        bn_batches: list[Batch],
+        stop_on_nan: bool,
+    ) -> None:
+        self.val_batches, self.loss_sum, self.every = val_batches, loss_sum, every
+        self.bn_batches, self.stop_on_nan = bn_batches, stop_on_nan
+        self.curve: list[list[Any]] = []
+        self.lrs: list[float] = []
+        self.phases: list[str] = []
+        self.eval_seconds = 0.0
+        self.diverged_step: int | None = None
+        self.autolrs: Any = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from lightning_autolrs import AutoLRS
+
+        self.autolrs = next((c for c in trainer.callbacks if isinstance(c, AutoLRS)), None)
+        opt = trainer.optimizers[0]
+        if hasattr(opt, "train") and callable(opt.train):
+            opt.train()
+        self._evaluate(trainer, pl_module, 0, "start")
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        g = optimizer.param_groups[0]
+        self.lrs.append(float(g["lr"]) * float(g.get("d", 1.0)))  # Prodigy: the effective step size is d·lr
+        self.phases.append(self.autolrs.phase if self.autolrs is not None else "fixed")
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if self.stop_on_nan and isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
+            self.diverged_step = step
+            trainer.should_stop = True
+        if step % self.every == 0 or step == trainer.max_steps:
+            self._evaluate(trainer, pl_module, step, self.phases[-1] if self.phases else "start")
+
+    @torch.no_grad()
+    def _evaluate(self, trainer: pl.Trainer, module: pl.LightningModule, step: int, phase: str) -> None:
+        if self.curve and self.curve[-1][0] == step:
+            return
+        start = time.perf_counter()
+        opt = trainer.optimizers[0]
+        sf = hasattr(opt, "eval") and callable(opt.eval)
+        with torch.random.fork_rng(devices=[]):
+            if sf:
+                opt.eval()
+                self._recompute_bn(module)
+            module.eval()
+            total, count = 0.0, 0
+            for batch in self.val_batches:
+                s, n = self.loss_sum(module, batch)
+                total, count = total + s, count + n
+            module.train()
+            if sf:
+                opt.train()
+        loss = total / count
+        self.curve.append([step, loss if math.isfinite(loss) else None, phase])
+        self.eval_seconds += time.perf_counter() - start
+
+    def _recompute_bn(self, module: nn.Module) -> None:
+        bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns or not self.bn_batches:
+            return
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the recalibration batches
+        module.train()
+        for x, _ in self.bn_batches:
+            module(x)
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+
+
+# ------------------------------------------------------------------------------------------------------------- a run
+def quiet() -> None:
+    """Silence Lightning's info logs and the usual warnings (worker initialiser)."""
+    import lightning_autolrs  # noqa: F401  (imports pytorch_lightning too, which configures its loggers)
+
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_one(task: dict[str, Any]) -> dict[str, Any]:
+    """Train one run. ``task``: ``workload``, ``kind``, ``lr`` (None for AutoLRS), ``seed``, ``quick``, ``evals``.
+
+    Returns the task plus ``steps``, ``curve`` (``[step, val_loss or None, phase]``), ``final_loss``, ``lrs`` (LR per
+    step), ``wall_train_s`` (fit time minus evaluation time), ``wall_eval_s``, ``diverged_step`` and, for AutoLRS, a
+    per-stage summary in ``autolrs``.
+    """
+    quiet()
+    torch.set_num_threads(1)
+    workload = WORKLOADS[task["workload"]]
+    kind, lr, seed, quick = task["kind"], task["lr"], int(task["seed"]), bool(task["quick"])
+    budget = workload.steps(quick)
+    pl.seed_everything(seed, verbose=False)
+    module_cls, kwargs, dm = workload.build(seed, quick)
+    callbacks: list[pl.Callback] = []
+    autolrs_cb = None
+    if kind in AUTOLRS_VARIANTS:
+        from lightning_autolrs import AutoLRS
+
+        module = module_cls(**kwargs)
+        lo, hi = workload.grid
+        autolrs_cb = AutoLRS(lo, hi, seed=seed, verbose=False, save_files=False, **AUTOLRS_VARIANTS[kind])
+        callbacks.append(autolrs_cb)
+    else:
+        module = _with_optimizer(module_cls)(**kwargs)
+        module.bench_configure = lambda base: configure(kind, float(lr), budget, workload, base)
+    every = max(1, budget // int(task["evals"]))
+    recorder = Recorder(
+        workload.val_batches(dm),
+        workload.loss_sum,
+        every,
+        workload.bn_batches(dm) if kind == "sf" else [],
+        stop_on_nan=autolrs_cb is None,
+    )
+    callbacks.append(recorder)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=budget,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    wall = time.perf_counter() - start
+    last = recorder.curve[-1]
+    finished = last[0] == budget and recorder.diverged_step is None
+    result = {
+        **task,
+        "budget": budget,
+        "steps": int(trainer.global_step),
+        "curve": recorder.curve,
+        "final_loss": last[1] if finished else None,
+        "lrs": [float(f"{v:.5g}") for v in recorder.lrs],
+        "wall_train_s": wall - recorder.eval_seconds,
+        "wall_eval_s": recorder.eval_seconds,
+        "diverged_step": recorder.diverged_step,
+        "versions": {"torch": torch.__version__, "lightning": pl.__version__},
+    }
+    if autolrs_cb is not None:
+        result["autolrs"] = {
+            "settings": {"min_lr": lo, "max_lr": hi, "seed": seed, **autolrs_settings(kind), "tau": autolrs_cb.tau},
+            "search_steps": sum(h["search_steps"] for h in autolrs_cb.history),
+            "stages": [
+                {
+                    "stage": h["stage"],
+                    "start_step": h["start_step"],
+                    "tau": h["tau"],
+                    "tau_prime": h["tau_prime"],
+                    "best_lr": h["best_lr"],
+                    "trials": len(h["trials"]),
+                    "diverged_trials": sum(bool(t["diverged"]) for t in h["trials"]),
+                    "forecasts": [t["forecast"] for t in h["trials"]],
+                    "search_steps": h["search_steps"],
+                    "exploit_steps": h["exploit_steps"],
+                    "fallbacks": len(h["fallbacks"]),
+                }
+                for h in autolrs_cb.history
+            ],
+        }
+    return result
