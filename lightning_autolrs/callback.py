@@ -57,6 +57,11 @@ def _callback_bases() -> tuple[type, ...]:
 _DEFAULT_RANGE_BELOW = 100.0
 _DEFAULT_RANGE_ABOVE = 10.0
 _DEFAULT_RANGE_SPAN = 1000.0
+_RANGE_TEST_BELOW = 1e-4  # the range test sweeps from the configured LR × 1e-4 ...
+_RANGE_TEST_ABOVE = 1e2  # ... to × 1e2
+_RANGE_TEST_SHARE = 0.05
+_RANGE_TEST_MIN_STEPS = 20
+_RANGE_TEST_MAX_STEPS = 100
 _SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy"})
 _SNAPSHOT_KEY = "autolrs_stage_snapshot"
 _BEST_SNAPSHOT_KEY = "autolrs_best_trial_snapshot"
@@ -89,10 +94,10 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
     optimizer steps of the Trainer, so ``max_steps`` / ``max_epochs`` bound the whole run.
 
     Args:
-        min_lr: lower end of the LR search range. Default (``None``): the optimizer's configured LR / 100, or
-            ``max_lr`` / 1000 when only ``max_lr`` is given.
-        max_lr: upper end of the LR search range. Default (``None``): the optimizer's configured LR × 10, or
-            ``min_lr`` × 1000 when only ``min_lr`` is given.
+        min_lr: lower end of the LR search range. Default (``None``): found by the LR range test (see
+            ``range_test``), or ``max_lr`` / 1000 when only ``max_lr`` is given.
+        max_lr: upper end of the LR search range. Default (``None``): found by the LR range test, or ``min_lr`` × 1000
+            when only ``min_lr`` is given.
         num_trials: candidate LRs tried per stage (≥ 2).
         tau: the first stage's exploit length τ in optimizer steps. Default (``None``): derived from the Trainer's
             step budget so that at least three full stages fit
@@ -117,6 +122,18 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         early_stop: end a stage's search early, after at least ``min_trials`` trials, once the GP's optimistic bound
             (``mean + sigma``) nowhere beats the best trial.
         min_trials: fewest trials per stage when ``early_stop`` is on (≥ 2).
+        abort_trials: end a running trial at half of its length when its partial forecast is worse than the stage's
+            best trial by more than half of that trial's forecast improvement (needs trials of ≥ 8 steps or probes).
+        warm_start: a later stage's first trial re-tries the previous stage's LR, and the previous stage's other
+            forecasts, shifted by that trial's change, enter the GP as prior points (fewer trials with ``early_stop``).
+        range_test: find ``min_lr``/``max_lr`` with a short LR range test before the first stage: the LR sweeps
+            geometrically from the configured LR × 1e-4 to × 1e2, stopping once the loss blows up; ``max_lr`` is the
+            LR of the lowest smoothed loss and ``min_lr`` = ``max_lr`` / 1000. The model and optimizer are then
+            restored, so the test costs its steps (counted in the budget, in the ``"warmup"`` phase) and nothing else;
+            its result is logged and kept in :attr:`range_test_result`. ``None`` (default): on when neither
+            ``min_lr`` nor ``max_lr`` is given. ``False``: the range is the configured LR ÷ 100 … × 10 instead.
+        range_test_steps: length of the sweep; default (``None``): 5 % of the step budget, clipped to [20, 100]
+            (100 when the budget is unbounded).
         val_batches: batches of the validation dataloader used by the probe.
         val_loss_fn: ``val_loss_fn(module, batch) -> loss`` for the probe; default: the module's
             ``validation_step`` (its returned loss, or the value it logs as ``*val_loss``).
@@ -161,6 +178,10 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         reuse_best_trial: bool = False,
         early_stop: bool = False,
         min_trials: int = 3,
+        abort_trials: bool = False,
+        warm_start: bool = False,
+        range_test: bool | None = None,
+        range_test_steps: int | None = None,
         val_batches: int = 10,
         val_loss_fn: Callable[[Any, Any], Any] | None = None,
         snapshot_device: str | None = None,
@@ -205,6 +226,13 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         self._val_batches = check_int("val_batches", val_batches, minimum=1)
         self._reuse_best_trial = bool(reuse_best_trial)
         self._early_stop = bool(early_stop)
+        self._abort_trials = bool(abort_trials)
+        self._warm_start = bool(warm_start)
+        if range_test is not None and not isinstance(range_test, bool):
+            raise InvalidArgumentError(f"`range_test` must be None, True or False, got {range_test!r}.")
+        self._range_test = (min_lr is None and max_lr is None) if range_test is None else range_test
+        self._range_test_steps = check_int("range_test_steps", range_test_steps, minimum=2, allow_none=True)
+        self.range_test_steps = 0
         if val_loss_fn is not None and not callable(val_loss_fn):
             raise InvalidArgumentError(f"`val_loss_fn` must be callable as fn(module, batch), got {val_loss_fn!r}.")
         self._val_loss_fn = val_loss_fn
@@ -247,6 +275,12 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         return "warmup" if self.controller is None else self.controller.phase
 
     @property
+    def range_test_result(self) -> dict[str, Any] | None:
+        """The LR range test's result (``steps``, ``lrs``, ``losses``, ``min_lr``, ``max_lr``, ...), once it ran."""
+        c = self.controller
+        return None if c is None or c.range_test is None else dict(c.range_test)
+
+    @property
     def schedule(self) -> Schedule:
         """The schedule found so far, as data (see :mod:`lightning_autolrs.schedule`)."""
         c = self.controller
@@ -263,6 +297,8 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
             "total_steps": getattr(self, "total_steps", None),
             "seed": self._seed,
         }
+        if c is not None and c.range_test is not None:
+            settings["range_test"] = dict(c.range_test)
         if c is None:
             return Schedule(lrs=[], stages=[], settings=settings)
         return Schedule(lrs=list(c.lrs), stages=c.history, settings=settings, losses=list(c.losses))
@@ -310,6 +346,11 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
 
     def _resolve_range(self, configured_lr: float) -> None:
         lo, hi = self._min_lr, self._max_lr
+        self.range_test_lrs = (configured_lr * _RANGE_TEST_BELOW, configured_lr * _RANGE_TEST_ABOVE)
+        if self._range_test:
+            self.min_lr, self.max_lr = lo, hi  # None until the range test has run (given bounds win)
+            self.warmup_lr = configured_lr if self._warmup_lr is None else self._warmup_lr
+            return
         if lo is None and hi is None:
             lo, hi = configured_lr / _DEFAULT_RANGE_BELOW, configured_lr * _DEFAULT_RANGE_ABOVE
         elif lo is None:
@@ -326,25 +367,33 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
     def _resolve_budget(self, trainer: pl.Trainer) -> None:
         total = trainer.estimated_stepping_batches
         self.total_steps = None if total is None or math.isinf(total) or total < 0 else int(total)
+        self.range_test_steps = 0
+        if self._range_test:
+            self.range_test_steps = self._range_test_steps or (
+                _RANGE_TEST_MAX_STEPS
+                if self.total_steps is None
+                else min(max(round(_RANGE_TEST_SHARE * self.total_steps), _RANGE_TEST_MIN_STEPS), _RANGE_TEST_MAX_STEPS)
+            )
+        before = self._warmup_steps + self.range_test_steps  # steps before the first stage
         if self._tau is not None:
             self.tau = self._tau
         else:
-            self.tau = min(
-                default_tau(self.total_steps, self._num_trials, self._search_ratio, self._warmup_steps), self._tau_max
-            )
+            self.tau = min(default_tau(self.total_steps, self._num_trials, self._search_ratio, before), self._tau_max)
             if self.tau < 1:
                 raise InvalidArgumentError(
                     f"The Trainer's budget of {self.total_steps} optimizer steps is too small to derive `tau` "
-                    f"(needs at least {7 * (1 + self._num_trials * self._search_ratio) + self._warmup_steps:.0f} "
-                    "steps for three stages); raise `max_steps`/`max_epochs` or pass a small `tau`."
+                    f"(needs at least {7 * (1 + self._num_trials * self._search_ratio) + before:.0f} steps for three "
+                    f"stages after `warmup_steps`={self._warmup_steps} and {self.range_test_steps} range-test steps); "
+                    "raise `max_steps`/`max_epochs`, pass a small `tau`, or give `min_lr`/`max_lr`."
                 )
         if self.total_steps is not None and self._loaded_state is None:
-            need = self._warmup_steps + (self._num_trials + 1) * tau_prime_for(self.tau, self._search_ratio)
+            need = before + (self._num_trials + 1) * tau_prime_for(self.tau, self._search_ratio)
             if need > self.total_steps:
                 raise InvalidArgumentError(
                     f"`tau`={self.tau} needs at least {need} optimizer steps for one search with `num_trials`="
-                    f"{self._num_trials} (plus `warmup_steps`={self._warmup_steps}), but the Trainer's budget is "
-                    f"{self.total_steps}. Lower `tau` or `num_trials`, or raise `max_steps`."
+                    f"{self._num_trials} (plus `warmup_steps`={self._warmup_steps} and {self.range_test_steps} "
+                    f"range-test steps), but the Trainer's budget is {self.total_steps}. Lower `tau` or `num_trials`, "
+                    "raise `max_steps`, or give `min_lr`/`max_lr`."
                 )
 
     @override
@@ -378,6 +427,10 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
             reuse_best_trial=self._reuse_best_trial,
             early_stop=self._early_stop,
             min_trials=self._min_trials,
+            abort_trials=self._abort_trials,
+            warm_start=self._warm_start,
+            range_test_steps=self.range_test_steps,
+            range_test_lrs=self.range_test_lrs if self.range_test_steps else None,
         )
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         self._snapshot = StateSnapshot(pl_module, trainer.optimizers[0], scaler=scaler, device=self._snapshot_device)
@@ -389,14 +442,16 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         if self._loaded_state is not None:
             state, self._loaded_state = self._loaded_state, None
             self.controller.load_state_dict(state["controller"])
+            if self.controller.range_test is not None:
+                self.min_lr, self.max_lr = self.controller.min_lr, self.controller.max_lr
             if self._loaded_snapshot is not None:
                 self._snapshot.load_state_dict(self._loaded_snapshot)
                 self._loaded_snapshot = None
                 if self._best_snapshot is not None and self._loaded_best is not None:
                     self._best_snapshot.load_state_dict(self._loaded_best)
                 self._loaded_best = None
-            elif self.controller.phase == "search":
-                # checkpoint saved without the snapshot: redo the interrupted stage's search from the resumed weights
+            elif self.controller.needs_snapshot:
+                # checkpoint saved without the snapshot: redo the interrupted search (or range test) from the weights
                 self.controller.restart_stage()
             elif self.controller.phase == "exploit" and self.controller.stage >= 0:
                 self._snapshot.capture()  # the exploit guard falls back to the resumed weights
@@ -460,6 +515,8 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         if events and trainer.world_size > 1:
             # rank 0 decides: every rank adopts its decision state, so all ranks apply the same LR at the same step
             self.controller.load_sync_state(trainer.strategy.broadcast(self.controller.sync_state(), src=0))
+        if events:
+            self.min_lr, self.max_lr = self.controller.min_lr, self.controller.max_lr  # a range test may set them
         pl_module.log("autolrs/lr", self.controller.lrs[-1], on_step=True, on_epoch=False, prog_bar=False)
         for event in events:
             self._report(trainer, event)
@@ -474,6 +531,8 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
     def progress_text(self) -> str:
         """Where the schedule is, e.g. ``"stage 2 · trial 3/10"``, shown in the progress bar."""
         c = self.controller
+        if c is not None and c.range_test_running:
+            return f"range test {c.range_test_position + 1}/{c.range_test_steps}"
         if c is None or c.phase == "warmup":
             return "warmup"
         if c.phase == "search":
@@ -537,6 +596,8 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
                 metrics["autolrs/trial_predicted_loss"] = event["predicted_loss"]
             if self._verbose:
                 pred = "diverged" if event["diverged"] else f"predicted loss {event['predicted_loss']:.4g}"
+                if event.get("aborted"):
+                    pred += " (aborted: clearly worse than the best trial)"
                 rank_zero_info(
                     f"AutoLRS stage {event['stage']} trial {event['trial'] + 1}/{self._num_trials}: "
                     f"lr={event['lr']:.4g}, {event['steps']} steps, {pred}"
@@ -550,6 +611,14 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
                     f"exploiting steps {self.controller.step}..{self.controller.exploit_end - 1} "
                     f"(tau={entry['tau']}, tau'={entry['tau_prime']}"
                     + (f", val probes {entry['probe_seconds']:.2f} s)" if entry["signal"] == "val_loss" else ")")
+                )
+        elif kind == "range_test":
+            metrics = {"autolrs/range_min_lr": event["min_lr"], "autolrs/range_max_lr": event["max_lr"]}
+            if self._verbose:
+                end = "stopped when the loss blew up" if event["stopped_early"] else "full sweep"
+                rank_zero_info(
+                    f"AutoLRS range test: {event['steps']} steps from lr={self.range_test_lrs[0]:.3g} ({end}); "
+                    f"search range min_lr={event['min_lr']:.4g}, max_lr={event['max_lr']:.4g}; model restored."
                 )
         else:
             metrics = {"autolrs/fallback_lr": event["new_lr"]}
@@ -621,7 +690,7 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         c, snap = self.controller, self._snapshot
-        if self._checkpoint_snapshot and c is not None and snap is not None and snap.captured and c.phase == "search":
+        if self._checkpoint_snapshot and c is not None and snap is not None and snap.captured and c.needs_snapshot:
             checkpoint[_SNAPSHOT_KEY] = snap.state_dict()
             if self._best_snapshot is not None and self._best_snapshot.captured:
                 checkpoint[_BEST_SNAPSHOT_KEY] = self._best_snapshot.state_dict()

@@ -27,6 +27,23 @@ restores the snapshot and continues the stage at the next-best smaller trial LR 
 none is left, but never below ``min_lr``). After a stage with a diverged trial the upper end of the range for the
 next stage is the smallest LR that diverged; after a stage without divergence it grows back by 2× per stage up to
 ``max_lr``.
+
+Search-cost options (all off by default in the controller):
+
+* **Range test** (``range_test_steps > 0``; ``min_lr``/``max_lr`` may then be ``None``): after warmup and before the
+  first stage, the LR sweeps geometrically over ``range_test_lrs`` for at most ``range_test_steps`` steps from a
+  snapshot. The sweep stops early once a loss is non-finite or above ``4×`` the lowest loss so far. ``max_lr`` is the
+  swept LR with the lowest smoothed loss (centred moving mean over ``2h + 1`` points, ``h = max(1, n // 10)``) and
+  ``min_lr = max_lr / 1000`` (given bounds win). The snapshot is then restored, so the sweep costs its steps and
+  nothing else. Its steps are accounted to the ``"warmup"`` phase (they precede the first stage and their LRs lie
+  outside the range they determine).
+* **Trial abort** (``abort_trials``): once a trial has half of its series (at least 4 points of a series of at least
+  8), its partial forecast of the τ-step loss is compared with the best complete trial of the stage; if it is worse by
+  more than ``abort_margin`` times the best trial's forecast improvement (stage start level − best forecast), the trial
+  ends there (recorded with ``aborted: True`` and its partial forecast, which the GP learns from).
+* **Warm start** (``warm_start``): a later stage's first trial re-tries the previous stage's chosen LR (the anchor); the
+  previous stage's other forecasts, shifted by the anchor's change in forecast, then enter the GP as prior
+  observations, so with ``early_stop`` fewer trials are needed.
 """
 
 from __future__ import annotations
@@ -47,6 +64,8 @@ __all__ = ["MONITORS", "StageController", "StepPlan", "default_tau"]
 MONITORS = ("auto", "train_loss", "val_loss")
 
 _REFERENCE_WINDOW = 20
+_RANGE_TEST_STOP = 4.0  # the range test stops once a loss exceeds this multiple of the lowest loss so far
+_RANGE_TEST_SPAN = 1000.0  # min_lr = max_lr / _RANGE_TEST_SPAN after a range test
 
 
 @dataclass(frozen=True)
@@ -221,11 +240,29 @@ class StageController:
         stop_beta: float = 1.0,
         probes_per_trial: int = 8,
         auto_val_min_tau_prime: int = 200,
+        range_test_steps: int = 0,
+        range_test_lrs: tuple[float, float] | None = None,
+        abort_trials: bool = False,
+        abort_margin: float = 0.5,
+        warm_start: bool = False,
         proposer: LRProposer | None = None,
         forecaster: ExponentialForecaster | None = None,
     ) -> None:
-        if min_lr is None or max_lr is None:
-            raise InvalidArgumentError("`min_lr` and `max_lr` are required by the controller.")
+        self.range_test_steps = check_int("range_test_steps", range_test_steps, minimum=0)
+        if self.range_test_steps == 1:
+            raise InvalidArgumentError("`range_test_steps` must be 0 (no range test) or at least 2, got 1.")
+        sweep: tuple[float, float] | None = None
+        if self.range_test_steps:
+            if range_test_lrs is None or len(range_test_lrs) != 2:
+                raise InvalidArgumentError("`range_test_lrs` (lowest, highest) is needed when `range_test_steps` > 0.")
+            sweep = (
+                check_float("range_test_lrs", range_test_lrs[0], positive=True),
+                check_float("range_test_lrs", range_test_lrs[1], positive=True),
+            )
+            if not sweep[1] > sweep[0]:
+                raise InvalidArgumentError(f"`range_test_lrs` must be (lowest, highest), got {range_test_lrs}.")
+        elif min_lr is None or max_lr is None:
+            raise InvalidArgumentError("`min_lr` and `max_lr` are required by the controller without a range test.")
         checked = check_settings(
             min_lr=min_lr,
             max_lr=max_lr,
@@ -243,6 +280,11 @@ class StageController:
         )
         if checked["warmup_steps"] > 0 and checked["warmup_lr"] is None:
             raise InvalidArgumentError("`warmup_lr` is required when `warmup_steps` > 0; pass the LR warmup ends at.")
+        self._given_range: tuple[float | None, float | None] = (checked["min_lr"], checked["max_lr"])
+        if sweep is not None:
+            lo = checked["min_lr"] or (checked["max_lr"] or sweep[1]) / _RANGE_TEST_SPAN
+            hi = checked["max_lr"] or max(sweep[1], lo * 10)
+            checked["min_lr"], checked["max_lr"] = lo, hi  # placeholders until the range test has run
         self.min_lr: float = checked["min_lr"]
         self.max_lr: float = checked["max_lr"]
         self.num_trials: int = checked["num_trials"]
@@ -262,6 +304,10 @@ class StageController:
         self.early_stop = bool(early_stop)
         self.stop_beta = check_float("stop_beta", stop_beta, positive=True)
         self.auto_val_min_tau_prime = check_int("auto_val_min_tau_prime", auto_val_min_tau_prime, minimum=1)
+        self.range_test_lrs = sweep
+        self.abort_trials = bool(abort_trials)
+        self.abort_margin = check_float("abort_margin", abort_margin, positive=True)
+        self.warm_start = bool(warm_start)
         self.proposer = proposer or LRProposer(self.min_lr, self.max_lr, beta=self.beta, seed=self.seed)
         self.forecaster = forecaster or ExponentialForecaster()
 
@@ -271,6 +317,7 @@ class StageController:
         self.history: list[dict[str, Any]] = []
         self.phase = "warmup" if self.warmup_steps > self.step else "exploit"
         self._plan: StepPlan | None = None
+        self._plan_range_test = False  # the open plan is a range-test step
         self._pending_restore = False
         self._pending_capture = False
         self._pending_save_best = False
@@ -292,14 +339,31 @@ class StageController:
         self._probe_stride = 0  # 0: this stage's trials are judged on the training loss
         self._trial_steps = 0
         self._ranking: list[float] = []  # trial LRs of the current stage, best first (exploit fallbacks)
+        self._stage_level: float | None = None  # first value of the stage's judged series (trial abort)
+        self._abort_checked = False
+        self._warm_prior: list[tuple[float, float]] = []  # previous stage's (lr, forecast), anchor first
+        # range test
+        self.range_test: dict[str, Any] | None = None  # its result, once run
+        self._rt_lrs: list[float] = []
+        self._rt_losses: list[float | None] = []
 
     # ------------------------------------------------------------------ the two events
     def begin_step(self) -> StepPlan:
         """Plan the optimizer step number :attr:`step` (0-based global step)."""
+        self._plan_range_test = False
         if self.step < self.warmup_steps:
             assert self.warmup_lr is not None
             self.phase = "warmup"
             self._plan = StepPlan(self.warmup_lr * (self.step + 1) / self.warmup_steps, "warmup")
+            return self._plan
+        if self.range_test_running:
+            assert self.range_test_lrs is not None
+            lo, hi = self.range_test_lrs
+            i = len(self._rt_lrs)
+            self.phase = "warmup"
+            self._plan_range_test = True
+            lr = lo * (hi / lo) ** (i / (self.range_test_steps - 1))
+            self._plan = StepPlan(min(lr, hi), "warmup", capture=i == 0)
             return self._plan
         if self.phase == "warmup" or (self.phase == "exploit" and self.step >= self._exploit_end):
             self._start_stage()
@@ -341,7 +405,9 @@ class StageController:
             loss = float(loss)
         self.losses.append(loss if loss is not None and math.isfinite(loss) else None)
         events: list[dict[str, Any]] = []
-        if plan.phase == "warmup":
+        if self._plan_range_test:
+            events += self._record_range_test_step(plan.lr, loss)
+        elif plan.phase == "warmup":
             if loss is not None and math.isfinite(loss):
                 self._recent.append(loss)
         elif plan.phase == "search":
@@ -352,6 +418,60 @@ class StageController:
         else:
             events += self._record_exploit_step(loss)
         return events
+
+    # ------------------------------------------------------------------ range test
+    @property
+    def range_test_running(self) -> bool:
+        """Whether the LR range test has yet to finish (it runs after warmup, before the first stage)."""
+        return self.range_test_steps > 0 and self.range_test is None and self.step >= self.warmup_steps
+
+    @property
+    def range_test_position(self) -> int:
+        """Steps of the range test taken so far."""
+        return len(self._rt_lrs)
+
+    def _record_range_test_step(self, lr: float, loss: float | None) -> list[dict[str, Any]]:
+        self._rt_lrs.append(lr)
+        finite = loss is not None and math.isfinite(loss)
+        self._rt_losses.append(loss if finite else None)
+        seen = [v for v in self._rt_losses[:-1] if v is not None]
+        blew_up = loss is not None and (not finite or (len(seen) >= 3 and loss > _RANGE_TEST_STOP * min(seen)))
+        if not blew_up and len(self._rt_lrs) < self.range_test_steps:
+            return []
+        return [self._finish_range_test(stopped=blew_up)]
+
+    def _finish_range_test(self, stopped: bool) -> dict[str, Any]:
+        assert self.range_test_lrs is not None
+        points = [(lr, v) for lr, v in zip(self._rt_lrs, self._rt_losses) if v is not None]
+        if stopped and points and self._rt_losses[-1] is not None:
+            points = points[:-1]  # the step that blew up
+        if points:
+            h = max(1, len(points) // 10)
+            values = [v for _, v in points]
+            smooth = [statistics.fmean(values[max(0, i - h) : i + h + 1]) for i in range(len(values))]
+            best = min(range(len(points)), key=lambda i: (smooth[i], i))
+            found_max = points[best][0]
+        else:  # not a single finite loss: the lowest swept LR
+            found_max = self.range_test_lrs[0]
+        given_lo, given_hi = self._given_range
+        hi = given_hi if given_hi is not None else found_max
+        lo = given_lo if given_lo is not None else hi / _RANGE_TEST_SPAN
+        if not hi > lo:
+            hi = lo * _RANGE_TEST_SPAN
+        self.min_lr, self.max_lr = float(lo), float(hi)
+        self._eff_max_lr = self.max_lr
+        self.proposer.reset(min_lr=self.min_lr, max_lr=self.max_lr)
+        self.range_test = {
+            "start_step": self.step - len(self._rt_lrs),
+            "steps": len(self._rt_lrs),
+            "lrs": list(self._rt_lrs),
+            "losses": list(self._rt_losses),
+            "stopped_early": stopped,
+            "min_lr": self.min_lr,
+            "max_lr": self.max_lr,
+        }
+        self._pending_restore = True
+        return {"event": "range_test", **{k: v for k, v in self.range_test.items() if k not in ("lrs", "losses")}}
 
     # ------------------------------------------------------------------ stage planning
     def _remaining(self) -> float:
@@ -387,26 +507,44 @@ class StageController:
             entry["signal"] = "val_loss"
         self.history.append(entry)
         self._pending_capture = True
+        self._stage_level = None
         if searching:
             self.phase = "search"
             self.proposer.reset(min_lr=self.min_lr, max_lr=self._eff_max_lr, seed=self._stage_seed())
-            self._begin_trial(0)
+            self._warm_prior = self._previous_forecasts() if self.warm_start else []
+            if self._warm_prior:
+                entry["warm_start"] = True
+            self._begin_trial(0, lr=self._warm_prior[0][0] if self._warm_prior else None)
         else:
             best = self.history[-2]["best_lr"]
             entry["best_lr"] = best
             self._ranking = [best]
             self._begin_exploit(best)
 
+    def _previous_forecasts(self) -> list[tuple[float, float]]:
+        """The last searched stage's (lr, forecast) of trials that did not diverge, its chosen LR first; [] if none."""
+        previous = next((h for h in reversed(self.history[:-1]) if h["trials"]), None)
+        if previous is None or previous["best_lr"] is None:
+            return []
+        done = [(t["lr"], t["predicted_loss"]) for t in previous["trials"] if not t["diverged"]]
+        done = [(lr, f) for lr, f in done if self.min_lr <= lr <= self._eff_max_lr]
+        anchor = [(lr, f) for lr, f in done if lr == previous["best_lr"]]
+        if not anchor:
+            return []
+        return anchor[:1] + [(lr, f) for lr, f in done if lr != previous["best_lr"]]
+
     def _stage_seed(self) -> int:
         return (0 if self.seed is None else self.seed) + self._stage
 
-    def _begin_trial(self, index: int) -> None:
+    def _begin_trial(self, index: int, lr: float | None = None) -> None:
         self._trial = index
         self._trial_start = self.step
         self._trial_losses = []
         self._trial_probes = []
         self._trial_steps = 0
-        self._lr = min(max(self.proposer.propose(), self.min_lr), self._eff_max_lr)
+        self._abort_checked = False
+        proposed = self.proposer.propose() if lr is None else lr
+        self._lr = min(max(proposed, self.min_lr), self._eff_max_lr)
 
     def _begin_exploit(self, lr: float, already: int = 0) -> None:
         """Exploit ``lr`` for the rest of the stage; ``already`` steps of it were trained by a reused trial."""
@@ -443,17 +581,45 @@ class StageController:
         diverged = self._diverged(loss)
         if loss is not None and not diverged:
             self._trial_losses.append(loss)
+        series, _ = self._series()
+        if self._stage_level is None and series:
+            self._stage_level = series[0]
         if not diverged and self._trial_steps < self._stage_tau_prime:
-            return []
+            partial = self._abort_forecast() if self.abort_trials else None
+            return [] if partial is None else self._finish_trial(False, partial)
         return self._finish_trial(diverged)
 
-    def _finish_trial(self, diverged: bool) -> list[dict[str, Any]]:
-        entry = self.history[-1]
+    def _series(self) -> tuple[list[float], int]:
+        """The series the current trial is judged on and its forecast horizon (in that series' units)."""
         if self._probe_stride:  # judged on validation probes, one every `stride` steps
-            series, horizon = self._trial_probes, max(1, self._stage_tau // self._probe_stride)
+            return self._trial_probes, max(1, self._stage_tau // self._probe_stride)
+        return self._trial_losses, self._stage_tau
+
+    def _abort_forecast(self) -> Any:
+        """The partial forecast of the running trial when it is clearly worse than the stage's best; else ``None``."""
+        series, horizon = self._series()
+        full = self._stage_tau_prime // self._probe_stride if self._probe_stride else self._stage_tau_prime
+        if self._abort_checked or full < 8 or len(series) < max(4, full // 2):
+            return None
+        self._abort_checked = True  # one check per trial, at half of its series
+        done = [t["predicted_loss"] for t in self.history[-1]["trials"] if not t["diverged"] and not t.get("aborted")]
+        if not done or self._stage_level is None:
+            return None
+        best = min(done)
+        margin = self.abort_margin * max(self._stage_level - best, 0.0)
+        forecast = self.forecaster.predict(series, horizon)
+        if forecast.method == "empty" or not forecast.value > best + margin:
+            return None
+        return forecast
+
+    def _finish_trial(self, diverged: bool, partial: Any = None) -> list[dict[str, Any]]:
+        entry = self.history[-1]
+        series, horizon = self._series()
+        aborted = partial is not None
+        if aborted:
+            forecast = partial
         else:
-            series, horizon = self._trial_losses, self._stage_tau
-        forecast = None if diverged else self.forecaster.predict(series, horizon)
+            forecast = None if diverged else self.forecaster.predict(series, horizon)
         predicted = math.inf if forecast is None else forecast.value
         diverged = diverged or not math.isfinite(predicted)
         tail = self._trial_losses[-max(1, len(self._trial_losses) // 4) :]
@@ -466,8 +632,17 @@ class StageController:
             "final_loss": _jsonable(statistics.fmean(tail)) if tail else None,
             "forecast": None if forecast is None else forecast.method,
         }
+        if aborted:
+            trial["aborted"] = True
         entry["trials"].append(trial)
         self.proposer.observe(self._lr, predicted, diverged=diverged)
+        if self._warm_prior and len(entry["trials"]) == 1:
+            # warm start: the anchor's change in forecast shifts the previous stage's other forecasts
+            if not diverged:
+                shift = predicted - self._warm_prior[0][1]
+                others = self._warm_prior[1:]
+                self.proposer.set_prior([lr for lr, _ in others], [f + shift for _, f in others])
+            self._warm_prior = []
         events: list[dict[str, Any]] = [{"event": "trial", "stage": self._stage, "trial": self._trial, **trial}]
         self._pending_restore = True
         if self.reuse_best_trial and not diverged and trial["steps"] == self._stage_tau_prime:
@@ -578,7 +753,12 @@ class StageController:
             Whether the caller must restore the stage snapshot: the model holds a trial's state (which need not be
             the winner's), or the last step diverged.
         """
-        return self.phase == "search" or self._pending_restore
+        return self.needs_snapshot or self._pending_restore
+
+    @property
+    def needs_snapshot(self) -> bool:
+        """Whether the model holds uncommitted state that the stage snapshot must undo (a search or range test)."""
+        return self.phase == "search" or (self.range_test_running and bool(self._rt_lrs))
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
@@ -611,6 +791,14 @@ class StageController:
             "pending_restore_best": self._pending_restore_best,
             "best_trial": self._best_trial,
             "proposer": self.proposer.state_dict(),
+            "min_lr": self.min_lr,
+            "max_lr": self.max_lr,
+            "range_test": None if self.range_test is None else _copy_range_test(self.range_test),
+            "rt_lrs": list(self._rt_lrs),
+            "rt_losses": list(self._rt_losses),
+            "stage_level": self._stage_level,
+            "abort_checked": self._abort_checked,
+            "warm_prior": [list(p) for p in self._warm_prior],
         }
 
     def sync_state(self) -> dict[str, Any]:
@@ -652,9 +840,23 @@ class StageController:
         self._pending_restore_best = bool(state.get("pending_restore_best", False))
         best_trial = state.get("best_trial")
         self._best_trial = None if best_trial is None else int(best_trial)
+        self.min_lr = float(state.get("min_lr", self.min_lr))
+        self.max_lr = float(state.get("max_lr", self.max_lr))
+        rt = state.get("range_test")
+        self.range_test = None if rt is None else _copy_range_test(rt)
+        self._rt_lrs = [float(x) for x in state.get("rt_lrs", [])]
+        self._rt_losses = [None if x is None else float(x) for x in state.get("rt_losses", [])]
+        level = state.get("stage_level")
+        self._stage_level = None if level is None else float(level)
+        self._abort_checked = bool(state.get("abort_checked", False))
+        self._warm_prior = [(float(lr), float(f)) for lr, f in state.get("warm_prior", [])]
         if "proposer" in state:
             self.proposer.load_state_dict(state["proposer"])
         self._plan = None
+
+
+def _copy_range_test(result: dict[str, Any]) -> dict[str, Any]:
+    return {**result, "lrs": list(result.get("lrs", [])), "losses": list(result.get("losses", []))}
 
 
 def _copy_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -161,6 +161,8 @@ class LRProposer:
         self._lrs: list[float] = []
         self._losses: list[float] = []
         self._diverged: list[bool] = []
+        self._prior_lrs: list[float] = []
+        self._prior_losses: list[float] = []
         self._rebuild()
 
     # ------------------------------------------------------------------ coordinates
@@ -185,14 +187,38 @@ class LRProposer:
         return len(self._lrs)
 
     def reset(self, min_lr: float | None = None, max_lr: float | None = None, seed: int | None = None) -> None:
-        """Start a new stage: forget every observation; ``None`` arguments keep the current bound / seed."""
+        """Start a new stage: forget every observation and prior; ``None`` arguments keep the current bound / seed."""
         new_min = self.min_lr if min_lr is None else min_lr
         new_max = self.max_lr if max_lr is None else max_lr
         new_min, new_max = _check_bounds(new_min, new_max)
         new_seed = self.seed if seed is None else check_int("seed", seed, minimum=0)
         self.min_lr, self.max_lr, self.seed = new_min, new_max, new_seed
         self._lrs, self._losses, self._diverged = [], [], []
+        self._prior_lrs, self._prior_losses = [], []
         self._rebuild()
+
+    def set_prior(self, lrs: list[float], losses: list[float]) -> None:
+        """Add prior observations (e.g. a previous stage's forecasts, shifted to this stage's level) to the GP.
+
+        Prior points inside the range enter the GP data alongside the observations, except where an observation lies
+        within ``dedup_tol`` of them (the observation wins). They count towards ``num_initial``, but are not "tried":
+        :meth:`best`, :attr:`num_observations` and the duplicate rule only see real observations. Non-finite losses
+        and LRs outside the range are dropped. :meth:`reset` clears them.
+        """
+        if len(lrs) != len(losses):
+            raise InvalidArgumentError(f"`lrs` ({len(lrs)}) and `losses` ({len(losses)}) must have the same length.")
+        keep = [
+            (check_float("lrs", lr, positive=True), float(loss))
+            for lr, loss in zip(lrs, losses)
+            if loss is not None and math.isfinite(float(loss)) and self.min_lr <= lr <= self.max_lr
+        ]
+        self._prior_lrs = [lr for lr, _ in keep]
+        self._prior_losses = [loss for _, loss in keep]
+
+    @property
+    def num_prior(self) -> int:
+        """Number of prior observations (see :meth:`set_prior`)."""
+        return len(self._prior_lrs)
 
     def observe(self, lr: float, loss: float | None, *, diverged: bool = False) -> None:
         """Record the predicted ``loss`` of a trial at ``lr``.
@@ -242,6 +268,8 @@ class LRProposer:
             "lrs": list(self._lrs),
             "losses": [loss if math.isfinite(loss) else None for loss in self._losses],
             "diverged": list(self._diverged),
+            "prior_lrs": list(self._prior_lrs),
+            "prior_losses": list(self._prior_losses),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -264,6 +292,8 @@ class LRProposer:
         self.num_initial, self.dedup_tol, self.grid_size = num_initial, dedup_tol, grid_size
         self._lrs, self._losses = lrs, losses
         self._diverged = [d or not math.isfinite(v) for d, v in zip(flags, losses)]
+        self._prior_lrs = [float(v) for v in state.get("prior_lrs", [])]
+        self._prior_losses = [float(v) for v in state.get("prior_losses", [])]
         self._rebuild()
 
     # ------------------------------------------------------------------ proposing
@@ -290,14 +320,24 @@ class LRProposer:
         return min(div) if div else None
 
     def _gp_data(self, tried: torch.Tensor) -> tuple[list[float], list[float]] | None:
-        """GP training points ``(x, loss)`` with penalties for diverged trials; ``None`` without finite losses."""
+        """GP training points ``(x, loss)`` with penalties for diverged trials; ``None`` without finite losses.
+
+        The observations come first, then the prior points that are not within ``dedup_tol`` of an observation."""
         finite = [loss for loss, d in zip(self._losses, self._diverged) if not d]
         if not finite:
             return None
+        xs, ys = tried.tolist(), list(self._losses)
+        if self._prior_lrs:
+            prior_x = torch.tensor([self.to_unit(lr) for lr in self._prior_lrs], dtype=torch.float64)
+            for x, loss, free in zip(prior_x.tolist(), self._prior_losses, self._free_mask(prior_x, tried).tolist()):
+                if free:
+                    xs.append(x)
+                    ys.append(loss)
+                    finite.append(loss)
         worst = max(finite)
         penalty = worst + max(worst - min(finite), 0.1 * abs(worst), 1e-8)
-        ys = [penalty if d else loss for loss, d in zip(self._losses, self._diverged)]
-        return tried.tolist(), ys
+        ys = [penalty if i < len(self._diverged) and self._diverged[i] else y for i, y in enumerate(ys)]
+        return xs, ys
 
     def _free_mask(self, points: torch.Tensor, tried: torch.Tensor) -> torch.Tensor:
         """``True`` where a point is at least ``dedup_tol`` (plus rounding slack) away from every tried point."""
@@ -372,8 +412,9 @@ class LRProposer:
     def improvement_plausible(self, beta: float = 1.0) -> bool:
         """Whether an untried LR could still beat the best observation, by the GP's optimistic bound.
 
-        Fits the GP to the observations (penalties included) and compares ``max UCB_beta(-loss)`` over the untried
-        grid points (below the lowest diverged LR, if any) with the best observed ``-loss``: ``False`` means that even
+        Fits the GP to the observations (penalties and prior points included) and compares ``max UCB_beta(-loss)``
+        over the untried grid points (below the lowest diverged LR, if any) with the best observed ``-loss`` (prior
+        points excluded): ``False`` means that even
         ``mean + sqrt(beta)·sigma`` nowhere reaches the best trial, so more trials are unlikely to pay off. Returns
         ``True`` whenever the GP cannot be fitted (too few or degenerate observations): never stop on no evidence.
 
@@ -403,7 +444,7 @@ class LRProposer:
             ok &= self._grid < upper
         if not bool(ok.any()):
             return False  # nothing left to try
-        return float(values[ok].max()) > float(train_y.max())
+        return float(values[ok].max()) > float(train_y[: len(self._lrs)].max())  # the best real observation
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -421,7 +462,7 @@ class LRProposer:
         return (
             f"{type(self).__name__}(min_lr={self.min_lr!r}, max_lr={self.max_lr!r}, beta={self.beta!r}, "
             f"seed={self.seed!r}, num_initial={self.num_initial!r}, dedup_tol={self.dedup_tol!r}, "
-            f"grid_size={self.grid_size!r}, num_observations={self.num_observations})"
+            f"grid_size={self.grid_size!r}, num_observations={self.num_observations}, num_prior={self.num_prior})"
         )
 
 

@@ -94,7 +94,7 @@ def test_end_to_end_beats_training_at_min_lr(lpl, tmp_path) -> None:
 
 
 def test_default_range_follows_the_configured_lr(lpl, tmp_path) -> None:
-    cb = AutoLRS(num_trials=3, tau=20, verbose=False)
+    cb = AutoLRS(num_trials=3, tau=20, verbose=False, range_test=False)
     fit(lpl, tmp_path, cb, max_steps=60, module_kw=dict(lr=0.02))
     assert (cb.min_lr, cb.max_lr) == pytest.approx((0.0002, 0.2))
     only_max = AutoLRS(max_lr=0.5, num_trials=3, tau=20, verbose=False)
@@ -239,6 +239,8 @@ def test_budget_too_small_for_tau_is_rejected(lpl, tmp_path) -> None:
         (dict(beta=0.0), InvalidArgumentError, "`beta`"),
         (dict(divergence_factor=0.5), InvalidArgumentError, "`divergence_factor`"),
         (dict(snapshot_device=3), InvalidArgumentError, "`snapshot_device`"),
+        (dict(range_test="yes"), InvalidArgumentError, "`range_test`"),
+        (dict(range_test_steps=1), InvalidArgumentError, "`range_test_steps`"),
     ],
 )
 def test_invalid_constructor_arguments(kwargs, exc, match) -> None:
@@ -297,3 +299,67 @@ def test_sharded_strategies_are_refused_by_name() -> None:
         check_strategy(MyFSDP())
     check_strategy(DDPStrategy())  # allowed
     check_strategy(SingleDeviceStrategy("cpu"))
+
+
+# ---------------------------------------------------------------------------------------------- range test
+def test_range_test_finds_the_range_and_restores_the_model(lpl, tmp_path) -> None:
+    seen: dict[int, list[torch.Tensor]] = {}
+
+    class Recorder(lpl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen[trainer.global_step] = [p.detach().clone() for p in pl_module.parameters()]
+
+    lpl.seed_everything(0)
+    cb = AutoLRS(num_trials=3, seed=0, verbose=False)  # no min_lr/max_lr: the range test runs
+    model = make_module_class(lpl)(lr=0.02)
+    trainer = lpl.Trainer(callbacks=[cb, Recorder()], **trainer_kwargs(tmp_path, max_steps=400))
+    trainer.fit(model)
+    rt = cb.range_test_result
+    assert rt is not None and rt["start_step"] == 0 and rt["steps"] <= 20  # 5 % of 400, at least 20
+    assert rt["lrs"][0] == pytest.approx(0.02 * 1e-4) and rt["lrs"][-1] <= 0.02 * 1e2
+    assert (cb.min_lr, cb.max_lr) == (rt["min_lr"], rt["max_lr"]) and cb.max_lr == pytest.approx(1000 * cb.min_lr)
+    assert cb.max_lr in rt["lrs"]
+    # the sweep is undone: the first stage starts from the initial weights (and optimizer state)
+    first = cb.history[0]["start_step"]
+    assert first == rt["steps"] and all(torch.equal(a, b) for a, b in zip(seen[0], seen[first]))
+    assert len(cb.lrs) == trainer.global_step == 400
+    assert all(cb.min_lr <= lr <= cb.max_lr for lr in cb.lrs[first:])
+    assert cb.schedule.settings["range_test"]["max_lr"] == cb.max_lr
+    assert cb.schedule.exploit_lrs()[0] == cb.history[0]["best_lr"]  # the sweep is not part of the replayed schedule
+    json.dumps(cb.schedule.to_dict())
+
+
+def test_range_test_stops_when_the_loss_blows_up(lpl, tmp_path) -> None:
+    cb = AutoLRS(num_trials=3, seed=0, verbose=False, range_test_steps=60)
+    _, model = fit(lpl, tmp_path, cb, max_steps=400, module_kw=dict(lr=1.0))  # sweeps up to lr = 100
+    rt = cb.range_test_result
+    assert rt["stopped_early"] and rt["steps"] < 60 and cb.max_lr < 1.0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_range_test_counts_in_the_budget_check(lpl, tmp_path) -> None:
+    trainer = lpl.Trainer(callbacks=[AutoLRS(num_trials=3, tau=100)], **trainer_kwargs(tmp_path, max_steps=50))
+    with pytest.raises(InvalidArgumentError, match="range-test steps"):
+        trainer.fit(make_module_class(lpl)())
+    assert trainer.global_step == 0
+    # without the 20 range-test steps the same search fits: 3 trials + 1 of tau' = 10 steps
+    trainer = lpl.Trainer(
+        callbacks=[AutoLRS(num_trials=3, tau=100, range_test=False, verbose=False)],
+        **trainer_kwargs(tmp_path, max_steps=50),
+    )
+    trainer.fit(make_module_class(lpl)())
+    assert trainer.global_step == 50
+
+
+def test_abort_and_warm_start_reach_the_search(lpl, tmp_path) -> None:
+    cb = AutoLRS(
+        min_lr=1e-4, max_lr=10.0, num_trials=4, tau=80, tau_max=80, search_ratio=0.2, seed=0, verbose=False,
+        abort_trials=True, warm_start=True,
+    )  # fmt: skip
+    fit(lpl, tmp_path, cb, max_steps=480)
+    searched = [h for h in cb.history if h["trials"]]
+    assert len(searched) >= 2 and searched[1]["warm_start"]
+    assert searched[1]["trials"][0]["lr"] == searched[0]["best_lr"]
+    aborted = [t for h in searched for t in h["trials"] if t.get("aborted")]
+    assert aborted and all(t["steps"] == 8 for t in aborted)  # half of tau' = 16
+    assert sum(h["search_steps"] for h in searched) < sum(len(h["trials"]) * h["tau_prime"] for h in searched)

@@ -45,3 +45,11 @@ def test_nan_on_one_rank_aborts_the_trial_on_all(tmp_path) -> None:
     assert r0["history"] == r1["history"] and r0["lrs"] == r1["lrs"]
     assert r0["params"] == r1["params"]
     assert all(v == v for p in r0["params"] for v in p)  # finite (no NaN) weights on both ranks
+
+
+def test_ranks_agree_on_the_range_test(tmp_path) -> None:
+    r0, r1 = launch(tmp_path, "ddp", "range")
+    assert r0["range_test"] is not None and r0["range_test"] == r1["range_test"]
+    assert r0["range_test"]["steps"] <= 20 and r0["history"][0]["start_step"] == r0["range_test"]["steps"]
+    assert len(r0["lrs"]) == r0["global_step"] == 90
+    assert r0["lrs"] == r1["lrs"] and r0["history"] == r1["history"] and r0["params"] == r1["params"]

@@ -137,3 +137,17 @@ def test_checkpoint_without_keys_added_later_still_loads(lpl, tmp_path, referenc
     assert trainer.global_step == STEPS and cb.lrs == ref_cb.lrs
     assert cb.controller.losses[:24] == [None] * 24  # unknown history of losses reads as missing
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_params))
+
+
+def test_resume_inside_the_range_test_is_bitwise_exact(lpl, tmp_path) -> None:
+    kw = dict(min_lr=None, max_lr=None, range_test_steps=30)
+    ref_cb = autolrs(**kw)
+    _, ref_model = run(lpl, tmp_path / "a", ref_cb, save_every_epoch=True)
+    ckpt = tmp_path / "a" / "ckpt" / "step=12.ckpt"
+    assert phase_at(ckpt) == "warmup" and ref_cb.range_test_result["steps"] > 12
+    assert "autolrs_stage_snapshot" in torch.load(ckpt, weights_only=True)  # the sweep's start travels along
+    cb = autolrs(**kw)
+    _, model = run(lpl, tmp_path / "b", cb, ckpt_path=str(ckpt))
+    assert cb.lrs == ref_cb.lrs and cb.history == ref_cb.history and cb.range_test_result == ref_cb.range_test_result
+    assert (cb.min_lr, cb.max_lr) == (ref_cb.min_lr, ref_cb.max_lr)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))

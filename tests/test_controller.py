@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -302,3 +303,153 @@ def test_min_trials_bounds_early_stopping() -> None:
         Quadratic().run(c, 2000)
         runs[m] = [len(h["trials"]) for h in c.history if h["trials"]]
     assert min(runs[7]) >= 7 and min(runs[2]) < 7
+
+
+# ---------------------------------------------------------------------------------------------- range test
+def make_range_test(total: int = 600, steps: int = 40, **kw) -> StageController:
+    args = dict(num_trials=4, tau=40, tau_max=160, search_ratio=0.25, total_steps=total, seed=0)
+    args.update(kw)
+    return StageController(None, None, range_test_steps=steps, range_test_lrs=(1e-5, 10.0), **args)
+
+
+def test_range_test_sweeps_stops_at_blow_up_and_sets_the_range() -> None:
+    c, sim = make_range_test(), Quadratic()
+    sim.run(c, 600)
+    rt = c.range_test
+    assert rt is not None and rt["start_step"] == 0 and rt["stopped_early"]
+    n = rt["steps"]
+    assert 10 < n < 40  # stopped once the loss blew up, well before the sweep's end at lr=10
+    ratios = [b / a for a, b in itertools.pairwise(rt["lrs"])]
+    assert ratios == pytest.approx([(1e6) ** (1 / 39)] * (n - 1))  # geometric from 1e-5 towards 10
+    assert rt["lrs"][0] == pytest.approx(1e-5)
+    # the quadratic diverges above lr = 0.2; the loss lags the sweep by a few steps, so the range ends within half a
+    # decade above that edge (trials there are cut at once and shrink the range) and spans three decades
+    assert 0.1 <= c.max_lr <= 0.2 * 10**0.5 and c.min_lr == pytest.approx(c.max_lr / 1000)
+    assert c.history[1]["lr_range"][1] <= 0.2 * 10**0.5
+    assert c.history[0]["start_step"] == n and c.history[0]["lr_range"] == [c.min_lr, c.max_lr]
+    # the sweep's steps are undone: the first stage starts from the weights the sweep started from
+    assert torch.equal(sim.inputs[n], sim.inputs[0])
+    assert all(c.min_lr <= lr <= c.max_lr for lr in c.lrs[n:])
+    assert sum(h["search_steps"] + h["exploit_steps"] for h in c.history) + n == len(c.lrs) == 600
+
+
+def test_range_test_is_warmup_phase_and_resumes_exactly() -> None:
+    c, sim = make_range_test(), Quadratic()
+    sim.run(c, 7)
+    assert c.phase == "warmup" and c.range_test_running and c.range_test_position == 7
+    assert c.finalize() and c.needs_snapshot  # an interrupted sweep must be undone
+    state = json.loads(json.dumps(c.state_dict()))
+    twin, sim_twin = make_range_test(), Quadratic()
+    twin.load_state_dict(state)
+    sim_twin.w, sim_twin.gen, sim_twin.saved = sim.w.clone(), _clone_gen(sim.gen), sim.saved.clone()
+    sim.run(c, 300)
+    sim_twin.run(twin, 300)
+    assert c.lrs == twin.lrs and c.range_test == twin.range_test and c.history == twin.history
+
+
+def _clone_gen(gen: torch.Generator) -> torch.Generator:
+    out = torch.Generator()
+    out.set_state(gen.get_state())
+    return out
+
+
+def test_range_test_keeps_a_given_bound_and_follows_warmup() -> None:
+    c = StageController(
+        None, 0.05, num_trials=4, tau=40, search_ratio=0.25, total_steps=600, warmup_steps=5, warmup_lr=0.01,
+        range_test_steps=30, range_test_lrs=(1e-5, 10.0),
+    )  # fmt: skip
+    Quadratic().run(c, 600)
+    assert c.range_test["start_step"] == 5 and c.max_lr == 0.05 and c.min_lr == pytest.approx(5e-5)
+    assert c.lrs[:5] == pytest.approx([0.002 * (i + 1) for i in range(5)])
+
+
+def test_range_test_without_any_finite_loss_falls_back_to_the_lowest_lr() -> None:
+    c = make_range_test(steps=10)
+    for _ in range(1):
+        c.begin_step()
+        c.end_step(math.nan)
+    assert c.range_test is not None and c.range_test["stopped_early"] and c.max_lr == 1e-5
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(range_test_steps=1, range_test_lrs=(1e-5, 1.0)), "range_test_steps"),
+        (dict(range_test_steps=10), "range_test_lrs"),
+        (dict(range_test_steps=10, range_test_lrs=(1.0, 1e-5)), "range_test_lrs"),
+        (dict(range_test_steps=0), "min_lr"),
+    ],
+)
+def test_range_test_arguments(kwargs, match) -> None:
+    with pytest.raises(InvalidArgumentError, match=match):
+        StageController(None, None, tau=10, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- trial abort
+def feed(c: StageController, losses) -> None:
+    for loss in losses:
+        c.begin_step()
+        c.end_step(loss)
+
+
+def test_abort_ends_a_clearly_worse_trial_at_half_its_length() -> None:
+    c = make(total=None, num_trials=3, tau=160, tau_max=160, search_ratio=0.1, abort_trials=True)
+    assert c.stage_steps == (0, 0) or True
+    good = [2.0 * math.exp(-0.1 * t) + 1.0 for t in range(16)]
+    feed(c, good)  # trial 0: a real decay, forecast ~1.0
+    flat = [2.9 + 0.01 * (t % 2) for t in range(16)]
+    feed(c, flat[:8])  # trial 1: flat far above: aborted after 8 of 16 steps
+    trials = c.history[0]["trials"]
+    assert len(trials) == 2 and trials[1]["aborted"] and trials[1]["steps"] == 8
+    assert trials[1]["predicted_loss"] > trials[0]["predicted_loss"]
+    assert c.trial == 2 and c.phase == "search"
+    close = [2.0 * math.exp(-0.09 * t) + 1.05 for t in range(16)]
+    feed(c, close)  # trial 2: nearly as good: runs to the end
+    trials = c.history[0]["trials"]
+    assert trials[2]["steps"] == 16 and not trials[2].get("aborted")
+    assert c.history[0]["search_steps"] == 40 and c.phase == "exploit" and c.history[0]["best_lr"] == trials[0]["lr"]
+
+
+def test_abort_needs_trials_of_eight_points() -> None:
+    c = make(total=None, num_trials=2, tau=60, tau_max=60, search_ratio=0.1, abort_trials=True)
+    feed(c, [2.0 * math.exp(-0.3 * t) + 1.0 for t in range(6)])
+    feed(c, [3.0] * 6)  # τ' = 6: too short to judge from half a series, so it runs to the end
+    assert [t["steps"] for t in c.history[0]["trials"]] == [6, 6]
+
+
+def test_abort_saves_search_steps_on_the_quadratic() -> None:
+    runs = {}
+    for abort in (False, True):
+        c = make(total=3000, num_trials=6, tau=80, tau_max=320, search_ratio=0.2, abort_trials=abort)
+        Quadratic().run(c, 3000)
+        runs[abort] = c
+    aborted = [t for h in runs[True].history for t in h["trials"] if t.get("aborted")]
+    assert aborted and all(t["steps"] < h["tau_prime"] for h in runs[True].history for t in h["trials"] if t in aborted)
+    per_trial = lambda c: sum(h["search_steps"] for h in c.history) / sum(len(h["trials"]) for h in c.history)  # noqa: E731
+    assert per_trial(runs[True]) < per_trial(runs[False])
+
+
+# ---------------------------------------------------------------------------------------------- warm start
+def test_warm_start_anchors_on_the_previous_choice_and_feeds_the_gp() -> None:
+    c, sim = make(total=2000, num_trials=5, warm_start=True), Quadratic()
+    sim.run(c, 2000)
+    searched = [h for h in c.history if h["trials"]]
+    assert len(searched) >= 2 and "warm_start" not in searched[0]
+    for prev, h in itertools.pairwise(searched):
+        assert h["warm_start"] and h["trials"][0]["lr"] == min(max(prev["best_lr"], c.min_lr), h["lr_range"][1])
+    # mid-stage the proposer holds the previous stage's other forecasts as prior points
+    c2, sim2 = make(total=2000, num_trials=5, warm_start=True), Quadratic()
+    sim2.run(c2, searched[1]["start_step"] + 2 * searched[1]["tau_prime"])
+    prev = c2.history[-2]
+    others = [t for t in prev["trials"] if not t["diverged"] and t["lr"] != prev["best_lr"]]
+    others = [t for t in others if c2.min_lr <= t["lr"] <= c2.history[-1]["lr_range"][1]]
+    assert c2.proposer.num_observations == 2 and c2.proposer.num_prior == len(others) >= 2
+
+
+def test_warm_start_saves_trials_with_early_stop() -> None:
+    trials = {}
+    for warm in (False, True):
+        c = make(total=4000, num_trials=8, tau=40, search_ratio=0.25, early_stop=True, warm_start=warm)
+        Quadratic().run(c, 4000)
+        trials[warm] = [len(h["trials"]) for h in c.history[1:] if h["trials"]]
+    assert sum(trials[True]) < sum(trials[False])

@@ -392,3 +392,38 @@ def test_property_proposal_valid_for_any_observations(obs: list, seed: int, num_
 def test_module_doctest() -> None:
     result = doctest.testmod(proposer_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ---------------------------------------------------------------------------------------------- prior points
+def test_prior_points_enter_the_gp_but_not_the_observations() -> None:
+    p = LRProposer(1e-4, 1.0, seed=0)
+    p.observe(1e-2, 2.0)
+    p.set_prior([1e-3, 1e-2 * 1.00001, 0.1, 5.0, 0.3], [1.5, 9.0, 3.0, 0.1, math.nan])
+    # 5.0 is out of range and NaN is dropped; the point on top of an observation loses to it
+    assert p.num_prior == 3 and p.num_observations == 1 and p.best() == (1e-2, 2.0)
+    xs, ys = p.training_data()
+    assert len(xs) == 3 and ys[0] == 2.0 and sorted(ys[1:]) == [1.5, 3.0]
+    state = p.state_dict()
+    twin = LRProposer(1e-4, 1.0, seed=0)
+    twin.load_state_dict(state)
+    assert twin.training_data() == p.training_data() and twin.propose() == p.propose()
+    p.reset()
+    assert p.num_prior == 0 and p.training_data() == ([], [])
+
+
+def test_prior_points_steer_the_first_gp_proposal() -> None:
+    """With one real observation, a prior showing a valley around 1e-3 pulls the proposal there (beta small)."""
+    quad = lambda lr: (math.log10(lr) + 3.0) ** 2  # noqa: E731
+    prior_lrs = [10 ** (-4 + 0.5 * i) for i in range(9)]
+    warm = LRProposer(1e-4, 1.0, seed=0, beta=0.1)
+    warm.observe(1e-1, quad(1e-1))
+    warm.set_prior(prior_lrs, [quad(lr) for lr in prior_lrs])
+    cold = LRProposer(1e-4, 1.0, seed=0, beta=0.1)
+    cold.observe(1e-1, quad(1e-1))
+    assert abs(math.log10(warm.propose()) + 3.0) < 0.2
+    assert abs(math.log10(cold.propose()) + 3.0) > abs(math.log10(warm.propose()) + 3.0)
+
+
+def test_set_prior_checks_lengths() -> None:
+    with pytest.raises(InvalidArgumentError, match="same length"):
+        LRProposer(1e-4, 1.0).set_prior([1e-3], [1.0, 2.0])

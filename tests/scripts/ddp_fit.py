@@ -1,6 +1,7 @@
 """Run a short AutoLRS fit on 2 CPU processes (gloo) and dump each rank's view of the schedule as JSON.
 
-Usage: python tests/scripts/ddp_fit.py STRATEGY OUT_DIR [NAN_RANK NAN_STEP]
+Usage: python tests/scripts/ddp_fit.py STRATEGY OUT_DIR [NAN_RANK NAN_STEP | range]
+(``range``: no min_lr/max_lr, so the LR range test runs first, and trials may be aborted, stages warm-started)
 Used by tests/test_callback_distributed.py (a DDP launch re-runs this script per rank, so it cannot run inside pytest).
 """
 
@@ -54,6 +55,7 @@ class Dump(lpl.Callback):
             "lrs": cb.lrs,
             "losses": cb.controller.losses,
             "history": cb.history,
+            "range_test": cb.range_test_result,
             "params": [p.detach().flatten().tolist() for p in pl_module.parameters()],
         }
         Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps(doc))
@@ -62,14 +64,19 @@ class Dump(lpl.Callback):
 def main() -> None:
     strategy, out = sys.argv[1], sys.argv[2]
     nan_rank, nan_step = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else (-1, -1)
+    range_test = sys.argv[3:] == ["range"]
     torch.set_num_threads(1)
     lpl.seed_everything(0)
-    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, tau_max=40, search_ratio=0.25, seed=0, verbose=False)
+    args = dict(num_trials=3, tau=20, tau_max=40, search_ratio=0.25, seed=0, verbose=False)
+    if range_test:
+        cb = AutoLRS(range_test_steps=20, abort_trials=True, warm_start=True, **args)
+    else:
+        cb = AutoLRS(min_lr=1e-3, max_lr=0.5, **args)
     trainer = lpl.Trainer(
         accelerator="cpu",
         devices=2,
         strategy=strategy,
-        max_steps=70,
+        max_steps=90 if range_test else 70,
         callbacks=[cb, Dump(out)],
         logger=False,
         enable_checkpointing=False,
