@@ -1,7 +1,8 @@
 """Pictures of an AutoLRS run (matplotlib, headless Agg backend).
 
 Top panel: the LR against the global step on a log axis; each search trial is drawn as its own short coloured
-segment, each exploit phase as a thick dark line, warmup in grey. Bottom panel: the training loss per step (light) and
+segment, each exploit phase as a thick dark line, warmup in grey, an LR range test in orange (with the range it found
+as dotted lines). Bottom panel: the training loss per step (light) and
 its running mean, with, per stage, the best trial's forecast of the loss after τ steps (a marker at the end of the
 exploit phase) next to the loss actually reached there.
 """
@@ -56,6 +57,13 @@ def plot_schedule(schedule: Schedule, path: str | os.PathLike[str] | None = None
     warm = schedule.warmup_steps
     if warm:
         ax_lr.plot(range(warm), lrs[:warm], color="0.6", lw=2, label="warmup")
+    rt = schedule.settings.get("range_test")
+    if isinstance(rt, dict) and rt.get("steps"):
+        start, n = int(rt.get("start_step", warm)), int(rt["steps"])
+        ax_lr.plot(range(start, start + n), lrs[start : start + n], color="tab:orange", lw=1.5, label="LR range test")
+        for bound in (rt.get("min_lr"), rt.get("max_lr")):
+            if bound:
+                ax_lr.axhline(bound, color="tab:orange", lw=0.8, ls=":")
     search_labelled = exploit_labelled = False
     for stage in schedule.stages:
         trials = stage.get("trials", [])

@@ -6,15 +6,17 @@ Format (``"format": "lightning-autolrs/schedule"``, ``"version": 1``)::
       "format": "lightning-autolrs/schedule",
       "version": 1,
       "settings": {"min_lr": ..., "max_lr": ..., "num_trials": ..., "tau": ..., "tau_max": ..., "search_ratio": ...,
-                   "warmup_steps": ..., "warmup_lr": ..., "total_steps": ... or null},
+                   "warmup_steps": ..., "warmup_lr": ..., "total_steps": ... or null,
+                   "range_test": {"start_step", "steps", "lrs", "losses", "stopped_early", "min_lr", "max_lr"}},
       "lrs": [lr at global step 0, 1, ...],                # every optimizer step, search trials included
       "losses": [training loss at each step, or null],     # same length as lrs (may be empty)
       "stages": [
         {"stage": 0, "start_step": 0, "tau": 100, "tau_prime": 10, "lr_range": [lo, hi],
          "trials": [{"lr": ..., "predicted_loss": ... or null, "final_loss": ... or null, "steps": 10,
-                     "diverged": false, "forecast": "exp"}, ...],
+                     "diverged": false, "forecast": "exp", "aborted": true (only when abort_trials ended it)}, ...],
          "best_lr": ..., "exploit_start": 100, "exploit_steps": 100, "search_steps": 100,
-         "fallbacks": [{"step": ..., "failed_lr": ..., "new_lr": ...}]},
+         "fallbacks": [{"step": ..., "failed_lr": ..., "new_lr": ...}],
+         "warm_start": true, "stopped_early": true, "reused_trial": 3},   # only when those options acted
         ...
       ]
     }
@@ -37,7 +39,7 @@ __all__ = ["FORMAT", "VERSION", "Schedule", "load_schedule", "save_schedule", "s
 
 FORMAT = "lightning-autolrs/schedule"
 VERSION = 1
-_TRIAL_KEYS = ("lr", "start_step", "predicted_loss", "final_loss", "steps", "diverged", "forecast")
+_TRIAL_KEYS = ("lr", "start_step", "predicted_loss", "final_loss", "steps", "diverged", "forecast", "aborted")
 _STAGE_KEYS = (
     "stage",
     "start_step",
@@ -49,6 +51,9 @@ _STAGE_KEYS = (
     "exploit_steps",
     "search_steps",
     "fallbacks",
+    "warm_start",
+    "stopped_early",
+    "reused_trial",
 )
 
 
@@ -174,6 +179,13 @@ def summary_table(schedule: Schedule) -> str:
         f"{'stage':>5}  {'steps':<10} {'tau':>4}  {'tau' + chr(39):>4}  {'trial':>5}  {'lr':>8}  "
         f"{'forecast':>9}  {'observed':>9}"
     ]
+    rt = schedule.settings.get("range_test")
+    if isinstance(rt, dict) and rt.get("steps"):
+        rows.insert(
+            0,
+            f"LR range test: {rt['steps']} steps from step {rt.get('start_step', 0)} -> "
+            f"min_lr {rt.get('min_lr', 0):.2e}, max_lr {rt.get('max_lr', 0):.2e}",
+        )
     for st in schedule.stages:
         start = st.get("start_step", 0)
         end = (st.get("exploit_start") or start) + int(st.get("exploit_steps", 0)) - 1
@@ -187,6 +199,8 @@ def summary_table(schedule: Schedule) -> str:
         for j, t in enumerate(trials):
             forecast = "diverged" if t.get("diverged") else num(t.get("predicted_loss"))
             mark = "  <- chosen" if t.get("lr") == best and not t.get("diverged") else ""
+            if t.get("aborted"):
+                mark += f"  (aborted after {t.get('steps')} steps)"
             rows.append(
                 f"{lead if j == 0 else blank}  {j + 1:>5}  {t['lr']:>8.2e}  {forecast:>9}  "
                 f"{num(t.get('final_loss')):>9}{mark}"

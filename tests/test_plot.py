@@ -21,3 +21,14 @@ def test_plot_writes_a_png_with_both_panels(tmp_path) -> None:
     assert {"warmup", "search trials", "exploit (chosen LR)", "diverged trial"} <= set(labels)
     assert "forecast of chosen LR" in ax_loss.get_legend_handles_labels()[1]
     assert [p.name for p in tmp_path.iterdir()] == ["s.png"]
+
+
+def test_plot_shows_the_range_test(tmp_path) -> None:
+    s = sample()
+    s.settings["range_test"] = {"start_step": 0, "steps": 2, "min_lr": 0.001, "max_lr": 1.0}
+    fig = plot_schedule(s, tmp_path / "s.png")
+    ax_lr = fig.axes[0]
+    assert "LR range test" in ax_lr.get_legend_handles_labels()[1]
+    dotted = [line for line in ax_lr.get_lines() if line.get_linestyle() == ":"]
+    assert sorted(line.get_ydata()[0] for line in dotted) == [0.001, 1.0]
+    assert "LR range test" not in plot_schedule(sample()).axes[0].get_legend_handles_labels()[1]

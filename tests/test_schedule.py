@@ -97,3 +97,15 @@ def test_summary_table_lists_trials_and_choice() -> None:
     assert len(lines) == 3  # header + one row per trial
     assert "5.00e-01" in lines[1] and "diverged" in lines[1] and "chosen" not in lines[1]
     assert "1.00e-01" in lines[2] and "0.2500" in lines[2] and "0.3000" in lines[2] and lines[2].endswith("<- chosen")
+
+
+def test_search_cost_fields_survive_a_round_trip_and_show_in_the_table(tmp_path) -> None:
+    s = sample()
+    s.stages[0]["trials"][1]["aborted"] = True
+    s.stages[0]["warm_start"] = True
+    s.settings["range_test"] = {"start_step": 0, "steps": 2, "min_lr": 0.001, "max_lr": 1.0}
+    back = load_schedule(save_schedule(s, tmp_path / "s.json"))
+    assert back.stages[0]["trials"][1]["aborted"] and back.stages[0]["warm_start"]
+    table = summary_table(back)
+    assert table.splitlines()[0] == "LR range test: 2 steps from step 0 -> min_lr 1.00e-03, max_lr 1.00e+00"
+    assert "(aborted after 1 steps)" in table
