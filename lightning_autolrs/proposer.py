@@ -163,6 +163,7 @@ class LRProposer:
         self._diverged: list[bool] = []
         self._prior_lrs: list[float] = []
         self._prior_losses: list[float] = []
+        self._fitted: tuple[Any, SingleTaskGP] | None = None  # (data key, fitted GP) of the last fit
         self._rebuild()
 
     # ------------------------------------------------------------------ coordinates
@@ -401,10 +402,15 @@ class LRProposer:
 
     def _ucb_on_grid(self, train_x: torch.Tensor, train_y: torch.Tensor, beta: float | None = None) -> torch.Tensor:
         """Fit the GP to ``(n x 1, n x 1)`` float64 data and return UCB on the ``grid_size x 1 x 1`` grid."""
+        key = (self._effective_seed, tuple(train_x.reshape(-1).tolist()), tuple(train_y.reshape(-1).tolist()))
         with torch.random.fork_rng(devices=[]), gpytorch.settings.debug(False):
-            torch.manual_seed(self._effective_seed * 1_000_003 + train_x.shape[0])
-            model = _make_model(train_x, train_y)
-            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model), optimizer_kwargs=_FIT_OPTIONS)
+            if self._fitted is not None and self._fitted[0] == key:
+                model = self._fitted[1]  # same data: the early-stop test and the next proposal share one fit
+            else:
+                torch.manual_seed(self._effective_seed * 1_000_003 + train_x.shape[0])
+                model = _make_model(train_x, train_y)
+                fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model), optimizer_kwargs=_FIT_OPTIONS)
+                self._fitted = (key, model)
             with torch.no_grad():
                 b = self.beta if beta is None else beta
                 return UpperConfidenceBound(model, beta=b)(self._grid.view(-1, 1, 1))

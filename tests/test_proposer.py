@@ -427,3 +427,21 @@ def test_prior_points_steer_the_first_gp_proposal() -> None:
 def test_set_prior_checks_lengths() -> None:
     with pytest.raises(InvalidArgumentError, match="same length"):
         LRProposer(1e-4, 1.0).set_prior([1e-3], [1.0, 2.0])
+
+
+def test_early_stop_test_and_next_proposal_share_one_gp_fit(monkeypatch) -> None:
+    calls = []
+    real = proposer_module.fit_gpytorch_mll
+    monkeypatch.setattr(proposer_module, "fit_gpytorch_mll", lambda *a, **k: calls.append(1) or real(*a, **k))
+    p = LRProposer(1e-4, 1.0, seed=0)
+    for lr in (1e-3, 1e-2, 1e-1):
+        p.observe(lr, (math.log10(lr) + 2.0) ** 2)
+    p.improvement_plausible(1.0)
+    shared = p.propose()
+    assert len(calls) == 1
+    fresh = LRProposer(1e-4, 1.0, seed=0)
+    fresh.load_state_dict(p.state_dict())
+    assert fresh.propose() == shared and len(calls) == 2  # the cache is a pure speed-up: a refit proposes the same
+    p.observe(shared, 0.5)
+    p.propose()
+    assert len(calls) == 3  # new data: a new fit
