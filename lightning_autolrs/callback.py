@@ -21,6 +21,7 @@ import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from lightning_autolrs._edge import ProgressBarHook, callback_bases, check_strategy, reduce_loss, report_event
 from lightning_autolrs._validation import check_int
 from lightning_autolrs.controller import StageController, check_settings, default_tau, tau_prime_for
 from lightning_autolrs.exceptions import InvalidArgumentError, UnsupportedSetupError
@@ -35,25 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["AutoLRS"]
 
 
-def _callback_bases() -> tuple[type, ...]:
-    bases: list[type] = []
-    try:
-        from lightning.pytorch.callbacks import Callback as _LightningCallback
-
-        bases.append(_LightningCallback)
-    except ImportError:  # pragma: no cover - depends on the installed flavour
-        pass
-    try:
-        from pytorch_lightning.callbacks import Callback as _PLCallback
-
-        bases.append(_PLCallback)
-    except ImportError:  # pragma: no cover - depends on the installed flavour
-        pass
-    if not bases:  # pragma: no cover
-        raise ImportError("lightning_autolrs needs `lightning` or `pytorch_lightning`; install one of them.")
-    return tuple(bases)
-
-
 _DEFAULT_RANGE_BELOW = 100.0
 _DEFAULT_RANGE_ABOVE = 10.0
 _DEFAULT_RANGE_SPAN = 1000.0
@@ -62,28 +44,12 @@ _RANGE_TEST_ABOVE = 1e2  # ... to × 1e2
 _RANGE_TEST_SHARE = 0.05
 _RANGE_TEST_MIN_STEPS = 20
 _RANGE_TEST_MAX_STEPS = 100
-_SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy"})
 _SNAPSHOT_KEY = "autolrs_stage_snapshot"
 _BEST_SNAPSHOT_KEY = "autolrs_best_trial_snapshot"
 _NO_LOSS_LIMIT = 10  # consecutive loss-less optimizer steps (at least one trial's length) before we give up
 
 
-def check_strategy(strategy: Any) -> None:
-    """Refuse strategies that shard parameters or optimizer state (FSDP, DeepSpeed, model parallel, XLA FSDP).
-
-    The check walks the strategy's class hierarchy by name, so subclasses are caught and no optional package
-    (DeepSpeed) has to be importable.
-    """
-    names = {cls.__name__ for cls in type(strategy).__mro__}
-    sharded = sorted(names & _SHARDED_STRATEGIES)
-    if sharded:
-        raise UnsupportedSetupError(
-            f"AutoLRS does not support the `{sharded[0]}` strategy yet: its snapshot would have to copy sharded "
-            "parameters and optimizer state, which is not verified. Use `strategy='ddp'` (or a single device)."
-        )
-
-
-class AutoLRS(*_callback_bases()):  # type: ignore[misc]
+class AutoLRS(*callback_bases()):  # type: ignore[misc]
     r"""Choose the learning rate of each training stage on the fly by Bayesian optimisation (Jin et al., ICLR 2021).
 
     Training is cut into stages. At the start of a stage the model and optimizer are snapshotted in memory;
@@ -250,7 +216,7 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         self._scaler: Any = None
         self._plan_probe = False
         self._scale_before: float | None = None
-        self._progress_bar: Any = None
+        self._progress_bar = ProgressBarHook()
         self._ratios: list[float] = []
         self._step_open = False
         self._step_loss = 0.0
@@ -458,7 +424,7 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         self._step_open = False
         self._seen_global_step = trainer.global_step
         self._scaler = scaler
-        self._hook_progress_bar(trainer)
+        self._progress_bar.attach(trainer, self._progress_metrics)
 
     # ------------------------------------------------------------------ the step loop
     @override
@@ -502,14 +468,14 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
         self._seen_global_step = trainer.global_step
         self._step_open = False
         step_loss = self._step_loss if self._step_loss_count else None
-        step_loss = self._reduce_loss(trainer, step_loss)
+        step_loss = reduce_loss(trainer, step_loss)
         self._check_loss_present(step_loss)
         scale_after = self._scaler_scale()
         skipped = self._scale_before is not None and scale_after is not None and scale_after < self._scale_before
         probe, probe_seconds = None, 0.0
         if self._plan_probe and self._probe is not None:
             start = time.perf_counter()
-            probe = self._reduce_loss(trainer, self._probe(pl_module))
+            probe = reduce_loss(trainer, self._probe(pl_module))
             probe_seconds = time.perf_counter() - start
         events = self.controller.end_step(step_loss, progressed=not skipped, probe=probe, probe_seconds=probe_seconds)
         if events and trainer.world_size > 1:
@@ -519,7 +485,7 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
             self.min_lr, self.max_lr = self.controller.min_lr, self.controller.max_lr  # a range test may set them
         pl_module.log("autolrs/lr", self.controller.lrs[-1], on_step=True, on_epoch=False, prog_bar=False)
         for event in events:
-            self._report(trainer, event)
+            report_event(trainer, event, self.controller, num_trials=self._num_trials, verbose=self._verbose)
 
     def _scaler_scale(self) -> float | None:
         scaler = self._scaler
@@ -539,28 +505,11 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
             return f"stage {c.stage} · trial {c.trial + 1}/{self._num_trials}"
         return f"stage {c.stage} · exploit"
 
-    def _hook_progress_bar(self, trainer: pl.Trainer) -> None:
-        """Add the current LR and :attr:`progress_text` to the progress bar's metrics (TQDM and Rich bars)."""
-        bar = trainer.progress_bar_callback
-        if bar is None or self._progress_bar is not None:
-            return
-        original = bar.get_metrics
-
-        def get_metrics(trainer: Any, pl_module: Any) -> dict[str, Any]:
-            metrics = dict(original(trainer, pl_module))
-            if self.controller is not None and self.controller.lrs:
-                metrics["lr"] = f"{self.controller.lrs[-1]:.3g}"
-            metrics["autolrs"] = self.progress_text
-            return metrics
-
-        bar.get_metrics = get_metrics  # type: ignore[method-assign]
-        self._progress_bar = (bar, original)
-
-    def _unhook_progress_bar(self) -> None:
-        if self._progress_bar is not None:
-            bar, original = self._progress_bar
-            bar.get_metrics = original
-            self._progress_bar = None
+    def _progress_metrics(self) -> dict[str, str]:
+        """The current LR and :attr:`progress_text`, for the progress bar."""
+        c = self.controller
+        lr = {"lr": f"{c.lrs[-1]:.3g}"} if c is not None and c.lrs else {}
+        return {**lr, "autolrs": self.progress_text}
 
     def _check_loss_present(self, loss: float | None) -> None:
         assert self.controller is not None
@@ -572,67 +521,10 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
                 "needs the training loss to judge trial LRs. Return the loss tensor (or a dict with a 'loss' key)."
             )
 
-    def _reduce_loss(self, trainer: pl.Trainer, loss: float | None) -> float | None:
-        if trainer.world_size <= 1:
-            return loss
-        finite = loss is not None and math.isfinite(loss)
-        value = torch.tensor(
-            [loss if finite else 0.0, 1.0 if loss is not None else 0.0, 0.0 if finite or loss is None else 1.0],
-            dtype=torch.float64,
-            device=trainer.strategy.root_device,
-        )
-        total = trainer.strategy.reduce(value, reduce_op="sum")  # [sum of losses, ranks with a loss, non-finite]
-        if float(total[2]) > 0:
-            return math.nan  # a rank diverged: every rank sees it and aborts the trial together
-        if float(total[1]) == 0:
-            return None
-        return float(total[0] / total[1])
-
-    def _report(self, trainer: pl.Trainer, event: dict[str, Any]) -> None:
-        kind = event["event"]
-        if kind == "trial":
-            metrics = {"autolrs/trial_lr": event["lr"], "autolrs/trial_diverged": float(event["diverged"])}
-            if event["predicted_loss"] is not None:
-                metrics["autolrs/trial_predicted_loss"] = event["predicted_loss"]
-            if self._verbose:
-                pred = "diverged" if event["diverged"] else f"predicted loss {event['predicted_loss']:.4g}"
-                if event.get("aborted"):
-                    pred += " (aborted: clearly worse than the best trial)"
-                rank_zero_info(
-                    f"AutoLRS stage {event['stage']} trial {event['trial'] + 1}/{self._num_trials}: "
-                    f"lr={event['lr']:.4g}, {event['steps']} steps, {pred}"
-                )
-        elif kind == "search":
-            metrics = {"autolrs/stage_best_lr": event["best_lr"], "autolrs/stage": float(event["stage"])}
-            if self._verbose and self.controller is not None:
-                entry = self.history[-1]
-                rank_zero_info(
-                    f"AutoLRS stage {event['stage']}: best lr={event['best_lr']:.4g} of {event['trials']} trials; "
-                    f"exploiting steps {self.controller.step}..{self.controller.exploit_end - 1} "
-                    f"(tau={entry['tau']}, tau'={entry['tau_prime']}"
-                    + (f", val probes {entry['probe_seconds']:.2f} s)" if entry["signal"] == "val_loss" else ")")
-                )
-        elif kind == "range_test":
-            metrics = {"autolrs/range_min_lr": event["min_lr"], "autolrs/range_max_lr": event["max_lr"]}
-            if self._verbose:
-                end = "stopped when the loss blew up" if event["stopped_early"] else "full sweep"
-                rank_zero_info(
-                    f"AutoLRS range test: {event['steps']} steps from lr={self.range_test_lrs[0]:.3g} ({end}); "
-                    f"search range min_lr={event['min_lr']:.4g}, max_lr={event['max_lr']:.4g}; model restored."
-                )
-        else:
-            metrics = {"autolrs/fallback_lr": event["new_lr"]}
-            rank_zero_warn(
-                f"AutoLRS stage {event['stage']}: lr={event['failed_lr']:.4g} diverged at step {event['step']}; "
-                f"restored the stage snapshot and continued at lr={event['new_lr']:.4g}."
-            )
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-
     # ------------------------------------------------------------------ ends of the run
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._unhook_progress_bar()
+        self._progress_bar.detach()
         self._abandon_search("the run ended")
 
     @override
@@ -658,7 +550,7 @@ class AutoLRS(*_callback_bases()):  # type: ignore[misc]
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._unhook_progress_bar()
+        self._progress_bar.detach()
         self._abandon_search(f"{type(exception).__name__} was raised")
 
     def _abandon_search(self, why: str) -> None:

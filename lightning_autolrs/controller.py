@@ -471,7 +471,8 @@ class StageController:
             "max_lr": self.max_lr,
         }
         self._pending_restore = True
-        return {"event": "range_test", **{k: v for k, v in self.range_test.items() if k not in ("lrs", "losses")}}
+        summary = {k: v for k, v in self.range_test.items() if k not in ("lrs", "losses")}
+        return {"event": "range_test", "first_lr": self.range_test_lrs[0], **summary}
 
     # ------------------------------------------------------------------ stage planning
     def _remaining(self) -> float:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
-from lightning_autolrs.callback import _callback_bases
+from lightning_autolrs._edge import callback_bases
 from lightning_autolrs.exceptions import InvalidArgumentError, UnsupportedSetupError
 from lightning_autolrs.schedule import Schedule, load_schedule
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["ReplaySchedule"]
 
 
-class ReplaySchedule(*_callback_bases()):  # type: ignore[misc]
+class ReplaySchedule(*callback_bases()):  # type: ignore[misc]
     """Apply a saved AutoLRS schedule's exploit LRs, one per optimizer step.
 
     Args:

@@ -1,0 +1,149 @@
+"""Lightning plumbing of the AutoLRS callbacks, kept in one place: callback base classes, the strategy check, the
+cross-rank loss reduction, the progress-bar hook and the reporting of controller events (log lines and metrics).
+
+Nothing here decides anything about learning rates; :mod:`lightning_autolrs.callback` wires these helpers to the
+controller.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
+
+from lightning_autolrs.exceptions import UnsupportedSetupError
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+    from lightning_autolrs.controller import StageController
+
+__all__ = ["ProgressBarHook", "callback_bases", "check_strategy", "reduce_loss", "report_event"]
+
+_SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy"})
+
+
+def callback_bases() -> tuple[type, ...]:
+    """The ``Callback`` classes of the installed Lightning flavours (``lightning.pytorch``, ``pytorch_lightning``)."""
+    bases: list[type] = []
+    try:
+        from lightning.pytorch.callbacks import Callback as _LightningCallback
+
+        bases.append(_LightningCallback)
+    except ImportError:  # pragma: no cover - depends on the installed flavour
+        pass
+    try:
+        from pytorch_lightning.callbacks import Callback as _PLCallback
+
+        bases.append(_PLCallback)
+    except ImportError:  # pragma: no cover - depends on the installed flavour
+        pass
+    if not bases:  # pragma: no cover
+        raise ImportError("lightning_autolrs needs `lightning` or `pytorch_lightning`; install one of them.")
+    return tuple(bases)
+
+
+def check_strategy(strategy: Any) -> None:
+    """Refuse strategies that shard parameters or optimizer state (FSDP, DeepSpeed, model parallel, XLA FSDP).
+
+    The check walks the strategy's class hierarchy by name, so subclasses are caught and no optional package
+    (DeepSpeed) has to be importable.
+    """
+    names = {cls.__name__ for cls in type(strategy).__mro__}
+    sharded = sorted(names & _SHARDED_STRATEGIES)
+    if sharded:
+        raise UnsupportedSetupError(
+            f"AutoLRS does not support the `{sharded[0]}` strategy yet: its snapshot would have to copy sharded "
+            "parameters and optimizer state, which is not verified. Use `strategy='ddp'` (or a single device)."
+        )
+
+
+def reduce_loss(trainer: pl.Trainer, loss: float | None) -> float | None:
+    """The mean of the ranks' losses (``None`` where no rank had one); NaN as soon as any rank's loss is non-finite."""
+    if trainer.world_size <= 1:
+        return loss
+    finite = loss is not None and math.isfinite(loss)
+    value = torch.tensor(
+        [loss if finite else 0.0, 1.0 if loss is not None else 0.0, 0.0 if finite or loss is None else 1.0],
+        dtype=torch.float64,
+        device=trainer.strategy.root_device,
+    )
+    total = trainer.strategy.reduce(value, reduce_op="sum")  # [sum of losses, ranks with a loss, non-finite]
+    if float(total[2]) > 0:
+        return math.nan  # a rank diverged: every rank sees it and aborts the trial together
+    if float(total[1]) == 0:
+        return None
+    return float(total[0] / total[1])
+
+
+class ProgressBarHook:
+    """Adds entries to the Trainer's progress-bar metrics (TQDM and Rich bars) by wrapping ``get_metrics``."""
+
+    def __init__(self) -> None:
+        self._hooked: tuple[Any, Any] | None = None
+
+    def attach(self, trainer: pl.Trainer, extra: Callable[[], dict[str, str]]) -> None:
+        bar = trainer.progress_bar_callback
+        if bar is None or self._hooked is not None:
+            return
+        original = bar.get_metrics
+
+        def get_metrics(trainer: Any, pl_module: Any) -> dict[str, Any]:
+            return {**original(trainer, pl_module), **extra()}
+
+        bar.get_metrics = get_metrics  # type: ignore[method-assign]
+        self._hooked = (bar, original)
+
+    def detach(self) -> None:
+        if self._hooked is not None:
+            bar, original = self._hooked
+            bar.get_metrics = original
+            self._hooked = None
+
+
+def report_event(
+    trainer: pl.Trainer, event: dict[str, Any], controller: StageController, *, num_trials: int, verbose: bool
+) -> None:
+    """Log a controller event's metrics to the Trainer's loggers and, with ``verbose``, one line on rank zero."""
+    kind = event["event"]
+    if kind == "trial":
+        metrics = {"autolrs/trial_lr": event["lr"], "autolrs/trial_diverged": float(event["diverged"])}
+        if event["predicted_loss"] is not None:
+            metrics["autolrs/trial_predicted_loss"] = event["predicted_loss"]
+        if verbose:
+            pred = "diverged" if event["diverged"] else f"predicted loss {event['predicted_loss']:.4g}"
+            if event.get("aborted"):
+                pred += " (aborted: clearly worse than the best trial)"
+            rank_zero_info(
+                f"AutoLRS stage {event['stage']} trial {event['trial'] + 1}/{num_trials}: "
+                f"lr={event['lr']:.4g}, {event['steps']} steps, {pred}"
+            )
+    elif kind == "search":
+        metrics = {"autolrs/stage_best_lr": event["best_lr"], "autolrs/stage": float(event["stage"])}
+        if verbose:
+            entry = controller.history[-1]
+            rank_zero_info(
+                f"AutoLRS stage {event['stage']}: best lr={event['best_lr']:.4g} of {event['trials']} trials; "
+                f"exploiting steps {controller.step}..{controller.exploit_end - 1} "
+                f"(tau={entry['tau']}, tau'={entry['tau_prime']}"
+                + (f", val probes {entry['probe_seconds']:.2f} s)" if entry["signal"] == "val_loss" else ")")
+            )
+    elif kind == "range_test":
+        metrics = {"autolrs/range_min_lr": event["min_lr"], "autolrs/range_max_lr": event["max_lr"]}
+        if verbose:
+            end = "stopped when the loss blew up" if event["stopped_early"] else "full sweep"
+            rank_zero_info(
+                f"AutoLRS range test: {event['steps']} steps from lr={event['first_lr']:.3g} ({end}); "
+                f"search range min_lr={event['min_lr']:.4g}, max_lr={event['max_lr']:.4g}; model restored."
+            )
+    else:
+        metrics = {"autolrs/fallback_lr": event["new_lr"]}
+        rank_zero_warn(
+            f"AutoLRS stage {event['stage']}: lr={event['failed_lr']:.4g} diverged at step {event['step']}; "
+            f"restored the stage snapshot and continued at lr={event['new_lr']:.4g}."
+        )
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)

@@ -1,0 +1,49 @@
+"""Tests of the Lightning plumbing in :mod:`lightning_autolrs._edge`: event reporting, the progress-bar hook."""
+
+from __future__ import annotations
+
+import csv
+import logging
+
+import pytest
+
+from lightning_autolrs import AutoLRS
+from lightning_autolrs._edge import ProgressBarHook
+
+from .conftest import make_module_class, trainer_kwargs
+
+
+def test_events_become_log_lines_and_logged_metrics(lpl, tmp_path, caplog) -> None:
+    cb = AutoLRS(num_trials=4, tau=80, tau_max=80, search_ratio=0.2, seed=0, abort_trials=True, save_files=False)
+    logger = lpl.loggers.CSVLogger(tmp_path, name="run")
+    lpl.seed_everything(0)
+    trainer = lpl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_steps=500, logger=logger))
+    with caplog.at_level(logging.INFO):
+        trainer.fit(make_module_class(lpl)(lr=0.02))
+    text = caplog.text
+    rt = cb.range_test_result
+    assert f"AutoLRS range test: {rt['steps']} steps from lr=2e-06" in text
+    assert f"max_lr={cb.max_lr:.4g}" in text
+    assert "AutoLRS stage 0 trial 1/4: lr=" in text and "AutoLRS stage 0: best lr=" in text
+    aborted = [t for h in cb.history for t in h["trials"] if t.get("aborted")]
+    assert text.count("(aborted: clearly worse than the best trial)") == len(aborted) > 0
+    with open(logger.log_dir + "/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    logged = [float(r["autolrs/range_max_lr"]) for r in rows if r.get("autolrs/range_max_lr")]
+    assert logged == [pytest.approx(cb.max_lr)]
+    trial_lrs = [float(r["autolrs/trial_lr"]) for r in rows if r.get("autolrs/trial_lr")]
+    assert trial_lrs == pytest.approx([t["lr"] for h in cb.history for t in h["trials"]])
+
+
+def test_progress_bar_hook_attaches_once_and_detaches(lpl, tmp_path) -> None:
+    trainer = lpl.Trainer(**trainer_kwargs(tmp_path, enable_progress_bar=True))
+    bar = trainer.progress_bar_callback
+    original = bar.get_metrics
+    hook = ProgressBarHook()
+    hook.attach(trainer, lambda: {"autolrs": "x"})
+    hook.attach(trainer, lambda: {"autolrs": "y"})  # a second attach is a no-op
+    wrapped = bar.get_metrics
+    assert wrapped is not original
+    hook.detach()
+    assert bar.get_metrics == original
+    hook.detach()  # idempotent
