@@ -328,7 +328,7 @@ class AutoLRSCLI(LightningCLI):
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:
             return
-        for cb in self.trainer.callbacks:
+        for cb in getattr(self.trainer, "callbacks", []):
             if isinstance(cb, AutoLRS):
                 print(summary_table(cb.schedule))
         metrics = {
@@ -356,7 +356,7 @@ def _attach_scheduler(model: LightningModule, scheduler_init: Any, wrap: Any) ->
             )
         return wrap(self, optimizer, instantiate_class(optimizer, scheduler_init))
 
-    model.configure_optimizers = MethodType(configure_optimizers, model)
+    model.configure_optimizers = MethodType(configure_optimizers, model)  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------------------------------------------------- main

@@ -219,8 +219,8 @@ class StageController:
 
     def __init__(
         self,
-        min_lr: float,
-        max_lr: float,
+        min_lr: float | None,
+        max_lr: float | None,
         *,
         num_trials: int = 10,
         tau: int = 1000,

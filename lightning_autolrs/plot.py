@@ -59,8 +59,14 @@ def plot_schedule(schedule: Schedule, path: str | os.PathLike[str] | None = None
         ax_lr.plot(range(warm), lrs[:warm], color="0.6", lw=2, label="warmup")
     rt = schedule.settings.get("range_test")
     if isinstance(rt, dict) and rt.get("steps"):
-        start, n = int(rt.get("start_step", warm)), int(rt["steps"])
-        ax_lr.plot(range(start, start + n), lrs[start : start + n], color="tab:orange", lw=1.5, label="LR range test")
+        rt_start, rt_n = int(rt.get("start_step", warm)), int(rt["steps"])
+        ax_lr.plot(
+            range(rt_start, rt_start + rt_n),
+            lrs[rt_start : rt_start + rt_n],
+            color="tab:orange",
+            lw=1.5,
+            label="LR range test",
+        )
         for bound in (rt.get("min_lr"), rt.get("max_lr")):
             if bound:
                 ax_lr.axhline(bound, color="tab:orange", lw=0.8, ls=":")

@@ -107,7 +107,7 @@ class ValidationProbe:
 
 
 def _user_val_dataloader(trainer: pl.Trainer) -> Any:
-    for source in (trainer.datamodule, trainer.lightning_module):
+    for source in (getattr(trainer, "datamodule", None), trainer.lightning_module):
         hook = getattr(source, "val_dataloader", None)
         if hook is None:
             continue

@@ -199,8 +199,7 @@ class StateSnapshot:
                     plain[(i, key)] = copy.deepcopy(value)
         old_state = {(i, key): b for (i, key, _), b in zip(self._state_entries, self._state_buffers)}
         self._state_buffers = [
-            b if self._reusable(b := old_state.get((i, key)), t, t.device) else self._alloc(t, t.device)
-            for (i, key, _), t in zip(entries, tensors)
+            self._reuse_or_alloc(old_state.get((i, key)), t, t.device) for (i, key, _), t in zip(entries, tensors)
         ]
         self._state_entries, self._state_order, self._state_plain = entries, order, plain
         non_blocking = self.device is not None
@@ -391,8 +390,7 @@ class StateSnapshot:
         buffers = []
         for (i, key, loc), saved in zip(entries, saved_state):
             where = self._location(loc, params[i])
-            b = old_state.get((i, key))
-            buffers.append(b if self._reusable(b, saved, where) else self._alloc(saved, where))
+            buffers.append(self._reuse_or_alloc(old_state.get((i, key)), saved, where))
         self._state_buffers, self._state_entries = buffers, entries
         self._state_order, self._state_plain = order, plain
         self._group_sizes, self._groups = group_sizes, groups
@@ -442,6 +440,14 @@ class StateSnapshot:
     def _reusable(self, buffer: torch.Tensor | None, like: torch.Tensor, live_device: torch.device) -> bool:
         target = self.device if self.device is not None else live_device
         return _fits(buffer, like) and _same_device(buffer.device, target)  # type: ignore[union-attr]
+
+    def _reuse_or_alloc(
+        self, buffer: torch.Tensor | None, like: torch.Tensor, live_device: torch.device
+    ) -> torch.Tensor:
+        """``buffer`` when it can hold a copy of ``like`` (same shape, dtype, target device), else a new buffer."""
+        if buffer is not None and self._reusable(buffer, like, live_device):
+            return buffer
+        return self._alloc(like, live_device)
 
     @staticmethod
     def _location(loc: str, param: torch.Tensor) -> torch.device:

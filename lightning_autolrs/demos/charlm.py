@@ -233,11 +233,13 @@ class CharDataModule(pl.LightningDataModule):
     def samples_per_epoch(self) -> int:
         """Training windows per epoch: ``len(train_text) // block_size``."""
         self.setup()
+        assert self.train_data is not None
         return max(1, len(self.train_data) // self.block_size)
 
     def train_dataloader(self) -> DataLoader:
         """Random (seeded) windows, ``samples_per_epoch`` of them per epoch, the last incomplete batch dropped."""
         self.setup()
+        assert self.train_data is not None
         dataset = _RandomWindows(self.train_data, self.block_size)
         generator = torch.Generator().manual_seed(self.seed)
         num_samples = max(self.samples_per_epoch, self.batch_size)
@@ -249,6 +251,7 @@ class CharDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         """The non-overlapping windows of the validation text, in order."""
         self.setup()
+        assert self.val_data is not None
         dataset = _FixedWindows(self.val_data, self.block_size)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
 
@@ -371,7 +374,7 @@ class CharTransformerLM(pl.LightningModule):
         decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "emb" not in n]
         no_decay = [p for n, p in self.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
         groups = [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": decay, "weight_decay": self.hparams["weight_decay"]},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=self.hparams.lr, betas=(0.9, 0.99))
+        return torch.optim.AdamW(groups, lr=self.hparams["lr"], betas=(0.9, 0.99))

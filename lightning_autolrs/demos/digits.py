@@ -89,6 +89,7 @@ class DigitsDataModule(pl.LightningDataModule):
         """Shuffled (seeded) training batches, the last incomplete batch dropped."""
         self.setup()
         generator = torch.Generator().manual_seed(self.seed)
+        assert self.train_set is not None
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
@@ -101,6 +102,7 @@ class DigitsDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         """Validation batches in a fixed order."""
         self.setup()
+        assert self.val_set is not None
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
 
 
@@ -164,7 +166,7 @@ class DigitsCNN(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(
             self.parameters(),
-            lr=self.hparams.lr,
-            momentum=self.hparams.momentum,
-            weight_decay=self.hparams.weight_decay,
+            lr=self.hparams["lr"],
+            momentum=self.hparams["momentum"],
+            weight_decay=self.hparams["weight_decay"],
         )
