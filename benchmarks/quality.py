@@ -9,8 +9,18 @@ Transformer with AdamW, an MLP regression with Adam) and seed (default 0, 1, 2),
 - **untuned single runs**: cosine at the grid LR nearest the demo's default, schedule-free at its default LR, Prodigy
   (lr=1, LR-free);
 - **AutoLRS** with the paper's settings (k=10 trials, τ'=τ/10), the package defaults (the same numbers today, so the
-  row reuses those runs), k=5, and k=10 with ``reuse_best_trial`` + ``early_stop``; ``min_lr``/``max_lr`` = the
-  grid's range.
+  row reuses those runs), k=5, k=10 with ``reuse_best_trial`` + ``early_stop``, k=10 with ``monitor="val_loss"``, and
+  the search-cost options on top of reuse + early_stop: ``abort_trials``, ``warm_start``, both (``autolrs_fast``);
+  ``min_lr``/``max_lr`` = the grid's range, except ``autolrs_fast_range`` and ``autolrs_paper_range``, which give none
+  (the callback's LR range test finds the range; its steps count as search);
+- **replay**: ``ReplaySchedule(schedule, stretch=True)`` with the schedule the ``autolrs_fast`` (``replay``) or
+  ``autolrs_paper`` (``replay_paper``) run of the next seed found on the same workload (seed s gets seed s+1 mod the
+  number of seeds): the next run of the same recipe at zero search cost. Replay runs are queued once their source run
+  has finished.
+
+Each run's JSON (``runs/<workload>/<key>.json``) holds its full definition (the AutoLRS constructor arguments; for a
+replay the source run and a digest of its schedule); ``--resume`` reuses a saved run only when that definition is
+unchanged, so changing one variant's settings retrains only that variant (and the replays of its schedule).
 
 The validation loss is evaluated on the full validation set every ``budget / --evals`` steps and at step 0. For AutoLRS
 it is evaluated at every such step whatever the phase, so a point inside a search shows a *trial* model (it counts: a
@@ -23,7 +33,7 @@ and T2 = the best final loss of any tuned family (constant, cosine, OneCycle, sc
 = the steps the reference run (tuned cosine for T1, the family that set T2 for T2) itself needs to first reach the
 target / the steps of the method; the **compute** of each method including its grid (a tuned baseline costs 7 runs).
 
-Run: ``python -m benchmarks.quality`` (full, ~30 min on 2 cores; ``--resume`` reuses finished runs) or
+Run: ``python -m benchmarks.quality`` (full, ~40 min on 2 cores; ``--resume`` reuses finished runs) or
 ``python -m benchmarks.quality --quick --out DIR`` (seconds; checks that the harness runs, not speed). Writes
 ``<workload>.md``, ``<workload>.png``, ``README_table.md`` and the per-run JSON files (``runs/``) into ``--out``.
 """
@@ -31,11 +41,13 @@ Run: ``python -m benchmarks.quality`` (full, ~30 min on 2 cores; ``--resume`` re
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import multiprocessing
 import os
 import platform
+import queue
 import shlex
 import statistics
 import sys
@@ -48,9 +60,11 @@ from typing import Any
 from benchmarks.workloads import (
     AUTOLRS_VARIANTS,
     METHODS,
+    REPLAY_VARIANTS,
     WORKLOADS,
     Method,
     Workload,
+    autolrs_kwargs,
     autolrs_settings,
     demo_default_lr,
     run_one,
@@ -91,10 +105,29 @@ def run_key(kind: str, lr: float | None, seed: int) -> str:
     return f"{kind}_s{seed}" if lr is None else f"{kind}_lr{lr:.4g}_s{seed}"
 
 
+def replay_source_seed(seed: int, seeds: Sequence[int]) -> int:
+    """The seed whose AutoLRS run found the schedule that the replay run of ``seed`` replays: the next one in
+    ``seeds`` (cyclically; with a single seed, the same one)."""
+    seeds = list(seeds)
+    return seeds[(seeds.index(seed) + 1) % len(seeds)]
+
+
+def _task(wname: str, kind: str, lr: float | None, seed: int, quick: bool, evals: int) -> dict[str, Any]:
+    """The definition of one run, everything that defines it included: it is also the run's ``--resume`` cache key."""
+    task: dict[str, Any] = {"workload": wname, "kind": kind, "lr": lr, "seed": seed, "quick": quick, "evals": evals}
+    if kind in AUTOLRS_VARIANTS:
+        task["autolrs_args"] = autolrs_kwargs(kind, WORKLOADS[wname], seed, quick)
+    return task
+
+
 def plan_tasks(
     workloads: Sequence[str], methods: Sequence[str], seeds: Sequence[int], quick: bool, evals: int
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """``{(workload, run key): task}`` for every run the selected rows need (shared runs appear once)."""
+    """``{(workload, run key): task}`` for every run the selected rows need (shared runs appear once).
+
+    A replay task names the AutoLRS run whose schedule it replays in ``replay_of`` (that run is planned too, even when
+    its row is not selected); :func:`execute` adds the schedule's digest to the task once that run has finished.
+    """
     tasks: dict[tuple[str, str], dict[str, Any]] = {}
     for wname in workloads:
         workload = WORKLOADS[wname]
@@ -102,16 +135,15 @@ def plan_tasks(
             method = METHODS[mname]
             for lr in method_lrs(method, workload, quick):
                 for seed in seeds:
-                    key = run_key(method.kind, lr, seed)
                     kind = canonical_kind(method.kind)
-                    tasks[(wname, key)] = {
-                        "workload": wname,
-                        "kind": kind,
-                        "lr": lr,
-                        "seed": seed,
-                        "quick": quick,
-                        "evals": evals,
-                    }
+                    task = _task(wname, kind, lr, seed, quick, evals)
+                    if kind in REPLAY_VARIANTS:
+                        source = canonical_kind(REPLAY_VARIANTS[kind])
+                        source_seed = replay_source_seed(seed, seeds)
+                        task.update(replay_of=run_key(source, None, source_seed), stretch=True)
+                        source_key = (wname, run_key(source, None, source_seed))
+                        tasks.setdefault(source_key, _task(wname, source, None, source_seed, quick, evals))
+                    tasks[(wname, run_key(method.kind, lr, seed))] = task
     return tasks
 
 
@@ -125,57 +157,132 @@ def _matches(saved: dict[str, Any], task: dict[str, Any]) -> bool:
     )
 
 
+def schedule_digest(doc: dict[str, Any] | None) -> str | None:
+    """A short digest of a schedule document (part of a replay run's cache key)."""
+    if doc is None:
+        return None
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+Ident = tuple[str, str]
+Job = tuple[Ident, dict[str, Any], dict[str, Any] | None]
+
+
 def execute(
-    tasks: dict[tuple[str, str], dict[str, Any]], out: Path, jobs: int, resume: bool
-) -> tuple[dict[tuple[str, str], dict[str, Any]], int, int]:
-    """Train (or, with ``resume``, reload) every task; returns the results and the numbers run / reused."""
-    results: dict[tuple[str, str], dict[str, Any]] = {}
-    todo: list[tuple[tuple[str, str], dict[str, Any]]] = []
-    for ident, task in tasks.items():
+    tasks: dict[Ident, dict[str, Any]], out: Path, jobs: int, resume: bool
+) -> tuple[dict[Ident, dict[str, Any]], int, int]:
+    """Train (or, with ``resume``, reload) every task; returns the results and the numbers run / reused.
+
+    Replay tasks wait for the AutoLRS run whose schedule they replay: they are resolved (the schedule's digest added to
+    the task, so a changed schedule is a changed task) and queued as soon as that run has finished or been reloaded.
+    """
+    results: dict[Ident, dict[str, Any]] = {}
+    waiting = {ident: task for ident, task in tasks.items() if "replay_of" in task}
+    start = time.perf_counter()
+    trained = 0
+
+    def cached(ident: Ident, task: dict[str, Any]) -> bool:
         path = _run_path(out, *ident)
         if resume and path.is_file():
             saved = json.loads(path.read_text())
             if _matches(saved, task):
                 results[ident] = saved
+                return True
+        return False
+
+    def release() -> list[Job]:
+        """Waiting tasks whose source run is done, resolved; reloaded ones go straight into ``results``."""
+        jobs_ready: list[Job] = []
+        for ident, task in list(waiting.items()):
+            source = results.get((ident[0], task["replay_of"]))
+            if source is None:
                 continue
-        todo.append((ident, task))
+            del waiting[ident]
+            doc = source.get("autolrs", {}).get("schedule")
+            resolved = {**task, "schedule_sha256": schedule_digest(doc)}
+            if not cached(ident, resolved):
+                jobs_ready.append((ident, resolved, doc))
+        return jobs_ready
+
+    todo: list[Job] = [
+        (ident, task, None) for ident, task in tasks.items() if ident not in waiting and not cached(ident, task)
+    ]
     cost = {"charlm": 3, "digits": 2, "diabetes": 1}  # longest first, so the two workers finish together
     todo.sort(key=lambda it: (-cost.get(it[0][0], 0), it[0]))
-    start = time.perf_counter()
+    todo += release()
 
-    def store(ident: tuple[str, str], result: dict[str, Any]) -> None:
+    def store(ident: Ident, result: dict[str, Any]) -> None:
+        nonlocal trained
+        trained += 1
         path = _run_path(out, *ident)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result))
         results[ident] = result
-        done = len(results)
         final = result["final_loss"]
         sys.stdout.write(
-            f"[{done}/{len(tasks)} {time.perf_counter() - start:6.0f}s] {ident[0]} {ident[1]}: "
+            f"[{len(results)}/{len(tasks)} {time.perf_counter() - start:6.0f}s] {ident[0]} {ident[1]}: "
             f"final val loss {'diverged' if final is None else f'{final:.4g}'}, {result['wall_train_s']:.1f}s\n"
         )
         sys.stdout.flush()
 
-    if jobs <= 1 or len(todo) <= 1:
-        for ident, task in todo:
-            store(ident, run_one(task))
+    if jobs <= 1:
+        while todo:
+            ident, task, doc = todo.pop(0)
+            store(ident, run_one(task, doc))
+            todo += release()
     else:
         ctx = multiprocessing.get_context("spawn")
+        done: queue.Queue[tuple[Ident, dict[str, Any] | None, BaseException | None]] = queue.Queue()
         with ctx.Pool(jobs, maxtasksperchild=20) as pool:
-            idents = [ident for ident, _ in todo]
-            for i, result in pool.imap_unordered(_indexed_run, list(enumerate(t for _, t in todo))):
-                store(idents[i], result)
-    return results, len(todo), len(tasks) - len(todo)
 
+            def submit(items: list[Job]) -> int:
+                for ident, task, doc in items:  # the pool runs them in submission order
+                    pool.apply_async(
+                        run_one,
+                        (task, doc),
+                        callback=lambda r, i=ident: done.put((i, r, None)),
+                        error_callback=lambda e, i=ident: done.put((i, None, e)),
+                    )
+                return len(items)
 
-def _indexed_run(item: tuple[int, dict[str, Any]]) -> tuple[int, dict[str, Any]]:
-    return item[0], run_one(item[1])
+            outstanding = submit(todo)
+            while outstanding:
+                ident, result, error = done.get()
+                outstanding -= 1
+                if error is not None:
+                    raise RuntimeError(f"run {ident[0]} {ident[1]} failed: {error!r}") from error
+                assert result is not None
+                store(ident, result)
+                outstanding += submit(release())
+    if waiting:
+        raise RuntimeError(f"replay runs whose source run never finished: {sorted(waiting)}")
+    return results, trained, len(tasks) - trained
 
 
 # ------------------------------------------------------------------------------------------------------------ analysis
 def final_of(run: dict[str, Any]) -> float:
     v = run.get("final_loss")
     return INF if v is None else float(v)
+
+
+def range_test_steps(run: dict[str, Any]) -> int:
+    """Steps the AutoLRS run's LR range test took (0 when it had none)."""
+    rt = run.get("autolrs", {}).get("range_test")
+    return int(rt["steps"]) if rt else 0
+
+
+def search_cost(run: dict[str, Any]) -> int | None:
+    """Optimizer steps an AutoLRS run spent searching, its range test included (a replay run: 0; others: None)."""
+    if "autolrs" in run:
+        return int(run["autolrs"]["search_steps"]) + range_test_steps(run)
+    if "replay_of" in run:
+        return 0
+    return None
+
+
+def trial_count(run: dict[str, Any], key: str = "trials") -> int:
+    """Trials of an AutoLRS run (``key="aborted_trials"``: of them the aborted ones); 0 for other runs."""
+    return sum(int(s.get(key, 0)) for s in run.get("autolrs", {}).get("stages", []))
 
 
 def steps_to(run: dict[str, Any], target: float) -> float:
@@ -219,6 +326,12 @@ def analyse(
             "compute_steps": [sum(per_lr[lr][i]["steps"] for lr in lrs) for i in range(len(seeds))],
             "compute_runs": len(lrs),
             "wall": [sum(per_lr[lr][i]["wall_train_s"] for lr in lrs) for i in range(len(seeds))],
+            "search_share": [
+                None if search_cost(r) is None else search_cost(r) / max(1, r["steps"])  # type: ignore[operator]
+                for r in selected
+            ],
+            "trials": [trial_count(r) for r in selected],
+            "aborted": [trial_count(r, "aborted_trials") for r in selected],
         }
     t1 = rows["cosine"]["final"] if "cosine" in rows else [INF] * len(seeds)
     ref1 = [steps_to(r, t) for r, t in zip(rows["cosine"]["runs"], t1)] if "cosine" in rows else [INF] * len(seeds)
@@ -264,17 +377,24 @@ def fmt_spread(values: Sequence[float], digits: int = 4, unreached: str = "div."
 
 
 def fmt_steps(values: Sequence[float]) -> str:
-    text = fmt_spread([v for v in values], digits=6, unreached="n/r")
     reached = sum(math.isfinite(v) for v in values)
+    if reached == 0:
+        return f"n/r (0/{len(values)})"
+    text = fmt_spread(list(values), digits=6, unreached="n/r")
     return text if reached == len(values) else f"{text} ({reached}/{len(values)})"
 
 
 def fmt_speedup(values: Sequence[float]) -> str:
     med = statistics.median(values)
-    if len(values) == 1:
+    if len(values) == 1 or max(values) == 0:
         return f"{med:.2f}×" if med > 0 else "—"
     lo, hi = min(values), max(values)
     return f"{med:.2f}× [{lo:.2f}–{hi:.2f}]" if med > 0 else f"— [{lo:.2f}–{hi:.2f}]"
+
+
+def is_alias(row: dict[str, Any]) -> bool:
+    """The row reuses another AutoLRS row's runs (identical settings)."""
+    return canonical_kind(row["method"].kind) != row["method"].kind
 
 
 def row_label(row: dict[str, Any]) -> str:
@@ -284,15 +404,34 @@ def row_label(row: dict[str, Any]) -> str:
         return f"{method.label} (best of {row['compute_runs']})"
     canonical = canonical_kind(method.kind)
     if canonical != method.kind:
-        twin = next((m.label for m in METHODS.values() if m.kind == canonical), canonical)
-        return f"{method.label} (= {twin}: identical settings, same runs)"
+        twin = next((m.name for m in METHODS.values() if m.kind == canonical), canonical)
+        return f"{method.label} (≡ `{twin}`: same settings, same runs)"
     return method.label
+
+
+def found_range_text(row: dict[str, Any]) -> str:
+    """The range test's result over the seeds: found ``max_lr`` median [min–max], the span, the test's steps."""
+    tests = [r["autolrs"]["range_test"] for r in row["runs"] if r.get("autolrs", {}).get("range_test")]
+    if not tests:
+        return ""
+    his = [t["max_lr"] for t in tests]
+    span = statistics.median(t["max_lr"] / t["min_lr"] for t in tests)
+    steps = statistics.median(t["steps"] for t in tests)
+    early = sum(bool(t["stopped_early"]) for t in tests)
+    return f"max_lr {fmt_spread(his, 3)}, min_lr = max_lr/{span:.0f}; {steps:.0f} steps" + (
+        f" (stopped early {early}/{len(tests)})" if early else ""
+    )
 
 
 def _range_text(row: dict[str, Any]) -> str:
     if row["lr"] is not None:
         return f"{row['lr']:.3g}"
-    s = row["runs"][0]["autolrs"]["settings"]
+    run = row["runs"][0]
+    if "replay_of" in run:
+        return f"schedule of `{REPLAY_VARIANTS[run['kind']]}`, next seed"
+    if run["autolrs"].get("range_test"):
+        return "range test: " + found_range_text(row)
+    s = run["autolrs"]["settings"]
     return f"{s['min_lr']:g}…{s['max_lr']:g}"
 
 
@@ -315,30 +454,69 @@ def table_rows(analysis: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _first_reach(run: dict[str, Any], target: float) -> str:
+    step = steps_to(run, target)
+    if math.isinf(step):
+        return "never reaches T1"
+    phase = next(c[2] for c in run["curve"] if c[0] == step)
+    return f"first reaches T1 at step {step:.0f} ({phase} phase)"
+
+
 def autolrs_lines(analysis: dict[str, Any], seeds: Sequence[int]) -> list[str]:
-    lines = []
+    lines = [
+        "Validation points are taken at every evaluation step whatever the phase: one inside a search shows the "
+        "model of the trial running then, not the model the run keeps.",
+        "",
+    ]
     for name, row in analysis["rows"].items():
         if row["lr"] is not None or "autolrs" not in row["runs"][0]:
+            continue
+        if is_alias(row):
+            lines.append(f"- **{row_label(row)}**: see that row.")
             continue
         first = row["runs"][0]["autolrs"]
         stages = ", ".join(f"τ={s['tau']}/τ'={s['tau_prime']}" for s in first["stages"])
         lines.append(f"- **{row_label(row)}** (`{name}`; stages {stages}):")
-        for seed, run in zip(seeds, row["runs"]):
+        for seed, run, t1 in zip(seeds, row["runs"], analysis["t1"]):
             info = run["autolrs"]
-            chosen = " → ".join(f"{s['best_lr']:.3g}" for s in info["stages"])
+            chosen = " → ".join("-" if s["best_lr"] is None else f"{s['best_lr']:.3g}" for s in info["stages"])
             methods: dict[str, int] = {}
             for s in info["stages"]:
                 for f in s["forecasts"]:
-                    methods[str(f)] = methods.get(str(f), 0) + 1
+                    fname = "diverged" if f is None else str(f)
+                    methods[fname] = methods.get(fname, 0) + 1
             div = sum(s["diverged_trials"] for s in info["stages"])
             fb = sum(s["fallbacks"] for s in info["stages"])
-            trials = sum(s["trials"] for s in info["stages"])
+            trials = trial_count(run)
+            extra = []
+            if info["settings"].get("abort_trials"):
+                extra.append(f"{trial_count(run, 'aborted_trials')} aborted")
+            if info["settings"].get("warm_start"):
+                extra.append(f"{sum(bool(s.get('warm_start')) for s in info['stages'])} warm-started stages")
+            rt = info.get("range_test")
+            if rt:
+                extra.append(
+                    f"range test {rt['steps']} steps → {rt['min_lr']:.3g}…{rt['max_lr']:.3g}"
+                    + (" (stopped early)" if rt["stopped_early"] else "")
+                )
+            cost = search_cost(run) or 0
             lines.append(
-                f"  seed {seed}: stage LRs {chosen}; search {info['search_steps']}/{run['steps']} steps "
-                f"({100 * info['search_steps'] / max(1, run['steps']):.0f} %), {trials} trials, {div} diverged, "
-                f"{fb} exploit fallbacks; forecasts {', '.join(f'{k}×{v}' for k, v in sorted(methods.items()))}"
+                f"  seed {seed}: stage LRs {chosen}; search {cost}/{run['steps']} steps "
+                f"({100 * cost / max(1, run['steps']):.0f} %{', range test included' if rt else ''}), "
+                f"{trials} trials{''.join(', ' + e for e in extra)}, {div} diverged, {fb} exploit fallbacks; "
+                f"forecasts {', '.join(f'{k}×{v}' for k, v in sorted(methods.items()))}; {_first_reach(run, t1)}"
             )
-    return lines
+    for name, row in analysis["rows"].items():
+        run = row["runs"][0]
+        if "replay_of" not in run:
+            continue
+        srcs = ", ".join(f"seed {r['seed']} ← `{r['replay_of']}`" for r in row["runs"])
+        lines.append(
+            f"- **{row_label(row)}** (`{name}`): `ReplaySchedule(schedule, stretch=True)` of the schedule found by "
+            f"another seed's AutoLRS run ({srcs}): its exploit LRs ({run.get('replay', {}).get('exploit_lrs', 0)} "
+            "for seed 0), search steps removed, stretched over the budget. No search of its own."
+        )
+    return lines if len(lines) > 2 else []
 
 
 def workload_markdown(
@@ -357,7 +535,9 @@ def workload_markdown(
         f"Budget {budget} optimizer steps per run; validation loss on the full validation set every "
         f"{max(1, budget // evals)} steps; seeds {', '.join(map(str, seeds))}; LR grid "
         f"{', '.join(f'{v:g}' for v in grid)} (schedule-free: × {workload.sf_scale:g}); AutoLRS searches "
-        f"{workload.grid[0]:g}…{workload.grid[1]:g}.",
+        f"{workload.grid[0]:g}…{workload.grid[1]:g} (rows marked range test: no `min_lr`/`max_lr` given, the "
+        "callback's LR range test finds the range; its steps count as search). Replay rows replay the schedule another "
+        "seed's AutoLRS run found (seed s gets the schedule of seed s+1 mod the number of seeds).",
         "",
         "T1 = final val loss of the tuned cosine run of each seed: "
         + ", ".join(_num(v) for v in analysis["t1"])
@@ -368,7 +548,8 @@ def workload_markdown(
         "",
         "Cells: median [min–max] over the seeds. `n/r` = not reached within the budget, `(k/n)` = reached in k of n "
         "seeds; a speedup of an unreached seed counts as 0, `—` when the median is 0. `div.` = diverged (non-finite). "
-        "Compute = runs × steps needed to produce the row, the grid included; train wall s = their training time "
+        "Compute = runs × steps needed to produce the row, the grid included (replay: the replay run only, not the "
+        "AutoLRS run that found its schedule); train wall s = their training time "
         "(evaluation excluded) on one CPU thread.",
         "",
         TABLE_HEADER,
@@ -393,7 +574,7 @@ def summary_lines(workload: Workload, analysis: dict[str, Any]) -> list[str]:
     rows = analysis["rows"]
     out = []
     for row in rows.values():
-        if row["lr"] is not None or "cosine" not in rows:
+        if row["lr"] is not None or "cosine" not in rows or is_alias(row):
             continue
         cos = rows["cosine"]
         fin, cfin = statistics.median(row["final"]), statistics.median(cos["final"])
@@ -403,7 +584,12 @@ def summary_lines(workload: Workload, analysis: dict[str, Any]) -> list[str]:
             f"- {workload.name}, {row_label(row)}: final val loss {_num(fin)} vs tuned cosine {_num(cfin)} "
             f"({verdict}); reaches T1 in {reached}/{len(row['final'])} seeds, median speedup "
             f"{statistics.median(row['speedup_t1']):.2f}×; compute {statistics.median(row['compute_steps']):.0f} vs "
-            f"{statistics.median(cos['compute_steps']):.0f} steps for the tuned cosine (its grid included)."
+            f"{statistics.median(cos['compute_steps']):.0f} steps for the tuned cosine (its grid included)"
+            + (
+                "; the replayed schedule came from one earlier AutoLRS run (another seed), not counted."
+                if "replay_of" in row["runs"][0]
+                else "."
+            )
         )
     return out
 
@@ -434,7 +620,143 @@ def readme_markdown(
     ]
     for wname, analysis in analyses.items():
         lines += summary_lines(WORKLOADS[wname], analysis)
+    before_after = before_after_lines(analyses, seeds)
+    if before_after:
+        lines += ["", *before_after]
     return "\n".join(lines) + "\n"
+
+
+# AutoLRS rows of the before/after comparison (issue #5): (row, what it is)
+BEFORE_AFTER = (
+    ("autolrs_paper", "before: paper settings"),
+    ("autolrs_reuse", "before: reuse + early_stop"),
+    ("autolrs_abort", "new: + abort_trials"),
+    ("autolrs_warm", "new: + warm_start"),
+    ("autolrs_fast", "new: + abort + warm_start"),
+    ("autolrs_fast_range", "new: fast, range test"),
+    ("autolrs_paper_range", "new: paper, range test"),
+    ("replay", "replay of `autolrs_fast`"),
+    ("replay_paper", "replay of `autolrs_paper`"),
+)
+SEARCH_SHARE_TARGET = 0.30
+RANGE_TOLERANCE = 0.05
+REPLAY_SPEEDUP_TARGET = 1.3
+RANGE_PAIRS = (("autolrs_fast_range", "autolrs_fast"), ("autolrs_paper_range", "autolrs_paper"))
+
+
+def _yes(ok: bool) -> str:
+    return "**yes**" if ok else "**no**"
+
+
+def _share(row: dict[str, Any]) -> float:
+    return statistics.median(v for v in row["search_share"] if v is not None)
+
+
+def before_after_lines(analyses: dict[str, dict[str, Any]], seeds: Sequence[int]) -> list[str]:
+    """The before/after table of the search-cost options and the issue's targets as yes/no lines."""
+    present = [(name, what) for name, what in BEFORE_AFTER if all(name in a["rows"] for a in analyses.values())]
+    if len(present) < 2:
+        return []
+    lines = [
+        "## Before/after: search-cost options, range test, replay (issue #5)",
+        "",
+        "| workload | row | final val loss | search share | trials per run | steps to T1 (speedup vs tuned cosine) | "
+        "LR range | compute (steps) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for wname, analysis in analyses.items():
+        rows = analysis["rows"]
+        for name, what in present:
+            row = rows[name]
+            shares = [100 * v for v in row["search_share"] if v is not None]
+            trials = fmt_spread(row["trials"], 3)
+            if any(row["aborted"]):
+                trials += f", aborted {fmt_spread(row['aborted'], 3)}"
+            run = row["runs"][0]
+            if "replay_of" in run:
+                rng = "— (replays a found schedule)"
+            elif run.get("autolrs", {}).get("range_test"):
+                rng = "range test: " + found_range_text(row)
+            else:
+                rng = f"given {run['autolrs']['settings']['min_lr']:g}…{run['autolrs']['settings']['max_lr']:g}"
+            lines.append(
+                f"| {wname} | `{name}` ({what}) | {fmt_spread(row['final'])} | {fmt_spread(shares, 2)} % | {trials} | "
+                f"{fmt_steps(row['steps_t1'])} ({fmt_speedup(row['speedup_t1'])}) | {rng} | "
+                f"{statistics.median(row['compute_steps']):.0f} |"
+            )
+    lines += [
+        "",
+        f"Median [min–max] over seeds {', '.join(map(str, seeds))}. Search share = search-trial steps (the LR range "
+        "test's steps included, for the range-test rows) ÷ all optimizer steps of the run. Trials per run count every "
+        "trial, aborted and warm-start anchor trials included. Replay rows: `ReplaySchedule(schedule, stretch=True)` "
+        "with the schedule that the AutoLRS run of the next seed (s+1 mod the number of seeds) found on the same "
+        "workload; their compute is the replay run itself; the schedule came from one earlier AutoLRS run of the same "
+        "budget (add its steps to count it).",
+        "",
+        "Targets:",
+        "",
+    ]
+    names = [n for n, _ in present]
+
+    if "autolrs_paper" in names:
+        for name in names:
+            if name in ("autolrs_paper", "autolrs_reuse"):
+                continue
+            parts, ok = [], True
+            for wname, analysis in analyses.items():
+                row, paper = analysis["rows"][name], analysis["rows"]["autolrs_paper"]
+                share, fin, pfin = _share(row), statistics.median(row["final"]), statistics.median(paper["final"])
+                good = share <= SEARCH_SHARE_TARGET and fin <= pfin
+                ok &= good
+                parts.append(f"{wname} {100 * share:.0f} %, {_num(fin)} vs {_num(pfin)} {'✓' if good else '✗'}")
+            lines.append(
+                f"- search share ≤ {100 * SEARCH_SHARE_TARGET:.0f} % with final val loss no worse than paper settings "
+                f"(median ≤ median) on every workload, `{name}`: {_yes(ok)} ({'; '.join(parts)})"
+            )
+    for rname, hname in RANGE_PAIRS:
+        if rname not in names or hname not in names:
+            continue
+        parts, ok = [], True
+        for wname, analysis in analyses.items():
+            fin = statistics.median(analysis["rows"][rname]["final"])
+            hfin = statistics.median(analysis["rows"][hname]["final"])
+            rel = fin / hfin - 1 if math.isfinite(fin) and math.isfinite(hfin) and hfin > 0 else INF
+            good = rel <= RANGE_TOLERANCE
+            ok &= good
+            parts.append(f"{wname} {_num(fin)} vs {_num(hfin)} ({100 * rel:+.1f} %) {'✓' if good else '✗'}")
+        lines.append(
+            f"- range test within {100 * RANGE_TOLERANCE:.0f} % of the hand-given range's final val loss (median, "
+            f"`{rname}` vs `{hname}`, lower is fine) on every workload: {_yes(ok)} ({'; '.join(parts)})"
+        )
+    for name in ("replay", "replay_paper"):
+        if name not in names:
+            continue
+        parts, ok = [], True
+        for wname, analysis in analyses.items():
+            speed = statistics.median(analysis["rows"][name]["speedup_t1"])
+            good = speed >= REPLAY_SPEEDUP_TARGET
+            ok &= good
+            parts.append(f"{wname} {speed:.2f}× {'✓' if good else '✗'}")
+        lines.append(
+            f"- `{name}` ≥ {REPLAY_SPEEDUP_TARGET}× speedup vs tuned cosine (median steps to T1) on every workload: "
+            f"{_yes(ok)} ({'; '.join(parts)})"
+        )
+    if "autolrs_warm" in names and "autolrs_reuse" in names:
+        parts, total_warm, total_reuse = [], 0, 0
+        for wname, analysis in analyses.items():
+            warm, reuse = (
+                sum(analysis["rows"]["autolrs_warm"]["trials"]),
+                sum(analysis["rows"]["autolrs_reuse"]["trials"]),
+            )
+            total_warm, total_reuse = total_warm + warm, total_reuse + reuse
+            parts.append(f"{wname} {warm} vs {reuse} ({reuse - warm:+d})")
+        saved = total_reuse - total_warm
+        lines.append(
+            f"- trials saved by warm start (`autolrs_warm` vs `autolrs_reuse`, total trials over the seeds): "
+            f"{_yes(saved > 0)}: {total_warm} vs {total_reuse}, {saved} saved "
+            f"({100 * saved / max(1, total_reuse):.0f} %; {'; '.join(parts)})"
+        )
+    return lines
 
 
 def plot_workload(workload: Workload, analysis: dict[str, Any], path: Path, title: str) -> None:
@@ -443,9 +765,11 @@ def plot_workload(workload: Workload, analysis: dict[str, Any], path: Path, titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(13, 7.4))
+    colors = list(plt.get_cmap("tab20").colors)  # ~20 rows: 20 distinct colours
+    ax.set_prop_cycle(color=colors)
     for name, row in analysis["rows"].items():
-        if name == "cosine_demo":
+        if name == "cosine_demo" or is_alias(row):
             continue
         steps = [c[0] for c in row["runs"][0]["curve"]]
         series = []
@@ -464,7 +788,7 @@ def plot_workload(workload: Workload, analysis: dict[str, Any], path: Path, titl
             [steps[i] for i in band], [lo[i] for i in band], [hi[i] for i in band], color=line.get_color(), alpha=0.12
         )
         lrs = row["runs"][0]["lrs"]
-        if lrs and row["method"].kind != "sf":
+        if lrs and row["method"].kind != "sf":  # schedule-free's lr is not a per-step rate
             ax_lr.plot(range(len(lrs)), lrs, style, color=line.get_color(), lw=1.0)
     t1 = statistics.median(analysis["t1"])
     t2 = statistics.median(analysis["t2"])
@@ -486,13 +810,15 @@ def plot_workload(workload: Workload, analysis: dict[str, Any], path: Path, titl
     ]
     if finite:
         ax.set_ylim(min(finite) * 0.9, min(max(finite), 10 * statistics.median(finite)) * 1.1)
-    ax.legend(fontsize=7)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=6.5, frameon=False)
     ax_lr.set_yscale("log")
+    ax_lr.set_ylim(workload.grid[0] / 30, workload.grid[1] * 3)
     ax_lr.set_xlabel("optimizer step")
     ax_lr.set_ylabel("learning rate (Prodigy: d·lr)")
     ax_lr.set_title(f"LR per step, seed {analysis['rows'][next(iter(analysis['rows']))]['runs'][0]['seed']}")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.22, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -533,13 +859,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     tasks = plan_tasks(args.workloads, methods, seeds, args.quick, evals)
     sys.stdout.write(f"{len(tasks)} runs planned into {out} ({jobs} worker processes)\n")
+    started = time.strftime("%Y-%m-%d %H:%M")
     results, ran, reused = execute(tasks, out, jobs, args.resume)
     wall = time.perf_counter() - start
+    log_path = out / "runs" / "invocations.jsonl"
+    earlier = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a") as log:
+        entry = {"command": command, "started": started, "wall_min": round(wall / 60, 1), "trained": ran}
+        log.write(json.dumps({**entry, "reused": reused}) + "\n")
     provenance = (
-        f"Written by that command on {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()} with "
-        f"{os.cpu_count()} CPU cores ({jobs} worker processes, one thread each): {ran} runs trained in this "
+        f"Written by that command, started {started} on {platform.machine()} with {os.cpu_count()} CPU cores "
+        f"shared with other jobs ({jobs} worker processes, one thread each): {ran} runs trained in this "
         f"invocation, {reused} reused from earlier ones (`--resume`), {wall / 60:.1f} min wall."
     )
+    if reused:
+        provenance += (
+            " Earlier invocations in this folder: "
+            + "; ".join(
+                f"`{e['command']}` started {e['started']} trained {e['trained']} runs in {e['wall_min']} min"
+                for e in earlier
+            )
+            + "."
+        )
     analyses = {}
     for wname in args.workloads:
         workload = WORKLOADS[wname]

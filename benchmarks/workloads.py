@@ -30,11 +30,15 @@ from torch.utils.data import DataLoader, TensorDataset
 __all__ = [
     "AUTOLRS_VARIANTS",
     "METHODS",
+    "QUICK_RANGE_TEST_STEPS",
+    "RANGE_TEST_VARIANTS",
+    "REPLAY_VARIANTS",
     "WORKLOADS",
     "DiabetesDataModule",
     "DiabetesMLP",
     "Method",
     "Workload",
+    "autolrs_kwargs",
     "autolrs_settings",
     "run_one",
 ]
@@ -251,7 +255,7 @@ WORKLOADS: dict[str, Workload] = {
             title="MLP regression (scikit-learn diabetes, 2x128 ReLU, Adam, batch 32, standardised MSE)",
             budget=800,
             quick_budget=30,
-            grid=(1e-4, 1e-1),
+            grid=(1e-5, 1e-2),
             sf_scale=1.0,
             family="adam",
             build=_build_diabetes,
@@ -270,12 +274,12 @@ class Method:
     Attributes:
         name: id (``--methods``).
         label: the row label.
-        kind: what :func:`run_one` trains: ``constant``, ``cosine``, ``onecycle``, ``sf``, ``prodigy`` or an AutoLRS
-            variant (a key of :data:`AUTOLRS_VARIANTS`).
+        kind: what :func:`run_one` trains: ``constant``, ``cosine``, ``onecycle``, ``sf``, ``prodigy``, an AutoLRS
+            variant (a key of :data:`AUTOLRS_VARIANTS`) or a replay (a key of :data:`REPLAY_VARIANTS`).
         tuned: the row is the best of the LR grid (7 runs per seed); otherwise one run per seed.
         lr: how a single run's LR is chosen: ``"sf_default"`` (the schedule-free optimizer's default), ``"demo"`` (the
             grid point nearest the demo module's default LR, i.e. what one gets without tuning), ``"free"``
-            (Prodigy, lr=1) or ``None`` (AutoLRS: the grid's range).
+            (Prodigy, lr=1) or ``None`` (AutoLRS: the grid's range or a range test; replay: the found schedule).
     """
 
     name: str
@@ -285,25 +289,62 @@ class Method:
     lr: str | None = None
 
 
+_PAPER = {"num_trials": 10, "search_ratio": 0.1}
+_FAST = {**_PAPER, "reuse_best_trial": True, "early_stop": True, "abort_trials": True, "warm_start": True}
+
 AUTOLRS_VARIANTS: dict[str, dict[str, Any]] = {
-    "autolrs_paper": {"num_trials": 10, "search_ratio": 0.1},
+    "autolrs_paper": dict(_PAPER),
     "autolrs_default": {},
     "autolrs_k5": {"num_trials": 5, "search_ratio": 0.1},
-    "autolrs_reuse": {"num_trials": 10, "search_ratio": 0.1, "reuse_best_trial": True, "early_stop": True},
+    "autolrs_reuse": {**_PAPER, "reuse_best_trial": True, "early_stop": True},
+    "autolrs_val": {**_PAPER, "monitor": "val_loss"},
+    "autolrs_abort": {**_PAPER, "reuse_best_trial": True, "early_stop": True, "abort_trials": True},
+    "autolrs_warm": {**_PAPER, "reuse_best_trial": True, "early_stop": True, "warm_start": True},
+    "autolrs_fast": dict(_FAST),
+    "autolrs_fast_range": dict(_FAST),
+    "autolrs_paper_range": dict(_PAPER),
 }
-"""Constructor arguments of each AutoLRS row, besides ``min_lr``/``max_lr`` (the grid's range) and ``seed``."""
+"""Constructor arguments of each AutoLRS row, besides ``min_lr``/``max_lr`` (the grid's range, except for
+:data:`RANGE_TEST_VARIANTS`) and ``seed``."""
+
+RANGE_TEST_VARIANTS = frozenset({"autolrs_fast_range", "autolrs_paper_range"})
+"""AutoLRS rows given no ``min_lr``/``max_lr``: the callback's LR range test finds the range (``range_test`` = None)."""
+
+QUICK_RANGE_TEST_STEPS = 4
+"""``range_test_steps`` of the range-test rows in ``--quick`` mode (the default 20-step minimum does not fit budgets of
+20–30 steps); full runs leave it at the callback's default (5 % of the budget, clipped to [20, 100])."""
+
+REPLAY_VARIANTS: dict[str, str] = {"replay": "autolrs_fast", "replay_paper": "autolrs_paper"}
+"""Replay rows: the AutoLRS row whose schedule (found by the run of the *next* seed) is replayed."""
+
+_NOT_SETTINGS = {"min_lr", "max_lr", "seed", "verbose", "save_files"}
 
 
 def autolrs_settings(kind: str) -> dict[str, Any]:
-    """The full settings of an AutoLRS variant (constructor defaults filled in), to detect identical variants."""
+    """The full settings of an AutoLRS variant (constructor defaults filled in, ``range`` = where ``min_lr``/``max_lr``
+    come from), to detect identical variants."""
     from lightning_autolrs import AutoLRS
 
     defaults = {
         k: p.default
         for k, p in inspect.signature(AutoLRS.__init__).parameters.items()
-        if p.default is not inspect.Parameter.empty and k not in {"min_lr", "max_lr", "seed", "verbose", "save_files"}
+        if p.default is not inspect.Parameter.empty and k not in _NOT_SETTINGS
     }
-    return {**defaults, **AUTOLRS_VARIANTS[kind]}
+    source = "range test" if kind in RANGE_TEST_VARIANTS else "grid"
+    return {**defaults, **AUTOLRS_VARIANTS[kind], "range": source}
+
+
+def autolrs_kwargs(kind: str, workload: Workload, seed: int, quick: bool) -> dict[str, Any]:
+    """Every constructor argument of the AutoLRS callback of a run (defaults filled in): part of the run's cache key."""
+    settings = autolrs_settings(kind)
+    del settings["range"]
+    if kind in RANGE_TEST_VARIANTS:
+        lo, hi = None, None
+        if quick and settings.get("range_test_steps") is None:
+            settings["range_test_steps"] = QUICK_RANGE_TEST_STEPS
+    else:
+        lo, hi = workload.grid
+    return {"min_lr": lo, "max_lr": hi, "seed": seed, "verbose": False, "save_files": False, **settings}
 
 
 METHODS: dict[str, Method] = {
@@ -320,6 +361,22 @@ METHODS: dict[str, Method] = {
         Method("autolrs_default", "AutoLRS, package defaults", "autolrs_default"),
         Method("autolrs_k5", "AutoLRS, k=5, τ'=τ/10", "autolrs_k5"),
         Method("autolrs_reuse", "AutoLRS, k=10 + reuse_best_trial + early_stop", "autolrs_reuse"),
+        Method("autolrs_val", "AutoLRS, k=10, monitor=val_loss (the paper's objective)", "autolrs_val"),
+        Method("autolrs_abort", "AutoLRS, k=10 + reuse + early_stop + abort_trials", "autolrs_abort"),
+        Method("autolrs_warm", "AutoLRS, k=10 + reuse + early_stop + warm_start", "autolrs_warm"),
+        Method("autolrs_fast", "AutoLRS, k=10 + reuse + early_stop + abort + warm_start", "autolrs_fast"),
+        Method(
+            "autolrs_fast_range",
+            "AutoLRS, k=10 + reuse + early_stop + abort + warm_start, range test (no min/max_lr)",
+            "autolrs_fast_range",
+        ),
+        Method("autolrs_paper_range", "AutoLRS, paper settings, range test (no min/max_lr)", "autolrs_paper_range"),
+        Method("replay", "ReplaySchedule of `autolrs_fast`'s schedule (another seed's run), stretched", "replay"),
+        Method(
+            "replay_paper",
+            "ReplaySchedule of `autolrs_paper`'s schedule (another seed's run), stretched",
+            "replay_paper",
+        ),
     )
 }
 
@@ -504,12 +561,15 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def run_one(task: dict[str, Any]) -> dict[str, Any]:
-    """Train one run. ``task``: ``workload``, ``kind``, ``lr`` (None for AutoLRS), ``seed``, ``quick``, ``evals``.
+def run_one(task: dict[str, Any], schedule: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one run. ``task``: ``workload``, ``kind``, ``lr`` (None for AutoLRS and replay), ``seed``, ``quick``,
+    ``evals``; for AutoLRS ``autolrs_args`` (every constructor argument, see :func:`autolrs_kwargs`). A replay run gets
+    the schedule document to replay as ``schedule`` (``Schedule.to_dict()`` of the run that found it).
 
     Returns the task plus ``steps``, ``curve`` (``[step, val_loss or None, phase]``), ``final_loss``, ``lrs`` (LR per
-    step), ``wall_train_s`` (fit time minus evaluation time), ``wall_eval_s``, ``diverged_step`` and, for AutoLRS, a
-    per-stage summary in ``autolrs``.
+    step), ``wall_train_s`` (fit time minus evaluation time), ``wall_eval_s``, ``diverged_step``; for AutoLRS a
+    per-stage summary, the range test's result and the schedule document in ``autolrs``; for a replay the number of
+    exploit LRs replayed in ``replay``.
     """
     quiet()
     torch.set_num_threads(1)
@@ -520,16 +580,40 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     module_cls, kwargs, dm = workload.build(seed, quick)
     callbacks: list[pl.Callback] = []
     autolrs_cb = None
+    replay_cb = None
     if kind in AUTOLRS_VARIANTS:
         from lightning_autolrs import AutoLRS
 
         module = module_cls(**kwargs)
-        lo, hi = workload.grid
-        autolrs_cb = AutoLRS(lo, hi, seed=seed, verbose=False, save_files=False, **AUTOLRS_VARIANTS[kind])
+        autolrs_cb = AutoLRS(**task["autolrs_args"])
         callbacks.append(autolrs_cb)
+    elif kind in REPLAY_VARIANTS:
+        from lightning_autolrs import ReplaySchedule
+        from lightning_autolrs.schedule import Schedule
+
+        if schedule is None:
+            raise ValueError(f"replay run {kind!r} needs the schedule document to replay")
+        module = module_cls(**kwargs)
+        try:
+            replay_cb = ReplaySchedule(Schedule.from_dict(schedule), stretch=True)
+        except ValueError as err:  # e.g. the source run finished no stage: nothing to replay, recorded as failed
+            return {
+                **task,
+                "budget": budget,
+                "steps": 0,
+                "curve": [[0, None, "start"]],
+                "final_loss": None,
+                "lrs": [],
+                "wall_train_s": 0.0,
+                "wall_eval_s": 0.0,
+                "diverged_step": None,
+                "error": f"{type(err).__name__}: {err}",
+            }
+        callbacks.append(replay_cb)
     else:
         module = _with_optimizer(module_cls)(**kwargs)
         module.bench_configure = lambda base: configure(kind, float(lr), budget, workload, base)
+    probing = autolrs_cb is not None and task["autolrs_args"].get("monitor") == "val_loss"
     every = max(1, budget // int(task["evals"]))
     recorder = Recorder(
         workload.val_batches(dm),
@@ -548,7 +632,10 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        limit_val_batches=0,
+        # no Lightning validation loop (the Recorder evaluates); AutoLRS's val_loss probe still gets the dataloader
+        limit_val_batches=1.0 if probing else 0,
+        check_val_every_n_epoch=None,
+        val_check_interval=budget + 1,
         num_sanity_val_steps=0,
         callbacks=callbacks,
     )
@@ -569,10 +656,17 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         "diverged_step": recorder.diverged_step,
         "versions": {"torch": torch.__version__, "lightning": pl.__version__},
     }
+    if replay_cb is not None:
+        result["replay"] = {"exploit_lrs": len(replay_cb.exploit_lrs), "stretch": True}
     if autolrs_cb is not None:
+        rt = autolrs_cb.range_test_result
         result["autolrs"] = {
-            "settings": {"min_lr": lo, "max_lr": hi, "seed": seed, **autolrs_settings(kind), "tau": autolrs_cb.tau},
+            "settings": {**task["autolrs_args"], "tau": autolrs_cb.tau},
             "search_steps": sum(h["search_steps"] for h in autolrs_cb.history),
+            "range_test": None
+            if rt is None
+            else {k: rt[k] for k in ("steps", "min_lr", "max_lr", "stopped_early") if k in rt},
+            "found_range": [autolrs_cb.min_lr, autolrs_cb.max_lr],
             "stages": [
                 {
                     "stage": h["stage"],
@@ -582,6 +676,8 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
                     "best_lr": h["best_lr"],
                     "trials": len(h["trials"]),
                     "diverged_trials": sum(bool(t["diverged"]) for t in h["trials"]),
+                    "aborted_trials": sum(bool(t.get("aborted")) for t in h["trials"]),
+                    "warm_start": bool(h.get("warm_start")),
                     "forecasts": [t["forecast"] for t in h["trials"]],
                     "search_steps": h["search_steps"],
                     "exploit_steps": h["exploit_steps"],
@@ -589,5 +685,6 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
                 }
                 for h in autolrs_cb.history
             ],
+            "schedule": autolrs_cb.schedule.to_dict(),
         }
     return result
