@@ -33,10 +33,11 @@ Search-cost options (all off by default in the controller):
 * **Range test** (``range_test_steps > 0``; ``min_lr``/``max_lr`` may then be ``None``): after warmup and before the
   first stage, the LR sweeps geometrically over ``range_test_lrs`` for at most ``range_test_steps`` steps from a
   snapshot. The sweep stops early once a loss is non-finite or above ``4×`` the lowest loss so far. ``max_lr`` is the
-  swept LR with the lowest smoothed loss (centred moving mean over ``2h + 1`` points, ``h = max(1, n // 10)``) and
-  ``min_lr = max_lr / 1000`` (given bounds win). The snapshot is then restored, so the sweep costs its steps and
-  nothing else. Its steps are accounted to the ``"warmup"`` phase (they precede the first stage and their LRs lie
-  outside the range they determine).
+  swept LR three sweep steps before the lowest smoothed loss (centred moving mean over ``2h + 1`` points,
+  ``h = max(1, n // 10)``; the three steps undo the lag of the loss behind the LR, which otherwise puts the minimum
+  where training is already on its way to diverging) and ``min_lr = max_lr / 1000`` (given bounds win). The snapshot
+  is then restored, so the sweep costs its steps and nothing else. Its steps are accounted to the ``"warmup"`` phase
+  (they precede the first stage and their LRs lie outside the range they determine).
 * **Trial abort** (``abort_trials``): once a trial has half of its series (at least 4 points of a series of at least
   8), its partial forecast of the τ-step loss is compared with the best complete trial of the stage; if it is worse by
   more than ``abort_margin`` times the best trial's forecast improvement (stage start level − best forecast), the trial
@@ -66,6 +67,7 @@ MONITORS = ("auto", "train_loss", "val_loss")
 _REFERENCE_WINDOW = 20
 _RANGE_TEST_STOP = 4.0  # the range test stops once a loss exceeds this multiple of the lowest loss so far
 _RANGE_TEST_SPAN = 1000.0  # min_lr = max_lr / _RANGE_TEST_SPAN after a range test
+_RANGE_TEST_LAG = 3  # sweep steps the loss lags behind the LR (momentum, Adam's moments): max_lr steps back this far
 
 
 @dataclass(frozen=True)
@@ -450,7 +452,7 @@ class StageController:
             values = [v for _, v in points]
             smooth = [statistics.fmean(values[max(0, i - h) : i + h + 1]) for i in range(len(values))]
             best = min(range(len(points)), key=lambda i: (smooth[i], i))
-            found_max = points[best][0]
+            found_max = points[max(0, best - _RANGE_TEST_LAG)][0]
         else:  # not a single finite loss: the lowest swept LR
             found_max = self.range_test_lrs[0]
         given_lo, given_hi = self._given_range
