@@ -73,7 +73,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         beta: UCB exploration weight (``mean + sqrt(beta)·sigma`` on the negated forecast loss). The default 8 explores
             a lot, which is cheap: the stage keeps the best *observed* trial, and a stage has only ~10 trials.
         warmup_steps: linear LR warmup steps before the first stage (no search during warmup).
-        warmup_lr: LR reached at the end of warmup. Default: the optimizer's configured LR clamped to the range.
+        warmup_lr: LR reached at the end of warmup. Default: the optimizer's configured LR, clamped to the range when
+            the range is known before warmup (no range test).
         seed: seed of each stage's first, space-filling proposals (stage ``s`` uses ``seed + s``; ``None`` acts as 0).
         divergence_factor: a trial whose loss exceeds this multiple of the stage's reference loss (or is NaN/inf) is
             stopped at once and restored.
