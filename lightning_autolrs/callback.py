@@ -23,7 +23,7 @@ from typing_extensions import override
 
 from lightning_autolrs._edge import ProgressBarHook, callback_bases, check_strategy, reduce_loss, report_event
 from lightning_autolrs._validation import check_int
-from lightning_autolrs.controller import StageController, check_settings, default_tau, tau_prime_for
+from lightning_autolrs.controller import RANGE_SPAN, StageController, check_settings, default_tau, tau_prime_for
 from lightning_autolrs.exceptions import InvalidArgumentError, UnsupportedSetupError
 from lightning_autolrs.probe import ValidationProbe
 from lightning_autolrs.proposer import DEFAULT_BETA
@@ -38,7 +38,6 @@ __all__ = ["AutoLRS"]
 
 _DEFAULT_RANGE_BELOW = 100.0
 _DEFAULT_RANGE_ABOVE = 10.0
-_DEFAULT_RANGE_SPAN = 1000.0
 _RANGE_TEST_BELOW = 1e-4  # the range test sweeps from the configured LR × 1e-4 ...
 _RANGE_TEST_ABOVE = 1e2  # ... to × 1e2
 _RANGE_TEST_SHARE = 0.05
@@ -175,6 +174,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         )
         self._min_lr: float | None = checked["min_lr"]
         self._max_lr: float | None = checked["max_lr"]
+        self._range: tuple[float | None, float | None] = (self._min_lr, self._max_lr)  # resolved at fit start
         self._num_trials: int = checked["num_trials"]
         self._tau: int | None = checked["tau"]
         self._tau_max: int = checked["tau_max"]
@@ -243,6 +243,23 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         return "warmup" if self.controller is None else self.controller.phase
 
     @property
+    def min_lr(self) -> float | None:
+        """Lower end of the LR range in use: given, derived at fit start, or found by the range test (``None`` until
+        a range test has run)."""
+        return self._range_in_use()[0]
+
+    @property
+    def max_lr(self) -> float | None:
+        """Upper end of the LR range in use (see :attr:`min_lr`)."""
+        return self._range_in_use()[1]
+
+    def _range_in_use(self) -> tuple[float | None, float | None]:
+        c = self.controller
+        if c is not None and (c.range_test_steps == 0 or c.range_test is not None):
+            return c.min_lr, c.max_lr  # the controller's range, once it is final
+        return self._range
+
+    @property
     def range_test_result(self) -> dict[str, Any] | None:
         """The LR range test's result (``steps``, ``lrs``, ``losses``, ``min_lr``, ``max_lr``, ...), once it ran."""
         c = self.controller
@@ -253,8 +270,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         """The schedule found so far, as data (see :mod:`lightning_autolrs.schedule`)."""
         c = self.controller
         settings = {
-            "min_lr": getattr(self, "min_lr", self._min_lr),
-            "max_lr": getattr(self, "max_lr", self._max_lr),
+            "min_lr": self.min_lr,
+            "max_lr": self.max_lr,
             "num_trials": self._num_trials,
             "tau": getattr(self, "tau", self._tau),
             "tau_max": self._tau_max,
@@ -316,19 +333,19 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         lo, hi = self._min_lr, self._max_lr
         self.range_test_lrs = (configured_lr * _RANGE_TEST_BELOW, configured_lr * _RANGE_TEST_ABOVE)
         if self._range_test:
-            self.min_lr, self.max_lr = lo, hi  # None until the range test has run (given bounds win)
+            self._range = (lo, hi)  # None until the range test has run (given bounds win)
             self.warmup_lr = configured_lr if self._warmup_lr is None else self._warmup_lr
             return
         if lo is None and hi is None:
             lo, hi = configured_lr / _DEFAULT_RANGE_BELOW, configured_lr * _DEFAULT_RANGE_ABOVE
         elif lo is None:
             assert hi is not None
-            lo = hi / _DEFAULT_RANGE_SPAN
+            lo = hi / RANGE_SPAN
         elif hi is None:
-            hi = lo * _DEFAULT_RANGE_SPAN
-        self.min_lr, self.max_lr = float(lo), float(hi)
+            hi = lo * RANGE_SPAN
+        self._range = (float(lo), float(hi))
         if self._warmup_lr is None:
-            self.warmup_lr = min(max(configured_lr, self.min_lr), self.max_lr)
+            self.warmup_lr = min(max(configured_lr, float(lo)), float(hi))
         else:
             self.warmup_lr = self._warmup_lr
 
@@ -410,8 +427,6 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if self._loaded_state is not None:
             state, self._loaded_state = self._loaded_state, None
             self.controller.load_state_dict(state["controller"])
-            if self.controller.range_test is not None:
-                self.min_lr, self.max_lr = self.controller.min_lr, self.controller.max_lr
             if self._loaded_snapshot is not None:
                 self._snapshot.load_state_dict(self._loaded_snapshot)
                 self._loaded_snapshot = None
@@ -483,8 +498,6 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if events and trainer.world_size > 1:
             # rank 0 decides: every rank adopts its decision state, so all ranks apply the same LR at the same step
             self.controller.load_sync_state(trainer.strategy.broadcast(self.controller.sync_state(), src=0))
-        if events:
-            self.min_lr, self.max_lr = self.controller.min_lr, self.controller.max_lr  # a range test may set them
         pl_module.log("autolrs/lr", self.controller.lrs[-1], on_step=True, on_epoch=False, prog_bar=False)
         for event in events:
             report_event(trainer, event, self.controller, num_trials=self._num_trials, verbose=self._verbose)

@@ -60,13 +60,14 @@ from lightning_autolrs.exceptions import InvalidArgumentError
 from lightning_autolrs.forecast import ExponentialForecaster
 from lightning_autolrs.proposer import DEFAULT_BETA, LRProposer
 
-__all__ = ["MONITORS", "StageController", "StepPlan", "default_tau"]
+__all__ = ["MONITORS", "RANGE_SPAN", "StageController", "StepPlan", "default_tau"]
 
 MONITORS = ("auto", "train_loss", "val_loss")
 
 _REFERENCE_WINDOW = 20
 _RANGE_TEST_STOP = 4.0  # the range test stops once a loss exceeds this multiple of the lowest loss so far
-_RANGE_TEST_SPAN = 1000.0  # min_lr = max_lr / _RANGE_TEST_SPAN after a range test
+#: ``max_lr / min_lr`` when only one bound is given or a range test found ``max_lr``.
+RANGE_SPAN = 1000.0
 _RANGE_TEST_LAG = 3  # sweep steps the loss lags behind the LR (momentum, Adam's moments): max_lr steps back this far
 
 
@@ -284,7 +285,7 @@ class StageController:
             raise InvalidArgumentError("`warmup_lr` is required when `warmup_steps` > 0; pass the LR warmup ends at.")
         self._given_range: tuple[float | None, float | None] = (checked["min_lr"], checked["max_lr"])
         if sweep is not None:
-            lo = checked["min_lr"] or (checked["max_lr"] or sweep[1]) / _RANGE_TEST_SPAN
+            lo = checked["min_lr"] or (checked["max_lr"] or sweep[1]) / RANGE_SPAN
             hi = checked["max_lr"] or max(sweep[1], lo * 10)
             checked["min_lr"], checked["max_lr"] = lo, hi  # placeholders until the range test has run
         self.min_lr: float = checked["min_lr"]
@@ -457,9 +458,9 @@ class StageController:
             found_max = self.range_test_lrs[0]
         given_lo, given_hi = self._given_range
         hi = given_hi if given_hi is not None else found_max
-        lo = given_lo if given_lo is not None else hi / _RANGE_TEST_SPAN
+        lo = given_lo if given_lo is not None else hi / RANGE_SPAN
         if not hi > lo:
-            hi = lo * _RANGE_TEST_SPAN
+            hi = lo * RANGE_SPAN
         self.min_lr, self.max_lr = float(lo), float(hi)
         self._eff_max_lr = self.max_lr
         self.proposer.reset(min_lr=self.min_lr, max_lr=self.max_lr)
