@@ -1,4 +1,5 @@
-"""Lightning plumbing of the AutoLRS callbacks, kept in one place: callback base classes, the strategy check, the
+"""Lightning plumbing of the AutoLRS callbacks, kept in one place: callback base classes, the set-up checks shared by
+:class:`~lightning_autolrs.AutoLRS` and :class:`~lightning_autolrs.ReplaySchedule`, the per-param-group LR setter, the
 cross-rank loss reduction, the progress-bar hook and the reporting of controller events (log lines and metrics).
 
 Nothing here decides anything about learning rates; :mod:`lightning_autolrs.callback` wires these helpers to the
@@ -15,13 +16,22 @@ import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_autolrs.exceptions import UnsupportedSetupError
+from lightning_autolrs.records import Event, FallbackEvent, RangeTestEvent, SearchEvent, TrialEvent
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
     from lightning_autolrs.controller import StageController
 
-__all__ = ["ProgressBarHook", "callback_bases", "check_strategy", "reduce_loss", "report_event"]
+__all__ = [
+    "ProgressBarHook",
+    "apply_lr",
+    "callback_bases",
+    "check_single_optimizer",
+    "check_strategy",
+    "reduce_loss",
+    "report_event",
+]
 
 _SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy"})
 
@@ -59,6 +69,37 @@ def check_strategy(strategy: Any) -> None:
             f"AutoLRS does not support the `{sharded[0]}` strategy yet: its snapshot would have to copy sharded "
             "parameters and optimizer state, which is not verified. Use `strategy='ddp'` (or a single device)."
         )
+
+
+def check_single_optimizer(trainer: pl.Trainer, who: str) -> float:
+    """Check that the Trainer has one optimizer, no LR scheduler and a positive, finite configured LR; return it.
+
+    ``who`` (the callback's name) opens the messages.
+    """
+    optimizers = trainer.optimizers
+    if len(optimizers) != 1:
+        raise UnsupportedSetupError(
+            f"{who} drives exactly one optimizer, but `configure_optimizers` returned {len(optimizers)}. "
+            "Return a single optimizer (use param groups for different LRs)."
+        )
+    if trainer.lr_scheduler_configs:
+        raise UnsupportedSetupError(
+            f"{who} sets the learning rate itself, but `configure_optimizers` also returned an LR scheduler "
+            f"({type(trainer.lr_scheduler_configs[0].scheduler).__name__}). Return only the optimizer."
+        )
+    base = float(optimizers[0].param_groups[0]["lr"])
+    if not base > 0 or not math.isfinite(base):
+        raise UnsupportedSetupError(
+            f"The optimizer's first param group has lr={base}; {who} needs a positive configured LR to keep the "
+            "param groups' LR ratios. Configure a positive `lr`."
+        )
+    return base
+
+
+def apply_lr(optimizer: Any, lr: float, ratios: list[float]) -> None:
+    """Set every param group's LR to ``lr`` times the group's ratio to the first group."""
+    for group, ratio in zip(optimizer.param_groups, ratios):
+        group["lr"] = lr * ratio
 
 
 def reduce_loss(trainer: pl.Trainer, loss: float | None) -> float | None:
@@ -105,45 +146,48 @@ class ProgressBarHook:
 
 
 def report_event(
-    trainer: pl.Trainer, event: dict[str, Any], controller: StageController, *, num_trials: int, verbose: bool
+    trainer: pl.Trainer, event: Event, controller: StageController, *, num_trials: int, verbose: bool
 ) -> None:
     """Log a controller event's metrics to the Trainer's loggers and, with ``verbose``, one line on rank zero."""
-    kind = event["event"]
-    if kind == "trial":
-        metrics = {"autolrs/trial_lr": event["lr"], "autolrs/trial_diverged": float(event["diverged"])}
-        if event["predicted_loss"] is not None:
-            metrics["autolrs/trial_predicted_loss"] = event["predicted_loss"]
+    if isinstance(event, TrialEvent):
+        t = event.record
+        metrics = {"autolrs/trial_lr": t.lr, "autolrs/trial_diverged": float(t.diverged)}
+        if t.predicted_loss is not None:
+            metrics["autolrs/trial_predicted_loss"] = t.predicted_loss
         if verbose:
-            pred = "diverged" if event["diverged"] else f"predicted loss {event['predicted_loss']:.4g}"
-            if event.get("aborted"):
+            pred = "diverged" if t.diverged else f"predicted loss {t.predicted_loss:.4g}"
+            if t.aborted:
                 pred += " (aborted: clearly worse than the best trial)"
             rank_zero_info(
-                f"AutoLRS stage {event['stage']} trial {event['trial'] + 1}/{num_trials}: "
-                f"lr={event['lr']:.4g}, {event['steps']} steps, {pred}"
+                f"AutoLRS stage {event.stage} trial {event.trial + 1}/{num_trials}: "
+                f"lr={t.lr:.4g}, {t.steps} steps, {pred}"
             )
-    elif kind == "search":
-        metrics = {"autolrs/stage_best_lr": event["best_lr"], "autolrs/stage": float(event["stage"])}
+    elif isinstance(event, SearchEvent):
+        metrics = {"autolrs/stage_best_lr": event.best_lr, "autolrs/stage": float(event.stage)}
         if verbose:
-            entry = controller.history[-1]
+            stage = controller.stages[-1]
             rank_zero_info(
-                f"AutoLRS stage {event['stage']}: best lr={event['best_lr']:.4g} of {event['trials']} trials; "
+                f"AutoLRS stage {event.stage}: best lr={event.best_lr:.4g} of {event.trials} trials; "
                 f"exploiting steps {controller.step}..{controller.exploit_end - 1} "
-                f"(tau={entry['tau']}, tau'={entry['tau_prime']}"
-                + (f", val probes {entry['probe_seconds']:.2f} s)" if entry["signal"] == "val_loss" else ")")
+                f"(tau={stage.tau}, tau'={stage.tau_prime}"
+                + (f", val probes {stage.probe_seconds:.2f} s)" if stage.signal == "val_loss" else ")")
             )
-    elif kind == "range_test":
-        metrics = {"autolrs/range_min_lr": event["min_lr"], "autolrs/range_max_lr": event["max_lr"]}
+    elif isinstance(event, RangeTestEvent):
+        r = event.result
+        metrics = {"autolrs/range_min_lr": r.min_lr, "autolrs/range_max_lr": r.max_lr}
         if verbose:
-            end = "stopped when the loss blew up" if event["stopped_early"] else "full sweep"
+            end = "stopped when the loss blew up" if r.stopped_early else "full sweep"
             rank_zero_info(
-                f"AutoLRS range test: {event['steps']} steps from lr={event['first_lr']:.3g} ({end}); "
-                f"search range min_lr={event['min_lr']:.4g}, max_lr={event['max_lr']:.4g}; model restored."
+                f"AutoLRS range test: {r.steps} steps from lr={event.first_lr:.3g} ({end}); "
+                f"search range min_lr={r.min_lr:.4g}, max_lr={r.max_lr:.4g}; model restored."
             )
     else:
-        metrics = {"autolrs/fallback_lr": event["new_lr"]}
+        assert isinstance(event, FallbackEvent)
+        f = event.fallback
+        metrics = {"autolrs/fallback_lr": f.new_lr}
         rank_zero_warn(
-            f"AutoLRS stage {event['stage']}: lr={event['failed_lr']:.4g} diverged at step {event['step']}; "
-            f"restored the stage snapshot and continued at lr={event['new_lr']:.4g}."
+            f"AutoLRS stage {event.stage}: lr={f.failed_lr:.4g} diverged at step {f.step}; "
+            f"restored the stage snapshot and continued at lr={f.new_lr:.4g}."
         )
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
-from lightning_autolrs._edge import callback_bases
-from lightning_autolrs.exceptions import InvalidArgumentError, UnsupportedSetupError
+from lightning_autolrs._edge import apply_lr, callback_bases, check_single_optimizer
+from lightning_autolrs.exceptions import InvalidArgumentError
 from lightning_autolrs.schedule import Schedule, load_schedule
 
 if TYPE_CHECKING:
@@ -73,20 +73,8 @@ class ReplaySchedule(*callback_bases()):  # type: ignore[misc]
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if len(trainer.optimizers) != 1:
-            raise UnsupportedSetupError(
-                f"ReplaySchedule drives exactly one optimizer, but `configure_optimizers` returned "
-                f"{len(trainer.optimizers)}."
-            )
-        if trainer.lr_scheduler_configs:
-            raise UnsupportedSetupError(
-                "ReplaySchedule sets the learning rate itself; return only the optimizer from `configure_optimizers`."
-            )
-        groups = trainer.optimizers[0].param_groups
-        base = float(groups[0]["lr"])
-        if not base > 0:
-            raise UnsupportedSetupError(f"The optimizer's first param group has lr={base}; configure a positive `lr`.")
-        self._ratios = [float(g["lr"]) / base for g in groups]
+        base = check_single_optimizer(trainer, "ReplaySchedule")
+        self._ratios = [float(g["lr"]) / base for g in trainer.optimizers[0].param_groups]
         total = trainer.estimated_stepping_batches
         self._total = None if math.isinf(total) else int(total)
 
@@ -98,8 +86,7 @@ class ReplaySchedule(*callback_bases()):  # type: ignore[misc]
         if len(self.lrs) > step:
             return  # a later micro-batch of the same optimizer step (gradient accumulation)
         lr = self.lr_at(step)
-        for group, ratio in zip(trainer.optimizers[0].param_groups, self._ratios):
-            group["lr"] = lr * ratio
+        apply_lr(trainer.optimizers[0], lr, self._ratios)
         self.lrs.append(lr)
 
     @override

@@ -5,24 +5,28 @@ Format (``"format": "lightning-autolrs/schedule"``, ``"version": 1``)::
     {
       "format": "lightning-autolrs/schedule",
       "version": 1,
-      "settings": {"min_lr": ..., "max_lr": ..., "num_trials": ..., "tau": ..., "tau_max": ..., "search_ratio": ...,
-                   "warmup_steps": ..., "warmup_lr": ..., "total_steps": ... or null,
+      "settings": {"min_lr": ..., "max_lr": ..., "num_trials": ..., "tau": ..., ...,   # every AutoLRS argument
+                   "total_steps": ... or null,                                      # (lightning_autolrs.settings)
                    "range_test": {"start_step", "steps", "lrs", "losses", "stopped_early", "min_lr", "max_lr"}},
       "lrs": [lr at global step 0, 1, ...],                # every optimizer step, search trials included
       "losses": [training loss at each step, or null],     # same length as lrs (may be empty)
       "stages": [
         {"stage": 0, "start_step": 0, "tau": 100, "tau_prime": 10, "lr_range": [lo, hi],
-         "trials": [{"lr": ..., "predicted_loss": ... or null, "final_loss": ... or null, "steps": 10,
-                     "diverged": false, "forecast": "exp", "aborted": true (only when abort_trials ended it)}, ...],
-         "best_lr": ..., "exploit_start": 100, "exploit_steps": 100, "search_steps": 100,
+         "trials": [{"lr": ..., "start_step": 0, "predicted_loss": ... or null, "steps": 10, "diverged": false,
+                     "final_loss": ... or null, "forecast": "exp", "aborted": true (only when abort_trials ended it)},
+                    ...],
+         "best_lr": ..., "search_steps": 100, "exploit_start": 100, "exploit_steps": 100,
          "fallbacks": [{"step": ..., "failed_lr": ..., "new_lr": ...}],
-         "warm_start": true, "stopped_early": true, "reused_trial": 3},   # only when those options acted
+         "signal": "train_loss" or "val_loss", "probe_seconds": 0.0,
+         "warm_start": true, "stopped_early": true, "reused_trial": 3, "restarted": true},  # only when they acted
         ...
       ]
     }
 
 ``predicted_loss`` / ``final_loss`` are ``null`` for diverged trials; a trial's ``final_loss`` is the mean training loss
-of the last quarter of its steps. Unknown keys are ignored on load so later versions can add fields.
+of the last quarter of its steps. The stage and trial layout is declared once, by
+:class:`~lightning_autolrs.records.StageRecord` and :class:`~lightning_autolrs.records.TrialRecord` (the keys written
+here are theirs). Unknown keys are ignored on load so later versions can add fields.
 """
 
 from __future__ import annotations
@@ -34,27 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from lightning_autolrs.exceptions import ScheduleFormatError
+from lightning_autolrs.records import StageRecord, TrialRecord
 
 __all__ = ["FORMAT", "VERSION", "Schedule", "load_schedule", "save_schedule", "summary_table"]
 
 FORMAT = "lightning-autolrs/schedule"
 VERSION = 1
-_TRIAL_KEYS = ("lr", "start_step", "predicted_loss", "final_loss", "steps", "diverged", "forecast", "aborted")
-_STAGE_KEYS = (
-    "stage",
-    "start_step",
-    "tau",
-    "tau_prime",
-    "lr_range",
-    "best_lr",
-    "exploit_start",
-    "exploit_steps",
-    "search_steps",
-    "fallbacks",
-    "warm_start",
-    "stopped_early",
-    "reused_trial",
-)
+_TRIAL_KEYS = TrialRecord.keys()
+_STAGE_KEYS = tuple(k for k in StageRecord.keys() if k != "trials")
 
 
 @dataclass

@@ -1,0 +1,148 @@
+"""The LR range test: a geometric LR sweep before the first stage, and its stop rule.
+
+After warmup the LR sweeps geometrically over ``lrs = (lowest, highest)`` for at most ``steps`` steps, from a snapshot
+the caller captures at the sweep's first step. The sweep stops early once a loss is non-finite or above ``4×`` the
+lowest loss so far. ``max_lr`` is the swept LR three sweep steps before the lowest smoothed loss (centred moving mean
+over ``2h + 1`` points, ``h = max(1, n // 10)``; the three steps undo the lag of the loss behind the LR, which
+otherwise puts the minimum where training is already on its way to diverging) and ``min_lr = max_lr / 1000``; a bound
+the user gave wins. The caller then restores the snapshot, so the sweep costs its steps and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from lightning_autolrs._validation import check_float, check_int
+from lightning_autolrs.exceptions import InvalidArgumentError
+from lightning_autolrs.records import RangeTestResult
+from lightning_autolrs.settings import RANGE_SPAN
+
+__all__ = ["RangeTest"]
+
+STOP = 4.0  # the sweep stops once a loss exceeds this multiple of the lowest loss so far
+LAG = 3  # sweep steps the loss lags behind the LR (momentum, Adam's moments): max_lr steps back this far
+
+
+class RangeTest:
+    """The sweep's state: the LRs and losses so far, and its result once it ended.
+
+    Args:
+        steps: the sweep's length (0: no range test; else ≥ 2).
+        lrs: (lowest, highest) swept LR, required when ``steps > 0``.
+        given: the ``(min_lr, max_lr)`` the user gave (``None`` where not given): they win over what the sweep finds.
+
+    Example:
+        >>> rt = RangeTest(4, (1e-3, 1.0), given=(None, None))
+        >>> [f"{rt.lr(i):.3g}" for i in range(4)]
+        ['0.001', '0.01', '0.1', '1']
+        >>> [rt.record(lr, loss) for lr, loss in [(1e-3, 1.0), (1e-2, 0.5), (0.1, 0.2), (1.0, 9.0)]][-1] is not None
+        True
+        >>> rt.result.max_lr, rt.result.stopped_early
+        (0.001, True)
+    """
+
+    def __init__(self, steps: int, lrs: tuple[float, float] | None, given: tuple[float | None, float | None]) -> None:
+        self.steps = check_int("range_test_steps", steps, minimum=0)
+        if self.steps == 1:
+            raise InvalidArgumentError("`range_test_steps` must be 0 (no range test) or at least 2, got 1.")
+        self.lrs: tuple[float, float] | None = None
+        if self.steps:
+            if lrs is None or len(lrs) != 2:
+                raise InvalidArgumentError("`range_test_lrs` (lowest, highest) is needed when `range_test_steps` > 0.")
+            sweep = (
+                check_float("range_test_lrs", lrs[0], positive=True),
+                check_float("range_test_lrs", lrs[1], positive=True),
+            )
+            if not sweep[1] > sweep[0]:
+                raise InvalidArgumentError(f"`range_test_lrs` must be (lowest, highest), got {lrs}.")
+            self.lrs = sweep
+        self.given = given
+        self.result: RangeTestResult | None = None
+        self._lrs: list[float] = []
+        self._losses: list[float | None] = []
+
+    @property
+    def pending(self) -> bool:
+        """Whether a sweep is configured and has not finished."""
+        return self.steps > 0 and self.result is None
+
+    @property
+    def position(self) -> int:
+        """Sweep steps taken so far."""
+        return len(self._lrs)
+
+    @property
+    def started(self) -> bool:
+        return bool(self._lrs)
+
+    def placeholder_range(self) -> tuple[float, float]:
+        """A range to start from before the sweep has run (the given bounds, else derived from the sweep's LRs)."""
+        assert self.lrs is not None
+        given_lo, given_hi = self.given
+        lo = given_lo or (given_hi or self.lrs[1]) / RANGE_SPAN
+        hi = given_hi or max(self.lrs[1], lo * 10)
+        return lo, hi
+
+    def lr(self, i: int) -> float:
+        """The LR of sweep step ``i``: geometric from the lowest to the highest LR."""
+        assert self.lrs is not None
+        lo, hi = self.lrs
+        return min(lo * (hi / lo) ** (i / (self.steps - 1)), hi)
+
+    def record(self, lr: float, loss: float | None, step: int = 0) -> RangeTestResult | None:
+        """Record a sweep step (``step``: the global step after it); the result once the sweep ended, else ``None``."""
+        self._lrs.append(lr)
+        finite = loss is not None and math.isfinite(loss)
+        self._losses.append(loss if finite else None)
+        seen = [v for v in self._losses[:-1] if v is not None]
+        blew_up = loss is not None and (not finite or (len(seen) >= 3 and loss > STOP * min(seen)))
+        if not blew_up and len(self._lrs) < self.steps:
+            return None
+        return self._finish(stopped=blew_up, step=step)
+
+    def _found_max(self, stopped: bool) -> float:
+        assert self.lrs is not None
+        points = [(lr, v) for lr, v in zip(self._lrs, self._losses) if v is not None]
+        if stopped and points and self._losses[-1] is not None:
+            points = points[:-1]  # the step that blew up
+        if not points:  # not a single finite loss: the lowest swept LR
+            return self.lrs[0]
+        h = max(1, len(points) // 10)
+        values = [v for _, v in points]
+        smooth = [statistics.fmean(values[max(0, i - h) : i + h + 1]) for i in range(len(values))]
+        best = min(range(len(points)), key=lambda i: (smooth[i], i))
+        return points[max(0, best - LAG)][0]
+
+    def _finish(self, stopped: bool, step: int) -> RangeTestResult:
+        given_lo, given_hi = self.given
+        hi = given_hi if given_hi is not None else self._found_max(stopped)
+        lo = given_lo if given_lo is not None else hi / RANGE_SPAN
+        if not hi > lo:
+            hi = lo * RANGE_SPAN
+        self.result = RangeTestResult(
+            start_step=step - len(self._lrs),
+            steps=len(self._lrs),
+            lrs=list(self._lrs),
+            losses=list(self._losses),
+            stopped_early=stopped,
+            min_lr=float(lo),
+            max_lr=float(hi),
+        )
+        return self.result
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """The sweep's state (the controller's version-1 keys ``range_test``, ``rt_lrs``, ``rt_losses``)."""
+        return {
+            "range_test": None if self.result is None else self.result.to_dict(),
+            "rt_lrs": list(self._lrs),
+            "rt_losses": list(self._losses),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        rt = state.get("range_test")
+        self.result = None if rt is None else RangeTestResult.from_dict(rt)
+        self._lrs = [float(x) for x in state.get("rt_lrs", [])]
+        self._losses = [None if x is None else float(x) for x in state.get("rt_losses", [])]

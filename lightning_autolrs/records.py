@@ -1,0 +1,283 @@
+"""What a run records, declared once: trials, stages, the range test's result and the events the controller emits.
+
+Each record is a dataclass with ``to_dict`` / ``from_dict``. ``AutoLRS.history`` is ``[stage.to_dict() ...]``, the
+schedule JSON writes the same dicts (:mod:`lightning_autolrs.schedule`), the log lines are made from the events
+(:mod:`lightning_autolrs._edge`) and the plot reads the stages through :meth:`StageRecord.from_dict`, so a field added
+here appears everywhere.
+
+Optional fields (``aborted``, ``warm_start``, ``stopped_early``, ``reused_trial``, ``restarted``) appear in the dicts
+only once they are set, as they always have.
+
+Example:
+    >>> t = TrialRecord(lr=0.1, start_step=0, predicted_loss=0.5, steps=10, diverged=False)
+    >>> TrialRecord.from_dict(t.to_dict()) == t, "aborted" in t.to_dict()
+    (True, False)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+__all__ = [
+    "Event",
+    "FallbackEvent",
+    "FallbackRecord",
+    "RangeTestEvent",
+    "RangeTestResult",
+    "SearchEvent",
+    "StageRecord",
+    "TrialEvent",
+    "TrialRecord",
+    "event_from_dict",
+]
+
+
+def _present(value: Any) -> bool:
+    """Whether an optional field is set (``None`` and ``False`` are its "absent" values)."""
+    return value is not None and value is not False
+
+
+@dataclass
+class TrialRecord:
+    """One trial of a stage's search.
+
+    Attributes:
+        lr: the trial's LR.
+        start_step: global step at which the trial's first step began.
+        predicted_loss: forecast of the loss after τ steps; ``None`` when the trial diverged.
+        steps: optimizer steps the trial took (fewer than τ' when it diverged or was aborted).
+        diverged: whether the trial diverged (its forecast is then ``None``).
+        final_loss: mean training loss of the last quarter of its steps (``None`` without a finite loss).
+        forecast: the forecaster's method (``"exp"``, ...), ``None`` when the trial diverged.
+        aborted: set (``True``) when ``abort_trials`` ended the trial at half its length.
+    """
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("aborted",)
+
+    lr: float
+    start_step: int
+    predicted_loss: float | None
+    steps: int
+    diverged: bool
+    final_loss: float | None = None
+    forecast: str | None = None
+    aborted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.OPTIONAL} | {
+            k: getattr(self, k) for k in self.OPTIONAL if _present(getattr(self, k))
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialRecord:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """Every key its dict can have, in order."""
+        return tuple(f.name for f in fields(cls))
+
+
+@dataclass
+class FallbackRecord:
+    """An exploit step that diverged: the stage restored its snapshot and continued at ``new_lr``."""
+
+    step: int
+    failed_lr: float
+    new_lr: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "failed_lr": self.failed_lr, "new_lr": self.new_lr}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FallbackRecord:
+        return cls(step=d["step"], failed_lr=d["failed_lr"], new_lr=d["new_lr"])
+
+
+@dataclass
+class StageRecord:
+    """One stage: its search (trials) and its exploit phase.
+
+    Attributes:
+        stage: the stage's index.
+        start_step: global step at which the stage began (its search, or its exploit phase without a search).
+        tau: the stage's τ.
+        tau_prime: the stage's trial length τ'.
+        lr_range: ``[min_lr, upper end]`` the stage's trials could use.
+        trials: the trials, in order.
+        best_lr: the LR chosen for the exploit phase (``None`` while searching).
+        search_steps: optimizer steps spent on trials.
+        exploit_start: global step at which the exploit phase began (``None`` while searching).
+        exploit_steps: optimizer steps of the exploit phase so far.
+        fallbacks: exploit steps that diverged.
+        signal: what the trials were judged on: ``"train_loss"`` or ``"val_loss"``.
+        probe_seconds: time spent in validation probes.
+        warm_start: set when the first trial re-tried the previous stage's LR (``warm_start``).
+        stopped_early: set when ``early_stop`` ended the search before ``num_trials``.
+        reused_trial: index of the trial whose end state the exploit phase continued (``reuse_best_trial``).
+        restarted: set when the search restarted from resumed weights (a checkpoint without the stage snapshot).
+    """
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("warm_start", "stopped_early", "reused_trial", "restarted")
+
+    stage: int
+    start_step: int
+    tau: int
+    tau_prime: int
+    lr_range: list[float]
+    trials: list[TrialRecord] = field(default_factory=list)
+    best_lr: float | None = None
+    search_steps: int = 0
+    exploit_start: int | None = None
+    exploit_steps: int = 0
+    fallbacks: list[FallbackRecord] = field(default_factory=list)
+    signal: str = "train_loss"
+    probe_seconds: float = 0.0
+    warm_start: bool = False
+    stopped_early: bool = False
+    reused_trial: int | None = None
+    restarted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in self.OPTIONAL and not _present(value):
+                continue
+            if f.name in ("trials", "fallbacks"):
+                value = [x.to_dict() for x in value]
+            elif f.name == "lr_range":
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StageRecord:
+        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        kw["trials"] = [TrialRecord.from_dict(t) for t in d.get("trials", [])]
+        kw["fallbacks"] = [FallbackRecord.from_dict(x) for x in d.get("fallbacks", [])]
+        kw["lr_range"] = list(d.get("lr_range", []))
+        return cls(**kw)
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """Every key its dict can have, in order."""
+        return tuple(f.name for f in fields(cls))
+
+
+@dataclass
+class RangeTestResult:
+    """The LR range test's result.
+
+    Attributes:
+        start_step: global step of the sweep's first step.
+        steps: steps the sweep took.
+        lrs: the swept LRs.
+        losses: the training loss at each swept LR (``None`` where not finite).
+        stopped_early: whether the sweep stopped because the loss blew up.
+        min_lr: lower end of the range found (or given).
+        max_lr: upper end of the range found (or given).
+    """
+
+    start_step: int
+    steps: int
+    lrs: list[float]
+    losses: list[float | None]
+    stopped_early: bool
+    min_lr: float
+    max_lr: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), list) else v for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RangeTestResult:
+        return cls(
+            start_step=d["start_step"],
+            steps=d["steps"],
+            lrs=list(d["lrs"]),
+            losses=list(d["losses"]),
+            stopped_early=d["stopped_early"],
+            min_lr=d["min_lr"],
+            max_lr=d["max_lr"],
+        )
+
+
+class Event:
+    """Something the controller reports after a step, for the caller to log. ``event["key"]`` reads a field of
+    :meth:`to_dict` (the events were plain dicts before they were records)."""
+
+    kind: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+
+@dataclass
+class TrialEvent(Event):
+    """A trial finished."""
+
+    kind: ClassVar[str] = "trial"
+    stage: int
+    trial: int
+    record: TrialRecord
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.kind, "stage": self.stage, "trial": self.trial, **self.record.to_dict()}
+
+
+@dataclass
+class SearchEvent(Event):
+    """A stage's search finished: ``best_lr`` is exploited next."""
+
+    kind: ClassVar[str] = "search"
+    stage: int
+    best_lr: float
+    trials: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.kind, "stage": self.stage, "best_lr": self.best_lr, "trials": self.trials}
+
+
+@dataclass
+class RangeTestEvent(Event):
+    """The range test finished (``first_lr``: the sweep's lowest LR)."""
+
+    kind: ClassVar[str] = "range_test"
+    first_lr: float
+    result: RangeTestResult
+
+    def to_dict(self) -> dict[str, Any]:
+        summary = {k: v for k, v in self.result.to_dict().items() if k not in ("lrs", "losses")}
+        return {"event": self.kind, "first_lr": self.first_lr, **summary}
+
+
+@dataclass
+class FallbackEvent(Event):
+    """An exploit step diverged and the stage fell back to a smaller LR."""
+
+    kind: ClassVar[str] = "fallback"
+    stage: int
+    fallback: FallbackRecord
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.kind, "stage": self.stage, **self.fallback.to_dict()}
+
+
+def event_from_dict(d: dict[str, Any]) -> Event:
+    """The event record of a dict written by an event's ``to_dict``."""
+    kind = d["event"]
+    if kind == "trial":
+        return TrialEvent(d["stage"], d["trial"], TrialRecord.from_dict(d))
+    if kind == "search":
+        return SearchEvent(d["stage"], d["best_lr"], d["trials"])
+    if kind == "range_test":
+        rest = {k: v for k, v in d.items() if k not in ("event", "first_lr")}
+        return RangeTestEvent(d["first_lr"], RangeTestResult.from_dict({"lrs": [], "losses": [], **rest}))
+    if kind == "fallback":
+        return FallbackEvent(d["stage"], FallbackRecord.from_dict(d))
+    raise ValueError(f"unknown event {kind!r}")

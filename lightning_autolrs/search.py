@@ -1,0 +1,331 @@
+"""One stage's search: its trials, from proposal to ranking.
+
+:class:`StageSearch` owns everything about a stage's trials: the proposals (:class:`~lightning_autolrs.proposer.
+LRProposer`), the series a trial is judged on (training loss or validation probes) and its forecast
+(:class:`~lightning_autolrs.forecast.ExponentialForecaster`), the trial abort, the warm start, the best-trial reuse,
+the early stop and the final ranking. The controller (:mod:`lightning_autolrs.controller`) decides when a stage
+searches, detects divergence, and carries out what :meth:`StageSearch.record_step` returns.
+
+Rules (``k`` = ``num_trials``, τ the stage's length, τ' its trial length):
+
+* Trial ``j`` trains τ' steps at the LR the proposer gives (clamped to the stage's range); its series is forecast to
+  the τ-step loss, and the proposer learns from (LR, forecast). A diverged trial is recorded with ``predicted_loss``
+  ``None`` and the proposer gives it a penalty.
+* **Trial abort** (``abort_trials``): once a trial has half of its series (at least 4 points of a series of at least
+  8), its partial forecast is compared with the best complete trial of the stage; if it is worse by more than
+  ``abort_margin`` times the best trial's forecast improvement (stage start level − best forecast), the trial ends
+  there (recorded with ``aborted: True`` and its partial forecast, which the GP learns from).
+* **Warm start** (``warm_start``): a later stage's first trial re-tries the previous stage's chosen LR (the anchor);
+  the previous stage's other forecasts, shifted by the anchor's change in forecast, then enter the GP as prior
+  observations.
+* **Early stop** (``early_stop``): after at least ``min_trials`` trials, the search ends once the GP's optimistic
+  bound (UCB with ``stop_beta``) nowhere beats the best trial.
+* **Ranking**: the trials that did not diverge, by (forecast, LR); the first is exploited (``min_lr`` if every trial
+  diverged). With ``reuse_best_trial`` the end state of the best full-length trial is kept
+  (:attr:`TrialOutcome.save_best`) and the exploit phase continues from it when it is the chosen one.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightning_autolrs.forecast import ExponentialForecaster, Forecast
+from lightning_autolrs.proposer import LRProposer
+from lightning_autolrs.records import Event, SearchEvent, StageRecord, TrialEvent, TrialRecord
+
+__all__ = ["SearchOptions", "StageSearch", "TrialOutcome"]
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How a stage searches (the controller's arguments of the same names; see :class:`StageSearch`)."""
+
+    num_trials: int = 10
+    monitor: str = "train_loss"
+    seed: int | None = None
+    reuse_best_trial: bool = False
+    early_stop: bool = False
+    min_trials: int = 3
+    stop_beta: float = 1.0
+    probes_per_trial: int = 8
+    auto_val_min_tau_prime: int = 200
+    abort_trials: bool = False
+    abort_margin: float = 0.5
+    warm_start: bool = False
+
+
+@dataclass
+class TrialOutcome:
+    """What a finished trial asks of the controller.
+
+    Attributes:
+        events: the trial's event (and the search's, when the search ended).
+        restore: restore the stage snapshot before the next step.
+        save_best: copy the current state into the best-trial snapshot before the next step.
+        restore_best: restore the best-trial snapshot (instead of the stage snapshot) before the next step.
+        next_lr: the next trial's LR while trials continue; ``None`` once the search ended.
+        best_lr: the LR to exploit when the search ended; ``None`` while trials continue.
+        reused_steps: steps of the exploit phase the reused best trial already trained (0 without reuse).
+        ranking: the stage's trial LRs, best first, when the search ended (for the exploit guard).
+    """
+
+    events: list[Event]
+    restore: bool = True
+    save_best: bool = False
+    restore_best: bool = False
+    next_lr: float | None = None
+    best_lr: float | None = None
+    reused_steps: int = 0
+    ranking: list[float] = field(default_factory=list)
+
+
+def _jsonable(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+class StageSearch:
+    """The trials of the current stage (state between steps; one instance serves every stage of a run).
+
+    Args:
+        options: how stages search.
+        proposer: the stage's :class:`LRProposer` (reset at each stage).
+        forecaster: the :class:`ExponentialForecaster` of the trials' series.
+    """
+
+    def __init__(self, options: SearchOptions, proposer: LRProposer, forecaster: ExponentialForecaster) -> None:
+        self.options = options
+        self.proposer = proposer
+        self.forecaster = forecaster
+        self.bounds: tuple[float, float] = (proposer.min_lr, proposer.max_lr)  # the stage's (min_lr, upper end)
+        self.stage = -1
+        self.tau = 0
+        self.tau_prime = 0
+        self.trial = 0
+        self.trial_start = 0
+        self.trial_steps = 0
+        self.trial_losses: list[float] = []
+        self.trial_probes: list[float] = []
+        self.probe_stride = 0  # 0: this stage's trials are judged on the training loss
+        self.stage_level: float | None = None  # first value of the stage's judged series (trial abort)
+        self.abort_checked = False
+        self.warm_prior: list[tuple[float, float]] = []  # previous stage's (lr, forecast), anchor first
+        self.best_trial: int | None = None  # index of the trial whose end state the best-trial snapshot holds
+
+    # ------------------------------------------------------------------ a stage
+    def set_stage(self, stage: int, tau: int, tau_prime: int) -> None:
+        """The current stage's index, τ and τ' (set by :meth:`configure`, and by the controller on resume)."""
+        self.stage, self.tau, self.tau_prime = stage, tau, tau_prime
+
+    def configure(self, stage: int, tau: int, tau_prime: int) -> str:
+        """A new stage of length ``tau`` begins (searching or not); returns the signal its trials are judged on."""
+        o = self.options
+        self.set_stage(stage, tau, tau_prime)
+        probing = o.monitor == "val_loss" or (o.monitor == "auto" and tau_prime >= o.auto_val_min_tau_prime)
+        self.probe_stride = max(1, tau_prime // o.probes_per_trial) if probing else 0
+        self.stage_level = None
+        return "val_loss" if probing else "train_loss"
+
+    def start(self, record: StageRecord, bounds: tuple[float, float], previous: list[StageRecord], step: int) -> float:
+        """Start the stage's search over ``bounds`` at global step ``step``; returns the first trial's LR."""
+        self.bounds = bounds
+        self.proposer.reset(min_lr=bounds[0], max_lr=bounds[1], seed=self._stage_seed())
+        self.warm_prior = self._previous_forecasts(previous) if self.options.warm_start else []
+        if self.warm_prior:
+            record.warm_start = True
+        return self.begin_trial(0, step, lr=self.warm_prior[0][0] if self.warm_prior else None)
+
+    def restart(self, record: StageRecord, step: int) -> float:
+        """Start the stage's search again (the trials so far are dropped); returns the first trial's LR."""
+        record.trials = []
+        self.proposer.reset(min_lr=self.bounds[0], max_lr=self.bounds[1], seed=self._stage_seed())
+        self.best_trial = None
+        return self.begin_trial(0, step)
+
+    def _stage_seed(self) -> int:
+        return (0 if self.options.seed is None else self.options.seed) + self.stage
+
+    def _previous_forecasts(self, previous: list[StageRecord]) -> list[tuple[float, float]]:
+        """The last searched stage's (lr, forecast) of trials that did not diverge, its chosen LR first; [] if none."""
+        last = next((h for h in reversed(previous) if h.trials), None)
+        if last is None or last.best_lr is None:
+            return []
+        lo, hi = self.bounds
+        done = [(t.lr, t.predicted_loss) for t in last.trials if not t.diverged and t.predicted_loss is not None]
+        done = [(lr, f) for lr, f in done if lo <= lr <= hi]
+        anchor = [(lr, f) for lr, f in done if lr == last.best_lr]
+        if not anchor:
+            return []
+        return anchor[:1] + [(lr, f) for lr, f in done if lr != last.best_lr]
+
+    def begin_trial(self, index: int, step: int, lr: float | None = None) -> float:
+        """Begin trial ``index`` at global step ``step`` (at ``lr``, else at the proposer's next LR); returns its LR,
+        clamped to the range."""
+        self.trial = index
+        self.trial_start = step
+        self.trial_losses = []
+        self.trial_probes = []
+        self.trial_steps = 0
+        self.abort_checked = False
+        proposed = self.proposer.propose() if lr is None else lr
+        return min(max(proposed, self.bounds[0]), self.bounds[1])
+
+    # ------------------------------------------------------------------ a trial's steps
+    def probe_due(self) -> bool:
+        """Whether the next trial step ends with a validation probe."""
+        return self.probe_stride > 0 and (self.trial_steps + 1) % self.probe_stride == 0
+
+    def add_probe(self, value: float) -> None:
+        self.trial_probes.append(float(value))
+
+    def record_step(
+        self, record: StageRecord, lr: float, loss: float | None, diverged: bool, step: int
+    ) -> TrialOutcome | None:
+        """Record a trial step at ``lr`` that updated the weights (``step``: the global step after it); the outcome
+        when the trial ended, else ``None``."""
+        self.trial_steps += 1
+        if loss is not None and not diverged:
+            self.trial_losses.append(loss)
+        series, _ = self._series()
+        if self.stage_level is None and series:
+            self.stage_level = series[0]
+        if not diverged and self.trial_steps < self.tau_prime:
+            partial = self._abort_forecast(record) if self.options.abort_trials else None
+            return None if partial is None else self._finish_trial(record, lr, step, False, partial)
+        return self._finish_trial(record, lr, step, diverged)
+
+    def _series(self) -> tuple[list[float], int]:
+        """The series the current trial is judged on and its forecast horizon (in that series' units)."""
+        if self.probe_stride:  # judged on validation probes, one every `stride` steps
+            return self.trial_probes, max(1, self.tau // self.probe_stride)
+        return self.trial_losses, self.tau
+
+    def _abort_forecast(self, record: StageRecord) -> Forecast | None:
+        """The partial forecast of the running trial when it is clearly worse than the stage's best; else ``None``."""
+        series, horizon = self._series()
+        full = self.tau_prime // self.probe_stride if self.probe_stride else self.tau_prime
+        if self.abort_checked or full < 8 or len(series) < max(4, full // 2):
+            return None
+        self.abort_checked = True  # one check per trial, at half of its series
+        done = [t.predicted_loss for t in record.trials if not t.diverged and not t.aborted]
+        if not done or self.stage_level is None:
+            return None
+        best = min(d for d in done if d is not None)
+        margin = self.options.abort_margin * max(self.stage_level - best, 0.0)
+        forecast = self.forecaster.predict(series, horizon)
+        if forecast.method == "empty" or not forecast.value > best + margin:
+            return None
+        return forecast
+
+    def _trial_record(self, lr: float, diverged: bool, partial: Forecast | None) -> tuple[TrialRecord, float]:
+        """The finished trial's record and its forecast (``inf`` when it diverged)."""
+        series, horizon = self._series()
+        if partial is not None:
+            forecast: Forecast | None = partial
+        else:
+            forecast = None if diverged else self.forecaster.predict(series, horizon)
+        predicted = math.inf if forecast is None else forecast.value
+        diverged = diverged or not math.isfinite(predicted)
+        tail = self.trial_losses[-max(1, len(self.trial_losses) // 4) :]
+        trial = TrialRecord(
+            lr=lr,
+            start_step=self.trial_start,
+            predicted_loss=None if diverged else predicted,
+            steps=self.trial_steps,
+            diverged=diverged,
+            final_loss=_jsonable(statistics.fmean(tail)) if tail else None,
+            forecast=None if forecast is None else forecast.method,
+            aborted=partial is not None,
+        )
+        return trial, predicted
+
+    def _finish_trial(
+        self, record: StageRecord, lr: float, step: int, diverged: bool, partial: Forecast | None = None
+    ) -> TrialOutcome:
+        trial, predicted = self._trial_record(lr, diverged, partial)
+        record.trials.append(trial)
+        self.proposer.observe(lr, predicted, diverged=trial.diverged)
+        self._apply_warm_prior(len(record.trials), trial.diverged, predicted)
+        out = TrialOutcome(events=[TrialEvent(self.stage, self.trial, trial)])
+        if self.options.reuse_best_trial and not trial.diverged and trial.steps == self.tau_prime:
+            best = self.best_trial
+            if best is None or (predicted, lr) < (record.trials[best].predicted_loss, record.trials[best].lr):
+                self.best_trial = self.trial
+                out.save_best = True
+        done = len(record.trials)
+        o = self.options
+        stop_early = (
+            o.early_stop
+            and done < o.num_trials
+            and done >= o.min_trials
+            and not self.proposer.improvement_plausible(o.stop_beta)
+        )
+        if stop_early:
+            record.stopped_early = True
+        if self.trial + 1 < o.num_trials and not stop_early:
+            out.next_lr = self.begin_trial(self.trial + 1, step)
+            return out
+        self._end_search(record, out)
+        return out
+
+    def _apply_warm_prior(self, done: int, diverged: bool, predicted: float) -> None:
+        """Warm start: the anchor's change in forecast shifts the previous stage's other forecasts into the GP."""
+        if not self.warm_prior or done != 1:
+            return
+        if not diverged:
+            shift = predicted - self.warm_prior[0][1]
+            others = self.warm_prior[1:]
+            self.proposer.set_prior([lr for lr, _ in others], [f + shift for _, f in others])
+        self.warm_prior = []
+
+    def _end_search(self, record: StageRecord, out: TrialOutcome) -> None:
+        """Rank the trials, choose the LR to exploit and whether the best trial's end state is reused."""
+        ranked = sorted((t for t in record.trials if not t.diverged), key=lambda t: (t.predicted_loss, t.lr))
+        out.ranking = [t.lr for t in ranked]
+        best = out.ranking[0] if out.ranking else self.bounds[0]
+        record.best_lr = out.best_lr = best
+        if self.best_trial is not None and record.trials[self.best_trial].lr == best:
+            record.reused_trial = self.best_trial
+            out.reused_steps = self.tau_prime
+            if self.best_trial == len(record.trials) - 1:
+                out.restore = out.save_best = False  # the model already holds that state
+            else:
+                out.restore_best = True
+        self.best_trial = None
+        out.events.append(SearchEvent(self.stage, best, len(record.trials)))
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """The trials' state (keys of the controller's version-1 state)."""
+        return {
+            "trial": self.trial,
+            "trial_start": self.trial_start,
+            "trial_losses": list(self.trial_losses),
+            "trial_probes": list(self.trial_probes),
+            "probe_stride": self.probe_stride,
+            "trial_steps": self.trial_steps,
+            "best_trial": self.best_trial,
+            "proposer": self.proposer.state_dict(),
+            "stage_level": self.stage_level,
+            "abort_checked": self.abort_checked,
+            "warm_prior": [list(p) for p in self.warm_prior],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; keys added in later versions are read with defaults."""
+        self.trial = int(state.get("trial", 0))
+        self.trial_start = int(state.get("trial_start", 0))
+        self.trial_losses = [float(x) for x in state.get("trial_losses", [])]
+        self.trial_probes = [float(x) for x in state.get("trial_probes", [])]
+        self.probe_stride = int(state.get("probe_stride", 0))
+        self.trial_steps = int(state.get("trial_steps", 0))
+        best_trial = state.get("best_trial")
+        self.best_trial = None if best_trial is None else int(best_trial)
+        level = state.get("stage_level")
+        self.stage_level = None if level is None else float(level)
+        self.abort_checked = bool(state.get("abort_checked", False))
+        self.warm_prior = [(float(lr), float(f)) for lr, f in state.get("warm_prior", [])]
+        if "proposer" in state:
+            self.proposer.load_state_dict(state["proposer"])

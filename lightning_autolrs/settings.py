@@ -1,0 +1,424 @@
+"""The AutoLRS settings, declared once: types, defaults, checks and docs of every argument of
+:class:`~lightning_autolrs.AutoLRS`, and the values derived from them at fit start.
+
+:class:`Settings` is the single declaration. ``AutoLRS.__init__`` keeps an explicit keyword signature (LightningCLI and
+``inspect.signature`` read it) that a test holds equal to the fields here; its ``Args`` docs, the README's table of
+arguments (:func:`markdown_table`) and the schedule JSON's ``settings`` are generated from the fields. Validation runs
+once, in ``Settings.__post_init__``.
+
+:func:`derive` is the one pure function that turns the settings, the optimizer's configured LR and the Trainer's step
+budget into what the run uses (:class:`Derived`): the LR range (or ``None`` while a range test must find it), the
+warmup LR, τ, the range test's length and swept LRs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+import torch
+
+from lightning_autolrs._validation import check_float, check_int
+from lightning_autolrs.exceptions import InvalidArgumentError
+from lightning_autolrs.proposer import DEFAULT_BETA
+
+__all__ = [
+    "MONITORS",
+    "RANGE_SPAN",
+    "Derived",
+    "Settings",
+    "default_tau",
+    "derive",
+    "docstring_args",
+    "markdown_table",
+    "tau_prime_for",
+]
+
+MONITORS = ("auto", "train_loss", "val_loss")
+#: ``max_lr / min_lr`` when only one bound is given or a range test found ``max_lr``.
+RANGE_SPAN = 1000.0
+DEFAULT_RANGE_BELOW = 100.0  # without a range and a range test: the configured LR ÷ 100 ...
+DEFAULT_RANGE_ABOVE = 10.0  # ... to × 10
+RANGE_TEST_BELOW = 1e-4  # the range test sweeps from the configured LR × 1e-4 ...
+RANGE_TEST_ABOVE = 1e2  # ... to × 1e2
+RANGE_TEST_SHARE = 0.05
+RANGE_TEST_MIN_STEPS = 20
+RANGE_TEST_MAX_STEPS = 100
+
+
+def _setting(default: Any, doc: str, check: Callable[[str, Any], Any] | None = None) -> Any:
+    """A settings field: its default, its documentation and the check that validates and normalises a value."""
+    return field(default=default, metadata={"doc": " ".join(doc.split()), "check": check})
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    return bool(value)
+
+
+def _positive_or_none(name: str, value: Any) -> float | None:
+    return check_float(name, value, positive=True, allow_none=True)
+
+
+def _int_at_least(minimum: int, allow_none: bool = False) -> Callable[[str, Any], Any]:
+    return lambda name, value: check_int(name, value, minimum=minimum, allow_none=allow_none)
+
+
+def _check_divergence_factor(name: str, value: Any) -> float:
+    factor = check_float(name, value, positive=True)
+    if factor <= 1.0:
+        raise InvalidArgumentError(f"`divergence_factor` must be > 1, got {value}.")
+    return factor
+
+
+def _check_monitor(name: str, value: Any) -> str:
+    if value not in MONITORS:
+        raise InvalidArgumentError(f"`monitor` must be one of {', '.join(map(repr, MONITORS))}, got {value!r}.")
+    return str(value)
+
+
+def _check_range_test(name: str, value: Any) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise InvalidArgumentError(f"`range_test` must be None, True or False, got {value!r}.")
+    return value
+
+
+def _check_val_loss_fn(name: str, value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise InvalidArgumentError(f"`val_loss_fn` must be callable as fn(module, batch), got {value!r}.")
+    return value
+
+
+def _check_snapshot_device(name: str, value: Any) -> Any:
+    if value is not None and not isinstance(value, str | torch.device):
+        raise InvalidArgumentError(f"`snapshot_device` must be None or a device name like 'cpu', got {value!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every AutoLRS argument, checked and normalised on construction (the docs of each field are in its metadata).
+
+    Example:
+        >>> Settings(min_lr=1e-4, max_lr=1e-1).num_trials
+        10
+        >>> Settings(min_lr=None, max_lr=None).range_test_on, Settings(min_lr=1e-4).range_test_on
+        (True, False)
+    """
+
+    min_lr: float | None = _setting(
+        None,
+        """lower end of the LR search range. Default (``None``): found by the LR range test (see ``range_test``), or
+        ``max_lr`` / 1000 when only ``max_lr`` is given.""",
+        _positive_or_none,
+    )
+    max_lr: float | None = _setting(
+        None,
+        """upper end of the LR search range. Default (``None``): found by the LR range test, or ``min_lr`` × 1000
+        when only ``min_lr`` is given.""",
+        _positive_or_none,
+    )
+    num_trials: int = _setting(10, "candidate LRs tried per stage (≥ 2).", _int_at_least(2))
+    tau: int | None = _setting(
+        None,
+        """the first stage's exploit length τ in optimizer steps. Default (``None``): derived from the Trainer's step
+        budget so that at least three full stages fit (``(budget − warmup_steps) / (7·(1 + num_trials·search_ratio))``),
+        or 1000 if the budget is unbounded.""",
+        _int_at_least(1, allow_none=True),
+    )
+    tau_max: int = _setting(8000, "τ doubles each stage until it reaches ``tau_max``.", _int_at_least(1))
+    search_ratio: float = _setting(
+        0.1, "trial length as a fraction of τ, in (0, 1).", lambda n, v: check_float(n, v, open_unit=True)
+    )
+    beta: float = _setting(
+        DEFAULT_BETA,
+        """UCB exploration weight (``mean + sqrt(beta)·sigma`` on the negated forecast loss). The default 8 explores a
+        lot, which is cheap: the stage keeps the best *observed* trial, and a stage has only ~10 trials.""",
+        lambda n, v: check_float(n, v, positive=True),
+    )
+    warmup_steps: int = _setting(
+        0, "linear LR warmup steps before the first stage (no search during warmup).", _int_at_least(0)
+    )
+    warmup_lr: float | None = _setting(
+        None,
+        """LR reached at the end of warmup. Default: the optimizer's configured LR, clamped to the range when the
+        range is known before warmup (no range test).""",
+        _positive_or_none,
+    )
+    seed: int | None = _setting(
+        None,
+        "seed of each stage's first, space-filling proposals (stage ``s`` uses ``seed + s``; ``None`` acts as 0).",
+        lambda n, v: check_int(n, v, allow_none=True),
+    )
+    divergence_factor: float = _setting(
+        5.0,
+        """a trial whose loss exceeds this multiple of the stage's reference loss (or is NaN/inf) is stopped at once
+        and restored.""",
+        _check_divergence_factor,
+    )
+    monitor: str = _setting(
+        "auto",
+        """what a trial is judged on. ``"train_loss"``: the training loss of every trial step. ``"val_loss"``: the
+        loss on ``val_batches`` fixed validation batches, probed at 8 evenly spaced steps of each trial (the paper's
+        objective; needs a validation dataloader). ``"auto"`` (default): validation probes once trials are at least
+        200 steps long (and a validation dataloader exists), the training loss for shorter trials, where 8 probes of
+        10 batches would cost too much relative to the trial and the training loss is the less noisy signal.""",
+        _check_monitor,
+    )
+    reuse_best_trial: bool = _setting(
+        False,
+        """continue the exploit phase from the end state of the best trial (one more in-memory snapshot) instead of
+        re-training its τ' steps from the stage start; saves τ' steps per stage.""",
+        _as_bool,
+    )
+    early_stop: bool = _setting(
+        False,
+        """end a stage's search early, after at least ``min_trials`` trials, once the GP's optimistic bound
+        (``mean + sigma``) nowhere beats the best trial.""",
+        _as_bool,
+    )
+    min_trials: int = _setting(3, "fewest trials per stage when ``early_stop`` is on (≥ 2).", _int_at_least(2))
+    abort_trials: bool = _setting(
+        False,
+        """end a running trial at half of its length when its partial forecast is worse than the stage's best trial
+        by more than half of that trial's forecast improvement (needs trials of ≥ 8 steps or probes).""",
+        _as_bool,
+    )
+    warm_start: bool = _setting(
+        False,
+        """a later stage's first trial re-tries the previous stage's LR, and the previous stage's other forecasts,
+        shifted by that trial's change, enter the GP as prior points (fewer trials with ``early_stop``).""",
+        _as_bool,
+    )
+    range_test: bool | None = _setting(
+        None,
+        """find ``min_lr``/``max_lr`` with a short LR range test before the first stage: the LR sweeps geometrically
+        from the configured LR × 1e-4 to × 1e2, stopping once the loss blows up; ``max_lr`` is the LR three sweep
+        steps before the lowest smoothed loss (the loss lags the LR) and ``min_lr`` = ``max_lr`` / 1000. The model
+        and optimizer are then restored, so the test costs its steps (counted in the budget, in the ``"warmup"``
+        phase) and nothing else; its result is logged and kept in :attr:`range_test_result`. ``None`` (default): on
+        when neither ``min_lr`` nor ``max_lr`` is given. ``False``: the range is the configured LR ÷ 100 … × 10
+        instead.""",
+        _check_range_test,
+    )
+    range_test_steps: int | None = _setting(
+        None,
+        """length of the sweep; default (``None``): 5 % of the step budget, clipped to [20, 100] (100 when the budget
+        is unbounded).""",
+        _int_at_least(2, allow_none=True),
+    )
+    val_batches: int = _setting(10, "batches of the validation dataloader used by the probe.", _int_at_least(1))
+    val_loss_fn: Callable[[Any, Any], Any] | None = _setting(
+        None,
+        """``val_loss_fn(module, batch) -> loss`` for the probe; default: the module's ``validation_step`` (its
+        returned loss, or the value it logs as ``*val_loss``).""",
+        _check_val_loss_fn,
+    )
+    snapshot_device: str | None = _setting(
+        None,
+        """where the stage snapshot lives: ``None`` keeps each copy on its tensor's device, ``"cpu"`` keeps it in
+        host memory.""",
+        _check_snapshot_device,
+    )
+    checkpoint_snapshot: bool = _setting(
+        True,
+        """put the stage snapshot into checkpoints saved during a search (one extra copy of model and optimizer
+        state), so a resumed run continues the interrupted trial exactly. ``False`` keeps checkpoints small; a run
+        resumed in the middle of a search then restarts that stage's search from the resumed weights.""",
+        _as_bool,
+    )
+    save_files: bool = _setting(
+        True,
+        """at fit end, write ``autolrs_schedule.json`` and ``autolrs_schedule.png`` into the Trainer's log dir (only
+        when the Trainer has a logger; the PNG needs matplotlib).""",
+        _as_bool,
+    )
+    verbose: bool = _setting(True, "print one line per trial and per stage on rank zero.", _as_bool)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check = f.metadata["check"]
+            if check is not None:
+                object.__setattr__(self, f.name, check(f.name, getattr(self, f.name)))
+            if f.name == "max_lr":
+                self._check_range()
+            elif f.name == "tau_max" and self.tau is not None and self.tau_max < self.tau:
+                raise InvalidArgumentError(f"`tau_max` must be >= `tau`, got tau_max={self.tau_max} < tau={self.tau}.")
+
+    def _check_range(self) -> None:
+        lo, hi = self.min_lr, self.max_lr
+        if lo is not None and hi is not None and hi <= lo:
+            raise InvalidArgumentError(
+                f"`max_lr` must be greater than `min_lr`, got max_lr={hi} <= min_lr={lo}; widen the range."
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as JSON values (``val_loss_fn`` left out, a ``torch.device`` written as its name)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "val_loss_fn"}
+        if out["snapshot_device"] is not None:
+            out["snapshot_device"] = str(out["snapshot_device"])
+        return out
+
+    @property
+    def range_test_on(self) -> bool:
+        """Whether a range test runs: ``range_test``, or when ``None`` whether neither bound is given."""
+        return (self.min_lr is None and self.max_lr is None) if self.range_test is None else self.range_test
+
+
+def docstring_args(indent: int = 8, width: int = 120) -> str:
+    """The ``Args:`` entries of the settings, Google style, wrapped to ``width`` columns."""
+    import textwrap
+
+    lines: list[str] = []
+    for f in fields(Settings):
+        lines += textwrap.wrap(
+            f"{f.name}: {f.metadata['doc']}",
+            width=width,
+            initial_indent=" " * indent,
+            subsequent_indent=" " * (indent + 4),
+            break_on_hyphens=False,
+        )
+    return "\n".join(lines)
+
+
+def markdown_table() -> str:
+    """The README's table of arguments: name, default, meaning (one row per settings field).
+
+    Example:
+        >>> markdown_table().splitlines()[2]
+        '| `min_lr` | `None` | lower end of the LR search range. Default (``None``): found by the LR range test (see ``range_test``), or ``max_lr`` / 1000 when only ``max_lr`` is given. |'
+    """  # noqa: E501
+    rows = ["| argument | default | meaning |", "| --- | --- | --- |"]
+    for f in fields(Settings):
+        default = f.default if f.default is not MISSING else ""
+        doc = f.metadata["doc"].replace("|", "\\|")
+        rows.append(f"| `{f.name}` | `{default!r}` | {doc} |")
+    return "\n".join(rows)
+
+
+def default_tau(total_steps: float | None, num_trials: int, search_ratio: float, warmup_steps: int) -> int:
+    """First-stage τ derived from the step budget so that at least three full stages fit.
+
+    Three stages with doubling cost ``(1 + 2 + 4)·τ·(1 + num_trials·search_ratio)`` steps, so
+    ``τ = floor((total_steps − warmup_steps) / (7·(1 + num_trials·search_ratio)))``. An unbounded budget gives 1000.
+
+    Example:
+        >>> default_tau(2000, num_trials=10, search_ratio=0.1, warmup_steps=0)
+        142
+        >>> default_tau(None, num_trials=10, search_ratio=0.1, warmup_steps=0)
+        1000
+    """
+    if total_steps is None or math.isinf(total_steps):
+        return 1000
+    return int((total_steps - warmup_steps) // (7 * (1 + num_trials * search_ratio)))
+
+
+def tau_prime_for(tau: int, search_ratio: float) -> int:
+    """Trial length τ' for a stage of length τ: ``max(1, round(search_ratio·τ))``."""
+    return max(1, round(search_ratio * tau))
+
+
+@dataclass(frozen=True)
+class Derived:
+    """What a run uses, derived by :func:`derive` at fit start.
+
+    Attributes:
+        min_lr: lower end of the LR range, ``None`` while a range test must find it (and it was not given).
+        max_lr: upper end of the LR range (as ``min_lr``).
+        warmup_lr: LR reached at the end of warmup.
+        tau: the first stage's τ.
+        tau_max: the largest τ (never below ``tau``).
+        total_steps: the Trainer's step budget, ``None`` when unbounded.
+        range_test_steps: length of the range test (0: none).
+        range_test_lrs: (lowest, highest) LR of the range test's sweep.
+    """
+
+    min_lr: float | None
+    max_lr: float | None
+    warmup_lr: float
+    tau: int
+    tau_max: int
+    total_steps: int | None
+    range_test_steps: int
+    range_test_lrs: tuple[float, float]
+
+
+def _resolve_range(s: Settings, configured_lr: float) -> tuple[float | None, float | None, float]:
+    """(min_lr, max_lr, warmup_lr) before any range test ran."""
+    lo, hi = s.min_lr, s.max_lr
+    if s.range_test_on:  # None until the range test has run (given bounds win)
+        return lo, hi, configured_lr if s.warmup_lr is None else s.warmup_lr
+    if lo is None and hi is None:
+        lo, hi = configured_lr / DEFAULT_RANGE_BELOW, configured_lr * DEFAULT_RANGE_ABOVE
+    elif lo is None:
+        assert hi is not None
+        lo = hi / RANGE_SPAN
+    elif hi is None:
+        hi = lo * RANGE_SPAN
+    lo, hi = float(lo), float(hi)
+    warmup_lr = min(max(configured_lr, lo), hi) if s.warmup_lr is None else s.warmup_lr
+    return lo, hi, warmup_lr
+
+
+def _range_test_steps(s: Settings, total_steps: int | None) -> int:
+    if not s.range_test_on:
+        return 0
+    if s.range_test_steps:
+        return s.range_test_steps
+    if total_steps is None:
+        return RANGE_TEST_MAX_STEPS
+    return min(max(round(RANGE_TEST_SHARE * total_steps), RANGE_TEST_MIN_STEPS), RANGE_TEST_MAX_STEPS)
+
+
+def derive(s: Settings, configured_lr: float, total_steps: float | None, *, check_budget: bool = True) -> Derived:
+    """The values a run uses, from the settings, the optimizer's configured LR and the Trainer's step budget.
+
+    Args:
+        s: the settings.
+        configured_lr: the LR of the optimizer's first param group (> 0).
+        total_steps: the Trainer's estimated stepping batches (``None``, negative or ``inf``: unbounded).
+        check_budget: refuse a budget too small for one search (off when resuming: the budget was checked before).
+
+    Raises:
+        InvalidArgumentError: the budget is too small to derive τ or for one search with τ.
+
+    Example:
+        >>> d = derive(Settings(min_lr=1e-3, num_trials=5), configured_lr=0.1, total_steps=1000)
+        >>> d.min_lr, d.max_lr, d.warmup_lr, d.tau, d.range_test_steps
+        (0.001, 1.0, 0.1, 95, 0)
+    """
+    total = None if total_steps is None or math.isinf(total_steps) or total_steps < 0 else int(total_steps)
+    lo, hi, warmup_lr = _resolve_range(s, configured_lr)
+    rt_steps = _range_test_steps(s, total)
+    before = s.warmup_steps + rt_steps  # steps before the first stage
+    if s.tau is not None:
+        tau = s.tau
+    else:
+        tau = min(default_tau(total, s.num_trials, s.search_ratio, before), s.tau_max)
+        if tau < 1:
+            raise InvalidArgumentError(
+                f"The Trainer's budget of {total} optimizer steps is too small to derive `tau` "
+                f"(needs at least {7 * (1 + s.num_trials * s.search_ratio) + before:.0f} steps for three "
+                f"stages after `warmup_steps`={s.warmup_steps} and {rt_steps} range-test steps); "
+                "raise `max_steps`/`max_epochs`, pass a small `tau`, or give `min_lr`/`max_lr`."
+            )
+    if total is not None and check_budget:
+        need = before + (s.num_trials + 1) * tau_prime_for(tau, s.search_ratio)
+        if need > total:
+            raise InvalidArgumentError(
+                f"`tau`={tau} needs at least {need} optimizer steps for one search with `num_trials`="
+                f"{s.num_trials} (plus `warmup_steps`={s.warmup_steps} and {rt_steps} "
+                f"range-test steps), but the Trainer's budget is {total}. Lower `tau` or `num_trials`, "
+                "raise `max_steps`, or give `min_lr`/`max_lr`."
+            )
+    return Derived(
+        min_lr=lo,
+        max_lr=hi,
+        warmup_lr=warmup_lr,
+        tau=tau,
+        tau_max=max(s.tau_max, tau),
+        total_steps=total,
+        range_test_steps=rt_steps,
+        range_test_lrs=(configured_lr * RANGE_TEST_BELOW, configured_lr * RANGE_TEST_ABOVE),
+    )

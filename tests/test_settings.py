@@ -1,0 +1,135 @@
+"""Tests of :mod:`lightning_autolrs.settings`: the one declaration of the AutoLRS arguments and the derived values."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import re
+from pathlib import Path
+
+import docstring_parser
+import pytest
+
+from lightning_autolrs import AutoLRS
+from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError
+from lightning_autolrs.settings import RANGE_SPAN, Settings, default_tau, derive, markdown_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_callback_signature_is_the_settings_fields() -> None:
+    params = [p for p in inspect.signature(AutoLRS.__init__).parameters.values() if p.name != "self"]
+    fields = dataclasses.fields(Settings)
+    assert [p.name for p in params] == [f.name for f in fields]
+    assert [p.default for p in params] == [f.default for f in fields]
+    assert [p.annotation for p in params] == [f.type for f in fields]  # both are strings (postponed annotations)
+    kinds = [p.kind for p in params]
+    assert kinds[:2] == [inspect.Parameter.POSITIONAL_OR_KEYWORD] * 2
+    assert set(kinds[2:]) == {inspect.Parameter.KEYWORD_ONLY}
+
+
+def test_callback_docs_are_the_settings_docs() -> None:
+    params = [p for p in docstring_parser.parse(AutoLRS.__doc__).params if p.args[0] == "param"]
+    docs = {p.arg_name: " ".join(p.description.split()) for p in params}
+    assert docs == {f.name: f.metadata["doc"] for f in dataclasses.fields(Settings)}
+
+
+def test_readme_table_is_generated_from_the_settings() -> None:
+    text = README.read_text()
+    found = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", text, re.S)
+    assert found, "README.md has no settings table"
+    assert found.group(1) == markdown_table(), "README.md's table of arguments drifted: paste markdown_table() in"
+    assert markdown_table().count("\n| `") == len(dataclasses.fields(Settings))
+
+
+def test_every_argument_reaches_the_settings() -> None:
+    changed = dict(
+        min_lr=1e-4, max_lr=0.5, num_trials=4, tau=7, tau_max=70, search_ratio=0.2, beta=2.0, warmup_steps=3,
+        warmup_lr=0.01, seed=3, divergence_factor=3.0, monitor="val_loss", reuse_best_trial=True, early_stop=True,
+        min_trials=2, abort_trials=True, warm_start=True, range_test=False, range_test_steps=9, val_batches=2,
+        val_loss_fn=len, snapshot_device="cpu", checkpoint_snapshot=False, save_files=False, verbose=False,
+    )  # fmt: skip
+    assert set(changed) == {f.name for f in dataclasses.fields(Settings)}
+    settings = AutoLRS(**changed)._settings
+    assert all(getattr(settings, k) == v for k, v in changed.items())
+    assert all(getattr(Settings(), k) != v for k, v in changed.items())  # every value above differs from the default
+
+
+def test_settings_are_frozen_and_normalised() -> None:
+    s = Settings(min_lr=1, max_lr=10, reuse_best_trial=1)
+    assert s.min_lr == 1.0 and isinstance(s.min_lr, float) and s.reuse_best_trial is True
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.num_trials = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        (dict(min_lr=0.1, max_lr=0.1), InvalidArgumentError, "`max_lr` must be greater"),
+        (dict(tau=10, tau_max=5), InvalidArgumentError, "`tau_max` must be >= `tau`"),
+        (dict(num_trials=True), InvalidArgumentTypeError, "`num_trials`"),
+        (dict(monitor="loss"), InvalidArgumentError, "`monitor`"),
+        (dict(range_test=1), InvalidArgumentError, "`range_test`"),
+        (dict(val_loss_fn=3), InvalidArgumentError, "`val_loss_fn`"),
+        (dict(snapshot_device=0), InvalidArgumentError, "`snapshot_device`"),
+    ],
+)
+def test_invalid_settings(kwargs, exc, match) -> None:
+    with pytest.raises(exc, match=match):
+        Settings(**kwargs)
+
+
+def test_validation_runs_once(monkeypatch) -> None:
+    import lightning_autolrs.settings as settings_mod
+
+    calls = []
+    original = settings_mod.check_float
+    monkeypatch.setattr(settings_mod, "check_float", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
+    AutoLRS(min_lr=1e-3, max_lr=1.0)
+    assert calls.count("min_lr") == 1 and calls.count("max_lr") == 1
+
+
+# ---------------------------------------------------------------------------------------------- derive
+def test_derive_keeps_a_given_range() -> None:
+    d = derive(Settings(min_lr=1e-3, max_lr=0.5), 0.1, 1000)
+    assert (d.min_lr, d.max_lr, d.warmup_lr, d.range_test_steps) == (1e-3, 0.5, 0.1, 0)
+
+
+def test_derive_fills_the_missing_bound_and_the_default_range() -> None:
+    only_min = derive(Settings(min_lr=1e-3), 0.1, 1000)
+    assert (only_min.min_lr, only_min.max_lr, only_min.range_test_steps) == (1e-3, 1e-3 * RANGE_SPAN, 0)
+    only_max = derive(Settings(max_lr=0.5), 0.1, 1000)
+    assert (only_max.min_lr, only_max.max_lr) == (0.5 / RANGE_SPAN, 0.5)
+    none = derive(Settings(range_test=False), 0.1, 1000)
+    assert (none.min_lr, none.max_lr) == (0.1 / 100, 0.1 * 10)
+    assert derive(Settings(min_lr=0.2, max_lr=0.5), 0.1, 1000).warmup_lr == 0.2  # clamped into the range
+    assert derive(Settings(min_lr=0.2, max_lr=0.5, warmup_lr=0.05), 0.1, 1000).warmup_lr == 0.05
+
+
+def test_derive_range_test_length_and_lrs() -> None:
+    d = derive(Settings(), 0.1, 1000)
+    assert (d.min_lr, d.max_lr, d.warmup_lr) == (None, None, 0.1)
+    assert d.range_test_steps == 50 and d.range_test_lrs == (0.1 * 1e-4, 0.1 * 1e2)
+    assert derive(Settings(), 0.1, 200).range_test_steps == 20  # clipped below
+    assert derive(Settings(), 0.1, 100_000).range_test_steps == 100  # clipped above
+    assert derive(Settings(), 0.1, math.inf).range_test_steps == 100  # unbounded
+    assert derive(Settings(range_test_steps=7), 0.1, 1000).range_test_steps == 7
+
+
+def test_derive_tau_from_the_budget() -> None:
+    d = derive(Settings(min_lr=1e-3, max_lr=1.0, warmup_steps=30), 0.1, 2000)
+    assert d.tau == default_tau(2000, 10, 0.1, 30) == positive_int(d.tau) and d.total_steps == 2000
+    assert derive(Settings(min_lr=1e-3, max_lr=1.0, tau_max=50), 0.1, 2000).tau == 50
+    assert derive(Settings(min_lr=1e-3, max_lr=1.0), 0.1, None).tau == 1000
+    assert derive(Settings(min_lr=1e-3, max_lr=1.0), 0.1, -1).total_steps is None
+    with pytest.raises(InvalidArgumentError, match="too small to derive `tau`"):
+        derive(Settings(min_lr=1e-3, max_lr=1.0), 0.1, 10)
+    with pytest.raises(InvalidArgumentError, match="`tau`=1000"):
+        derive(Settings(min_lr=1e-3, max_lr=1.0, tau=1000), 0.1, 500)
+    assert derive(Settings(min_lr=1e-3, max_lr=1.0, tau=1000), 0.1, 500, check_budget=False).tau == 1000
+
+
+def positive_int(x: int) -> int:
+    assert isinstance(x, int) and x > 0
+    return x
