@@ -106,12 +106,8 @@ class LRProposer:
         beta: UCB exploration weight; the bound is ``mean + sqrt(beta) * std``. The default ``8.0``
             (``sqrt(beta)`` about 2.8) leans towards exploration because a stage has only about ten trials and
             ``best()`` keeps the best *observed* trial, so a trial spent checking an unexplored region costs little,
-            while missing the better basin costs the whole stage. On 1-D benchmarks over four decades with ten trials
-            (quadratics in log LR at six places, five two-basin functions, several seeds) ``beta=8`` found the global
-            basin in every run and the quadratics' minimum to within 0.12 decades, whereas ``beta=2`` missed the
-            global basin in 3 of 50 two-basin runs. (The authors' reference code explores even harder: an LCB with
-            ``kappa=1e6``.) Theoretical GP-UCB schedules (``beta`` around 20-30 here) would leave too few trials to
-            refine the minimum.
+            while missing the better basin costs the whole stage (``tests/test_proposer.py`` checks that it finds
+            the global basin of two-basin functions).
         seed: seed of the initial design and of BoTorch's random fit restarts (``None`` means ``0``, so results are
             reproducible either way).
         num_initial: number of observations the GP needs before it is used; earlier proposals come from the design.
@@ -372,6 +368,28 @@ class LRProposer:
         self, xs: list[float], ys: list[float], *, tried: torch.Tensor, upper: float | None
     ) -> float | None:
         """Maximise UCB of ``-loss`` on the grid; ``None`` when the GP is degenerate or fails."""
+        fitted = self._fit_ucb(xs, ys)
+        if fitted is None:
+            return None
+        values, _ = fitted
+        ok = self._free_mask(self._grid, tried) & torch.isfinite(values)
+        if upper is not None and bool((ok & (self._grid < upper)).any()):
+            ok &= self._grid < upper
+        if not bool(ok.any()):
+            if bool(torch.isfinite(values).any()):
+                return self._grid_fallback(tried, upper)  # every grid point is taken
+            log.debug("LRProposer: non-finite acquisition values, using the initial design.")
+            return None
+        return float(self._grid[int(torch.where(ok, values, -math.inf).argmax())])
+
+    def _fit_ucb(
+        self, xs: list[float], ys: list[float], beta: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Fit the GP to ``(x, -rescaled loss)`` and evaluate UCB on the grid.
+
+        Returns ``(values, train_y)`` shaped ``(grid_size,)`` and ``n x 1``, or ``None`` when the targets are degenerate
+        or the GP fails (both logged at ``DEBUG``; warnings of the fit are caught and logged, never shown).
+        """
         y = _rescale(ys)
         if y is None:
             log.debug("LRProposer: degenerate targets %s, using the initial design.", ys)
@@ -382,23 +400,14 @@ class LRProposer:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                values = self._ucb_on_grid(train_x, train_y)
+                values = self._ucb_on_grid(train_x, train_y, beta=beta)
             except _GP_ERRORS as err:
                 log.debug("LRProposer: GP failed (%s: %s), using the initial design.", type(err).__name__, err)
         for w in caught:
             log.debug("LRProposer: %s during the GP fit: %s", w.category.__name__, w.message)
         if values is None:
             return None
-        values = values.detach().reshape(-1)
-        ok = self._free_mask(self._grid, tried) & torch.isfinite(values)
-        if upper is not None and bool((ok & (self._grid < upper)).any()):
-            ok &= self._grid < upper
-        if not bool(ok.any()):
-            if bool(torch.isfinite(values).any()):
-                return self._grid_fallback(tried, upper)  # every grid point is taken
-            log.debug("LRProposer: non-finite acquisition values, using the initial design.")
-            return None
-        return float(self._grid[int(torch.where(ok, values, -math.inf).argmax())])
+        return values.detach().reshape(-1), train_y
 
     def _ucb_on_grid(self, train_x: torch.Tensor, train_y: torch.Tensor, beta: float | None = None) -> torch.Tensor:
         """Fit the GP to ``(n x 1, n x 1)`` float64 data and return UCB on the ``grid_size x 1 x 1`` grid."""
@@ -433,17 +442,10 @@ class LRProposer:
         data = self._gp_data(tried)
         if data is None or len(data[0]) < max(2, self.num_initial):
             return True
-        y = _rescale(data[1])
-        if y is None:
+        fitted = self._fit_ucb(data[0], data[1], beta=beta)
+        if fitted is None:
             return True
-        train_x = torch.tensor(data[0], dtype=torch.float64).unsqueeze(-1)
-        train_y = (-y).unsqueeze(-1)
-        with warnings.catch_warnings(record=True):
-            warnings.simplefilter("always")
-            try:
-                values = self._ucb_on_grid(train_x, train_y, beta=beta).detach().reshape(-1)
-            except _GP_ERRORS:
-                return True
+        values, train_y = fitted
         ok = self._free_mask(self._grid, tried) & torch.isfinite(values)
         upper = self._diverged_upper(tried)
         if upper is not None:
