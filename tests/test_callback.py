@@ -12,7 +12,7 @@ import torch
 from lightning_autolrs import AutoLRS
 from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError, UnsupportedSetupError
 
-from .conftest import make_module_class, trainer_kwargs
+from .helpers import make_module_class, trainer_kwargs
 
 
 def fit(pl, tmp_path, cb: AutoLRS, max_steps: int = 120, module_kw: dict | None = None, **trainer_kw: Any):

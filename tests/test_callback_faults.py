@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import signal
-from typing import Any
 
 import pytest
 import torch
 
 from lightning_autolrs import AutoLRS
 
-from .conftest import make_module_class, trainer_kwargs
-
-
-def autolrs(**kw: Any) -> AutoLRS:
-    args = dict(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, tau_max=40, search_ratio=0.25, seed=0, verbose=False)
-    args.update(kw)
-    return AutoLRS(**args)
+from .helpers import autolrs, make_module_class, trainer_kwargs
 
 
 def recorder(lpl):

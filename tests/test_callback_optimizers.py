@@ -8,7 +8,7 @@ import torch
 
 from lightning_autolrs import AutoLRS
 
-from .conftest import make_module_class, trainer_kwargs
+from .helpers import make_module_class, trainer_kwargs
 
 
 def build(name: str, params, lr: float) -> torch.optim.Optimizer:

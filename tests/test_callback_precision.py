@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_autolrs import AutoLRS
-
-from .conftest import make_module_class, trainer_kwargs
-
-
-def autolrs(**kw) -> AutoLRS:
-    args = dict(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, tau_max=40, search_ratio=0.25, seed=0, verbose=False)
-    args.update(kw)
-    return AutoLRS(**args)
+from .helpers import autolrs, make_module_class, trainer_kwargs
 
 
 def test_bf16_mixed_on_cpu(lpl, tmp_path) -> None:

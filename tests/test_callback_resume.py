@@ -11,31 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_autolrs import AutoLRS
-
-from .conftest import make_module_class, trainer_kwargs
-
-STEPS = 120  # full batch: one step per epoch; a checkpoint every 12 epochs (= steps)
-
-
-def autolrs(**kw) -> AutoLRS:
-    args = dict(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, tau_max=40, search_ratio=0.25, seed=0, verbose=False)
-    args.update(kw)
-    return AutoLRS(**args)
-
-
-def run(lpl, root: Path, cb: AutoLRS, ckpt_path: str | None = None, save_every_epoch: bool = False):
-    lpl.seed_everything(0)
-    model = make_module_class(lpl)(shuffle=False, batch_size=384)
-    callbacks: list = [cb]
-    if save_every_epoch:
-        callbacks.append(
-            lpl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", filename="{step}", every_n_epochs=12, save_top_k=-1)
-        )
-    kw = trainer_kwargs(root, max_steps=STEPS, enable_checkpointing=save_every_epoch, deterministic=True)
-    trainer = lpl.Trainer(callbacks=callbacks, **kw)
-    trainer.fit(model, ckpt_path=ckpt_path)
-    return trainer, model
+from .helpers import FULL_BATCH_STEPS as STEPS
+from .helpers import autolrs
+from .helpers import fit_full_batch as run
 
 
 @pytest.fixture(scope="module")

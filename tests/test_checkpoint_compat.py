@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from .test_callback_resume import STEPS, autolrs, run
+from .helpers import FULL_BATCH_STEPS as STEPS
+from .helpers import autolrs
+from .helpers import fit_full_batch as run
 
 DATA = Path(__file__).parent / "data"
 

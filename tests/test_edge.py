@@ -10,7 +10,7 @@ import pytest
 from lightning_autolrs import AutoLRS
 from lightning_autolrs._edge import ProgressBarHook
 
-from .conftest import make_module_class, trainer_kwargs
+from .helpers import make_module_class, trainer_kwargs
 
 
 def test_events_become_log_lines_and_logged_metrics(lpl, tmp_path, caplog) -> None:

@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 
 from lightning_autolrs.plot import plot_schedule
 
-from .test_schedule import sample
+from .helpers import sample
 
 
 def test_plot_writes_a_png_with_both_panels(tmp_path) -> None:

@@ -10,13 +10,12 @@ from lightning_autolrs import AutoLRS
 from lightning_autolrs.exceptions import UnsupportedSetupError
 from lightning_autolrs.probe import ValidationProbe
 
-from .conftest import make_module_class, trainer_kwargs
+from . import helpers
+from .helpers import make_module_class, trainer_kwargs
 
 
 def autolrs(**kw) -> AutoLRS:
-    args = dict(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=64, tau_max=64, search_ratio=0.25, seed=0, verbose=False)
-    args.update(kw)
-    return AutoLRS(**args)
+    return helpers.autolrs(**{"tau": 64, "tau_max": 64, **kw})  # trials long enough for 8 probes
 
 
 def test_val_loss_monitor_probes_every_trial(lpl, tmp_path) -> None:

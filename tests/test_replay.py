@@ -8,7 +8,7 @@ from lightning_autolrs import AutoLRS, ReplaySchedule, load_schedule
 from lightning_autolrs.exceptions import InvalidArgumentError
 from lightning_autolrs.schedule import Schedule
 
-from .conftest import make_module_class, trainer_kwargs
+from .helpers import make_module_class, trainer_kwargs
 
 
 def test_replays_the_exploit_lrs_of_a_real_run(lpl, tmp_path) -> None:

@@ -9,44 +9,7 @@ import pytest
 from lightning_autolrs.exceptions import ScheduleFormatError
 from lightning_autolrs.schedule import FORMAT, Schedule, load_schedule, save_schedule, summary_table
 
-
-def sample() -> Schedule:
-    stages = [
-        {
-            "stage": 0,
-            "start_step": 2,
-            "tau": 4,
-            "tau_prime": 1,
-            "lr_range": [0.01, 1.0],
-            "best_lr": 0.1,
-            "trials": [
-                {
-                    "lr": 0.5,
-                    "start_step": 2,
-                    "predicted_loss": None,
-                    "final_loss": None,
-                    "steps": 1,
-                    "diverged": True,
-                    "forecast": None,
-                },
-                {
-                    "lr": 0.1,
-                    "start_step": 3,
-                    "predicted_loss": 0.25,
-                    "final_loss": 0.3,
-                    "steps": 1,
-                    "diverged": False,
-                    "forecast": "short",
-                },
-            ],
-            "exploit_start": 4,
-            "exploit_steps": 4,
-            "search_steps": 2,
-            "fallbacks": [],
-        },
-    ]
-    lrs = [0.05, 0.1, 0.5, 0.1, 0.1, 0.1, 0.1, 0.1]
-    return Schedule(lrs=lrs, stages=stages, settings={"warmup_steps": 2}, losses=[1.0, 0.9, None, 0.8] + [0.5] * 4)
+from .helpers import sample
 
 
 def test_round_trip(tmp_path) -> None:

@@ -1,0 +1,168 @@
+"""Shared builders of the tests: tiny real LightningModules, Trainer arguments, an AutoLRS factory, runs and sample
+schedules. Test modules import them from here (``from .helpers import ...``); ``conftest.py`` holds fixtures only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_autolrs import AutoLRS
+from lightning_autolrs.schedule import Schedule
+
+#: The AutoLRS arguments most callback tests share: a given range, three short trials, quiet.
+AUTOLRS_DEFAULTS: dict[str, Any] = dict(
+    min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, tau_max=40, search_ratio=0.25, seed=0, verbose=False
+)
+FULL_BATCH_STEPS = 120  # fit_full_batch: full batch, one step per epoch; a checkpoint every 12 epochs (= steps)
+
+
+def autolrs(**kw: Any) -> AutoLRS:
+    """An :class:`AutoLRS` with :data:`AUTOLRS_DEFAULTS`, overridden by ``kw``."""
+    return AutoLRS(**{**AUTOLRS_DEFAULTS, **kw})
+
+
+def regression_data(n: int = 512, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    w = torch.randn(8, 1, generator=g)
+    y = torch.tanh(x @ w) + 0.05 * torch.randn(n, 1, generator=g)
+    return x, y
+
+
+def make_module_class(pl: ModuleType) -> type:
+    """A small MLP regression LightningModule of the given Lightning flavour."""
+
+    class TinyRegressor(pl.LightningModule):
+        def __init__(
+            self,
+            lr: float = 0.05,
+            optimizer: str = "sgd",
+            two_groups: bool = False,
+            batch_size: int = 32,
+            shuffle: bool = True,
+        ):
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+            x, y = regression_data()
+            self.train_set = TensorDataset(x[:384], y[:384])
+            self.val_set = TensorDataset(x[384:], y[384:])
+            self.group_lrs: list[list[float]] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = nn.functional.mse_loss(self(x), y)
+            self.log("train_loss", loss)
+            return loss
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            self.log("val_loss", nn.functional.mse_loss(self(x), y))
+
+        def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+            self.group_lrs.append([g["lr"] for g in optimizer.param_groups])
+
+        def configure_optimizers(self) -> Any:
+            lr = self.hparams.lr
+            if self.hparams.two_groups:
+                params = [
+                    {"params": self.net[0].parameters(), "lr": lr},
+                    {"params": self.net[2].parameters(), "lr": lr / 10},
+                ]
+            else:
+                params = self.parameters()
+            if self.hparams.optimizer == "adamw":
+                return torch.optim.AdamW(params, lr=lr)
+            return torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+        def train_dataloader(self) -> DataLoader:
+            g = torch.Generator().manual_seed(0)
+            return DataLoader(
+                self.train_set, batch_size=self.hparams.batch_size, shuffle=self.hparams.shuffle, generator=g
+            )
+
+        def val_dataloader(self) -> DataLoader:
+            return DataLoader(self.val_set, batch_size=128)
+
+    return TinyRegressor
+
+
+def trainer_kwargs(tmp_path: Any, **kw: Any) -> dict[str, Any]:
+    base = dict(
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    base.update(kw)
+    return base
+
+
+def fit_full_batch(
+    lpl: ModuleType, root: Path, cb: AutoLRS, ckpt_path: str | None = None, save_every_epoch: bool = False
+) -> tuple[Any, Any]:
+    """Fit the tiny regressor full-batch (so the data a step sees does not depend on where a resumed run restarts) for
+    :data:`FULL_BATCH_STEPS` steps, optionally saving a checkpoint every 12 steps under ``root / "ckpt"``."""
+    lpl.seed_everything(0)
+    model = make_module_class(lpl)(shuffle=False, batch_size=384)
+    callbacks: list = [cb]
+    if save_every_epoch:
+        callbacks.append(
+            lpl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", filename="{step}", every_n_epochs=12, save_top_k=-1)
+        )
+    kw = trainer_kwargs(root, max_steps=FULL_BATCH_STEPS, enable_checkpointing=save_every_epoch, deterministic=True)
+    trainer = lpl.Trainer(callbacks=callbacks, **kw)
+    trainer.fit(model, ckpt_path=ckpt_path)
+    return trainer, model
+
+
+def sample() -> Schedule:
+    stages = [
+        {
+            "stage": 0,
+            "start_step": 2,
+            "tau": 4,
+            "tau_prime": 1,
+            "lr_range": [0.01, 1.0],
+            "best_lr": 0.1,
+            "trials": [
+                {
+                    "lr": 0.5,
+                    "start_step": 2,
+                    "predicted_loss": None,
+                    "final_loss": None,
+                    "steps": 1,
+                    "diverged": True,
+                    "forecast": None,
+                },
+                {
+                    "lr": 0.1,
+                    "start_step": 3,
+                    "predicted_loss": 0.25,
+                    "final_loss": 0.3,
+                    "steps": 1,
+                    "diverged": False,
+                    "forecast": "short",
+                },
+            ],
+            "exploit_start": 4,
+            "exploit_steps": 4,
+            "search_steps": 2,
+            "fallbacks": [],
+        },
+    ]
+    lrs = [0.05, 0.1, 0.5, 0.1, 0.1, 0.1, 0.1, 0.1]
+    return Schedule(lrs=lrs, stages=stages, settings={"warmup_steps": 2}, losses=[1.0, 0.9, None, 0.8] + [0.5] * 4)
