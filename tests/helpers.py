@@ -3,6 +3,7 @@ schedules. Test modules import them from here (``from .helpers import ...``); ``
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -12,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_autolrs import AutoLRS
+from lightning_autolrs.controller import StageController
 from lightning_autolrs.schedule import Schedule
 
 #: The AutoLRS arguments most callback tests share: a given range, three short trials, quiet.
@@ -166,3 +168,66 @@ def sample() -> Schedule:
     ]
     lrs = [0.05, 0.1, 0.5, 0.1, 0.1, 0.1, 0.1, 0.1]
     return Schedule(lrs=lrs, stages=stages, settings={"warmup_steps": 2}, losses=[1.0, 0.9, None, 0.8] + [0.5] * 4)
+
+
+# -------------------------------------------------------------------------------- the controller, no Trainer
+class Quadratic:
+    """Noisy gradient descent on 0.5·Σ h_i w_i²; diverges for lr > 2 / max(h) = 0.2. Executes a controller's plans."""
+
+    def __init__(self, seed: int = 0, nan_above: float | None = None) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.h = torch.logspace(-1, 1, 16, dtype=torch.float64)
+        self.w = torch.randn(16, generator=g, dtype=torch.float64) * 3
+        self.gen = g
+        self.saved: torch.Tensor | None = None
+        self.best: torch.Tensor | None = None
+        self.best_restores = 0
+        self.inputs: list[torch.Tensor] = []  # weights each step started from (after restores)
+        self.outputs: list[torch.Tensor] = []  # weights after each step
+        self.restores = 0
+        self.captures = 0
+        self.nan_above = nan_above
+
+    def run(self, c: StageController, steps: int) -> None:
+        for _ in range(steps):
+            plan = c.begin_step()
+            if plan.save_best:
+                self.best = self.w.clone()
+            if plan.restore_best:
+                assert self.best is not None and not plan.restore
+                self.w.copy_(self.best)
+                self.best_restores += 1
+            if plan.restore:
+                assert self.saved is not None
+                self.w.copy_(self.saved)
+                self.restores += 1
+            if plan.capture:
+                self.saved = self.w.clone()
+                self.captures += 1
+            self.inputs.append(self.w.clone())
+            noise = torch.randn(16, generator=self.gen, dtype=torch.float64) * 0.1
+            loss = float(0.5 * (self.h * (self.w + noise) ** 2).sum())
+            self.w -= plan.lr * self.h * (self.w + noise)
+            if self.nan_above is not None and plan.lr > self.nan_above:
+                loss = math.nan
+                self.w.fill_(math.nan)
+            self.outputs.append(self.w.clone())
+            c.end_step(loss)
+
+
+def make(total: int | None = 1000, min_lr: float = 1e-3, max_lr: float = 1.0, **kw) -> StageController:
+    args = dict(num_trials=4, tau=40, tau_max=160, search_ratio=0.25, total_steps=total, seed=0)
+    args.update(kw)
+    return StageController(min_lr, max_lr, **args)
+
+
+def feed(c: StageController, losses) -> None:
+    for loss in losses:
+        c.begin_step()
+        c.end_step(loss)
+
+
+def clone_gen(gen: torch.Generator) -> torch.Generator:
+    out = torch.Generator()
+    out.set_state(gen.get_state())
+    return out

@@ -1,0 +1,115 @@
+"""Tests of the LR range test (:mod:`lightning_autolrs.range_test`), alone and driven by the controller."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from lightning_autolrs.controller import StageController
+from lightning_autolrs.exceptions import InvalidArgumentError
+
+from .helpers import Quadratic, clone_gen
+
+
+# ---------------------------------------------------------------------------------------------- range test
+def make_range_test(total: int = 600, steps: int = 40, **kw) -> StageController:
+    args = dict(num_trials=4, tau=40, tau_max=160, search_ratio=0.25, total_steps=total, seed=0)
+    args.update(kw)
+    return StageController(None, None, range_test_steps=steps, range_test_lrs=(1e-5, 10.0), **args)
+
+
+def test_range_test_sweeps_stops_at_blow_up_and_sets_the_range() -> None:
+    c, sim = make_range_test(), Quadratic()
+    sim.run(c, 600)
+    rt = c.range_test
+    assert rt is not None and rt["start_step"] == 0 and rt["stopped_early"]
+    n = rt["steps"]
+    assert 10 < n < 40  # stopped once the loss blew up, well before the sweep's end at lr=10
+    ratios = [b / a for a, b in itertools.pairwise(rt["lrs"])]
+    assert ratios == pytest.approx([(1e6) ** (1 / 39)] * (n - 1))  # geometric from 1e-5 towards 10
+    assert rt["lrs"][0] == pytest.approx(1e-5)
+    # the quadratic diverges above lr = 0.2; the loss lags the sweep by a few steps, which the 3-step lag correction
+    # undoes: the range ends within a quarter decade of that edge and spans three decades
+    assert 0.1 <= c.max_lr <= 0.2 * 10**0.25 and c.min_lr == pytest.approx(c.max_lr / 1000)
+    assert c.history[1]["lr_range"][1] <= 0.2 * 10**0.5
+    assert c.history[0]["start_step"] == n and c.history[0]["lr_range"] == [c.min_lr, c.max_lr]
+    # the sweep's steps are undone: the first stage starts from the weights the sweep started from
+    assert torch.equal(sim.inputs[n], sim.inputs[0])
+    assert all(c.min_lr <= lr <= c.max_lr for lr in c.lrs[n:])
+    assert sum(h["search_steps"] + h["exploit_steps"] for h in c.history) + n == len(c.lrs) == 600
+
+
+def test_range_test_is_warmup_phase_and_resumes_exactly() -> None:
+    c, sim = make_range_test(), Quadratic()
+    sim.run(c, 7)
+    assert c.phase == "warmup" and c.range_test_running and c.range_test_position == 7
+    assert c.finalize() and c.needs_snapshot  # an interrupted sweep must be undone
+    state = json.loads(json.dumps(c.state_dict()))
+    twin, sim_twin = make_range_test(), Quadratic()
+    twin.load_state_dict(state)
+    sim_twin.w, sim_twin.gen, sim_twin.saved = sim.w.clone(), clone_gen(sim.gen), sim.saved.clone()
+    sim.run(c, 300)
+    sim_twin.run(twin, 300)
+    assert c.lrs == twin.lrs and c.range_test == twin.range_test and c.history == twin.history
+
+
+def test_range_test_keeps_a_given_bound_and_follows_warmup() -> None:
+    c = StageController(
+        None, 0.05, num_trials=4, tau=40, search_ratio=0.25, total_steps=600, warmup_steps=5, warmup_lr=0.01,
+        range_test_steps=30, range_test_lrs=(1e-5, 10.0),
+    )  # fmt: skip
+    Quadratic().run(c, 600)
+    assert c.range_test["start_step"] == 5 and c.max_lr == 0.05 and c.min_lr == pytest.approx(5e-5)
+    assert c.lrs[:5] == pytest.approx([0.002 * (i + 1) for i in range(5)])
+
+
+def test_range_test_without_any_finite_loss_falls_back_to_the_lowest_lr() -> None:
+    c = make_range_test(steps=10)
+    for _ in range(1):
+        c.begin_step()
+        c.end_step(math.nan)
+    assert c.range_test is not None and c.range_test["stopped_early"] and c.max_lr == 1e-5
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(range_test_steps=1, range_test_lrs=(1e-5, 1.0)), "range_test_steps"),
+        (dict(range_test_steps=10), "range_test_lrs"),
+        (dict(range_test_steps=10, range_test_lrs=(1.0, 1e-5)), "range_test_lrs"),
+        (dict(range_test_steps=0), "min_lr"),
+    ],
+)
+def test_range_test_arguments(kwargs, match) -> None:
+    with pytest.raises(InvalidArgumentError, match=match):
+        StageController(None, None, tau=10, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- RangeTest alone
+def test_sweep_is_geometric_and_ends_at_its_length() -> None:
+    from lightning_autolrs.range_test import RangeTest
+
+    rt = RangeTest(5, (1e-4, 1.0), given=(None, None))
+    lrs = [rt.lr(i) for i in range(5)]
+    assert lrs[0] == 1e-4 and lrs[-1] == 1.0 and [b / a for a, b in itertools.pairwise(lrs)] == pytest.approx([10] * 4)
+    assert [rt.record(lr, 1.0 - 0.1 * i, step=i + 1) for i, lr in enumerate(lrs[:4])] == [None] * 4
+    result = rt.record(lrs[4], 0.5, step=5)
+    assert result is not None and not result.stopped_early and result.steps == 5 and result.start_step == 0
+    assert not rt.pending and result.max_lr == lrs[4 - 3] and result.min_lr == pytest.approx(result.max_lr / 1000)
+
+
+def test_given_bounds_win_and_state_round_trips() -> None:
+    from lightning_autolrs.range_test import RangeTest
+
+    rt = RangeTest(4, (1e-4, 1.0), given=(2e-4, None))
+    for i, loss in enumerate([1.0, 0.9, 0.8]):
+        rt.record(rt.lr(i), loss, step=i + 1)
+    twin = RangeTest(4, (1e-4, 1.0), given=(2e-4, None))
+    twin.load_state_dict(json.loads(json.dumps(rt.state_dict())))
+    assert twin.position == 3 and twin.pending
+    a, b = rt.record(rt.lr(3), math.inf, step=4), twin.record(twin.lr(3), math.inf, step=4)
+    assert a == b and a is not None and a.stopped_early and a.min_lr == 2e-4 and a.max_lr > 2e-4
