@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 
-from lightning_autolrs.exceptions import UnsupportedSetupError
+from lightning_autolrs.exceptions import AutoLRSWarning, UnsupportedSetupError
 from lightning_autolrs.records import Event, FallbackEvent, RangeTestEvent, SearchEvent, TrialEvent
 
 if TYPE_CHECKING:
@@ -187,7 +187,8 @@ def report_event(
         metrics = {"autolrs/fallback_lr": f.new_lr}
         rank_zero_warn(
             f"AutoLRS stage {event.stage}: lr={f.failed_lr:.4g} diverged at step {f.step}; "
-            f"restored the stage snapshot and continued at lr={f.new_lr:.4g}."
+            f"restored the stage snapshot and continued at lr={f.new_lr:.4g}.",
+            category=AutoLRSWarning,
         )
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)

@@ -31,7 +31,7 @@ from lightning_autolrs._edge import (
     report_event,
 )
 from lightning_autolrs.controller import STATE_VERSION, StageController, check_state_version
-from lightning_autolrs.exceptions import UnsupportedSetupError
+from lightning_autolrs.exceptions import AutoLRSWarning, UnsupportedSetupError
 from lightning_autolrs.probe import ValidationProbe
 from lightning_autolrs.proposer import DEFAULT_BETA
 from lightning_autolrs.schedule import Schedule, save_schedule
@@ -388,7 +388,10 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             plot_schedule(self.schedule, out / "autolrs_schedule.png", title="AutoLRS schedule")
             written.append(str(out / "autolrs_schedule.png"))
         except ImportError:
-            rank_zero_warn("AutoLRS: matplotlib is not installed, so autolrs_schedule.png was not written.")
+            rank_zero_warn(
+                "AutoLRS: matplotlib is not installed, so autolrs_schedule.png was not written.",
+                category=AutoLRSWarning,
+            )
         if self._settings.verbose:
             rank_zero_info(f"AutoLRS: wrote {', '.join(written)}")
 
@@ -404,7 +407,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._snapshot.restore()
             rank_zero_warn(
                 f"AutoLRS: {why} in the middle of a search (or right after a diverged step); restored the model "
-                "and optimizer to the stage start, the last committed state."
+                "and optimizer to the stage start, the last committed state.",
+                category=AutoLRSWarning,
             )
 
     # ------------------------------------------------------------------ checkpoints

@@ -215,6 +215,9 @@ class ExponentialForecaster:
         min_points: Fewer finite points than this gives the ``"short"`` fallback. At least 3.
         max_drop_ratio: ``K`` in the bound: the forecast may fall below the last smoothed level by at most ``K``
             times the drop observed in the smoothed series. ``>= 0``.
+        max_log_drop_ratio: ``K_log`` in the bound for positive losses: the further drop in log space is at most
+            ``K_log`` times the log drop already observed, so a positive loss is never forecast at or below zero.
+            ``>= 0``.
         flat_z: Significance threshold (in standard errors) of the head-vs-tail median difference; below it the
             series is ``"flat"``. ``>= 0``.
         min_r2: Robust ``R^2`` (module docstring) below which the fit is rejected as ``"noisy"``. In ``[0, 1)``.
@@ -276,7 +279,8 @@ class ExponentialForecaster:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(min_points={self.min_points}, max_drop_ratio={self.max_drop_ratio}, "
-            f"flat_z={self.flat_z}, min_r2={self.min_r2}, tail_fraction={self.tail_fraction}, "
+            f"max_log_drop_ratio={self.max_log_drop_ratio}, flat_z={self.flat_z}, min_r2={self.min_r2}, "
+            f"tail_fraction={self.tail_fraction}, "
             f"huber_k={self.huber_k}, irls_iters={self.irls_iters}, grid_size={self.grid_size}, "
             f"smooth_window={self.smooth_window}, beta_slack={self.beta_slack})"
         )
