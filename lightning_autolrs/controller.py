@@ -36,16 +36,20 @@ Search-cost options (all off by default in the controller): the **range test** (
 The controller's parts: :class:`~lightning_autolrs.range_test.RangeTest` (the sweep),
 :class:`~lightning_autolrs.search.StageSearch` (one stage's trials); the controller itself keeps the phases, the budget,
 the divergence test and the exploit guard, and assembles its :meth:`StageController.state_dict` from its parts'.
+Why this module is longer than ~400 lines: :class:`StageController` keeps its documented keyword constructor (the
+way tests and benchmarks drive the algorithm without a Trainer) next to :meth:`StageController.from_settings` (the
+callback's way in), and the step protocol, the stage lifecycle, the exploit guard and the checkpoint state read best
+together; about a third of the module is docstrings.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from lightning_autolrs._validation import check_float, check_int
+from lightning_autolrs._validation import check_int
 from lightning_autolrs.exceptions import InvalidArgumentError, UnsupportedSetupError
 from lightning_autolrs.forecast import ExponentialForecaster
 from lightning_autolrs.proposer import DEFAULT_BETA, LRProposer
@@ -177,31 +181,19 @@ class StageController:
         proposer: LRProposer | None = None,
         forecaster: ExponentialForecaster | None = None,
     ) -> None:
+        arguments = locals()  # the settings among them are checked once, by `Settings`
         range_test = RangeTest(range_test_steps, range_test_lrs, given=(None, None))
         if not range_test.steps and (min_lr is None or max_lr is None):
             raise InvalidArgumentError("`min_lr` and `max_lr` are required by the controller without a range test.")
-        settings = Settings(
-            min_lr=min_lr,
-            max_lr=max_lr,
-            num_trials=num_trials,
-            tau=tau,
-            tau_max=tau_max,
-            search_ratio=search_ratio,
-            beta=beta,
-            warmup_steps=warmup_steps,
-            warmup_lr=warmup_lr,
-            seed=seed,
-            divergence_factor=divergence_factor,
-            monitor=monitor,
-            min_trials=min_trials,
-            reuse_best_trial=reuse_best_trial,
-            early_stop=early_stop,
-            abort_trials=abort_trials,
-            warm_start=warm_start,
-        )
+        shared = [f.name for f in fields(Settings) if f.name in arguments and f.name != "range_test_steps"]
+        settings = Settings(**{name: arguments[name] for name in shared})  # (the range test's length: above)
         assert settings.tau is not None
-        options = _options(
-            settings, settings.monitor, stop_beta, probes_per_trial, auto_val_min_tau_prime, abort_margin
+        options = SearchOptions.from_settings(
+            settings,
+            stop_beta=stop_beta,
+            probes_per_trial=probes_per_trial,
+            auto_val_min_tau_prime=auto_val_min_tau_prime,
+            abort_margin=abort_margin,
         )
         self._setup(
             settings,
@@ -236,7 +228,7 @@ class StageController:
             total_steps=derived.total_steps,
             start_step=start_step,
             range_test=range_test,
-            options=_options(settings, settings.monitor if monitor is None else monitor),
+            options=SearchOptions.from_settings(settings, monitor=monitor),
             given_range=(derived.min_lr, derived.max_lr),
         )
         return self
@@ -644,28 +636,3 @@ class StageController:
         self.search.set_stage(self._stage, self._stage_tau, self._stage_tau_prime)
         self.search.bounds = (self.min_lr, self._eff_max_lr)
         self._plan = None
-
-
-def _options(
-    s: Settings,
-    monitor: str,
-    stop_beta: float = 1.0,
-    probes_per_trial: int = 8,
-    auto_val_min_tau_prime: int = 200,
-    abort_margin: float = 0.5,
-) -> SearchOptions:
-    """The search options of the settings, with the controller's tuning constants checked."""
-    return SearchOptions(
-        num_trials=s.num_trials,
-        monitor=monitor,
-        seed=s.seed,
-        reuse_best_trial=s.reuse_best_trial,
-        early_stop=s.early_stop,
-        min_trials=s.min_trials,
-        stop_beta=check_float("stop_beta", stop_beta, positive=True),
-        probes_per_trial=check_int("probes_per_trial", probes_per_trial, minimum=2),
-        auto_val_min_tau_prime=check_int("auto_val_min_tau_prime", auto_val_min_tau_prime, minimum=1),
-        abort_trials=s.abort_trials,
-        abort_margin=check_float("abort_margin", abort_margin, positive=True),
-        warm_start=s.warm_start,
-    )

@@ -32,16 +32,19 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_autolrs._validation import check_float, check_int
 from lightning_autolrs.forecast import ExponentialForecaster, Forecast
 from lightning_autolrs.proposer import LRProposer
 from lightning_autolrs.records import Event, SearchEvent, StageRecord, TrialEvent, TrialRecord
+from lightning_autolrs.settings import Settings
 
 __all__ = ["SearchOptions", "StageSearch", "TrialOutcome"]
 
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """How a stage searches (the controller's arguments of the same names; see :class:`StageSearch`)."""
+    """How a stage searches: the settings of the same names and the controller's tuning constants (``stop_beta``,
+    ``probes_per_trial``, ``auto_val_min_tau_prime``, ``abort_margin``; see :class:`StageController`)."""
 
     num_trials: int = 10
     monitor: str = "train_loss"
@@ -55,6 +58,33 @@ class SearchOptions:
     abort_trials: bool = False
     abort_margin: float = 0.5
     warm_start: bool = False
+
+    @classmethod
+    def from_settings(
+        cls,
+        s: Settings,
+        *,
+        monitor: str | None = None,
+        stop_beta: float = 1.0,
+        probes_per_trial: int = 8,
+        auto_val_min_tau_prime: int = 200,
+        abort_margin: float = 0.5,
+    ) -> SearchOptions:
+        """The search options of checked settings (``monitor`` overrides theirs), with the tuning constants checked."""
+        return cls(
+            num_trials=s.num_trials,
+            monitor=s.monitor if monitor is None else monitor,
+            seed=s.seed,
+            reuse_best_trial=s.reuse_best_trial,
+            early_stop=s.early_stop,
+            min_trials=s.min_trials,
+            stop_beta=check_float("stop_beta", stop_beta, positive=True),
+            probes_per_trial=check_int("probes_per_trial", probes_per_trial, minimum=2),
+            auto_val_min_tau_prime=check_int("auto_val_min_tau_prime", auto_val_min_tau_prime, minimum=1),
+            abort_trials=s.abort_trials,
+            abort_margin=check_float("abort_margin", abort_margin, positive=True),
+            warm_start=s.warm_start,
+        )
 
 
 @dataclass
