@@ -183,8 +183,6 @@ class StageController:
     ) -> None:
         arguments = locals()  # the settings among them are checked once, by `Settings`
         range_test = RangeTest(range_test_steps, range_test_lrs, given=(None, None))
-        if not range_test.steps and (min_lr is None or max_lr is None):
-            raise InvalidArgumentError("`min_lr` and `max_lr` are required by the controller without a range test.")
         shared = [f.name for f in fields(Settings) if f.name in arguments and f.name != "range_test_steps"]
         settings = Settings(**{name: arguments[name] for name in shared})  # (the range test's length: above)
         assert settings.tau is not None
@@ -218,8 +216,6 @@ class StageController:
         self = cls.__new__(cls)
         rt_steps = derived.range_test_steps
         range_test = RangeTest(rt_steps, derived.range_test_lrs if rt_steps else None, given=(None, None))
-        if not rt_steps and (derived.min_lr is None or derived.max_lr is None):
-            raise InvalidArgumentError("`min_lr` and `max_lr` are required by the controller without a range test.")
         self._setup(
             settings,
             tau=derived.tau,
@@ -257,7 +253,8 @@ class StageController:
         range_test.given = given_range or (settings.min_lr, settings.max_lr)
         self._range_test = range_test
         lo, hi = range_test.placeholder_range() if range_test.steps else range_test.given
-        assert lo is not None and hi is not None
+        if lo is None or hi is None:
+            raise InvalidArgumentError("`min_lr` and `max_lr` are required by the controller without a range test.")
         self.min_lr: float = lo  # placeholders until the range test has run
         self.max_lr: float = hi
         proposer = proposer or LRProposer(self.min_lr, self.max_lr, beta=settings.beta, seed=settings.seed)
