@@ -12,7 +12,8 @@ import torch
 from lightning_autolrs.controller import StageController
 from lightning_autolrs.exceptions import InvalidArgumentError
 
-from .helpers import Quadratic, clone_gen
+from .helpers import Quadratic
+from .helpers import clone_gen as _clone_gen
 
 
 # ---------------------------------------------------------------------------------------------- range test
@@ -51,7 +52,7 @@ def test_range_test_is_warmup_phase_and_resumes_exactly() -> None:
     state = json.loads(json.dumps(c.state_dict()))
     twin, sim_twin = make_range_test(), Quadratic()
     twin.load_state_dict(state)
-    sim_twin.w, sim_twin.gen, sim_twin.saved = sim.w.clone(), clone_gen(sim.gen), sim.saved.clone()
+    sim_twin.w, sim_twin.gen, sim_twin.saved = sim.w.clone(), _clone_gen(sim.gen), sim.saved.clone()
     sim.run(c, 300)
     sim_twin.run(twin, 300)
     assert c.lrs == twin.lrs and c.range_test == twin.range_test and c.history == twin.history
