@@ -59,6 +59,8 @@ from typing import Any
 
 from benchmarks.workloads import (
     AUTOLRS_VARIANTS,
+    BEFORE_COMMIT,
+    DEFAULT_METHODS,
     METHODS,
     REPLAY_VARIANTS,
     WORKLOADS,
@@ -66,7 +68,6 @@ from benchmarks.workloads import (
     Workload,
     autolrs_kwargs,
     autolrs_settings,
-    demo_default_lr,
     run_one,
     sf_default_lr,
 )
@@ -93,8 +94,8 @@ def method_lrs(method: Method, workload: Workload, quick: bool) -> list[float | 
         return [float(f"{lr * scale:.4g}") for lr in workload.lr_grid(quick)]
     if method.lr == "sf_default":
         return [sf_default_lr(workload)]
-    if method.lr == "demo":
-        return [demo_default_lr(workload) if not quick else workload.lr_grid(True)[1]]
+    if method.lr == "configured":  # the grid's middle point (quick: of the 3-point grid)
+        return [workload.lr_grid(quick)[len(workload.lr_grid(quick)) // 2]]
     if method.lr == "free":
         return [1.0]
     return [None]
@@ -207,7 +208,7 @@ def execute(
     todo: list[Job] = [
         (ident, task, None) for ident, task in tasks.items() if ident not in waiting and not cached(ident, task)
     ]
-    cost = {"charlm": 3, "digits": 2, "diabetes": 1}  # longest first, so the two workers finish together
+    cost = {"charlm": 4, "digits": 3, "friedman": 2, "digits_mlp": 1}  # longest first: the workers finish together
     todo.sort(key=lambda it: (-cost.get(it[0][0], 0), it[0]))
     todo += release()
 
@@ -626,136 +627,117 @@ def readme_markdown(
     return "\n".join(lines) + "\n"
 
 
-# AutoLRS rows of the before/after comparison (issue #5): (row, what it is)
+# AutoLRS rows of the before/after comparison (issue #12): (row, what it is)
 BEFORE_AFTER = (
-    ("autolrs_paper", "before: paper settings"),
-    ("autolrs_reuse", "before: reuse + early_stop"),
-    ("autolrs_abort", "new: + abort_trials"),
-    ("autolrs_warm", "new: + warm_start"),
-    ("autolrs_fast", "new: + abort + warm_start"),
-    ("autolrs_fast_range", "new: fast, range test"),
-    ("autolrs_paper_range", "new: paper, range test"),
-    ("replay", "replay of `autolrs_fast`"),
-    ("replay_paper", "replay of `autolrs_paper`"),
+    ("autolrs_before", "before: `AutoLRS()` defaults of " + BEFORE_COMMIT),
+    ("autolrs", "after: `AutoLRS()` defaults"),
 )
 SEARCH_SHARE_TARGET = 0.30
-RANGE_TOLERANCE = 0.05
-REPLAY_SPEEDUP_TARGET = 1.3
-RANGE_PAIRS = (("autolrs_fast_range", "autolrs_fast"), ("autolrs_paper_range", "autolrs_paper"))
+SPEEDUP_TARGET = 1.3
+# untuned rows an AutoLRS run must end at or below (median final val loss), with their names in the goal lines
+NEVER_WORSE_THAN = (("cosine_configured", "cosine at the module's LR"), ("constant_configured", "constant module LR"))
+AHEAD_OF = (("sf_default", "schedule-free"), ("prodigy", "Prodigy"))
 
 
 def _yes(ok: bool) -> str:
     return "**yes**" if ok else "**no**"
 
 
-def _share(row: dict[str, Any]) -> float:
-    return statistics.median(v for v in row["search_share"] if v is not None)
+def collapsed(run: dict[str, Any]) -> str | None:
+    """Why an AutoLRS run counts as collapsed, or ``None``: it ends at or above its step-0 validation loss (chance
+    level), or above its own validation loss at the end of stage 0 (the last evaluation before stage 1 starts)."""
+    curve = [(c[0], c[1]) for c in run["curve"] if c[1] is not None]
+    final = run.get("final_loss")
+    if final is None or not curve:
+        return "diverged"
+    if final >= curve[0][1]:
+        return f"ends at {final:.4g} ≥ step-0 loss {curve[0][1]:.4g}"
+    stages = run.get("autolrs", {}).get("stages", [])
+    if len(stages) > 1:
+        before = [loss for step, loss in curve if 0 < step <= stages[1]["start_step"]]
+        if before and final > before[-1]:
+            return f"ends at {final:.4g} > {before[-1]:.4g} at the end of stage 0"
+    return None
 
 
 def before_after_lines(analyses: dict[str, dict[str, Any]], seeds: Sequence[int]) -> list[str]:
-    """The before/after table of the search-cost options and the issue's targets as yes/no lines."""
+    """The before/after table of the AutoLRS defaults and the issue's goals as yes/no lines."""
     present = [(name, what) for name, what in BEFORE_AFTER if all(name in a["rows"] for a in analyses.values())]
-    if len(present) < 2:
+    if not present:
         return []
+    refs = [(n, t) for n, t in (*NEVER_WORSE_THAN, *AHEAD_OF) if all(n in a["rows"] for a in analyses.values())]
     lines = [
-        "## Before/after: search-cost options, range test, replay (issue #5)",
+        "## Before/after: `AutoLRS()` at its defaults, no LR range given (issue #12)",
         "",
-        "| workload | row | final val loss | search share | trials per run | steps to T1 (speedup vs tuned cosine) | "
-        "LR range | compute (steps) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| workload | row | final val loss | "
+        + " | ".join(f"vs {t}" for _, t in refs)
+        + " | steps to T1 (speedup vs tuned cosine) | search share | collapsed runs |",
+        "| --- | --- | ---: | " + " | ".join(":---:" for _ in refs) + " | ---: | ---: | ---: |",
     ]
     for wname, analysis in analyses.items():
         rows = analysis["rows"]
         for name, what in present:
             row = rows[name]
+            fin = statistics.median(row["final"])
+            cells = []
+            for ref, _ in refs:
+                rfin = statistics.median(rows[ref]["final"])
+                cells.append(f"{'≤' if fin <= rfin else '>'} {_num(rfin)}")
             shares = [100 * v for v in row["search_share"] if v is not None]
-            trials = fmt_spread(row["trials"], 3)
-            if any(row["aborted"]):
-                trials += f", aborted {fmt_spread(row['aborted'], 3)}"
-            run = row["runs"][0]
-            if "replay_of" in run:
-                rng = "— (replays a found schedule)"
-            elif run.get("autolrs", {}).get("range_test"):
-                rng = "range test: " + found_range_text(row)
-            else:
-                rng = f"given {run['autolrs']['settings']['min_lr']:g}…{run['autolrs']['settings']['max_lr']:g}"
+            bad = [c for c in (collapsed(r) for r in row["runs"]) if c]
             lines.append(
-                f"| {wname} | `{name}` ({what}) | {fmt_spread(row['final'])} | {fmt_spread(shares, 2)} % | {trials} | "
-                f"{fmt_steps(row['steps_t1'])} ({fmt_speedup(row['speedup_t1'])}) | {rng} | "
-                f"{statistics.median(row['compute_steps']):.0f} |"
+                f"| {wname} | `{name}` ({what}) | {fmt_spread(row['final'])} | {' | '.join(cells)} | "
+                f"{fmt_steps(row['steps_t1'])} ({fmt_speedup(row['speedup_t1'])}) | {fmt_spread(shares, 2)} % | "
+                f"{len(bad)}/{len(row['runs'])}{': ' + '; '.join(bad) if bad else ''} |"
             )
     lines += [
         "",
-        f"Median [min–max] over seeds {', '.join(map(str, seeds))}. Search share = search-trial steps (the LR range "
-        "test's steps included, for the range-test rows) ÷ all optimizer steps of the run. Trials per run count every "
-        "trial, aborted and warm-start anchor trials included. Replay rows: `ReplaySchedule(schedule, stretch=True)` "
-        "with the schedule that the AutoLRS run of the next seed (s+1 mod the number of seeds) found on the same "
-        "workload; their compute is the replay run itself; the schedule came from one earlier AutoLRS run of the same "
-        "budget (add its steps to count it).",
+        f"Median [min–max] over seeds {', '.join(map(str, seeds))}. `≤ x` / `> x`: the row's median final val loss is "
+        "at or below / above that reference row's median x. Search share = steps of search trials and of the LR range "
+        "test ÷ all optimizer steps (the winning trial's steps, which training continues from, included). A run "
+        "counts as collapsed when it ends at or above its step-0 val loss or above its val loss at the end of stage 0.",
         "",
-        "Targets:",
+        "Goals (row `autolrs`):",
         "",
     ]
-    names = [n for n, _ in present]
-
-    if "autolrs_paper" in names:
-        for name in names:
-            if name in ("autolrs_paper", "autolrs_reuse"):
-                continue
-            parts, ok = [], True
+    if "autolrs" not in dict(present):
+        return lines
+    checks: list[tuple[str, list[tuple[str, bool, str]]]] = []
+    for ref, text in NEVER_WORSE_THAN:
+        if all(ref in a["rows"] for a in analyses.values()):
+            checks.append((f"final val loss at or below {text}, every workload", []))
             for wname, analysis in analyses.items():
-                row, paper = analysis["rows"][name], analysis["rows"]["autolrs_paper"]
-                share, fin, pfin = _share(row), statistics.median(row["final"]), statistics.median(paper["final"])
-                good = share <= SEARCH_SHARE_TARGET and fin <= pfin
-                ok &= good
-                parts.append(f"{wname} {100 * share:.0f} %, {_num(fin)} vs {_num(pfin)} {'✓' if good else '✗'}")
-            lines.append(
-                f"- search share ≤ {100 * SEARCH_SHARE_TARGET:.0f} % with final val loss no worse than paper settings "
-                f"(median ≤ median) on every workload, `{name}`: {_yes(ok)} ({'; '.join(parts)})"
-            )
-    for rname, hname in RANGE_PAIRS:
-        if rname not in names or hname not in names:
-            continue
-        parts, ok = [], True
-        for wname, analysis in analyses.items():
-            fin = statistics.median(analysis["rows"][rname]["final"])
-            hfin = statistics.median(analysis["rows"][hname]["final"])
-            rel = fin / hfin - 1 if math.isfinite(fin) and math.isfinite(hfin) and hfin > 0 else INF
-            good = rel <= RANGE_TOLERANCE
-            ok &= good
-            parts.append(f"{wname} {_num(fin)} vs {_num(hfin)} ({100 * rel:+.1f} %) {'✓' if good else '✗'}")
-        lines.append(
-            f"- range test within {100 * RANGE_TOLERANCE:.0f} % of the hand-given range's final val loss (median, "
-            f"`{rname}` vs `{hname}`, lower is fine) on every workload: {_yes(ok)} ({'; '.join(parts)})"
-        )
-    for name in ("replay", "replay_paper"):
-        if name not in names:
-            continue
-        parts, ok = [], True
-        for wname, analysis in analyses.items():
-            speed = statistics.median(analysis["rows"][name]["speedup_t1"])
-            good = speed >= REPLAY_SPEEDUP_TARGET
-            ok &= good
-            parts.append(f"{wname} {speed:.2f}× {'✓' if good else '✗'}")
-        lines.append(
-            f"- `{name}` ≥ {REPLAY_SPEEDUP_TARGET}× speedup vs tuned cosine (median steps to T1) on every workload: "
-            f"{_yes(ok)} ({'; '.join(parts)})"
-        )
-    if "autolrs_warm" in names and "autolrs_reuse" in names:
-        parts, total_warm, total_reuse = [], 0, 0
-        for wname, analysis in analyses.items():
-            warm, reuse = (
-                sum(analysis["rows"]["autolrs_warm"]["trials"]),
-                sum(analysis["rows"]["autolrs_reuse"]["trials"]),
-            )
-            total_warm, total_reuse = total_warm + warm, total_reuse + reuse
-            parts.append(f"{wname} {warm} vs {reuse} ({reuse - warm:+d})")
-        saved = total_reuse - total_warm
-        lines.append(
-            f"- trials saved by warm start (`autolrs_warm` vs `autolrs_reuse`, total trials over the seeds): "
-            f"{_yes(saved > 0)}: {total_warm} vs {total_reuse}, {saved} saved "
-            f"({100 * saved / max(1, total_reuse):.0f} %; {'; '.join(parts)})"
-        )
+                fin = statistics.median(analysis["rows"]["autolrs"]["final"])
+                rfin = statistics.median(analysis["rows"][ref]["final"])
+                checks[-1][1].append((wname, fin <= rfin, f"{_num(fin)} vs {_num(rfin)}"))
+    checks.append(("reaches tuned cosine's final val loss (T1), every workload (median of the seeds)", []))
+    for wname, analysis in analyses.items():
+        steps = analysis["rows"]["autolrs"]["steps_t1"]
+        checks[-1][1].append((wname, math.isfinite(statistics.median(steps)), fmt_steps(steps)))
+    checks.append((f"reaches T1 in ≤ 1/{SPEEDUP_TARGET} of tuned cosine's steps (search counted)", []))
+    for wname, analysis in analyses.items():
+        speed = statistics.median(analysis["rows"]["autolrs"]["speedup_t1"])
+        checks[-1][1].append((wname, speed >= SPEEDUP_TARGET, f"{speed:.2f}×"))
+    for ref, text in AHEAD_OF:
+        if all(ref in a["rows"] for a in analyses.values()):
+            checks.append((f"ahead of {text} at its defaults (median final val loss)", []))
+            for wname, analysis in analyses.items():
+                fin = statistics.median(analysis["rows"]["autolrs"]["final"])
+                rfin = statistics.median(analysis["rows"][ref]["final"])
+                checks[-1][1].append((wname, fin < rfin, f"{_num(fin)} vs {_num(rfin)}"))
+    checks.append(("no collapsed run", []))
+    for wname, analysis in analyses.items():
+        bad = sum(collapsed(r) is not None for r in analysis["rows"]["autolrs"]["runs"])
+        checks[-1][1].append((wname, bad == 0, f"{bad} collapsed"))
+    checks.append((f"search share ≤ {100 * SEARCH_SHARE_TARGET:.0f} % (every run)", []))
+    for wname, analysis in analyses.items():
+        shares = [v for v in analysis["rows"]["autolrs"]["search_share"] if v is not None]
+        worst = max(shares) if shares else 0.0
+        checks[-1][1].append((wname, worst <= SEARCH_SHARE_TARGET, f"max {100 * worst:.0f} %"))
+    for goal, parts in checks:
+        ok = all(good for _, good, _ in parts)
+        detail = "; ".join(f"{w} {text} {'✓' if good else '✗'}" for w, good, text in parts)
+        lines.append(f"- {goal}: {_yes(ok)} ({detail})")
     return lines
 
 
@@ -828,7 +810,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.splitlines()[0])
     p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     p.add_argument(
-        "--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="rows (cosine is always added)"
+        "--methods",
+        nargs="+",
+        default=DEFAULT_METHODS,
+        choices=list(METHODS),
+        help="rows (cosine is always added; default: the rows marked default in benchmarks.workloads.METHODS)",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2 (quick: 0)")
     p.add_argument("--quick", action="store_true", help="tiny budgets and a 3-point grid: checks the harness runs")

@@ -29,13 +29,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 __all__ = [
     "AUTOLRS_VARIANTS",
+    "BEFORE_COMMIT",
+    "DEFAULT_METHODS",
+    "GIVEN_RANGE_VARIANTS",
     "METHODS",
     "QUICK_RANGE_TEST_STEPS",
-    "RANGE_TEST_VARIANTS",
     "REPLAY_VARIANTS",
     "WORKLOADS",
     "DiabetesDataModule",
     "DiabetesMLP",
+    "DigitsMLP",
+    "FriedmanDataModule",
     "Method",
     "Workload",
     "autolrs_kwargs",
@@ -118,6 +122,61 @@ class DiabetesMLP(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
+class DigitsMLP(pl.LightningModule):
+    """A ReLU MLP on the flattened 8×8 digits (64 → ``hidden`` → ``hidden`` → 10), SGD + momentum 0.9, wd 5e-4."""
+
+    def __init__(self, lr: float = 0.05, hidden: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y), batch_size=len(y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+
+
+class FriedmanDataModule(DiabetesDataModule):
+    """scikit-learn's generated Friedman #1 regression (``make_friedman1``: 10 features, 5 informative, noise 1.0),
+    6000 samples generated with a fixed seed, standardised with train statistics; ``seed`` reshuffles the batches.
+
+    The noise floor of the standardised validation MSE is about 0.04 (noise variance 1 over a target variance near 24).
+    """
+
+    def __init__(self, batch_size: int = 64, n_samples: int = 6000, seed: int = 0) -> None:
+        super().__init__(batch_size=batch_size, val_fraction=1 / 6, seed=seed, split_seed=0)
+        self.n_samples = n_samples
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        from sklearn.datasets import make_friedman1
+
+        x_np, y_np = make_friedman1(n_samples=self.n_samples, n_features=10, noise=1.0, random_state=0)
+        x = torch.tensor(x_np, dtype=torch.float32)
+        y = torch.tensor(y_np, dtype=torch.float32)
+        n_val = round(len(y) * self.val_fraction)
+        mu, sd = x[n_val:].mean(0), x[n_val:].std(0)
+        y_mu, y_sd = y[n_val:].mean(), y[n_val:].std()
+        x, y = (x - mu) / sd, (y - y_mu) / y_sd
+        self.train_set = TensorDataset(x[n_val:], y[n_val:])
+        self.val_set = TensorDataset(x[:n_val], y[:n_val])
+
+
 @dataclass(frozen=True)
 class Workload:
     """One benchmark task.
@@ -126,7 +185,9 @@ class Workload:
         name: short id (``--workloads``).
         title: one-line description for the reports.
         budget: optimizer steps of every run (full mode); ``quick_budget`` in ``--quick`` mode.
-        grid: (lowest, highest) LR of the 7-point log grid of the tuned baselines; also AutoLRS's ``min_lr``/``max_lr``.
+        lr: the module's configured LR (its ``lr`` default: what a user runs without tuning).
+        grid: (lowest, highest) LR of the 7-point log grid of the tuned baselines: ``lr`` × 10^±1.5, so the grid's
+            middle point is the configured LR; also the ``min_lr``/``max_lr`` of AutoLRS rows given a range.
         sf_scale: the schedule-free grid is ``grid × sf_scale`` (schedule-free SGD's ``lr`` is the step of its
             momentum-free ``z`` sequence, about ``1/(1 − momentum)`` = 10× the LR of SGD with momentum 0.9).
         family: the base optimizer, ``"sgd"`` (SGD + momentum) or ``"adam"`` (Adam/AdamW).
@@ -140,6 +201,7 @@ class Workload:
     title: str
     budget: int
     quick_budget: int
+    lr: float
     grid: tuple[float, float]
     sf_scale: float
     family: str
@@ -152,10 +214,9 @@ class Workload:
         return self.quick_budget if quick else self.budget
 
     def lr_grid(self, quick: bool) -> list[float]:
-        """7 log-spaced LRs from ``grid[0]`` to ``grid[1]`` (3 in quick mode)."""
-        n = 3 if quick else 7
-        lo, hi = (math.log10(v) for v in self.grid)
-        return [float(f"{10 ** (lo + (hi - lo) * i / (n - 1)):.4g}") for i in range(n)]
+        """7 LRs half a decade apart with the configured ``lr`` in the middle (quick: ``lr`` × 10^(-1.5, 0, 1.5))."""
+        exponents = (-1.5, 0.0, 1.5) if quick else (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
+        return [float(f"{self.lr * 10**e:.4g}") for e in exponents]
 
 
 def _ce_sum(model: nn.Module, batch: Batch) -> tuple[float, int]:
@@ -194,7 +255,7 @@ def _digits_bn(dm: Any) -> list[Batch]:
 
 # charlm at a size that trains at ~20 ms/step on one CPU thread (the demo's defaults take ~110 ms/step)
 _CHARLM_MODEL = {"d_model": 64, "n_heads": 4, "n_layers": 2, "block_size": 32}
-_CHARLM_DATA = {"block_size": 32, "batch_size": 32, "max_chars": 150_000, "val_fraction": 0.04}
+_CHARLM_DATA = {"block_size": 32, "batch_size": 32, "max_chars": 400_000, "val_fraction": 0.04}
 _CHARLM_QUICK_MODEL = {"d_model": 32, "n_heads": 2, "n_layers": 1, "block_size": 16}
 _CHARLM_QUICK_DATA = {"block_size": 16, "batch_size": 16, "max_chars": 20_000, "val_fraction": 0.1}
 
@@ -213,13 +274,30 @@ def _charlm_val(dm: Any) -> list[Batch]:
     return _chunks(data[: n * t].view(n, t), data[1 : n * t + 1].view(n, t), 128)
 
 
-def _build_diabetes(seed: int, quick: bool) -> tuple[type[pl.LightningModule], dict[str, Any], pl.LightningDataModule]:
-    return DiabetesMLP, {"hidden": 32 if quick else 128}, DiabetesDataModule(seed=seed)
+def _build_digits_mlp(
+    seed: int, quick: bool
+) -> tuple[type[pl.LightningModule], dict[str, Any], pl.LightningDataModule]:
+    from lightning_autolrs.demos import DigitsDataModule
+
+    return DigitsMLP, {"hidden": 64 if quick else 256}, DigitsDataModule(batch_size=64, seed=seed)
 
 
-def _diabetes_val(dm: Any) -> list[Batch]:
+def _build_friedman(seed: int, quick: bool) -> tuple[type[pl.LightningModule], dict[str, Any], pl.LightningDataModule]:
+    return (
+        DiabetesMLP,
+        {"hidden": 32 if quick else 128},
+        FriedmanDataModule(seed=seed, n_samples=600 if quick else 6000),
+    )
+
+
+def _tensor_val(dm: Any) -> list[Batch]:
     dm.setup()
     return _chunks(*dm.val_set.tensors, 512)
+
+
+def _around(lr: float) -> tuple[float, float]:
+    """The tuned grid's ends: ``lr`` × 10^±1.5 (7 points, half a decade apart, ``lr`` in the middle)."""
+    return float(f"{lr * 10**-1.5:.4g}"), float(f"{lr * 10**1.5:.4g}")
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -227,10 +305,11 @@ WORKLOADS: dict[str, Workload] = {
     for w in (
         Workload(
             name="digits",
-            title="digits CNN (scikit-learn 8x8 digits, SGD + momentum 0.9, wd 5e-4, batch 64)",
-            budget=800,
+            title="digits CNN (scikit-learn 8x8 digits, SGD + momentum 0.9, wd 5e-4, batch 64, lr 0.05)",
+            budget=3000,
             quick_budget=30,
-            grid=(1e-3, 1.0),
+            lr=0.05,
+            grid=_around(0.05),
             sf_scale=10.0,
             family="sgd",
             build=_build_digits,
@@ -239,11 +318,26 @@ WORKLOADS: dict[str, Workload] = {
             bn_batches=_digits_bn,
         ),
         Workload(
+            name="digits_mlp",
+            title="digits MLP (64-256-256-10 ReLU, SGD + momentum 0.9, wd 5e-4, batch 64, lr 0.05)",
+            budget=3000,
+            quick_budget=30,
+            lr=0.05,
+            grid=_around(0.05),
+            sf_scale=10.0,
+            family="sgd",
+            build=_build_digits_mlp,
+            val_batches=_digits_val,
+            loss_sum=_ce_sum,
+        ),
+        Workload(
             name="charlm",
-            title="char-level Transformer LM (stdlib source, d=64, 2 layers, context 32, AdamW wd 0.01, batch 32)",
-            budget=500,
+            title="char-level Transformer LM (stdlib source, d=64, 2 layers, context 32, AdamW wd 0.01, batch 32, "
+            "lr 3e-3)",
+            budget=3000,
             quick_budget=20,
-            grid=(1e-4, 1e-1),
+            lr=3e-3,
+            grid=_around(3e-3),
             sf_scale=1.0,
             family="adam",
             build=_build_charlm,
@@ -251,15 +345,17 @@ WORKLOADS: dict[str, Workload] = {
             loss_sum=_ce_sum,
         ),
         Workload(
-            name="diabetes",
-            title="MLP regression (scikit-learn diabetes, 2x128 ReLU, Adam, batch 32, standardised MSE)",
-            budget=800,
+            name="friedman",
+            title="MLP regression (scikit-learn make_friedman1, noise 1, 5000 train, 2x128 ReLU, Adam, batch 64, "
+            "lr 1e-3, standardised MSE)",
+            budget=10000,
             quick_budget=30,
-            grid=(1e-5, 1e-2),
+            lr=1e-3,
+            grid=_around(1e-3),
             sf_scale=1.0,
             family="adam",
-            build=_build_diabetes,
-            val_batches=_diabetes_val,
+            build=_build_friedman,
+            val_batches=_tensor_val,
             loss_sum=_mse_sum,
         ),
     )
@@ -277,9 +373,10 @@ class Method:
         kind: what :func:`run_one` trains: ``constant``, ``cosine``, ``onecycle``, ``sf``, ``prodigy``, an AutoLRS
             variant (a key of :data:`AUTOLRS_VARIANTS`) or a replay (a key of :data:`REPLAY_VARIANTS`).
         tuned: the row is the best of the LR grid (7 runs per seed); otherwise one run per seed.
-        lr: how a single run's LR is chosen: ``"sf_default"`` (the schedule-free optimizer's default), ``"demo"`` (the
-            grid point nearest the demo module's default LR, i.e. what one gets without tuning), ``"free"``
-            (Prodigy, lr=1) or ``None`` (AutoLRS: the grid's range or a range test; replay: the found schedule).
+        lr: how a single run's LR is chosen: ``"configured"`` (the module's own ``lr``: what one gets without tuning),
+            ``"sf_default"`` (the schedule-free optimizer's default), ``"free"`` (Prodigy, lr=1) or ``None``
+            (AutoLRS: a range test or the grid's range; replay: the found schedule).
+        default: the row is part of a plain ``python -m benchmarks.quality`` (others are chosen with ``--methods``).
     """
 
     name: str
@@ -287,34 +384,30 @@ class Method:
     kind: str
     tuned: bool = False
     lr: str | None = None
+    default: bool = True
 
 
-_PAPER = {"num_trials": 10, "search_ratio": 0.1}
-_FAST = {**_PAPER, "reuse_best_trial": True, "early_stop": True, "abort_trials": True, "warm_start": True}
+BEFORE_COMMIT = "79ae66d"
+"""The package version whose ``AutoLRS()`` defaults the ``autolrs_before`` row ran (before the search rework)."""
 
 AUTOLRS_VARIANTS: dict[str, dict[str, Any]] = {
-    "autolrs_paper": dict(_PAPER),
-    "autolrs_default": {},
-    "autolrs_k5": {"num_trials": 5, "search_ratio": 0.1},
-    "autolrs_reuse": {**_PAPER, "reuse_best_trial": True, "early_stop": True},
-    "autolrs_val": {**_PAPER, "monitor": "val_loss"},
-    "autolrs_abort": {**_PAPER, "reuse_best_trial": True, "early_stop": True, "abort_trials": True},
-    "autolrs_warm": {**_PAPER, "reuse_best_trial": True, "early_stop": True, "warm_start": True},
-    "autolrs_fast": dict(_FAST),
-    "autolrs_fast_range": dict(_FAST),
-    "autolrs_paper_range": dict(_PAPER),
+    "autolrs": {},
+    "autolrs_before": {},
+    "autolrs_given_range": {},
 }
-"""Constructor arguments of each AutoLRS row, besides ``min_lr``/``max_lr`` (the grid's range, except for
-:data:`RANGE_TEST_VARIANTS`) and ``seed``."""
+"""Constructor arguments of each AutoLRS row besides ``min_lr``/``max_lr`` and ``seed``. ``autolrs`` is ``AutoLRS()``
+at the package defaults; ``autolrs_before`` is ``AutoLRS()`` at the defaults of :data:`BEFORE_COMMIT` (its runs were
+trained with that version and are only reloaded, see :func:`run_one`)."""
 
-RANGE_TEST_VARIANTS = frozenset({"autolrs_fast_range", "autolrs_paper_range"})
-"""AutoLRS rows given no ``min_lr``/``max_lr``: the callback's LR range test finds the range (``range_test`` = None)."""
+GIVEN_RANGE_VARIANTS = frozenset({"autolrs_given_range"})
+"""AutoLRS rows given ``min_lr``/``max_lr`` = the tuned grid's ends; every other AutoLRS row gives no range (the
+callback derives it)."""
 
 QUICK_RANGE_TEST_STEPS = 4
-"""``range_test_steps`` of the range-test rows in ``--quick`` mode (the default 20-step minimum does not fit budgets of
-20–30 steps); full runs leave it at the callback's default (5 % of the budget, clipped to [20, 100])."""
+"""``range_test_steps`` of the AutoLRS rows in ``--quick`` mode when the callback has that argument (its 20-step
+minimum does not fit budgets of 20–30 steps)."""
 
-REPLAY_VARIANTS: dict[str, str] = {"replay": "autolrs_fast", "replay_paper": "autolrs_paper"}
+REPLAY_VARIANTS: dict[str, str] = {"replay": "autolrs"}
 """Replay rows: the AutoLRS row whose schedule (found by the run of the *next* seed) is replayed."""
 
 _NOT_SETTINGS = {"min_lr", "max_lr", "seed", "verbose", "save_files"}
@@ -325,12 +418,14 @@ def autolrs_settings(kind: str) -> dict[str, Any]:
     come from), to detect identical variants."""
     from lightning_autolrs import AutoLRS
 
+    if kind == "autolrs_before":
+        return {"commit": BEFORE_COMMIT, "range_test_steps": None, "range": "derived"}
     defaults = {
         k: p.default
         for k, p in inspect.signature(AutoLRS.__init__).parameters.items()
         if p.default is not inspect.Parameter.empty and k not in _NOT_SETTINGS
     }
-    source = "range test" if kind in RANGE_TEST_VARIANTS else "grid"
+    source = "grid" if kind in GIVEN_RANGE_VARIANTS else "derived"
     return {**defaults, **AUTOLRS_VARIANTS[kind], "range": source}
 
 
@@ -338,47 +433,37 @@ def autolrs_kwargs(kind: str, workload: Workload, seed: int, quick: bool) -> dic
     """Every constructor argument of the AutoLRS callback of a run (defaults filled in): part of the run's cache key."""
     settings = autolrs_settings(kind)
     del settings["range"]
-    if kind in RANGE_TEST_VARIANTS:
-        lo, hi = None, None
-        if quick and settings.get("range_test_steps") is None:
-            settings["range_test_steps"] = QUICK_RANGE_TEST_STEPS
-    else:
+    if kind in GIVEN_RANGE_VARIANTS:
         lo, hi = workload.grid
+    else:
+        lo, hi = None, None
+        if quick and "range_test_steps" in settings and settings.get("range_test_steps") is None:
+            settings["range_test_steps"] = QUICK_RANGE_TEST_STEPS
     return {"min_lr": lo, "max_lr": hi, "seed": seed, "verbose": False, "save_files": False, **settings}
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("constant", "constant LR, tuned", "constant", tuned=True),
-        Method("cosine_demo", "cosine + 5% warmup, untuned (grid LR nearest the demo default)", "cosine", lr="demo"),
         Method("cosine", "cosine + 5% warmup, tuned", "cosine", tuned=True),
-        Method("onecycle", "OneCycle, tuned", "onecycle", tuned=True),
+        Method("cosine_configured", "cosine + 5% warmup at the module's LR (untuned)", "cosine", lr="configured"),
+        Method("constant_configured", "constant LR at the module's LR (untuned)", "constant", lr="configured"),
         Method("sf_default", "schedule-free, default LR", "sf", lr="sf_default"),
-        Method("sf", "schedule-free, tuned", "sf", tuned=True),
         Method("prodigy", "Prodigy (lr=1, LR-free; warmup + cosine)", "prodigy", lr="free"),
-        Method("autolrs_paper", "AutoLRS, paper settings (k=10, τ'=τ/10)", "autolrs_paper"),
-        Method("autolrs_default", "AutoLRS, package defaults", "autolrs_default"),
-        Method("autolrs_k5", "AutoLRS, k=5, τ'=τ/10", "autolrs_k5"),
-        Method("autolrs_reuse", "AutoLRS, k=10 + reuse_best_trial + early_stop", "autolrs_reuse"),
-        Method("autolrs_val", "AutoLRS, k=10, monitor=val_loss (the paper's objective)", "autolrs_val"),
-        Method("autolrs_abort", "AutoLRS, k=10 + reuse + early_stop + abort_trials", "autolrs_abort"),
-        Method("autolrs_warm", "AutoLRS, k=10 + reuse + early_stop + warm_start", "autolrs_warm"),
-        Method("autolrs_fast", "AutoLRS, k=10 + reuse + early_stop + abort + warm_start", "autolrs_fast"),
+        Method("autolrs_before", f"AutoLRS() before the rework (defaults of {BEFORE_COMMIT})", "autolrs_before"),
+        Method("autolrs", "AutoLRS() at its defaults, no LR range given", "autolrs"),
+        Method("constant", "constant LR, tuned", "constant", tuned=True, default=False),
+        Method("onecycle", "OneCycle, tuned", "onecycle", tuned=True, default=False),
+        Method("sf", "schedule-free, tuned", "sf", tuned=True, default=False),
         Method(
-            "autolrs_fast_range",
-            "AutoLRS, k=10 + reuse + early_stop + abort + warm_start, range test (no min/max_lr)",
-            "autolrs_fast_range",
+            "autolrs_given_range", "AutoLRS, defaults, range = the grid's ends", "autolrs_given_range", default=False
         ),
-        Method("autolrs_paper_range", "AutoLRS, paper settings, range test (no min/max_lr)", "autolrs_paper_range"),
-        Method("replay", "ReplaySchedule of `autolrs_fast`'s schedule (another seed's run), stretched", "replay"),
         Method(
-            "replay_paper",
-            "ReplaySchedule of `autolrs_paper`'s schedule (another seed's run), stretched",
-            "replay_paper",
+            "replay", "ReplaySchedule of `autolrs`'s schedule (another seed's run), stretched", "replay", default=False
         ),
     )
 }
+DEFAULT_METHODS = [name for name, m in METHODS.items() if m.default]
 
 WARMUP_FRACTION = 0.05
 
@@ -389,13 +474,6 @@ def sf_default_lr(workload: Workload) -> float:
 
     cls = schedulefree.SGDScheduleFree if workload.family == "sgd" else schedulefree.AdamWScheduleFree
     return float(inspect.signature(cls.__init__).parameters["lr"].default)
-
-
-def demo_default_lr(workload: Workload) -> float:
-    """The grid point nearest (in log space) to the demo module's own default ``lr``."""
-    module_cls, _, _ = workload.build(0, False)
-    default = float(inspect.signature(module_cls.__init__).parameters["lr"].default)
-    return min(workload.lr_grid(False), key=lambda v: abs(math.log(v / default)))
 
 
 def _warmup_cosine(budget: int) -> Callable[[int], float]:
@@ -561,6 +639,37 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def package_commit() -> str:
+    """``git describe``-style id of the package code that trains a run: the HEAD commit, ``+dirty`` when
+    ``lightning_autolrs/`` differs from it (``"unknown"`` outside a git checkout)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "lightning_autolrs"], cwd=root)
+    except OSError:
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.returncode else "")
+
+
+def _require_package_at(commit: str) -> None:
+    """Refuse to train a row of another package version: the package must equal ``commit``'s."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    same = subprocess.run(["git", "diff", "--quiet", commit, "--", "lightning_autolrs"], cwd=root)
+    if same.returncode != 0:
+        raise RuntimeError(
+            f"this row runs AutoLRS as of commit {commit}; the package differs from it. Reuse its saved runs with "
+            f"--resume, or run it from a checkout of {commit} (git worktree add /tmp/before {commit})."
+        )
+
+
 def run_one(task: dict[str, Any], schedule: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one run. ``task``: ``workload``, ``kind``, ``lr`` (None for AutoLRS and replay), ``seed``, ``quick``,
     ``evals``; for AutoLRS ``autolrs_args`` (every constructor argument, see :func:`autolrs_kwargs`). A replay run gets
@@ -585,7 +694,10 @@ def run_one(task: dict[str, Any], schedule: dict[str, Any] | None = None) -> dic
         from lightning_autolrs import AutoLRS
 
         module = module_cls(**kwargs)
-        autolrs_cb = AutoLRS(**task["autolrs_args"])
+        args = dict(task["autolrs_args"])
+        if "commit" in args:  # a row of an earlier version: only that version's package may train it
+            _require_package_at(args.pop("commit"))
+        autolrs_cb = AutoLRS(**args)
         callbacks.append(autolrs_cb)
     elif kind in REPLAY_VARIANTS:
         from lightning_autolrs import ReplaySchedule
@@ -613,7 +725,7 @@ def run_one(task: dict[str, Any], schedule: dict[str, Any] | None = None) -> dic
     else:
         module = _with_optimizer(module_cls)(**kwargs)
         module.bench_configure = lambda base: configure(kind, float(lr), budget, workload, base)
-    probing = autolrs_cb is not None and task["autolrs_args"].get("monitor") == "val_loss"
+    probing = autolrs_cb is not None  # AutoLRS gets the validation data, as in a user's Trainer
     every = max(1, budget // int(task["evals"]))
     recorder = Recorder(
         workload.val_batches(dm),
@@ -632,7 +744,7 @@ def run_one(task: dict[str, Any], schedule: dict[str, Any] | None = None) -> dic
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        # no Lightning validation loop (the Recorder evaluates); AutoLRS's val_loss probe still gets the dataloader
+        # no Lightning validation loop (the Recorder evaluates); AutoLRS's validation probe still gets the dataloader
         limit_val_batches=1.0 if probing else 0,
         check_val_every_n_epoch=None,
         val_check_interval=budget + 1,
@@ -654,7 +766,7 @@ def run_one(task: dict[str, Any], schedule: dict[str, Any] | None = None) -> dic
         "wall_train_s": wall - recorder.eval_seconds,
         "wall_eval_s": recorder.eval_seconds,
         "diverged_step": recorder.diverged_step,
-        "versions": {"torch": torch.__version__, "lightning": pl.__version__},
+        "versions": {"torch": torch.__version__, "lightning": pl.__version__, "package": package_commit()},
     }
     if replay_cb is not None:
         result["replay"] = {"exploit_lrs": len(replay_cb.exploit_lrs), "stretch": True}
