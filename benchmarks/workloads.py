@@ -394,6 +394,7 @@ AUTOLRS_VARIANTS: dict[str, dict[str, Any]] = {
     "autolrs": {},
     "autolrs_before": {},
     "autolrs_given_range": {},
+    "autolrs_last_iterate": {"average_trials": False},
 }
 """Constructor arguments of each AutoLRS row besides ``min_lr``/``max_lr`` and ``seed``. ``autolrs`` is ``AutoLRS()``
 at the package defaults; ``autolrs_before`` is ``AutoLRS()`` at the defaults of :data:`BEFORE_COMMIT` (its runs were
@@ -457,6 +458,12 @@ METHODS: dict[str, Method] = {
         Method("sf", "schedule-free, tuned", "sf", tuned=True, default=False),
         Method(
             "autolrs_given_range", "AutoLRS, defaults, range = the grid's ends", "autolrs_given_range", default=False
+        ),
+        Method(
+            "autolrs_last_iterate",
+            "AutoLRS, defaults but trials judged on their last weights (average_trials=False)",
+            "autolrs_last_iterate",
+            default=False,
         ),
         Method(
             "replay", "ReplaySchedule of `autolrs`'s schedule (another seed's run), stretched", "replay", default=False

@@ -30,6 +30,7 @@ from lightning_autolrs._edge import (
     reduce_loss,
     report_event,
 )
+from lightning_autolrs.averaging import TrialAverage
 from lightning_autolrs.controller import STATE_VERSION, StageController, check_state_version
 from lightning_autolrs.exceptions import AutoLRSWarning, UnsupportedSetupError
 from lightning_autolrs.probe import ValidationProbe
@@ -45,6 +46,7 @@ __all__ = ["AutoLRS", "check_strategy"]
 
 _SNAPSHOT_KEY = "autolrs_stage_snapshot"
 _BEST_SNAPSHOT_KEY = "autolrs_best_trial_snapshot"
+_AVERAGE_KEY = "autolrs_trial_average"
 _NO_LOSS_LIMIT = 10  # consecutive loss-less optimizer steps (at least one trial's length) before we give up
 
 
@@ -79,7 +81,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         min_lr: float | None = None,
         max_lr: float | None = None,
         *,
-        num_trials: int = 10,
+        num_trials: int = 4,
         tau: int | None = None,
         tau_max: int = 8000,
         search_ratio: float = 0.1,
@@ -89,19 +91,21 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         seed: int | None = None,
         divergence_factor: float = 5.0,
         monitor: str = "auto",
-        reuse_best_trial: bool = False,
+        reuse_best_trial: bool = True,
         early_stop: bool = False,
         min_trials: int = 3,
         abort_trials: bool = False,
         warm_start: bool = False,
         range_test: bool | None = None,
         range_test_steps: int | None = None,
-        val_batches: int = 10,
+        val_batches: int = 4,
         val_loss_fn: Callable[[Any, Any], Any] | None = None,
         snapshot_device: str | None = None,
         checkpoint_snapshot: bool = True,
         save_files: bool = True,
         verbose: bool = True,
+        anneal_ratio: float = 0.2,
+        average_trials: bool = True,
     ) -> None:
         arguments = locals()  # the arguments above, declared once in `Settings` (a test keeps both in step)
         super().__init__()
@@ -124,6 +128,9 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._step_loss_count = 0
         self._seen_global_step = 0
         self._steps_without_loss = 0
+        self._average: TrialAverage | None = None
+        self._loaded_average: dict[str, Any] | None = None
+        self._plan_phase = "warmup"
 
     # ------------------------------------------------------------------ public results
     @property
@@ -223,6 +230,14 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._ratios = [float(g["lr"]) / base for g in trainer.optimizers[0].param_groups]
         resumed = self._loaded_state is not None  # the budget was checked when the run began
         self._derived = derive(self._settings, base, trainer.estimated_stepping_batches, check_budget=not resumed)
+        if self._derived.fallback and not resumed:
+            rank_zero_warn(
+                f"AutoLRS: the Trainer's budget of {self._derived.total_steps} optimizer steps is too small for a "
+                f"search with trials of at least 20 steps (it needs at least {self._derived.needed_steps} steps with "
+                f"`num_trials`={self._settings.num_trials}); training without a search instead: a cosine decay from "
+                f"the configured lr={base:.4g} over the budget. Raise `max_steps`/`max_epochs` to search.",
+                category=AutoLRSWarning,
+            )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -250,6 +265,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             if self._settings.reuse_best_trial
             else None
         )
+        averaging = self._settings.average_trials and self._probe is not None and not self._derived.fallback
+        self._average = TrialAverage(pl_module) if averaging else None
         if self._loaded_state is not None:
             state, self._loaded_state = self._loaded_state, None
             self.controller.load_state_dict(state["controller"])
@@ -259,6 +276,9 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 if self._best_snapshot is not None and self._loaded_best is not None:
                     self._best_snapshot.load_state_dict(self._loaded_best)
                 self._loaded_best = None
+                if self._average is not None and self._loaded_average is not None:
+                    self._average.load_state_dict(self._loaded_average)
+                self._loaded_average = None
             elif self.controller.needs_snapshot:
                 # checkpoint saved without the snapshot: redo the interrupted search (or range test) from the weights
                 self.controller.restart_stage()
@@ -288,6 +308,11 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._snapshot.restore()
         if plan.capture:
             self._snapshot.capture()
+        if plan.probe_before and self._probe is not None:
+            self.controller.record_level(reduce_loss(trainer, self._probe(pl_module)))
+        self._plan_phase = plan.phase
+        if self._average is not None and plan.phase == "search" and (plan.capture or plan.restore):
+            self._average.start(self.controller.stage_steps[1])  # a trial begins at the stage start
         apply_lr(trainer.optimizers[0], plan.lr, self._ratios)
         self._scale_before = self._scaler_scale()
         self._plan_probe = plan.probe
@@ -315,9 +340,14 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         scale_after = self._scaler_scale()
         skipped = self._scale_before is not None and scale_after is not None and scale_after < self._scale_before
         probe, probe_seconds = None, 0.0
+        if self._average is not None and self._plan_phase == "search":
+            self._average.update()
         if self._plan_probe and self._probe is not None:
             start = time.perf_counter()
-            probe = reduce_loss(trainer, self._probe(pl_module))
+            if self._average is not None:
+                probe = reduce_loss(trainer, self._average.probe(self._probe))
+            else:
+                probe = reduce_loss(trainer, self._probe(pl_module))
             probe_seconds = time.perf_counter() - start
         events = self.controller.end_step(step_loss, progressed=not skipped, probe=probe, probe_seconds=probe_seconds)
         if events and trainer.world_size > 1:
@@ -441,6 +471,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             checkpoint[_SNAPSHOT_KEY] = snap.state_dict()
             if self._best_snapshot is not None and self._best_snapshot.captured:
                 checkpoint[_BEST_SNAPSHOT_KEY] = self._best_snapshot.state_dict()
+            if self._average is not None and c.phase == "search":
+                checkpoint[_AVERAGE_KEY] = self._average.state_dict()
 
     @override
     def on_load_checkpoint(
@@ -448,6 +480,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     ) -> None:
         self._loaded_snapshot = checkpoint.get(_SNAPSHOT_KEY)
         self._loaded_best = checkpoint.get(_BEST_SNAPSHOT_KEY)
+        self._loaded_average = checkpoint.get(_AVERAGE_KEY)
 
 
 AutoLRS.__doc__ = (AutoLRS.__doc__ or "").replace("{settings_args}", docstring_args().lstrip())

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from lightning_autolrs._validation import check_int
@@ -60,10 +60,16 @@ from lightning_autolrs.settings import MONITORS, RANGE_SPAN, Derived, Settings, 
 
 __all__ = ["MONITORS", "RANGE_SPAN", "STATE_VERSION", "StageController", "StepPlan", "default_tau"]
 
-#: Version of :meth:`StageController.state_dict` (and of the callback's state). Version 1 (0.1.0) is the current one:
-#: a flat dict whose keys the controller and its parts each read with defaults.
-STATE_VERSION = 1
+#: Version of :meth:`StageController.state_dict` (and of the callback's state): a flat dict whose keys the controller
+#: and its parts each read with defaults. Version 2 added the search rules of issue #12 (anchor trials, trust region,
+#: stage-start probe, final anneal, slow-collapse guard); a run resumed from a version-1 state finishes under the
+#: version-1 search rules (:meth:`StageController.load_state_dict`), so it continues as it began.
+STATE_VERSION = 2
 _REFERENCE_WINDOW = 20
+#: A stage searches within ÷/× this factor of its anchor (stage 0: its square, around the configured LR).
+TRUST_FACTOR = 3.0
+_COLLAPSE_WINDOW = 20  # training losses per window of the slow-collapse guard
+_COLLAPSE_PROGRESS = 0.5  # the guard acts once the stage has lowered its windowed loss by half of the start level
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,8 @@ class StepPlan:
         save_best: before anything else, copy the current state (the end of the best trial so far) into the
             best-trial snapshot.
         restore_best: restore the best-trial snapshot instead of the stage snapshot.
+        probe_before: evaluate the validation probe before this step (after any restore and capture: the stage-start
+            model) and pass it to :meth:`StageController.record_level`.
     """
 
     lr: float
@@ -88,6 +96,7 @@ class StepPlan:
     probe: bool = False
     save_best: bool = False
     restore_best: bool = False
+    probe_before: bool = False
 
 
 def check_state_version(state: dict[str, Any], what: str) -> None:
@@ -178,6 +187,9 @@ class StageController:
         abort_trials: bool = False,
         abort_margin: float = 0.5,
         warm_start: bool = False,
+        anneal_steps: int = 0,
+        anchor_lr: float | None = None,
+        collapse_guard: bool = False,
         proposer: LRProposer | None = None,
         forecaster: ExponentialForecaster | None = None,
     ) -> None:
@@ -204,6 +216,9 @@ class StageController:
             options=options,
             proposer=proposer,
             forecaster=forecaster,
+            anneal_steps=anneal_steps,
+            anchor_lr=anchor_lr,
+            collapse_guard=collapse_guard,
         )
 
     @classmethod
@@ -226,6 +241,10 @@ class StageController:
             range_test=range_test,
             options=SearchOptions.from_settings(settings, monitor=monitor),
             given_range=(derived.min_lr, derived.max_lr),
+            anneal_steps=derived.anneal_steps,
+            anchor_lr=derived.configured_lr,
+            collapse_guard=True,
+            fallback=derived.fallback,
         )
         return self
 
@@ -243,6 +262,10 @@ class StageController:
         proposer: LRProposer | None = None,
         forecaster: ExponentialForecaster | None = None,
         given_range: tuple[float | None, float | None] | None = None,
+        anneal_steps: int = 0,
+        anchor_lr: float | None = None,
+        collapse_guard: bool = False,
+        fallback: bool = False,
     ) -> None:
         if settings.warmup_steps > 0 and warmup_lr is None:
             raise InvalidArgumentError("`warmup_lr` is required when `warmup_steps` > 0; pass the LR warmup ends at.")
@@ -281,6 +304,21 @@ class StageController:
         self._lr = self.min_lr
         self._exploit_end: float = self.step  # the first begin_step after warmup starts a stage
         self._ranking: list[float] = []  # trial LRs of the current stage, best first (exploit fallbacks)
+        self.anneal_steps = check_int("anneal_steps", anneal_steps, minimum=0)
+        if self.anneal_steps and self.total_steps is None:
+            raise InvalidArgumentError("`anneal_steps` needs a known `total_steps`.")
+        self.anchor_lr = anchor_lr
+        self.collapse_guard = collapse_guard
+        self.fallback = fallback  # no search: the whole budget after warmup is the anneal from `anchor_lr`
+        if fallback and anchor_lr is not None:
+            self._lr = anchor_lr
+        self._anneal_start: int | None = None
+        self._anneal_lr = 0.0
+        self._pending_level_probe = False
+        self._start_losses: list[float] = []  # the stage's first training losses (the collapse guard's reference)
+        self._window: deque[float] = deque(maxlen=_COLLAPSE_WINDOW)
+        self._best_window = math.inf
+        self._collapse_count = 0
 
     # ------------------------------------------------------------------ the two events
     def begin_step(self) -> StepPlan:
@@ -298,6 +336,12 @@ class StageController:
             self._plan_range_test = True
             self._plan = StepPlan(self._range_test.lr(i), "warmup", capture=i == 0)
             return self._plan
+        if self._anneal_start is None and self.anneal_steps and self.step >= self._anneal_begin:
+            self._begin_anneal()
+        if self._anneal_start is not None:
+            self._plan = StepPlan(self._anneal_lr_at(self.step), "exploit", restore=self._pending_restore)
+            self._pending_restore = False
+            return self._plan
         if self.phase == "warmup" or (self.phase == "exploit" and self.step >= self._exploit_end):
             self._start_stage()
         self._plan = StepPlan(
@@ -308,7 +352,9 @@ class StageController:
             probe=self.phase == "search" and self.search.probe_due(),
             save_best=self._pending_save_best,
             restore_best=self._pending_restore_best,
+            probe_before=self._pending_level_probe,
         )
+        self._pending_level_probe = False
         self._pending_restore = self._pending_capture = False
         self._pending_save_best = self._pending_restore_best = False
         return self._plan
@@ -349,7 +395,14 @@ class StageController:
             if plan.probe and progressed and probe is not None:
                 self.search.add_probe(probe)
             return self._record_trial_step(loss, progressed)
+        if self._anneal_start is not None:
+            return self._record_anneal_step(loss)
         return self._record_exploit_step(loss)
+
+    def record_level(self, value: float | None) -> None:
+        """The validation probe of the stage-start model, asked for by :attr:`StepPlan.probe_before`."""
+        self._history = None
+        self.search.record_level(value)
 
     # ------------------------------------------------------------------ range test
     @property
@@ -391,7 +444,42 @@ class StageController:
 
     # ------------------------------------------------------------------ stages and the budget
     def _remaining(self) -> float:
-        return math.inf if self.total_steps is None else self.total_steps - self.step
+        """Steps left for stages: the budget's, less the final anneal."""
+        return math.inf if self.total_steps is None else self.total_steps - self.anneal_steps - self.step
+
+    # ------------------------------------------------------------------ the final anneal
+    @property
+    def _anneal_begin(self) -> int:
+        assert self.total_steps is not None
+        return max(self.warmup_steps, self.total_steps - self.anneal_steps)
+
+    def _begin_anneal(self) -> None:
+        """The last ``anneal_steps`` steps: a half cosine from the LR in use down to ``min_lr``."""
+        self._anneal_start = self.step
+        self._anneal_lr = self._lr
+        self.phase = "exploit"
+        if self.stages:
+            self.stages[-1].anneal_start = self.step
+            self.stages[-1].anneal_lr = self._lr
+
+    def _anneal_lr_at(self, step: int) -> float:
+        assert self._anneal_start is not None and self.total_steps is not None
+        span = max(1, self.total_steps - self._anneal_start)
+        low = min(self.min_lr, self._anneal_lr)
+        return low + (self._anneal_lr - low) * 0.5 * (1.0 + math.cos(math.pi * (step - self._anneal_start) / span))
+
+    def _record_anneal_step(self, loss: float | None) -> list[Event]:
+        """A NaN/inf loss in the anneal restores the stage snapshot and lowers the anneal's start tenfold."""
+        if self.stages:
+            self.stages[-1].exploit_steps += 1
+        if loss is None or math.isfinite(loss) or not self.stages:
+            return []
+        failed = self._anneal_lr
+        self._anneal_lr = max(failed / 10, self.min_lr)
+        fallback = FallbackRecord(step=self.step - 1, failed_lr=failed, new_lr=self._anneal_lr)
+        self.stages[-1].fallbacks.append(fallback)
+        self._pending_restore = True
+        return [FallbackEvent(self._stage, fallback)]
 
     def _start_stage(self) -> None:
         self._stage += 1
@@ -410,15 +498,39 @@ class StageController:
         record.signal = self.search.configure(self._stage, tau, tau_prime)
         self.stages.append(record)
         self._pending_capture = True
+        self._start_losses, self._best_window, self._collapse_count = [], math.inf, 0
+        self._window.clear()
         if searching:
             self.phase = "search"
-            self._lr = self.search.start(record, (self.min_lr, self._eff_max_lr), self.stages[:-1], self.step)
+            anchor = self._anchor()
+            bounds = self._stage_bounds(anchor)
+            record.lr_range = list(bounds)
+            self._pending_level_probe = record.signal == "val_loss"
+            self._lr = self.search.start(record, bounds, self.stages[:-1], self.step, anchor=anchor)
         else:
             best = self.stages[-2].best_lr
             assert best is not None
             record.best_lr = best
             self._ranking = [best]
             self._begin_exploit(best)
+
+    def _anchor(self) -> float | None:
+        """The LR of a stage's first trial: the previous stage's choice (stage 0: ``anchor_lr``, the configured LR),
+        within the range; ``None`` without ``anchor_lr``."""
+        if self.anchor_lr is None:
+            return None
+        previous = next((s.best_lr for s in reversed(self.stages[:-1]) if s.best_lr is not None), self.anchor_lr)
+        return min(max(previous, self.min_lr), self._eff_max_lr)
+
+    def _stage_bounds(self, anchor: float | None) -> tuple[float, float]:
+        """The stage's search interval: within ÷/× :data:`TRUST_FACTOR` of the anchor (its square in stage 0), inside
+        ``[min_lr, upper end]``; the whole range without an anchor."""
+        lo, hi = self.min_lr, self._eff_max_lr
+        if anchor is None:
+            return lo, hi
+        factor = TRUST_FACTOR ** (2 if self._stage == 0 else 1)
+        tlo, thi = max(lo, anchor / factor), min(hi, anchor * factor)
+        return (tlo, thi) if thi > tlo else (lo, hi)
 
     def _begin_exploit(self, lr: float, already: int = 0) -> None:
         """Exploit ``lr`` for the rest of the stage; ``already`` steps of it were trained by a reused trial."""
@@ -453,7 +565,11 @@ class StageController:
         if not progressed:
             return []
         self._note_reference(loss)
-        outcome = self.search.record_step(record, self._lr, loss, self._diverged(loss), self.step)
+        diverged = self._diverged(loss)
+        first = self.search.trial == 0 and len(self._start_losses) < _COLLAPSE_WINDOW
+        if first and loss is not None and not diverged:
+            self._start_losses.append(loss)  # the stage's first losses, from the stage-start state
+        outcome = self.search.record_step(record, self._lr, loss, diverged, self.step)
         return [] if outcome is None else self._carry_out(outcome)
 
     def _carry_out(self, outcome: TrialOutcome) -> list[Event]:
@@ -475,11 +591,35 @@ class StageController:
         return outcome.events
 
     # ------------------------------------------------------------------ exploit
+    def _collapsed(self, loss: float | None) -> bool:
+        """Slow collapse: for a whole window, the windowed training loss has been back at the stage-start level after
+        the stage had lowered it by at least a quarter (a net dying at the edge of stability, without a spike)."""
+        if not self.collapse_guard or loss is None or not math.isfinite(loss):
+            return False
+        self._window.append(loss)
+        if len(self._start_losses) < _COLLAPSE_WINDOW // 2 or len(self._window) < _COLLAPSE_WINDOW:
+            return False
+        start = sum(self._start_losses) / len(self._start_losses)
+        now = sum(self._window) / len(self._window)
+        self._best_window = min(self._best_window, now)
+        back = start - self._best_window > _COLLAPSE_PROGRESS * abs(start) and now >= start
+        self._collapse_count = self._collapse_count + 1 if back else 0
+        return self._collapse_count >= _COLLAPSE_WINDOW and self._lr > self.min_lr
+
     def _record_exploit_step(self, loss: float | None) -> list[Event]:
         record = self.stages[-1]
         record.exploit_steps += 1
         self._note_reference(loss)
-        if self._diverged(loss):  # the exploit guard
+        if (
+            loss is not None
+            and math.isfinite(loss)
+            and not record.trials
+            and len(self._start_losses) < _COLLAPSE_WINDOW
+        ):
+            self._start_losses.append(loss)  # a stage without a search: its first exploit losses
+        if self._diverged(loss) or self._collapsed(loss):  # the exploit guard
+            self._window.clear()
+            self._best_window, self._collapse_count = math.inf, 0
             failed = self._lr
             if failed in self._ranking:
                 self._ranking.remove(failed)
@@ -589,6 +729,14 @@ class StageController:
             "pending_restore_best": self._pending_restore_best,
             "min_lr": self.min_lr,
             "max_lr": self.max_lr,
+            "stage_bounds": list(self.search.bounds),
+            "pending_level_probe": self._pending_level_probe,
+            "anneal_start": self._anneal_start,
+            "anneal_lr": self._anneal_lr,
+            "start_losses": list(self._start_losses),
+            "window": list(self._window),
+            "best_window": None if math.isinf(self._best_window) else self._best_window,
+            "collapse_count": self._collapse_count,
             **self.search.state_dict(),
             **self._range_test.state_dict(),
         }
@@ -604,8 +752,14 @@ class StageController:
         self.load_state_dict({**state, "lrs": self.lrs, "losses": self.losses})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned; keys added in later versions are read with defaults."""
+        """Restore what :meth:`state_dict` returned; keys added in later versions are read with defaults. A
+        version-1 state (written before the search rework) continues under the version-1 search rules: no anchor
+        trial or trust region, no stage-start probe, 8 probes per trial from 200-step trials on, no slow-collapse
+        guard."""
         check_state_version(state, "AutoLRS controller state")
+        if state.get("version", 1) < 2:
+            self.anchor_lr, self.collapse_guard = None, False
+            self.search.options = replace(self.search.options, probes_per_trial=8, auto_val_min_tau_prime=200)
         self.step = int(state.get("step", self.step))
         self.phase = state.get("phase", self.phase)
         self.lrs = [float(x) for x in state.get("lrs", [])]
@@ -631,5 +785,15 @@ class StageController:
         self._range_test.load_state_dict(state)
         self.search.load_state_dict(state)
         self.search.set_stage(self._stage, self._stage_tau, self._stage_tau_prime)
-        self.search.bounds = (self.min_lr, self._eff_max_lr)
+        lo, hi = state.get("stage_bounds", (self.min_lr, self._eff_max_lr))
+        self.search.bounds = (float(lo), float(hi))
+        self._pending_level_probe = bool(state.get("pending_level_probe", False))
+        anneal = state.get("anneal_start")
+        self._anneal_start = None if anneal is None else int(anneal)
+        self._anneal_lr = float(state.get("anneal_lr", 0.0))
+        self._start_losses = [float(x) for x in state.get("start_losses", [])]
+        self._window = deque((float(x) for x in state.get("window", [])), maxlen=_COLLAPSE_WINDOW)
+        best_window = state.get("best_window")
+        self._best_window = math.inf if best_window is None else float(best_window)
+        self._collapse_count = int(state.get("collapse_count", 0))
         self._plan = None

@@ -117,9 +117,18 @@ class StageRecord:
         stopped_early: set when ``early_stop`` ended the search before ``num_trials``.
         reused_trial: index of the trial whose end state the exploit phase continued (``reuse_best_trial``).
         restarted: set when the search restarted from resumed weights (a checkpoint without the stage snapshot).
+        anneal_start: global step at which the final anneal began (the last stage only).
+        anneal_lr: the LR the final anneal decays from.
     """
 
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("warm_start", "stopped_early", "reused_trial", "restarted")
+    OPTIONAL: ClassVar[tuple[str, ...]] = (
+        "warm_start",
+        "stopped_early",
+        "reused_trial",
+        "restarted",
+        "anneal_start",
+        "anneal_lr",
+    )
 
     stage: int
     start_step: int
@@ -138,6 +147,8 @@ class StageRecord:
     stopped_early: bool = False
     reused_trial: int | None = None
     restarted: bool = False
+    anneal_start: int | None = None
+    anneal_lr: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

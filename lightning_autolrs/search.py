@@ -20,8 +20,14 @@ Rules (``k`` = ``num_trials``, τ the stage's length, τ' its trial length):
   observations.
 * **Early stop** (``early_stop``): after at least ``min_trials`` trials, the search ends once the GP's optimistic
   bound (UCB with ``stop_beta``) nowhere beats the best trial.
-* **Ranking**: the trials that did not diverge, by (forecast, LR); the first is exploited (``min_lr`` if every trial
-  diverged). With ``reuse_best_trial`` the end state of the best full-length trial is kept
+* **Anchor and ties**: a stage's first trial runs at its anchor LR (the configured LR in stage 0, the previous
+  stage's choice after it). The stage exploits the trial with the lowest forecast, unless the anchor's forecast is
+  within :data:`TIE_TOLERANCE` (relative) of it: forecasts that close do not separate beyond their noise, and a tie
+  keeps the LR training was already using.
+* **Judged series**: with validation probes, the probe of the stage-start model (:meth:`StageSearch.record_level`)
+  is every trial's first point, followed by the trial's own probes.
+* **Ranking**: the chosen trial, then the other trials that did not diverge by (forecast, LR) (``min_lr`` if every
+  trial diverged). With ``reuse_best_trial`` the end state of the preferred full-length trial is kept
   (:attr:`TrialOutcome.save_best`) and the exploit phase continues from it when it is the chosen one.
 """
 
@@ -38,7 +44,10 @@ from lightning_autolrs.proposer import LRProposer
 from lightning_autolrs.records import Event, SearchEvent, StageRecord, TrialEvent, TrialRecord
 from lightning_autolrs.settings import Settings
 
-__all__ = ["SearchOptions", "StageSearch", "TrialOutcome"]
+__all__ = ["TIE_TOLERANCE", "SearchOptions", "StageSearch", "TrialOutcome"]
+
+#: Forecasts within this relative distance of each other are a tie, which the anchor trial wins.
+TIE_TOLERANCE = 0.03
 
 
 @dataclass(frozen=True)
@@ -53,8 +62,8 @@ class SearchOptions:
     early_stop: bool = False
     min_trials: int = 3
     stop_beta: float = 1.0
-    probes_per_trial: int = 8
-    auto_val_min_tau_prime: int = 200
+    probes_per_trial: int = 5
+    auto_val_min_tau_prime: int = 1
     abort_trials: bool = False
     abort_margin: float = 0.5
     warm_start: bool = False
@@ -66,8 +75,8 @@ class SearchOptions:
         *,
         monitor: str | None = None,
         stop_beta: float = 1.0,
-        probes_per_trial: int = 8,
-        auto_val_min_tau_prime: int = 200,
+        probes_per_trial: int = 5,
+        auto_val_min_tau_prime: int = 1,
         abort_margin: float = 0.5,
     ) -> SearchOptions:
         """The search options of checked settings (``monitor`` overrides theirs), with the tuning constants checked."""
@@ -143,6 +152,9 @@ class StageSearch:
         self.abort_checked = False
         self.warm_prior: list[tuple[float, float]] = []  # previous stage's (lr, forecast), anchor first
         self.best_trial: int | None = None  # index of the trial whose end state the best-trial snapshot holds
+        self.anchor_index: int | None = None  # the trial run at the stage's anchor LR (ties go to it)
+        self.anchor_lr: float | None = None
+        self.level_probe: float | None = None  # the validation probe of the stage-start model
 
     # ------------------------------------------------------------------ a stage
     def set_stage(self, stage: int, tau: int, tau_prime: int) -> None:
@@ -156,23 +168,41 @@ class StageSearch:
         probing = o.monitor == "val_loss" or (o.monitor == "auto" and tau_prime >= o.auto_val_min_tau_prime)
         self.probe_stride = max(1, tau_prime // o.probes_per_trial) if probing else 0
         self.stage_level = None
+        self.level_probe = None
+        self.anchor_index = None
         return "val_loss" if probing else "train_loss"
 
-    def start(self, record: StageRecord, bounds: tuple[float, float], previous: list[StageRecord], step: int) -> float:
-        """Start the stage's search over ``bounds`` at global step ``step``; returns the first trial's LR."""
+    def start(
+        self,
+        record: StageRecord,
+        bounds: tuple[float, float],
+        previous: list[StageRecord],
+        step: int,
+        anchor: float | None = None,
+    ) -> float:
+        """Start the stage's search over ``bounds`` at global step ``step``, its first trial at ``anchor`` (when
+        given); returns the first trial's LR."""
         self.bounds = bounds
         self.proposer.reset(min_lr=bounds[0], max_lr=bounds[1], seed=self._stage_seed())
         self.warm_prior = self._previous_forecasts(previous) if self.options.warm_start else []
         if self.warm_prior:
             record.warm_start = True
-        return self.begin_trial(0, step, lr=self.warm_prior[0][0] if self.warm_prior else None)
+            anchor = self.warm_prior[0][0]
+        self.anchor_index = None if anchor is None else 0
+        self.anchor_lr = anchor
+        return self.begin_trial(0, step, lr=anchor)
+
+    def record_level(self, value: float | None) -> None:
+        """The validation probe of the stage-start model: the first point of every trial's judged series."""
+        if value is not None and math.isfinite(value):
+            self.level_probe = float(value)
 
     def restart(self, record: StageRecord, step: int) -> float:
         """Start the stage's search again (the trials so far are dropped); returns the first trial's LR."""
         record.trials = []
         self.proposer.reset(min_lr=self.bounds[0], max_lr=self.bounds[1], seed=self._stage_seed())
         self.best_trial = None
-        return self.begin_trial(0, step)
+        return self.begin_trial(0, step, lr=self.anchor_lr)
 
     def _stage_seed(self) -> int:
         return (0 if self.options.seed is None else self.options.seed) + self.stage
@@ -228,8 +258,9 @@ class StageSearch:
 
     def _series(self) -> tuple[list[float], int]:
         """The series the current trial is judged on and its forecast horizon (in that series' units)."""
-        if self.probe_stride:  # judged on validation probes, one every `stride` steps
-            return self.trial_probes, max(1, self.tau // self.probe_stride)
+        if self.probe_stride:  # judged on validation probes, one every `stride` steps (the stage start's first)
+            head = [] if self.level_probe is None else [self.level_probe]
+            return head + self.trial_probes, max(1, self.tau // self.probe_stride)
         return self.trial_losses, self.tau
 
     def _abort_forecast(self, record: StageRecord) -> Forecast | None:
@@ -280,8 +311,7 @@ class StageSearch:
         self._apply_warm_prior(len(record.trials), trial.diverged, predicted)
         out = TrialOutcome(events=[TrialEvent(self.stage, self.trial, trial)])
         if self.options.reuse_best_trial and not trial.diverged and trial.steps == self.tau_prime:
-            best = self.best_trial
-            if best is None or (predicted, lr) < (record.trials[best].predicted_loss, record.trials[best].lr):
+            if self.preferred(record.trials) == len(record.trials) - 1 and self.best_trial != self.trial:
                 self.best_trial = self.trial
                 out.save_best = True
         done = len(record.trials)
@@ -313,6 +343,9 @@ class StageSearch:
     def _end_search(self, record: StageRecord, out: TrialOutcome) -> None:
         """Rank the trials, choose the LR to exploit and whether the best trial's end state is reused."""
         ranked = sorted((t for t in record.trials if not t.diverged), key=lambda t: (t.predicted_loss, t.lr))
+        chosen = self.preferred(record.trials)
+        if chosen is not None:
+            ranked = [record.trials[chosen]] + [t for t in ranked if t is not record.trials[chosen]]
         out.ranking = [t.lr for t in ranked]
         best = out.ranking[0] if out.ranking else self.bounds[0]
         record.best_lr = out.best_lr = best
@@ -325,6 +358,20 @@ class StageSearch:
                 out.restore_best = True
         self.best_trial = None
         out.events.append(SearchEvent(self.stage, best, len(record.trials)))
+
+    def preferred(self, trials: list[TrialRecord]) -> int | None:
+        """Index of the trial the stage would exploit now: the lowest (forecast, LR), unless the anchor trial's
+        forecast is within :data:`TIE_TOLERANCE` of it (relative), which keeps the anchor; ``None`` if all diverged."""
+        valid = [i for i, t in enumerate(trials) if not t.diverged and t.predicted_loss is not None]
+        if not valid:
+            return None
+        best = min(valid, key=lambda i: (trials[i].predicted_loss, trials[i].lr))
+        a = self.anchor_index
+        if a is None or a not in valid or trials[a].aborted:
+            return best
+        best_loss, anchor_loss = trials[best].predicted_loss, trials[a].predicted_loss
+        assert best_loss is not None and anchor_loss is not None
+        return a if anchor_loss - best_loss <= TIE_TOLERANCE * abs(best_loss) else best
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
@@ -341,6 +388,9 @@ class StageSearch:
             "stage_level": self.stage_level,
             "abort_checked": self.abort_checked,
             "warm_prior": [list(p) for p in self.warm_prior],
+            "anchor_index": self.anchor_index,
+            "anchor_lr": self.anchor_lr,
+            "level_probe": self.level_probe,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -357,5 +407,11 @@ class StageSearch:
         self.stage_level = None if level is None else float(level)
         self.abort_checked = bool(state.get("abort_checked", False))
         self.warm_prior = [(float(lr), float(f)) for lr, f in state.get("warm_prior", [])]
+        anchor = state.get("anchor_index")
+        self.anchor_index = None if anchor is None else int(anchor)
+        anchor_lr = state.get("anchor_lr")
+        self.anchor_lr = None if anchor_lr is None else float(anchor_lr)
+        level = state.get("level_probe")
+        self.level_probe = None if level is None else float(level)
         if "proposer" in state:
             self.proposer.load_state_dict(state["proposer"])

@@ -25,6 +25,7 @@ from lightning_autolrs.exceptions import InvalidArgumentError
 from lightning_autolrs.proposer import DEFAULT_BETA
 
 __all__ = [
+    "MIN_TRIAL_STEPS",
     "MONITORS",
     "RANGE_SPAN",
     "Derived",
@@ -33,6 +34,7 @@ __all__ = [
     "derive",
     "docstring_args",
     "markdown_table",
+    "plan_tau",
     "tau_prime_for",
 ]
 
@@ -46,6 +48,10 @@ RANGE_TEST_ABOVE = 1e2  # ... to × 1e2
 RANGE_TEST_SHARE = 0.05
 RANGE_TEST_MIN_STEPS = 20
 RANGE_TEST_MAX_STEPS = 100
+#: The shortest trial the derived τ allows: 5 validation probes at least 4 steps apart (measured in
+#: ``benchmarks/results/forecast_length.md``: with fixed-batch probes the forecast ranks trials better than their
+#: last values from 5 points on; on single-batch training losses neither ranks much better than a coin at 40 points).
+MIN_TRIAL_STEPS = 20
 
 
 def _setting(default: Any, doc: str, check: Callable[[str, Any], Any] | None = None) -> Any:
@@ -78,6 +84,13 @@ def _check_monitor(name: str, value: Any) -> str:
     return str(value)
 
 
+def _check_anneal_ratio(name: str, value: Any) -> float:
+    ratio = check_float(name, value, nonnegative=True)
+    if ratio >= 1.0:
+        raise InvalidArgumentError(f"`anneal_ratio` must lie in [0, 1), got {value}; 0 turns the final anneal off.")
+    return ratio
+
+
 def _check_range_test(name: str, value: Any) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise InvalidArgumentError(f"`range_test` must be None, True or False, got {value!r}.")
@@ -102,7 +115,7 @@ class Settings:
 
     Example:
         >>> Settings(min_lr=1e-4, max_lr=1e-1).num_trials
-        10
+        4
         >>> Settings(min_lr=None, max_lr=None).range_test_on, Settings(min_lr=1e-4).range_test_on
         (True, False)
     """
@@ -119,12 +132,19 @@ class Settings:
         when only ``min_lr`` is given.""",
         _positive_or_none,
     )
-    num_trials: int = _setting(10, "candidate LRs tried per stage (≥ 2).", _int_at_least(2))
+    num_trials: int = _setting(
+        4,
+        """candidate LRs tried per stage (≥ 2); the first one of each stage is the stage's anchor: the optimizer's
+        configured LR in stage 0, the previous stage's choice after it.""",
+        _int_at_least(2),
+    )
     tau: int | None = _setting(
         None,
         """the first stage's exploit length τ in optimizer steps. Default (``None``): derived from the Trainer's step
-        budget so that at least three full stages fit (``(budget − warmup_steps) / (7·(1 + num_trials·search_ratio))``),
-        or 1000 if the budget is unbounded.""",
+        budget: the largest τ with which three stages (τ, 2τ, 4τ; else two, else one) and their searches fit in the
+        steps left after warmup, the range test and the final anneal, provided trials are at least 20 steps long
+        (``search_ratio``·τ ≥ 20). A budget too small for one such stage gets one warning and no search: a cosine
+        decay from the configured LR. 1000 if the budget is unbounded.""",
         _int_at_least(1, allow_none=True),
     )
     tau_max: int = _setting(8000, "τ doubles each stage until it reaches ``tau_max``.", _int_at_least(1))
@@ -160,14 +180,13 @@ class Settings:
     monitor: str = _setting(
         "auto",
         """what a trial is judged on. ``"train_loss"``: the training loss of every trial step. ``"val_loss"``: the
-        loss on ``val_batches`` fixed validation batches, probed at 8 evenly spaced steps of each trial (the paper's
-        objective; needs a validation dataloader). ``"auto"`` (default): validation probes once trials are at least
-        200 steps long (and a validation dataloader exists), the training loss for shorter trials, where 8 probes of
-        10 batches would cost too much relative to the trial and the training loss is the less noisy signal.""",
+        loss on ``val_batches`` fixed validation batches, probed at the stage start and at 5 evenly spaced steps of
+        each trial (the paper's objective; needs a validation dataloader). ``"auto"`` (default): validation probes when
+        the Trainer has validation data, the training loss otherwise.""",
         _check_monitor,
     )
     reuse_best_trial: bool = _setting(
-        False,
+        True,
         """continue the exploit phase from the end state of the best trial (one more in-memory snapshot) instead of
         re-training its τ' steps from the stage start; saves τ' steps per stage.""",
         _as_bool,
@@ -208,7 +227,7 @@ class Settings:
         is unbounded).""",
         _int_at_least(2, allow_none=True),
     )
-    val_batches: int = _setting(10, "batches of the validation dataloader used by the probe.", _int_at_least(1))
+    val_batches: int = _setting(4, "batches of the validation dataloader used by the probe.", _int_at_least(1))
     val_loss_fn: Callable[[Any, Any], Any] | None = _setting(
         None,
         """``val_loss_fn(module, batch) -> loss`` for the probe; default: the module's ``validation_step`` (its
@@ -235,6 +254,20 @@ class Settings:
         _as_bool,
     )
     verbose: bool = _setting(True, "print one line per trial and per stage on rank zero.", _as_bool)
+    anneal_ratio: float = _setting(
+        0.2,
+        """share of the step budget spent on a final anneal: the last stage's LR decays along a half cosine to
+        ``min_lr`` over the last ``anneal_ratio``·budget steps (no search there). ``0`` turns it off; unused when the
+        budget is unbounded.""",
+        _check_anneal_ratio,
+    )
+    average_trials: bool = _setting(
+        True,
+        """judge a trial's validation probes on an exponential moving average of its weights (over about τ'/4 steps)
+        instead of its last weights: what the trial's LR reaches once annealed, so a larger LR is not penalised for
+        the noise a final anneal removes. Only with validation probes.""",
+        _as_bool,
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -332,6 +365,11 @@ class Derived:
         total_steps: the Trainer's step budget, ``None`` when unbounded.
         range_test_steps: length of the range test (0: none).
         range_test_lrs: (lowest, highest) LR of the range test's sweep.
+        configured_lr: the optimizer's configured LR (stage 0's anchor).
+        anneal_steps: length of the final anneal (0: none).
+        fallback: the budget is too small for a search: no range test and no stages, the whole budget (after
+            warmup) is the anneal from ``configured_lr``.
+        needed_steps: the smallest budget that allows a search (set when ``fallback``).
     """
 
     min_lr: float | None
@@ -342,6 +380,10 @@ class Derived:
     total_steps: int | None
     range_test_steps: int
     range_test_lrs: tuple[float, float]
+    configured_lr: float = 1.0
+    anneal_steps: int = 0
+    fallback: bool = False
+    needed_steps: int = 0
 
 
 def _resolve_range(s: Settings, configured_lr: float) -> tuple[float | None, float | None, float]:
@@ -371,54 +413,101 @@ def _range_test_steps(s: Settings, total_steps: int | None) -> int:
     return min(max(round(RANGE_TEST_SHARE * total_steps), RANGE_TEST_MIN_STEPS), RANGE_TEST_MAX_STEPS)
 
 
+def plan_tau(region: int, num_trials: int, search_ratio: float, reuse_best_trial: bool, tau_max: int) -> int | None:
+    """The first stage's τ for ``region`` steps of stages: the largest τ with which three stages (τ, 2τ, 4τ), else
+    two, else one fit with their searches, provided a trial is at least :data:`MIN_TRIAL_STEPS` long; ``None`` when
+    not even one such stage fits.
+
+    A stage of length τ costs ``τ·(1 + k·search_ratio)`` steps, ``k`` = ``num_trials`` (``num_trials − 1`` with
+    ``reuse_best_trial``: the exploit phase continues from the winning trial, whose steps count).
+
+    Example:
+        >>> plan_tau(2300, num_trials=4, search_ratio=0.1, reuse_best_trial=True, tau_max=8000)
+        252
+        >>> plan_tau(600, 4, 0.1, True, 8000), plan_tau(200, 4, 0.1, True, 8000)
+        (461, None)
+    """
+    k = num_trials - 1 if reuse_best_trial else num_trials
+    per_tau = 1 + k * search_ratio
+    tau_min = math.ceil(MIN_TRIAL_STEPS / search_ratio)
+    for stages in (3, 2, 1):
+        tau = int(region // ((2**stages - 1) * per_tau))
+        if tau >= tau_min:
+            return min(tau, tau_max)
+    return None
+
+
 def derive(s: Settings, configured_lr: float, total_steps: float | None, *, check_budget: bool = True) -> Derived:
     """The values a run uses, from the settings, the optimizer's configured LR and the Trainer's step budget.
+
+    Budget (known ``total_steps``): warmup, then the range test, then the stages, then the final anneal
+    (``anneal_ratio``·budget steps). τ comes from :func:`plan_tau` over the steps left for stages; when not even one
+    stage with trials of :data:`MIN_TRIAL_STEPS` fits, the run falls back to no search (``fallback``): a cosine decay
+    from the configured LR over the budget after warmup.
 
     Args:
         s: the settings.
         configured_lr: the LR of the optimizer's first param group (> 0).
         total_steps: the Trainer's estimated stepping batches (``None``, negative or ``inf``: unbounded).
-        check_budget: refuse a budget too small for one search (off when resuming: the budget was checked before).
+        check_budget: refuse a budget too small for one search with a given ``tau`` (off when resuming).
 
     Raises:
-        InvalidArgumentError: the budget is too small to derive τ or for one search with τ.
+        InvalidArgumentError: a given ``tau`` does not fit one search in the budget.
 
     Example:
-        >>> d = derive(Settings(min_lr=1e-3, num_trials=5), configured_lr=0.1, total_steps=1000)
-        >>> d.min_lr, d.max_lr, d.warmup_lr, d.tau, d.range_test_steps
-        (0.001, 1.0, 0.1, 95, 0)
+        >>> d = derive(Settings(min_lr=1e-3, num_trials=5), configured_lr=0.1, total_steps=3000)
+        >>> d.min_lr, d.max_lr, d.warmup_lr, d.tau, d.range_test_steps, d.anneal_steps, d.fallback
+        (0.001, 1.0, 0.1, 244, 0, 600, False)
+        >>> derive(Settings(), configured_lr=0.1, total_steps=300).fallback
+        True
     """
     total = None if total_steps is None or math.isinf(total_steps) or total_steps < 0 else int(total_steps)
     lo, hi, warmup_lr = _resolve_range(s, configured_lr)
     rt_steps = _range_test_steps(s, total)
+    anneal = 0 if total is None else round(s.anneal_ratio * total)
     before = s.warmup_steps + rt_steps  # steps before the first stage
+    sweep = (configured_lr * RANGE_TEST_BELOW, configured_lr * RANGE_TEST_ABOVE)
+    common = {"warmup_lr": warmup_lr, "total_steps": total, "range_test_lrs": sweep, "configured_lr": configured_lr}
     if s.tau is not None:
         tau = s.tau
+    elif total is None:
+        tau = min(1000, s.tau_max)
     else:
-        tau = min(default_tau(total, s.num_trials, s.search_ratio, before), s.tau_max)
-        if tau < 1:
-            raise InvalidArgumentError(
-                f"The Trainer's budget of {total} optimizer steps is too small to derive `tau` "
-                f"(needs at least {7 * (1 + s.num_trials * s.search_ratio) + before:.0f} steps for three "
-                f"stages after `warmup_steps`={s.warmup_steps} and {rt_steps} range-test steps); "
-                "raise `max_steps`/`max_epochs`, pass a small `tau`, or give `min_lr`/`max_lr`."
+        planned = plan_tau(total - before - anneal, s.num_trials, s.search_ratio, s.reuse_best_trial, s.tau_max)
+        if planned is None:
+            k = s.num_trials - 1 if s.reuse_best_trial else s.num_trials
+            stage = math.ceil(MIN_TRIAL_STEPS / s.search_ratio) * (1 + k * s.search_ratio)
+            need = math.ceil(
+                (stage + s.warmup_steps + (RANGE_TEST_MIN_STEPS if rt_steps else 0)) / (1 - s.anneal_ratio)
             )
-    if total is not None and check_budget:
-        need = before + (s.num_trials + 1) * tau_prime_for(tau, s.search_ratio)
+            flo, fhi = (lo, hi) if lo is not None and hi is not None else (configured_lr / RANGE_SPAN, configured_lr)
+            return Derived(
+                min_lr=flo,
+                max_lr=fhi,
+                tau=max(1, total),
+                tau_max=max(s.tau_max, total, 1),
+                range_test_steps=0,
+                anneal_steps=max(0, total - s.warmup_steps),
+                fallback=True,
+                needed_steps=need,
+                **common,
+            )
+        tau = planned
+    if total is not None and check_budget and s.tau is not None:
+        need = before + anneal + (s.num_trials + 1) * tau_prime_for(tau, s.search_ratio)
         if need > total:
             raise InvalidArgumentError(
                 f"`tau`={tau} needs at least {need} optimizer steps for one search with `num_trials`="
-                f"{s.num_trials} (plus `warmup_steps`={s.warmup_steps} and {rt_steps} "
-                f"range-test steps), but the Trainer's budget is {total}. Lower `tau` or `num_trials`, "
-                "raise `max_steps`, or give `min_lr`/`max_lr`."
+                f"{s.num_trials} (plus `warmup_steps`={s.warmup_steps}, {rt_steps} range-test steps and {anneal} "
+                f"final-anneal steps), but the Trainer's budget is {total}. Lower `tau` or `num_trials`, raise "
+                "`max_steps`, or leave `tau` to the default."
             )
     return Derived(
         min_lr=lo,
         max_lr=hi,
-        warmup_lr=warmup_lr,
         tau=tau,
         tau_max=max(s.tau_max, tau),
-        total_steps=total,
         range_test_steps=rt_steps,
-        range_test_lrs=(configured_lr * RANGE_TEST_BELOW, configured_lr * RANGE_TEST_ABOVE),
+        anneal_steps=anneal,
+        **common,
     )

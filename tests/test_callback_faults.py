@@ -84,7 +84,7 @@ def test_run_stopped_mid_search_ends_with_the_stage_start_state(lpl, tmp_path) -
 
 def test_huge_max_lr_ends_finite_and_shrinks_the_range(lpl, tmp_path) -> None:
     cb = autolrs(max_lr=1e6, num_trials=4)
-    model = make_module_class(lpl)()
+    model = make_module_class(lpl)(lr=1e5)  # stage 0 searches around the configured LR: 1.1e4 ... 9e5
     lpl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_steps=150)).fit(model)
     first = cb.history[0]
     diverged = [t for t in first["trials"] if t["diverged"]]
@@ -94,7 +94,7 @@ def test_huge_max_lr_ends_finite_and_shrinks_the_range(lpl, tmp_path) -> None:
         last = t["start_step"] + t["steps"] - 1
         assert losses[last] is None or losses[last] > limit
         assert all(v is not None and v <= limit for v in losses[t["start_step"] : last])
-    assert cb.history[1]["lr_range"][1] == min(t["lr"] for t in first["trials"] if t["diverged"]) < 1e6
+    assert cb.history[1]["lr_range"][1] <= min(t["lr"] for t in first["trials"] if t["diverged"]) < 1e6
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

@@ -17,6 +17,7 @@ from .helpers import autolrs
 from .helpers import fit_full_batch as run
 
 DATA = Path(__file__).parent / "data"
+V1_DEFAULTS = dict(reuse_best_trial=False, val_batches=10, anneal_ratio=0.0, average_trials=False)
 
 
 @pytest.mark.parametrize("name", ["v1_search", "v1_range_test"])
@@ -25,7 +26,8 @@ def test_version_1_checkpoint_resumes_bitwise(lpl, tmp_path, name) -> None:
     ckpt = DATA / f"{name}_step12.ckpt"
     (state,) = [v for k, v in torch.load(ckpt, weights_only=True)["callbacks"].items() if k.startswith("AutoLRS")]
     assert state["version"] == 1 and state["controller"]["version"] == 1
-    cb = autolrs(**ref["kwargs"])
+    # the settings the run began with: the defaults of 79ae66d where they changed since (issue #12)
+    cb = autolrs(**{**V1_DEFAULTS, **ref["kwargs"]})
     trainer, model = run(lpl, tmp_path, cb, ckpt_path=str(ckpt))
     assert trainer.global_step == STEPS
     assert cb.lrs == ref["lrs"]

@@ -70,6 +70,7 @@ def test_main_job_prints_the_table_and_writes_the_schedule(tmp_path) -> None:
         str(CONFIGS / "digits.yaml"),
         "--trainer.max_steps=120",
         "--trainer.val_check_interval=60",
+        "--trainer.callbacks.tau=20",  # 120 steps are too few for the derived tau's 20-step trials: no search
         f"--trainer.logger.init_args.save_dir={logs}",
         *QUIET,
     )
@@ -132,7 +133,7 @@ def test_charlm_configs_run(tmp_path) -> None:
         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
         *QUIET,
     ]
-    autolrs = start_cli(tmp_path, "fit", "--config", str(CONFIGS / "charlm.yaml"), *small)
+    autolrs = start_cli(tmp_path, "fit", "--config", str(CONFIGS / "charlm.yaml"), *small, "--trainer.callbacks.tau=10")
     cosine = start_cli(
         tmp_path, "fit", "--config", str(CONFIGS / "charlm_cosine.yaml"), *small, "--lr_scheduler.init_args.T_max=40"
     )
@@ -158,6 +159,7 @@ def test_demo_shortcut_in_process(tmp_path, monkeypatch, capsys) -> None:
             "--trainer.limit_val_batches=1",
             "--trainer.callbacks+=lightning_autolrs.AutoLRS",
             "--trainer.callbacks.num_trials=2",
+            "--trainer.callbacks.tau=10",
             "--trainer.callbacks.verbose=false",
             f"--trainer.default_root_dir={tmp_path / 'root'}",
             *QUIET,
@@ -436,6 +438,7 @@ def test_flag_in_a_users_own_lightningcli(tmp_path, monkeypatch) -> None:
         "--trainer.callbacks.min_lr=1e-3",
         "--trainer.callbacks.max_lr=0.5",
         "--trainer.callbacks.num_trials=3",
+        "--trainer.callbacks.tau=10",
         "--trainer.callbacks.verbose=false",
     )
     cb = the_autolrs(cli)
@@ -446,7 +449,7 @@ def test_flag_in_a_users_own_lightningcli(tmp_path, monkeypatch) -> None:
 
 def test_yaml_class_path_in_a_users_own_lightningcli(tmp_path, monkeypatch) -> None:
     config = tmp_path / "config.yaml"
-    init_args = {"min_lr": 0.002, "max_lr": 0.2, "num_trials": 2, "verbose": False}
+    init_args = {"min_lr": 0.002, "max_lr": 0.2, "num_trials": 2, "tau": 10, "verbose": False}
     callbacks = [{"class_path": "lightning_autolrs.AutoLRS", "init_args": init_args}]
     config.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
     cli = user_cli(tmp_path, monkeypatch, f"--config={config}")

@@ -34,21 +34,25 @@ def test_val_loss_monitor_probes_every_trial(lpl, tmp_path) -> None:
     trainer.fit(model)
     stage = cb.history[0]
     assert stage["signal"] == "val_loss" and stage["probe_seconds"] > 0
-    tau_prime = stage["tau_prime"]  # 16 steps: a probe every 2 steps -> 8 probes per trial
-    probes_per_trial = tau_prime // max(1, tau_prime // 8)
-    assert probes_per_trial >= 8
+    tau_prime = stage["tau_prime"]  # 5 steps: a probe every step -> 5 probes per trial
+    probes_per_trial = tau_prime // max(1, tau_prime // 5)
+    assert probes_per_trial >= 5
     finished = [t for t in stage["trials"] if not t["diverged"]]
-    assert len(calls) >= len(finished) * probes_per_trial  # the val set is a single batch of 128
+    # every trial's probes, and one of the stage-start model (the val set is a single batch of 128)
+    assert len(calls) >= len(finished) * probes_per_trial + 1
     assert not any(calls)  # the module was in eval mode during every probe ...
     assert model.training  # ... and is back in train mode afterwards
     assert "val_loss" not in trainer.logged_metrics  # no validation loop ran, and the probe logged nothing
 
 
-def test_auto_monitor_uses_the_training_loss_for_short_trials(lpl, tmp_path) -> None:
+def test_auto_monitor_probes_whenever_there_is_validation_data(lpl, tmp_path) -> None:
     cb = autolrs()
     kw = trainer_kwargs(tmp_path, max_steps=100, limit_val_batches=1.0, check_val_every_n_epoch=100)
     lpl.Trainer(callbacks=[cb], **kw).fit(make_module_class(lpl)())
-    assert cb.history[0]["signal"] == "train_loss" and cb.history[0]["probe_seconds"] == 0.0
+    assert cb.history[0]["signal"] == "val_loss" and cb.history[0]["probe_seconds"] > 0.0
+    without = autolrs()
+    lpl.Trainer(callbacks=[without], **trainer_kwargs(tmp_path, max_steps=100)).fit(make_module_class(lpl)())
+    assert without.history[0]["signal"] == "train_loss" and without.history[0]["probe_seconds"] == 0.0
 
 
 def test_val_loss_fn_overrides_validation_step(lpl, tmp_path) -> None:

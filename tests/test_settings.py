@@ -13,7 +13,15 @@ import pytest
 
 from lightning_autolrs import AutoLRS
 from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError
-from lightning_autolrs.settings import RANGE_SPAN, Settings, default_tau, derive, markdown_table
+from lightning_autolrs.settings import (
+    MIN_TRIAL_STEPS,
+    RANGE_SPAN,
+    Settings,
+    derive,
+    markdown_table,
+    plan_tau,
+    tau_prime_for,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -45,10 +53,11 @@ def test_readme_table_is_generated_from_the_settings() -> None:
 
 def test_every_argument_reaches_the_settings() -> None:
     changed = dict(
-        min_lr=1e-4, max_lr=0.5, num_trials=4, tau=7, tau_max=70, search_ratio=0.2, beta=2.0, warmup_steps=3,
-        warmup_lr=0.01, seed=3, divergence_factor=3.0, monitor="val_loss", reuse_best_trial=True, early_stop=True,
+        min_lr=1e-4, max_lr=0.5, num_trials=6, tau=7, tau_max=70, search_ratio=0.2, beta=2.0, warmup_steps=3,
+        warmup_lr=0.01, seed=3, divergence_factor=3.0, monitor="val_loss", reuse_best_trial=False, early_stop=True,
         min_trials=2, abort_trials=True, warm_start=True, range_test=False, range_test_steps=9, val_batches=2,
         val_loss_fn=len, snapshot_device="cpu", checkpoint_snapshot=False, save_files=False, verbose=False,
+        anneal_ratio=0.1, average_trials=False,
     )  # fmt: skip
     assert set(changed) == {f.name for f in dataclasses.fields(Settings)}
     settings = AutoLRS(**changed)._settings
@@ -111,20 +120,21 @@ def test_derive_range_test_length_and_lrs() -> None:
     d = derive(Settings(), 0.1, 1000)
     assert (d.min_lr, d.max_lr, d.warmup_lr) == (None, None, 0.1)
     assert d.range_test_steps == 50 and d.range_test_lrs == (0.1 * 1e-4, 0.1 * 1e2)
-    assert derive(Settings(), 0.1, 200).range_test_steps == 20  # clipped below
+    assert derive(Settings(num_trials=2, search_ratio=0.5), 0.1, 200).range_test_steps == 20  # clipped below
     assert derive(Settings(), 0.1, 100_000).range_test_steps == 100  # clipped above
     assert derive(Settings(), 0.1, math.inf).range_test_steps == 100  # unbounded
     assert derive(Settings(range_test_steps=7), 0.1, 1000).range_test_steps == 7
 
 
 def test_derive_tau_from_the_budget() -> None:
-    d = derive(Settings(min_lr=1e-3, max_lr=1.0, warmup_steps=30), 0.1, 2000)
-    assert d.tau == default_tau(2000, 10, 0.1, 30) == positive_int(d.tau) and d.total_steps == 2000
-    assert derive(Settings(min_lr=1e-3, max_lr=1.0, tau_max=50), 0.1, 2000).tau == 50
+    d = derive(Settings(min_lr=1e-3, max_lr=1.0, warmup_steps=30), 0.1, 3000)
+    assert d.tau == plan_tau(3000 - 30 - 600, 4, 0.1, True, 8000) == positive_int(d.tau) and d.total_steps == 3000
+    assert d.anneal_steps == 600 and not d.fallback
+    assert tau_prime_for(d.tau, 0.1) >= MIN_TRIAL_STEPS  # never trials shorter than the forecaster needs
+    assert derive(Settings(min_lr=1e-3, max_lr=1.0, tau_max=250), 0.1, 3000).tau == 250
     assert derive(Settings(min_lr=1e-3, max_lr=1.0), 0.1, None).tau == 1000
     assert derive(Settings(min_lr=1e-3, max_lr=1.0), 0.1, -1).total_steps is None
-    with pytest.raises(InvalidArgumentError, match="too small to derive `tau`"):
-        derive(Settings(min_lr=1e-3, max_lr=1.0), 0.1, 10)
+    assert derive(Settings(min_lr=1e-3, max_lr=1.0, anneal_ratio=0), 0.1, 3000).anneal_steps == 0
     with pytest.raises(InvalidArgumentError, match="`tau`=1000"):
         derive(Settings(min_lr=1e-3, max_lr=1.0, tau=1000), 0.1, 500)
     assert derive(Settings(min_lr=1e-3, max_lr=1.0, tau=1000), 0.1, 500, check_budget=False).tau == 1000
@@ -133,3 +143,20 @@ def test_derive_tau_from_the_budget() -> None:
 def positive_int(x: int) -> int:
     assert isinstance(x, int) and x > 0
     return x
+
+
+@pytest.mark.parametrize("budget", [10, 100, 300])
+def test_a_budget_too_small_for_a_search_falls_back_to_a_decay_from_the_configured_lr(budget: int) -> None:
+    d = derive(Settings(), 0.1, budget)
+    assert d.fallback and d.range_test_steps == 0 and d.anneal_steps == budget
+    assert d.needed_steps > budget and (d.min_lr, d.max_lr) == (0.1 / RANGE_SPAN, 0.1)
+    big = derive(Settings(), 0.1, d.needed_steps + 1)
+    assert not big.fallback and tau_prime_for(big.tau, 0.1) >= MIN_TRIAL_STEPS  # the named budget does search
+
+
+def test_plan_tau_prefers_three_stages_then_fewer() -> None:
+    assert plan_tau(2300, 4, 0.1, True, 8000) == 2300 // (7 * 1.3)
+    assert plan_tau(800, 4, 0.1, True, 8000) == 800 // (3 * 1.3)  # three stages would need trials < 20 steps
+    assert plan_tau(300, 4, 0.1, True, 8000) == 300 // 1.3
+    assert plan_tau(250, 4, 0.1, True, 8000) is None
+    assert plan_tau(2300, 4, 0.1, False, 8000) == 2300 // (7 * 1.4)  # without reuse every trial step is extra
