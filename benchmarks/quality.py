@@ -79,6 +79,11 @@ INF = math.inf
 
 
 # ------------------------------------------------------------------------------------------------------------ planning
+def autolrs_settings_or_empty(kind: str) -> dict[str, Any]:
+    """The settings of an AutoLRS row (``{}`` for other rows)."""
+    return autolrs_settings(kind) if kind in AUTOLRS_VARIANTS else {}
+
+
 def canonical_kind(kind: str) -> str:
     """AutoLRS variants with identical settings share their runs: the first such variant's name."""
     if kind not in AUTOLRS_VARIANTS:
@@ -839,6 +844,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     methods = list(dict.fromkeys(args.methods))
+    if args.quick and args.methods is DEFAULT_METHODS:  # a row of another package version cannot be trained here
+        methods = [m for m in methods if "commit" not in autolrs_settings_or_empty(METHODS[m].kind)]
     if "cosine" not in methods:  # the tuned cosine run defines target T1
         methods.insert(0, "cosine")
     command = "python -m benchmarks.quality" + ("" if not argv else " " + shlex.join(argv))

@@ -34,6 +34,7 @@ __all__ = [
     "GIVEN_RANGE_VARIANTS",
     "METHODS",
     "QUICK_RANGE_TEST_STEPS",
+    "QUICK_TAU",
     "REPLAY_VARIANTS",
     "WORKLOADS",
     "DiabetesDataModule",
@@ -395,6 +396,8 @@ AUTOLRS_VARIANTS: dict[str, dict[str, Any]] = {
     "autolrs_before": {},
     "autolrs_given_range": {},
     "autolrs_last_iterate": {"average_trials": False},
+    "autolrs_k3_no_range_test": {"num_trials": 3, "range_test": False},
+    "autolrs_anneal30": {"anneal_ratio": 0.3},
 }
 """Constructor arguments of each AutoLRS row besides ``min_lr``/``max_lr`` and ``seed``. ``autolrs`` is ``AutoLRS()``
 at the package defaults; ``autolrs_before`` is ``AutoLRS()`` at the defaults of :data:`BEFORE_COMMIT` (its runs were
@@ -407,6 +410,10 @@ callback derives it)."""
 QUICK_RANGE_TEST_STEPS = 4
 """``range_test_steps`` of the AutoLRS rows in ``--quick`` mode when the callback has that argument (its 20-step
 minimum does not fit budgets of 20–30 steps)."""
+
+QUICK_TAU = 4
+"""``tau`` of the AutoLRS rows in ``--quick`` mode: the derived τ needs trials of at least 20 steps, which budgets of
+20–30 steps cannot hold, and the harness check wants runs that search (1-step trials)."""
 
 REPLAY_VARIANTS: dict[str, str] = {"replay": "autolrs"}
 """Replay rows: the AutoLRS row whose schedule (found by the run of the *next* seed) is replayed."""
@@ -440,6 +447,8 @@ def autolrs_kwargs(kind: str, workload: Workload, seed: int, quick: bool) -> dic
         lo, hi = None, None
         if quick and "range_test_steps" in settings and settings.get("range_test_steps") is None:
             settings["range_test_steps"] = QUICK_RANGE_TEST_STEPS
+    if quick and "tau" in settings and settings.get("tau") is None and "commit" not in settings:
+        settings["tau"] = QUICK_TAU
     return {"min_lr": lo, "max_lr": hi, "seed": seed, "verbose": False, "save_files": False, **settings}
 
 
@@ -459,6 +468,13 @@ METHODS: dict[str, Method] = {
         Method(
             "autolrs_given_range", "AutoLRS, defaults, range = the grid's ends", "autolrs_given_range", default=False
         ),
+        Method(
+            "autolrs_k3_no_range_test",
+            "AutoLRS, defaults but 3 trials per stage and no range test",
+            "autolrs_k3_no_range_test",
+            default=False,
+        ),
+        Method("autolrs_anneal30", "AutoLRS, defaults but a 30 % final anneal", "autolrs_anneal30", default=False),
         Method(
             "autolrs_last_iterate",
             "AutoLRS, defaults but trials judged on their last weights (average_trials=False)",

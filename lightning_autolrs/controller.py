@@ -515,11 +515,12 @@ class StageController:
             self._begin_exploit(best)
 
     def _anchor(self) -> float | None:
-        """The LR of a stage's first trial: the previous stage's choice (stage 0: ``anchor_lr``, the configured LR),
-        within the range; ``None`` without ``anchor_lr``."""
+        """The LR of a stage's first trial: the LR the previous stage ended at (its choice, or the LR an exploit
+        fallback moved to; stage 0: ``anchor_lr``, the configured LR), within the range; ``None`` without
+        ``anchor_lr``."""
         if self.anchor_lr is None:
             return None
-        previous = next((s.best_lr for s in reversed(self.stages[:-1]) if s.best_lr is not None), self.anchor_lr)
+        previous = self._lr if len(self.stages) > 1 else self.anchor_lr  # the LR in use, after any fallback
         return min(max(previous, self.min_lr), self._eff_max_lr)
 
     def _stage_bounds(self, anchor: float | None) -> tuple[float, float]:

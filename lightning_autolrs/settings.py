@@ -467,7 +467,6 @@ def derive(s: Settings, configured_lr: float, total_steps: float | None, *, chec
     anneal = 0 if total is None else round(s.anneal_ratio * total)
     before = s.warmup_steps + rt_steps  # steps before the first stage
     sweep = (configured_lr * RANGE_TEST_BELOW, configured_lr * RANGE_TEST_ABOVE)
-    common = {"warmup_lr": warmup_lr, "total_steps": total, "range_test_lrs": sweep, "configured_lr": configured_lr}
     if s.tau is not None:
         tau = s.tau
     elif total is None:
@@ -490,7 +489,10 @@ def derive(s: Settings, configured_lr: float, total_steps: float | None, *, chec
                 anneal_steps=max(0, total - s.warmup_steps),
                 fallback=True,
                 needed_steps=need,
-                **common,
+                warmup_lr=warmup_lr,
+                total_steps=total,
+                range_test_lrs=sweep,
+                configured_lr=configured_lr,
             )
         tau = planned
     if total is not None and check_budget and s.tau is not None:
@@ -509,5 +511,8 @@ def derive(s: Settings, configured_lr: float, total_steps: float | None, *, chec
         tau_max=max(s.tau_max, tau),
         range_test_steps=rt_steps,
         anneal_steps=anneal,
-        **common,
+        warmup_lr=warmup_lr,
+        total_steps=total,
+        range_test_lrs=sweep,
+        configured_lr=configured_lr,
     )

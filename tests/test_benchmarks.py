@@ -58,11 +58,11 @@ def _table(text: str, header_start: str) -> tuple[list[str], list[list[str]]]:
 
 def test_quality_quick(tmp_path: Path) -> None:
     from benchmarks import quality
-    from benchmarks.workloads import METHODS, QUICK_RANGE_TEST_STEPS, WORKLOADS
-    from lightning_autolrs.schedule import Schedule
+    from benchmarks.workloads import DEFAULT_METHODS, METHODS, QUICK_RANGE_TEST_STEPS, WORKLOADS
 
     assert quality.main(["--quick", "--out", str(tmp_path)]) == 0
     assert not _quick_outputs_in_results(), "--quick must not write into benchmarks/results"
+    rows_run = [m for m in DEFAULT_METHODS if m != "autolrs_before"]  # another version's row is not trained here
 
     for name in WORKLOADS:
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
@@ -82,138 +82,143 @@ def test_quality_quick(tmp_path: Path) -> None:
             "compute: runs, optimizer steps",
             "train wall s",
         ]
-        assert len(rows) == len(METHODS)
-        for row, method in zip(rows, METHODS.values()):
+        assert len(rows) == len(rows_run)
+        for row, method in zip(rows, (METHODS[m] for m in rows_run)):
             assert row[0].startswith(method.label)
             assert all(cells for cells in row)
-        cosine = rows[list(METHODS).index("cosine")]
+        cosine = rows[rows_run.index("cosine")]
         assert 0 < int(cosine[4]) <= WORKLOADS[name].quick_budget  # the reference reaches its own final loss
         assert cosine[5] == "1.00×"
         assert cosine[8].startswith("3, ")  # quick grid: 3 LRs
+        configured = rows[rows_run.index("cosine_configured")]
+        assert float(configured[1]) == WORKLOADS[name].lr_grid(True)[1]  # the module's LR: the grid's middle
         assert re.search(r"\bseed 0: stage LRs ", text)
-        runs = list((tmp_path / "runs" / name).glob("*.json"))
-        assert len(runs) >= 15
 
     readme = (tmp_path / "README_table.md").read_text()
     header, rows = _table(readme, "| workload |")
     assert header[:3] == ["workload", "method", "final val loss"]
-    assert len(rows) == len(WORKLOADS) * len(METHODS)
+    assert len(rows) == len(WORKLOADS) * len(rows_run)
     assert {r[0] for r in rows} == set(WORKLOADS)
 
-    # the before/after section of the search-cost options (issue #5)
-    assert "## Before/after: search-cost options, range test, replay (issue #5)" in readme
+    # the before/after section and the goals of issue #12
+    assert "## Before/after: `AutoLRS()` at its defaults, no LR range given (issue #12)" in readme
     header, rows = _table(readme, "| workload | row |")
-    assert header == [
-        "workload",
-        "row",
-        "final val loss",
-        "search share",
-        "trials per run",
+    assert header[:3] == ["workload", "row", "final val loss"] and header[-3:] == [
         "steps to T1 (speedup vs tuned cosine)",
-        "LR range",
-        "compute (steps)",
+        "search share",
+        "collapsed runs",
     ]
-    assert len(rows) == len(WORKLOADS) * len(quality.BEFORE_AFTER)
-    for row, (name, _) in zip(rows, quality.BEFORE_AFTER * len(WORKLOADS)):
-        assert row[1].startswith(f"`{name}`")
-        assert row[3].endswith(" %")
-        if name.startswith("replay"):
-            assert row[3] == "0 %" and row[4] == "0" and row[6].startswith("—")
-        elif name.endswith("_range"):
-            assert row[6].startswith("range test: max_lr ") and f"; {QUICK_RANGE_TEST_STEPS} steps" in row[6]
-        else:
-            assert row[6].startswith("given ")
-    for target in (
-        "- search share ≤ 30 % with final val loss no worse than paper settings (median ≤ median) on every "
-        "workload, `autolrs_fast`: **",
-        "- search share ≤ 30 % with final val loss no worse than paper settings (median ≤ median) on every "
-        "workload, `replay`: **",
-        "- range test within 5 % of the hand-given range's final val loss (median, `autolrs_fast_range` vs "
-        "`autolrs_fast`, lower is fine) on every workload: **",
-        "- range test within 5 % of the hand-given range's final val loss (median, `autolrs_paper_range` vs "
-        "`autolrs_paper`, lower is fine) on every workload: **",
-        "- `replay` ≥ 1.3× speedup vs tuned cosine (median steps to T1) on every workload: **",
-        "- `replay_paper` ≥ 1.3× speedup vs tuned cosine (median steps to T1) on every workload: **",
-        "- trials saved by warm start (`autolrs_warm` vs `autolrs_reuse`, total trials over the seeds): **",
+    assert "vs cosine at the module's LR" in header and "vs Prodigy" in header
+    assert [r[1].split(" ")[0] for r in rows] == ["`autolrs`"] * len(WORKLOADS)
+    assert all(r[-2].endswith(" %") and re.match(r"\d+/1", r[-1]) for r in rows)
+    for goal in (
+        "- final val loss at or below cosine at the module's LR, every workload: **",
+        "- final val loss at or below constant module LR, every workload: **",
+        "- reaches tuned cosine's final val loss (T1), every workload (median of the seeds): **",
+        "- reaches T1 in ≤ 1/1.3 of tuned cosine's steps (search counted): **",
+        "- ahead of schedule-free at its defaults (median final val loss): **",
+        "- ahead of Prodigy at its defaults (median final val loss): **",
+        "- no collapsed run: **",
+        "- search share ≤ 30 % (every run): **",
     ):
-        line = next(line for line in readme.splitlines() if line.startswith(target))
-        assert line[len(target) :].startswith(("yes**", "no**"))
+        line = next(line for line in readme.splitlines() if line.startswith(goal))
+        assert line[len(goal) :].startswith(("yes**", "no**"))
 
-    # the runs behind the new rows
-    runs = tmp_path / "runs" / "diabetes"
-    fast = json.loads((runs / "autolrs_fast_s0.json").read_text())
-    assert fast["autolrs"]["settings"]["abort_trials"] and fast["autolrs"]["settings"]["warm_start"]
-    assert fast["autolrs"]["range_test"] is None and fast["autolrs"]["settings"]["min_lr"] == 1e-5
-    assert Schedule.from_dict(fast["autolrs"]["schedule"]).exploit_lrs()
-    ranged = json.loads((runs / "autolrs_fast_range_s0.json").read_text())
-    assert ranged["autolrs"]["settings"]["min_lr"] is None and ranged["autolrs"]["settings"]["max_lr"] is None
-    assert ranged["autolrs"]["range_test"]["steps"] == QUICK_RANGE_TEST_STEPS
-    assert ranged["curve"][0][2] == "start" and ranged["lrs"]
-    assert quality.search_cost(ranged) == ranged["autolrs"]["search_steps"] + QUICK_RANGE_TEST_STEPS
-    for name, source in (("replay", "autolrs_fast"), ("replay_paper", "autolrs_paper")):
-        replay = json.loads((runs / f"{name}_s0.json").read_text())
-        assert replay["replay_of"] == f"{source}_s0"  # a single seed: its own schedule
-        src = json.loads((runs / f"{source}_s0.json").read_text())
-        assert replay["schedule_sha256"] == quality.schedule_digest(src["autolrs"]["schedule"])
-        assert replay["steps"] == WORKLOADS["diabetes"].quick_budget and "autolrs" not in replay
-        assert len(replay["lrs"]) == replay["steps"]
-        assert set(replay["lrs"]) <= {float(f"{v:.5g}") for v in src["lrs"]}  # only LRs of the found schedule
-    assert "range test included" in (tmp_path / "diabetes.md").read_text()
+    # the AutoLRS runs: no LR range given (the range test finds it), the validation data given, a search
+    run = json.loads((tmp_path / "runs" / "friedman" / "autolrs_s0.json").read_text())
+    info = run["autolrs"]
+    assert info["settings"]["min_lr"] is None and info["settings"]["max_lr"] is None
+    assert info["range_test"]["steps"] == QUICK_RANGE_TEST_STEPS
+    assert info["stages"] and info["stages"][0]["trials"] >= 2
+    assert quality.search_cost(run) == info["search_steps"] + QUICK_RANGE_TEST_STEPS
+    assert run["versions"]["package"]
+
+
+def test_collapse_rule() -> None:
+    from benchmarks.quality import collapsed
+
+    def run(curve: list[float], stage1: int) -> dict:
+        points = [[10 * i, v, "x"] for i, v in enumerate(curve)]
+        return {"curve": points, "final_loss": curve[-1], "autolrs": {"stages": [{}, {"start_step": stage1}]}}
+
+    assert collapsed(run([2.3, 1.0, 0.5, 0.4], stage1=15)) is None
+    assert "step-0 loss" in (collapsed(run([2.3, 1.0, 0.5, 2.31], stage1=15)) or "")
+    assert "end of stage 0" in (collapsed(run([2.3, 1.0, 0.5, 1.2], stage1=15)) or "")  # above 1.0 at step 10
+    assert collapsed({"curve": [[0, 1.0, "x"]], "final_loss": None}) == "diverged"
+
+
+def test_the_before_row_is_only_reloaded(tmp_path: Path) -> None:
+    from benchmarks import workloads
+
+    task = {
+        "workload": "friedman",
+        "kind": "autolrs_before",
+        "lr": None,
+        "seed": 0,
+        "quick": True,
+        "evals": 5,
+        "autolrs_args": workloads.autolrs_kwargs("autolrs_before", workloads.WORKLOADS["friedman"], 0, True),
+    }
+    assert task["autolrs_args"]["commit"] == workloads.BEFORE_COMMIT
+    with pytest.raises(RuntimeError, match=f"commit {workloads.BEFORE_COMMIT}; the package differs"):
+        workloads.run_one(task)
 
 
 def test_quality_replay_uses_next_seed_and_runs_after_its_source(tmp_path: Path) -> None:
     from benchmarks import quality
 
-    tasks = quality.plan_tasks(["diabetes"], ["replay"], [0, 1, 2], quick=True, evals=5)
-    assert tasks[("diabetes", "replay_s0")]["replay_of"] == "autolrs_fast_s1"
-    assert tasks[("diabetes", "replay_s2")]["replay_of"] == "autolrs_fast_s0"
-    assert ("diabetes", "autolrs_fast_s1") in tasks  # the source runs are planned though their row is not selected
+    tasks = quality.plan_tasks(["friedman"], ["replay"], [0, 1, 2], quick=True, evals=5)
+    assert tasks[("friedman", "replay_s0")]["replay_of"] == "autolrs_s1"
+    assert tasks[("friedman", "replay_s2")]["replay_of"] == "autolrs_s0"
+    assert ("friedman", "autolrs_s1") in tasks  # the source runs are planned though their row is not selected
 
     # two worker processes: each replay is queued only once its source run has finished
-    args = ["--quick", "--out", str(tmp_path), "--workloads", "diabetes", "--methods", "replay", "--seeds", "0", "1"]
+    args = ["--quick", "--out", str(tmp_path), "--workloads", "friedman", "--methods", "replay", "--seeds", "0", "1"]
     assert quality.main([*args, "--jobs", "2"]) == 0
-    runs = tmp_path / "runs" / "diabetes"
+    runs = tmp_path / "runs" / "friedman"
     for seed, source_seed in ((0, 1), (1, 0)):
         replay = json.loads((runs / f"replay_s{seed}.json").read_text())
-        src = json.loads((runs / f"autolrs_fast_s{source_seed}.json").read_text())
-        assert replay["replay_of"] == f"autolrs_fast_s{source_seed}"
+        src = json.loads((runs / f"autolrs_s{source_seed}.json").read_text())
+        assert replay["replay_of"] == f"autolrs_s{source_seed}"
         assert replay["schedule_sha256"] == quality.schedule_digest(src["autolrs"]["schedule"])
-    _, rows = _table((tmp_path / "diabetes.md").read_text(), "| method |")
+    _, rows = _table((tmp_path / "friedman.md").read_text(), "| method |")
     assert [r[0].split(" (")[0] for r in rows] == [
         "cosine + 5% warmup, tuned",
-        "ReplaySchedule of `autolrs_fast`'s schedule",
+        "ReplaySchedule of `autolrs`'s schedule",
     ]
 
 
 def test_quality_resume_key_has_the_autolrs_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from benchmarks import quality, workloads
 
-    args = ["--quick", "--out", str(tmp_path), "--workloads", "diabetes", "--methods", "autolrs_abort", "replay"]
+    args = ["--quick", "--out", str(tmp_path), "--workloads", "friedman", "--methods", "autolrs_last_iterate"]
     assert quality.main(args) == 0
-    runs = tmp_path / "runs" / "diabetes"
+    runs = tmp_path / "runs" / "friedman"
     before = {p.name: p.read_text() for p in runs.glob("*.json")}
-    assert len(before) == 6  # cosine ×3, autolrs_abort, autolrs_fast (replay's source), replay
+    assert len(before) == 4  # cosine ×3, autolrs_last_iterate
 
     # one variant's settings change: only its run is trained again
     monkeypatch.setitem(
-        workloads.AUTOLRS_VARIANTS, "autolrs_abort", {**workloads.AUTOLRS_VARIANTS["autolrs_abort"], "min_trials": 4}
+        workloads.AUTOLRS_VARIANTS,
+        "autolrs_last_iterate",
+        {**workloads.AUTOLRS_VARIANTS["autolrs_last_iterate"], "num_trials": 3},
     )
     assert quality.main([*args, "--resume"]) == 0
     after = {p.name: p.read_text() for p in runs.glob("*.json")}
-    assert [name for name in before if before[name] != after[name]] == ["autolrs_abort_s0.json"]
-    assert json.loads(after["autolrs_abort_s0.json"])["autolrs"]["settings"]["min_trials"] == 4
-    assert "1 runs trained in this invocation, 5 reused" in (tmp_path / "diabetes.md").read_text()
+    assert [name for name in before if before[name] != after[name]] == ["autolrs_last_iterate_s0.json"]
+    assert json.loads(after["autolrs_last_iterate_s0.json"])["autolrs"]["settings"]["num_trials"] == 3
+    assert "1 runs trained in this invocation, 3 reused" in (tmp_path / "friedman.md").read_text()
 
 
 def test_quality_resume_reuses_runs(tmp_path: Path) -> None:
     from benchmarks import quality
 
-    args = ["--quick", "--out", str(tmp_path), "--workloads", "diabetes", "--methods", "cosine", "prodigy"]
+    args = ["--quick", "--out", str(tmp_path), "--workloads", "friedman", "--methods", "cosine", "prodigy"]
     assert quality.main(args) == 0
-    first = {p.name: p.read_text() for p in (tmp_path / "runs" / "diabetes").glob("*.json")}
+    first = {p.name: p.read_text() for p in (tmp_path / "runs" / "friedman").glob("*.json")}
     assert quality.main([*args, "--resume"]) == 0
-    assert {p.name: p.read_text() for p in (tmp_path / "runs" / "diabetes").glob("*.json")} == first
-    assert "0 runs trained in this invocation, 4 reused" in (tmp_path / "diabetes.md").read_text()
+    assert {p.name: p.read_text() for p in (tmp_path / "runs" / "friedman").glob("*.json")} == first
+    assert "0 runs trained in this invocation, 4 reused" in (tmp_path / "friedman.md").read_text()
 
 
 def test_overhead_quick(tmp_path: Path) -> None:

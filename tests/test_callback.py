@@ -370,3 +370,27 @@ def test_abort_and_warm_start_reach_the_search(lpl, tmp_path) -> None:
     aborted = [t for h in searched for t in h["trials"] if t.get("aborted")]
     assert aborted and all(t["steps"] == 8 for t in aborted)  # half of tau' = 16
     assert sum(h["search_steps"] for h in searched) < sum(len(h["trials"]) * h["tau_prime"] for h in searched)
+
+
+def test_a_budget_too_small_to_search_warns_once_and_decays_from_the_configured_lr(lpl, tmp_path) -> None:
+    cb = AutoLRS(verbose=False)
+    with pytest.warns(UserWarning, match=r"budget of 150 optimizer steps is too small .* at least \d+ steps") as rec:
+        _, model = fit(lpl, tmp_path, cb, max_steps=150, module_kw=dict(lr=0.05))
+    assert sum("too small" in str(w.message) for w in rec) == 1
+    assert cb.history == [] and cb.range_test_result is None  # no search, no range test
+    assert cb.lrs[0] == pytest.approx(0.05) and cb.lrs[75] == pytest.approx(0.05 / 1000 + (0.05 - 0.05 / 1000) / 2)
+    assert all(a >= b for a, b in zip(cb.lrs, cb.lrs[1:])) and cb.lrs[-1] < 0.001  # a cosine decay, no 1-step trials
+    assert [g[0] for g in model.group_lrs] == pytest.approx(cb.lrs)
+
+
+def test_defaults_search_with_validation_probes_and_end_in_an_anneal(lpl, tmp_path) -> None:
+    cb = AutoLRS(seed=0, verbose=False)
+    kw = dict(limit_val_batches=1.0, check_val_every_n_epoch=1000)
+    fit(lpl, tmp_path, cb, max_steps=800, module_kw=dict(lr=0.05), **kw)
+    first = cb.history[0]
+    assert first["signal"] == "val_loss" and first["trials"][0]["lr"] == pytest.approx(0.05)  # the anchor
+    assert all(t["steps"] >= 20 for h in cb.history for t in h["trials"] if not t["diverged"])
+    last = cb.history[-1]
+    assert last["anneal_start"] == 800 - 160 and cb.lrs[-1] < 0.01 * last["anneal_lr"]
+    searched = sum(h["search_steps"] for h in cb.history) + cb.range_test_steps
+    assert searched <= 0.30 * 800  # search costs at most 30 % of the steps at the defaults

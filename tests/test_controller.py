@@ -216,3 +216,87 @@ def test_every_setting_changes_the_schedule(change) -> None:
     Quadratic().run(base, 600)
     Quadratic().run(other, 600)
     assert base.lrs != other.lrs or base.history != other.history
+
+
+# ------------------------------------------------------------------ the search rework (issue #12)
+def _collapsing_run(collapse_guard: bool, edge: float = 0.06) -> tuple[StageController, list[float]]:
+    """A net that learns faster at larger LRs during a short trial, but dies (its loss climbs back to chance, 2.3,
+    without a spike) after 30 exploit steps at an LR above ``edge``: the collapse seen at the edge of stability."""
+    c = StageController(
+        1e-3, 1.0, num_trials=3, tau=100, tau_max=100, search_ratio=0.2, total_steps=230, seed=0,
+        anchor_lr=0.05, collapse_guard=collapse_guard,
+    )  # fmt: skip
+    losses: list[float] = []
+    since = 0  # steps trained at the current LR since the last restore
+    level = 2.3
+    for _ in range(230):
+        plan = c.begin_step()
+        if plan.restore or plan.capture or plan.restore_best:
+            since = 0
+        since += 1
+        if plan.phase == "search" or plan.lr <= edge:
+            loss = 1.0 - plan.lr + 1.3 * math.exp(-plan.lr * since)  # larger LRs look better in a short trial
+            level = loss
+        else:
+            loss = level - 0.5 if since <= 30 else 2.3  # learns for a while, then dies
+        losses.append(loss)
+        c.end_step(loss)
+    return c, losses
+
+
+def test_slow_collapse_at_the_edge_of_stability_is_caught() -> None:
+    unguarded, losses = _collapsing_run(collapse_guard=False)
+    chosen = unguarded.history[0]["best_lr"]
+    assert chosen > 0.06 and not unguarded.history[0]["fallbacks"]  # no spike: the 5x divergence test never fires
+    assert losses[-1] == 2.3  # without the guard the run ends at chance level
+
+    guarded, losses = _collapsing_run(collapse_guard=True)
+    assert guarded.history[0]["best_lr"] == chosen
+    fallbacks = [f for h in guarded.history for f in h["fallbacks"]]
+    assert fallbacks and all(f["new_lr"] < f["failed_lr"] for f in fallbacks)
+    first = fallbacks[0]
+    # caught once the windowed loss had been back at the stage-start level for a whole window, not at a noisy step
+    assert first["step"] - guarded.history[0]["exploit_start"] <= 30 + 2 * 20 + 1
+    assert guarded.lrs[first["step"] + 1] == first["new_lr"]  # the next step restores and trains at the new LR
+    assert guarded.lrs[-1] <= 0.06 and losses[-1] < 1.5  # it ends at a safe LR, trained
+    assert len(guarded.history) == 1  # (one stage: the budget ends in its exploit phase)
+
+
+def test_anchor_trial_and_trust_region() -> None:
+    c, sim = (
+        StageController(
+            1e-4, 1.0, num_trials=3, tau=40, tau_max=40, search_ratio=0.25, total_steps=400, seed=0, anchor_lr=0.02
+        ),
+        Quadratic(),
+    )
+    sim.run(c, 400)
+    first, second = c.history[0], c.history[1]
+    assert first["trials"][0]["lr"] == 0.02  # stage 0 starts at the configured LR ...
+    assert first["lr_range"] == pytest.approx([0.02 / 9, 0.02 * 9])  # ... and searches within ÷/× 9 of it
+    assert second["trials"][0]["lr"] == first["best_lr"]  # later stages start at the previous choice ...
+    lo, hi = first["best_lr"] / 3, first["best_lr"] * 3
+    assert second["lr_range"] == pytest.approx([max(lo, 1e-4), min(hi, 1.0)])  # ... within ÷/× 3 of it
+    assert all(second["lr_range"][0] <= t["lr"] <= second["lr_range"][1] for t in second["trials"])
+
+
+def test_final_anneal_decays_the_last_lr_to_min_lr() -> None:
+    c, sim = make(total=1000, anneal_steps=200), Quadratic()
+    sim.run(c, 1000)
+    last = c.history[-1]
+    assert last["anneal_start"] == 800 and last["anneal_lr"] == c.lrs[799]
+    assert c.lrs[800] == pytest.approx(last["anneal_lr"])
+    tail = c.lrs[800:]
+    assert all(a >= b for a, b in zip(tail, tail[1:]))  # a monotone half cosine ...
+    assert tail[-1] == pytest.approx(c.min_lr, rel=0.01)  # ... down to min_lr
+    assert c.lrs[900] == pytest.approx(c.min_lr + (last["anneal_lr"] - c.min_lr) * 0.5, rel=1e-6)
+    assert all(h["start_step"] < 800 for h in c.history)  # no search in the anneal
+    searched = [t["start_step"] + t["steps"] for h in c.history for t in h["trials"]]
+    assert max(searched) <= 800
+
+
+def test_anneal_state_round_trips() -> None:
+    a, sim_a = make(total=300, anneal_steps=60), Quadratic()
+    sim_a.run(a, 260)
+    b = make(total=300, anneal_steps=60)
+    b.load_state_dict(a.state_dict())
+    assert [b.begin_step().lr for _ in range(1)] == [a.begin_step().lr]

@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 
+import pytest
 import torch
 
 from .helpers import Quadratic, feed, make
@@ -162,3 +163,22 @@ def test_search_state_round_trips() -> None:
     twin, _ = _search(num_trials=3, abort_trials=True, warm_start=True)
     twin.load_state_dict(json.loads(json.dumps(search.state_dict())))
     assert twin.state_dict() == json.loads(json.dumps(search.state_dict()))
+
+
+@pytest.mark.parametrize(("other", "anchor_kept"), [(0.99, True), (0.9709, True), (0.97, False), (0.9, False)])
+def test_a_tie_keeps_the_anchor(other: float, anchor_kept: bool) -> None:
+    """Forecasts within TIE_TOLERANCE (3 %) of the best do not separate: the stage keeps its anchor (the LR it
+    started from); a clearly lower forecast wins."""
+    from lightning_autolrs.controller import StageController
+    from lightning_autolrs.search import TIE_TOLERANCE
+
+    assert TIE_TOLERANCE == 0.03
+    c = StageController(
+        1e-3, 1.0, num_trials=2, tau=50, tau_max=50, search_ratio=0.2, total_steps=100, seed=0, anchor_lr=0.02
+    )
+    while c.phase != "exploit" or c.stage < 0:
+        plan = c.begin_step()
+        c.end_step(1.0 if plan.lr == 0.02 else other)  # flat series: each forecast is its level
+    trials = c.history[0]["trials"]
+    assert trials[0]["lr"] == 0.02 and trials[1]["lr"] != 0.02
+    assert c.history[0]["best_lr"] == (0.02 if anchor_kept else trials[1]["lr"])
