@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -286,7 +287,7 @@ def test_final_anneal_decays_the_last_lr_to_min_lr() -> None:
     assert last["anneal_start"] == 800 and last["anneal_lr"] == c.lrs[799]
     assert c.lrs[800] == pytest.approx(last["anneal_lr"])
     tail = c.lrs[800:]
-    assert all(a >= b for a, b in zip(tail, tail[1:]))  # a monotone half cosine ...
+    assert all(a >= b for a, b in itertools.pairwise(tail))  # a monotone half cosine ...
     assert tail[-1] == pytest.approx(c.min_lr, rel=0.01)  # ... down to min_lr
     assert c.lrs[900] == pytest.approx(c.min_lr + (last["anneal_lr"] - c.min_lr) * 0.5, rel=1e-6)
     assert all(h["start_step"] < 800 for h in c.history)  # no search in the anneal
