@@ -1,26 +1,24 @@
 """Quality benchmark: how many optimizer steps each LR-schedule method needs to reach a target validation loss.
 
-What it measures, per workload (:data:`benchmarks.workloads.WORKLOADS`: the digits CNN with SGD, the char-level
-Transformer with AdamW, an MLP regression with Adam) and seed (default 0, 1, 2), every run with the same step budget:
+What it measures, per workload (:data:`benchmarks.workloads.WORKLOADS`: a digits CNN and a digits MLP with SGD at 3000
+steps, a char-level Transformer with AdamW at 3000 steps, a Friedman MLP regression with Adam at 10 000 steps; every
+module has validation data and a configured LR, the middle of its grid) and seed (default 0, 1, 2), every run with the
+same step budget:
 
-- **tuned baselines**: constant LR, cosine with a 5 % linear warmup, OneCycle and schedule-free, each on a 7-point log
-  grid of peak LRs (schedule-free SGD on a grid 10× higher, see :class:`~benchmarks.workloads.Workload`); the grid point
-  with the lowest median final validation loss over the seeds is the "tuned" run (one LR for all seeds);
-- **untuned single runs**: cosine at the grid LR nearest the demo's default, schedule-free at its default LR, Prodigy
-  (lr=1, LR-free);
-- **AutoLRS** with the paper's settings (k=10 trials, τ'=τ/10), the package defaults (the same numbers today, so the
-  row reuses those runs), k=5, k=10 with ``reuse_best_trial`` + ``early_stop``, k=10 with ``monitor="val_loss"``, and
-  the search-cost options on top of reuse + early_stop: ``abort_trials``, ``warm_start``, both (``autolrs_fast``);
-  ``min_lr``/``max_lr`` = the grid's range, except ``autolrs_fast_range`` and ``autolrs_paper_range``, which give none
-  (the callback's LR range test finds the range; its steps count as search);
-- **replay**: ``ReplaySchedule(schedule, stretch=True)`` with the schedule the ``autolrs_fast`` (``replay``) or
-  ``autolrs_paper`` (``replay_paper``) run of the next seed found on the same workload (seed s gets seed s+1 mod the
-  number of seeds): the next run of the same recipe at zero search cost. Replay runs are queued once their source run
-  has finished.
+- **tuned cosine**: cosine with a 5 % linear warmup on a 7-point log grid of peak LRs half a decade apart (the grid
+  point with the lowest median final validation loss over the seeds is the "tuned" run: one LR for all seeds); constant,
+  OneCycle and schedule-free grids are available with ``--methods``;
+- **untuned single runs**: cosine and a constant LR at the module's configured LR, schedule-free at its default LR,
+  Prodigy (lr=1, LR-free);
+- **AutoLRS**: ``AutoLRS()`` at the package defaults with no LR range given (``autolrs``), the same at the defaults of
+  the version before the search rework (``autolrs_before``: pinned to that version's code, only reloaded, see
+  :func:`benchmarks.workloads.run_one`), and variants of single settings (``--methods``);
+- **replay** (``--methods replay``): ``ReplaySchedule(schedule, stretch=True)`` with the schedule the ``autolrs`` run of
+  the next seed found on the same workload (seed s gets seed s+1 mod the number of seeds).
 
-Each run's JSON (``runs/<workload>/<key>.json``) holds its full definition (the AutoLRS constructor arguments; for a
-replay the source run and a digest of its schedule); ``--resume`` reuses a saved run only when that definition is
-unchanged, so changing one variant's settings retrains only that variant (and the replays of its schedule).
+Each run's JSON (``runs/<workload>/<key>.json``) holds its full definition (the AutoLRS constructor arguments and the
+package commit; for a replay the source run and a digest of its schedule); ``--resume`` reuses a saved run only when
+that definition is unchanged, so changing one variant's settings, or the package, retrains only the runs it touches.
 
 The validation loss is evaluated on the full validation set every ``budget / --evals`` steps and at step 0. For AutoLRS
 it is evaluated at every such step whatever the phase, so a point inside a search shows a *trial* model (it counts: a
@@ -33,7 +31,7 @@ and T2 = the best final loss of any tuned family (constant, cosine, OneCycle, sc
 = the steps the reference run (tuned cosine for T1, the family that set T2 for T2) itself needs to first reach the
 target / the steps of the method; the **compute** of each method including its grid (a tuned baseline costs 7 runs).
 
-Run: ``python -m benchmarks.quality`` (full, ~40 min on 2 cores; ``--resume`` reuses finished runs) or
+Run: ``python -m benchmarks.quality`` (full, ~45 min on 2 cores; ``--resume`` reuses finished runs) or
 ``python -m benchmarks.quality --quick --out DIR`` (seconds; checks that the harness runs, not speed). Writes
 ``<workload>.md``, ``<workload>.png``, ``README_table.md`` and the per-run JSON files (``runs/``) into ``--out``.
 """
@@ -68,6 +66,7 @@ from benchmarks.workloads import (
     Workload,
     autolrs_kwargs,
     autolrs_settings,
+    package_commit,
     run_one,
     sf_default_lr,
 )
@@ -123,6 +122,8 @@ def _task(wname: str, kind: str, lr: float | None, seed: int, quick: bool, evals
     task: dict[str, Any] = {"workload": wname, "kind": kind, "lr": lr, "seed": seed, "quick": quick, "evals": evals}
     if kind in AUTOLRS_VARIANTS:
         task["autolrs_args"] = autolrs_kwargs(kind, WORKLOADS[wname], seed, quick)
+        if "commit" not in task["autolrs_args"]:  # a changed package is a changed AutoLRS run (pinned rows excepted)
+            task["package"] = package_commit()
     return task
 
 

@@ -395,7 +395,7 @@ AUTOLRS_VARIANTS: dict[str, dict[str, Any]] = {
     "autolrs": {},
     "autolrs_before": {},
     "autolrs_given_range": {},
-    "autolrs_last_iterate": {"average_trials": False},
+    "autolrs_average": {"average_trials": True},
     "autolrs_k3_no_range_test": {"num_trials": 3, "range_test": False},
     "autolrs_anneal30": {"anneal_ratio": 0.3},
 }
@@ -469,18 +469,18 @@ METHODS: dict[str, Method] = {
             "autolrs_given_range", "AutoLRS, defaults, range = the grid's ends", "autolrs_given_range", default=False
         ),
         Method(
+            "autolrs_average",
+            "AutoLRS, defaults but trials judged on their averaged weights (average_trials=True)",
+            "autolrs_average",
+            default=False,
+        ),
+        Method(
             "autolrs_k3_no_range_test",
             "AutoLRS, defaults but 3 trials per stage and no range test",
             "autolrs_k3_no_range_test",
             default=False,
         ),
         Method("autolrs_anneal30", "AutoLRS, defaults but a 30 % final anneal", "autolrs_anneal30", default=False),
-        Method(
-            "autolrs_last_iterate",
-            "AutoLRS, defaults but trials judged on their last weights (average_trials=False)",
-            "autolrs_last_iterate",
-            default=False,
-        ),
         Method(
             "replay", "ReplaySchedule of `autolrs`'s schedule (another seed's run), stretched", "replay", default=False
         ),

@@ -54,11 +54,16 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     r"""Choose the learning rate of each training stage on the fly by Bayesian optimisation (Jin et al., ICLR 2021).
 
     Training is cut into stages. At the start of a stage the model and optimizer are snapshotted in memory;
-    ``num_trials`` candidate LRs, proposed by a Gaussian process with an upper-confidence-bound acquisition, are each
-    trained for τ' = ``search_ratio``·τ steps from that snapshot; an exponential model fitted to each trial's loss
-    curve forecasts the loss after τ steps. The stage then restores the snapshot and trains τ steps with the LR of the
-    best forecast. τ and τ' double each stage until τ reaches ``tau_max``. All steps, trials included, are real
-    optimizer steps of the Trainer, so ``max_steps`` / ``max_epochs`` bound the whole run.
+    ``num_trials`` candidate LRs are each trained for τ' = ``search_ratio``·τ steps from that snapshot: the first at
+    the stage's anchor (the optimizer's configured LR in stage 0, the LR the previous stage ended at after it), the
+    others proposed by a Gaussian process with an upper-confidence-bound acquisition within ÷/× 3 of the anchor
+    (÷/× 9 in stage 0). An exponential model fitted to each trial's loss series (validation probes on fixed batches
+    when the Trainer has validation data) forecasts the loss after τ steps; the stage continues from the trial with
+    the best forecast, unless the anchor's forecast is within 3 % of it. τ and τ' double each stage until τ reaches
+    ``tau_max``; the last ``anneal_ratio`` of the budget decays the last LR along a half cosine. A slow collapse of
+    the training loss back to its stage-start level falls back to a smaller LR. All steps, trials included, are real
+    optimizer steps of the Trainer, so ``max_steps`` / ``max_epochs`` bound the whole run; a budget too small for
+    trials of 20 steps gets a warning and the plain warmup + cosine schedule at the configured LR instead.
 
     Args:
         {settings_args}
@@ -105,7 +110,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         save_files: bool = True,
         verbose: bool = True,
         anneal_ratio: float = 0.2,
-        average_trials: bool = True,
+        average_trials: bool = False,
     ) -> None:
         arguments = locals()  # the arguments above, declared once in `Settings` (a test keeps both in step)
         super().__init__()

@@ -7,28 +7,38 @@ step the training loss it produced. Everything else (stages, trials, forecasts, 
 The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ' = search_ratio·τ``):
 
 1. **Warmup** (optional): ``warmup_steps`` steps with ``lr = warmup_lr · (i + 1) / warmup_steps``. No search.
-2. **Stage start**: the caller captures a snapshot of model and optimizer.
+2. **Stage start**: the caller captures a snapshot of model and optimizer (and, with validation probes, probes the
+   stage-start model: the first point of every trial's series).
 3. **Search**: ``k`` trials. Trial ``j`` restores the snapshot (all but the first), trains ``τ'`` steps at the LR the
    proposer gives, and its loss series is turned into a forecast of the loss after ``τ`` steps. The proposer (a GP with
-   UCB) learns from (LR, forecast) pairs.
-4. **Exploit**: the snapshot is restored and the stage trains ``τ`` steps at the trial LR with the lowest forecast
-   (ties go to the smaller LR; if every trial diverged, ``min_lr``).
+   UCB) learns from (LR, forecast) pairs. With ``anchor_lr`` (the callback passes the configured LR) the first trial
+   runs at the stage's anchor (stage 0: ``anchor_lr``; later: the LR the previous stage ended at) and the stage
+   searches within ÷/× :data:`TRUST_FACTOR` of it (stage 0: its square); a forecast within 3 % of the anchor's is a
+   tie, which the anchor wins (:mod:`lightning_autolrs.search`).
+4. **Exploit**: the stage trains ``τ`` steps at the chosen LR (from the stage start, or, with ``reuse_best_trial``,
+   from the chosen trial's end: ``τ − τ'`` more steps).
 5. **Next stage**: ``τ`` and ``τ'`` double until ``τ`` reaches ``tau_max``.
+6. **Final anneal** (``anneal_steps``): the last ``anneal_steps`` steps of the budget decay the LR in use along a half
+   cosine to ``min_lr``; no search there.
 
-Budget rule (``total_steps`` known): a stage searches only when the ``k·τ'`` search steps plus at least ``τ'`` exploit
-steps fit in what is left; otherwise it exploits the previous stage's LR to the end. A stage whose exploit phase would
-leave too few steps for the next stage's search (``(k + 1)·τ'_next``) exploits to the end instead. So every step of the
-budget belongs to exactly one phase and the last stage always exploits to the end.
+Budget rule (``total_steps`` known; the stages share what the final anneal leaves): a stage searches only when the
+``k·τ'`` search steps plus at least ``τ'`` exploit steps fit in what is left; otherwise it exploits the previous stage's
+LR until the anneal. A stage whose exploit phase would leave too few steps for the next stage's search
+(``(k + 1)·τ'_next``) exploits until the anneal instead. So every step of the budget belongs to exactly one phase.
+With ``fallback`` (a budget too small for one search) there are no stages: a linear warmup over
+:data:`FALLBACK_WARMUP` of the budget to ``anchor_lr``, then the anneal.
 
 Divergence rule: a step whose loss is NaN/inf, or above ``divergence_factor`` times the stage's reference loss (the
 largest training loss of the last 20 steps before the stage, or the stage's first loss for the first stage), stops a
 trial at once; the trial is recorded as diverged and the proposer gives it a penalty. In the exploit phase the same test
 restores the snapshot and continues the stage at the next-best smaller trial LR (or a tenth of the current LR when
-none is left, but never below ``min_lr``). After a stage with a diverged trial the upper end of the range for the
-next stage is the smallest LR that diverged; after a stage without divergence it grows back by 2× per stage up to
-``max_lr``.
+none is left, but never below ``min_lr``). With ``collapse_guard`` the exploit phase also falls back that way on a
+*slow* collapse: once the stage has halved its windowed training loss (20-step means) from its start level, the
+windowed loss is back at the start level for a whole window (a net dying at the edge of stability, no spike). After a
+stage with a diverged trial the upper end of the range for the next stage is the smallest LR that diverged; after a
+stage without divergence it grows back by 2× per stage up to ``max_lr``.
 
-Search-cost options (all off by default in the controller): the **range test** (``range_test_steps > 0``;
+Search-cost options (all off by default in the keyword constructor): the **range test** (``range_test_steps > 0``;
 ``min_lr``/``max_lr`` may then be ``None``) runs after warmup and before the first stage, its steps accounted to the
 ``"warmup"`` phase (rules in :mod:`lightning_autolrs.range_test`); **trial abort**, **warm start**, **early stop** and
 **best-trial reuse** act within a stage's search (rules in :mod:`lightning_autolrs.search`).
@@ -68,6 +78,9 @@ STATE_VERSION = 2
 _REFERENCE_WINDOW = 20
 #: A stage searches within ÷/× this factor of its anchor (stage 0: its square, around the configured LR).
 TRUST_FACTOR = 3.0
+#: Without a search (a budget too small for one), the schedule is the common baseline: a linear warmup over this share
+#: of the budget to the configured LR, then a half cosine down to ``min_lr``.
+FALLBACK_WARMUP = 0.05
 _COLLAPSE_WINDOW = 20  # training losses per window of the slow-collapse guard
 _COLLAPSE_PROGRESS = 0.5  # the guard acts once the stage has lowered its windowed loss by half of the start level
 
@@ -128,7 +141,8 @@ class StageController:
         divergence_factor: a loss above this multiple of the stage's reference loss counts as divergence.
         monitor: the series a trial is judged on: ``"train_loss"`` (every step's training loss), ``"val_loss"``
             (validation probes at ``probes_per_trial`` evenly spaced steps of each trial) or ``"auto"`` (validation
-            probes once τ' ≥ ``auto_val_min_tau_prime``, the training loss for shorter trials).
+            probes once τ' ≥ ``auto_val_min_tau_prime``, the training loss for shorter trials; the callback passes
+            ``"train_loss"`` when there is no validation data).
         reuse_best_trial: continue the exploit phase from the end state of the best trial (kept in a second
             snapshot, :attr:`StepPlan.save_best`) instead of re-training its τ' steps from the stage start; the
             exploit phase is then τ − τ' steps long.
@@ -144,6 +158,9 @@ class StageController:
             best (see :mod:`lightning_autolrs.search`).
         abort_margin: how much worse, as a multiple of the best trial's forecast improvement.
         warm_start: a later stage's first trial re-tries the previous stage's LR, whose other forecasts enter the GP.
+        anneal_steps: length of the final anneal (0: none; needs ``total_steps``).
+        anchor_lr: stage 0's anchor (the configured LR): turns on anchor trials, the trust region and the tie rule.
+        collapse_guard: fall back from a slow collapse in the exploit phase (see the module docstring).
         proposer: an :class:`LRProposer` to use instead of a new one (for tests).
         forecaster: an :class:`ExponentialForecaster` to use instead of a new one.
 
@@ -180,8 +197,8 @@ class StageController:
         early_stop: bool = False,
         min_trials: int = 3,
         stop_beta: float = 1.0,
-        probes_per_trial: int = 8,
-        auto_val_min_tau_prime: int = 200,
+        probes_per_trial: int = 5,
+        auto_val_min_tau_prime: int = 1,
         range_test_steps: int = 0,
         range_test_lrs: tuple[float, float] | None = None,
         abort_trials: bool = False,
@@ -312,6 +329,11 @@ class StageController:
         self.fallback = fallback  # no search: the whole budget after warmup is the anneal from `anchor_lr`
         if fallback and anchor_lr is not None:
             self._lr = anchor_lr
+            if self.warmup_steps == 0 and self.total_steps is not None:  # the cosine baseline's 5 % linear warmup
+                self.warmup_steps = round(FALLBACK_WARMUP * self.total_steps)
+                self.warmup_lr = anchor_lr
+                self.anneal_steps = self.total_steps - self.warmup_steps
+                self.phase = "warmup" if self.warmup_steps > self.step else self.phase
         self._anneal_start: int | None = None
         self._anneal_lr = 0.0
         self._pending_level_probe = False

@@ -154,7 +154,7 @@ class Settings:
     beta: float = _setting(
         DEFAULT_BETA,
         """UCB exploration weight (``mean + sqrt(beta)·sigma`` on the negated forecast loss). The default 8 explores a
-        lot, which is cheap: the stage keeps the best *observed* trial, and a stage has only ~10 trials.""",
+        lot, which is cheap: the stage keeps the best *observed* trial, and a stage has only a few trials.""",
         lambda n, v: check_float(n, v, positive=True),
     )
     warmup_steps: int = _setting(
@@ -262,10 +262,11 @@ class Settings:
         _check_anneal_ratio,
     )
     average_trials: bool = _setting(
-        True,
+        False,
         """judge a trial's validation probes on an exponential moving average of its weights (over about τ'/4 steps)
         instead of its last weights: what the trial's LR reaches once annealed, so a larger LR is not penalised for
-        the noise a final anneal removes. Only with validation probes.""",
+        the noise a final anneal removes. Only with validation probes. Off by default: it won on one of the four
+        benchmark workloads and lost on two (README, "Validation loss as the signal").""",
         _as_bool,
     )
 

@@ -58,14 +58,14 @@ def test_trials_are_judged_on_their_averaged_weights(lpl, tmp_path, monkeypatch)
     monkeypatch.setattr(TrialAverage, "probe", spy)
     kw = trainer_kwargs(tmp_path, max_steps=100, limit_val_batches=1.0, check_val_every_n_epoch=100)
     lpl.seed_everything(0)
-    cb = autolrs()
+    cb = autolrs(average_trials=True)
     lpl.Trainer(callbacks=[cb], **kw).fit(make_module_class(lpl)())
     trials = [t for h in cb.history for t in h["trials"] if not t["diverged"]]
     assert trials and cb.history[0]["signal"] == "val_loss"
     assert len(calls) >= len(trials) * 5  # every trial probe went through the average
     before = len(calls)
     lpl.seed_everything(0)
-    plain = autolrs(average_trials=False)
+    plain = autolrs()  # the default: the last weights
     lpl.Trainer(callbacks=[plain], **kw).fit(make_module_class(lpl)())
     assert len(calls) == before  # average_trials=False probes the last weights
     assert [t["predicted_loss"] for t in plain.history[0]["trials"]] != [

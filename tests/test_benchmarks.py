@@ -191,22 +191,22 @@ def test_quality_replay_uses_next_seed_and_runs_after_its_source(tmp_path: Path)
 def test_quality_resume_key_has_the_autolrs_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from benchmarks import quality, workloads
 
-    args = ["--quick", "--out", str(tmp_path), "--workloads", "friedman", "--methods", "autolrs_last_iterate"]
+    args = ["--quick", "--out", str(tmp_path), "--workloads", "friedman", "--methods", "autolrs_average"]
     assert quality.main(args) == 0
     runs = tmp_path / "runs" / "friedman"
     before = {p.name: p.read_text() for p in runs.glob("*.json")}
-    assert len(before) == 4  # cosine ×3, autolrs_last_iterate
+    assert len(before) == 4  # cosine ×3, autolrs_average
 
     # one variant's settings change: only its run is trained again
     monkeypatch.setitem(
         workloads.AUTOLRS_VARIANTS,
-        "autolrs_last_iterate",
-        {**workloads.AUTOLRS_VARIANTS["autolrs_last_iterate"], "num_trials": 3},
+        "autolrs_average",
+        {**workloads.AUTOLRS_VARIANTS["autolrs_average"], "num_trials": 3},
     )
     assert quality.main([*args, "--resume"]) == 0
     after = {p.name: p.read_text() for p in runs.glob("*.json")}
-    assert [name for name in before if before[name] != after[name]] == ["autolrs_last_iterate_s0.json"]
-    assert json.loads(after["autolrs_last_iterate_s0.json"])["autolrs"]["settings"]["num_trials"] == 3
+    assert [name for name in before if before[name] != after[name]] == ["autolrs_average_s0.json"]
+    assert json.loads(after["autolrs_average_s0.json"])["autolrs"]["settings"]["num_trials"] == 3
     assert "1 runs trained in this invocation, 3 reused" in (tmp_path / "friedman.md").read_text()
 
 

@@ -57,7 +57,7 @@ def test_every_argument_reaches_the_settings() -> None:
         warmup_lr=0.01, seed=3, divergence_factor=3.0, monitor="val_loss", reuse_best_trial=False, early_stop=True,
         min_trials=2, abort_trials=True, warm_start=True, range_test=False, range_test_steps=9, val_batches=2,
         val_loss_fn=len, snapshot_device="cpu", checkpoint_snapshot=False, save_files=False, verbose=False,
-        anneal_ratio=0.1, average_trials=False,
+        anneal_ratio=0.1, average_trials=True,
     )  # fmt: skip
     assert set(changed) == {f.name for f in dataclasses.fields(Settings)}
     settings = AutoLRS(**changed)._settings
