@@ -439,6 +439,9 @@ def _range_text(row: dict[str, Any]) -> str:
     if run["autolrs"].get("range_test"):
         return "range test: " + found_range_text(row)
     s = run["autolrs"]["settings"]
+    if s.get("min_lr") is None or s.get("max_lr") is None:  # derived from the configured LR (no range test)
+        lo, hi = run["autolrs"]["found_range"]
+        return f"derived {lo:.3g}…{hi:.3g}"
     return f"{s['min_lr']:g}…{s['max_lr']:g}"
 
 
