@@ -19,7 +19,8 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
    from the chosen trial's end: ``τ − τ'`` more steps).
 5. **Next stage**: ``τ`` and ``τ'`` double until ``τ`` reaches ``tau_max``.
 6. **Final anneal** (``anneal_steps``): the last ``anneal_steps`` steps of the budget decay the LR in use along a half
-   cosine to ``min_lr``; no search there.
+   cosine to ``min_lr``; no search there. A NaN/inf loss in the anneal restores the stage snapshot and lowers the
+   anneal's starting LR tenfold (rules in :class:`~lightning_autolrs.exploit.FinalAnneal`).
 
 Budget rule (``total_steps`` known; the stages share what the final anneal leaves): a stage searches only when the
 ``k·τ'`` search steps plus at least ``τ'`` exploit steps fit in what is left; otherwise it exploits the previous stage's
@@ -34,9 +35,10 @@ trial at once; the trial is recorded as diverged and the proposer gives it a pen
 restores the snapshot and continues the stage at the next-best smaller trial LR (or a tenth of the current LR when
 none is left, but never below ``min_lr``). With ``collapse_guard`` the exploit phase also falls back that way on a
 *slow* collapse: once the stage has halved its windowed training loss (20-step means) from its start level, the
-windowed loss is back at the start level for a whole window (a net dying at the edge of stability, no spike). After a
-stage with a diverged trial the upper end of the range for the next stage is the smallest LR that diverged; after a
-stage without divergence it grows back by 2× per stage up to ``max_lr``.
+windowed loss is back at the start level for a whole window (a net dying at the edge of stability, no spike; rules in
+:class:`~lightning_autolrs.exploit.CollapseGuard`). After a stage with a diverged trial the upper end of the range for
+the next stage is the smallest LR that diverged; after a stage without divergence it grows back by 2× per stage up to
+``max_lr``.
 
 Search-cost options (all off by default in the keyword constructor): the **range test** (``range_test_steps > 0``;
 ``min_lr``/``max_lr`` may then be ``None``) runs after warmup and before the first stage, its steps accounted to the
@@ -44,12 +46,14 @@ Search-cost options (all off by default in the keyword constructor): the **range
 **best-trial reuse** act within a stage's search (rules in :mod:`lightning_autolrs.search`).
 
 The controller's parts: :class:`~lightning_autolrs.range_test.RangeTest` (the sweep),
-:class:`~lightning_autolrs.search.StageSearch` (one stage's trials); the controller itself keeps the phases, the budget,
-the divergence test and the exploit guard, and assembles its :meth:`StageController.state_dict` from its parts'.
+:class:`~lightning_autolrs.search.StageSearch` (one stage's trials), :class:`~lightning_autolrs.exploit.FinalAnneal`
+(the anneal's LRs) and :class:`~lightning_autolrs.exploit.CollapseGuard` (the slow-collapse test); the controller itself
+keeps the phases, the budget, the divergence test and the exploit fallbacks (snapshot restore, records, events), and
+assembles its :meth:`StageController.state_dict` from its parts' keys (one flat dict).
 Why this module is longer than ~400 lines: :class:`StageController` keeps its documented keyword constructor (the
 way tests and benchmarks drive the algorithm without a Trainer) next to :meth:`StageController.from_settings` (the
-callback's way in), and the step protocol, the stage lifecycle, the exploit guard and the checkpoint state read best
-together; about a third of the module is docstrings.
+callback's way in), and the step protocol, the stage lifecycle, the exploit fallbacks and the checkpoint state read
+best together; about a third of the module is docstrings.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from typing import Any
 
 from lightning_autolrs._validation import check_int
 from lightning_autolrs.exceptions import InvalidArgumentError, UnsupportedSetupError
+from lightning_autolrs.exploit import CollapseGuard, FinalAnneal
 from lightning_autolrs.forecast import ExponentialForecaster
 from lightning_autolrs.proposer import DEFAULT_BETA, LRProposer
 from lightning_autolrs.range_test import RangeTest
@@ -81,8 +86,6 @@ TRUST_FACTOR = 3.0
 #: Without a search (a budget too small for one), the schedule is the common baseline: a linear warmup over this share
 #: of the budget to the configured LR, then a half cosine down to ``min_lr``.
 FALLBACK_WARMUP = 0.05
-_COLLAPSE_WINDOW = 20  # training losses per window of the slow-collapse guard
-_COLLAPSE_PROGRESS = 0.5  # the guard acts once the stage has lowered its windowed loss by half of the start level
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,8 @@ class StageController:
         warm_start: a later stage's first trial re-tries the previous stage's LR, whose other forecasts enter the GP.
         anneal_steps: length of the final anneal (0: none; needs ``total_steps``).
         anchor_lr: stage 0's anchor (the configured LR): turns on anchor trials, the trust region and the tie rule.
-        collapse_guard: fall back from a slow collapse in the exploit phase (see the module docstring).
+        collapse_guard: fall back from a slow collapse in the exploit phase (see the module docstring and
+            :class:`~lightning_autolrs.exploit.CollapseGuard`).
         proposer: an :class:`LRProposer` to use instead of a new one (for tests).
         forecaster: an :class:`ExponentialForecaster` to use instead of a new one.
 
@@ -321,11 +325,9 @@ class StageController:
         self._lr = self.min_lr
         self._exploit_end: float = self.step  # the first begin_step after warmup starts a stage
         self._ranking: list[float] = []  # trial LRs of the current stage, best first (exploit fallbacks)
-        self.anneal_steps = check_int("anneal_steps", anneal_steps, minimum=0)
-        if self.anneal_steps and self.total_steps is None:
-            raise InvalidArgumentError("`anneal_steps` needs a known `total_steps`.")
+        self._anneal = FinalAnneal(anneal_steps, self.total_steps)
+        self._guard = CollapseGuard(collapse_guard)
         self.anchor_lr = anchor_lr
-        self.collapse_guard = collapse_guard
         self.fallback = fallback  # no search: the whole budget after warmup is the anneal from `anchor_lr`
         if fallback and anchor_lr is not None:
             self._lr = anchor_lr
@@ -334,13 +336,25 @@ class StageController:
                 self.warmup_lr = anchor_lr
                 self.anneal_steps = self.total_steps - self.warmup_steps
                 self.phase = "warmup" if self.warmup_steps > self.step else self.phase
-        self._anneal_start: int | None = None
-        self._anneal_lr = 0.0
         self._pending_level_probe = False
-        self._start_losses: list[float] = []  # the stage's first training losses (the collapse guard's reference)
-        self._window: deque[float] = deque(maxlen=_COLLAPSE_WINDOW)
-        self._best_window = math.inf
-        self._collapse_count = 0
+
+    @property
+    def anneal_steps(self) -> int:
+        """Length of the final anneal (0: none; :class:`~lightning_autolrs.exploit.FinalAnneal`)."""
+        return self._anneal.steps
+
+    @anneal_steps.setter
+    def anneal_steps(self, steps: int) -> None:
+        self._anneal.steps = steps
+
+    @property
+    def collapse_guard(self) -> bool:
+        """Whether the slow-collapse guard is on (:class:`~lightning_autolrs.exploit.CollapseGuard`)."""
+        return self._guard.enabled
+
+    @collapse_guard.setter
+    def collapse_guard(self, enabled: bool) -> None:
+        self._guard.enabled = enabled
 
     # ------------------------------------------------------------------ the two events
     def begin_step(self) -> StepPlan:
@@ -358,10 +372,10 @@ class StageController:
             self._plan_range_test = True
             self._plan = StepPlan(self._range_test.lr(i), "warmup", capture=i == 0)
             return self._plan
-        if self._anneal_start is None and self.anneal_steps and self.step >= self._anneal_begin:
+        if self._anneal.due(self.step, self.warmup_steps):
             self._begin_anneal()
-        if self._anneal_start is not None:
-            self._plan = StepPlan(self._anneal_lr_at(self.step), "exploit", restore=self._pending_restore)
+        if self._anneal.active:
+            self._plan = StepPlan(self._anneal.lr_at(self.step, self.min_lr), "exploit", restore=self._pending_restore)
             self._pending_restore = False
             return self._plan
         if self.phase == "warmup" or (self.phase == "exploit" and self.step >= self._exploit_end):
@@ -417,7 +431,7 @@ class StageController:
             if plan.probe and progressed and probe is not None:
                 self.search.add_probe(probe)
             return self._record_trial_step(loss, progressed)
-        if self._anneal_start is not None:
+        if self._anneal.active:
             return self._record_anneal_step(loss)
         return self._record_exploit_step(loss)
 
@@ -470,25 +484,13 @@ class StageController:
         return math.inf if self.total_steps is None else self.total_steps - self.anneal_steps - self.step
 
     # ------------------------------------------------------------------ the final anneal
-    @property
-    def _anneal_begin(self) -> int:
-        assert self.total_steps is not None
-        return max(self.warmup_steps, self.total_steps - self.anneal_steps)
-
     def _begin_anneal(self) -> None:
         """The last ``anneal_steps`` steps: a half cosine from the LR in use down to ``min_lr``."""
-        self._anneal_start = self.step
-        self._anneal_lr = self._lr
+        self._anneal.begin(self.step, self._lr)
         self.phase = "exploit"
         if self.stages:
             self.stages[-1].anneal_start = self.step
             self.stages[-1].anneal_lr = self._lr
-
-    def _anneal_lr_at(self, step: int) -> float:
-        assert self._anneal_start is not None and self.total_steps is not None
-        span = max(1, self.total_steps - self._anneal_start)
-        low = min(self.min_lr, self._anneal_lr)
-        return low + (self._anneal_lr - low) * 0.5 * (1.0 + math.cos(math.pi * (step - self._anneal_start) / span))
 
     def _record_anneal_step(self, loss: float | None) -> list[Event]:
         """A NaN/inf loss in the anneal restores the stage snapshot and lowers the anneal's start tenfold."""
@@ -496,9 +498,8 @@ class StageController:
             self.stages[-1].exploit_steps += 1
         if loss is None or math.isfinite(loss) or not self.stages:
             return []
-        failed = self._anneal_lr
-        self._anneal_lr = max(failed / 10, self.min_lr)
-        fallback = FallbackRecord(step=self.step - 1, failed_lr=failed, new_lr=self._anneal_lr)
+        failed = self._anneal.fail(self.min_lr)
+        fallback = FallbackRecord(step=self.step - 1, failed_lr=failed, new_lr=self._anneal.lr)
         self.stages[-1].fallbacks.append(fallback)
         self._pending_restore = True
         return [FallbackEvent(self._stage, fallback)]
@@ -520,8 +521,7 @@ class StageController:
         record.signal = self.search.configure(self._stage, tau, tau_prime)
         self.stages.append(record)
         self._pending_capture = True
-        self._start_losses, self._best_window, self._collapse_count = [], math.inf, 0
-        self._window.clear()
+        self._guard.new_stage()
         if searching:
             self.phase = "search"
             anchor = self._anchor()
@@ -589,9 +589,8 @@ class StageController:
             return []
         self._note_reference(loss)
         diverged = self._diverged(loss)
-        first = self.search.trial == 0 and len(self._start_losses) < _COLLAPSE_WINDOW
-        if first and loss is not None and not diverged:
-            self._start_losses.append(loss)  # the stage's first losses, from the stage-start state
+        if self.search.trial == 0 and loss is not None and not diverged:
+            self._guard.note_start(loss)  # the stage's first losses, from the stage-start state
         outcome = self.search.record_step(record, self._lr, loss, diverged, self.step)
         return [] if outcome is None else self._carry_out(outcome)
 
@@ -614,35 +613,14 @@ class StageController:
         return outcome.events
 
     # ------------------------------------------------------------------ exploit
-    def _collapsed(self, loss: float | None) -> bool:
-        """Slow collapse: for a whole window, the windowed training loss has been back at the stage-start level after
-        the stage had lowered it by at least a quarter (a net dying at the edge of stability, without a spike)."""
-        if not self.collapse_guard or loss is None or not math.isfinite(loss):
-            return False
-        self._window.append(loss)
-        if len(self._start_losses) < _COLLAPSE_WINDOW // 2 or len(self._window) < _COLLAPSE_WINDOW:
-            return False
-        start = sum(self._start_losses) / len(self._start_losses)
-        now = sum(self._window) / len(self._window)
-        self._best_window = min(self._best_window, now)
-        back = start - self._best_window > _COLLAPSE_PROGRESS * abs(start) and now >= start
-        self._collapse_count = self._collapse_count + 1 if back else 0
-        return self._collapse_count >= _COLLAPSE_WINDOW and self._lr > self.min_lr
-
     def _record_exploit_step(self, loss: float | None) -> list[Event]:
         record = self.stages[-1]
         record.exploit_steps += 1
         self._note_reference(loss)
-        if (
-            loss is not None
-            and math.isfinite(loss)
-            and not record.trials
-            and len(self._start_losses) < _COLLAPSE_WINDOW
-        ):
-            self._start_losses.append(loss)  # a stage without a search: its first exploit losses
-        if self._diverged(loss) or self._collapsed(loss):  # the exploit guard
-            self._window.clear()
-            self._best_window, self._collapse_count = math.inf, 0
+        if loss is not None and math.isfinite(loss) and not record.trials:
+            self._guard.note_start(loss)  # a stage without a search: its first exploit losses
+        if self._diverged(loss) or self._guard.collapsed(loss, self._lr, self.min_lr):  # the exploit guard
+            self._guard.rearm()
             failed = self._lr
             if failed in self._ranking:
                 self._ranking.remove(failed)
@@ -729,7 +707,9 @@ class StageController:
     def state_dict(self) -> dict[str, Any]:
         """All mutable state as plain Python values (safe for ``torch.load(weights_only=True)``): the controller's own
         keys, the search's (:meth:`StageSearch.state_dict`) and the range test's (:meth:`RangeTest.state_dict`), in
-        one flat dict of format version :data:`STATE_VERSION`."""
+        one flat dict of format version :data:`STATE_VERSION`. The final anneal's and the collapse guard's keys
+        (``anneal_start``, ``anneal_lr``, ``start_losses``, ``window``, ``best_window``, ``collapse_count``) are their
+        parts' (:mod:`lightning_autolrs.exploit`)."""
         return {
             "version": STATE_VERSION,
             "step": self.step,
@@ -754,12 +734,8 @@ class StageController:
             "max_lr": self.max_lr,
             "stage_bounds": list(self.search.bounds),
             "pending_level_probe": self._pending_level_probe,
-            "anneal_start": self._anneal_start,
-            "anneal_lr": self._anneal_lr,
-            "start_losses": list(self._start_losses),
-            "window": list(self._window),
-            "best_window": None if math.isinf(self._best_window) else self._best_window,
-            "collapse_count": self._collapse_count,
+            **self._anneal.state_dict(),
+            **self._guard.state_dict(),
             **self.search.state_dict(),
             **self._range_test.state_dict(),
         }
@@ -811,12 +787,6 @@ class StageController:
         lo, hi = state.get("stage_bounds", (self.min_lr, self._eff_max_lr))
         self.search.bounds = (float(lo), float(hi))
         self._pending_level_probe = bool(state.get("pending_level_probe", False))
-        anneal = state.get("anneal_start")
-        self._anneal_start = None if anneal is None else int(anneal)
-        self._anneal_lr = float(state.get("anneal_lr", 0.0))
-        self._start_losses = [float(x) for x in state.get("start_losses", [])]
-        self._window = deque((float(x) for x in state.get("window", [])), maxlen=_COLLAPSE_WINDOW)
-        best_window = state.get("best_window")
-        self._best_window = math.inf if best_window is None else float(best_window)
-        self._collapse_count = int(state.get("collapse_count", 0))
+        self._anneal.load_state_dict(state)
+        self._guard.load_state_dict(state)
         self._plan = None
