@@ -92,7 +92,23 @@ class DiabetesDataModule(pl.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)
 
 
-class DiabetesMLP(pl.LightningModule):
+class _Supervised(pl.LightningModule):
+    """Shared steps: ``loss(self(x), y)`` logged as ``train_loss`` / ``val_loss`` (``loss`` set by the subclass)."""
+
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = type(self).loss(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", type(self).loss(self(x), y), batch_size=len(y))
+
+
+class DiabetesMLP(_Supervised):
     """A ReLU MLP regressor (``depth`` hidden layers of ``hidden`` units) trained with Adam on the MSE."""
 
     def __init__(self, lr: float = 1e-3, hidden: int = 128, depth: int = 2, weight_decay: float = 0.0) -> None:
@@ -106,24 +122,16 @@ class DiabetesMLP(pl.LightningModule):
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
 
+    loss = staticmethod(nn.functional.mse_loss)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)
-
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = nn.functional.mse_loss(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        x, y = batch
-        self.log("val_loss", nn.functional.mse_loss(self(x), y), batch_size=len(y))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
-class DigitsMLP(pl.LightningModule):
+class DigitsMLP(_Supervised):
     """A ReLU MLP on the flattened 8×8 digits (64 → ``hidden`` → ``hidden`` → 10), SGD + momentum 0.9, wd 5e-4."""
 
     def __init__(self, lr: float = 0.05, hidden: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4) -> None:
@@ -133,18 +141,10 @@ class DigitsMLP(pl.LightningModule):
             nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10)
         )
 
+    loss = staticmethod(nn.functional.cross_entropy)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = nn.functional.cross_entropy(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        x, y = batch
-        self.log("val_loss", nn.functional.cross_entropy(self(x), y), batch_size=len(y))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams

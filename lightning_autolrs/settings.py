@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -469,6 +469,21 @@ def derive(s: Settings, configured_lr: float, total_steps: float | None, *, chec
     anneal = 0 if total is None else round(s.anneal_ratio * total)
     before = s.warmup_steps + rt_steps  # steps before the first stage
     sweep = (configured_lr * RANGE_TEST_BELOW, configured_lr * RANGE_TEST_ABOVE)
+
+    def derived(tau: int) -> Derived:
+        return Derived(
+            min_lr=lo,
+            max_lr=hi,
+            tau=tau,
+            tau_max=max(s.tau_max, tau),
+            range_test_steps=rt_steps,
+            anneal_steps=anneal,
+            warmup_lr=warmup_lr,
+            total_steps=total,
+            range_test_lrs=sweep,
+            configured_lr=configured_lr,
+        )
+
     if s.tau is not None:
         tau = s.tau
     elif total is None:
@@ -482,19 +497,14 @@ def derive(s: Settings, configured_lr: float, total_steps: float | None, *, chec
                 (stage + s.warmup_steps + (RANGE_TEST_MIN_STEPS if rt_steps else 0)) / (1 - s.anneal_ratio)
             )
             flo, fhi = (lo, hi) if lo is not None and hi is not None else (configured_lr / RANGE_SPAN, configured_lr)
-            return Derived(
+            return replace(
+                derived(max(1, total)),
                 min_lr=flo,
                 max_lr=fhi,
-                tau=max(1, total),
-                tau_max=max(s.tau_max, total, 1),
                 range_test_steps=0,
                 anneal_steps=max(0, total - s.warmup_steps),
                 fallback=True,
                 needed_steps=need,
-                warmup_lr=warmup_lr,
-                total_steps=total,
-                range_test_lrs=sweep,
-                configured_lr=configured_lr,
             )
         tau = planned
     if total is not None and check_budget and s.tau is not None:
@@ -506,15 +516,4 @@ def derive(s: Settings, configured_lr: float, total_steps: float | None, *, chec
                 f"final-anneal steps), but the Trainer's budget is {total}. Lower `tau` or `num_trials`, raise "
                 "`max_steps`, or leave `tau` to the default."
             )
-    return Derived(
-        min_lr=lo,
-        max_lr=hi,
-        tau=tau,
-        tau_max=max(s.tau_max, tau),
-        range_test_steps=rt_steps,
-        anneal_steps=anneal,
-        warmup_lr=warmup_lr,
-        total_steps=total,
-        range_test_lrs=sweep,
-        configured_lr=configured_lr,
-    )
+    return derived(tau)
