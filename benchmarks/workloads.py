@@ -398,6 +398,8 @@ AUTOLRS_VARIANTS: dict[str, dict[str, Any]] = {
     "autolrs_average": {"average_trials": True},
     "autolrs_k3_no_range_test": {"num_trials": 3, "range_test": False},
     "autolrs_anneal30": {"anneal_ratio": 0.3},
+    "autolrs_early_stop": {"early_stop": True},
+    "autolrs_ratio07": {"search_ratio": 0.07},
 }
 """Constructor arguments of each AutoLRS row besides ``min_lr``/``max_lr`` and ``seed``. ``autolrs`` is ``AutoLRS()``
 at the package defaults; ``autolrs_before`` is ``AutoLRS()`` at the defaults of :data:`BEFORE_COMMIT` (its runs were
@@ -481,6 +483,8 @@ METHODS: dict[str, Method] = {
             default=False,
         ),
         Method("autolrs_anneal30", "AutoLRS, defaults but a 30 % final anneal", "autolrs_anneal30", default=False),
+        Method("autolrs_early_stop", "AutoLRS, defaults but early_stop=True", "autolrs_early_stop", default=False),
+        Method("autolrs_ratio07", "AutoLRS, defaults but search_ratio=0.07", "autolrs_ratio07", default=False),
         Method(
             "replay", "ReplaySchedule of `autolrs`'s schedule (another seed's run), stretched", "replay", default=False
         ),
