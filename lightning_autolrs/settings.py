@@ -433,10 +433,17 @@ def plan_tau(region: int, num_trials: int, search_ratio: float, reuse_best_trial
     per_tau = 1 + k * search_ratio
     tau_min = math.ceil(MIN_TRIAL_STEPS / search_ratio)
     for stages in (3, 2, 1):
-        tau = int(region // ((2**stages - 1) * per_tau))
+        tau = math.floor(region / ((2**stages - 1) * per_tau) + 1e-9)  # (260 / 1.3 is 200, not 199.99…)
         if tau >= tau_min:
             return min(tau, tau_max)
     return None
+
+
+def _stage_region(s: Settings, total: int) -> int | None:
+    """The derived τ for a budget of ``total`` steps (``None``: too small for a search)."""
+    before = s.warmup_steps + _range_test_steps(s, total)
+    region = total - before - round(s.anneal_ratio * total)
+    return plan_tau(region, s.num_trials, s.search_ratio, s.reuse_best_trial, s.tau_max)
 
 
 def derive(s: Settings, configured_lr: float, total_steps: float | None, *, check_budget: bool = True) -> Derived:
@@ -496,6 +503,8 @@ def derive(s: Settings, configured_lr: float, total_steps: float | None, *, chec
             need = math.ceil(
                 (stage + s.warmup_steps + (RANGE_TEST_MIN_STEPS if rt_steps else 0)) / (1 - s.anneal_ratio)
             )
+            while _stage_region(s, need) is None:  # the estimate, corrected for rounding: the first budget that searches
+                need += 1
             flo, fhi = (lo, hi) if lo is not None and hi is not None else (configured_lr / RANGE_SPAN, configured_lr)
             return replace(
                 derived(max(1, total)),

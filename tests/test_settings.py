@@ -150,8 +150,9 @@ def test_a_budget_too_small_for_a_search_falls_back_to_a_decay_from_the_configur
     d = derive(Settings(), 0.1, budget)
     assert d.fallback and d.range_test_steps == 0 and d.anneal_steps == budget
     assert d.needed_steps > budget and (d.min_lr, d.max_lr) == (0.1 / RANGE_SPAN, 0.1)
-    big = derive(Settings(), 0.1, d.needed_steps + 1)
+    big = derive(Settings(), 0.1, d.needed_steps)
     assert not big.fallback and tau_prime_for(big.tau, 0.1) >= MIN_TRIAL_STEPS  # the named budget does search
+    assert derive(Settings(), 0.1, d.needed_steps - 1).fallback  # and it is the smallest that does
 
 
 def test_plan_tau_prefers_three_stages_then_fewer() -> None:
