@@ -503,9 +503,7 @@ def derive(s: Settings, configured_lr: float, total_steps: float | None, *, chec
             need = math.ceil(
                 (stage + s.warmup_steps + (RANGE_TEST_MIN_STEPS if rt_steps else 0)) / (1 - s.anneal_ratio)
             )
-            while (
-                _stage_region(s, need) is None
-            ):  # the estimate, corrected for rounding: the first budget that searches
+            while _stage_region(s, need) is None:  # correct the estimate: the first budget that searches
                 need += 1
             flo, fhi = (lo, hi) if lo is not None and hi is not None else (configured_lr / RANGE_SPAN, configured_lr)
             return replace(
