@@ -439,7 +439,7 @@ def plan_tau(region: int, num_trials: int, search_ratio: float, reuse_best_trial
     return None
 
 
-def _stage_region(s: Settings, total: int) -> int | None:
+def _planned_tau(s: Settings, total: int) -> int | None:
     """The derived τ for a budget of ``total`` steps (``None``: too small for a search)."""
     before = s.warmup_steps + _range_test_steps(s, total)
     region = total - before - round(s.anneal_ratio * total)
@@ -503,7 +503,7 @@ def derive(s: Settings, configured_lr: float, total_steps: float | None, *, chec
             need = math.ceil(
                 (stage + s.warmup_steps + (RANGE_TEST_MIN_STEPS if rt_steps else 0)) / (1 - s.anneal_ratio)
             )
-            while _stage_region(s, need) is None:  # correct the estimate: the first budget that searches
+            while _planned_tau(s, need) is None:  # correct the estimate: the first budget that searches
                 need += 1
             flo, fhi = (lo, hi) if lo is not None and hi is not None else (configured_lr / RANGE_SPAN, configured_lr)
             return replace(
