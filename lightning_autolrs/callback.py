@@ -239,8 +239,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             rank_zero_warn(
                 f"AutoLRS: the Trainer's budget of {self._derived.total_steps} optimizer steps is too small for a "
                 f"search with trials of at least 20 steps (it needs at least {self._derived.needed_steps} steps with "
-                f"`num_trials`={self._settings.num_trials}); training without a search instead: a cosine decay from "
-                f"the configured lr={base:.4g} over the budget. Raise `max_steps`/`max_epochs` to search.",
+                f"`num_trials`={self._settings.num_trials}); training without a search instead: a 5 % linear warmup "
+                f"to the configured lr={base:.4g}, then a cosine decay. Raise `max_steps`/`max_epochs` to search.",
                 category=AutoLRSWarning,
             )
 
@@ -284,10 +284,11 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 if self._average is not None and self._loaded_average is not None:
                     self._average.load_state_dict(self._loaded_average)
                 self._loaded_average = None
-            elif self.controller.needs_snapshot:
+            elif self.controller.needs_snapshot and self.controller.phase == "search":
                 # checkpoint saved without the snapshot: redo the interrupted search (or range test) from the weights
                 self.controller.restart_stage()
             elif self.controller.phase == "exploit" and self.controller.stage >= 0:
+                self.controller.restart_stage()  # (a restore the checkpoint could not carry is dropped)
                 self._snapshot.capture()  # the exploit guard falls back to the resumed weights
         self._step_open = False
         self._seen_global_step = trainer.global_step
@@ -439,10 +440,14 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if self.controller is None or self._snapshot is None or not self._snapshot.captured:
             return
         if self.controller.finalize():
-            self._snapshot.restore()
+            best = self._best_snapshot
+            if self.controller.restore_best_pending and best is not None and best.captured:
+                best.restore()  # the search had just ended: the chosen trial's end state is the committed one
+            else:
+                self._snapshot.restore()
             rank_zero_warn(
                 f"AutoLRS: {why} in the middle of a search (or right after a diverged step); restored the model "
-                "and optimizer to the stage start, the last committed state.",
+                "and optimizer to the last committed state (the stage start, or the chosen trial's end).",
                 category=AutoLRSWarning,
             )
 

@@ -510,7 +510,9 @@ class StageController:
         tau_prime = tau_prime_for(tau, self.settings.search_ratio)
         self._stage_tau, self._stage_tau_prime = tau, tau_prime
         self._ref_loss = max(self._recent) if self._recent else None
-        searching = self._remaining() >= self.settings.num_trials * tau_prime + tau_prime or not self.stages
+        fits = self._remaining() >= self.settings.num_trials * tau_prime + tau_prime
+        # stage 0 searches even when it does not fit, unless a final anneal would cut into its trials
+        searching = fits or (not self.stages and self.anneal_steps == 0)
         record = StageRecord(
             stage=self._stage,
             start_step=self.step,
@@ -530,8 +532,8 @@ class StageController:
             self._pending_level_probe = record.signal == "val_loss"
             self._lr = self.search.start(record, bounds, self.stages[:-1], self.step, anchor=anchor)
         else:
-            best = self.stages[-2].best_lr
-            assert best is not None
+            best = self.stages[-2].best_lr if len(self.stages) > 1 else self._anchor()
+            best = self._lr if best is None else best
             record.best_lr = best
             self._ranking = [best]
             self._begin_exploit(best)
@@ -677,7 +679,8 @@ class StageController:
 
         The trials recorded so far are dropped, the proposer forgets them, and the next step captures a new snapshot.
         """
-        if self.phase != "search":
+        if self.phase != "search":  # a search that had just ended: its restore cannot be done, keep the weights
+            self._pending_restore = self._pending_restore_best = self._pending_save_best = False
             return
         self._history = None
         record = self.stages[-1]
@@ -687,6 +690,8 @@ class StageController:
         self._pending_restore = False
         self._pending_capture = True
         self._pending_save_best = self._pending_restore_best = False
+        self._pending_level_probe = self.search.probe_stride > 0  # probe the new stage start
+        self.search.level_probe = self.search.stage_level = None
         self._lr = self.search.restart(record, self.step)
 
     def finalize(self) -> bool:
@@ -696,12 +701,19 @@ class StageController:
             Whether the caller must restore the stage snapshot: the model holds a trial's state (which need not be
             the winner's), or the last step diverged.
         """
-        return self.needs_snapshot or self._pending_restore
+        return self.needs_snapshot
+
+    @property
+    def restore_best_pending(self) -> bool:
+        """Whether the next step restores the best-trial snapshot (a search just ended on a trial that lost)."""
+        return self._pending_restore_best
 
     @property
     def needs_snapshot(self) -> bool:
-        """Whether the model holds uncommitted state that the stage snapshot must undo (a search or range test)."""
-        return self.phase == "search" or (self.range_test_running and self._range_test.started)
+        """Whether the model holds uncommitted state that a snapshot must undo: a search or range test under way,
+        or a restore the next step will do (a search or range test just ended, a step just diverged)."""
+        searching = self.phase == "search" or (self.range_test_running and self._range_test.started)
+        return searching or self._pending_restore or self._pending_restore_best
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
@@ -754,16 +766,18 @@ class StageController:
         """Restore what :meth:`state_dict` returned; keys added in later versions are read with defaults. A
         version-1 state (written before the search rework) continues under the version-1 search rules: no anchor
         trial or trust region, no stage-start probe, 8 probes per trial from 200-step trials on, no slow-collapse
-        guard."""
+        guard, no final anneal. Any resumed run keeps the τ its first stage had."""
         check_state_version(state, "AutoLRS controller state")
         if state.get("version", 1) < 2:
-            self.anchor_lr, self.collapse_guard = None, False
+            self.anchor_lr, self.collapse_guard, self.anneal_steps = None, False, 0
             self.search.options = replace(self.search.options, probes_per_trial=8, auto_val_min_tau_prime=200)
         self.step = int(state.get("step", self.step))
         self.phase = state.get("phase", self.phase)
         self.lrs = [float(x) for x in state.get("lrs", [])]
         self.losses = [None if x is None else float(x) for x in state.get("losses", [None] * len(self.lrs))]
         self.stages = [StageRecord.from_dict(s) for s in state.get("history", [])]
+        if self.stages:  # the run's own τ (derived from the budget it began with), whatever derives today
+            self.tau = self.stages[0].tau
         self._history = None
         self._recent = deque(state.get("recent", []), maxlen=_REFERENCE_WINDOW)
         self._eff_max_lr = float(state.get("eff_max_lr", self.max_lr))

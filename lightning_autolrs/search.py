@@ -24,6 +24,8 @@ Rules (``k`` = ``num_trials``, τ the stage's length, τ' its trial length):
   stage's choice after it). The stage exploits the trial with the lowest forecast, unless the anchor's forecast is
   within :data:`TIE_TOLERANCE` (relative) of it: forecasts that close do not separate beyond their noise, and a tie
   keeps the LR training was already using.
+* With ``warm_start`` the anchor is the previous stage's chosen LR (its trial's forecast shifts the others), which
+  differs from the LR the previous stage ended at only after an exploit fallback.
 * **Judged series**: with validation probes, the probe of the stage-start model (:meth:`StageSearch.record_level`)
   is every trial's first point, followed by the trial's own probes.
 * **Ranking**: the chosen trial, then the other trials that did not diverge by (forecast, LR) (``min_lr`` if every

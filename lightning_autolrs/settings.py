@@ -144,8 +144,8 @@ class Settings:
         """the first stage's exploit length τ in optimizer steps. Default (``None``): derived from the Trainer's step
         budget: the largest τ with which three stages (τ, 2τ, 4τ; else two, else one) and their searches fit in the
         steps left after warmup, the range test and the final anneal, provided trials are at least 20 steps long
-        (``search_ratio``·τ ≥ 20). A budget too small for one such stage gets one warning and no search: a cosine
-        decay from the configured LR. 1000 if the budget is unbounded.""",
+        (``search_ratio``·τ ≥ 20). A budget too small for one such stage gets one warning and no search: a 5 %
+        linear warmup to the configured LR, then a cosine decay. 1000 if the budget is unbounded.""",
         _int_at_least(1, allow_none=True),
     )
     tau_max: int = _setting(8000, "τ doubles each stage until it reaches ``tau_max``.", _int_at_least(1))
@@ -333,7 +333,8 @@ def markdown_table() -> str:
 
 
 def default_tau(total_steps: float | None, num_trials: int, search_ratio: float, warmup_steps: int) -> int:
-    """First-stage τ derived from the step budget so that at least three full stages fit.
+    """First-stage τ by the rule before the search rework (issue #12), kept for callers of the keyword controller:
+    at least three full stages of ``num_trials`` trials each (:func:`derive` uses :func:`plan_tau` now).
 
     Three stages with doubling cost ``(1 + 2 + 4)·τ·(1 + num_trials·search_ratio)`` steps, so
     ``τ = floor((total_steps − warmup_steps) / (7·(1 + num_trials·search_ratio)))``. An unbounded budget gives 1000.

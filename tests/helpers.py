@@ -114,16 +114,21 @@ def trainer_kwargs(tmp_path: Any, **kw: Any) -> dict[str, Any]:
 
 
 def fit_full_batch(
-    lpl: ModuleType, root: Path, cb: AutoLRS, ckpt_path: str | None = None, save_every_epoch: bool = False
+    lpl: ModuleType,
+    root: Path,
+    cb: AutoLRS,
+    ckpt_path: str | None = None,
+    save_every_epoch: bool = False,
+    every: int = 12,
 ) -> tuple[Any, Any]:
     """Fit the tiny regressor full-batch (so the data a step sees does not depend on where a resumed run restarts) for
-    :data:`FULL_BATCH_STEPS` steps, optionally saving a checkpoint every 12 steps under ``root / "ckpt"``."""
+    :data:`FULL_BATCH_STEPS` steps, optionally saving a checkpoint every ``every`` steps under ``root / "ckpt"``."""
     lpl.seed_everything(0)
     model = make_module_class(lpl)(shuffle=False, batch_size=384)
     callbacks: list = [cb]
     if save_every_epoch:
         callbacks.append(
-            lpl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", filename="{step}", every_n_epochs=12, save_top_k=-1)
+            lpl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", filename="{step}", every_n_epochs=every, save_top_k=-1)
         )
     kw = trainer_kwargs(root, max_steps=FULL_BATCH_STEPS, enable_checkpointing=save_every_epoch, deterministic=True)
     trainer = lpl.Trainer(callbacks=callbacks, **kw)

@@ -46,8 +46,8 @@ def test_state_round_trip() -> None:
 
 
 def test_trials_are_judged_on_their_averaged_weights(lpl, tmp_path, monkeypatch) -> None:
-    """With validation data, every trial probe evaluates the trial's running average; the model's own weights are
-    untouched by the probes (the run is bitwise the same as one whose probes read nothing)."""
+    """With validation data, every trial probe evaluates the trial's running average (and judging on it changes the
+    forecasts); with the default, no probe goes through the average."""
     calls: list[bool] = []
     real = TrialAverage.probe
 

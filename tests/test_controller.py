@@ -301,3 +301,30 @@ def test_anneal_state_round_trips() -> None:
     b = make(total=300, anneal_steps=60)
     b.load_state_dict(a.state_dict())
     assert [b.begin_step().lr for _ in range(1)] == [a.begin_step().lr]
+
+
+def test_a_stage_0_that_does_not_fit_before_the_anneal_does_not_search() -> None:
+    """AutoLRS added to a run at step 1500 of 2000: too few steps before the anneal for stage 0's trials, so it
+    exploits the anchor (the configured LR) and the anneal decays from it, never from a half-run trial."""
+    c = StageController(
+        1e-3, 1.0, num_trials=4, tau=410, tau_max=410, search_ratio=0.1, total_steps=2000, start_step=1500,
+        anneal_steps=400, anchor_lr=0.05,
+    )  # fmt: skip
+    Quadratic().run(c, 500)
+    (stage,) = c.history
+    assert stage["trials"] == [] and stage["best_lr"] == 0.05 and stage["anneal_start"] == 1600
+    assert c.lrs[:100] == [0.05] * 100 and stage["anneal_lr"] == 0.05
+
+
+def test_a_restarted_search_probes_its_new_stage_start() -> None:
+    c = make(total=400, monitor="val_loss", anchor_lr=0.05)
+    first = c.begin_step()
+    assert first.probe_before and first.capture  # the stage start is probed once
+    c.record_level(1.0)
+    c.end_step(1.0)
+    for _ in range(5):
+        c.begin_step()
+        c.end_step(0.9, probe=0.9)
+    c.restart_stage()  # resumed without the stage snapshot: the search starts again from other weights
+    plan = c.begin_step()
+    assert plan.capture and plan.probe_before and c.search.level_probe is None and plan.lr == 0.05
