@@ -84,6 +84,10 @@ def main() -> None:
         enable_model_summary=False,
     )
     trainer.fit(Regressor(nan_rank, nan_step))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # tear the gloo process group down before the interpreter does: left to interpreter exit, its threads were
+        # destroyed while joinable now and then ("terminate called without an active exception", SIGABRT)
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
