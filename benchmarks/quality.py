@@ -43,6 +43,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import operator
 import os
 import platform
 import queue
@@ -51,7 +52,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -712,13 +713,19 @@ def before_after_lines(analyses: dict[str, dict[str, Any]], seeds: Sequence[int]
     if "autolrs" not in dict(present):
         return lines
     checks: list[tuple[str, list[tuple[str, bool, str]]]] = []
+
+    def against(ref: str, goal: str, better: Callable[[float, float], bool]) -> None:
+        """A goal line comparing the median final val loss of `autolrs` with row ``ref``'s, on every workload."""
+        if not all(ref in a["rows"] for a in analyses.values()):
+            return
+        checks.append((goal, []))
+        for wname, analysis in analyses.items():
+            fin = statistics.median(analysis["rows"]["autolrs"]["final"])
+            rfin = statistics.median(analysis["rows"][ref]["final"])
+            checks[-1][1].append((wname, better(fin, rfin), f"{_num(fin)} vs {_num(rfin)}"))
+
     for ref, text in NEVER_WORSE_THAN:
-        if all(ref in a["rows"] for a in analyses.values()):
-            checks.append((f"final val loss at or below {text}, every workload", []))
-            for wname, analysis in analyses.items():
-                fin = statistics.median(analysis["rows"]["autolrs"]["final"])
-                rfin = statistics.median(analysis["rows"][ref]["final"])
-                checks[-1][1].append((wname, fin <= rfin, f"{_num(fin)} vs {_num(rfin)}"))
+        against(ref, f"final val loss at or below {text}, every workload", operator.le)
     checks.append(("reaches tuned cosine's final val loss (T1), every workload (median of the seeds)", []))
     for wname, analysis in analyses.items():
         steps = analysis["rows"]["autolrs"]["steps_t1"]
@@ -728,12 +735,7 @@ def before_after_lines(analyses: dict[str, dict[str, Any]], seeds: Sequence[int]
         speed = statistics.median(analysis["rows"]["autolrs"]["speedup_t1"])
         checks[-1][1].append((wname, speed >= SPEEDUP_TARGET, f"{speed:.2f}×"))
     for ref, text in AHEAD_OF:
-        if all(ref in a["rows"] for a in analyses.values()):
-            checks.append((f"ahead of {text} at its defaults (median final val loss)", []))
-            for wname, analysis in analyses.items():
-                fin = statistics.median(analysis["rows"]["autolrs"]["final"])
-                rfin = statistics.median(analysis["rows"][ref]["final"])
-                checks[-1][1].append((wname, fin < rfin, f"{_num(fin)} vs {_num(rfin)}"))
+        against(ref, f"ahead of {text} at its defaults (median final val loss)", operator.lt)
     checks.append(("no collapsed run", []))
     for wname, analysis in analyses.items():
         bad = sum(collapsed(r) is not None for r in analysis["rows"]["autolrs"]["runs"])

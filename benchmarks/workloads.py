@@ -186,9 +186,8 @@ class Workload:
         name: short id (``--workloads``).
         title: one-line description for the reports.
         budget: optimizer steps of every run (full mode); ``quick_budget`` in ``--quick`` mode.
-        lr: the module's configured LR (its ``lr`` default: what a user runs without tuning).
-        grid: (lowest, highest) LR of the 7-point log grid of the tuned baselines: ``lr`` × 10^±1.5, so the grid's
-            middle point is the configured LR; also the ``min_lr``/``max_lr`` of AutoLRS rows given a range.
+        lr: the module's configured LR (its ``lr`` default: what a user runs without tuning); the middle of the
+            tuned baselines' grid (:meth:`lr_grid`, ends in :attr:`grid`).
         sf_scale: the schedule-free grid is ``grid × sf_scale`` (schedule-free SGD's ``lr`` is the step of its
             momentum-free ``z`` sequence, about ``1/(1 − momentum)`` = 10× the LR of SGD with momentum 0.9).
         family: the base optimizer, ``"sgd"`` (SGD + momentum) or ``"adam"`` (Adam/AdamW).
@@ -203,7 +202,6 @@ class Workload:
     budget: int
     quick_budget: int
     lr: float
-    grid: tuple[float, float]
     sf_scale: float
     family: str
     build: Callable[[int, bool], tuple[type[pl.LightningModule], dict[str, Any], pl.LightningDataModule]]
@@ -213,6 +211,13 @@ class Workload:
 
     def steps(self, quick: bool) -> int:
         return self.quick_budget if quick else self.budget
+
+    @property
+    def grid(self) -> tuple[float, float]:
+        """(lowest, highest) LR of the full grid, ``lr`` × 10^±1.5; also ``min_lr``/``max_lr`` of AutoLRS rows given
+        a range."""
+        grid = self.lr_grid(False)
+        return grid[0], grid[-1]
 
     def lr_grid(self, quick: bool) -> list[float]:
         """7 LRs half a decade apart with the configured ``lr`` in the middle (quick: ``lr`` × 10^(-1.5, 0, 1.5))."""
@@ -296,11 +301,6 @@ def _tensor_val(dm: Any) -> list[Batch]:
     return _chunks(*dm.val_set.tensors, 512)
 
 
-def _around(lr: float) -> tuple[float, float]:
-    """The tuned grid's ends: ``lr`` × 10^±1.5 (7 points, half a decade apart, ``lr`` in the middle)."""
-    return float(f"{lr * 10**-1.5:.4g}"), float(f"{lr * 10**1.5:.4g}")
-
-
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
@@ -310,7 +310,6 @@ WORKLOADS: dict[str, Workload] = {
             budget=3000,
             quick_budget=30,
             lr=0.05,
-            grid=_around(0.05),
             sf_scale=10.0,
             family="sgd",
             build=_build_digits,
@@ -324,7 +323,6 @@ WORKLOADS: dict[str, Workload] = {
             budget=3000,
             quick_budget=30,
             lr=0.05,
-            grid=_around(0.05),
             sf_scale=10.0,
             family="sgd",
             build=_build_digits_mlp,
@@ -338,7 +336,6 @@ WORKLOADS: dict[str, Workload] = {
             budget=3000,
             quick_budget=20,
             lr=3e-3,
-            grid=_around(3e-3),
             sf_scale=1.0,
             family="adam",
             build=_build_charlm,
@@ -352,7 +349,6 @@ WORKLOADS: dict[str, Workload] = {
             budget=10000,
             quick_budget=30,
             lr=1e-3,
-            grid=_around(1e-3),
             sf_scale=1.0,
             family="adam",
             build=_build_friedman,
