@@ -62,6 +62,7 @@ from benchmarks.workloads import (
     DEFAULT_METHODS,
     METHODS,
     REPLAY_VARIANTS,
+    REWORK1_COMMIT,
     WORKLOADS,
     Method,
     Workload,
@@ -640,6 +641,7 @@ def readme_markdown(
 # AutoLRS rows of the before/after comparison (issue #12): (row, what it is)
 BEFORE_AFTER = (
     ("autolrs_before", "before: `AutoLRS()` defaults of " + BEFORE_COMMIT),
+    ("autolrs_rework1", "first rework: `AutoLRS()` defaults of " + REWORK1_COMMIT),
     ("autolrs", "after: `AutoLRS()` defaults"),
 )
 SEARCH_SHARE_TARGET = 0.30

@@ -33,9 +33,11 @@ __all__ = [
     "DEFAULT_METHODS",
     "GIVEN_RANGE_VARIANTS",
     "METHODS",
+    "PINNED_COMMITS",
     "QUICK_RANGE_TEST_STEPS",
     "QUICK_TAU",
     "REPLAY_VARIANTS",
+    "REWORK1_COMMIT",
     "WORKLOADS",
     "DiabetesDataModule",
     "DiabetesMLP",
@@ -387,9 +389,18 @@ class Method:
 BEFORE_COMMIT = "79ae66d"
 """The package version whose ``AutoLRS()`` defaults the ``autolrs_before`` row ran (before the search rework)."""
 
+REWORK1_COMMIT = "97d88c3"
+"""The package version of the first search rework (issue #12: anchor trials, final anneal): row ``autolrs_rework1``."""
+
+PINNED_COMMITS: dict[str, str] = {"autolrs_before": BEFORE_COMMIT, "autolrs_rework1": REWORK1_COMMIT}
+"""AutoLRS rows pinned to an earlier package version: ``AutoLRS()`` at that version's defaults. Only a checkout whose
+``lightning_autolrs/`` equals that commit's can train them (``git checkout COMMIT -- lightning_autolrs`` in a worktree);
+any other reloads them from ``--resume``."""
+
 AUTOLRS_VARIANTS: dict[str, dict[str, Any]] = {
     "autolrs": {},
     "autolrs_before": {},
+    "autolrs_rework1": {},
     "autolrs_given_range": {},
     "autolrs_average": {"average_trials": True},
     "autolrs_k3_no_range_test": {"num_trials": 3, "range_test": False},
@@ -424,8 +435,8 @@ def autolrs_settings(kind: str) -> dict[str, Any]:
     come from), to detect identical variants."""
     from lightning_autolrs import AutoLRS
 
-    if kind == "autolrs_before":
-        return {"commit": BEFORE_COMMIT, "range_test_steps": None, "range": "derived"}
+    if kind in PINNED_COMMITS:
+        return {"commit": PINNED_COMMITS[kind], "range_test_steps": None, "range": "derived"}
     defaults = {
         k: p.default
         for k, p in inspect.signature(AutoLRS.__init__).parameters.items()
@@ -458,7 +469,17 @@ METHODS: dict[str, Method] = {
         Method("constant_configured", "constant LR at the module's LR (untuned)", "constant", lr="configured"),
         Method("sf_default", "schedule-free, default LR", "sf", lr="sf_default"),
         Method("prodigy", "Prodigy (lr=1, LR-free; warmup + cosine)", "prodigy", lr="free"),
-        Method("autolrs_before", f"AutoLRS() before the rework (defaults of {BEFORE_COMMIT})", "autolrs_before"),
+        Method(
+            "autolrs_before",
+            f"AutoLRS() before the rework (defaults of {BEFORE_COMMIT})",
+            "autolrs_before",
+            default=False,
+        ),
+        Method(
+            "autolrs_rework1",
+            f"AutoLRS() after the first search rework (defaults of {REWORK1_COMMIT})",
+            "autolrs_rework1",
+        ),
         Method("autolrs", "AutoLRS() at its defaults, no LR range given", "autolrs"),
         Method("constant", "constant LR, tuned", "constant", tuned=True, default=False),
         Method("onecycle", "OneCycle, tuned", "onecycle", tuned=True, default=False),

@@ -58,11 +58,11 @@ def _table(text: str, header_start: str) -> tuple[list[str], list[list[str]]]:
 
 def test_quality_quick(tmp_path: Path) -> None:
     from benchmarks import quality
-    from benchmarks.workloads import DEFAULT_METHODS, METHODS, QUICK_RANGE_TEST_STEPS, WORKLOADS
+    from benchmarks.workloads import DEFAULT_METHODS, METHODS, PINNED_COMMITS, QUICK_RANGE_TEST_STEPS, WORKLOADS
 
     assert quality.main(["--quick", "--out", str(tmp_path)]) == 0
     assert not _quick_outputs_in_results(), "--quick must not write into benchmarks/results"
-    rows_run = [m for m in DEFAULT_METHODS if m != "autolrs_before"]  # another version's row is not trained here
+    rows_run = [m for m in DEFAULT_METHODS if m not in PINNED_COMMITS]  # other versions' rows are not trained here
 
     for name in WORKLOADS:
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
