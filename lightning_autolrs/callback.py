@@ -33,7 +33,7 @@ from lightning_autolrs._edge import (
 from lightning_autolrs.averaging import TrialAverage
 from lightning_autolrs.controller import STATE_VERSION, StageController, check_state_version
 from lightning_autolrs.exceptions import AutoLRSWarning, UnsupportedSetupError
-from lightning_autolrs.probe import ValidationProbe
+from lightning_autolrs.probe import ValidationProbe, implements_validation_step
 from lightning_autolrs.proposer import DEFAULT_BETA
 from lightning_autolrs.schedule import Schedule, save_schedule
 from lightning_autolrs.settings import Derived, Settings, derive, docstring_args
@@ -48,6 +48,19 @@ _SNAPSHOT_KEY = "autolrs_stage_snapshot"
 _BEST_SNAPSHOT_KEY = "autolrs_best_trial_snapshot"
 _AVERAGE_KEY = "autolrs_trial_average"
 _NO_LOSS_LIMIT = 10  # consecutive loss-less optimizer steps (at least one trial's length) before we give up
+
+
+def _check_snapshot_device(device: Any) -> None:
+    """Refuse at fit start a ``snapshot_device`` this machine does not have (e.g. ``"cuda"`` without a GPU)."""
+    if device is None or torch.device(device).type == "cpu":
+        return
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:  # (torch raises AssertionError when built without CUDA)
+        raise UnsupportedSetupError(
+            f"`snapshot_device={str(device)!r}` is not available on this machine ({err}). Use `snapshot_device=None` "
+            "(each copy on its tensor's device) or 'cpu'."
+        ) from None
 
 
 class AutoLRS(*callback_bases()):  # type: ignore[misc]
@@ -233,6 +246,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         base = check_single_optimizer(trainer, "AutoLRS")
         if self._loaded_state is None or not self._ratios:
             self._ratios = [float(g["lr"]) / base for g in trainer.optimizers[0].param_groups]
+        self._check_validation_step(pl_module)
+        _check_snapshot_device(self._settings.snapshot_device)
         resumed = self._loaded_state is not None  # the budget was checked when the run began
         self._derived = derive(self._settings, base, trainer.estimated_stepping_batches, check_budget=not resumed)
         if self._derived.fallback and not resumed:
@@ -244,12 +259,25 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 category=AutoLRSWarning,
             )
 
+    def _check_validation_step(self, pl_module: pl.LightningModule) -> None:
+        """``monitor="val_loss"`` probes with ``validation_step`` unless ``val_loss_fn`` is given: refuse at fit start a
+        module that does not implement it (instead of failing inside the first trial)."""
+        s = self._settings
+        if s.monitor == "val_loss" and s.val_loss_fn is None and not implements_validation_step(pl_module):
+            raise UnsupportedSetupError(
+                f"`monitor='val_loss'` judges trials on the validation loss, but {type(pl_module).__name__} does not "
+                "implement `validation_step`. Implement `validation_step` (returning or logging the loss as "
+                "'val_loss'), pass `val_loss_fn=lambda module, batch: ...`, or use `monitor='train_loss'`."
+            )
+
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         monitor = self._settings.monitor
         self._probe = None
+        loss_fn = self._settings.val_loss_fn
+        if monitor != "train_loss" and (loss_fn is not None or implements_validation_step(pl_module)):
+            self._probe = ValidationProbe.from_trainer(trainer, self._settings.val_batches, loss_fn)
         if monitor != "train_loss":
-            self._probe = ValidationProbe.from_trainer(trainer, self._settings.val_batches, self._settings.val_loss_fn)
             if self._probe is None and monitor == "val_loss":
                 raise UnsupportedSetupError(
                     "`monitor='val_loss'` needs validation data, but the Trainer has no validation dataloader (or "

@@ -397,3 +397,37 @@ def test_defaults_search_with_validation_probes_and_end_in_an_anneal(lpl, tmp_pa
     assert last["anneal_start"] == 800 - 160 and cb.lrs[-1] < 0.01 * last["anneal_lr"]
     searched = sum(h["search_steps"] for h in cb.history) + cb.range_test_steps
     assert searched <= 0.30 * 800  # search costs at most 30 % of the steps at the defaults
+
+
+def without_validation_step(pl):
+    class NoValidationStep(make_module_class(pl)):
+        validation_step = pl.LightningModule.validation_step  # as if the user never wrote one
+
+    return NoValidationStep()
+
+
+@pytest.mark.filterwarnings("ignore:.*validation_step")
+def test_val_loss_without_validation_step_fails_at_fit_start_naming_it(lpl, tmp_path) -> None:
+    model = without_validation_step(lpl)
+    before = [p.detach().clone() for p in model.parameters()]
+    cb = AutoLRS(monitor="val_loss", verbose=False)
+    trainer = lpl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_steps=400, limit_val_batches=1.0))
+    with pytest.raises(UnsupportedSetupError, match=r"does not implement `validation_step`.*`val_loss_fn="):
+        trainer.fit(model)
+    assert trainer.global_step == 0 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.filterwarnings("ignore:.*validation_step")
+def test_auto_monitor_without_validation_step_judges_on_the_training_loss(lpl, tmp_path) -> None:
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, search_ratio=0.25, seed=0, verbose=False)
+    trainer = lpl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_steps=60, limit_val_batches=1.0))
+    trainer.fit(without_validation_step(lpl))
+    assert cb.history and all(h["signal"] == "train_loss" for h in cb.history)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_snapshot_device_is_named_at_fit_start(lpl, tmp_path) -> None:
+    trainer = lpl.Trainer(callbacks=[AutoLRS(snapshot_device="cuda")], **trainer_kwargs(tmp_path, max_steps=60))
+    with pytest.raises(UnsupportedSetupError, match=r"`snapshot_device='cuda'` is not available"):
+        trainer.fit(make_module_class(lpl)())
+    assert trainer.global_step == 0
