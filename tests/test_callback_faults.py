@@ -147,3 +147,24 @@ def test_skipped_batches_do_not_corrupt_the_loss_series(lpl, tmp_path) -> None:
     missing = [i for i, v in enumerate(cb.controller.losses) if v is None]
     assert missing and len(missing) == 80 // 4
     assert all(t["predicted_loss"] is not None for h in cb.history for t in h["trials"] if not t["diverged"])
+
+
+@pytest.mark.parametrize("range_given", [True, False], ids=["search", "range_test"])
+def test_a_loss_nan_at_every_lr_raises_and_leaves_a_finite_model(lpl, tmp_path, range_given) -> None:
+    from lightning_autolrs import NonFiniteLossError
+
+    cls = make_module_class(lpl)
+
+    class AlwaysNan(cls):
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch, batch_idx) * float("nan")
+
+    cb = autolrs() if range_given else AutoLRS(verbose=False)
+    model = AlwaysNan()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = lpl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_steps=400))
+    match = "every training loss .* down to min_lr" if range_given else "range test saw only non-finite"
+    with pytest.raises(NonFiniteLossError, match=match), pytest.warns(UserWarning, match="restored"):
+        trainer.fit(model)
+    assert trainer.global_step < 10  # at once, not ~170 fallback warnings later
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the stage start: the initial weights
