@@ -248,6 +248,13 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._ratios = [float(g["lr"]) / base for g in trainer.optimizers[0].param_groups]
         self._check_validation_step(pl_module)
         _check_snapshot_device(self._settings.snapshot_device)
+        self._derived = None
+        if getattr(trainer, "fast_dev_run", False):  # a smoke test of a few batches: nothing to search, and no schedule to impose
+            rank_zero_info(
+                f"AutoLRS: `fast_dev_run` is on, so AutoLRS steps aside: no search, and the optimizer keeps its "
+                f"configured lr={base:.4g}."
+            )
+            return
         resumed = self._loaded_state is not None  # the budget was checked when the run began
         self._derived = derive(self._settings, base, trainer.estimated_stepping_batches, check_budget=not resumed)
         if self._derived.fallback and not resumed:
@@ -272,6 +279,9 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.controller = None
+        if self._derived is None:  # stepped aside at fit start (`fast_dev_run`)
+            return
         monitor = self._settings.monitor
         self._probe = None
         loss_fn = self._settings.val_loss_fn

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from typing import Any
 
 import pytest
 import torch
 
-from lightning_autolrs import AutoLRS
+from lightning_autolrs import AutoLRS, AutoLRSWarning
 from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError, UnsupportedSetupError
 from lightning_autolrs.settings import plan_tau
 
@@ -431,3 +432,18 @@ def test_unavailable_snapshot_device_is_named_at_fit_start(lpl, tmp_path) -> Non
     with pytest.raises(UnsupportedSetupError, match=r"`snapshot_device='cuda'` is not available"):
         trainer.fit(make_module_class(lpl)())
     assert trainer.global_step == 0
+
+
+@pytest.mark.parametrize("fast_dev_run", [True, 3])
+def test_fast_dev_run_steps_aside_with_one_info_line_and_leaves_the_lr_alone(lpl, tmp_path, caplog, fast_dev_run):
+    cb = AutoLRS(tau=1000)  # even a tau no budget of a smoke test could fit
+    with caplog.at_level("INFO"), warnings.catch_warnings():
+        warnings.simplefilter("error", AutoLRSWarning)  # no "budget too small" warning (nor error) either
+        trainer, model = fit(lpl, tmp_path, cb, max_steps=500, module_kw=dict(lr=0.05), fast_dev_run=fast_dev_run)
+    steps = 1 if fast_dev_run is True else fast_dev_run
+    assert trainer.global_step == steps
+    assert [g[0] for g in model.group_lrs] == [0.05] * steps  # the configured LR, untouched
+    lines = [r.getMessage() for r in caplog.records if "AutoLRS" in r.getMessage()]
+    assert lines == ["AutoLRS: `fast_dev_run` is on, so AutoLRS steps aside: no search, and the optimizer keeps its "
+                     "configured lr=0.05."]  # fmt: skip
+    assert cb.lrs == [] and cb.history == [] and cb.state_dict() == {}
