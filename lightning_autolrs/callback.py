@@ -27,6 +27,7 @@ from lightning_autolrs._edge import (
     callback_bases,
     check_single_optimizer,
     check_strategy,
+    move_first,
     reduce_loss,
     report_event,
 )
@@ -239,6 +240,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 "AutoLRS needs automatic optimization, but the LightningModule sets `automatic_optimization = False`. "
                 "Remove AutoLRS from the callbacks or use automatic optimization."
             )
+        move_first(trainer, self)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -249,7 +251,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._check_validation_step(pl_module)
         _check_snapshot_device(self._settings.snapshot_device)
         self._derived = None
-        if getattr(trainer, "fast_dev_run", False):  # a smoke test of a few batches: nothing to search, and no schedule to impose
+        if getattr(trainer, "fast_dev_run", False):  # a smoke test of a few batches: nothing to search
             rank_zero_info(
                 f"AutoLRS: `fast_dev_run` is on, so AutoLRS steps aside: no search, and the optimizer keeps its "
                 f"configured lr={base:.4g}."

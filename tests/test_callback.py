@@ -447,3 +447,23 @@ def test_fast_dev_run_steps_aside_with_one_info_line_and_leaves_the_lr_alone(lpl
     assert lines == ["AutoLRS: `fast_dev_run` is on, so AutoLRS steps aside: no search, and the optimizer keeps its "
                      "configured lr=0.05."]  # fmt: skip
     assert cb.lrs == [] and cb.history == [] and cb.state_dict() == {}
+
+
+@pytest.mark.parametrize("monitor_first", [True, False], ids=["monitor_listed_first", "autolrs_listed_first"])
+def test_learning_rate_monitor_logs_the_lr_of_the_step_being_taken(lpl, tmp_path, monitor_first) -> None:
+    import csv
+
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, search_ratio=0.25, seed=0, verbose=False)
+    monitor = lpl.callbacks.LearningRateMonitor(logging_interval="step")
+    callbacks = [monitor, cb] if monitor_first else [cb, monitor]
+    logger = lpl.loggers.CSVLogger(tmp_path, name="lrm")
+    kw = trainer_kwargs(tmp_path, max_steps=80, logger=logger, log_every_n_steps=1)
+    lpl.seed_everything(0)
+    trainer = lpl.Trainer(callbacks=callbacks, **kw)
+    trainer.fit(make_module_class(lpl)())
+    with open(logger.log_dir + "/metrics.csv") as f:
+        logged = {int(r["step"]): float(r["lr-SGD"]) for r in csv.DictReader(f) if r.get("lr-SGD")}
+    assert sorted(logged) == list(range(80))
+    assert len(set(cb.lrs)) > 5  # the LR changes often (trials, stages): each change is a chance to log the old one
+    assert [logged[i] for i in range(80)] == pytest.approx(cb.lrs, rel=1e-12)
+    assert trainer.callbacks.index(cb) == 0
