@@ -477,19 +477,33 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._abandon_search(f"{type(exception).__name__} was raised")
 
     def _abandon_search(self, why: str) -> None:
-        if self.controller is None or self._snapshot is None or not self._snapshot.captured:
+        """A run cut short: leave the model at the best committed training state (the end of the stage's best
+        completed trial when there is one, else the stage start) and say how many steps that kept and discarded."""
+        c = self.controller
+        if c is None or self._snapshot is None or not self._snapshot.captured or not c.finalize():
             return
-        if self.controller.finalize():
-            best = self._best_snapshot
-            if self.controller.restore_best_pending and best is not None and best.captured:
-                best.restore()  # the search had just ended: the chosen trial's end state is the committed one
-            else:
-                self._snapshot.restore()
-            rank_zero_warn(
-                f"AutoLRS: {why} in the middle of a search (or right after a diverged step); restored the model "
-                "and optimizer to the last committed state (the stage start, or the chosen trial's end).",
-                category=AutoLRSWarning,
+        state, trial, kept, discarded = c.committed_on_stop()
+        best = self._best_snapshot
+        if state == "best" and (best is None or not best.captured):
+            state, trial, kept, discarded = "stage", None, 0, kept + discarded
+        if state == "best":
+            assert best is not None
+            best.restore()
+        elif state == "stage":
+            self._snapshot.restore()
+        where = "the LR range test" if c.range_test_running else f"stage {c.stage}'s search"
+        if trial is None:
+            what = (
+                f"restored the model and optimizer to the start of {where} (no trial had completed, or a step had "
+                f"just diverged): kept 0 steps, discarded the {discarded} steps since"
             )
+        else:
+            verb = "kept the model and optimizer at" if state == "current" else "restored the model and optimizer to"
+            what = (
+                f"{verb} the end of its best completed trial (lr={c.stages[-1].trials[trial].lr:.4g}): kept that "
+                f"trial's {kept} steps, discarded the other {discarded} steps since the stage start"
+            )
+        rank_zero_warn(f"AutoLRS: {why} during {where}; {what}.", category=AutoLRSWarning)
 
     # ------------------------------------------------------------------ checkpoints
     @override

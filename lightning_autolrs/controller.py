@@ -727,6 +727,36 @@ class StageController:
         """
         return self.needs_snapshot
 
+    def committed_on_stop(self) -> tuple[str, int | None, int, int]:
+        """Where a run cut short (a stop, an exception) must leave the model: the best committed training state.
+
+        Returns:
+            ``(state, trial, kept, discarded)``: ``state`` is ``"current"`` (the model holds it: outside a search, or
+            the trial that just ended is the stage's best so far), ``"best"`` (restore the best-trial snapshot: the end
+            of the stage's best completed trial) or ``"stage"`` (restore the stage snapshot: no trial completed, or
+            without ``reuse_best_trial``); ``trial`` the index of the kept trial in the stage (``None``: none); ``kept``
+            is how many of the steps since the stage start (or the range test's) the kept state trained, ``discarded``
+            how many others are lost.
+        """
+        if not self.needs_snapshot:
+            return "current", None, 0, 0
+        if self.range_test_running:
+            return "stage", None, 0, self._range_test.position
+        record = self.stages[-1]
+        since = self.step - record.start_step
+        best: int | None = None
+        if self._pending_restore_best:  # the search ended on a trial that lost: the chosen trial is the best snapshot
+            best = record.reused_trial
+        elif self.phase == "search" and self._pending_save_best:  # the trial that just ended leads: the model has it
+            kept = record.trials[-1].steps
+            return "current", len(record.trials) - 1, kept, since - kept
+        elif self.phase == "search":
+            best = self.search.best_trial
+        if best is None:
+            return "stage", None, 0, since
+        kept = record.trials[best].steps
+        return "best", best, kept, since - kept
+
     @property
     def restore_best_pending(self) -> bool:
         """Whether the next step restores the best-trial snapshot (a search just ended on a trial that lost)."""

@@ -352,3 +352,18 @@ def test_stages_with_some_finite_losses_do_not_raise() -> None:
         c.begin_step()
         c.end_step(1.0 if i % 3 == 0 else math.nan)  # mostly NaN, but some LR of each stage gave a finite loss
     assert c.step == 300 and len(c.history) >= 2 and c.history[0]["fallbacks"]
+
+
+def test_committed_on_stop_names_the_best_completed_trial() -> None:
+    c = make(total=1000, max_lr=0.15, reuse_best_trial=True)  # tau' = 10; no LR diverges (above 0.2)
+    assert c.committed_on_stop() == ("current", None, 0, 0)  # nothing to undo before the first stage
+    sim = Quadratic()
+    sim.run(c, 3)
+    assert c.committed_on_stop() == ("stage", None, 0, 3)  # trial 0 in flight: back to the stage start
+    sim.run(c, 7)
+    assert c.committed_on_stop() == ("current", 0, 10, 0)  # trial 0 just ended and leads: the model holds it
+    sim.run(c, 4)
+    assert c.committed_on_stop() == ("best", 0, 10, 4)  # trial 1 in flight: trial 0's end, in the best snapshot
+    plain = make(total=1000, max_lr=0.15, reuse_best_trial=False)
+    Quadratic().run(plain, 14)
+    assert plain.committed_on_stop() == ("stage", None, 0, 14)  # no best-trial snapshot to keep
