@@ -10,6 +10,7 @@ each package that is installed.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ __all__ = ["AutoLRS", "check_strategy"]
 _SNAPSHOT_KEY = "autolrs_stage_snapshot"
 _BEST_SNAPSHOT_KEY = "autolrs_best_trial_snapshot"
 _AVERAGE_KEY = "autolrs_trial_average"
+_TRIAL_KEY = "autolrs_trial_state"  # the in-flight trial's state; the checkpoint's own state_dict is the committed one
 _NO_LOSS_LIMIT = 10  # consecutive loss-less optimizer steps (at least one trial's length) before we give up
 
 
@@ -137,6 +139,10 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._loaded_snapshot: dict[str, Any] | None = None
         self._loaded_best: dict[str, Any] | None = None
         self._best_snapshot: StateSnapshot | None = None
+        # while the model holds the committed state (a checkpoint, after a stop), the in-flight one
+        self._trial: StateSnapshot | None = None
+        self._holds_committed = False
+        self._loaded_trial: dict[str, Any] | None = None
         self._scaler: Any = None
         self._plan_probe = False
         self._scale_before: float | None = None
@@ -250,6 +256,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._ratios = [float(g["lr"]) / base for g in trainer.optimizers[0].param_groups]
         self._check_validation_step(pl_module)
         _check_snapshot_device(self._settings.snapshot_device)
+        self._holds_committed = False  # a new fit trains on from the model's weights
         self._derived = None
         if getattr(trainer, "fast_dev_run", False):  # a smoke test of a few batches: nothing to search
             rank_zero_info(
@@ -310,6 +317,10 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             if self._settings.reuse_best_trial
             else None
         )
+        self._trial = StateSnapshot(
+            pl_module, trainer.optimizers[0], scaler=scaler, device=self._settings.snapshot_device
+        )  # (allocated at its first capture: the first checkpoint or validation inside a search)
+        self._holds_committed = False
         averaging = self._settings.average_trials and self._probe is not None and not self._derived.fallback
         self._average = TrialAverage(pl_module) if averaging else None
         if self._loaded_state is not None:
@@ -318,6 +329,9 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             if self._loaded_snapshot is not None:
                 self._snapshot.load_state_dict(self._loaded_snapshot)
                 self._loaded_snapshot = None
+                if self._loaded_trial is not None:  # the checkpoint's weights are the committed state: continue the
+                    self._trial.load_state_dict(self._loaded_trial)  # trial that was in flight
+                    self._trial.restore()
                 if self._best_snapshot is not None and self._loaded_best is not None:
                     self._best_snapshot.load_state_dict(self._loaded_best)
                 self._loaded_best = None
@@ -330,6 +344,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             elif self.controller.phase == "exploit" and self.controller.stage >= 0:
                 self.controller.restart_stage()  # (a restore the checkpoint could not carry is dropped)
                 self._snapshot.capture()  # the exploit guard falls back to the resumed weights
+            self._loaded_trial = None
         self._step_open = False
         self._seen_global_step = trainer.global_step
         self._scaler = scaler
@@ -482,15 +497,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         c = self.controller
         if c is None or self._snapshot is None or not self._snapshot.captured or not c.finalize():
             return
-        state, trial, kept, discarded = c.committed_on_stop()
-        best = self._best_snapshot
-        if state == "best" and (best is None or not best.captured):
-            state, trial, kept, discarded = "stage", None, 0, kept + discarded
-        if state == "best":
-            assert best is not None
-            best.restore()
-        elif state == "stage":
-            self._snapshot.restore()
+        state, trial, kept, discarded = self._committed()
+        self._hold_committed()  # (the in-flight state stays in `_trial`: a checkpoint written now resumes exactly)
         where = "the LR range test" if c.range_test_running else f"stage {c.stage}'s search"
         if trial is None:
             what = (
@@ -504,6 +512,46 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 f"trial's {kept} steps, discarded the other {discarded} steps since the stage start"
             )
         rank_zero_warn(f"AutoLRS: {why} during {where}; {what}.", category=AutoLRSWarning)
+
+    # ------------------------------------------------------------------ the committed state
+    def _committed(self) -> tuple[str, int | None, int, int]:
+        """:meth:`StageController.committed_on_stop`, with ``"best"`` read as ``"stage"`` when no best-trial snapshot
+        holds it: ``(state, trial, kept, discarded)``, ``state`` one of ``"current"``, ``"best"``, ``"stage"``."""
+        c, snap = self.controller, self._snapshot
+        if c is None or snap is None or not snap.captured:
+            return "current", None, 0, 0
+        state, trial, kept, discarded = c.committed_on_stop()
+        best = self._best_snapshot
+        if state == "best" and (best is None or not best.captured):
+            return "stage", None, 0, kept + discarded
+        return state, trial, kept, discarded
+
+    def _hold_committed(self) -> bool:
+        """Put the committed training state (the stage start, or the best completed trial's end) into the model and
+        optimizer in place, keeping the in-flight state in the trial snapshot; :meth:`_release_committed` swaps back.
+
+        Returns:
+            Whether the model now holds a committed state other than the live one (``False``: outside a search, or
+            the live state is the committed one).
+        """
+        if self._holds_committed:
+            return True
+        state = self._committed()[0]
+        if state == "current" or self._trial is None:
+            return False
+        committed = self._best_snapshot if state == "best" else self._snapshot
+        assert committed is not None
+        self._trial.capture()
+        committed.restore()
+        self._holds_committed = True
+        return True
+
+    def _release_committed(self) -> None:
+        """Put the in-flight state back after :meth:`_hold_committed` (in place)."""
+        if self._holds_committed:
+            assert self._trial is not None
+            self._trial.restore()
+            self._holds_committed = False
 
     # ------------------------------------------------------------------ checkpoints
     @override
@@ -525,18 +573,30 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         c, snap = self.controller, self._snapshot
-        if (
-            self._settings.checkpoint_snapshot
-            and c is not None
-            and snap is not None
-            and snap.captured
-            and c.needs_snapshot
-        ):
-            checkpoint[_SNAPSHOT_KEY] = snap.state_dict()
-            if self._best_snapshot is not None and self._best_snapshot.captured:
-                checkpoint[_BEST_SNAPSHOT_KEY] = self._best_snapshot.state_dict()
-            if self._average is not None and c.phase == "search":
-                checkpoint[_AVERAGE_KEY] = self._average.state_dict()
+        if c is None or snap is None:
+            return
+        held = self._holds_committed
+        try:
+            if self._hold_committed():  # the checkpoint's model and optimizer state are the committed ones
+                checkpoint["state_dict"] = copy.deepcopy(trainer.strategy.lightning_module_state_dict())
+                checkpoint["optimizer_states"] = [
+                    copy.deepcopy(trainer.strategy.optimizer_state(o)) for o in trainer.optimizers
+                ]
+                precision = trainer.precision_plugin
+                if type(precision).__qualname__ in checkpoint:  # the AMP scaler's state
+                    checkpoint[type(precision).__qualname__] = copy.deepcopy(precision.state_dict())
+                if self._settings.checkpoint_snapshot and snap.captured:
+                    assert self._trial is not None
+                    checkpoint[_TRIAL_KEY] = self._trial.state_dict()
+            if self._settings.checkpoint_snapshot and snap.captured and c.needs_snapshot:
+                checkpoint[_SNAPSHOT_KEY] = snap.state_dict()
+                if self._best_snapshot is not None and self._best_snapshot.captured:
+                    checkpoint[_BEST_SNAPSHOT_KEY] = self._best_snapshot.state_dict()
+                if self._average is not None and c.phase == "search":
+                    checkpoint[_AVERAGE_KEY] = self._average.state_dict()
+        finally:
+            if not held:
+                self._release_committed()
 
     @override
     def on_load_checkpoint(
@@ -545,6 +605,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._loaded_snapshot = checkpoint.get(_SNAPSHOT_KEY)
         self._loaded_best = checkpoint.get(_BEST_SNAPSHOT_KEY)
         self._loaded_average = checkpoint.get(_AVERAGE_KEY)
+        self._loaded_trial = checkpoint.get(_TRIAL_KEY)
 
 
 AutoLRS.__doc__ = (AutoLRS.__doc__ or "").replace("{settings_args}", docstring_args().lstrip())
