@@ -81,6 +81,11 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     optimizer steps of the Trainer, so ``max_steps`` / ``max_epochs`` bound the whole run; a budget too small for
     trials of 20 steps gets a warning and the plain warmup + cosine schedule at the configured LR instead.
 
+    Inside a search, what the rest of Lightning sees is the committed state (the stage start, or the end of the stage's
+    best completed trial): Lightning's validation loop runs on its weights (swapped into the module in place and back),
+    so ``EarlyStopping`` and ``ModelCheckpoint(monitor=...)`` never judge a trial in flight; a checkpoint holds it in
+    ``state_dict`` and ``optimizer_states``, and the trial in flight under its own key, so a resume is exact.
+
     Args:
         {settings_args}
 
@@ -139,9 +144,11 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._loaded_snapshot: dict[str, Any] | None = None
         self._loaded_best: dict[str, Any] | None = None
         self._best_snapshot: StateSnapshot | None = None
-        # while the model holds the committed state (a checkpoint, after a stop), the in-flight one
+        # while the model holds the committed state (validation, a checkpoint, after a stop), the in-flight one;
+        # what is swapped: None (nothing), "module" (the module's tensors, for validation) or "all"
         self._trial: StateSnapshot | None = None
-        self._holds_committed = False
+        self._held: str | None = None
+        self._validation_swapped = False
         self._loaded_trial: dict[str, Any] | None = None
         self._scaler: Any = None
         self._plan_probe = False
@@ -256,7 +263,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._ratios = [float(g["lr"]) / base for g in trainer.optimizers[0].param_groups]
         self._check_validation_step(pl_module)
         _check_snapshot_device(self._settings.snapshot_device)
-        self._holds_committed = False  # a new fit trains on from the model's weights
+        self._held, self._validation_swapped = None, False  # a new fit trains on from the model's weights
         self._derived = None
         if getattr(trainer, "fast_dev_run", False):  # a smoke test of a few batches: nothing to search
             rank_zero_info(
@@ -320,7 +327,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._trial = StateSnapshot(
             pl_module, trainer.optimizers[0], scaler=scaler, device=self._settings.snapshot_device
         )  # (allocated at its first capture: the first checkpoint or validation inside a search)
-        self._holds_committed = False
+        self._held = None
         averaging = self._settings.average_trials and self._probe is not None and not self._derived.fallback
         self._average = TrialAverage(pl_module) if averaging else None
         if self._loaded_state is not None:
@@ -498,7 +505,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if c is None or self._snapshot is None or not self._snapshot.captured or not c.finalize():
             return
         state, trial, kept, discarded = self._committed()
-        self._hold_committed()  # (the in-flight state stays in `_trial`: a checkpoint written now resumes exactly)
+        self._hold_committed("all")  # (the in-flight state stays in `_trial`: a checkpoint written now resumes exactly)
         where = "the LR range test" if c.range_test_running else f"stage {c.stage}'s search"
         if trial is None:
             what = (
@@ -526,32 +533,54 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             return "stage", None, 0, kept + discarded
         return state, trial, kept, discarded
 
-    def _hold_committed(self) -> bool:
-        """Put the committed training state (the stage start, or the best completed trial's end) into the model and
-        optimizer in place, keeping the in-flight state in the trial snapshot; :meth:`_release_committed` swaps back.
+    def _hold_committed(self, what: str) -> bool:
+        """Put the committed training state (the stage start, or the best completed trial's end) into the model in
+        place, keeping the in-flight state in the trial snapshot; :meth:`_release_committed` swaps back.
+
+        Args:
+            what: ``"all"``: model, optimizer and scaler; ``"module"``: the module's tensors only (for validation).
 
         Returns:
             Whether the model now holds a committed state other than the live one (``False``: outside a search, or
             the live state is the committed one).
         """
-        if self._holds_committed:
+        if self._held == what or self._held == "all":
             return True
         state = self._committed()[0]
         if state == "current" or self._trial is None:
             return False
+        self._release_committed()  # ("module" -> "all": the in-flight module first)
         committed = self._best_snapshot if state == "best" else self._snapshot
         assert committed is not None
-        self._trial.capture()
-        committed.restore()
-        self._holds_committed = True
+        if what == "all":
+            self._trial.capture()
+            committed.restore()
+        else:
+            self._trial.capture_module()
+            committed.restore_module()
+        self._held = what
         return True
 
     def _release_committed(self) -> None:
         """Put the in-flight state back after :meth:`_hold_committed` (in place)."""
-        if self._holds_committed:
+        if self._held is not None:
             assert self._trial is not None
-            self._trial.restore()
-            self._holds_committed = False
+            if self._held == "all":
+                self._trial.restore()
+            else:
+                self._trial.restore_module()
+            self._held = None
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning validates (and EarlyStopping / ModelCheckpoint(monitor=...) judge) the committed weights
+        self._validation_swapped = not trainer.sanity_checking and self._held is None and self._hold_committed("module")
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._validation_swapped:
+            self._validation_swapped = False
+            self._release_committed()
 
     # ------------------------------------------------------------------ checkpoints
     @override
@@ -575,9 +604,9 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         c, snap = self.controller, self._snapshot
         if c is None or snap is None:
             return
-        held = self._holds_committed
+        held = self._held
         try:
-            if self._hold_committed():  # the checkpoint's model and optimizer state are the committed ones
+            if self._hold_committed("all"):  # the checkpoint's model and optimizer state are the committed ones
                 checkpoint["state_dict"] = copy.deepcopy(trainer.strategy.lightning_module_state_dict())
                 checkpoint["optimizer_states"] = [
                     copy.deepcopy(trainer.strategy.optimizer_state(o)) for o in trainer.optimizers
@@ -595,8 +624,10 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 if self._average is not None and c.phase == "search":
                     checkpoint[_AVERAGE_KEY] = self._average.state_dict()
         finally:
-            if not held:
+            if self._held != held:  # as it was: the in-flight state, or the committed module (during validation)
                 self._release_committed()
+                if held is not None:
+                    self._hold_committed(held)
 
     @override
     def on_load_checkpoint(

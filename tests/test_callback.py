@@ -14,7 +14,7 @@ from lightning_autolrs import AutoLRS, AutoLRSWarning
 from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError, UnsupportedSetupError
 from lightning_autolrs.settings import plan_tau
 
-from .helpers import make_module_class, trainer_kwargs
+from .helpers import autolrs, make_module_class, regression_data, trainer_kwargs
 
 
 def fit(pl, tmp_path, cb: AutoLRS, max_steps: int = 120, module_kw: dict | None = None, **trainer_kw: Any):
@@ -467,3 +467,89 @@ def test_learning_rate_monitor_logs_the_lr_of_the_step_being_taken(lpl, tmp_path
     assert len(set(cb.lrs)) > 5  # the LR changes often (trials, stages): each change is a chance to log the old one
     assert [logged[i] for i in range(80)] == pytest.approx(cb.lrs, rel=1e-12)
     assert trainer.callbacks.index(cb) == 0
+
+
+def test_validation_inside_a_search_scores_the_committed_weights(lpl, tmp_path) -> None:
+    """Validation every 4 steps, with EarlyStopping and ModelCheckpoint(monitor="val_loss") in the same Trainer: inside
+    stage 0's search (trials of 5 steps from step 0) Lightning validates the stage start at step 4, trial 0's end at
+    step 8 and the kept one of trials 0 and 1 at step 12, never the trial in flight; the weights are swapped in place
+    and back, so training goes on bitwise as without validation."""
+
+    def params(module) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in module.parameters()]
+
+    def same(a, b) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    class Recorder(lpl.Callback):
+        def __init__(self) -> None:
+            self.after: dict[int, list[torch.Tensor]] = {}
+            self.validated: dict[int, list[torch.Tensor]] = {}
+            self.logged: dict[int, float] = {}
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.after[0] = params(pl_module)
+            self.tensors = [(p, p.data_ptr()) for p in pl_module.parameters()]
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.after[trainer.global_step] = params(pl_module)
+
+        def on_validation_start(self, trainer, pl_module) -> None:  # (after AutoLRS's, which goes first)
+            self.validated[trainer.global_step] = params(pl_module)
+            assert [(p, p.data_ptr()) for p in pl_module.parameters()] == self.tensors  # in place
+
+        def on_validation_epoch_end(self, trainer, pl_module) -> None:
+            if trainer.global_step == 8:  # a checkpoint written during validation: committed, and validation goes on
+                trainer.save_checkpoint(trainer.default_root_dir + "/during_validation.ckpt")
+                assert same(pl_module.parameters(), self.validated[8])
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            self.logged[trainer.global_step] = float(trainer.callback_metrics["val_loss"])
+            assert same(pl_module.parameters(), self.after[trainer.global_step])  # swapped back
+
+    def run(root, validate: bool):
+        cb, rec = autolrs(monitor="train_loss"), Recorder()
+        callbacks = [cb, rec]
+        kw = trainer_kwargs(root, max_steps=40)
+        if validate:
+            early = lpl.callbacks.EarlyStopping(monitor="val_loss", patience=1000)
+            best = lpl.callbacks.ModelCheckpoint(dirpath=root, filename="{step}", monitor="val_loss", save_top_k=1)
+            callbacks += [early, best]
+            kw.update(val_check_interval=4, limit_val_batches=1.0, enable_checkpointing=True)
+        lpl.seed_everything(0)
+        model = make_module_class(lpl)()
+        lpl.Trainer(callbacks=callbacks, **kw).fit(model)
+        return cb, rec, model, callbacks[2:]
+
+    cb, rec, model, (early, best) = run(tmp_path / "a", validate=True)
+    trials = cb.history[0]["trials"]
+    assert [(t["start_step"], t["steps"], t["diverged"]) for t in trials] == [(s, 5, False) for s in (0, 5, 10)]
+    assert sorted(rec.logged) == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
+    assert same(rec.validated[4], rec.after[0])  # no trial completed: the stage start
+    assert same(rec.validated[8], rec.after[5])  # trial 0's end
+    assert same(rec.validated[12], rec.after[5]) or same(rec.validated[12], rec.after[10])
+    assert all(same(rec.validated[s], rec.after[s]) for s in rec.logged if s >= 16)  # exploit: the live weights
+    x, y = regression_data()
+    probe = make_module_class(lpl)()
+
+    @torch.no_grad()
+    def val_loss_of(weights: list[torch.Tensor]) -> float:
+        for p, v in zip(probe.parameters(), weights):
+            p.copy_(v)
+        return float(torch.nn.functional.mse_loss(probe(x[384:]), y[384:]))
+
+    for step, logged in rec.logged.items():  # the logged val_loss is the validated weights' loss, not the trial's
+        assert logged == pytest.approx(val_loss_of(rec.validated[step]), rel=1e-6)
+    assert all(rec.logged[s] != pytest.approx(val_loss_of(rec.after[s]), rel=1e-3) for s in (4, 8, 12))
+    assert float(early.best_score) == pytest.approx(min(rec.logged.values()))
+    assert float(best.best_model_score) == pytest.approx(min(rec.logged.values()))
+    best_step = min(rec.logged, key=rec.logged.__getitem__)
+    saved = torch.load(best.best_model_path, weights_only=True)["state_dict"]
+    assert same(saved.values(), rec.validated[best_step])
+    during = torch.load(tmp_path / "a" / "during_validation.ckpt", weights_only=True)
+    assert same(during["state_dict"].values(), rec.after[5])
+    assert same([during["autolrs_trial_state"]["tensors"][f"model.{j}"] for j in range(4)], rec.after[8])
+
+    plain_cb, _, plain_model, _ = run(tmp_path / "b", validate=False)
+    assert cb.lrs == plain_cb.lrs and cb.history == plain_cb.history
+    assert same(model.parameters(), plain_model.parameters())
