@@ -11,6 +11,7 @@ from lightning_autolrs.exceptions import (
     AutoLRSWarning,
     InvalidArgumentError,
     InvalidArgumentTypeError,
+    NonFiniteLossError,
     ScheduleFormatError,
     UnsupportedSetupError,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "AutoLRSWarning",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
+    "NonFiniteLossError",
     "ReplaySchedule",
     "Schedule",
     "ScheduleFormatError",

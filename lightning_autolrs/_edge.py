@@ -29,6 +29,7 @@ __all__ = [
     "callback_bases",
     "check_single_optimizer",
     "check_strategy",
+    "move_first",
     "reduce_loss",
     "report_event",
 ]
@@ -94,6 +95,21 @@ def check_single_optimizer(trainer: pl.Trainer, who: str) -> float:
             "param groups' LR ratios. Configure a positive `lr`."
         )
     return base
+
+
+def move_first(trainer: pl.Trainer, callback: Any) -> None:
+    """Put ``callback`` first among the Trainer's callbacks (after the fit's callbacks are final, at ``setup``).
+
+    The LR of a step is set in ``on_train_batch_start``; going first there means every other callback's
+    ``on_train_batch_start`` (``LearningRateMonitor``'s logging, a user's LR printout) sees the LR of the step being
+    taken, whatever order the user listed the callbacks in. The relative order of the others is kept (Lightning keeps
+    ``ModelCheckpoint`` last).
+    """
+    callbacks: list[Any] = getattr(trainer, "callbacks", [])
+    for i, cb in enumerate(callbacks):
+        if cb is callback and i > 0:
+            callbacks.insert(0, callbacks.pop(i))
+            return
 
 
 def apply_lr(optimizer: Any, lr: float, ratios: list[float]) -> None:

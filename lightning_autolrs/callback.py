@@ -10,6 +10,7 @@ each package that is installed.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Callable
@@ -27,13 +28,14 @@ from lightning_autolrs._edge import (
     callback_bases,
     check_single_optimizer,
     check_strategy,
+    move_first,
     reduce_loss,
     report_event,
 )
 from lightning_autolrs.averaging import TrialAverage
 from lightning_autolrs.controller import STATE_VERSION, StageController, check_state_version
 from lightning_autolrs.exceptions import AutoLRSWarning, UnsupportedSetupError
-from lightning_autolrs.probe import ValidationProbe
+from lightning_autolrs.probe import ValidationProbe, implements_validation_step
 from lightning_autolrs.proposer import DEFAULT_BETA
 from lightning_autolrs.schedule import Schedule, save_schedule
 from lightning_autolrs.settings import Derived, Settings, derive, docstring_args
@@ -47,7 +49,21 @@ __all__ = ["AutoLRS", "check_strategy"]
 _SNAPSHOT_KEY = "autolrs_stage_snapshot"
 _BEST_SNAPSHOT_KEY = "autolrs_best_trial_snapshot"
 _AVERAGE_KEY = "autolrs_trial_average"
+_TRIAL_KEY = "autolrs_trial_state"  # the in-flight trial's state; the checkpoint's own state_dict is the committed one
 _NO_LOSS_LIMIT = 10  # consecutive loss-less optimizer steps (at least one trial's length) before we give up
+
+
+def _check_snapshot_device(device: Any) -> None:
+    """Refuse at fit start a ``snapshot_device`` this machine does not have (e.g. ``"cuda"`` without a GPU)."""
+    if device is None or torch.device(device).type == "cpu":
+        return
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:  # (torch raises AssertionError when built without CUDA)
+        raise UnsupportedSetupError(
+            f"`snapshot_device={str(device)!r}` is not available on this machine ({err}). Use `snapshot_device=None` "
+            "(each copy on its tensor's device) or 'cpu'."
+        ) from None
 
 
 class AutoLRS(*callback_bases()):  # type: ignore[misc]
@@ -64,6 +80,11 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     the training loss back to its stage-start level falls back to a smaller LR. All steps, trials included, are real
     optimizer steps of the Trainer, so ``max_steps`` / ``max_epochs`` bound the whole run; a budget too small for
     trials of 20 steps gets a warning and the plain warmup + cosine schedule at the configured LR instead.
+
+    Inside a search, what the rest of Lightning sees is the committed state (the stage start, or the end of the stage's
+    best completed trial): Lightning's validation loop runs on its weights (swapped into the module in place and back),
+    so ``EarlyStopping`` and ``ModelCheckpoint(monitor=...)`` never judge a trial in flight; a checkpoint holds it in
+    ``state_dict`` and ``optimizer_states``, and the trial in flight under its own key, so a resume is exact.
 
     Args:
         {settings_args}
@@ -123,6 +144,12 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._loaded_snapshot: dict[str, Any] | None = None
         self._loaded_best: dict[str, Any] | None = None
         self._best_snapshot: StateSnapshot | None = None
+        # while the model holds the committed state (validation, a checkpoint, after a stop), the in-flight one;
+        # what is swapped: None (nothing), "module" (the module's tensors, for validation) or "all"
+        self._trial: StateSnapshot | None = None
+        self._held: str | None = None
+        self._validation_swapped = False
+        self._loaded_trial: dict[str, Any] | None = None
         self._scaler: Any = None
         self._plan_probe = False
         self._scale_before: float | None = None
@@ -226,6 +253,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 "AutoLRS needs automatic optimization, but the LightningModule sets `automatic_optimization = False`. "
                 "Remove AutoLRS from the callbacks or use automatic optimization."
             )
+        move_first(trainer, self)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -233,6 +261,16 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         base = check_single_optimizer(trainer, "AutoLRS")
         if self._loaded_state is None or not self._ratios:
             self._ratios = [float(g["lr"]) / base for g in trainer.optimizers[0].param_groups]
+        self._check_validation_step(pl_module)
+        _check_snapshot_device(self._settings.snapshot_device)
+        self._held, self._validation_swapped = None, False  # a new fit trains on from the model's weights
+        self._derived = None
+        if getattr(trainer, "fast_dev_run", False):  # a smoke test of a few batches: nothing to search
+            rank_zero_info(
+                f"AutoLRS: `fast_dev_run` is on, so AutoLRS steps aside: no search, and the optimizer keeps its "
+                f"configured lr={base:.4g}."
+            )
+            return
         resumed = self._loaded_state is not None  # the budget was checked when the run began
         self._derived = derive(self._settings, base, trainer.estimated_stepping_batches, check_budget=not resumed)
         if self._derived.fallback and not resumed:
@@ -244,12 +282,28 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 category=AutoLRSWarning,
             )
 
+    def _check_validation_step(self, pl_module: pl.LightningModule) -> None:
+        """``monitor="val_loss"`` probes with ``validation_step`` unless ``val_loss_fn`` is given: refuse at fit start a
+        module that does not implement it (instead of failing inside the first trial)."""
+        s = self._settings
+        if s.monitor == "val_loss" and s.val_loss_fn is None and not implements_validation_step(pl_module):
+            raise UnsupportedSetupError(
+                f"`monitor='val_loss'` judges trials on the validation loss, but {type(pl_module).__name__} does not "
+                "implement `validation_step`. Implement `validation_step` (returning or logging the loss as "
+                "'val_loss'), pass `val_loss_fn=lambda module, batch: ...`, or use `monitor='train_loss'`."
+            )
+
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.controller = None
+        if self._derived is None:  # stepped aside at fit start (`fast_dev_run`)
+            return
         monitor = self._settings.monitor
         self._probe = None
+        loss_fn = self._settings.val_loss_fn
+        if monitor != "train_loss" and (loss_fn is not None or implements_validation_step(pl_module)):
+            self._probe = ValidationProbe.from_trainer(trainer, self._settings.val_batches, loss_fn)
         if monitor != "train_loss":
-            self._probe = ValidationProbe.from_trainer(trainer, self._settings.val_batches, self._settings.val_loss_fn)
             if self._probe is None and monitor == "val_loss":
                 raise UnsupportedSetupError(
                     "`monitor='val_loss'` needs validation data, but the Trainer has no validation dataloader (or "
@@ -270,6 +324,10 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             if self._settings.reuse_best_trial
             else None
         )
+        self._trial = StateSnapshot(
+            pl_module, trainer.optimizers[0], scaler=scaler, device=self._settings.snapshot_device
+        )  # (allocated at its first capture: the first checkpoint or validation inside a search)
+        self._held = None
         averaging = self._settings.average_trials and self._probe is not None and not self._derived.fallback
         self._average = TrialAverage(pl_module) if averaging else None
         if self._loaded_state is not None:
@@ -278,6 +336,9 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             if self._loaded_snapshot is not None:
                 self._snapshot.load_state_dict(self._loaded_snapshot)
                 self._loaded_snapshot = None
+                if self._loaded_trial is not None:  # the checkpoint's weights are the committed state: continue the
+                    self._trial.load_state_dict(self._loaded_trial)  # trial that was in flight
+                    self._trial.restore()
                 if self._best_snapshot is not None and self._loaded_best is not None:
                     self._best_snapshot.load_state_dict(self._loaded_best)
                 self._loaded_best = None
@@ -290,6 +351,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             elif self.controller.phase == "exploit" and self.controller.stage >= 0:
                 self.controller.restart_stage()  # (a restore the checkpoint could not carry is dropped)
                 self._snapshot.capture()  # the exploit guard falls back to the resumed weights
+            self._loaded_trial = None
         self._step_open = False
         self._seen_global_step = trainer.global_step
         self._scaler = scaler
@@ -437,19 +499,88 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._abandon_search(f"{type(exception).__name__} was raised")
 
     def _abandon_search(self, why: str) -> None:
-        if self.controller is None or self._snapshot is None or not self._snapshot.captured:
+        """A run cut short: leave the model at the best committed training state (the end of the stage's best
+        completed trial when there is one, else the stage start) and say how many steps that kept and discarded."""
+        c = self.controller
+        if c is None or self._snapshot is None or not self._snapshot.captured or not c.finalize():
             return
-        if self.controller.finalize():
-            best = self._best_snapshot
-            if self.controller.restore_best_pending and best is not None and best.captured:
-                best.restore()  # the search had just ended: the chosen trial's end state is the committed one
-            else:
-                self._snapshot.restore()
-            rank_zero_warn(
-                f"AutoLRS: {why} in the middle of a search (or right after a diverged step); restored the model "
-                "and optimizer to the last committed state (the stage start, or the chosen trial's end).",
-                category=AutoLRSWarning,
+        state, trial, kept, discarded = self._committed()
+        self._hold_committed("all")  # (the in-flight state stays in `_trial`: a checkpoint written now resumes exactly)
+        where = "the LR range test" if c.range_test_running else f"stage {c.stage}'s search"
+        if trial is None:
+            what = (
+                f"restored the model and optimizer to the start of {where} (no trial had completed, or a step had "
+                f"just diverged): kept 0 steps, discarded the {discarded} steps since"
             )
+        else:
+            verb = "kept the model and optimizer at" if state == "current" else "restored the model and optimizer to"
+            what = (
+                f"{verb} the end of its best completed trial (lr={c.stages[-1].trials[trial].lr:.4g}): kept that "
+                f"trial's {kept} steps, discarded the other {discarded} steps since the stage start"
+            )
+        rank_zero_warn(f"AutoLRS: {why} during {where}; {what}.", category=AutoLRSWarning)
+
+    # ------------------------------------------------------------------ the committed state
+    def _committed(self) -> tuple[str, int | None, int, int]:
+        """:meth:`StageController.committed_on_stop`, with ``"best"`` read as ``"stage"`` when no best-trial snapshot
+        holds it: ``(state, trial, kept, discarded)``, ``state`` one of ``"current"``, ``"best"``, ``"stage"``."""
+        c, snap = self.controller, self._snapshot
+        if c is None or snap is None or not snap.captured:
+            return "current", None, 0, 0
+        state, trial, kept, discarded = c.committed_on_stop()
+        best = self._best_snapshot
+        if state == "best" and (best is None or not best.captured):
+            return "stage", None, 0, kept + discarded
+        return state, trial, kept, discarded
+
+    def _hold_committed(self, what: str) -> bool:
+        """Put the committed training state (the stage start, or the best completed trial's end) into the model in
+        place, keeping the in-flight state in the trial snapshot; :meth:`_release_committed` swaps back.
+
+        Args:
+            what: ``"all"``: model, optimizer and scaler; ``"module"``: the module's tensors only (for validation).
+
+        Returns:
+            Whether the model now holds a committed state other than the live one (``False``: outside a search, or
+            the live state is the committed one).
+        """
+        if self._held == what or self._held == "all":
+            return True
+        state = self._committed()[0]
+        if state == "current" or self._trial is None:
+            return False
+        self._release_committed()  # ("module" -> "all": the in-flight module first)
+        committed = self._best_snapshot if state == "best" else self._snapshot
+        assert committed is not None
+        if what == "all":
+            self._trial.capture()
+            committed.restore()
+        else:
+            self._trial.capture_module()
+            committed.restore_module()
+        self._held = what
+        return True
+
+    def _release_committed(self) -> None:
+        """Put the in-flight state back after :meth:`_hold_committed` (in place)."""
+        if self._held is not None:
+            assert self._trial is not None
+            if self._held == "all":
+                self._trial.restore()
+            else:
+                self._trial.restore_module()
+            self._held = None
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning validates (and EarlyStopping / ModelCheckpoint(monitor=...) judge) the committed weights
+        self._validation_swapped = not trainer.sanity_checking and self._held is None and self._hold_committed("module")
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._validation_swapped:
+            self._validation_swapped = False
+            self._release_committed()
 
     # ------------------------------------------------------------------ checkpoints
     @override
@@ -471,18 +602,32 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         c, snap = self.controller, self._snapshot
-        if (
-            self._settings.checkpoint_snapshot
-            and c is not None
-            and snap is not None
-            and snap.captured
-            and c.needs_snapshot
-        ):
-            checkpoint[_SNAPSHOT_KEY] = snap.state_dict()
-            if self._best_snapshot is not None and self._best_snapshot.captured:
-                checkpoint[_BEST_SNAPSHOT_KEY] = self._best_snapshot.state_dict()
-            if self._average is not None and c.phase == "search":
-                checkpoint[_AVERAGE_KEY] = self._average.state_dict()
+        if c is None or snap is None:
+            return
+        held = self._held
+        try:
+            if self._hold_committed("all"):  # the checkpoint's model and optimizer state are the committed ones
+                checkpoint["state_dict"] = copy.deepcopy(trainer.strategy.lightning_module_state_dict())
+                checkpoint["optimizer_states"] = [
+                    copy.deepcopy(trainer.strategy.optimizer_state(o)) for o in trainer.optimizers
+                ]
+                precision = trainer.precision_plugin
+                if type(precision).__qualname__ in checkpoint:  # the AMP scaler's state
+                    checkpoint[type(precision).__qualname__] = copy.deepcopy(precision.state_dict())
+                if self._settings.checkpoint_snapshot and snap.captured:
+                    assert self._trial is not None
+                    checkpoint[_TRIAL_KEY] = self._trial.state_dict()
+            if self._settings.checkpoint_snapshot and snap.captured and c.needs_snapshot:
+                checkpoint[_SNAPSHOT_KEY] = snap.state_dict()
+                if self._best_snapshot is not None and self._best_snapshot.captured:
+                    checkpoint[_BEST_SNAPSHOT_KEY] = self._best_snapshot.state_dict()
+                if self._average is not None and c.phase == "search":
+                    checkpoint[_AVERAGE_KEY] = self._average.state_dict()
+        finally:
+            if self._held != held:  # as it was: the in-flight state, or the committed module (during validation)
+                self._release_committed()
+                if held is not None:
+                    self._hold_committed(held)
 
     @override
     def on_load_checkpoint(
@@ -491,6 +636,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._loaded_snapshot = checkpoint.get(_SNAPSHOT_KEY)
         self._loaded_best = checkpoint.get(_BEST_SNAPSHOT_KEY)
         self._loaded_average = checkpoint.get(_AVERAGE_KEY)
+        self._loaded_trial = checkpoint.get(_TRIAL_KEY)
 
 
 AutoLRS.__doc__ = (AutoLRS.__doc__ or "").replace("{settings_args}", docstring_args().lstrip())

@@ -8,7 +8,9 @@ Examples::
 
 What it adds to a plain ``LightningCLI``:
 
-- ``--demo NAME`` (``digits``, ``charlm``) is a shortcut for ``--model`` / ``--data`` set to the demo's classes.
+- ``--demo NAME`` (``digits``, ``charlm``) is a shortcut for ``--model`` / ``--data`` set to the demo's classes and,
+  unless the command line already adds ``lightning_autolrs.AutoLRS`` or a ``--config`` is given, for an AutoLRS
+  callback with the demo config's arguments (``configs/NAME.yaml``).
 - ``--torch_num_threads N`` (also a config key) calls ``torch.set_num_threads(N)`` before anything is built; the
   demo configs use 1 thread, the fastest setting for models this small.
 - ``lr_scheduler`` given without ``optimizer`` wraps the LR scheduler around the optimizer the module's own
@@ -43,7 +45,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lightning_autolrs.callback import AutoLRS
-from lightning_autolrs.demos import DEMOS, get_demo
+from lightning_autolrs.demos import DEMO_AUTOLRS, DEMOS, get_demo
 from lightning_autolrs.exceptions import AutoLRSError
 from lightning_autolrs.schedule import summary_table
 
@@ -53,7 +55,8 @@ _PROG = "autolrs"
 _SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _DESCRIPTION = (
     "AutoLRS (automatic LR schedule by Bayesian optimisation) over the bundled demos or any LightningModule. "
-    f"`--demo NAME` ({', '.join(sorted(DEMOS))}) is a shortcut for --model/--data set to the demo's classes; "
+    f"`--demo NAME` ({', '.join(sorted(DEMOS))}) is a shortcut for --model/--data set to the demo's classes and an "
+    "AutoLRS callback with the demo config's arguments (unless the command adds AutoLRS or gives --config); "
     "`--trainer.callbacks+=lightning_autolrs.AutoLRS` adds the callback; "
     "`--trainer.callbacks.help lightning_autolrs.AutoLRS` lists its arguments."
 )
@@ -67,7 +70,12 @@ class CLIInputError(AutoLRSError, ValueError):
 
 
 def _expand_demo(argv: list[str]) -> list[str]:
-    """Replace ``--demo NAME`` / ``--demo=NAME`` by the demo's ``--model`` and ``--data`` class paths."""
+    """Replace ``--demo NAME`` / ``--demo=NAME`` by the demo's ``--model`` and ``--data`` class paths and, unless the
+    command line adds AutoLRS itself or gives a ``--config`` (which holds its own callbacks), an AutoLRS callback with
+    the arguments of the demo's config."""
+    own = any(
+        "lightning_autolrs.AutoLRS" in arg or arg in ("--config", "-c") or arg.startswith("--config=") for arg in argv
+    )
     out: list[str] = []
     i = 0
     while i < len(argv):
@@ -87,6 +95,9 @@ def _expand_demo(argv: list[str]) -> list[str]:
                 f"--model={model_cls.__module__}.{model_cls.__name__}",
                 f"--data={data_cls.__module__}.{data_cls.__name__}",
             ]
+            if not own:
+                out.append("--trainer.callbacks+=lightning_autolrs.AutoLRS")
+                out += [f"--trainer.callbacks.{k}={v}" for k, v in DEMO_AUTOLRS[name].items()]
         else:
             out.append(arg)
         i += 1
@@ -251,6 +262,15 @@ class AutoLRSCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
+            "--demo",
+            type=str | None,
+            default=None,
+            metavar="NAME",
+            help=f"a bundled demo ({', '.join(sorted(DEMOS))}): its model and data classes and, unless the command "
+            "adds lightning_autolrs.AutoLRS or gives --config, an AutoLRS callback with the demo config's arguments. "
+            "Command line only.",
+        )
+        parser.add_argument(
             "--torch_num_threads",
             type=int | None,
             default=None,
@@ -265,6 +285,10 @@ class AutoLRSCLI(LightningCLI):
         config = self.config.get(subcommand) if subcommand else self.config
         if config is None:
             return
+        if config.get("demo") is not None:  # (the command line's `--demo` is expanded before parsing)
+            raise CLIInputError(
+                "`demo` is a command-line shortcut (`--demo NAME`); in a config file set `model` and `data` instead."
+            )
         for key, directory in _output_dirs(config):
             _check_writable(Path(directory), key)
         threads = config.get("torch_num_threads")

@@ -38,7 +38,9 @@ none is left, but never below ``min_lr``). With ``collapse_guard`` the exploit p
 windowed loss is back at the start level for a whole window (a net dying at the edge of stability, no spike; rules in
 :class:`~lightning_autolrs.exploit.CollapseGuard`). After a stage with a diverged trial the upper end of the range for
 the next stage is the smallest LR that diverged; after a stage without divergence it grows back by 2× per stage up to
-``max_lr``.
+``max_lr``. A stage whose every training loss is NaN/inf, its trials' and its exploit fallbacks' down to ``min_lr``,
+raises :class:`~lightning_autolrs.exceptions.NonFiniteLossError` once the fallback at ``min_lr`` fails too (at the
+latest when the stage ends): no LR trains the model, so the fault is in the loss or the data.
 
 Search-cost options (all off by default in the keyword constructor): the **range test** (``range_test_steps > 0``;
 ``min_lr``/``max_lr`` may then be ``None``) runs after warmup and before the first stage, its steps accounted to the
@@ -64,7 +66,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from lightning_autolrs._validation import check_int
-from lightning_autolrs.exceptions import InvalidArgumentError, UnsupportedSetupError
+from lightning_autolrs.exceptions import InvalidArgumentError, NonFiniteLossError, UnsupportedSetupError
 from lightning_autolrs.exploit import CollapseGuard, FinalAnneal
 from lightning_autolrs.forecast import ExponentialForecaster
 from lightning_autolrs.proposer import DEFAULT_BETA, LRProposer
@@ -337,6 +339,7 @@ class StageController:
                 self.anneal_steps = self.total_steps - self.warmup_steps
                 self.phase = "warmup" if self.warmup_steps > self.step else self.phase
         self._pending_level_probe = False
+        self._stage_finite = True  # a finite training loss was seen since the stage began
 
     @property
     def anneal_steps(self) -> int:
@@ -420,6 +423,8 @@ class StageController:
         if loss is not None:
             loss = float(loss)
         self.losses.append(loss if loss is not None and math.isfinite(loss) else None)
+        if loss is not None and math.isfinite(loss):
+            self._stage_finite = True
         if self._plan_range_test:
             return self._record_range_test_step(plan.lr, loss)
         if plan.phase == "warmup":
@@ -486,6 +491,8 @@ class StageController:
     # ------------------------------------------------------------------ the final anneal
     def _begin_anneal(self) -> None:
         """The last ``anneal_steps`` steps: a half cosine from the LR in use down to ``min_lr``."""
+        if self.stages and not self._stage_finite:
+            raise self._non_finite_error()
         self._anneal.begin(self.step, self._lr)
         self.phase = "exploit"
         if self.stages:
@@ -505,6 +512,9 @@ class StageController:
         return [FallbackEvent(self._stage, fallback)]
 
     def _start_stage(self) -> None:
+        if self._stage >= 0 and not self._stage_finite:
+            raise self._non_finite_error()
+        self._stage_finite = False
         self._stage += 1
         tau = min(self.tau * 2 ** min(self._stage, 62), self.tau_max)
         tau_prime = tau_prime_for(tau, self.settings.search_ratio)
@@ -631,10 +641,24 @@ class StageController:
             fallback = FallbackRecord(step=self.step - 1, failed_lr=failed, new_lr=self._lr)
             record.fallbacks.append(fallback)
             self._pending_restore = True
+            if loss is not None and not math.isfinite(loss) and failed <= self.min_lr and not self._stage_finite:
+                raise self._non_finite_error()  # NaN/inf at every LR of the stage, min_lr included: no LR trains
             return [FallbackEvent(self._stage, fallback)]
         if loss is not None and math.isfinite(loss):
             self._recent.append(loss)
         return []
+
+    def _non_finite_error(self) -> NonFiniteLossError:
+        """The error of a stage whose every training loss was NaN/inf, at every LR it tried down to ``min_lr``."""
+        record = self.stages[-1]
+        tried = sorted({t.lr for t in record.trials} | {f.failed_lr for f in record.fallbacks}, reverse=True)
+        shown = ", ".join(f"{lr:.3g}" for lr in tried)
+        return NonFiniteLossError(
+            f"AutoLRS stage {self._stage}: every training loss since the stage began (step {record.start_step}) was "
+            f"NaN/inf, at every LR tried ({shown}) down to min_lr={self.min_lr:.3g}. The loss is not finite whatever "
+            "the LR, so the fault is in `training_step` or the data (a NaN input, log(0), ...), not in the schedule; "
+            "the model was restored to the stage start."
+        )
 
     # ------------------------------------------------------------------ queries
     @property
@@ -703,6 +727,36 @@ class StageController:
         """
         return self.needs_snapshot
 
+    def committed_on_stop(self) -> tuple[str, int | None, int, int]:
+        """Where a run cut short (a stop, an exception) must leave the model: the best committed training state.
+
+        Returns:
+            ``(state, trial, kept, discarded)``: ``state`` is ``"current"`` (the model holds it: outside a search, or
+            the trial that just ended is the stage's best so far), ``"best"`` (restore the best-trial snapshot: the end
+            of the stage's best completed trial) or ``"stage"`` (restore the stage snapshot: no trial completed, or
+            without ``reuse_best_trial``); ``trial`` the index of the kept trial in the stage (``None``: none); ``kept``
+            is how many of the steps since the stage start (or the range test's) the kept state trained, ``discarded``
+            how many others are lost.
+        """
+        if not self.needs_snapshot:
+            return "current", None, 0, 0
+        if self.range_test_running:
+            return "stage", None, 0, self._range_test.position
+        record = self.stages[-1]
+        since = self.step - record.start_step
+        best: int | None = None
+        if self._pending_restore_best:  # the search ended on a trial that lost: the chosen trial is the best snapshot
+            best = record.reused_trial
+        elif self.phase == "search" and self._pending_save_best:  # the trial that just ended leads: the model has it
+            kept = record.trials[-1].steps
+            return "current", len(record.trials) - 1, kept, since - kept
+        elif self.phase == "search":
+            best = self.search.best_trial
+        if best is None:
+            return "stage", None, 0, since
+        kept = record.trials[best].steps
+        return "best", best, kept, since - kept
+
     @property
     def restore_best_pending(self) -> bool:
         """Whether the next step restores the best-trial snapshot (a search just ended on a trial that lost)."""
@@ -746,6 +800,7 @@ class StageController:
             "max_lr": self.max_lr,
             "stage_bounds": list(self.search.bounds),
             "pending_level_probe": self._pending_level_probe,
+            "stage_finite": self._stage_finite,
             **self._anneal.state_dict(),
             **self._guard.state_dict(),
             **self.search.state_dict(),
@@ -801,6 +856,7 @@ class StageController:
         lo, hi = state.get("stage_bounds", (self.min_lr, self._eff_max_lr))
         self.search.bounds = (float(lo), float(hi))
         self._pending_level_probe = bool(state.get("pending_level_probe", False))
+        self._stage_finite = bool(state.get("stage_finite", True))
         self._anneal.load_state_dict(state)
         self._guard.load_state_dict(state)
         self._plan = None

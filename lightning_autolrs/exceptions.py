@@ -12,6 +12,7 @@ __all__ = [
     "AutoLRSWarning",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
+    "NonFiniteLossError",
     "ScheduleFormatError",
     "UnsupportedSetupError",
 ]
@@ -31,6 +32,11 @@ class InvalidArgumentTypeError(AutoLRSError, TypeError):
 
 class UnsupportedSetupError(AutoLRSError, RuntimeError):
     """The Trainer / LightningModule set-up cannot be driven by AutoLRS (e.g. two optimizers, manual optimization)."""
+
+
+class NonFiniteLossError(AutoLRSError, FloatingPointError):
+    """The training loss is NaN/inf at every learning rate AutoLRS tried, down to ``min_lr`` (or in a whole LR range
+    test): no LR trains the model, so the fault is in the loss or the data, not in the schedule."""
 
 
 class ScheduleFormatError(AutoLRSError, ValueError):

@@ -25,7 +25,13 @@ from lightning_autolrs.exceptions import UnsupportedSetupError
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-__all__ = ["ValidationProbe"]
+__all__ = ["ValidationProbe", "implements_validation_step"]
+
+
+def implements_validation_step(module: Any) -> bool:
+    """Whether ``module``'s class overrides ``LightningModule.validation_step`` (Lightning's own does nothing)."""
+    fn = getattr(type(module), "validation_step", None)
+    return fn is not None and getattr(fn, "__qualname__", "") != "LightningModule.validation_step"
 
 
 class ValidationProbe:

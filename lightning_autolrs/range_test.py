@@ -2,10 +2,12 @@
 
 After warmup the LR sweeps geometrically over ``lrs = (lowest, highest)`` for at most ``steps`` steps, from a snapshot
 the caller captures at the sweep's first step. The sweep stops early once a loss is non-finite or above ``4×`` the
-lowest loss so far. ``max_lr`` is the swept LR three sweep steps before the lowest smoothed loss (centred moving mean
-over ``2h + 1`` points, ``h = max(1, n // 10)``; the three steps undo the lag of the loss behind the LR, which
-otherwise puts the minimum where training is already on its way to diverging) and ``min_lr = max_lr / 1000``; a bound
-the user gave wins. The caller then restores the snapshot, so the sweep costs its steps and nothing else.
+lowest loss so far; a sweep that stopped on a non-finite loss without having seen a finite one raises
+:class:`~lightning_autolrs.exceptions.NonFiniteLossError` instead of deriving a range. ``max_lr`` is the swept LR three
+sweep steps before the lowest smoothed loss (centred moving mean over ``2h + 1`` points, ``h = max(1, n // 10)``; the
+three steps undo the lag of the loss behind the LR, which otherwise puts the minimum where training is already on its
+way to diverging) and ``min_lr = max_lr / 1000``; a bound the user gave wins. The caller then restores the snapshot, so
+the sweep costs its steps and nothing else.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import statistics
 from typing import Any
 
 from lightning_autolrs._validation import check_float, check_int
-from lightning_autolrs.exceptions import InvalidArgumentError
+from lightning_autolrs.exceptions import InvalidArgumentError, NonFiniteLossError
 from lightning_autolrs.records import RangeTestResult
 from lightning_autolrs.settings import RANGE_SPAN
 
@@ -107,7 +109,7 @@ class RangeTest:
         points = [(lr, v) for lr, v in zip(self._lrs, self._losses) if v is not None]
         if stopped and points and self._losses[-1] is not None:
             points = points[:-1]  # the step that blew up
-        if not points:  # not a single finite loss: the lowest swept LR
+        if not points:  # not a single finite loss (only steps without one): the lowest swept LR
             return self.lrs[0]
         h = max(1, len(points) // 10)
         values = [v for _, v in points]
@@ -116,6 +118,14 @@ class RangeTest:
         return points[max(0, best - LAG)][0]
 
     def _finish(self, stopped: bool, step: int) -> RangeTestResult:
+        if stopped and all(v is None for v in self._losses):  # it stopped on a NaN/inf loss and saw no finite one
+            assert self.lrs is not None
+            raise NonFiniteLossError(
+                f"The LR range test saw only non-finite training losses (NaN/inf) in its {len(self._lrs)} step(s) "
+                f"from lr={self.lrs[0]:.3g}: the loss is not finite even at the smallest swept LR, so the fault is in "
+                "`training_step` or the data (a NaN input, log(0), ...), not in the LR. Fix the loss; giving "
+                "`min_lr`/`max_lr` skips the range test but will not make it finite."
+            )
         given_lo, given_hi = self.given
         hi = given_hi if given_hi is not None else self._found_max(stopped)
         lo = given_lo if given_lo is not None else hi / RANGE_SPAN

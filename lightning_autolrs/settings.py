@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from lightning_autolrs._validation import check_float, check_int
-from lightning_autolrs.exceptions import InvalidArgumentError
+from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from lightning_autolrs.proposer import DEFAULT_BETA
 
 __all__ = [
@@ -61,7 +61,9 @@ def _setting(default: Any, doc: str, check: Callable[[str, Any], Any] | None = N
 
 
 def _as_bool(name: str, value: Any) -> bool:
-    return bool(value)
+    if not isinstance(value, bool):  # `bool("no")` is True: a flag takes only True or False
+        raise InvalidArgumentTypeError(f"`{name}` must be True or False, got {value!r} of type {type(value).__name__}.")
+    return value
 
 
 def _positive_or_none(name: str, value: Any) -> float | None:
@@ -107,6 +109,13 @@ def _check_val_loss_fn(name: str, value: Any) -> Any:
 def _check_snapshot_device(name: str, value: Any) -> Any:
     if value is not None and not isinstance(value, str | torch.device):
         raise InvalidArgumentError(f"`snapshot_device` must be None or a device name like 'cpu', got {value!r}.")
+    if isinstance(value, str):
+        try:
+            torch.device(value)
+        except RuntimeError:
+            raise InvalidArgumentError(
+                f"`snapshot_device` must be None or a torch device name such as 'cpu' or 'cuda', got {value!r}."
+            ) from None
     return value
 
 
@@ -198,7 +207,9 @@ class Settings:
         (``mean + sigma``) nowhere beats the best trial.""",
         _as_bool,
     )
-    min_trials: int = _setting(3, "fewest trials per stage when ``early_stop`` is on (≥ 2).", _int_at_least(2))
+    min_trials: int = _setting(
+        3, "fewest trials per stage when ``early_stop`` is on (≥ 2, and below ``num_trials``).", _int_at_least(2)
+    )
     abort_trials: bool = _setting(
         False,
         """end a running trial at half of its length when its partial forecast is worse than the stage's best trial
@@ -243,9 +254,11 @@ class Settings:
     )
     checkpoint_snapshot: bool = _setting(
         True,
-        """put the stage snapshot into checkpoints saved during a search (one extra copy of model and optimizer
-        state), so a resumed run continues the interrupted trial exactly. ``False`` keeps checkpoints small; a run
-        resumed in the middle of a search then restarts that stage's search from the resumed weights.""",
+        """put the stage snapshot, the best-trial snapshot and the trial in flight into checkpoints saved during a
+        search (up to three extra copies of model and optimizer state; the checkpoint's own ``state_dict`` is the
+        committed state either way), so a resumed run continues the interrupted trial exactly. ``False`` keeps
+        checkpoints small; a run resumed in the middle of a search then restarts that stage's search from the
+        checkpoint's weights.""",
         _as_bool,
     )
     save_files: bool = _setting(
@@ -280,6 +293,12 @@ class Settings:
                 self._check_range()
             elif f.name == "tau_max" and self.tau is not None and self.tau_max < self.tau:
                 raise InvalidArgumentError(f"`tau_max` must be >= `tau`, got tau_max={self.tau_max} < tau={self.tau}.")
+        if self.early_stop and self.min_trials >= self.num_trials:  # early stop acts after min_trials, before the last
+            raise InvalidArgumentError(
+                f"`early_stop=True` can end a search only after `min_trials` and before `num_trials` trials, got "
+                f"min_trials={self.min_trials} >= num_trials={self.num_trials}, so it could never act. Lower "
+                "`min_trials`, raise `num_trials`, or turn `early_stop` off."
+            )
 
     def _check_range(self) -> None:
         lo, hi = self.min_lr, self.max_lr

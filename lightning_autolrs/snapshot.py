@@ -17,7 +17,9 @@ copies, into buffers allocated once, everything a training step can change, and 
 optimizer state tensors keep their identity and storage (same objects, same ``data_ptr()``), so the optimizer's
 references, DDP's buckets and any other wrapper stay valid. The first :meth:`StateSnapshot.capture` allocates the
 buffers; later captures of the same structure copy into the same buffers (no allocation). Copies use
-``torch._foreach_copy_`` (one fused call per device/dtype group) where available.
+``torch._foreach_copy_`` (one fused call per device/dtype group) where available. :meth:`StateSnapshot.capture_module`
+and :meth:`StateSnapshot.restore_module` copy the module's tensors only, for a swap of weights that leaves the
+optimizer alone (e.g. evaluating other weights and swapping back).
 
 Memory: the snapshot holds one extra copy of the parameters, buffers and optimizer state (:attr:`StateSnapshot.nbytes`),
 on each tensor's own device by default or in host memory with ``device="cpu"``. That is the peak extra memory of
@@ -154,6 +156,7 @@ class StateSnapshot:
         self._groups: list[dict[str, Any]] = []
         self._scaler_state: dict[str, Any] | None = None
         self._captured = False
+        self._module_only = False  # captured by capture_module(): the optimizer part is not valid
 
     # ------------------------------------------------------------------ public API
     @property
@@ -211,7 +214,40 @@ class StateSnapshot:
         ]
         self._scaler_state = self._scaler_state_now()
         self._sync()
-        self._captured = True
+        self._captured, self._module_only = True, False
+
+    @torch.no_grad()
+    def capture_module(self) -> None:
+        """Copy the module's tensors only (parameters, buffers, optimizer parameters outside the module) into the
+        buffers, reusing them like :meth:`capture` does.
+
+        The optimizer and scaler state are not copied, so until the next :meth:`capture` (or :meth:`load_state_dict`)
+        the snapshot can only be put back with :meth:`restore_module`.
+        """
+        self._captured = False
+        live = self._model_live()
+        self._model_buffers = self._buffers_for(live)
+        _copy_all(self._model_buffers, live, self.device is not None)
+        self._sync()
+        self._captured, self._module_only = True, True
+
+    @torch.no_grad()
+    def restore_module(self) -> None:
+        """Copy the captured module tensors back into the live module, in place (the optimizer and scaler are left
+        alone).
+
+        Raises:
+            AutoLRSError: nothing was captured, or the model's tensors changed in number, shape or dtype since.
+        """
+        if not self._captured:
+            raise AutoLRSError(
+                "StateSnapshot.restore_module() was called before capture(): there is no state to restore. "
+                "Call capture() or capture_module() first."
+            )
+        live = self._model_live()
+        self._check_model(live, self._model_buffers, "since the snapshot was captured")
+        _copy_all(live, self._model_buffers, self.device is not None)
+        self._sync()
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -224,13 +260,18 @@ class StateSnapshot:
         set the LR you want after calling this.
 
         Raises:
-            AutoLRSError: nothing was captured, or the model's tensors or the optimizer's param groups changed in
-                number, shape or dtype since the capture.
+            AutoLRSError: nothing was captured (or only the module, by :meth:`capture_module`), or the model's tensors
+                or the optimizer's param groups changed in number, shape or dtype since the capture.
         """
         if not self._captured:
             raise AutoLRSError(
                 "StateSnapshot.restore() was called before capture(): there is no state to restore. "
                 "Call capture() (or load_state_dict()) first."
+            )
+        if self._module_only:
+            raise AutoLRSError(
+                "StateSnapshot.restore() was called after capture_module(): the snapshot holds no optimizer state. "
+                "Call capture() first, or restore_module()."
             )
         live = self._model_live()
         self._check_model(live, self._model_buffers, "since the snapshot was captured")
@@ -298,7 +339,7 @@ class StateSnapshot:
         self._state_order, self._state_plain = {}, {}
         self._group_sizes, self._groups = [], []
         self._scaler_state = None
-        self._captured = False
+        self._captured = self._module_only = False
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -314,7 +355,15 @@ class StateSnapshot:
             ``tensors`` holds ``"model.<j>"`` (parameters and buffers) and ``"state.<n>"`` (optimizer state tensors);
             ``meta`` holds the format version, the layout of the optimizer state, its non-tensor values, the
             param-group hyperparameters and the scaler state.
+
+        Raises:
+            AutoLRSError: the snapshot holds the module only (:meth:`capture_module`).
         """
+        if self._module_only:
+            raise AutoLRSError(
+                "StateSnapshot.state_dict() was called after capture_module(): the snapshot holds no optimizer state. "
+                "Call capture() first."
+            )
         if not self._captured:
             return {"tensors": {}, "meta": {"version": _FORMAT_VERSION, "captured": False}}
         tensors = {f"model.{j}": t.detach().to("cpu", copy=True) for j, t in enumerate(self._model_buffers)}
@@ -399,7 +448,7 @@ class StateSnapshot:
         _copy_all(self._model_buffers, saved_model, non_blocking)
         _copy_all(self._state_buffers, saved_state, non_blocking)
         self._sync()
-        self._captured = True
+        self._captured, self._module_only = True, False
 
     def __repr__(self) -> str:
         n = len(self._model_buffers) + len(self._state_buffers)

@@ -120,18 +120,22 @@ def fit_full_batch(
     ckpt_path: str | None = None,
     save_every_epoch: bool = False,
     every: int = 12,
+    callbacks: tuple[Any, ...] = (),
 ) -> tuple[Any, Any]:
     """Fit the tiny regressor full-batch (so the data a step sees does not depend on where a resumed run restarts) for
-    :data:`FULL_BATCH_STEPS` steps, optionally saving a checkpoint every ``every`` steps under ``root / "ckpt"``."""
+    :data:`FULL_BATCH_STEPS` steps, optionally saving a checkpoint every ``every`` steps under ``root / "ckpt"``, with
+    ``callbacks`` after ``cb``."""
     lpl.seed_everything(0)
     model = make_module_class(lpl)(shuffle=False, batch_size=384)
-    callbacks: list = [cb]
+    callbacks = (cb, *callbacks)
     if save_every_epoch:
-        callbacks.append(
-            lpl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", filename="{step}", every_n_epochs=every, save_top_k=-1)
+        every_epoch = lpl.callbacks.ModelCheckpoint(
+            dirpath=root / "ckpt", filename="{step}", every_n_epochs=every, save_top_k=-1
         )
-    kw = trainer_kwargs(root, max_steps=FULL_BATCH_STEPS, enable_checkpointing=save_every_epoch, deterministic=True)
-    trainer = lpl.Trainer(callbacks=callbacks, **kw)
+        callbacks = (*callbacks, every_epoch)
+    checkpointing = save_every_epoch or any(isinstance(c, lpl.callbacks.Checkpoint) for c in callbacks)
+    kw = trainer_kwargs(root, max_steps=FULL_BATCH_STEPS, enable_checkpointing=checkpointing, deterministic=True)
+    trainer = lpl.Trainer(callbacks=list(callbacks), **kw)
     trainer.fit(model, ckpt_path=ckpt_path)
     return trainer, model
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from typing import Any
 
 import pytest
 import torch
 
-from lightning_autolrs import AutoLRS
+from lightning_autolrs import AutoLRS, AutoLRSWarning
 from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError, UnsupportedSetupError
 from lightning_autolrs.settings import plan_tau
 
-from .helpers import make_module_class, trainer_kwargs
+from .helpers import autolrs, make_module_class, regression_data, trainer_kwargs
 
 
 def fit(pl, tmp_path, cb: AutoLRS, max_steps: int = 120, module_kw: dict | None = None, **trainer_kw: Any):
@@ -397,3 +398,158 @@ def test_defaults_search_with_validation_probes_and_end_in_an_anneal(lpl, tmp_pa
     assert last["anneal_start"] == 800 - 160 and cb.lrs[-1] < 0.01 * last["anneal_lr"]
     searched = sum(h["search_steps"] for h in cb.history) + cb.range_test_steps
     assert searched <= 0.30 * 800  # search costs at most 30 % of the steps at the defaults
+
+
+def without_validation_step(pl):
+    class NoValidationStep(make_module_class(pl)):
+        validation_step = pl.LightningModule.validation_step  # as if the user never wrote one
+
+    return NoValidationStep()
+
+
+@pytest.mark.filterwarnings("ignore:.*validation_step")
+def test_val_loss_without_validation_step_fails_at_fit_start_naming_it(lpl, tmp_path) -> None:
+    model = without_validation_step(lpl)
+    before = [p.detach().clone() for p in model.parameters()]
+    cb = AutoLRS(monitor="val_loss", verbose=False)
+    trainer = lpl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_steps=400, limit_val_batches=1.0))
+    with pytest.raises(UnsupportedSetupError, match=r"does not implement `validation_step`.*`val_loss_fn="):
+        trainer.fit(model)
+    assert trainer.global_step == 0 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.filterwarnings("ignore:.*validation_step")
+def test_auto_monitor_without_validation_step_judges_on_the_training_loss(lpl, tmp_path) -> None:
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, search_ratio=0.25, seed=0, verbose=False)
+    trainer = lpl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_steps=60, limit_val_batches=1.0))
+    trainer.fit(without_validation_step(lpl))
+    assert cb.history and all(h["signal"] == "train_loss" for h in cb.history)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_snapshot_device_is_named_at_fit_start(lpl, tmp_path) -> None:
+    trainer = lpl.Trainer(callbacks=[AutoLRS(snapshot_device="cuda")], **trainer_kwargs(tmp_path, max_steps=60))
+    with pytest.raises(UnsupportedSetupError, match=r"`snapshot_device='cuda'` is not available"):
+        trainer.fit(make_module_class(lpl)())
+    assert trainer.global_step == 0
+
+
+@pytest.mark.parametrize("fast_dev_run", [True, 3])
+def test_fast_dev_run_steps_aside_with_one_info_line_and_leaves_the_lr_alone(lpl, tmp_path, caplog, fast_dev_run):
+    cb = AutoLRS(tau=1000)  # even a tau no budget of a smoke test could fit
+    with caplog.at_level("INFO"), warnings.catch_warnings():
+        warnings.simplefilter("error", AutoLRSWarning)  # no "budget too small" warning (nor error) either
+        trainer, model = fit(lpl, tmp_path, cb, max_steps=500, module_kw=dict(lr=0.05), fast_dev_run=fast_dev_run)
+    steps = 1 if fast_dev_run is True else fast_dev_run
+    assert trainer.global_step == steps
+    assert [g[0] for g in model.group_lrs] == [0.05] * steps  # the configured LR, untouched
+    lines = [r.getMessage() for r in caplog.records if "AutoLRS" in r.getMessage()]
+    assert lines == ["AutoLRS: `fast_dev_run` is on, so AutoLRS steps aside: no search, and the optimizer keeps its "
+                     "configured lr=0.05."]  # fmt: skip
+    assert cb.lrs == [] and cb.history == [] and cb.state_dict() == {}
+
+
+@pytest.mark.parametrize("monitor_first", [True, False], ids=["monitor_listed_first", "autolrs_listed_first"])
+def test_learning_rate_monitor_logs_the_lr_of_the_step_being_taken(lpl, tmp_path, monitor_first) -> None:
+    import csv
+
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, search_ratio=0.25, seed=0, verbose=False)
+    monitor = lpl.callbacks.LearningRateMonitor(logging_interval="step")
+    callbacks = [monitor, cb] if monitor_first else [cb, monitor]
+    logger = lpl.loggers.CSVLogger(tmp_path, name="lrm")
+    kw = trainer_kwargs(tmp_path, max_steps=80, logger=logger, log_every_n_steps=1)
+    lpl.seed_everything(0)
+    trainer = lpl.Trainer(callbacks=callbacks, **kw)
+    trainer.fit(make_module_class(lpl)())
+    with open(logger.log_dir + "/metrics.csv") as f:
+        logged = {int(r["step"]): float(r["lr-SGD"]) for r in csv.DictReader(f) if r.get("lr-SGD")}
+    assert sorted(logged) == list(range(80))
+    assert len(set(cb.lrs)) > 5  # the LR changes often (trials, stages): each change is a chance to log the old one
+    assert [logged[i] for i in range(80)] == pytest.approx(cb.lrs, rel=1e-12)
+    assert trainer.callbacks.index(cb) == 0
+
+
+def test_validation_inside_a_search_scores_the_committed_weights(lpl, tmp_path) -> None:
+    """Validation every 4 steps, with EarlyStopping and ModelCheckpoint(monitor="val_loss") in the same Trainer: inside
+    stage 0's search (trials of 5 steps from step 0) Lightning validates the stage start at step 4, trial 0's end at
+    step 8 and the kept one of trials 0 and 1 at step 12, never the trial in flight; the weights are swapped in place
+    and back, so training goes on bitwise as without validation."""
+
+    def params(module) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in module.parameters()]
+
+    def same(a, b) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    class Recorder(lpl.Callback):
+        def __init__(self) -> None:
+            self.after: dict[int, list[torch.Tensor]] = {}
+            self.validated: dict[int, list[torch.Tensor]] = {}
+            self.logged: dict[int, float] = {}
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.after[0] = params(pl_module)
+            self.tensors = [(p, p.data_ptr()) for p in pl_module.parameters()]
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.after[trainer.global_step] = params(pl_module)
+
+        def on_validation_start(self, trainer, pl_module) -> None:  # (after AutoLRS's, which goes first)
+            self.validated[trainer.global_step] = params(pl_module)
+            assert [(p, p.data_ptr()) for p in pl_module.parameters()] == self.tensors  # in place
+
+        def on_validation_epoch_end(self, trainer, pl_module) -> None:
+            if trainer.global_step == 8:  # a checkpoint written during validation: committed, and validation goes on
+                trainer.save_checkpoint(trainer.default_root_dir + "/during_validation.ckpt")
+                assert same(pl_module.parameters(), self.validated[8])
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            self.logged[trainer.global_step] = float(trainer.callback_metrics["val_loss"])
+            assert same(pl_module.parameters(), self.after[trainer.global_step])  # swapped back
+
+    def run(root, validate: bool):
+        cb, rec = autolrs(monitor="train_loss"), Recorder()
+        callbacks = [cb, rec]
+        kw = trainer_kwargs(root, max_steps=40)
+        if validate:
+            early = lpl.callbacks.EarlyStopping(monitor="val_loss", patience=1000)
+            best = lpl.callbacks.ModelCheckpoint(dirpath=root, filename="{step}", monitor="val_loss", save_top_k=1)
+            callbacks += [early, best]
+            kw.update(val_check_interval=4, limit_val_batches=1.0, enable_checkpointing=True)
+        lpl.seed_everything(0)
+        model = make_module_class(lpl)()
+        lpl.Trainer(callbacks=callbacks, **kw).fit(model)
+        return cb, rec, model, callbacks[2:]
+
+    cb, rec, model, (early, best) = run(tmp_path / "a", validate=True)
+    trials = cb.history[0]["trials"]
+    assert [(t["start_step"], t["steps"], t["diverged"]) for t in trials] == [(s, 5, False) for s in (0, 5, 10)]
+    assert sorted(rec.logged) == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
+    assert same(rec.validated[4], rec.after[0])  # no trial completed: the stage start
+    assert same(rec.validated[8], rec.after[5])  # trial 0's end
+    assert same(rec.validated[12], rec.after[5]) or same(rec.validated[12], rec.after[10])
+    assert all(same(rec.validated[s], rec.after[s]) for s in rec.logged if s >= 16)  # exploit: the live weights
+    x, y = regression_data()
+    probe = make_module_class(lpl)()
+
+    @torch.no_grad()
+    def val_loss_of(weights: list[torch.Tensor]) -> float:
+        for p, v in zip(probe.parameters(), weights):
+            p.copy_(v)
+        return float(torch.nn.functional.mse_loss(probe(x[384:]), y[384:]))
+
+    for step, logged in rec.logged.items():  # the logged val_loss is the validated weights' loss, not the trial's
+        assert logged == pytest.approx(val_loss_of(rec.validated[step]), rel=1e-6)
+    assert all(rec.logged[s] != pytest.approx(val_loss_of(rec.after[s]), rel=1e-3) for s in (4, 8, 12))
+    assert float(early.best_score) == pytest.approx(min(rec.logged.values()))
+    assert float(best.best_model_score) == pytest.approx(min(rec.logged.values()))
+    best_step = min(rec.logged, key=rec.logged.__getitem__)
+    saved = torch.load(best.best_model_path, weights_only=True)["state_dict"]
+    assert same(saved.values(), rec.validated[best_step])
+    during = torch.load(tmp_path / "a" / "during_validation.ckpt", weights_only=True)
+    assert same(during["state_dict"].values(), rec.after[5])
+    assert same([during["autolrs_trial_state"]["tensors"][f"model.{j}"] for j in range(4)], rec.after[8])
+
+    plain_cb, _, plain_model, _ = run(tmp_path / "b", validate=False)
+    assert cb.lrs == plain_cb.lrs and cb.history == plain_cb.history
+    assert same(model.parameters(), plain_model.parameters())

@@ -14,13 +14,19 @@ from .helpers import autolrs, make_module_class, trainer_kwargs
 
 def recorder(lpl):
     class Recorder(lpl.Callback):
+        """The weights at each stage start and after every step (keyed by the global step)."""
+
         def __init__(self) -> None:
             self.stage_params: dict[int, list[torch.Tensor]] = {}
+            self.after: dict[int, list[torch.Tensor]] = {0: []}
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             cb = next(c for c in trainer.callbacks if isinstance(c, AutoLRS))
             if cb.history and cb.history[-1]["start_step"] == trainer.global_step:
                 self.stage_params[trainer.global_step] = [p.detach().clone() for p in pl_module.parameters()]
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.after[trainer.global_step] = [p.detach().clone() for p in pl_module.parameters()]
 
     return Recorder()
 
@@ -34,52 +40,98 @@ def failing_at(lpl, step: int, exc: BaseException):
     return Fail()
 
 
-def test_exception_mid_trial_leaves_the_stage_start_state(lpl, tmp_path) -> None:
-    cb, rec = autolrs(), recorder(lpl)
+def same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def best_completed_trial(cb: AutoLRS) -> dict:
+    """The stage's leading completed trial: the lowest forecast, unless the anchor (trial 0) is within 3 % of it."""
+    done = [t for t in cb.history[-1]["trials"] if not t["diverged"]]
+    best = min(done, key=lambda t: (t["predicted_loss"], t["lr"]))
+    anchor = cb.history[-1]["trials"][0]
+    tie = not anchor["diverged"] and anchor["predicted_loss"] - best["predicted_loss"] <= 0.03 * best["predicted_loss"]
+    return anchor if tie else best
+
+
+def kept_trial_end(cb: AutoLRS, rec) -> list[torch.Tensor]:
+    best = best_completed_trial(cb)
+    return rec.after[best["start_step"] + best["steps"]]
+
+
+def test_exception_mid_trial_keeps_the_best_completed_trial(lpl, tmp_path) -> None:
+    cb, rec = autolrs(), recorder(lpl)  # tau' = 5: at step 8 trial 0 has completed, trial 1 is in flight
     model = make_module_class(lpl)()
     trainer = lpl.Trainer(
         callbacks=[cb, rec, failing_at(lpl, 8, RuntimeError("boom")), lpl.callbacks.OnExceptionCheckpoint(tmp_path)],
         **trainer_kwargs(tmp_path, max_steps=100, enable_checkpointing=True),
     )
-    with pytest.raises(RuntimeError, match="boom"), pytest.warns(UserWarning, match="restored the model"):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        pytest.warns(UserWarning, match=r"kept that trial's 5 steps, discarded the other 3") as w,
+    ):
         trainer.fit(model)
     assert cb.phase == "search" and trainer.global_step == 8
-    start = rec.stage_params[0]
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), start))
+    assert "RuntimeError was raised during stage 0's search" in str(w[-1].message)
+    assert same(model.parameters(), rec.after[5]) and not same(model.parameters(), rec.stage_params[0])
     saved = torch.load(tmp_path / "on_exception.ckpt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a, b) for a, b in zip(saved.values(), start))  # the checkpoint is the committed state
+    assert same(saved.values(), rec.after[5])  # the checkpoint is the committed state
 
 
-def test_keyboard_interrupt_mid_trial_restores(lpl, tmp_path) -> None:
+def test_exception_before_any_trial_completed_restores_the_stage_start(lpl, tmp_path) -> None:
     cb, rec = autolrs(), recorder(lpl)
     model = make_module_class(lpl)()
     trainer = lpl.Trainer(
-        callbacks=[cb, rec, failing_at(lpl, 7, KeyboardInterrupt())], **trainer_kwargs(tmp_path, max_steps=100)
+        callbacks=[cb, rec, failing_at(lpl, 3, RuntimeError("boom"))], **trainer_kwargs(tmp_path, max_steps=100)
+    )
+    with (
+        pytest.raises(RuntimeError),
+        pytest.warns(UserWarning, match=r"start of stage 0's search.*kept 0 steps, discarded the 3"),
+    ):
+        trainer.fit(model)
+    assert same(model.parameters(), rec.stage_params[0])
+
+
+def test_keyboard_interrupt_mid_trial_keeps_the_best_completed_trial(lpl, tmp_path) -> None:
+    cb, rec = autolrs(), recorder(lpl)
+    model = make_module_class(lpl)()
+    trainer = lpl.Trainer(
+        callbacks=[cb, rec, failing_at(lpl, 12, KeyboardInterrupt())], **trainer_kwargs(tmp_path, max_steps=100)
     )
     try:
         with pytest.raises(SystemExit), pytest.warns(UserWarning, match="KeyboardInterrupt"):
             trainer.fit(model)
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT after an interrupt
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), rec.stage_params[0]))
+    assert len(cb.history[0]["trials"]) == 2  # trials 0 and 1 completed, trial 2 in flight
+    assert same(model.parameters(), kept_trial_end(cb, rec))
 
 
-def test_run_stopped_mid_search_ends_with_the_stage_start_state(lpl, tmp_path) -> None:
-    """A stop the budget planner cannot see (``max_time``, ``should_stop``) never leaves a trial's weights."""
+@pytest.mark.parametrize("reuse_best_trial", [True, False])
+def test_run_stopped_mid_search_ends_at_the_best_completed_trial(lpl, tmp_path, reuse_best_trial) -> None:
+    """A stop the budget planner cannot see (``should_stop`` in an unbounded run, ``max_time``) keeps the best
+    completed trial's end state (a real training state at the best LR so far), not the stage start."""
 
     class Stop(lpl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if trainer.global_step == 43:  # inside stage 1's search
+            if trainer.global_step == 57:  # inside stage 1's search (trials of 10 steps), after two trials
                 trainer.should_stop = True
 
-    cb, rec = autolrs(), recorder(lpl)
+    cb, rec = autolrs(reuse_best_trial=reuse_best_trial), recorder(lpl)
     model = make_module_class(lpl)()
-    trainer = lpl.Trainer(callbacks=[cb, rec, Stop()], **trainer_kwargs(tmp_path, max_steps=200))
-    with pytest.warns(UserWarning, match="the run ended"):
+    trainer = lpl.Trainer(callbacks=[cb, rec, Stop()], **trainer_kwargs(tmp_path, max_steps=-1, max_epochs=-1))
+    with pytest.warns(UserWarning, match="the run ended during stage 1's search") as w:
         trainer.fit(model)
-    assert trainer.global_step == 43 and cb.phase == "search"
+    assert trainer.global_step == 57 and cb.phase == "search" and cb.total_steps is None
     stage_start = cb.history[-1]["start_step"]
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), rec.stage_params[stage_start]))
+    assert len(cb.history[-1]["trials"]) == 2 and cb.history[-1]["tau_prime"] == 10
+    since = 57 - stage_start
+    if reuse_best_trial:  # the best trial's end: its 10 steps kept, the others discarded
+        assert same(model.parameters(), kept_trial_end(cb, rec))
+        assert f"kept that trial's 10 steps, discarded the other {since - 10} steps" in str(w[-1].message)
+    else:  # no best-trial snapshot to keep: the stage start
+        assert same(model.parameters(), rec.stage_params[stage_start])
+        assert f"kept 0 steps, discarded the {since} steps since" in str(w[-1].message)
+    assert not same(model.parameters(), rec.stage_params[0])  # trained weights, never the initial ones
 
 
 def test_huge_max_lr_ends_finite_and_shrinks_the_range(lpl, tmp_path) -> None:
@@ -147,3 +199,24 @@ def test_skipped_batches_do_not_corrupt_the_loss_series(lpl, tmp_path) -> None:
     missing = [i for i, v in enumerate(cb.controller.losses) if v is None]
     assert missing and len(missing) == 80 // 4
     assert all(t["predicted_loss"] is not None for h in cb.history for t in h["trials"] if not t["diverged"])
+
+
+@pytest.mark.parametrize("range_given", [True, False], ids=["search", "range_test"])
+def test_a_loss_nan_at_every_lr_raises_and_leaves_a_finite_model(lpl, tmp_path, range_given) -> None:
+    from lightning_autolrs import NonFiniteLossError
+
+    cls = make_module_class(lpl)
+
+    class AlwaysNan(cls):
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch, batch_idx) * float("nan")
+
+    cb = autolrs() if range_given else AutoLRS(verbose=False)
+    model = AlwaysNan()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = lpl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_steps=400))
+    match = "every training loss .* down to min_lr" if range_given else "range test saw only non-finite"
+    with pytest.raises(NonFiniteLossError, match=match), pytest.warns(UserWarning, match="restored"):
+        trainer.fit(model)
+    assert trainer.global_step < 10  # at once, not ~170 fallback warnings later
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the stage start: the initial weights

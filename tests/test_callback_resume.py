@@ -60,6 +60,7 @@ def test_checkpoint_carries_the_snapshot_only_during_a_search(lpl, tmp_path, ref
     root, _, _ = reference
     search, exploit = torch.load(root / "ckpt" / "step=12.ckpt"), torch.load(root / "ckpt" / "step=24.ckpt")
     assert "autolrs_stage_snapshot" in search and "autolrs_stage_snapshot" not in exploit
+    assert "autolrs_trial_state" in search and "autolrs_trial_state" not in exploit
     params = sum(t.numel() for t in search["state_dict"].values())
     tensors = search["autolrs_stage_snapshot"]["tensors"]
     snap_model = sum(t.numel() for k, t in tensors.items() if k.startswith("model."))
@@ -148,3 +149,92 @@ def test_resume_on_the_step_a_search_ends_is_bitwise_exact(lpl, tmp_path) -> Non
     _, model = run(lpl, tmp_path / "b", cb, ckpt_path=str(pending[0]))
     assert cb.lrs == ref_cb.lrs and cb.history == ref_cb.history
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
+
+
+def trajectory(lpl):
+    class Trajectory(lpl.Callback):
+        """Weights and SGD momentum buffers at the start of the fit and after every step (keyed by the global step)."""
+
+        def __init__(self) -> None:
+            self.params: dict[int, list[torch.Tensor]] = {}
+            self.momenta: dict[int, list[torch.Tensor]] = {}
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.on_train_batch_end(trainer, pl_module, None, None, 0)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            opt = trainer.optimizers[0]
+            self.params[trainer.global_step] = [p.detach().clone() for p in pl_module.parameters()]
+            self.momenta[trainer.global_step] = [
+                opt.state[p]["momentum_buffer"].clone() for p in pl_module.parameters() if p in opt.state
+            ]
+
+    return Trajectory()
+
+
+def same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_checkpoint_mid_search_holds_the_committed_state_and_resumes_bitwise(lpl, tmp_path) -> None:
+    """ModelCheckpoint(every_n_train_steps=4) inside stage 0's search (trials of 5 steps from step 0): the checkpoint's
+    weights and optimizer state are the stage start at step 4 (no trial completed), trial 0's end at step 8 and the end
+    of trial 0 or 1 at step 12, never the trial in flight, which travels in the callback's own key; resuming from any of
+    them ends bitwise where the uninterrupted run ends."""
+    ref_cb, traj = autolrs(), trajectory(lpl)
+    every4 = lpl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "a" / "ckpt", filename="{step}", every_n_train_steps=4, save_top_k=-1
+    )
+    _, ref_model = run(lpl, tmp_path / "a", ref_cb, callbacks=(traj, every4))
+    trials = ref_cb.history[0]["trials"]
+    assert [(t["start_step"], t["steps"], t["diverged"]) for t in trials] == [(s, 5, False) for s in (0, 5, 10)]
+    ckpts = {step: torch.load(tmp_path / "a" / "ckpt" / f"step={step}.ckpt", weights_only=True) for step in (4, 8, 12)}
+    for step, ckpt in ckpts.items():
+        (cb_state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("AutoLRS")]
+        assert cb_state["controller"]["phase"] == "search"
+        in_flight = [ckpt["autolrs_trial_state"]["tensors"][f"model.{j}"] for j in range(len(traj.params[step]))]
+        assert same(in_flight, traj.params[step])  # the trial in flight, for the resume
+        assert not same(ckpt["state_dict"].values(), traj.params[step])
+    assert same(ckpts[4]["state_dict"].values(), traj.params[0])  # the stage start: before the first step,
+    assert ckpts[4]["optimizer_states"][0]["state"] == {}  # without momentum
+    assert same(ckpts[8]["state_dict"].values(), traj.params[5])  # the end of trial 0, the only one completed
+    momenta = [s["momentum_buffer"] for s in ckpts[8]["optimizer_states"][0]["state"].values()]
+    assert same(momenta, traj.momenta[5])
+    kept = [end for end in (5, 10) if same(ckpts[12]["state_dict"].values(), traj.params[end])]
+    assert len(kept) == 1
+    momenta = [s["momentum_buffer"] for s in ckpts[12]["optimizer_states"][0]["state"].values()]
+    assert same(momenta, traj.momenta[kept[0]])
+
+    for step in (4, 8, 12):
+        cb = autolrs()
+        ckpt_path = str(tmp_path / "a" / "ckpt" / f"step={step}.ckpt")
+        trainer, model = run(lpl, tmp_path / f"b{step}", cb, ckpt_path=ckpt_path)
+        assert trainer.global_step == STEPS
+        assert cb.lrs == ref_cb.lrs and cb.history == ref_cb.history
+        assert same(model.parameters(), ref_model.parameters())
+
+
+def test_checkpoint_on_exception_mid_search_holds_the_kept_trial_and_resumes_bitwise(lpl, tmp_path) -> None:
+    """An exception at step 8 (trial 1 in flight): the model is left at trial 0's end and OnExceptionCheckpoint writes
+    that; the trial in flight travels in the callback's key, so a resume continues it exactly."""
+
+    class Fail(lpl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step == 8:
+                raise RuntimeError("boom")
+
+    ref_cb, traj = autolrs(), trajectory(lpl)
+    _, ref_model = run(lpl, tmp_path / "ref", ref_cb, callbacks=(traj,))
+    cb = autolrs()
+    on_exception = lpl.callbacks.OnExceptionCheckpoint(tmp_path / "a")
+    with pytest.raises(RuntimeError, match="boom"), pytest.warns(UserWarning, match="kept that trial's 5 steps"):
+        run(lpl, tmp_path / "a", cb, callbacks=(Fail(), on_exception))
+    ckpt = torch.load(tmp_path / "a" / "on_exception.ckpt", weights_only=True)
+    assert same(ckpt["state_dict"].values(), traj.params[5])
+    in_flight = [ckpt["autolrs_trial_state"]["tensors"][f"model.{j}"] for j in range(len(traj.params[8]))]
+    assert same(in_flight, traj.params[8])
+    cb = autolrs()
+    trainer, model = run(lpl, tmp_path / "b", cb, ckpt_path=str(tmp_path / "a" / "on_exception.ckpt"))
+    assert trainer.global_step == STEPS
+    assert cb.lrs == ref_cb.lrs and cb.history == ref_cb.history
+    assert same(model.parameters(), ref_model.parameters())

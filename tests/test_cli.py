@@ -379,6 +379,27 @@ def test_class_help_lists_every_argument_with_type_and_doc(cli_results) -> None:
 def test_fit_help_mentions_the_cli_additions(cli_results) -> None:
     text = help_text(cli_results["fit_help"])
     assert "--demo NAME" in text and "--torch_num_threads" in text and "--trainer.callbacks" in text
+    options = [line.split()[0] for line in cli_results["fit_help"]["out"].splitlines() if line.startswith("  -")]
+    assert "--demo" in options  # in the option list, not only in the description
+
+
+def test_demo_runs_autolrs_with_the_demo_configs_arguments(tmp_path, monkeypatch) -> None:
+    from lightning_autolrs.demos import DEMO_AUTOLRS
+
+    root = Path(__file__).resolve().parents[1]
+    for name, args in DEMO_AUTOLRS.items():  # the shortcut's AutoLRS is the one of configs/NAME.yaml
+        (callback,) = yaml.safe_load((root / "configs" / f"{name}.yaml").read_text())["trainer"]["callbacks"]
+        assert callback == {"class_path": "lightning_autolrs.AutoLRS", "init_args": args}
+    monkeypatch.chdir(tmp_path)
+    argv = ["fit", "--demo", "digits", "--trainer.max_steps=30", "--trainer.limit_val_batches=1", *QUIET]
+    assert main([*argv, f"--trainer.default_root_dir={tmp_path / 'root'}", "--trainer.callbacks.verbose=false"]) == 0
+    run_dir = tmp_path / "root" / "lightning_logs" / "version_0"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    (callback,) = config["trainer"]["callbacks"]
+    assert callback["class_path"] == "lightning_autolrs.AutoLRS"
+    assert {k: callback["init_args"][k] for k in DEMO_AUTOLRS["digits"]} == DEMO_AUTOLRS["digits"]
+    schedule = json.loads((run_dir / "autolrs_schedule.json").read_text())
+    assert len(schedule["lrs"]) == 30  # AutoLRS drove every step
 
 
 # ------------------------------------------------------------------------------------- a user's own LightningCLI

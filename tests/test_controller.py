@@ -328,3 +328,42 @@ def test_a_restarted_search_probes_its_new_stage_start() -> None:
     c.restart_stage()  # resumed without the stage snapshot: the search starts again from other weights
     plan = c.begin_step()
     assert plan.capture and plan.probe_before and c.search.level_probe is None and plan.lr == 0.05
+
+
+def test_a_stage_with_only_non_finite_losses_down_to_min_lr_raises() -> None:
+    from lightning_autolrs.exceptions import NonFiniteLossError
+
+    c = make(total=1000)
+    steps = 0
+    with pytest.raises(NonFiniteLossError, match=r"stage 0: every training loss .* down to min_lr=0.001"):
+        while True:
+            c.begin_step()
+            steps += 1
+            c.end_step(math.nan)
+    first = c.history[0]
+    assert all(t["diverged"] for t in first["trials"]) and first["fallbacks"][-1]["new_lr"] == 1e-3
+    assert steps < 20  # at once, not after a stage of ~170 fallbacks
+    assert c.finalize()  # the caller restores the stage snapshot
+
+
+def test_stages_with_some_finite_losses_do_not_raise() -> None:
+    c = make(total=300)
+    for i in range(300):
+        c.begin_step()
+        c.end_step(1.0 if i % 3 == 0 else math.nan)  # mostly NaN, but some LR of each stage gave a finite loss
+    assert c.step == 300 and len(c.history) >= 2 and c.history[0]["fallbacks"]
+
+
+def test_committed_on_stop_names_the_best_completed_trial() -> None:
+    c = make(total=1000, max_lr=0.15, reuse_best_trial=True)  # tau' = 10; no LR diverges (above 0.2)
+    assert c.committed_on_stop() == ("current", None, 0, 0)  # nothing to undo before the first stage
+    sim = Quadratic()
+    sim.run(c, 3)
+    assert c.committed_on_stop() == ("stage", None, 0, 3)  # trial 0 in flight: back to the stage start
+    sim.run(c, 7)
+    assert c.committed_on_stop() == ("current", 0, 10, 0)  # trial 0 just ended and leads: the model holds it
+    sim.run(c, 4)
+    assert c.committed_on_stop() == ("best", 0, 10, 4)  # trial 1 in flight: trial 0's end, in the best snapshot
+    plain = make(total=1000, max_lr=0.15, reuse_best_trial=False)
+    Quadratic().run(plain, 14)
+    assert plain.committed_on_stop() == ("stage", None, 0, 14)  # no best-trial snapshot to keep

@@ -68,12 +68,14 @@ def test_range_test_keeps_a_given_bound_and_follows_warmup() -> None:
     assert c.lrs[:5] == pytest.approx([0.002 * (i + 1) for i in range(5)])
 
 
-def test_range_test_without_any_finite_loss_falls_back_to_the_lowest_lr() -> None:
+def test_range_test_without_any_finite_loss_raises_instead_of_setting_a_range() -> None:
+    from lightning_autolrs.exceptions import NonFiniteLossError
+
     c = make_range_test(steps=10)
-    for _ in range(1):
-        c.begin_step()
-        c.end_step(math.nan)
-    assert c.range_test is not None and c.range_test["stopped_early"] and c.max_lr == 1e-5
+    c.begin_step()
+    with pytest.raises(NonFiniteLossError, match="range test saw only non-finite"):
+        c.end_step(math.nan)  # (it used to set the range to the lowest swept LR after this one step)
+    assert c.range_test is None and c.needs_snapshot  # the caller restores the sweep's snapshot
 
 
 @pytest.mark.parametrize(
@@ -114,3 +116,20 @@ def test_given_bounds_win_and_state_round_trips() -> None:
     assert twin.position == 3 and twin.pending
     a, b = rt.record(rt.lr(3), math.inf, step=4), twin.record(twin.lr(3), math.inf, step=4)
     assert a == b and a is not None and a.stopped_early and a.min_lr == 2e-4 and a.max_lr > 2e-4
+
+
+def test_a_sweep_that_saw_only_non_finite_losses_raises_instead_of_deriving_a_range() -> None:
+    from lightning_autolrs.exceptions import NonFiniteLossError
+    from lightning_autolrs.range_test import RangeTest
+
+    rt = RangeTest(10, (1e-4, 1.0), given=(None, None))
+    with pytest.raises(NonFiniteLossError, match=r"only non-finite training losses .* 1 step\(s\) from lr=0.0001"):
+        rt.record(1e-4, math.nan)
+    assert rt.result is None
+    skipped = RangeTest(10, (1e-4, 1.0), given=(None, None))  # steps without a loss, then NaN: still nothing finite
+    assert skipped.record(1e-4, None) is None
+    with pytest.raises(NonFiniteLossError):
+        skipped.record(2e-4, math.inf)
+    late = RangeTest(10, (1e-4, 1.0), given=(None, None))  # one finite loss is enough to derive a range
+    late.record(1e-4, 1.0)
+    assert late.record(2e-4, math.nan) is not None and late.result is not None

@@ -66,7 +66,7 @@ def test_every_argument_reaches_the_settings() -> None:
 
 
 def test_settings_are_frozen_and_normalised() -> None:
-    s = Settings(min_lr=1, max_lr=10, reuse_best_trial=1)
+    s = Settings(min_lr=1, max_lr=10, reuse_best_trial=True)
     assert s.min_lr == 1.0 and isinstance(s.min_lr, float) and s.reuse_best_trial is True
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.num_trials = 3  # type: ignore[misc]
@@ -82,11 +82,33 @@ def test_settings_are_frozen_and_normalised() -> None:
         (dict(range_test=1), InvalidArgumentError, "`range_test`"),
         (dict(val_loss_fn=3), InvalidArgumentError, "`val_loss_fn`"),
         (dict(snapshot_device=0), InvalidArgumentError, "`snapshot_device`"),
+        (dict(snapshot_device="gpu"), InvalidArgumentError, "`snapshot_device` must be .* got 'gpu'"),
+        (dict(early_stop="no"), InvalidArgumentTypeError, "`early_stop` must be True or False, got 'no'"),
+        (dict(reuse_best_trial=1), InvalidArgumentTypeError, "`reuse_best_trial` must be True or False"),
+        (dict(verbose=None), InvalidArgumentTypeError, "`verbose` must be True or False"),
+        (dict(num_trials=10, min_trials=20, early_stop=True), InvalidArgumentError, "min_trials=20 >= num_trials=10"),
+        (dict(num_trials=4, min_trials=4, early_stop=True), InvalidArgumentError, "could never act"),
     ],
 )
 def test_invalid_settings(kwargs, exc, match) -> None:
     with pytest.raises(exc, match=match):
         Settings(**kwargs)
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(Settings) if f.type == "bool"])
+def test_every_flag_takes_only_a_bool(name: str) -> None:
+    for value in (True, False):
+        assert getattr(Settings(**{name: value}), name) is value
+    for value in ("no", "False", 0, 1, None):
+        with pytest.raises(InvalidArgumentTypeError, match=f"`{name}` must be True or False"):
+            AutoLRS(**{name: value})
+
+
+def test_min_trials_above_num_trials_is_refused_only_where_early_stop_reads_it() -> None:
+    assert Settings(num_trials=10, min_trials=9, early_stop=True).min_trials == 9
+    assert Settings(num_trials=2).min_trials == 3  # without early stop, min_trials is not read
+    with pytest.raises(InvalidArgumentError, match="`min_trials`"):
+        AutoLRS(num_trials=10, min_trials=20, early_stop=True)
 
 
 def test_validation_runs_once(monkeypatch) -> None:

@@ -281,6 +281,43 @@ def test_load_state_dict_rejects_mismatched_or_malformed_state() -> None:
         snap.load_state_dict([1, 2])  # type: ignore[arg-type]
 
 
+def test_module_swap_copies_the_module_in_place_and_leaves_the_optimizer_alone() -> None:
+    """capture_module()/restore_module(): weights and BatchNorm buffers swapped in place (same tensors, same buffers
+    the next time), the optimizer untouched; such a snapshot refuses a full restore() and state_dict()."""
+    m = make_model()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    train(m, opt, 2, seed=0)
+    committed = StateSnapshot(m, opt)
+    committed.capture()
+    committed_model = copy.deepcopy(m.state_dict())
+    train(m, opt, 3, seed=1, lr=0.1)  # a trial
+    trial_model, trial_opt = copy.deepcopy(m.state_dict()), full_state(m, opt)["opt"]
+    swap = StateSnapshot(m, opt)
+    tensors = list(m.parameters()) + list(m.buffers())
+    ptrs = [t.data_ptr() for t in tensors]
+    for round_ in range(2):
+        swap.capture_module()
+        if round_ == 0:
+            buffer_ptrs = [t.data_ptr() for t in swap._model_buffers]
+        committed.restore_module()
+        assert_equal(m.state_dict(), committed_model)  # weights and BatchNorm statistics
+        assert not torch.equal(m[0].weight, trial_model["0.weight"])
+        assert_equal(full_state(m, opt)["opt"], trial_opt)  # the optimizer keeps the trial's state
+        swap.restore_module()
+        assert_equal(m.state_dict(), trial_model)
+        assert [t.data_ptr() for t in swap._model_buffers] == buffer_ptrs  # no allocation the second time
+    assert [t.data_ptr() for t in tensors] == ptrs and list(m.parameters()) + list(m.buffers()) == tensors
+    with pytest.raises(AutoLRSError, match=r"after capture_module\(\)"):
+        swap.restore()
+    with pytest.raises(AutoLRSError, match=r"after capture_module\(\)"):
+        swap.state_dict()
+    swap.capture()
+    swap.restore()  # a full capture makes it whole again
+    assert_equal(full_state(m, opt), {"model": trial_model, "opt": trial_opt})
+    with pytest.raises(AutoLRSError, match="before capture"):
+        StateSnapshot(m, opt).restore_module()
+
+
 def test_restore_errors() -> None:
     m = make_model()
     opt = torch.optim.SGD(m.parameters(), lr=0.1)

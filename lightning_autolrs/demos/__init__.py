@@ -24,6 +24,7 @@ from lightning_autolrs.exceptions import InvalidArgumentError
 
 __all__ = [
     "DEMOS",
+    "DEMO_AUTOLRS",
     "CharDataModule",
     "CharTransformerLM",
     "DigitsCNN",
@@ -36,6 +37,13 @@ DEMOS: dict[str, tuple[type[pl.LightningModule], type[pl.LightningDataModule]]] 
     "charlm": (CharTransformerLM, CharDataModule),
 }
 """Demo name -> ``(LightningModule class, LightningDataModule class)``."""
+
+DEMO_AUTOLRS: dict[str, dict[str, float | int]] = {
+    "digits": {"min_lr": 0.001, "max_lr": 1.0, "seed": 0},
+    "charlm": {"min_lr": 0.0001, "max_lr": 0.03, "seed": 0},
+}
+"""Demo name -> the AutoLRS arguments of its config (``configs/NAME.yaml``; a test keeps both equal), which
+``autolrs fit --demo NAME`` uses."""
 
 
 def get_demo(name: str) -> tuple[type[pl.LightningModule], type[pl.LightningDataModule]]:
