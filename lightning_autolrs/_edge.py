@@ -1,6 +1,7 @@
 """Lightning plumbing of the AutoLRS callbacks, kept in one place: callback base classes, the set-up checks shared by
 :class:`~lightning_autolrs.AutoLRS` and :class:`~lightning_autolrs.ReplaySchedule`, the per-param-group LR setter, the
-cross-rank loss reduction, the progress-bar hook and the reporting of controller events (log lines and metrics).
+LR logging, the cross-rank loss reduction, the progress-bar hook and the reporting of controller events (log lines and
+metrics).
 
 Nothing here decides anything about learning rates; :mod:`lightning_autolrs.callback` wires these helpers to the
 controller.
@@ -29,6 +30,7 @@ __all__ = [
     "callback_bases",
     "check_single_optimizer",
     "check_strategy",
+    "log_lr",
     "reduce_loss",
     "report_event",
 ]
@@ -100,6 +102,17 @@ def apply_lr(optimizer: Any, lr: float, ratios: list[float]) -> None:
     """Set every param group's LR to ``lr`` times the group's ratio to the first group."""
     for group, ratio in zip(optimizer.param_groups, ratios):
         group["lr"] = lr * ratio
+
+
+def log_lr(trainer: pl.Trainer, lr: float) -> None:
+    """Send the LR of the step about to run to the Trainer's loggers as ``autolrs/lr``, on the steps the Trainer logs
+    (``log_every_n_steps``), at the loggers' step: what ``LearningRateMonitor`` does, without ``self.log``'s per-step
+    bookkeeping. The only place that reads the Trainer's private logging state."""
+    if not trainer.loggers or not trainer._logger_connector.should_update_logs:
+        return
+    step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    for logger in trainer.loggers:
+        logger.log_metrics({"autolrs/lr": lr}, step=step)
 
 
 def reduce_loss(trainer: pl.Trainer, loss: float | None) -> float | None:

@@ -27,6 +27,7 @@ from lightning_autolrs._edge import (
     callback_bases,
     check_single_optimizer,
     check_strategy,
+    log_lr,
     reduce_loss,
     report_event,
 )
@@ -320,6 +321,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if self._average is not None and plan.phase == "search" and (plan.capture or plan.restore):
             self._average.start(self.controller.stage_steps[1])  # a trial begins at the stage start
         apply_lr(trainer.optimizers[0], plan.lr, self._ratios)
+        log_lr(trainer, plan.lr)
         self._scale_before = self._scaler_scale()
         self._plan_probe = plan.probe
         self._step_open = True
@@ -359,7 +361,6 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if events and trainer.world_size > 1:
             # rank 0 decides: every rank adopts its decision state, so all ranks apply the same LR at the same step
             self.controller.load_sync_state(trainer.strategy.broadcast(self.controller.sync_state(), src=0))
-        pl_module.log("autolrs/lr", self.controller.lrs[-1], on_step=True, on_epoch=False, prog_bar=False)
         for event in events:
             report_event(
                 trainer, event, self.controller, num_trials=self._settings.num_trials, verbose=self._settings.verbose

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from typing import Any
@@ -132,6 +133,27 @@ def test_logs_lr_and_trials(lpl, tmp_path) -> None:
     text = (tmp_path / "run" / "version_0" / "metrics.csv").read_text()
     for key in ("autolrs/lr", "autolrs/trial_lr", "autolrs/trial_predicted_loss", "autolrs/stage_best_lr"):
         assert key in text
+
+
+def test_lr_reaches_the_loggers_every_log_every_n_steps_without_self_log(lpl, tmp_path, monkeypatch) -> None:
+    """Like LearningRateMonitor: `autolrs/lr` goes to the logger on the steps the Trainer logs, with the LR that step
+    trained at, and never through `LightningModule.log` (whose per-step bookkeeping was 15 % of a small run)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    logged_names: list[str] = []
+    real_log = lpl.LightningModule.log
+    monkeypatch.setattr(
+        lpl.LightningModule,
+        "log",
+        lambda self, name, *a, **k: logged_names.append(name) or real_log(self, name, *a, **k),
+    )
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, seed=0, verbose=False)
+    logger = CSVLogger(tmp_path, name="run")
+    fit(lpl, tmp_path, cb, max_steps=60, logger=logger, log_every_n_steps=5)
+    assert "autolrs/lr" not in logged_names
+    rows = [r for r in csv.DictReader((tmp_path / "run" / "version_0" / "metrics.csv").open()) if r.get("autolrs/lr")]
+    assert [int(r["step"]) for r in rows] == list(range(4, 60, 5))  # the Trainer's own logging steps
+    assert [float(r["autolrs/lr"]) for r in rows] == pytest.approx([cb.lrs[int(r["step"])] for r in rows])
 
 
 def test_verbose_prints_one_line_per_trial_and_stage(lpl, tmp_path, caplog) -> None:
