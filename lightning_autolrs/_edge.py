@@ -25,12 +25,12 @@ if TYPE_CHECKING:
     from lightning_autolrs.controller import StageController
 
 __all__ = [
+    "LRLogger",
     "ProgressBarHook",
     "apply_lr",
     "callback_bases",
     "check_single_optimizer",
     "check_strategy",
-    "log_lr",
     "reduce_loss",
     "report_event",
 ]
@@ -104,15 +104,28 @@ def apply_lr(optimizer: Any, lr: float, ratios: list[float]) -> None:
         group["lr"] = lr * ratio
 
 
-def log_lr(trainer: pl.Trainer, lr: float) -> None:
-    """Send the LR of the step about to run to the Trainer's loggers as ``autolrs/lr``, on the steps the Trainer logs
-    (``log_every_n_steps``), at the loggers' step: what ``LearningRateMonitor`` does, without ``self.log``'s per-step
-    bookkeeping. The only place that reads the Trainer's private logging state."""
-    if not trainer.loggers or not trainer._logger_connector.should_update_logs:
-        return
-    step = trainer.fit_loop.epoch_loop._batches_that_stepped
-    for logger in trainer.loggers:
-        logger.log_metrics({"autolrs/lr": lr}, step=step)
+class LRLogger:
+    """Sends the LR of the step about to run to the Trainer's loggers as ``autolrs/lr`` on the steps the Trainer logs
+    (every ``log_every_n_steps`` optimizer steps, and when it stops), at the loggers' step: what
+    ``LearningRateMonitor`` does, without ``self.log``'s per-step bookkeeping. The only place that reads the Trainer's
+    private loop state; :meth:`attach` reads the settings once so a step that logs nothing costs one modulo."""
+
+    def __init__(self) -> None:
+        self._every = 0
+        self._loop: Any = None
+
+    def attach(self, trainer: pl.Trainer) -> None:
+        self._every = int(getattr(trainer, "log_every_n_steps", 0) or 0) if trainer.loggers else 0
+        self._loop = trainer.fit_loop.epoch_loop
+
+    def __call__(self, trainer: pl.Trainer, lr: float) -> None:
+        if not self._every:
+            return
+        step = self._loop._batches_that_stepped  # the step the loggers' metrics carry (Lightning's own counter)
+        if (step + 1) % self._every and not trainer.should_stop:
+            return
+        for logger in trainer.loggers:
+            logger.log_metrics({"autolrs/lr": lr}, step=step)
 
 
 def reduce_loss(trainer: pl.Trainer, loss: float | None) -> float | None:

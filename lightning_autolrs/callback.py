@@ -22,12 +22,12 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_autolrs._edge import (
+    LRLogger,
     ProgressBarHook,
     apply_lr,
     callback_bases,
     check_single_optimizer,
     check_strategy,
-    log_lr,
     reduce_loss,
     report_event,
 )
@@ -128,6 +128,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._plan_probe = False
         self._scale_before: float | None = None
         self._progress_bar = ProgressBarHook()
+        self._lr_logger = LRLogger()
+        self._world_size = 1
         self._ratios: list[float] = []
         self._step_open = False
         self._step_loss = 0.0
@@ -293,7 +295,10 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 self._snapshot.capture()  # the exploit guard falls back to the resumed weights
         self._step_open = False
         self._seen_global_step = trainer.global_step
-        self._scaler = scaler
+        # read once: the per-step hooks below run on every optimizer step and must stay cheap
+        self._scaler = scaler if getattr(scaler, "is_enabled", lambda: False)() else None
+        self._world_size = trainer.world_size
+        self._lr_logger.attach(trainer)
         self._progress_bar.attach(trainer, self._progress_metrics)
 
     # ------------------------------------------------------------------ the step loop
@@ -321,8 +326,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if self._average is not None and plan.phase == "search" and (plan.capture or plan.restore):
             self._average.start(self.controller.stage_steps[1])  # a trial begins at the stage start
         apply_lr(trainer.optimizers[0], plan.lr, self._ratios)
-        log_lr(trainer, plan.lr)
-        self._scale_before = self._scaler_scale()
+        self._lr_logger(trainer, plan.lr)
+        self._scale_before = None if self._scaler is None else self._scaler_scale()
         self._plan_probe = plan.probe
         self._step_open = True
         self._step_loss = 0.0
@@ -338,15 +343,20 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if isinstance(loss, torch.Tensor):
             self._step_loss += float(loss.detach())
             self._step_loss_count += 1
-        if trainer.global_step == self._seen_global_step:
+        global_step = trainer.global_step
+        if global_step == self._seen_global_step:
             return  # gradient accumulation: the optimizer step has not happened yet
-        self._seen_global_step = trainer.global_step
+        self._seen_global_step = global_step
         self._step_open = False
         step_loss = self._step_loss if self._step_loss_count else None
-        step_loss = reduce_loss(trainer, step_loss)
-        self._check_loss_present(step_loss)
-        scale_after = self._scaler_scale()
-        skipped = self._scale_before is not None and scale_after is not None and scale_after < self._scale_before
+        if self._world_size > 1:
+            step_loss = reduce_loss(trainer, step_loss)
+        if step_loss is None or self._steps_without_loss:
+            self._check_loss_present(step_loss)
+        skipped = False
+        if self._scaler is not None:
+            scale_after = self._scaler_scale()
+            skipped = self._scale_before is not None and scale_after is not None and scale_after < self._scale_before
         probe, probe_seconds = None, 0.0
         if self._average is not None and self._plan_phase == "search":
             self._average.update()
@@ -358,7 +368,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 probe = reduce_loss(trainer, self._probe(pl_module))
             probe_seconds = time.perf_counter() - start
         events = self.controller.end_step(step_loss, progressed=not skipped, probe=probe, probe_seconds=probe_seconds)
-        if events and trainer.world_size > 1:
+        if events and self._world_size > 1:
             # rank 0 decides: every rank adopts its decision state, so all ranks apply the same LR at the same step
             self.controller.load_sync_state(trainer.strategy.broadcast(self.controller.sync_state(), src=0))
         for event in events:
@@ -367,10 +377,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             )
 
     def _scaler_scale(self) -> float | None:
-        scaler = self._scaler
-        if scaler is None or not getattr(scaler, "is_enabled", lambda: False)():
-            return None
-        return float(scaler.get_scale())
+        return None if self._scaler is None else float(self._scaler.get_scale())
 
     @property
     def progress_text(self) -> str:

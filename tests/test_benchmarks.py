@@ -240,7 +240,9 @@ def test_overhead_quick(tmp_path: Path) -> None:
     assert "(a) torch.save + load ms" in header and "ratio vs (b)" in header
     assert rows[0][0] == "1.0M params" and rows[0][-1] == "none (same data_ptr)"
     header, rows = _table(text, "| workload |")
-    assert rows[0][0] == "digits" and rows[0][1] == "40"
+    assert [(r[0], r[1]) for r in rows] == [("digits", "40"), ("mlp", "600")]  # mlp: issue 14's case, searching
+    assert "per-step path outside trial ends" in header[9] and rows[1][9].endswith("steps)")
+    assert "mlp: overhead ≤ 3 % of CPU time" in text
     assert "No GPU in this session" in text or "CUDA device" in text
 
 
