@@ -128,22 +128,24 @@ class LRLogger:
             logger.log_metrics({"autolrs/lr": lr}, step=step)
 
 
-def reduce_loss(trainer: pl.Trainer, loss: float | None) -> float | None:
-    """The mean of the ranks' losses (``None`` where no rank had one); NaN as soon as any rank's loss is non-finite."""
+def reduce_loss(trainer: pl.Trainer, *losses: float | None) -> Any:
+    """The mean over the ranks of each loss (``None`` where no rank had one; NaN as soon as any rank's is
+    non-finite), all in one all-reduce. One loss in, one value out; several in, a tuple out."""
     if trainer.world_size <= 1:
-        return loss
-    finite = loss is not None and math.isfinite(loss)
-    value = torch.tensor(
-        [loss if finite else 0.0, 1.0 if loss is not None else 0.0, 0.0 if finite or loss is None else 1.0],
-        dtype=torch.float64,
-        device=trainer.strategy.root_device,
-    )
-    total = trainer.strategy.reduce(value, reduce_op="sum")  # [sum of losses, ranks with a loss, non-finite]
-    if float(total[2]) > 0:
-        return math.nan  # a rank diverged: every rank sees it and aborts the trial together
-    if float(total[1]) == 0:
-        return None
-    return float(total[0] / total[1])
+        return losses[0] if len(losses) == 1 else losses
+    rows = []
+    for loss in losses:
+        finite = loss is not None and math.isfinite(loss)
+        rows.append([loss if finite else 0.0, 1.0 if loss is not None else 0.0, 0.0 if finite or loss is None else 1.0])
+    value = torch.tensor(rows, dtype=torch.float64, device=trainer.strategy.root_device)
+    # per loss: [sum over ranks, ranks with a value, ranks with a non-finite value]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(value)  # one collective: the strategy's `reduce` runs a barrier before it
+    else:
+        value = trainer.strategy.reduce(value, reduce_op="sum")
+    total = value.tolist()
+    out = tuple(math.nan if bad > 0 else None if count == 0 else float(s / count) for s, count, bad in total)
+    return out[0] if len(out) == 1 else out
 
 
 class ProgressBarHook:

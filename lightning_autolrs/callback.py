@@ -126,6 +126,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._best_snapshot: StateSnapshot | None = None
         self._scaler: Any = None
         self._plan_probe = False
+        self._level: tuple[float | None] | None = None  # the stage-start probe, reported with the step's loss
         self._scale_before: float | None = None
         self._progress_bar = ProgressBarHook()
         self._lr_logger = LRLogger()
@@ -320,8 +321,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._snapshot.restore()
         if plan.capture:
             self._snapshot.capture()
-        if plan.probe_before and self._probe is not None:
-            self.controller.record_level(reduce_loss(trainer, self._probe(pl_module)))
+        self._level = (self._probe(pl_module),) if plan.probe_before and self._probe is not None else None
         self._plan_phase = plan.phase
         if self._average is not None and plan.phase == "search" and (plan.capture or plan.restore):
             self._average.start(self.controller.stage_steps[1])  # a trial begins at the stage start
@@ -349,10 +349,6 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._seen_global_step = global_step
         self._step_open = False
         step_loss = self._step_loss if self._step_loss_count else None
-        if self._world_size > 1:
-            step_loss = reduce_loss(trainer, step_loss)
-        if step_loss is None or self._steps_without_loss:
-            self._check_loss_present(step_loss)
         skipped = False
         if self._scaler is not None:
             scale_after = self._scaler_scale()
@@ -362,11 +358,16 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._average.update()
         if self._plan_probe and self._probe is not None:
             start = time.perf_counter()
-            if self._average is not None:
-                probe = reduce_loss(trainer, self._average.probe(self._probe))
-            else:
-                probe = reduce_loss(trainer, self._probe(pl_module))
+            probe = self._probe(pl_module) if self._average is None else self._average.probe(self._probe)
             probe_seconds = time.perf_counter() - start
+        level, self._level = self._level, None
+        if self._world_size > 1:  # one all-reduce per step: the step's loss, with its probes when it has any
+            step_loss, probe, *rest = reduce_loss(trainer, step_loss, probe, *(level or ()))
+            level = (rest[0],) if level is not None else None
+        if level is not None:
+            self.controller.record_level(level[0])
+        if step_loss is None or self._steps_without_loss:
+            self._check_loss_present(step_loss)
         events = self.controller.end_step(step_loss, progressed=not skipped, probe=probe, probe_seconds=probe_seconds)
         if events and self._world_size > 1:
             # rank 0 decides: every rank adopts its decision state, so all ranks apply the same LR at the same step

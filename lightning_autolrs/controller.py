@@ -753,14 +753,43 @@ class StageController:
         }
 
     def sync_state(self) -> dict[str, Any]:
-        """The decision state that ranks must share (:meth:`state_dict` without the per-step lists)."""
-        state = self.state_dict()
-        del state["lrs"], state["losses"]
-        return state
+        """The decision of the event that just happened, which every rank adopts from rank 0
+        (:meth:`load_sync_state`): the phase, the LR of the steps that follow, the end of the exploit phase, the
+        snapshot actions due, the fallback ranking, the range and the anneal's LR. A few hundred bytes, whatever the
+        run's length: the rest (records, the proposer's observations) every rank derives from the same reduced
+        losses, and the decision keeps their LRs and snapshots in step even where a rank's floating point differs."""
+        return {
+            "phase": self.phase,
+            "lr": self._lr,
+            "exploit_end": None if math.isinf(self._exploit_end) else self._exploit_end,
+            "ranking": list(self._ranking),
+            "eff_max_lr": self._eff_max_lr,
+            "min_lr": self.min_lr,
+            "max_lr": self.max_lr,
+            "anneal_lr": self._anneal.lr,
+            "pending_restore": self._pending_restore,
+            "pending_capture": self._pending_capture,
+            "pending_save_best": self._pending_save_best,
+            "pending_restore_best": self._pending_restore_best,
+            "pending_level_probe": self._pending_level_probe,
+        }
 
     def load_sync_state(self, state: dict[str, Any]) -> None:
-        """Adopt another rank's :meth:`sync_state`, keeping this rank's per-step lists."""
-        self.load_state_dict({**state, "lrs": self.lrs, "losses": self.losses})
+        """Adopt rank 0's :meth:`sync_state`."""
+        self.phase = state["phase"]
+        self._lr = float(state["lr"])
+        self._exploit_end = math.inf if state["exploit_end"] is None else int(state["exploit_end"])
+        self._ranking = [float(x) for x in state["ranking"]]
+        self._eff_max_lr = float(state["eff_max_lr"])
+        if (state["min_lr"], state["max_lr"]) != (self.min_lr, self.max_lr):  # a range test's result
+            self.min_lr, self.max_lr = float(state["min_lr"]), float(state["max_lr"])
+            self.search.proposer.reset(min_lr=self.min_lr, max_lr=self.max_lr)
+        self._anneal.lr = state["anneal_lr"]
+        self._pending_restore = bool(state["pending_restore"])
+        self._pending_capture = bool(state["pending_capture"])
+        self._pending_save_best = bool(state["pending_save_best"])
+        self._pending_restore_best = bool(state["pending_restore_best"])
+        self._pending_level_probe = bool(state["pending_level_probe"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned; keys added in later versions are read with defaults. A
