@@ -1,7 +1,7 @@
 """Lightning plumbing of the AutoLRS callbacks, kept in one place: callback base classes, the set-up checks shared by
 :class:`~lightning_autolrs.AutoLRS` and :class:`~lightning_autolrs.ReplaySchedule`, the per-param-group LR setter, the
-LR logging, the cross-rank loss reduction, the progress-bar hook and the reporting of controller events (log lines and
-metrics).
+LR logging, the cross-rank loss reduction (and its one-step-late form), the progress-bar hook and the reporting of
+controller events (log lines and metrics).
 
 Nothing here decides anything about learning rates; :mod:`lightning_autolrs.callback` wires these helpers to the
 controller.
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LRLogger",
+    "LateLoss",
     "ProgressBarHook",
     "apply_lr",
     "callback_bases",
@@ -146,6 +147,40 @@ def reduce_loss(trainer: pl.Trainer, *losses: float | None) -> Any:
     total = value.tolist()
     out = tuple(math.nan if bad > 0 else None if count == 0 else float(s / count) for s, count, bad in total)
     return out[0] if len(out) == 1 else out
+
+
+class LateLoss:
+    """A step's loss on its way to the host without a host-device sync: :meth:`start` turns the step's summed loss
+    tensor into ``[loss or 0, has a loss, not finite]`` on its own device, all-reduces it across ranks (one
+    collective, enqueued like any other device work) and starts a non-blocking copy into (pinned) host memory;
+    :meth:`read`, one step later, waits for that copy (long done by then) and returns what :func:`reduce_loss`
+    would have: the mean over the ranks that had a loss, ``None`` where none had one, NaN as soon as one was not
+    finite."""
+
+    def __init__(self, trainer: pl.Trainer, loss: torch.Tensor | None) -> None:
+        device = trainer.strategy.root_device if loss is None else loss.device
+        if loss is None:
+            value = torch.zeros(3, dtype=torch.float64, device=device)
+        else:
+            loss = loss.detach().to(torch.float64).reshape(())
+            finite = torch.isfinite(loss)
+            one = torch.ones((), dtype=torch.float64, device=device)
+            value = torch.stack([torch.where(finite, loss, torch.zeros_like(loss)), one, (~finite).to(torch.float64)])
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(value)
+        cuda = value.device.type == "cuda"
+        self._host = torch.empty(3, dtype=torch.float64, pin_memory=cuda)
+        self._host.copy_(value, non_blocking=cuda)
+        self._event: Any = None
+        if cuda:  # pragma: no cover - no GPU where the tests run
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def read(self) -> float | None:
+        if self._event is not None:  # pragma: no cover - no GPU where the tests run
+            self._event.synchronize()
+        total, count, bad = self._host.tolist()
+        return math.nan if bad > 0 else None if count == 0 else total / count
 
 
 class ProgressBarHook:

@@ -22,6 +22,7 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_autolrs._edge import (
+    LateLoss,
     LRLogger,
     ProgressBarHook,
     apply_lr,
@@ -133,8 +134,10 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._world_size = 1
         self._ratios: list[float] = []
         self._step_open = False
-        self._step_loss = 0.0
+        self._step_loss: torch.Tensor | None = None  # the step's loss summed over micro-batches, on its device
         self._step_loss_count = 0
+        self._late: LateLoss | None = None  # the previous step's loss, on its way to the host
+        self._trainer: Any = None
         self._seen_global_step = 0
         self._steps_without_loss = 0
         self._average: TrialAverage | None = None
@@ -299,6 +302,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         # read once: the per-step hooks below run on every optimizer step and must stay cheap
         self._scaler = scaler if getattr(scaler, "is_enabled", lambda: False)() else None
         self._world_size = trainer.world_size
+        self._trainer = trainer
+        self._late = None
         self._lr_logger.attach(trainer)
         self._progress_bar.attach(trainer, self._progress_metrics)
 
@@ -327,10 +332,11 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._average.start(self.controller.stage_steps[1])  # a trial begins at the stage start
         apply_lr(trainer.optimizers[0], plan.lr, self._ratios)
         self._lr_logger(trainer, plan.lr)
-        self._scale_before = None if self._scaler is None else self._scaler_scale()
+        # a skipped AMP step only matters to a trial's step count; reading the scale syncs with the device
+        self._scale_before = self._scaler_scale() if plan.phase == "search" else None
         self._plan_probe = plan.probe
         self._step_open = True
-        self._step_loss = 0.0
+        self._step_loss = None
         self._step_loss_count = 0
 
     @override
@@ -340,19 +346,26 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if not self._step_open or self.controller is None:
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor):
-            self._step_loss += float(loss.detach())
+        if isinstance(loss, torch.Tensor):  # summed on the device: no host read per micro-batch
+            loss = loss.detach()
+            self._step_loss = loss if self._step_loss is None else self._step_loss + loss
             self._step_loss_count += 1
         global_step = trainer.global_step
         if global_step == self._seen_global_step:
             return  # gradient accumulation: the optimizer step has not happened yet
         self._seen_global_step = global_step
         self._step_open = False
-        step_loss = self._step_loss if self._step_loss_count else None
+        self._report_late_loss()  # the previous step's loss, when it waited
+        if self.controller.loss_can_wait:
+            # a step whose loss only feeds the guards: read it one step late, so the device queue never waits on it
+            self._late = LateLoss(trainer, self._step_loss)
+            self.controller.end_step(None, late=True)
+            return
+        step_loss = None if self._step_loss is None else float(self._step_loss)  # the one host read of this step
         skipped = False
-        if self._scaler is not None:
+        if self._scale_before is not None:
             scale_after = self._scaler_scale()
-            skipped = self._scale_before is not None and scale_after is not None and scale_after < self._scale_before
+            skipped = scale_after is not None and scale_after < self._scale_before
         probe, probe_seconds = None, 0.0
         if self._average is not None and self._plan_phase == "search":
             self._average.update()
@@ -369,13 +382,29 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if step_loss is None or self._steps_without_loss:
             self._check_loss_present(step_loss)
         events = self.controller.end_step(step_loss, progressed=not skipped, probe=probe, probe_seconds=probe_seconds)
+        self._act_on(trainer, events)
+
+    def _act_on(self, trainer: pl.Trainer, events: list[Any]) -> None:
+        controller = self.controller
+        assert controller is not None
         if events and self._world_size > 1:
-            # rank 0 decides: every rank adopts its decision state, so all ranks apply the same LR at the same step
-            self.controller.load_sync_state(trainer.strategy.broadcast(self.controller.sync_state(), src=0))
+            # rank 0 decides: every rank adopts its decision, so all ranks apply the same LR at the same step
+            controller.load_sync_state(trainer.strategy.broadcast(controller.sync_state(), src=0))
         for event in events:
             report_event(
-                trainer, event, self.controller, num_trials=self._settings.num_trials, verbose=self._settings.verbose
+                trainer, event, controller, num_trials=self._settings.num_trials, verbose=self._settings.verbose
             )
+
+    def _report_late_loss(self) -> None:
+        """Hand the controller the loss that waited a step (see :class:`~lightning_autolrs._edge.LateLoss`); also
+        before a checkpoint and at the run's end, so no state is written or left without it."""
+        late, self._late = self._late, None
+        if late is None or self.controller is None:
+            return
+        loss = late.read()
+        if loss is None or self._steps_without_loss:
+            self._check_loss_present(loss)
+        self._act_on(self._trainer, self.controller.report_late_loss(loss))
 
     def _scaler_scale(self) -> float | None:
         return None if self._scaler is None else float(self._scaler.get_scale())
@@ -411,6 +440,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     # ------------------------------------------------------------------ ends of the run
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report_late_loss()
         self._progress_bar.detach()
         self._abandon_search("the run ended")
 
@@ -465,6 +495,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     def state_dict(self) -> dict[str, Any]:
         if self.controller is None:
             return {}
+        self._report_late_loss()  # the state includes the last step's loss (and any fallback it calls for)
         return {"version": STATE_VERSION, "ratios": list(self._ratios), "controller": self.controller.state_dict()}
 
     @override
@@ -479,6 +510,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
+        self._report_late_loss()
         c, snap = self.controller, self._snapshot
         if (
             self._settings.checkpoint_snapshot

@@ -312,6 +312,7 @@ class StageController:
         self.phase = "warmup" if self.warmup_steps > self.step else "exploit"
         self._plan: StepPlan | None = None
         self._plan_range_test = False  # the open plan is a range-test step
+        self._late: tuple[int, str, bool] | None = None  # (index, phase, in the anneal) of a loss still to come
         self._pending_restore = False
         self._pending_capture = False
         self._pending_save_best = False
@@ -395,8 +396,45 @@ class StageController:
         self._pending_save_best = self._pending_restore_best = False
         return self._plan
 
+    @property
+    def loss_can_wait(self) -> bool:
+        """Whether the step planned now may report its loss one step late (``end_step(None, late=True)``, then
+        :meth:`report_late_loss`): a warmup or exploit step (final anneal included) whose loss only feeds the guards,
+        followed by a step of the same phase (no stage start, range test or anneal start next, no restore due). A
+        late divergence then restores the stage snapshot before the step after next: within 2 steps."""
+        plan = self._plan
+        if plan is None or self._plan_range_test or plan.phase == "search" or self._late is not None:
+            return False
+        after = self.step + 1
+        if plan.phase == "warmup":
+            return after < self.warmup_steps
+        if self._pending_restore or self._pending_restore_best or self._pending_capture:
+            return False
+        return self._anneal.active or (after < self._exploit_end and not self._anneal.due(after, self.warmup_steps))
+
+    def report_late_loss(self, loss: float | None) -> list[Event]:
+        """The loss of the step that ended with ``late=True``, one step late; its guard's events, if any."""
+        if self._late is None:
+            raise RuntimeError("report_late_loss() called without a step that ended with late=True")
+        (index, phase, anneal), self._late = self._late, None
+        self._history = None
+        loss = None if loss is None else float(loss)
+        if loss is not None and math.isfinite(loss):
+            self.losses[index] = loss
+        if phase == "warmup":
+            if loss is not None and math.isfinite(loss):
+                self._recent.append(loss)
+            return []
+        return self._anneal_loss(loss, index) if anneal else self._exploit_loss(loss, index)
+
     def end_step(
-        self, loss: float | None, *, progressed: bool = True, probe: float | None = None, probe_seconds: float = 0.0
+        self,
+        loss: float | None,
+        *,
+        progressed: bool = True,
+        probe: float | None = None,
+        probe_seconds: float = 0.0,
+        late: bool = False,
     ) -> list[Event]:
         """Record the finished step and its training loss (``None`` when the step produced no loss).
 
@@ -406,6 +444,8 @@ class StageController:
                 the step is still accounted to its phase, but it does not count towards a trial's τ' steps.
             probe: the validation probe's loss, when the plan asked for one.
             probe_seconds: time the probe took (summed per stage in ``history``).
+            late: the loss follows with :meth:`report_late_loss` (only where :attr:`loss_can_wait`; ``loss`` is
+                then ``None``).
 
         Returns:
             Events for the caller to log (:mod:`lightning_autolrs.records`; ``event["event"]`` is ``"trial"``,
@@ -420,6 +460,11 @@ class StageController:
         if loss is not None:
             loss = float(loss)
         self.losses.append(loss if loss is not None and math.isfinite(loss) else None)
+        if late:
+            self._late = (len(self.losses) - 1, plan.phase, self._anneal.active)
+            if plan.phase == "exploit" and self.stages:
+                self.stages[-1].exploit_steps += 1
+            return []
         if self._plan_range_test:
             return self._record_range_test_step(plan.lr, loss)
         if plan.phase == "warmup":
@@ -496,10 +541,13 @@ class StageController:
         """A NaN/inf loss in the anneal restores the stage snapshot and lowers the anneal's start tenfold."""
         if self.stages:
             self.stages[-1].exploit_steps += 1
-        if loss is None or math.isfinite(loss) or not self.stages:
-            return []
+        return self._anneal_loss(loss, self.step - 1)
+
+    def _anneal_loss(self, loss: float | None, step: int) -> list[Event]:
+        if loss is None or math.isfinite(loss) or not self.stages or self._pending_restore:
+            return []  # (a restore already due: the step trained weights that are thrown away)
         failed = self._anneal.fail(self.min_lr)
-        fallback = FallbackRecord(step=self.step - 1, failed_lr=failed, new_lr=self._anneal.lr)
+        fallback = FallbackRecord(step=step, failed_lr=failed, new_lr=self._anneal.lr)
         self.stages[-1].fallbacks.append(fallback)
         self._pending_restore = True
         return [FallbackEvent(self._stage, fallback)]
@@ -616,8 +664,13 @@ class StageController:
 
     # ------------------------------------------------------------------ exploit
     def _record_exploit_step(self, loss: float | None) -> list[Event]:
+        self.stages[-1].exploit_steps += 1
+        return self._exploit_loss(loss, self.step - 1)
+
+    def _exploit_loss(self, loss: float | None, step: int) -> list[Event]:
         record = self.stages[-1]
-        record.exploit_steps += 1
+        if self._pending_restore:
+            return []  # a restore is already due (a late fallback): this step trained weights that are thrown away
         self._note_reference(loss)
         if loss is not None and math.isfinite(loss) and not record.trials:
             self._guard.note_start(loss)  # a stage without a search: its first exploit losses
@@ -628,7 +681,7 @@ class StageController:
                 self._ranking.remove(failed)
             smaller = [lr for lr in self._ranking if lr < failed]
             self._lr = smaller[0] if smaller else max(failed / 10, self.min_lr)  # never below the range
-            fallback = FallbackRecord(step=self.step - 1, failed_lr=failed, new_lr=self._lr)
+            fallback = FallbackRecord(step=step, failed_lr=failed, new_lr=self._lr)
             record.fallbacks.append(fallback)
             self._pending_restore = True
             return [FallbackEvent(self._stage, fallback)]
@@ -833,3 +886,4 @@ class StageController:
         self._anneal.load_state_dict(state)
         self._guard.load_state_dict(state)
         self._plan = None
+        self._late = None
