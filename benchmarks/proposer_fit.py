@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
@@ -54,16 +53,11 @@ OBJECTIVE_TOL = 1e-3  # per datum: the grid's resolution costs up to ~2e-4
 
 
 class ScipyFitProposer(LRProposer):
-    """:class:`LRProposer` with the hyper-parameter fit it had before: ``fit_gpytorch_mll`` (L-BFGS-B, ``ftol=1e-4``,
-    BoTorch's random restarts seeded from the proposer's seed and the number of observations)."""
+    """:class:`LRProposer` with the hyper-parameter fit it had before (``fit="lbfgs"``: ``fit_gpytorch_mll``,
+    L-BFGS-B to ``ftol=1e-4``, BoTorch's random restarts seeded from the proposer's seed and the number of points)."""
 
-    def _fit_model(self, model: SingleTaskGP) -> None:
-        seed = (0 if self.seed is None else self.seed) * 1_000_003 + model.train_inputs[0].shape[0]
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            torch.manual_seed(seed)
-            mll = ExactMarginalLogLikelihood(model.likelihood, model)
-            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"ftol": 1e-4}})
-        model.eval()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, fit="lbfgs", **kwargs)
 
 
 def map_objective(model: SingleTaskGP) -> float:

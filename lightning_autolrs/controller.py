@@ -848,7 +848,8 @@ class StageController:
         """Restore what :meth:`state_dict` returned; keys added in later versions are read with defaults. A
         version-1 state (written before the search rework) continues under the version-1 search rules: no anchor
         trial or trust region, no stage-start probe, 8 probes per trial from 200-step trials on, no slow-collapse
-        guard, no final anneal. Any resumed run keeps the τ its first stage had."""
+        guard, no final anneal, the L-BFGS fit of the GP (``LRProposer(fit="lbfgs")``). Any resumed run keeps the τ its
+        first stage had."""
         check_state_version(state, "AutoLRS controller state")
         if state.get("version", 1) < 2:
             self.anchor_lr, self.collapse_guard, self.anneal_steps = None, False, 0
@@ -885,5 +886,7 @@ class StageController:
         self._pending_level_probe = bool(state.get("pending_level_probe", False))
         self._anneal.load_state_dict(state)
         self._guard.load_state_dict(state)
+        if state.get("version", 1) < 2:
+            self.search.proposer.fit = "lbfgs"  # the GP fit of version 1, so the run proposes what it would have
         self._plan = None
         self._late = None

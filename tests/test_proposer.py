@@ -341,6 +341,7 @@ def test_huge_and_tiny_finite_losses() -> None:
         ({"dedup_tol": math.nan}, "dedup_tol", InvalidArgumentError),
         ({"grid_size": 15}, "grid_size", InvalidArgumentError),
         ({"grid_size": True}, "grid_size", InvalidArgumentTypeError),
+        ({"fit": "adam"}, "fit", InvalidArgumentError),
     ],
 )
 def test_constructor_validation(kwargs: dict, name: str, exc: type[Exception]) -> None:
