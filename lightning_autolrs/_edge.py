@@ -150,36 +150,43 @@ def reduce_loss(trainer: pl.Trainer, *losses: float | None) -> Any:
 
 
 class LateLoss:
-    """A step's loss on its way to the host without a host-device sync: :meth:`start` turns the step's summed loss
-    tensor into ``[loss or 0, has a loss, not finite]`` on its own device, all-reduces it across ranks (one
-    collective, enqueued like any other device work) and starts a non-blocking copy into (pinned) host memory;
-    :meth:`read`, one step later, waits for that copy (long done by then) and returns what :func:`reduce_loss`
-    would have: the mean over the ranks that had a loss, ``None`` where none had one, NaN as soon as one was not
-    finite."""
+    """A step's loss on its way to the host without a host-device sync. On an accelerator, constructing it turns the
+    step's summed loss tensor into ``[loss or 0, has a loss, not finite]`` on that device, all-reduces it across ranks
+    (one collective, queued like any other device work) and starts a non-blocking copy into pinned host memory;
+    :meth:`read`, one step later, waits for that copy (long done by then). A CPU loss (or none) is read at once:
+    that waits for nothing. Either way :meth:`read` returns what :func:`reduce_loss` returns: the mean over the ranks
+    that had a loss, ``None`` where none had one, NaN as soon as one was not finite."""
 
     def __init__(self, trainer: pl.Trainer, loss: torch.Tensor | None) -> None:
-        device = trainer.strategy.root_device if loss is None else loss.device
-        if loss is None:
-            value = torch.zeros(3, dtype=torch.float64, device=device)
+        self._value: float | None = None
+        self._host: torch.Tensor | None = None
+        self._event: Any = None
+        if loss is None or loss.device.type == "cpu":
+            self._value = reduce_loss(trainer, None if loss is None else float(loss))
         else:
-            loss = loss.detach().to(torch.float64).reshape(())
-            finite = torch.isfinite(loss)
-            one = torch.ones((), dtype=torch.float64, device=device)
-            value = torch.stack([torch.where(finite, loss, torch.zeros_like(loss)), one, (~finite).to(torch.float64)])
+            self._start_on_device(trainer, loss)
+
+    def _start_on_device(self, trainer: pl.Trainer, loss: torch.Tensor) -> None:
+        loss = loss.detach().to(torch.float64).reshape(())
+        finite = torch.isfinite(loss)
+        ones = torch.ones_like(loss)
+        value = torch.stack([torch.where(finite, loss, torch.zeros_like(loss)), ones, (~finite).to(loss.dtype)])
+        value = value.reshape(1, 3)  # the layout of `reduce_loss`'s all-reduce, for a rank that has no loss
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(value)
         cuda = value.device.type == "cuda"
-        self._host = torch.empty(3, dtype=torch.float64, pin_memory=cuda)
+        self._host = torch.empty((1, 3), dtype=torch.float64, pin_memory=cuda)
         self._host.copy_(value, non_blocking=cuda)
-        self._event: Any = None
         if cuda:  # pragma: no cover - no GPU where the tests run
             self._event = torch.cuda.Event()
             self._event.record()
 
     def read(self) -> float | None:
+        if self._host is None:
+            return self._value
         if self._event is not None:  # pragma: no cover - no GPU where the tests run
             self._event.synchronize()
-        total, count, bad = self._host.tolist()
+        total, count, bad = self._host[0].tolist()
         return math.nan if bad > 0 else None if count == 0 else total / count
 
 
