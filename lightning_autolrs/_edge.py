@@ -1,6 +1,7 @@
 """Lightning plumbing of the AutoLRS callbacks, kept in one place: callback base classes, the set-up checks shared by
 :class:`~lightning_autolrs.AutoLRS` and :class:`~lightning_autolrs.ReplaySchedule`, the per-param-group LR setter, the
-cross-rank loss reduction, the progress-bar hook and the reporting of controller events (log lines and metrics).
+LR logging, the cross-rank loss reduction (and its one-step-late form), the progress-bar hook and the reporting of
+controller events (log lines and metrics).
 
 Nothing here decides anything about learning rates; :mod:`lightning_autolrs.callback` wires these helpers to the
 controller.
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from lightning_autolrs.controller import StageController
 
 __all__ = [
+    "LRLogger",
+    "LateLoss",
     "ProgressBarHook",
     "apply_lr",
     "callback_bases",
@@ -118,22 +121,89 @@ def apply_lr(optimizer: Any, lr: float, ratios: list[float]) -> None:
         group["lr"] = lr * ratio
 
 
-def reduce_loss(trainer: pl.Trainer, loss: float | None) -> float | None:
-    """The mean of the ranks' losses (``None`` where no rank had one); NaN as soon as any rank's loss is non-finite."""
+class LRLogger:
+    """Sends the LR of the step about to run to the Trainer's loggers as ``autolrs/lr`` on the steps the Trainer logs
+    (every ``log_every_n_steps`` optimizer steps, and when it stops), at the loggers' step: what
+    ``LearningRateMonitor`` does, without ``self.log``'s per-step bookkeeping. The only place that reads the Trainer's
+    private loop state; :meth:`attach` reads the settings once so a step that logs nothing costs one modulo."""
+
+    def __init__(self) -> None:
+        self._every = 0
+        self._loop: Any = None
+
+    def attach(self, trainer: pl.Trainer) -> None:
+        self._every = int(getattr(trainer, "log_every_n_steps", 0) or 0) if trainer.loggers else 0
+        self._loop = trainer.fit_loop.epoch_loop
+
+    def __call__(self, trainer: pl.Trainer, lr: float) -> None:
+        if not self._every:
+            return
+        step = self._loop._batches_that_stepped  # the step the loggers' metrics carry (Lightning's own counter)
+        if (step + 1) % self._every and not trainer.should_stop:
+            return
+        for logger in trainer.loggers:
+            logger.log_metrics({"autolrs/lr": lr}, step=step)
+
+
+def reduce_loss(trainer: pl.Trainer, *losses: float | None) -> Any:
+    """The mean over the ranks of each loss (``None`` where no rank had one; NaN as soon as any rank's is
+    non-finite), all in one all-reduce. One loss in, one value out; several in, a tuple out."""
     if trainer.world_size <= 1:
-        return loss
-    finite = loss is not None and math.isfinite(loss)
-    value = torch.tensor(
-        [loss if finite else 0.0, 1.0 if loss is not None else 0.0, 0.0 if finite or loss is None else 1.0],
-        dtype=torch.float64,
-        device=trainer.strategy.root_device,
-    )
-    total = trainer.strategy.reduce(value, reduce_op="sum")  # [sum of losses, ranks with a loss, non-finite]
-    if float(total[2]) > 0:
-        return math.nan  # a rank diverged: every rank sees it and aborts the trial together
-    if float(total[1]) == 0:
-        return None
-    return float(total[0] / total[1])
+        return losses[0] if len(losses) == 1 else losses
+    rows = []
+    for loss in losses:
+        finite = loss is not None and math.isfinite(loss)
+        rows.append([loss if finite else 0.0, 1.0 if loss is not None else 0.0, 0.0 if finite or loss is None else 1.0])
+    value = torch.tensor(rows, dtype=torch.float64, device=trainer.strategy.root_device)
+    # per loss: [sum over ranks, ranks with a value, ranks with a non-finite value]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(value)  # one collective: the strategy's `reduce` runs a barrier before it
+    else:
+        value = trainer.strategy.reduce(value, reduce_op="sum")
+    total = value.tolist()
+    out = tuple(math.nan if bad > 0 else None if count == 0 else float(s / count) for s, count, bad in total)
+    return out[0] if len(out) == 1 else out
+
+
+class LateLoss:
+    """A step's loss on its way to the host without a host-device sync. On an accelerator, constructing it turns the
+    step's summed loss tensor into ``[loss or 0, has a loss, not finite]`` on that device, all-reduces it across ranks
+    (one collective, queued like any other device work) and starts a non-blocking copy into pinned host memory;
+    :meth:`read`, one step later, waits for that copy (long done by then). A CPU loss (or none) is read at once:
+    that waits for nothing. Either way :meth:`read` returns what :func:`reduce_loss` returns: the mean over the ranks
+    that had a loss, ``None`` where none had one, NaN as soon as one was not finite."""
+
+    def __init__(self, trainer: pl.Trainer, loss: torch.Tensor | None) -> None:
+        self._value: float | None = None
+        self._host: torch.Tensor | None = None
+        self._event: Any = None
+        if loss is None or loss.device.type == "cpu":
+            self._value = reduce_loss(trainer, None if loss is None else float(loss))
+        else:
+            self._start_on_device(trainer, loss)
+
+    def _start_on_device(self, trainer: pl.Trainer, loss: torch.Tensor) -> None:
+        loss = loss.detach().to(torch.float64).reshape(())
+        finite = torch.isfinite(loss)
+        ones = torch.ones_like(loss)
+        value = torch.stack([torch.where(finite, loss, torch.zeros_like(loss)), ones, (~finite).to(loss.dtype)])
+        value = value.reshape(1, 3)  # the layout of `reduce_loss`'s all-reduce, for a rank that has no loss
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(value)
+        cuda = value.device.type == "cuda"
+        self._host = torch.empty((1, 3), dtype=torch.float64, pin_memory=cuda)
+        self._host.copy_(value, non_blocking=cuda)
+        if cuda:  # pragma: no cover - no GPU where the tests run
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def read(self) -> float | None:
+        if self._host is None:
+            return self._value
+        if self._event is not None:  # pragma: no cover - no GPU where the tests run
+            self._event.synchronize()
+        total, count, bad = self._host[0].tolist()
+        return math.nan if bad > 0 else None if count == 0 else total / count
 
 
 class ProgressBarHook:

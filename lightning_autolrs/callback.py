@@ -23,6 +23,8 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_autolrs._edge import (
+    LateLoss,
+    LRLogger,
     ProgressBarHook,
     apply_lr,
     callback_bases,
@@ -152,12 +154,17 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._loaded_trial: dict[str, Any] | None = None
         self._scaler: Any = None
         self._plan_probe = False
+        self._level: tuple[float | None] | None = None  # the stage-start probe, reported with the step's loss
         self._scale_before: float | None = None
         self._progress_bar = ProgressBarHook()
+        self._lr_logger = LRLogger()
+        self._world_size = 1
         self._ratios: list[float] = []
         self._step_open = False
-        self._step_loss = 0.0
+        self._step_loss: torch.Tensor | None = None  # the step's loss summed over micro-batches, on its device
         self._step_loss_count = 0
+        self._late: LateLoss | None = None  # the previous step's loss, on its way to the host
+        self._trainer: Any = None
         self._seen_global_step = 0
         self._steps_without_loss = 0
         self._average: TrialAverage | None = None
@@ -354,7 +361,12 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._loaded_trial = None
         self._step_open = False
         self._seen_global_step = trainer.global_step
-        self._scaler = scaler
+        # read once: the per-step hooks below run on every optimizer step and must stay cheap
+        self._scaler = scaler if getattr(scaler, "is_enabled", lambda: False)() else None
+        self._world_size = trainer.world_size
+        self._trainer = trainer
+        self._late = None
+        self._lr_logger.attach(trainer)
         self._progress_bar.attach(trainer, self._progress_metrics)
 
     # ------------------------------------------------------------------ the step loop
@@ -376,16 +388,17 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._snapshot.restore()
         if plan.capture:
             self._snapshot.capture()
-        if plan.probe_before and self._probe is not None:
-            self.controller.record_level(reduce_loss(trainer, self._probe(pl_module)))
+        self._level = (self._probe(pl_module),) if plan.probe_before and self._probe is not None else None
         self._plan_phase = plan.phase
         if self._average is not None and plan.phase == "search" and (plan.capture or plan.restore):
             self._average.start(self.controller.stage_steps[1])  # a trial begins at the stage start
         apply_lr(trainer.optimizers[0], plan.lr, self._ratios)
-        self._scale_before = self._scaler_scale()
+        self._lr_logger(trainer, plan.lr)
+        # a skipped AMP step only matters to a trial's step count; reading the scale syncs with the device
+        self._scale_before = self._scaler_scale() if plan.phase == "search" else None
         self._plan_probe = plan.probe
         self._step_open = True
-        self._step_loss = 0.0
+        self._step_loss = None
         self._step_loss_count = 0
 
     @override
@@ -395,43 +408,68 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if not self._step_open or self.controller is None:
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor):
-            self._step_loss += float(loss.detach())
+        if isinstance(loss, torch.Tensor):  # summed on the device: no host read per micro-batch
+            loss = loss.detach()
+            self._step_loss = loss if self._step_loss is None else self._step_loss + loss
             self._step_loss_count += 1
-        if trainer.global_step == self._seen_global_step:
+        global_step = trainer.global_step
+        if global_step == self._seen_global_step:
             return  # gradient accumulation: the optimizer step has not happened yet
-        self._seen_global_step = trainer.global_step
+        self._seen_global_step = global_step
         self._step_open = False
-        step_loss = self._step_loss if self._step_loss_count else None
-        step_loss = reduce_loss(trainer, step_loss)
-        self._check_loss_present(step_loss)
-        scale_after = self._scaler_scale()
-        skipped = self._scale_before is not None and scale_after is not None and scale_after < self._scale_before
+        self._report_late_loss()  # the previous step's loss, when it waited
+        if self.controller.loss_can_wait:
+            # a step whose loss only feeds the guards: read it one step late, so the device queue never waits on it
+            self._late = LateLoss(trainer, self._step_loss)
+            self.controller.end_step(None, late=True)
+            return
+        step_loss = None if self._step_loss is None else float(self._step_loss)  # the one host read of this step
+        skipped = False
+        if self._scale_before is not None:
+            scale_after = self._scaler_scale()
+            skipped = scale_after is not None and scale_after < self._scale_before
         probe, probe_seconds = None, 0.0
         if self._average is not None and self._plan_phase == "search":
             self._average.update()
         if self._plan_probe and self._probe is not None:
             start = time.perf_counter()
-            if self._average is not None:
-                probe = reduce_loss(trainer, self._average.probe(self._probe))
-            else:
-                probe = reduce_loss(trainer, self._probe(pl_module))
+            probe = self._probe(pl_module) if self._average is None else self._average.probe(self._probe)
             probe_seconds = time.perf_counter() - start
+        level, self._level = self._level, None
+        if self._world_size > 1:  # one all-reduce per step: the step's loss, with its probes when it has any
+            step_loss, probe, *rest = reduce_loss(trainer, step_loss, probe, *(level or ()))
+            level = (rest[0],) if level is not None else None
+        if level is not None:
+            self.controller.record_level(level[0])
+        if step_loss is None or self._steps_without_loss:
+            self._check_loss_present(step_loss)
         events = self.controller.end_step(step_loss, progressed=not skipped, probe=probe, probe_seconds=probe_seconds)
-        if events and trainer.world_size > 1:
-            # rank 0 decides: every rank adopts its decision state, so all ranks apply the same LR at the same step
-            self.controller.load_sync_state(trainer.strategy.broadcast(self.controller.sync_state(), src=0))
-        pl_module.log("autolrs/lr", self.controller.lrs[-1], on_step=True, on_epoch=False, prog_bar=False)
+        self._act_on(trainer, events)
+
+    def _act_on(self, trainer: pl.Trainer, events: list[Any]) -> None:
+        controller = self.controller
+        assert controller is not None
+        if events and self._world_size > 1:
+            # rank 0 decides: every rank adopts its decision, so all ranks apply the same LR at the same step
+            controller.load_sync_state(trainer.strategy.broadcast(controller.sync_state(), src=0))
         for event in events:
             report_event(
-                trainer, event, self.controller, num_trials=self._settings.num_trials, verbose=self._settings.verbose
+                trainer, event, controller, num_trials=self._settings.num_trials, verbose=self._settings.verbose
             )
 
+    def _report_late_loss(self) -> None:
+        """Hand the controller the loss that waited a step (see :class:`~lightning_autolrs._edge.LateLoss`); also
+        before a checkpoint and at the run's end, so no state is written or left without it."""
+        late, self._late = self._late, None
+        if late is None or self.controller is None:
+            return
+        loss = late.read()
+        if loss is None or self._steps_without_loss:
+            self._check_loss_present(loss)
+        self._act_on(self._trainer, self.controller.report_late_loss(loss))
+
     def _scaler_scale(self) -> float | None:
-        scaler = self._scaler
-        if scaler is None or not getattr(scaler, "is_enabled", lambda: False)():
-            return None
-        return float(scaler.get_scale())
+        return None if self._scaler is None else float(self._scaler.get_scale())
 
     @property
     def progress_text(self) -> str:
@@ -464,6 +502,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     # ------------------------------------------------------------------ ends of the run
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report_late_loss()
         self._progress_bar.detach()
         self._abandon_search("the run ended")
 
@@ -587,6 +626,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     def state_dict(self) -> dict[str, Any]:
         if self.controller is None:
             return {}
+        self._report_late_loss()  # the state includes the last step's loss (and any fallback it calls for)
         return {"version": STATE_VERSION, "ratios": list(self._ratios), "controller": self.controller.state_dict()}
 
     @override
@@ -601,6 +641,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
+        self._report_late_loss()
         c, snap = self.controller, self._snapshot
         if c is None or snap is None:
             return

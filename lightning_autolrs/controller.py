@@ -314,6 +314,7 @@ class StageController:
         self.phase = "warmup" if self.warmup_steps > self.step else "exploit"
         self._plan: StepPlan | None = None
         self._plan_range_test = False  # the open plan is a range-test step
+        self._late: tuple[int, str, bool] | None = None  # (index, phase, in the anneal) of a loss still to come
         self._pending_restore = False
         self._pending_capture = False
         self._pending_save_best = False
@@ -398,8 +399,46 @@ class StageController:
         self._pending_save_best = self._pending_restore_best = False
         return self._plan
 
+    @property
+    def loss_can_wait(self) -> bool:
+        """Whether the step planned now may report its loss one step late (``end_step(None, late=True)``, then
+        :meth:`report_late_loss`): a warmup or exploit step (final anneal included) whose loss only feeds the guards,
+        followed by a step of the same phase (no stage start, range test or anneal start next, no restore due). A
+        late divergence then restores the stage snapshot before the step after next: within 2 steps."""
+        plan = self._plan
+        if plan is None or self._plan_range_test or plan.phase == "search" or self._late is not None:
+            return False
+        after = self.step + 1
+        if plan.phase == "warmup":
+            return after < self.warmup_steps
+        if self._pending_restore or self._pending_restore_best or self._pending_capture:
+            return False
+        return self._anneal.active or (after < self._exploit_end and not self._anneal.due(after, self.warmup_steps))
+
+    def report_late_loss(self, loss: float | None) -> list[Event]:
+        """The loss of the step that ended with ``late=True``, one step late; its guard's events, if any."""
+        if self._late is None:
+            raise RuntimeError("report_late_loss() called without a step that ended with late=True")
+        (index, phase, anneal), self._late = self._late, None
+        self._history = None
+        loss = None if loss is None else float(loss)
+        if loss is not None and math.isfinite(loss):
+            self.losses[index] = loss
+            self._stage_finite = True
+        if phase == "warmup":
+            if loss is not None and math.isfinite(loss):
+                self._recent.append(loss)
+            return []
+        return self._anneal_loss(loss, index) if anneal else self._exploit_loss(loss, index)
+
     def end_step(
-        self, loss: float | None, *, progressed: bool = True, probe: float | None = None, probe_seconds: float = 0.0
+        self,
+        loss: float | None,
+        *,
+        progressed: bool = True,
+        probe: float | None = None,
+        probe_seconds: float = 0.0,
+        late: bool = False,
     ) -> list[Event]:
         """Record the finished step and its training loss (``None`` when the step produced no loss).
 
@@ -409,6 +448,8 @@ class StageController:
                 the step is still accounted to its phase, but it does not count towards a trial's τ' steps.
             probe: the validation probe's loss, when the plan asked for one.
             probe_seconds: time the probe took (summed per stage in ``history``).
+            late: the loss follows with :meth:`report_late_loss` (only where :attr:`loss_can_wait`; ``loss`` is
+                then ``None``).
 
         Returns:
             Events for the caller to log (:mod:`lightning_autolrs.records`; ``event["event"]`` is ``"trial"``,
@@ -425,6 +466,11 @@ class StageController:
         self.losses.append(loss if loss is not None and math.isfinite(loss) else None)
         if loss is not None and math.isfinite(loss):
             self._stage_finite = True
+        if late:
+            self._late = (len(self.losses) - 1, plan.phase, self._anneal.active)
+            if plan.phase == "exploit" and self.stages:
+                self.stages[-1].exploit_steps += 1
+            return []
         if self._plan_range_test:
             return self._record_range_test_step(plan.lr, loss)
         if plan.phase == "warmup":
@@ -503,10 +549,13 @@ class StageController:
         """A NaN/inf loss in the anneal restores the stage snapshot and lowers the anneal's start tenfold."""
         if self.stages:
             self.stages[-1].exploit_steps += 1
-        if loss is None or math.isfinite(loss) or not self.stages:
-            return []
+        return self._anneal_loss(loss, self.step - 1)
+
+    def _anneal_loss(self, loss: float | None, step: int) -> list[Event]:
+        if loss is None or math.isfinite(loss) or not self.stages or self._pending_restore:
+            return []  # (a restore already due: the step trained weights that are thrown away)
         failed = self._anneal.fail(self.min_lr)
-        fallback = FallbackRecord(step=self.step - 1, failed_lr=failed, new_lr=self._anneal.lr)
+        fallback = FallbackRecord(step=step, failed_lr=failed, new_lr=self._anneal.lr)
         self.stages[-1].fallbacks.append(fallback)
         self._pending_restore = True
         return [FallbackEvent(self._stage, fallback)]
@@ -626,8 +675,13 @@ class StageController:
 
     # ------------------------------------------------------------------ exploit
     def _record_exploit_step(self, loss: float | None) -> list[Event]:
+        self.stages[-1].exploit_steps += 1
+        return self._exploit_loss(loss, self.step - 1)
+
+    def _exploit_loss(self, loss: float | None, step: int) -> list[Event]:
         record = self.stages[-1]
-        record.exploit_steps += 1
+        if self._pending_restore:
+            return []  # a restore is already due (a late fallback): this step trained weights that are thrown away
         self._note_reference(loss)
         if loss is not None and math.isfinite(loss) and not record.trials:
             self._guard.note_start(loss)  # a stage without a search: its first exploit losses
@@ -638,7 +692,7 @@ class StageController:
                 self._ranking.remove(failed)
             smaller = [lr for lr in self._ranking if lr < failed]
             self._lr = smaller[0] if smaller else max(failed / 10, self.min_lr)  # never below the range
-            fallback = FallbackRecord(step=self.step - 1, failed_lr=failed, new_lr=self._lr)
+            fallback = FallbackRecord(step=step, failed_lr=failed, new_lr=self._lr)
             record.fallbacks.append(fallback)
             self._pending_restore = True
             if loss is not None and not math.isfinite(loss) and failed <= self.min_lr and not self._stage_finite:
@@ -808,20 +862,50 @@ class StageController:
         }
 
     def sync_state(self) -> dict[str, Any]:
-        """The decision state that ranks must share (:meth:`state_dict` without the per-step lists)."""
-        state = self.state_dict()
-        del state["lrs"], state["losses"]
-        return state
+        """The decision of the event that just happened, which every rank adopts from rank 0
+        (:meth:`load_sync_state`): the phase, the LR of the steps that follow, the end of the exploit phase, the
+        snapshot actions due, the fallback ranking, the range and the anneal's LR. A few hundred bytes, whatever the
+        run's length: the rest (records, the proposer's observations) every rank derives from the same reduced
+        losses, and the decision keeps their LRs and snapshots in step even where a rank's floating point differs."""
+        return {
+            "phase": self.phase,
+            "lr": self._lr,
+            "exploit_end": None if math.isinf(self._exploit_end) else self._exploit_end,
+            "ranking": list(self._ranking),
+            "eff_max_lr": self._eff_max_lr,
+            "min_lr": self.min_lr,
+            "max_lr": self.max_lr,
+            "anneal_lr": self._anneal.lr,
+            "pending_restore": self._pending_restore,
+            "pending_capture": self._pending_capture,
+            "pending_save_best": self._pending_save_best,
+            "pending_restore_best": self._pending_restore_best,
+            "pending_level_probe": self._pending_level_probe,
+        }
 
     def load_sync_state(self, state: dict[str, Any]) -> None:
-        """Adopt another rank's :meth:`sync_state`, keeping this rank's per-step lists."""
-        self.load_state_dict({**state, "lrs": self.lrs, "losses": self.losses})
+        """Adopt rank 0's :meth:`sync_state`."""
+        self.phase = state["phase"]
+        self._lr = float(state["lr"])
+        self._exploit_end = math.inf if state["exploit_end"] is None else int(state["exploit_end"])
+        self._ranking = [float(x) for x in state["ranking"]]
+        self._eff_max_lr = float(state["eff_max_lr"])
+        if (state["min_lr"], state["max_lr"]) != (self.min_lr, self.max_lr):  # a range test's result
+            self.min_lr, self.max_lr = float(state["min_lr"]), float(state["max_lr"])
+            self.search.proposer.reset(min_lr=self.min_lr, max_lr=self.max_lr)
+        self._anneal.lr = state["anneal_lr"]
+        self._pending_restore = bool(state["pending_restore"])
+        self._pending_capture = bool(state["pending_capture"])
+        self._pending_save_best = bool(state["pending_save_best"])
+        self._pending_restore_best = bool(state["pending_restore_best"])
+        self._pending_level_probe = bool(state["pending_level_probe"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned; keys added in later versions are read with defaults. A
         version-1 state (written before the search rework) continues under the version-1 search rules: no anchor
         trial or trust region, no stage-start probe, 8 probes per trial from 200-step trials on, no slow-collapse
-        guard, no final anneal. Any resumed run keeps the τ its first stage had."""
+        guard, no final anneal, the L-BFGS fit of the GP (``LRProposer(fit="lbfgs")``). Any resumed run keeps the τ its
+        first stage had."""
         check_state_version(state, "AutoLRS controller state")
         if state.get("version", 1) < 2:
             self.anchor_lr, self.collapse_guard, self.anneal_steps = None, False, 0
@@ -859,4 +943,7 @@ class StageController:
         self._stage_finite = bool(state.get("stage_finite", True))
         self._anneal.load_state_dict(state)
         self._guard.load_state_dict(state)
+        if state.get("version", 1) < 2:
+            self.search.proposer.fit = "lbfgs"  # the GP fit of version 1, so the run proposes what it would have
         self._plan = None
+        self._late = None

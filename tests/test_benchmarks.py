@@ -240,5 +240,19 @@ def test_overhead_quick(tmp_path: Path) -> None:
     assert "(a) torch.save + load ms" in header and "ratio vs (b)" in header
     assert rows[0][0] == "1.0M params" and rows[0][-1] == "none (same data_ptr)"
     header, rows = _table(text, "| workload |")
-    assert rows[0][0] == "digits" and rows[0][1] == "40"
+    assert [(r[0], r[1]) for r in rows] == [("digits", "40"), ("mlp", "600")]  # mlp: issue 14's case, searching
+    assert "per-step path outside trial ends" in header[9] and rows[1][9].endswith("steps)")
+    assert "mlp: overhead ≤ 3 % of CPU time" in text
     assert "No GPU in this session" in text or "CUDA device" in text
+
+
+def test_proposer_fit_quick(tmp_path: Path) -> None:
+    from benchmarks import proposer_fit
+
+    assert proposer_fit.main(["--quick", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "proposer_fit.md").read_text()
+    header, rows = _table(text, "| scenario |")
+    assert [r[0] for r in rows[:-1]] == [s.name for s in proposer_fit.SCENARIOS] and rows[-1][0] == "**all**"
+    assert int(rows[-1][header.index("replayed rounds")]) > 0
+    header, rows = _table(text, "| observations |")
+    assert [r[0] for r in rows] == ["2", "5", "10"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import warnings
@@ -133,6 +134,62 @@ def test_logs_lr_and_trials(lpl, tmp_path) -> None:
     text = (tmp_path / "run" / "version_0" / "metrics.csv").read_text()
     for key in ("autolrs/lr", "autolrs/trial_lr", "autolrs/trial_predicted_loss", "autolrs/stage_best_lr"):
         assert key in text
+
+
+def test_lr_reaches_the_loggers_every_log_every_n_steps_without_self_log(lpl, tmp_path, monkeypatch) -> None:
+    """Like LearningRateMonitor: `autolrs/lr` goes to the logger on the steps the Trainer logs, with the LR that step
+    trained at, and never through `LightningModule.log` (whose per-step bookkeeping was 15 % of a small run)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    logged_names: list[str] = []
+    real_log = lpl.LightningModule.log
+    monkeypatch.setattr(
+        lpl.LightningModule,
+        "log",
+        lambda self, name, *a, **k: logged_names.append(name) or real_log(self, name, *a, **k),
+    )
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, seed=0, verbose=False)
+    logger = CSVLogger(tmp_path, name="run")
+    fit(lpl, tmp_path, cb, max_steps=60, logger=logger, log_every_n_steps=5)
+    assert "autolrs/lr" not in logged_names
+    rows = [r for r in csv.DictReader((tmp_path / "run" / "version_0" / "metrics.csv").open()) if r.get("autolrs/lr")]
+    assert [int(r["step"]) for r in rows] == list(range(4, 60, 5))  # the Trainer's own logging steps
+    assert [float(r["autolrs/lr"]) for r in rows] == pytest.approx([cb.lrs[int(r["step"])] for r in rows])
+
+
+def test_exploit_losses_reach_the_controller_one_step_late_and_change_nothing_else(lpl, tmp_path, monkeypatch) -> None:
+    """No host read of the loss in the step that produced it, outside trials: an exploit / warmup step's loss is
+    copied off the device without waiting and read at the end of the next step. The schedule is the same as with
+    every loss read at once (only a divergence is acted on one step later)."""
+    from lightning_autolrs._edge import LateLoss
+    from lightning_autolrs.controller import StageController
+
+    reads: list[tuple[int, int]] = []  # (global step when the loss was read, the step that produced it)
+    real_init, real_read = LateLoss.__init__, LateLoss.read
+
+    def init(self, trainer, loss) -> None:
+        real_init(self, trainer, loss)
+        self.trainer, self.step = trainer, trainer.global_step - 1  # the step that just ended
+
+    def read(self):
+        reads.append((self.trainer.global_step, self.step))
+        return real_read(self)
+
+    monkeypatch.setattr(LateLoss, "__init__", init)
+    monkeypatch.setattr(LateLoss, "read", read)
+    kw = dict(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, seed=0, verbose=False, warmup_steps=5, warmup_lr=0.01)
+    late = AutoLRS(**kw)
+    fit(lpl, tmp_path, late, max_steps=120)
+    assert len(reads) >= 60  # most warmup and exploit steps
+    # each read once the next step has ended, never in its own step; the last step's at the end of the run
+    assert [r for r in reads if r[0] != r[1] + 2] == [(120, 119)]
+    assert all(v is not None for v in late.controller.losses)  # and every one of them reached the controller
+
+    monkeypatch.setattr(StageController, "loss_can_wait", property(lambda self: False))
+    at_once = AutoLRS(**kw)
+    fit(lpl, tmp_path, at_once, max_steps=120)
+    assert late.lrs == at_once.lrs and late.controller.losses == at_once.controller.losses
+    assert late.history == at_once.history
 
 
 def test_verbose_prints_one_line_per_trial_and_stage(lpl, tmp_path, caplog) -> None:

@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_fit.py"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def launch(tmp_path: Path, strategy: str, *extra: str) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
+    # the ranks import the package from this checkout, not from wherever it is installed
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), strategy, str(tmp_path), *extra],
         env=env,
@@ -53,3 +56,26 @@ def test_ranks_agree_on_the_range_test(tmp_path) -> None:
     assert r0["range_test"]["steps"] <= 20 and r0["history"][0]["start_step"] == r0["range_test"]["steps"]
     assert len(r0["lrs"]) == r0["global_step"] == 90
     assert r0["lrs"] == r1["lrs"] and r0["history"] == r1["history"] and r0["params"] == r1["params"]
+
+
+def test_one_all_reduce_per_step_and_only_the_decision_is_broadcast(tmp_path) -> None:
+    """With validation probes (a stage-start probe and probes inside trials), AutoLRS's per-step hooks make at most
+    one collective per step, an all-reduce carrying the loss and the probes together; after an event they also
+    broadcast rank 0's decision, a few hundred bytes, not the controller's whole (growing) state."""
+    r0, r1 = launch(tmp_path, "ddp", "count")
+    assert r0["lrs"] == r1["lrs"] and r0["params"] == r1["params"]
+
+    def records(history: list[dict]) -> list[dict]:  # each rank times its own probes
+        return [{k: v for k, v in h.items() if k != "probe_seconds"} for h in history]
+
+    assert records(r0["history"]) == records(r1["history"])
+    stage = r0["history"][0]
+    assert stage["signal"] == "val_loss" and len(stage["trials"]) == 3  # the probes ran, in every trial
+    steps = r0["collectives"]
+    assert len(steps) == r0["global_step"] == 70
+    events = sum(len(h["trials"]) + 1 for h in r0["history"] if h["trials"])  # trial ends and search ends, at most
+    broadcasts = [s for s in steps if "broadcast_object_list" in s]
+    assert all(s.count("all_reduce") == 1 for s in steps)  # the probe values ride in the loss's all-reduce
+    assert all(sorted(s) in (["all_reduce"], ["all_reduce", "broadcast_object_list"]) for s in steps)
+    assert 0 < len(broadcasts) <= events
+    assert max(r0["broadcast_bytes"]) < 1024 < r0["state_bytes"]

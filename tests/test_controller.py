@@ -367,3 +367,29 @@ def test_committed_on_stop_names_the_best_completed_trial() -> None:
     plain = make(total=1000, max_lr=0.15, reuse_best_trial=False)
     Quadratic().run(plain, 14)
     assert plain.committed_on_stop() == ("stage", None, 0, 14)  # no best-trial snapshot to keep
+
+
+def test_ranks_adopting_rank_zeros_decision_apply_the_same_plans() -> None:
+    """What DDP does after an event: rank 1 adopts rank 0's `sync_state`. Even when rank 1's floating point differs
+    (here its losses, hence its forecasts and GP, are off by 1e-9), both ranks plan the same LR and the same snapshot
+    actions at every step, and the decision sent stays a few hundred bytes while the state grows."""
+    import pickle
+
+    rank0, rank1 = make(total=700), make(total=700)
+    g = torch.Generator().manual_seed(0)
+    sent = []
+    for step in range(700):
+        p0, p1 = rank0.begin_step(), rank1.begin_step()
+        assert p0 == p1, step
+        loss = (
+            1.0 / (1.0 + 0.05 * step * p0.lr)
+            + (math.log10(p0.lr) + 1.5) ** 2
+            + 0.01 * float(torch.rand(1, generator=g))
+        )
+        events = rank0.end_step(loss)
+        assert bool(rank1.end_step(loss * (1.0 + 1e-9))) == bool(events)  # events come at the same steps
+        if events:
+            sent.append(rank0.sync_state())
+            rank1.load_sync_state(pickle.loads(pickle.dumps(sent[-1])))
+    assert rank0.lrs == rank1.lrs and len(rank0.history) >= 3 and len(sent) >= 10
+    assert max(len(pickle.dumps(s)) for s in sent) < 1024 < len(pickle.dumps(rank0.state_dict()))

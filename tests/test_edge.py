@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 
 import pytest
+import torch
 
 from lightning_autolrs import AutoLRS
 from lightning_autolrs._edge import ProgressBarHook
@@ -47,3 +49,18 @@ def test_progress_bar_hook_attaches_once_and_detaches(lpl, tmp_path) -> None:
     hook.detach()
     assert bar.get_metrics == original
     hook.detach()  # idempotent
+
+
+@pytest.mark.parametrize(("value", "expected"), [(2.5, 2.5), (math.inf, math.nan), (math.nan, math.nan)])
+def test_late_loss_device_path_reads_what_reduce_loss_would(value: float, expected: float) -> None:
+    """The accelerator path of LateLoss (run here on a CPU tensor: no pinned memory, no CUDA event) reads the loss,
+    or NaN for a non-finite one (which the controller treats as the at-once path's inf or NaN: a divergence)."""
+    from types import SimpleNamespace
+
+    from lightning_autolrs._edge import LateLoss
+
+    trainer = SimpleNamespace(world_size=1)
+    late = LateLoss(trainer, None)  # no loss: read at once, None
+    assert late.read() is None
+    late._start_on_device(trainer, torch.tensor(value, dtype=torch.float32))
+    assert late.read() == pytest.approx(expected, nan_ok=True)

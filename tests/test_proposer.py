@@ -302,7 +302,7 @@ def test_gp_failure_falls_back_to_design(monkeypatch: pytest.MonkeyPatch, error:
     def broken_fit(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr(proposer_module, "fit_gpytorch_mll", broken_fit)
+    monkeypatch.setattr(proposer_module, "fit_map", broken_fit)
     lr = p.propose()
     assert_valid_proposal(p, lr)
     # The fallback is the design sequence: the same point a proposer with the GP disabled would pick.
@@ -341,6 +341,7 @@ def test_huge_and_tiny_finite_losses() -> None:
         ({"dedup_tol": math.nan}, "dedup_tol", InvalidArgumentError),
         ({"grid_size": 15}, "grid_size", InvalidArgumentError),
         ({"grid_size": True}, "grid_size", InvalidArgumentTypeError),
+        ({"fit": "adam"}, "fit", InvalidArgumentError),
     ],
 )
 def test_constructor_validation(kwargs: dict, name: str, exc: type[Exception]) -> None:
@@ -431,8 +432,8 @@ def test_set_prior_checks_lengths() -> None:
 
 def test_early_stop_test_and_next_proposal_share_one_gp_fit(monkeypatch) -> None:
     calls = []
-    real = proposer_module.fit_gpytorch_mll
-    monkeypatch.setattr(proposer_module, "fit_gpytorch_mll", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = proposer_module.fit_map
+    monkeypatch.setattr(proposer_module, "fit_map", lambda *a, **k: calls.append(1) or real(*a, **k))
     p = LRProposer(1e-4, 1.0, seed=0)
     for lr in (1e-3, 1e-2, 1e-1):
         p.observe(lr, (math.log10(lr) + 2.0) ** 2)
@@ -445,3 +446,69 @@ def test_early_stop_test_and_next_proposal_share_one_gp_fit(monkeypatch) -> None
     p.observe(shared, 0.5)
     p.propose()
     assert len(calls) == 3  # new data: a new fit
+
+
+# ---------------------------------------------------------------------------------------------- the MAP grid fit
+def _scenario_data(name: str, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` observations (x in the unit cube, -loss rescaled to [0, 1]) of the proposer tests' scenarios."""
+    rng = random.Random(n)
+    xs = [(i + 0.5 * rng.random()) / n for i in range(n)]
+    ds = [-4.0 + 4.0 * x for x in xs]
+    if name == "two basins":
+        ys = [min((d + 3.0) ** 2, 0.5 * (d + 1.0) ** 2 + 0.3) for d in ds]
+    elif name == "noisy":
+        ys = [(d + 2.0) ** 2 + 0.3 * rng.gauss(0.0, 1.0) for d in ds]
+    else:  # flat: a plateau with a shallow dip and a little noise
+        ys = [1.0 - 0.05 * math.exp(-((d + 2.0) ** 2) / 0.5) + 0.005 * rng.gauss(0.0, 1.0) for d in ds]
+    y = proposer_module._rescale(ys)
+    assert y is not None
+    return torch.tensor(xs, dtype=torch.float64).unsqueeze(-1), (-y).unsqueeze(-1)
+
+
+def _map_objective(model: object) -> float:
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    model.train()  # type: ignore[attr-defined]
+    with torch.no_grad():
+        mll = ExactMarginalLogLikelihood(model.likelihood, model)  # type: ignore[attr-defined]
+        value = float(mll(model(*model.train_inputs), model.train_targets))  # type: ignore[attr-defined]
+    model.eval()  # type: ignore[attr-defined]
+    return value
+
+
+@pytest.mark.parametrize("scenario", ["two basins", "noisy", "flat"])
+@pytest.mark.parametrize("n", [4, 8])
+def test_map_grid_fit_matches_lbfgs_fit(scenario: str, n: int) -> None:
+    """The grid MAP reaches at least the marginal likelihood (priors included) of BoTorch's L-BFGS fit, which it
+    replaces, and UCB then picks the same point of the grid."""
+    from botorch.acquisition.analytic import UpperConfidenceBound
+    from botorch.fit import fit_gpytorch_mll
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    x, y = _scenario_data(scenario, n)
+    grid = torch.linspace(0.0, 1.0, 1025, dtype=torch.float64).view(-1, 1, 1)
+    ours = proposer_module._make_model(x, y)
+    proposer_module.fit_map(ours)
+    theirs = proposer_module._make_model(x, y)
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        fit_gpytorch_mll(ExactMarginalLogLikelihood(theirs.likelihood, theirs))
+    assert not ours.training  # left in eval mode, ready for the acquisition
+    assert _map_objective(ours) >= _map_objective(theirs) - 1e-3
+    with torch.no_grad():
+        pick_ours = float(grid.view(-1)[UpperConfidenceBound(ours, beta=8.0)(grid).argmax()])
+        pick_theirs = float(grid.view(-1)[UpperConfidenceBound(theirs, beta=8.0)(grid).argmax()])
+    assert pick_ours == pytest.approx(pick_theirs, abs=0.01)
+
+
+def test_map_grid_fit_is_deterministic_and_respects_the_bounds() -> None:
+    x, y = _scenario_data("flat", 3)
+    models = [proposer_module._make_model(x, y) for _ in range(2)]
+    for m in models:
+        proposer_module.fit_map(m)
+    a, b = models
+    assert torch.equal(a.covar_module.lengthscale, b.covar_module.lengthscale)
+    assert torch.equal(a.likelihood.noise, b.likelihood.noise)
+    assert a.covar_module.lengthscale.item() >= a.covar_module.raw_lengthscale_constraint.lower_bound.item()
+    assert a.likelihood.noise.item() >= a.likelihood.noise_covar.raw_noise_constraint.lower_bound.item()

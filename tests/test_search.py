@@ -44,9 +44,9 @@ def test_early_stop_ends_confident_searches_sooner() -> None:
 
 def test_min_trials_bounds_early_stopping() -> None:
     runs = {}
-    for m in (2, 7):
-        c = make(total=2000, num_trials=8, early_stop=True, min_trials=m)
-        Quadratic().run(c, 2000)
+    for m in (2, 7):  # 3000 steps: with the grid MAP fit the first early stop below 7 trials comes in stage 6
+        c = make(total=3000, num_trials=8, early_stop=True, min_trials=m)
+        Quadratic().run(c, 3000)
         runs[m] = [len(h["trials"]) for h in c.history if h["trials"]]
     assert min(runs[7]) >= 7 and min(runs[2]) < 7
 

@@ -1,13 +1,16 @@
 """Run a short AutoLRS fit on 2 CPU processes (gloo) and dump each rank's view of the schedule as JSON.
 
-Usage: python tests/scripts/ddp_fit.py STRATEGY OUT_DIR [NAN_RANK NAN_STEP | range]
-(``range``: no min_lr/max_lr, so the LR range test runs first, and trials may be aborted, stages warm-started)
+Usage: python tests/scripts/ddp_fit.py STRATEGY OUT_DIR [NAN_RANK NAN_STEP | range | count]
+(``range``: no min_lr/max_lr, so the LR range test runs first, and trials may be aborted, stages warm-started;
+``count``: with validation data, so trials are judged on validation probes, and every ``torch.distributed`` call made
+inside AutoLRS's per-step hooks is recorded per step, with the pickled size of what a broadcast sends)
 Used by tests/test_callback_distributed.py (a DDP launch re-runs this script per rank, so it cannot run inside pytest).
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import sys
 from pathlib import Path
 
@@ -42,9 +45,61 @@ class Regressor(lpl.LightningModule):
         return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=False)
 
 
+class WithValidation(Regressor):
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def val_dataloader(self):
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(128, 8, generator=g)
+        return DataLoader(TensorDataset(x, torch.tanh(x.sum(dim=1, keepdim=True))), batch_size=32)
+
+
+_COLLECTIVES = ("all_reduce", "broadcast", "broadcast_object_list", "all_gather", "all_gather_object", "barrier")
+
+
+class CountCollectives(lpl.Callback):
+    """Records the ``torch.distributed`` calls AutoLRS makes in its per-step hooks, one list per optimizer step."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[str]] = []
+        self.broadcast_bytes: list[int] = []
+        self._current: list[str] | None = None
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        for name in _COLLECTIVES:
+            original = getattr(torch.distributed, name)
+
+            def counted(*args, _name=name, _original=original, **kwargs):
+                if self._current is not None:
+                    self._current.append(_name)
+                    if _name == "broadcast_object_list":
+                        self.broadcast_bytes.append(len(pickle.dumps(args[0][0])))
+                return _original(*args, **kwargs)
+
+            setattr(torch.distributed, name, counted)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        cb = next(c for c in trainer.callbacks if isinstance(c, AutoLRS))
+        start, end = cb.on_train_batch_start, cb.on_train_batch_end
+
+        def on_start(*args, **kwargs):
+            self._current = []
+            start(*args, **kwargs)
+
+        def on_end(*args, **kwargs):
+            end(*args, **kwargs)
+            self.steps.append(self._current or [])
+            self._current = None
+
+        cb.on_train_batch_start, cb.on_train_batch_end = on_start, on_end
+
+
 class Dump(lpl.Callback):
-    def __init__(self, out: str) -> None:
+    def __init__(self, out: str, counter: CountCollectives | None = None) -> None:
         self.out = out
+        self.counter = counter
 
     def on_fit_end(self, trainer, pl_module) -> None:
         cb = next(c for c in trainer.callbacks if isinstance(c, AutoLRS))
@@ -58,6 +113,10 @@ class Dump(lpl.Callback):
             "range_test": cb.range_test_result,
             "params": [p.detach().flatten().tolist() for p in pl_module.parameters()],
         }
+        if self.counter is not None:
+            doc["collectives"] = self.counter.steps
+            doc["broadcast_bytes"] = self.counter.broadcast_bytes
+            doc["state_bytes"] = len(pickle.dumps(cb.controller.state_dict()))
         Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps(doc))
 
 
@@ -65,6 +124,7 @@ def main() -> None:
     strategy, out = sys.argv[1], sys.argv[2]
     nan_rank, nan_step = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else (-1, -1)
     range_test = sys.argv[3:] == ["range"]
+    count = sys.argv[3:] == ["count"]
     torch.set_num_threads(1)
     lpl.seed_everything(0)
     args = dict(num_trials=3, tau=20, tau_max=40, search_ratio=0.25, seed=0, verbose=False)
@@ -72,18 +132,21 @@ def main() -> None:
         cb = AutoLRS(range_test_steps=20, abort_trials=True, warm_start=True, **args)
     else:
         cb = AutoLRS(min_lr=1e-3, max_lr=0.5, **args)
+    counter = CountCollectives() if count else None
     trainer = lpl.Trainer(
         accelerator="cpu",
         devices=2,
         strategy=strategy,
         max_steps=90 if range_test else 70,
-        callbacks=[cb, Dump(out)],
+        callbacks=[cb, Dump(out, counter)] + ([counter] if counter else []),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        # count: validation data, so trials are judged on probes (whose values join the step's all-reduce)
+        **({"limit_val_batches": 4, "num_sanity_val_steps": 0} if count else {}),
     )
-    trainer.fit(Regressor(nan_rank, nan_step))
+    trainer.fit(WithValidation() if count else Regressor(nan_rank, nan_step))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # tear the gloo process group down before the interpreter does: left to interpreter exit, its threads were
         # destroyed while joinable now and then ("terminate called without an active exception", SIGABRT)
