@@ -684,20 +684,35 @@ def quiet() -> None:
 
 
 def package_commit() -> str:
-    """``git describe``-style id of the package code that trains a run: the HEAD commit, ``+dirty`` when
-    ``lightning_autolrs/`` differs from it (``"unknown"`` outside a git checkout)."""
+    """An id of the package code that trains a run: the git tree id of ``lightning_autolrs/`` at HEAD (short), with
+    ``+`` and a digest of the uncommitted changes to it when it differs from HEAD (``"unknown"`` outside a git
+    checkout). It names the code, not the commit: a commit that leaves the package alone keeps the runs' cache keys."""
+    import hashlib
     import subprocess
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "lightning_autolrs"], cwd=root)
+        tree = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD:lightning_autolrs"], cwd=root, capture_output=True, text=True
+        )
+        diff = subprocess.run(
+            ["git", "diff", "--no-ext-diff", "HEAD", "--", "lightning_autolrs"], cwd=root, capture_output=True
+        )
+        untracked = subprocess.run(
+            ["git", "ls-files", "--others", "--exclude-standard", "--", "lightning_autolrs"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
     except OSError:
         return "unknown"
-    if head.returncode != 0:
+    if tree.returncode != 0:
         return "unknown"
-    return head.stdout.strip() + ("+dirty" if dirty.returncode else "")
+    changes = diff.stdout
+    for name in sorted(untracked.stdout.split()):
+        changes += name.encode() + (root / name).read_bytes()
+    return "tree:" + tree.stdout.strip() + ("+" + hashlib.sha256(changes).hexdigest()[:10] if changes else "")
 
 
 def _require_package_at(commit: str) -> None:
