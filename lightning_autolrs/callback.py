@@ -55,6 +55,18 @@ _TRIAL_KEY = "autolrs_trial_state"  # the in-flight trial's state; the checkpoin
 _NO_LOSS_LIMIT = 10  # consecutive loss-less optimizer steps (at least one trial's length) before we give up
 
 
+def _warn_weights_only_checkpoints(trainer: pl.Trainer) -> None:
+    """Lightning calls no callback hook when it writes a weights-only checkpoint, so one written inside a search
+    holds the trial's weights: say so once, at fit start, naming the fix."""
+    if any(getattr(c, "save_weights_only", False) for c in trainer.checkpoint_callbacks):
+        rank_zero_warn(
+            "AutoLRS: a checkpoint callback has `save_weights_only=True`; Lightning calls no callback hook for such "
+            "checkpoints, so one written during a search holds the running trial's weights, not the committed ones. "
+            "Use `save_weights_only=False` (AutoLRS then writes the committed weights into `state_dict`).",
+            category=AutoLRSWarning,
+        )
+
+
 def _check_snapshot_device(device: Any) -> None:
     """Refuse at fit start a ``snapshot_device`` this machine does not have (e.g. ``"cuda"`` without a GPU)."""
     if device is None or torch.device(device).type == "cpu":
@@ -280,6 +292,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             return
         resumed = self._loaded_state is not None  # the budget was checked when the run began
         self._derived = derive(self._settings, base, trainer.estimated_stepping_batches, check_budget=not resumed)
+        if not self._derived.fallback:
+            _warn_weights_only_checkpoints(trainer)
         if self._derived.fallback and not resumed:
             rank_zero_warn(
                 f"AutoLRS: the Trainer's budget of {self._derived.total_steps} optimizer steps is too small for a "

@@ -121,6 +121,7 @@ def fit_full_batch(
     save_every_epoch: bool = False,
     every: int = 12,
     callbacks: tuple[Any, ...] = (),
+    accelerator: str = "cpu",
 ) -> tuple[Any, Any]:
     """Fit the tiny regressor full-batch (so the data a step sees does not depend on where a resumed run restarts) for
     :data:`FULL_BATCH_STEPS` steps, optionally saving a checkpoint every ``every`` steps under ``root / "ckpt"``, with
@@ -134,7 +135,13 @@ def fit_full_batch(
         )
         callbacks = (*callbacks, every_epoch)
     checkpointing = save_every_epoch or any(isinstance(c, lpl.callbacks.Checkpoint) for c in callbacks)
-    kw = trainer_kwargs(root, max_steps=FULL_BATCH_STEPS, enable_checkpointing=checkpointing, deterministic=True)
+    kw = trainer_kwargs(
+        root,
+        max_steps=FULL_BATCH_STEPS,
+        enable_checkpointing=checkpointing,
+        deterministic=True,
+        accelerator=accelerator,
+    )
     trainer = lpl.Trainer(callbacks=list(callbacks), **kw)
     trainer.fit(model, ckpt_path=ckpt_path)
     return trainer, model

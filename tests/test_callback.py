@@ -610,3 +610,20 @@ def test_validation_inside_a_search_scores_the_committed_weights(lpl, tmp_path) 
     plain_cb, _, plain_model, _ = run(tmp_path / "b", validate=False)
     assert cb.lrs == plain_cb.lrs and cb.history == plain_cb.history
     assert same(model.parameters(), plain_model.parameters())
+
+
+@pytest.mark.parametrize("weights_only", [True, False])
+def test_weights_only_checkpoints_are_named_at_fit_start(lpl, tmp_path, weights_only) -> None:
+    """Lightning writes a weights-only checkpoint without any callback hook, so AutoLRS cannot put the committed
+    weights into it: it says so once, at fit start (and nothing for full checkpoints, which hold committed weights)."""
+    ckpt = lpl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", every_n_train_steps=10, save_weights_only=weights_only
+    )
+    trainer = lpl.Trainer(
+        callbacks=[autolrs(), ckpt], **trainer_kwargs(tmp_path, max_steps=40, enable_checkpointing=True)
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(make_module_class(lpl)())
+    named = [w for w in caught if issubclass(w.category, AutoLRSWarning) and "save_weights_only=True" in str(w.message)]
+    assert len(named) == (1 if weights_only else 0)
