@@ -407,6 +407,10 @@ AUTOLRS_VARIANTS: dict[str, dict[str, Any]] = {
     "autolrs_anneal30": {"anneal_ratio": 0.3},
     "autolrs_early_stop": {"early_stop": True},
     "autolrs_ratio07": {"search_ratio": 0.07},
+    "autolrs_no_range_test": {"range_test": False},
+    "autolrs_k3": {"num_trials": 3},
+    "autolrs_anneal10": {"anneal_ratio": 0.1},
+    "autolrs_beta2": {"beta": 2.0},
 }
 """Constructor arguments of each AutoLRS row besides ``min_lr``/``max_lr`` and ``seed``. ``autolrs`` is ``AutoLRS()``
 at the package defaults; ``autolrs_before`` is ``AutoLRS()`` at the defaults of :data:`BEFORE_COMMIT` (its runs were
@@ -502,6 +506,15 @@ METHODS: dict[str, Method] = {
         Method("autolrs_anneal30", "AutoLRS, defaults but a 30 % final anneal", "autolrs_anneal30", default=False),
         Method("autolrs_early_stop", "AutoLRS, defaults but early_stop=True", "autolrs_early_stop", default=False),
         Method("autolrs_ratio07", "AutoLRS, defaults but search_ratio=0.07", "autolrs_ratio07", default=False),
+        Method(
+            "autolrs_no_range_test",
+            "AutoLRS, defaults but no range test (range_test=False: configured LR ÷ 100 … × 10)",
+            "autolrs_no_range_test",
+            default=False,
+        ),
+        Method("autolrs_k3", "AutoLRS, defaults but num_trials=3", "autolrs_k3", default=False),
+        Method("autolrs_anneal10", "AutoLRS, defaults but anneal_ratio=0.1", "autolrs_anneal10", default=False),
+        Method("autolrs_beta2", "AutoLRS, defaults but beta=2", "autolrs_beta2", default=False),
         Method(
             "replay", "ReplaySchedule of `autolrs`'s schedule (another seed's run), stretched", "replay", default=False
         ),
