@@ -145,6 +145,12 @@ class LRLogger:
             logger.log_metrics({"autolrs/lr": lr}, step=step)
 
 
+def _rank_mean(total: float, count: float, bad: float) -> float | None:
+    """One loss's all-reduced ``[sum over ranks, ranks with a value, ranks with a non-finite value]`` as the mean over
+    the ranks that had one: ``None`` where none had one, NaN as soon as one was not finite."""
+    return math.nan if bad > 0 else None if count == 0 else float(total / count)
+
+
 def reduce_loss(trainer: pl.Trainer, *losses: float | None) -> Any:
     """The mean over the ranks of each loss (``None`` where no rank had one; NaN as soon as any rank's is
     non-finite), all in one all-reduce. One loss in, one value out; several in, a tuple out."""
@@ -161,7 +167,7 @@ def reduce_loss(trainer: pl.Trainer, *losses: float | None) -> Any:
     else:
         value = trainer.strategy.reduce(value, reduce_op="sum")
     total = value.tolist()
-    out = tuple(math.nan if bad > 0 else None if count == 0 else float(s / count) for s, count, bad in total)
+    out = tuple(_rank_mean(s, count, bad) for s, count, bad in total)
     return out[0] if len(out) == 1 else out
 
 
@@ -202,8 +208,7 @@ class LateLoss:
             return self._value
         if self._event is not None:  # pragma: no cover - no GPU where the tests run
             self._event.synchronize()
-        total, count, bad = self._host[0].tolist()
-        return math.nan if bad > 0 else None if count == 0 else total / count
+        return _rank_mean(*self._host[0].tolist())
 
 
 class ProgressBarHook:

@@ -67,7 +67,7 @@ def _warn_weights_only_checkpoints(trainer: pl.Trainer) -> None:
         )
 
 
-def _check_snapshot_device(device: Any) -> None:
+def _check_snapshot_device_available(device: Any) -> None:
     """Refuse at fit start a ``snapshot_device`` this machine does not have (e.g. ``"cuda"`` without a GPU)."""
     if device is None or torch.device(device).type == "cpu":
         return
@@ -281,7 +281,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if self._loaded_state is None or not self._ratios:
             self._ratios = [float(g["lr"]) / base for g in trainer.optimizers[0].param_groups]
         self._check_validation_step(pl_module)
-        _check_snapshot_device(self._settings.snapshot_device)
+        _check_snapshot_device_available(self._settings.snapshot_device)
         self._held, self._validation_swapped = None, False  # a new fit trains on from the model's weights
         self._derived = None
         if getattr(trainer, "fast_dev_run", False):  # a smoke test of a few batches: nothing to search

@@ -464,7 +464,7 @@ class StageController:
         if loss is not None:
             loss = float(loss)
         self.losses.append(loss if loss is not None and math.isfinite(loss) else None)
-        if loss is not None and math.isfinite(loss):
+        if self.losses[-1] is not None:
             self._stage_finite = True
         if late:
             self._late = (len(self.losses) - 1, plan.phase, self._anneal.active)
