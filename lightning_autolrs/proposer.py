@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import warnings
 from numbers import Real
 from typing import Any
@@ -111,6 +112,8 @@ _FITS = ("map", "lbfgs")
 # The fit of version-1 states (`fit="lbfgs"`): L-BFGS-B stops once the negative marginal log likelihood improves by
 # less than 1e-4 relative per iteration.
 _LBFGS_OPTIONS: dict[str, Any] = {"options": {"ftol": 1e-4}}
+# The GP the MAP fits of this thread reuse (`model`) and the data key it was last fitted to (`key`; None: unusable).
+_MAP_GP = threading.local()
 # Exceptions a degenerate GP fit / prediction can raise; anything else is a bug and propagates.
 _GP_ERRORS: tuple[type[BaseException], ...] = (
     BotorchError,
@@ -443,25 +446,41 @@ class LRProposer:
         return values.detach().reshape(-1), train_y
 
     def _ucb_on_grid(self, train_x: torch.Tensor, train_y: torch.Tensor, beta: float | None = None) -> torch.Tensor:
-        """Fit the GP to ``(n x 1, n x 1)`` float64 data and return UCB on the ``grid_size x 1 x 1`` grid."""
+        """Fit the GP to ``(n x 1, n x 1)`` float64 data and return UCB on the ``grid_size x 1 x 1`` grid.
+
+        The MAP fit runs under ``torch.inference_mode`` (no autograd bookkeeping, the same values) on one GP per
+        thread, given each decision's data (:func:`_set_train_data`: bitwise the GP a new ``SingleTaskGP`` would be, at
+        a fraction of its construction time); since that fit depends on the data only, the GP is reused as it stands
+        whenever it was last fitted to the same data (the early-stop test and the next proposal share one fit). The
+        L-BFGS fit starts from a new GP each time, as it always did."""
         key = (self._effective_seed, tuple(train_x.reshape(-1).tolist()), tuple(train_y.reshape(-1).tolist()))
-        with torch.no_grad(), gpytorch.settings.debug(False):
-            if self._fitted is not None and self._fitted[0] == key:
-                model = self._fitted[1]  # same data: the early-stop test and the next proposal share one fit
-            else:
-                model = _make_model(train_x, train_y)
-                self._fit_model(model)
-                self._fitted = (key, model)
-            b = self.beta if beta is None else beta
+        b = self.beta if beta is None else beta
+        if self.fit != "map":
+            with torch.no_grad(), gpytorch.settings.debug(False):
+                if self._fitted is not None and self._fitted[0] == key:
+                    model = self._fitted[1]  # same data: the early-stop test and the next proposal share one fit
+                else:
+                    model = _make_model(train_x, train_y)
+                    self._fit_model(model)
+                    self._fitted = (key, model)
+                return UpperConfidenceBound(model, beta=b)(self._grid.view(-1, 1, 1))
+        shared = _MAP_GP.__dict__
+        if "model" not in shared:
+            with torch.no_grad():
+                shared["model"] = _make_model(train_x, train_y)  # (its parameters stay ordinary tensors)
+        model = shared["model"]
+        with torch.inference_mode(), gpytorch.settings.debug(False):
+            if shared.get("key") != key:
+                shared["key"] = None  # (until the fit below has succeeded)
+                fit_map(_set_train_data(model, train_x, train_y))
+                shared["key"] = key
+            self._fitted = (key, model)
             return UpperConfidenceBound(model, beta=b)(self._grid.view(-1, 1, 1))
 
     def _fit_model(self, model: SingleTaskGP) -> None:
-        """Set the GP's hyper-parameters and put it in eval mode: the grid MAP of the module docstring, or, with
-        ``fit="lbfgs"``, BoTorch's ``fit_gpytorch_mll`` as the package did before issue 14 (L-BFGS-B to ``ftol=1e-4``,
-        its random restarts seeded from ``seed`` and the number of points)."""
-        if self.fit == "map":
-            fit_map(model)
-            return
+        """``fit="lbfgs"``: set the GP's hyper-parameters with BoTorch's ``fit_gpytorch_mll`` as the package did before
+        issue 14 (L-BFGS-B to ``ftol=1e-4``, its random restarts seeded from ``seed`` and the number of points) and put
+        it in eval mode. (``fit="map"``: :func:`fit_map`, in :meth:`_ucb_on_grid`.)"""
         with torch.random.fork_rng(devices=[]), torch.enable_grad():
             torch.manual_seed(self._effective_seed * 1_000_003 + model.train_inputs[0].shape[0])
             fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model), optimizer_kwargs=_LBFGS_OPTIONS)
@@ -523,6 +542,16 @@ def _make_model(train_x: torch.Tensor, train_y: torch.Tensor) -> SingleTaskGP:
     # would only repeat that, at a sixth of the model's construction time.
     with botorch.settings.validate_input_scaling(False):
         return SingleTaskGP(train_x, train_y, mean_module=ZeroMean(), outcome_transform=Standardize(m=1))
+
+
+def _set_train_data(model: SingleTaskGP, train_x: torch.Tensor, train_y: torch.Tensor) -> SingleTaskGP:
+    """Give a GP of :func:`_make_model` new training data, as its constructor would have: the outcome transform
+    (``Standardize``) refitted to ``train_y`` and the standardised targets set (which also drops the prediction
+    caches). The hyper-parameters are left as they are: the MAP fit sets both from the grid, whatever they were."""
+    model.train()
+    targets, _ = model.outcome_transform(Y=train_y, Yvar=None, X=train_x)
+    model.set_train_data(inputs=train_x, targets=targets.squeeze(-1), strict=False)  # type: ignore[operator]
+    return model
 
 
 def fit_map(model: SingleTaskGP) -> None:
