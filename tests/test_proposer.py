@@ -524,20 +524,22 @@ def test_map_grid_fit_is_deterministic_and_respects_the_bounds() -> None:
 
 
 def test_reused_gp_is_bitwise_a_new_one() -> None:
-    """The MAP fits reuse one GP, given each decision's data (`_set_train_data`) and fitted under `inference_mode`:
-    its acquisition values are bitwise those of a new GP fitted without it, whatever data it held before."""
+    """The MAP fits reuse one GP, given each decision's data (`_set_train_data`), and its hyper-parameter grid, and
+    fit it under `inference_mode`: its acquisition values are bitwise those of a new GP fitted afresh, whatever data it
+    held before."""
     from botorch.acquisition.analytic import UpperConfidenceBound
 
     grid = torch.linspace(0.0, 1.0, 1025, dtype=torch.float64).view(-1, 1, 1)
     datasets = [_scenario_data(name, n) for n in (3, 8, 5, 12) for name in ("two basins", "noisy", "flat")]
     reused = proposer_module._make_model(*datasets[-1])
+    map_grid = proposer_module._MapGrid(reused)  # kept between the fits, as the proposer keeps it
     for x, y in datasets:
         fresh = proposer_module._make_model(x, y)
         with torch.no_grad():
             proposer_module.fit_map(fresh)
             expected = UpperConfidenceBound(fresh, beta=8.0)(grid)
         with torch.inference_mode():
-            proposer_module.fit_map(proposer_module._set_train_data(reused, x, y))
+            proposer_module.fit_map(proposer_module._set_train_data(reused, x, y), map_grid)
             got = UpperConfidenceBound(reused, beta=8.0)(grid)
         assert torch.equal(got, expected)
 
@@ -552,7 +554,7 @@ def test_a_failed_map_fit_leaves_no_stale_gp(monkeypatch) -> None:
     proposer_module._MAP_GP.__dict__.clear()
     real = proposer_module.fit_map
 
-    def failing(model) -> None:
+    def failing(model, grid=None) -> None:
         raise FloatingPointError("no finite marginal likelihood on the hyper-parameter grid")
 
     monkeypatch.setattr(proposer_module, "fit_map", failing)
