@@ -207,7 +207,7 @@ def _solve_grid(
     safe_det = torch.where(ok, det, 1.0)
     a = (sw * sey - se * sy) / safe_det
     c = (see * sy - se * sey) / safe_det
-    resid = z - a[:, None] * e - c[:, None]
+    resid = z - a.unsqueeze(1) * e - c.unsqueeze(1)  # (unsqueeze: the view `a[:, None]` is, without index parsing)
     rss = (resid * resid * w).sum(dim=1)
     rss = torch.where(ok & torch.isfinite(rss), rss, math.inf)
     return a, c, rss
@@ -419,7 +419,8 @@ class ExponentialForecaster:
         s, coarse, e_coarse = self._coarse_grid(idx, big_t)
         w = _huber_weights(z - z_smooth, self.huber_k)
         for it in range(self.irls_iters + 1):
-            a, c, rss_coarse = _solve_grid(e_coarse, z, w)
+            sums = (w.sum(), (w * z).sum())  # (the last round's: the final weights', shared by every solve below)
+            a, c, rss_coarse = _solve_grid(e_coarse, z, w, sums)
             a_coarse, c_coarse = a, c
             best = int(rss_coarse.argmin().item())
             if not math.isfinite(float(rss_coarse[best].item())):
@@ -427,13 +428,12 @@ class ExponentialForecaster:
             if it < self.irls_iters:
                 w = _huber_weights(z - a[best] * e_coarse[best] - c[best], self.huber_k)
         # Local refinement of beta between the grid neighbours of the best value, twice.
-        sums = (w.sum(), (w * z).sum())  # the final weights' sums, shared by every solve below
         grid, e, rss = coarse, e_coarse, rss_coarse
         for _ in range(2):
             lo = float(grid[max(best - 1, 0)].item())
             hi = float(grid[min(best + 1, grid.numel() - 1)].item())
             fine = torch.logspace(math.log10(lo), math.log10(hi), _REFINE_POINTS, dtype=_DTYPE)
-            e_fine = torch.exp(-fine[:, None] * s[None, :])
+            e_fine = torch.exp(-fine.unsqueeze(1) * s.unsqueeze(0))
             a_f, c_f, rss_f = _solve_grid(e_fine, z, w, sums)
             i = int(rss_f.argmin().item())
             if not math.isfinite(float(rss_f[i].item())):
@@ -446,7 +446,7 @@ class ExponentialForecaster:
                 step = math.log(float(grid[best + 1].item()) / float(grid[best].item()))
                 offset = min(max(0.5 * (r_lo - r_hi) / curvature, -1.0), 1.0)
                 beta_p = torch.tensor([float(grid[best].item()) * math.exp(offset * step)], dtype=_DTYPE)
-                e_p = torch.exp(-beta_p[:, None] * s[None, :])
+                e_p = torch.exp(-beta_p.unsqueeze(1) * s.unsqueeze(0))
                 a_p, c_p, rss_p = _solve_grid(e_p, z, w, sums)
                 if float(rss_p[0].item()) < r_mid:
                     grid, e, a, c, rss, best = beta_p, e_p, a_p, c_p, rss_p, 0
@@ -463,7 +463,7 @@ class ExponentialForecaster:
                 fine = torch.logspace(
                     math.log10(float(coarse[j].item())), math.log10(upper), _REFINE_POINTS, dtype=_DTYPE
                 )
-                e_fine = torch.exp(-fine[:, None] * s[None, :])
+                e_fine = torch.exp(-fine.unsqueeze(1) * s.unsqueeze(0))
                 a_f, c_f, rss_f = _solve_grid(e_fine, z, w, sums)
                 accepted = (rss_f <= threshold).nonzero().squeeze(1)
                 if accepted.numel():
@@ -471,9 +471,10 @@ class ExponentialForecaster:
                 else:  # only possible through rounding at coarse[j]
                     grid, e, a, c, best = coarse, e_coarse, a_coarse, c_coarse, j
         a_b, c_b, beta = float(a[best].item()), float(c[best].item()), float(grid[best].item())
-        resid = z - a_b * e[best] - c_b
+        fitted = a_b * e[best]
+        resid = z - fitted - c_b
         sigma = _MAD_TO_SIGMA * float((resid - resid.median()).abs().median().item())
-        signal_var = float((a_b * e[best]).var(correction=0).item())
+        signal_var = float(fitted.var(correction=0).item())
         total = signal_var + sigma * sigma
         r2 = signal_var / total if total > 0.0 else 0.0
         if not all(math.isfinite(v) for v in (a_b, c_b, beta, r2)):
