@@ -203,14 +203,17 @@ class LateLoss:
     (one collective, queued like any other device work) and starts a non-blocking copy into pinned host memory;
     :meth:`read`, one step later, waits for that copy (long done by then). A CPU loss (or none) is read at once:
     that waits for nothing. Either way :meth:`read` returns what :func:`reduce_loss` returns: the mean over the ranks
-    that had a loss, ``None`` where none had one, NaN as soon as one was not finite."""
+    that had a loss, ``None`` where none had one, NaN as soon as one was not finite. ``world_size``: the Trainer's,
+    when the caller has it at hand (``None``: read from the Trainer)."""
 
-    def __init__(self, trainer: pl.Trainer, loss: torch.Tensor | None) -> None:
+    def __init__(self, trainer: pl.Trainer, loss: torch.Tensor | None, world_size: int | None = None) -> None:
         self._value: float | None = None
         self._host: torch.Tensor | None = None
         self._event: Any = None
         if loss is None or loss.is_cpu:
-            self._value = reduce_loss(trainer, None if loss is None else float(loss.item()))
+            value = None if loss is None else float(loss.item())
+            single = (trainer.world_size if world_size is None else world_size) <= 1
+            self._value = value if single else reduce_loss(trainer, value)
         else:
             self._start_on_device(trainer, loss)
 

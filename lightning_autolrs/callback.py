@@ -452,7 +452,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._report_late_loss()  # the previous step's loss, which waited
         if controller.loss_can_wait:
             # a step whose loss only feeds the guards: read it one step late, so the device queue never waits on it
-            self._late = LateLoss(trainer, self._step_loss)
+            self._late = LateLoss(trainer, self._step_loss, self._world_size)
             controller.end_step(None, late=True)
             return
         # the one host read of this step (`item` reads the same value as `float`, with less dispatch)
