@@ -194,7 +194,9 @@ class LRProposer:
         self._diverged: list[bool] = []
         self._prior_lrs: list[float] = []
         self._prior_losses: list[float] = []
-        self._fitted: tuple[Any, SingleTaskGP] | None = None  # (data key, fitted GP) of the last fit
+        # (data key, fitted GP) of the last fit; with fit="map" the GP is the thread's shared one (`_MAP_GP`), which
+        # another proposer's fit may since have given other data: only `_MAP_GP.key` says what it holds
+        self._fitted: tuple[Any, SingleTaskGP] | None = None
         self._rebuild()
 
     # ------------------------------------------------------------------ coordinates
