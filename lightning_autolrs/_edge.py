@@ -33,6 +33,7 @@ __all__ = [
     "check_single_optimizer",
     "check_strategy",
     "move_first",
+    "optimizer_step_counter",
     "reduce_loss",
     "report_event",
 ]
@@ -121,6 +122,31 @@ def apply_lr(optimizer: Any, lr: float, ratios: list[float]) -> None:
         group["lr"] = lr * ratio
 
 
+class _GlobalStep:
+    """Reads ``trainer.global_step`` as :attr:`completed` (the fallback of :func:`optimizer_step_counter`)."""
+
+    def __init__(self, trainer: pl.Trainer) -> None:
+        self._trainer = trainer
+
+    @property
+    def completed(self) -> int:
+        return self._trainer.global_step
+
+
+def optimizer_step_counter(trainer: pl.Trainer) -> Any:
+    """An object whose ``completed`` is ``trainer.global_step`` under automatic optimization, read in one attribute:
+    the Trainer's own counter of optimizer steps, which ``global_step`` reaches through five properties (a per-step
+    hook reads it every batch). Lightning updates that counter in place (a checkpoint's loop state included); where
+    the loop is not laid out so (another version, a custom loop) the counter reads ``trainer.global_step`` itself."""
+    try:
+        counter = trainer.fit_loop.epoch_loop.automatic_optimization.optim_progress.optimizer.step.total
+        if isinstance(counter.completed, int) and counter.completed == trainer.global_step:
+            return counter
+    except AttributeError:  # pragma: no cover - depends on the Lightning version
+        pass
+    return _GlobalStep(trainer)  # pragma: no cover - depends on the Lightning version
+
+
 class LRLogger:
     """Sends the LR of the step about to run to the Trainer's loggers as ``autolrs/lr`` on the steps the Trainer logs
     (every ``log_every_n_steps`` optimizer steps, and when it stops), at the loggers' step: what
@@ -177,14 +203,17 @@ class LateLoss:
     (one collective, queued like any other device work) and starts a non-blocking copy into pinned host memory;
     :meth:`read`, one step later, waits for that copy (long done by then). A CPU loss (or none) is read at once:
     that waits for nothing. Either way :meth:`read` returns what :func:`reduce_loss` returns: the mean over the ranks
-    that had a loss, ``None`` where none had one, NaN as soon as one was not finite."""
+    that had a loss, ``None`` where none had one, NaN as soon as one was not finite. ``world_size``: the Trainer's,
+    when the caller has it at hand (``None``: read from the Trainer)."""
 
-    def __init__(self, trainer: pl.Trainer, loss: torch.Tensor | None) -> None:
+    def __init__(self, trainer: pl.Trainer, loss: torch.Tensor | None, world_size: int | None = None) -> None:
         self._value: float | None = None
         self._host: torch.Tensor | None = None
         self._event: Any = None
-        if loss is None or loss.device.type == "cpu":
-            self._value = reduce_loss(trainer, None if loss is None else float(loss))
+        if loss is None or loss.is_cpu:
+            value = None if loss is None else float(loss.item())
+            single = (trainer.world_size if world_size is None else world_size) <= 1
+            self._value = value if single else reduce_loss(trainer, value)
         else:
             self._start_on_device(trainer, loss)
 

@@ -11,6 +11,7 @@ each package that is installed.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from collections.abc import Callable
@@ -31,11 +32,12 @@ from lightning_autolrs._edge import (
     check_single_optimizer,
     check_strategy,
     move_first,
+    optimizer_step_counter,
     reduce_loss,
     report_event,
 )
 from lightning_autolrs.averaging import TrialAverage
-from lightning_autolrs.controller import STATE_VERSION, StageController, check_state_version
+from lightning_autolrs.controller import STATE_VERSION, StageController, StepPlan, check_state_version
 from lightning_autolrs.exceptions import AutoLRSWarning, UnsupportedSetupError
 from lightning_autolrs.probe import ValidationProbe, implements_validation_step
 from lightning_autolrs.proposer import DEFAULT_BETA
@@ -177,6 +179,9 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._step_loss_count = 0
         self._late: LateLoss | None = None  # the previous step's loss, on its way to the host
         self._trainer: Any = None
+        self._optimizer: Any = None  # the optimizer whose LR is set (trainer.optimizers[0], read at train start)
+        self._budget: float = math.inf  # total_steps, read at train start (inf: unbounded)
+        self._global_step: Any = None  # `completed` reads trainer.global_step (`optimizer_step_counter`)
         self._seen_global_step = 0
         self._steps_without_loss = 0
         self._average: TrialAverage | None = None
@@ -378,6 +383,9 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         # read once: the per-step hooks below run on every optimizer step and must stay cheap
         self._scaler = scaler if getattr(scaler, "is_enabled", lambda: False)() else None
         self._world_size = trainer.world_size
+        self._optimizer = trainer.optimizers[0]  # (the one the snapshots copy)
+        self._budget = math.inf if self.total_steps is None else self.total_steps
+        self._global_step = optimizer_step_counter(trainer)
         self._trainer = trainer
         self._late = None
         self._lr_logger.attach(trainer)
@@ -388,12 +396,28 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._step_open or self.controller is None:
+        controller = self.controller
+        if self._step_open or controller is None or controller.step >= self._budget:
             return
-        if self.total_steps is not None and self.controller.step >= self.total_steps:
-            return
-        plan = self.controller.begin_step()
-        assert self._snapshot is not None
+        plan = controller.begin_step()
+        if plan.save_best or plan.restore_best or plan.restore or plan.capture or plan.probe_before:
+            self._prepare_step(plan, pl_module)
+        else:  # most steps: nothing to copy or probe
+            self._level = None
+        self._plan_phase = plan.phase
+        apply_lr(self._optimizer, plan.lr, self._ratios)
+        self._lr_logger(trainer, plan.lr)
+        # a skipped AMP step only matters to a trial's step count; reading the scale syncs with the device
+        scaler = self._scaler
+        self._scale_before = None if scaler is None or plan.phase != "search" else float(scaler.get_scale())
+        self._plan_probe = plan.probe
+        self._step_open = True
+        self._step_loss = None
+        self._step_loss_count = 0
+
+    def _prepare_step(self, plan: StepPlan, pl_module: pl.LightningModule) -> None:
+        """The snapshot copies and the stage-start probe a step's plan asks for, before its LR is set."""
+        assert self._snapshot is not None and self.controller is not None
         if plan.save_best and self._best_snapshot is not None:
             self._best_snapshot.capture()
         if plan.restore_best and self._best_snapshot is not None:
@@ -403,41 +427,36 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if plan.capture:
             self._snapshot.capture()
         self._level = (self._probe(pl_module),) if plan.probe_before and self._probe is not None else None
-        self._plan_phase = plan.phase
         if self._average is not None and plan.phase == "search" and (plan.capture or plan.restore):
             self._average.start(self.controller.stage_steps[1])  # a trial begins at the stage start
-        apply_lr(trainer.optimizers[0], plan.lr, self._ratios)
-        self._lr_logger(trainer, plan.lr)
-        # a skipped AMP step only matters to a trial's step count; reading the scale syncs with the device
-        self._scale_before = self._scaler_scale() if plan.phase == "search" else None
-        self._plan_probe = plan.probe
-        self._step_open = True
-        self._step_loss = None
-        self._step_loss_count = 0
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self._step_open or self.controller is None:
+        controller = self.controller
+        if not self._step_open or controller is None:
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):  # summed on the device: no host read per micro-batch
-            loss = loss.detach()
+            if loss.requires_grad:  # (Lightning hands over a detached loss: detaching again costs a dispatch)
+                loss = loss.detach()
             self._step_loss = loss if self._step_loss is None else self._step_loss + loss
             self._step_loss_count += 1
-        global_step = trainer.global_step
+        global_step = self._global_step.completed  # (trainer.global_step)
         if global_step == self._seen_global_step:
             return  # gradient accumulation: the optimizer step has not happened yet
         self._seen_global_step = global_step
         self._step_open = False
-        self._report_late_loss()  # the previous step's loss, when it waited
-        if self.controller.loss_can_wait:
+        if self._late is not None:
+            self._report_late_loss()  # the previous step's loss, which waited
+        if controller.loss_can_wait:
             # a step whose loss only feeds the guards: read it one step late, so the device queue never waits on it
-            self._late = LateLoss(trainer, self._step_loss)
-            self.controller.end_step(None, late=True)
+            self._late = LateLoss(trainer, self._step_loss, self._world_size)
+            controller.end_step(None, late=True)
             return
-        step_loss = None if self._step_loss is None else float(self._step_loss)  # the one host read of this step
+        # the one host read of this step (`item` reads the same value as `float`, with less dispatch)
+        step_loss = None if self._step_loss is None else float(self._step_loss.item())
         skipped = False
         if self._scale_before is not None:
             scale_after = self._scaler_scale()
@@ -454,11 +473,12 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             step_loss, probe, *rest = reduce_loss(trainer, step_loss, probe, *(level or ()))
             level = (rest[0],) if level is not None else None
         if level is not None:
-            self.controller.record_level(level[0])
+            controller.record_level(level[0])
         if step_loss is None or self._steps_without_loss:
             self._check_loss_present(step_loss)
-        events = self.controller.end_step(step_loss, progressed=not skipped, probe=probe, probe_seconds=probe_seconds)
-        self._act_on(trainer, events)
+        events = controller.end_step(step_loss, progressed=not skipped, probe=probe, probe_seconds=probe_seconds)
+        if events:
+            self._act_on(trainer, events)
 
     def _act_on(self, trainer: pl.Trainer, events: list[Any]) -> None:
         controller = self.controller
@@ -480,7 +500,9 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         loss = late.read()
         if loss is None or self._steps_without_loss:
             self._check_loss_present(loss)
-        self._act_on(self._trainer, self.controller.report_late_loss(loss))
+        events = self.controller.report_late_loss(loss)
+        if events:
+            self._act_on(self._trainer, events)
 
     def _scaler_scale(self) -> float | None:
         return None if self._scaler is None else float(self._scaler.get_scale())

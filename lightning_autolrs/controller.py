@@ -314,6 +314,8 @@ class StageController:
         self.phase = "warmup" if self.warmup_steps > self.step else "exploit"
         self._plan: StepPlan | None = None
         self._plan_range_test = False  # the open plan is a range-test step
+        self._quiet: StepPlan | None = None  # a plan without actions that the next steps reuse (begin_step)
+        self._quiet_until: float = 0  # ... before this step
         self._late: tuple[int, str, bool] | None = None  # (index, phase, in the anneal) of a loss still to come
         self._pending_restore = False
         self._pending_capture = False
@@ -350,6 +352,7 @@ class StageController:
     @anneal_steps.setter
     def anneal_steps(self, steps: int) -> None:
         self._anneal.steps = steps
+        self._quiet = None
 
     @property
     def collapse_guard(self) -> bool:
@@ -365,6 +368,23 @@ class StageController:
         """Plan the optimizer step number :attr:`step` (0-based global step)."""
         self._history = None
         self._plan_range_test = False
+        quiet = self._quiet
+        if (
+            quiet is not None
+            and self.step < self._quiet_until
+            and quiet.lr == self._lr
+            and quiet.phase == self.phase
+            and not (
+                self._pending_restore
+                or self._pending_capture
+                or self._pending_save_best
+                or self._pending_restore_best
+                or self._pending_level_probe
+            )
+        ):
+            self._plan = quiet  # most steps: the plan of the step before
+            return quiet
+        self._quiet = None
         if self.step < self.warmup_steps:
             assert self.warmup_lr is not None
             self.phase = "warmup"
@@ -397,7 +417,26 @@ class StageController:
         self._pending_level_probe = False
         self._pending_restore = self._pending_capture = False
         self._pending_save_best = self._pending_restore_best = False
+        self._keep_quiet_plan(self._plan)
         return self._plan
+
+    def _keep_quiet_plan(self, plan: StepPlan) -> None:
+        """Keep a plan without snapshot actions or probes for the steps that follow (the fast path of
+        :meth:`begin_step`): an exploit step's, or a search step's without validation probes. It is reused while the
+        LR, the phase and the absence of pending actions stay as they are, up to the end of the exploit phase and the
+        start of the final anneal (the two events no step's end announces); anything that sets the state from outside
+        (:meth:`load_state_dict`, :meth:`load_sync_state`, :meth:`restart_stage`) drops it."""
+        if plan.restore or plan.capture or plan.probe or plan.save_best or plan.restore_best or plan.probe_before:
+            return
+        if plan.phase == "exploit":
+            until = self._exploit_end
+        elif plan.phase == "search" and self.search.probe_stride == 0:
+            until = math.inf
+        else:
+            return
+        if self._anneal.steps and not self._anneal.active:
+            until = min(until, self._anneal.begin_step(self.warmup_steps))
+        self._quiet, self._quiet_until = plan, until
 
     @property
     def loss_can_wait(self) -> bool:
@@ -413,6 +452,8 @@ class StageController:
             return after < self.warmup_steps
         if self._pending_restore or self._pending_restore_best or self._pending_capture:
             return False
+        if plan is self._quiet and after < self._quiet_until:
+            return True  # (before the end of the exploit phase and the start of the anneal)
         return self._anneal.active or (after < self._exploit_end and not self._anneal.due(after, self.warmup_steps))
 
     def report_late_loss(self, loss: float | None) -> list[Event]:
@@ -648,7 +689,8 @@ class StageController:
         record.search_steps += 1
         if not progressed:
             return []
-        self._note_reference(loss)
+        if self._ref_loss is None:
+            self._note_reference(loss)
         diverged = self._diverged(loss)
         if self.search.trial == 0 and loss is not None and not diverged:
             self._guard.note_start(loss)  # the stage's first losses, from the stage-start state
@@ -682,7 +724,8 @@ class StageController:
         record = self.stages[-1]
         if self._pending_restore:
             return []  # a restore is already due (a late fallback): this step trained weights that are thrown away
-        self._note_reference(loss)
+        if self._ref_loss is None:
+            self._note_reference(loss)
         if loss is not None and math.isfinite(loss) and not record.trials:
             self._guard.note_start(loss)  # a stage without a search: its first exploit losses
         if self._diverged(loss) or self._guard.collapsed(loss, self._lr, self.min_lr):  # the exploit guard
@@ -757,6 +800,7 @@ class StageController:
 
         The trials recorded so far are dropped, the proposer forgets them, and the next step captures a new snapshot.
         """
+        self._quiet = None
         if self.phase != "search":  # a search that had just ended: its restore cannot be done, keep the weights
             self._pending_restore = self._pending_restore_best = self._pending_save_best = False
             return
@@ -885,6 +929,7 @@ class StageController:
 
     def load_sync_state(self, state: dict[str, Any]) -> None:
         """Adopt rank 0's :meth:`sync_state`."""
+        self._quiet = None
         self.phase = state["phase"]
         self._lr = float(state["lr"])
         self._exploit_end = math.inf if state["exploit_end"] is None else int(state["exploit_end"])
@@ -946,4 +991,5 @@ class StageController:
         if state.get("version", 1) < 2:
             self.search.proposer.fit = "lbfgs"  # the GP fit of version 1, so the run proposes what it would have
         self._plan = None
+        self._quiet = None
         self._late = None

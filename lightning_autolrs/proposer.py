@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import warnings
 from numbers import Real
 from typing import Any
@@ -111,6 +112,9 @@ _FITS = ("map", "lbfgs")
 # The fit of version-1 states (`fit="lbfgs"`): L-BFGS-B stops once the negative marginal log likelihood improves by
 # less than 1e-4 relative per iteration.
 _LBFGS_OPTIONS: dict[str, Any] = {"options": {"ftol": 1e-4}}
+# The GP the MAP fits of this thread reuse (`model`), its hyper-parameter grid (`grid`) and the data key it was last
+# fitted to (`key`; None: unusable).
+_MAP_GP = threading.local()
 # Exceptions a degenerate GP fit / prediction can raise; anything else is a bug and propagates.
 _GP_ERRORS: tuple[type[BaseException], ...] = (
     BotorchError,
@@ -190,7 +194,9 @@ class LRProposer:
         self._diverged: list[bool] = []
         self._prior_lrs: list[float] = []
         self._prior_losses: list[float] = []
-        self._fitted: tuple[Any, SingleTaskGP] | None = None  # (data key, fitted GP) of the last fit
+        # (data key, fitted GP) of the last fit; with fit="map" the GP is the thread's shared one (`_MAP_GP`), which
+        # another proposer's fit may since have given other data: only `_MAP_GP.key` says what it holds
+        self._fitted: tuple[Any, SingleTaskGP] | None = None
         self._rebuild()
 
     # ------------------------------------------------------------------ coordinates
@@ -443,25 +449,42 @@ class LRProposer:
         return values.detach().reshape(-1), train_y
 
     def _ucb_on_grid(self, train_x: torch.Tensor, train_y: torch.Tensor, beta: float | None = None) -> torch.Tensor:
-        """Fit the GP to ``(n x 1, n x 1)`` float64 data and return UCB on the ``grid_size x 1 x 1`` grid."""
+        """Fit the GP to ``(n x 1, n x 1)`` float64 data and return UCB on the ``grid_size x 1 x 1`` grid.
+
+        The MAP fit runs under ``torch.inference_mode`` (no autograd bookkeeping, the same values) on one GP per
+        thread, given each decision's data (:func:`_set_train_data`: bitwise the GP a new ``SingleTaskGP`` would be, at
+        a fraction of its construction time); since that fit depends on the data only, the GP is reused as it stands
+        whenever it was last fitted to the same data (the early-stop test and the next proposal share one fit). The
+        L-BFGS fit starts from a new GP each time, as it always did."""
         key = (self._effective_seed, tuple(train_x.reshape(-1).tolist()), tuple(train_y.reshape(-1).tolist()))
-        with torch.no_grad(), gpytorch.settings.debug(False):
-            if self._fitted is not None and self._fitted[0] == key:
-                model = self._fitted[1]  # same data: the early-stop test and the next proposal share one fit
-            else:
-                model = _make_model(train_x, train_y)
-                self._fit_model(model)
-                self._fitted = (key, model)
-            b = self.beta if beta is None else beta
+        b = self.beta if beta is None else beta
+        if self.fit != "map":
+            with torch.no_grad(), gpytorch.settings.debug(False):
+                if self._fitted is not None and self._fitted[0] == key:
+                    model = self._fitted[1]  # same data: the early-stop test and the next proposal share one fit
+                else:
+                    model = _make_model(train_x, train_y)
+                    self._fit_model(model)
+                    self._fitted = (key, model)
+                return UpperConfidenceBound(model, beta=b)(self._grid.view(-1, 1, 1))
+        shared = _MAP_GP.__dict__
+        if "model" not in shared:
+            with torch.no_grad():
+                shared["model"] = _make_model(train_x, train_y)  # (its parameters stay ordinary tensors)
+                shared["grid"] = _MapGrid(shared["model"])
+        model = shared["model"]
+        with torch.inference_mode(), gpytorch.settings.debug(False):
+            if shared.get("key") != key:
+                shared["key"] = None  # (until the fit below has succeeded)
+                fit_map(_set_train_data(model, train_x, train_y), shared["grid"])
+                shared["key"] = key
+            self._fitted = (key, model)
             return UpperConfidenceBound(model, beta=b)(self._grid.view(-1, 1, 1))
 
     def _fit_model(self, model: SingleTaskGP) -> None:
-        """Set the GP's hyper-parameters and put it in eval mode: the grid MAP of the module docstring, or, with
-        ``fit="lbfgs"``, BoTorch's ``fit_gpytorch_mll`` as the package did before issue 14 (L-BFGS-B to ``ftol=1e-4``,
-        its random restarts seeded from ``seed`` and the number of points)."""
-        if self.fit == "map":
-            fit_map(model)
-            return
+        """``fit="lbfgs"``: set the GP's hyper-parameters with BoTorch's ``fit_gpytorch_mll`` as the package did before
+        issue 14 (L-BFGS-B to ``ftol=1e-4``, its random restarts seeded from ``seed`` and the number of points) and put
+        it in eval mode. (``fit="map"``: :func:`fit_map`, in :meth:`_ucb_on_grid`.)"""
         with torch.random.fork_rng(devices=[]), torch.enable_grad():
             torch.manual_seed(self._effective_seed * 1_000_003 + model.train_inputs[0].shape[0])
             fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model), optimizer_kwargs=_LBFGS_OPTIONS)
@@ -525,38 +548,78 @@ def _make_model(train_x: torch.Tensor, train_y: torch.Tensor) -> SingleTaskGP:
         return SingleTaskGP(train_x, train_y, mean_module=ZeroMean(), outcome_transform=Standardize(m=1))
 
 
-def fit_map(model: SingleTaskGP) -> None:
+def _set_train_data(model: SingleTaskGP, train_x: torch.Tensor, train_y: torch.Tensor) -> SingleTaskGP:
+    """Give a GP of :func:`_make_model` new training data, as its constructor would have: the outcome transform
+    (``Standardize``) refitted to ``train_y`` and the standardised targets set (which also drops the prediction
+    caches). The hyper-parameters are left as they are: the MAP fit sets both from the grid, whatever they were."""
+    model.train()
+    targets, _ = model.outcome_transform(Y=train_y, Yvar=None, X=train_x)
+    model.set_train_data(inputs=train_x, targets=targets.squeeze(-1), strict=False)  # type: ignore[operator]
+    return model
+
+
+class _MapGrid:
+    """The hyper-parameter grid of :func:`fit_map` for a model's bounds and priors, with the priors' log densities on
+    it: what every fit of that model computes again, whatever its data (a model's priors and bounds do not change)."""
+
+    def __init__(self, model: SingleTaskGP) -> None:
+        kernel, noise_covar = model.covar_module, model.likelihood.noise_covar
+        self.dtype = dtype = model.train_inputs[0].dtype
+        self.lengthscale_prior = kernel.lengthscale_prior
+        self.noise_prior = noise_covar.noise_prior
+        ls_lo = float(kernel.raw_lengthscale_constraint.lower_bound) * (1.0 + 1e-6)
+        nz_lo = float(noise_covar.raw_noise_constraint.lower_bound) * (1.0 + 1e-6)
+        self.noises = torch.logspace(math.log10(nz_lo), math.log10(_NOISE_MAX), _NOISE_POINTS, dtype=dtype)
+        self.noises_log_prior = self.noise_prior.log_prob(self.noises)
+        self.log_ls = torch.linspace(math.log(ls_lo), math.log(_LENGTHSCALE_MAX), _LENGTHSCALE_POINTS, dtype=dtype)
+        self.ls = self.log_ls.exp()
+        self.ls_log_prior = self.lengthscale_prior.log_prob(self.ls)
+        self._refine: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def refine(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noise levels between the neighbours of ``noises[j]`` and their log prior (cached per ``j``)."""
+        if j not in self._refine:
+            noises = self.noises
+            nz = torch.logspace(
+                math.log10(float(noises[max(j - 2, 0)])),
+                math.log10(float(noises[min(j + 2, noises.numel() - 1)])),
+                _NOISE_REFINE,
+                dtype=self.dtype,
+            )
+            self._refine[j] = nz, self.noise_prior.log_prob(nz)
+        return self._refine[j]
+
+
+def fit_map(model: SingleTaskGP, grid: _MapGrid | None = None) -> None:
     """Set a one-dimensional RBF ``SingleTaskGP``'s lengthscale and noise to the MAP of its exact marginal likelihood.
 
     The priors and lower bounds are read from the model (BoTorch's defaults: ``LogNormal`` priors, ``l >= 0.025``,
     ``s2 >= 1e-4``); the search is the grid of the module docstring, on the model's (standardised)
-    ``train_targets``. Leaves the model in eval mode.
+    ``train_targets``. ``grid``: the model's :class:`_MapGrid` when the caller keeps it between fits (the same values).
+    Leaves the model in eval mode.
 
     Raises:
         FloatingPointError: no grid point has a finite objective (non-finite data).
     """
     kernel, noise_covar = model.covar_module, model.likelihood.noise_covar
+    g = _MapGrid(model) if grid is None else grid
     x = model.train_inputs[0].reshape(-1)
     y = model.train_targets.reshape(-1)
     d2 = (x[:, None] - x[None, :]).square()
-    ls_lo = float(kernel.raw_lengthscale_constraint.lower_bound) * (1.0 + 1e-6)
-    nz_lo = float(noise_covar.raw_noise_constraint.lower_bound) * (1.0 + 1e-6)
+    noises = g.noises
 
-    noises = torch.logspace(math.log10(nz_lo), math.log10(_NOISE_MAX), _NOISE_POINTS, dtype=x.dtype)
-    noise_prior = noise_covar.noise_prior.log_prob(noises)
-
-    def objective(ls: torch.Tensor, nz: torch.Tensor, nz_prior: torch.Tensor) -> torch.Tensor:
+    def objective(ls: torch.Tensor, ls_prior: torch.Tensor, nz: torch.Tensor, nz_prior: torch.Tensor) -> torch.Tensor:
         """Log MAP objective (up to a constant) on the ``len(ls) x len(nz)`` grid; non-finite values read -inf."""
         lam, q = torch.linalg.eigh(torch.exp(-0.5 * d2 / ls.view(-1, 1, 1).square()))
         proj = (q.transpose(-1, -2) @ y).square()  # (len(ls), n)
         den = lam.clamp_min(0.0)[:, None, :] + nz[None, :, None]
         out = (proj[:, None, :] / den + den.log()).sum(-1).mul(-0.5)
-        out += kernel.lengthscale_prior.log_prob(ls)[:, None] + nz_prior[None, :]
+        out += ls_prior[:, None] + nz_prior[None, :]
         return out.nan_to_num(nan=-math.inf, posinf=-math.inf)
 
     # 1. every lengthscale against every noise level (no ridge between the two is missed)
-    log_ls = torch.linspace(math.log(ls_lo), math.log(_LENGTHSCALE_MAX), _LENGTHSCALE_POINTS, dtype=x.dtype)
-    obj = objective(log_ls.exp(), noises, noise_prior)
+    log_ls = g.log_ls
+    obj = objective(g.ls, g.ls_log_prior, noises, g.noises_log_prior)
     i, j = divmod(int(obj.argmax()), noises.numel())
     best = float(obj[i, j])
     if not math.isfinite(best):
@@ -570,14 +633,9 @@ def fit_map(model: SingleTaskGP) -> None:
             step = float(log_ls[1] - log_ls[0])
             log_l += step * min(max(0.5 * (lo - hi) / curvature, -0.5), 0.5)
     # ... where the noise is refined between its grid neighbours at the best lengthscale (kept if it is no worse)
-    nz = torch.logspace(
-        math.log10(float(noises[max(j - 2, 0)])),
-        math.log10(float(noises[min(j + 2, noises.numel() - 1)])),
-        _NOISE_REFINE,
-        dtype=x.dtype,
-    )
+    nz, nz_prior = g.refine(j)
     ls = torch.tensor([math.exp(log_l)], dtype=x.dtype)
-    fine = objective(ls, nz, noise_covar.noise_prior.log_prob(nz))[0]
+    fine = objective(ls, g.lengthscale_prior.log_prob(ls), nz, nz_prior)[0]
     k = int(fine.argmax())
     if float(fine[k]) >= best:
         lengthscale, noise = ls[0], nz[k]

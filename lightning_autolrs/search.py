@@ -250,9 +250,10 @@ class StageSearch:
         self.trial_steps += 1
         if loss is not None and not diverged:
             self.trial_losses.append(loss)
-        series, _ = self._series()
-        if self.stage_level is None and series:
-            self.stage_level = series[0]
+        if self.stage_level is None:
+            series, _ = self._series()
+            if series:
+                self.stage_level = series[0]
         if not diverged and self.trial_steps < self.tau_prime:
             partial = self._abort_forecast(record) if self.options.abort_trials else None
             return None if partial is None else self._finish_trial(record, lr, step, False, partial)

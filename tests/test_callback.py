@@ -167,8 +167,8 @@ def test_exploit_losses_reach_the_controller_one_step_late_and_change_nothing_el
     reads: list[tuple[int, int]] = []  # (global step when the loss was read, the step that produced it)
     real_init, real_read = LateLoss.__init__, LateLoss.read
 
-    def init(self, trainer, loss) -> None:
-        real_init(self, trainer, loss)
+    def init(self, trainer, loss, *args) -> None:
+        real_init(self, trainer, loss, *args)
         self.trainer, self.step = trainer, trainer.global_step - 1  # the step that just ended
 
     def read(self):

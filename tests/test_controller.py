@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -393,3 +394,70 @@ def test_ranks_adopting_rank_zeros_decision_apply_the_same_plans() -> None:
             rank1.load_sync_state(pickle.loads(pickle.dumps(sent[-1])))
     assert rank0.lrs == rank1.lrs and len(rank0.history) >= 3 and len(sent) >= 10
     assert max(len(pickle.dumps(s)) for s in sent) < 1024 < len(pickle.dumps(rank0.state_dict()))
+
+
+# ------------------------------------------------------------------------------------------- the reused quiet plan
+def _drive(c: StageController, losses: list[float], plans: list[tuple]) -> None:
+    """Feed ``losses`` as the callback does (late losses where the controller allows them), recording each plan."""
+    late: list[float] = []
+    for loss in losses:
+        if c.total_steps is not None and c.step >= c.total_steps:
+            break
+        plans.append(dataclasses.astuple(c.begin_step()))
+        if late:
+            c.report_late_loss(late.pop())
+        if c.loss_can_wait:
+            c.end_step(None, late=True)
+            late.append(loss)
+        else:
+            c.end_step(loss)
+    if late:
+        c.report_late_loss(late.pop())
+
+
+def _quiet_case() -> tuple[dict, list[float]]:
+    kw = dict(num_trials=3, tau=20, search_ratio=0.25, total_steps=300, anneal_steps=30, seed=0)
+    kw.update(anchor_lr=0.1, collapse_guard=True, warmup_steps=5, warmup_lr=0.01)
+    losses = [1.0 + math.exp(-i / 60) + 0.01 * math.sin(i) for i in range(300)]
+    for i in (140, 190):
+        losses[i] = 50.0  # exploit divergences: fallbacks to a smaller LR (a restore)
+    losses[285] = math.nan  # one in the final anneal
+    return kw, losses
+
+
+def test_reused_quiet_plan_changes_no_plan(monkeypatch) -> None:
+    """`begin_step` reuses the plan of a step without actions while nothing that plans a step changed: every plan,
+    LR and record is what planning each step afresh gives, fallbacks, stage ends and the anneal included."""
+    kw, losses = _quiet_case()
+    fast, fast_plans = StageController(1e-3, 1.0, **kw), []
+    _drive(fast, losses, fast_plans)
+    monkeypatch.setattr(StageController, "_keep_quiet_plan", lambda self, plan: None)
+    slow, slow_plans = StageController(1e-3, 1.0, **kw), []
+    _drive(slow, losses, slow_plans)
+    assert fast_plans == slow_plans and fast.lrs == slow.lrs and fast.history == slow.history
+    assert len(fast.lrs) == 300 and any(h["fallbacks"] for h in fast.history)
+
+
+def test_reused_quiet_plan_is_dropped_when_the_state_is_set_from_outside() -> None:
+    """A state loaded from a checkpoint or adopted from rank 0 replans the next step."""
+    kw, losses = _quiet_case()
+    reference, plans = StageController(1e-3, 1.0, **kw), []
+    _drive(reference, losses[:120], plans)
+    state = reference.state_dict()
+    other = StageController(1e-3, 1.0, **kw)
+    _drive(other, [2.0 + 0.5 * math.cos(i) for i in range(150)], [])  # another run: another LR, a quiet plan kept
+    assert other._quiet is not None and (other._quiet.lr, other.step) != (reference._lr, reference.step)
+    other.load_state_dict(state)
+    rest_ref, rest_other = [], []
+    _drive(reference, losses[120:], rest_ref)
+    _drive(other, losses[120:], rest_other)
+    assert rest_other == rest_ref and other.lrs == reference.lrs
+    for load in ("state_dict", "sync_state"):  # the same LR and phase, only the end of the exploit phase moved
+        c = StageController(1e-3, 1.0, **kw)
+        _drive(c, losses[:100], [])
+        assert c._quiet is not None and c.phase == "exploit" and c.step < c._quiet_until
+        state = getattr(c, load)()
+        state["exploit_end"] = c.step  # (rank 0 / the checkpoint: the next stage begins now)
+        getattr(c, "load_" + load)(state)
+        plan = c.begin_step()
+        assert plan.phase == "search" and plan.capture

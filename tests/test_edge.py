@@ -64,3 +64,28 @@ def test_late_loss_device_path_reads_what_reduce_loss_would(value: float, expect
     assert late.read() is None
     late._start_on_device(trainer, torch.tensor(value, dtype=torch.float32))
     assert late.read() == pytest.approx(expected, nan_ok=True)
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_optimizer_step_counter_reads_the_global_step(lpl, tmp_path, accumulate: int) -> None:
+    """The per-step hooks read the Trainer's optimizer-step counter instead of `trainer.global_step`: both agree at
+    every batch, with gradient accumulation too, in both Lightning flavours."""
+    from lightning_autolrs._edge import optimizer_step_counter
+
+    seen: list[tuple[int, int]] = []
+
+    class Check(lpl.Callback):
+        counter = None
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.counter = optimizer_step_counter(trainer)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            seen.append((self.counter.completed, trainer.global_step))
+
+    trainer = lpl.Trainer(
+        callbacks=[Check()], **trainer_kwargs(tmp_path, max_steps=7, accumulate_grad_batches=accumulate)
+    )
+    trainer.fit(make_module_class(lpl)(lr=0.02))
+    assert len(seen) == 7 * accumulate and all(a == b for a, b in seen)
+    assert seen[-1][1] == 7

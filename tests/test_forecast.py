@@ -309,3 +309,28 @@ def test_property_never_raises_and_respects_bound(series: list[float], horizon: 
     assert high <= hi_data
     assert low >= lo_data - K_DEFAULT * (hi_data - lo_data)
     assert fc.method in {"exp", "flat", "rising", "noisy", "short"}
+
+
+def test_the_grid_cache_changes_no_forecast() -> None:
+    """The coarse grid of a series without non-finite values is cached by (grid size, length): a forecast read from
+    the cache is bitwise the one computed afresh, series of the same length with dropped points and other grid sizes
+    do not read it, and the cache stays bounded."""
+    from lightning_autolrs import forecast as module
+
+    series = exp_series(60, 2.0, 0.05, 0.5, 0.01, seed=1)
+    holed = series.clone()
+    holed[[3, 40]] = math.nan  # the same length, two points dropped: other times s = t / T
+    shifted = series.clone()
+    shifted[-1] = math.nan  # the last point dropped: another T
+    forecasters = [ExponentialForecaster(), ExponentialForecaster(grid_size=16)]
+    module._grid_cache.clear()
+    fresh = [f.predict(x, horizon=600) for f in forecasters for x in (series, holed, shifted)]
+    for _ in range(2):
+        module._grid_cache.clear()
+        for f in forecasters:
+            f.predict(series, horizon=600)  # prime the cache with the dense series
+        again = [f.predict(x, horizon=600) for f in forecasters for x in (series, holed, shifted)]
+        assert again == fresh
+    for n in range(10, 30):
+        ExponentialForecaster().predict(exp_series(n, 2.0, 0.1, 0.5, 0.01, seed=n), horizon=10 * n)
+    assert len(module._grid_cache) <= module._GRID_CACHE_SIZE

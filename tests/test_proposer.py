@@ -434,6 +434,7 @@ def test_early_stop_test_and_next_proposal_share_one_gp_fit(monkeypatch) -> None
     calls = []
     real = proposer_module.fit_map
     monkeypatch.setattr(proposer_module, "fit_map", lambda *a, **k: calls.append(1) or real(*a, **k))
+    proposer_module._MAP_GP.__dict__.clear()  # the GP of this thread's MAP fits, with the data it was fitted to
     p = LRProposer(1e-4, 1.0, seed=0)
     for lr in (1e-3, 1e-2, 1e-1):
         p.observe(lr, (math.log10(lr) + 2.0) ** 2)
@@ -442,10 +443,18 @@ def test_early_stop_test_and_next_proposal_share_one_gp_fit(monkeypatch) -> None
     assert len(calls) == 1
     fresh = LRProposer(1e-4, 1.0, seed=0)
     fresh.load_state_dict(p.state_dict())
+    assert fresh.propose() == shared and len(calls) == 1  # the same data, in any proposer: the same fit
+    proposer_module._MAP_GP.__dict__.clear()
     assert fresh.propose() == shared and len(calls) == 2  # the cache is a pure speed-up: a refit proposes the same
+    other = LRProposer(1e-4, 1.0, seed=0)
+    other.observe(1e-2, 1.0)
+    other.observe(1e-1, 2.0)
+    other.propose()  # another proposer's data: the shared GP is refitted ...
+    assert len(calls) == 3
+    assert p.propose() == shared and len(calls) == 4  # ... so p's data is fitted again, to the same proposal
     p.observe(shared, 0.5)
     p.propose()
-    assert len(calls) == 3  # new data: a new fit
+    assert len(calls) == 5  # new data: a new fit
 
 
 # ---------------------------------------------------------------------------------------------- the MAP grid fit
@@ -512,3 +521,44 @@ def test_map_grid_fit_is_deterministic_and_respects_the_bounds() -> None:
     assert torch.equal(a.likelihood.noise, b.likelihood.noise)
     assert a.covar_module.lengthscale.item() >= a.covar_module.raw_lengthscale_constraint.lower_bound.item()
     assert a.likelihood.noise.item() >= a.likelihood.noise_covar.raw_noise_constraint.lower_bound.item()
+
+
+def test_reused_gp_is_bitwise_a_new_one() -> None:
+    """The MAP fits reuse one GP, given each decision's data (`_set_train_data`), and its hyper-parameter grid, and
+    fit it under `inference_mode`: its acquisition values are bitwise those of a new GP fitted afresh, whatever data it
+    held before."""
+    from botorch.acquisition.analytic import UpperConfidenceBound
+
+    grid = torch.linspace(0.0, 1.0, 1025, dtype=torch.float64).view(-1, 1, 1)
+    datasets = [_scenario_data(name, n) for n in (3, 8, 5, 12) for name in ("two basins", "noisy", "flat")]
+    reused = proposer_module._make_model(*datasets[-1])
+    map_grid = proposer_module._MapGrid(reused)  # kept between the fits, as the proposer keeps it
+    for x, y in datasets:
+        fresh = proposer_module._make_model(x, y)
+        with torch.no_grad():
+            proposer_module.fit_map(fresh)
+            expected = UpperConfidenceBound(fresh, beta=8.0)(grid)
+        with torch.inference_mode():
+            proposer_module.fit_map(proposer_module._set_train_data(reused, x, y), map_grid)
+            got = UpperConfidenceBound(reused, beta=8.0)(grid)
+        assert torch.equal(got, expected)
+
+
+def test_a_failed_map_fit_leaves_no_stale_gp(monkeypatch) -> None:
+    """A fit that raises marks the shared GP unusable, so the next decision on the same data fits again."""
+    proposer_module._MAP_GP.__dict__.clear()
+    p = LRProposer(1e-4, 1.0, seed=0)
+    for lr in (1e-3, 1e-2, 1e-1):
+        p.observe(lr, (math.log10(lr) + 2.0) ** 2)
+    expected = p.propose()
+    proposer_module._MAP_GP.__dict__.clear()
+    real = proposer_module.fit_map
+
+    def failing(model, grid=None) -> None:
+        raise FloatingPointError("no finite marginal likelihood on the hyper-parameter grid")
+
+    monkeypatch.setattr(proposer_module, "fit_map", failing)
+    fallback = p.propose()  # the GP failed: the initial design
+    assert proposer_module._MAP_GP.key is None
+    monkeypatch.setattr(proposer_module, "fit_map", real)
+    assert p.propose() == expected != fallback
