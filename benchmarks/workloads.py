@@ -411,6 +411,11 @@ AUTOLRS_VARIANTS: dict[str, dict[str, Any]] = {
     "autolrs_k3": {"num_trials": 3},
     "autolrs_anneal10": {"anneal_ratio": 0.1},
     "autolrs_beta2": {"beta": 2.0},
+    "autolrs_es2": {"early_stop": True, "min_trials": 2},
+    "autolrs_ratio05": {"search_ratio": 0.05},
+    "autolrs_r05_average": {"search_ratio": 0.05, "average_trials": True},
+    "autolrs_r05_k3": {"search_ratio": 0.05, "num_trials": 3},
+    "autolrs_ratio03": {"search_ratio": 0.03},
 }
 """Constructor arguments of each AutoLRS row besides ``min_lr``/``max_lr`` and ``seed``. ``autolrs`` is ``AutoLRS()``
 at the package defaults; ``autolrs_before`` is ``AutoLRS()`` at the defaults of :data:`BEFORE_COMMIT` (its runs were
@@ -515,6 +520,20 @@ METHODS: dict[str, Method] = {
         Method("autolrs_k3", "AutoLRS, defaults but num_trials=3", "autolrs_k3", default=False),
         Method("autolrs_anneal10", "AutoLRS, defaults but anneal_ratio=0.1", "autolrs_anneal10", default=False),
         Method("autolrs_beta2", "AutoLRS, defaults but beta=2", "autolrs_beta2", default=False),
+        Method(
+            "autolrs_es2", "AutoLRS, defaults but early_stop=True, min_trials=2", "autolrs_es2", default=False
+        ),
+        Method("autolrs_ratio05", "AutoLRS, defaults but search_ratio=0.05", "autolrs_ratio05", default=False),
+        Method(
+            "autolrs_r05_average",
+            "AutoLRS, defaults but search_ratio=0.05, average_trials=True",
+            "autolrs_r05_average",
+            default=False,
+        ),
+        Method(
+            "autolrs_r05_k3", "AutoLRS, defaults but search_ratio=0.05, num_trials=3", "autolrs_r05_k3", default=False
+        ),
+        Method("autolrs_ratio03", "AutoLRS, defaults but search_ratio=0.03", "autolrs_ratio03", default=False),
         Method(
             "replay", "ReplaySchedule of `autolrs`'s schedule (another seed's run), stretched", "replay", default=False
         ),
@@ -863,6 +882,11 @@ def run_one(task: dict[str, Any], schedule: dict[str, Any] | None = None) -> dic
                     "aborted_trials": sum(bool(t.get("aborted")) for t in h["trials"]),
                     "warm_start": bool(h.get("warm_start")),
                     "forecasts": [t["forecast"] for t in h["trials"]],
+                    "trial_lrs": [float(f"{t['lr']:.5g}") for t in h["trials"]],
+                    "trial_predictions": [
+                        None if t["predicted_loss"] is None else float(f"{t['predicted_loss']:.5g}")
+                        for t in h["trials"]
+                    ],
                     "search_steps": h["search_steps"],
                     "exploit_steps": h["exploit_steps"],
                     "fallbacks": len(h["fallbacks"]),

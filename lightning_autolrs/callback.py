@@ -126,7 +126,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         num_trials: int = 4,
         tau: int | None = None,
         tau_max: int = 8000,
-        search_ratio: float = 0.1,
+        search_ratio: float = 0.05,
         beta: float = DEFAULT_BETA,
         warmup_steps: int = 0,
         warmup_lr: float | None = None,

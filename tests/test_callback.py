@@ -94,7 +94,7 @@ def test_end_to_end_beats_training_at_min_lr(lpl, tmp_path) -> None:
     cb = AutoLRS(min_lr=1e-3, max_lr=1.0, num_trials=5, seed=0, verbose=False)
     _, tuned = fit(lpl, tmp_path, cb, max_steps=steps)
     # the documented default tau rule: one stage fits in what the final anneal leaves (two would need shorter trials)
-    assert cb.history[0]["tau"] == plan_tau(steps - round(0.2 * steps), 5, 0.1, True, 8000) == 342
+    assert cb.history[0]["tau"] == plan_tau(steps - round(0.2 * steps), 5, 0.05, True, 8000) == 400
     baseline_cb = lpl.Callback()
     lpl.seed_everything(0)
     base = make_module_class(lpl)(lr=1e-3)
@@ -119,7 +119,7 @@ def test_warmup_then_search(lpl, tmp_path) -> None:
 
 
 def test_gradient_accumulation_counts_optimizer_steps(lpl, tmp_path) -> None:
-    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, seed=0, verbose=False)
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, search_ratio=0.1, seed=0, verbose=False)
     trainer, _ = fit(lpl, tmp_path, cb, max_steps=60, accumulate_grad_batches=2)
     assert len(cb.lrs) == trainer.global_step == 60
     assert all(t["steps"] == 2 for t in cb.history[0]["trials"])
@@ -375,7 +375,7 @@ def test_range_test_finds_the_range_and_restores_the_model(lpl, tmp_path) -> Non
             seen[trainer.global_step] = [p.detach().clone() for p in pl_module.parameters()]
 
     lpl.seed_everything(0)
-    cb = AutoLRS(num_trials=3, seed=0, verbose=False)  # no min_lr/max_lr: the range test runs
+    cb = AutoLRS(num_trials=3, search_ratio=0.1, seed=0, verbose=False)  # no min_lr/max_lr: the range test runs
     model = make_module_class(lpl)(lr=0.02)
     trainer = lpl.Trainer(callbacks=[cb, Recorder()], **trainer_kwargs(tmp_path, max_steps=400))
     trainer.fit(model)
@@ -395,7 +395,7 @@ def test_range_test_finds_the_range_and_restores_the_model(lpl, tmp_path) -> Non
 
 
 def test_range_test_stops_when_the_loss_blows_up(lpl, tmp_path) -> None:
-    cb = AutoLRS(num_trials=3, seed=0, verbose=False, range_test_steps=60)
+    cb = AutoLRS(num_trials=3, search_ratio=0.1, seed=0, verbose=False, range_test_steps=60)
     _, model = fit(lpl, tmp_path, cb, max_steps=400, module_kw=dict(lr=1.0))  # sweeps up to lr = 100
     rt = cb.range_test_result
     assert rt["stopped_early"] and rt["steps"] < 60 and cb.max_lr < 1.0
@@ -403,13 +403,13 @@ def test_range_test_stops_when_the_loss_blows_up(lpl, tmp_path) -> None:
 
 
 def test_range_test_counts_in_the_budget_check(lpl, tmp_path) -> None:
-    trainer = lpl.Trainer(callbacks=[AutoLRS(num_trials=3, tau=100)], **trainer_kwargs(tmp_path, max_steps=50))
+    trainer = lpl.Trainer(callbacks=[AutoLRS(num_trials=3, tau=100, search_ratio=0.1)], **trainer_kwargs(tmp_path, max_steps=50))
     with pytest.raises(InvalidArgumentError, match="range-test steps"):
         trainer.fit(make_module_class(lpl)())
     assert trainer.global_step == 0
     # without the 20 range-test steps the same search fits: 3 trials + 1 of tau' = 10 steps
     trainer = lpl.Trainer(
-        callbacks=[AutoLRS(num_trials=3, tau=100, range_test=False, verbose=False)],
+        callbacks=[AutoLRS(num_trials=3, tau=100, search_ratio=0.1, range_test=False, verbose=False)],
         **trainer_kwargs(tmp_path, max_steps=50),
     )
     trainer.fit(make_module_class(lpl)())

@@ -217,7 +217,7 @@ def test_a_loss_nan_at_every_lr_raises_and_leaves_a_finite_model(lpl, tmp_path, 
     cb = autolrs() if range_given else AutoLRS(verbose=False)
     model = AlwaysNan()
     before = [p.detach().clone() for p in model.parameters()]
-    trainer = lpl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_steps=400))
+    trainer = lpl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_steps=800))
     match = "every training loss .* down to min_lr" if range_given else "range test saw only non-finite"
     with pytest.raises(NonFiniteLossError, match=match), pytest.warns(UserWarning, match="restored"):
         trainer.fit(model)
