@@ -642,6 +642,7 @@ def readme_markdown(
 BEFORE_AFTER = (
     ("autolrs_before", "before: `AutoLRS()` defaults of " + BEFORE_COMMIT),
     ("autolrs_rework1", "first rework: `AutoLRS()` defaults of " + REWORK1_COMMIT),
+    ("autolrs_ratio10", "second round's start: `AutoLRS(search_ratio=0.1)`, the default before it"),
     ("autolrs", "after: `AutoLRS()` defaults"),
 )
 SEARCH_SHARE_TARGET = 0.30

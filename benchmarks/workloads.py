@@ -416,6 +416,7 @@ AUTOLRS_VARIANTS: dict[str, dict[str, Any]] = {
     "autolrs_r05_average": {"search_ratio": 0.05, "average_trials": True},
     "autolrs_r05_k3": {"search_ratio": 0.05, "num_trials": 3},
     "autolrs_ratio03": {"search_ratio": 0.03},
+    "autolrs_ratio10": {"search_ratio": 0.1},
 }
 """Constructor arguments of each AutoLRS row besides ``min_lr``/``max_lr`` and ``seed``. ``autolrs`` is ``AutoLRS()``
 at the package defaults; ``autolrs_before`` is ``AutoLRS()`` at the defaults of :data:`BEFORE_COMMIT` (its runs were
@@ -534,6 +535,11 @@ METHODS: dict[str, Method] = {
             "autolrs_r05_k3", "AutoLRS, defaults but search_ratio=0.05, num_trials=3", "autolrs_r05_k3", default=False
         ),
         Method("autolrs_ratio03", "AutoLRS, defaults but search_ratio=0.03", "autolrs_ratio03", default=False),
+        Method(
+            "autolrs_ratio10",
+            "AutoLRS, defaults but search_ratio=0.1 (the default before issue 12's second round)",
+            "autolrs_ratio10",
+        ),
         Method(
             "replay", "ReplaySchedule of `autolrs`'s schedule (another seed's run), stretched", "replay", default=False
         ),

@@ -403,7 +403,9 @@ def test_range_test_stops_when_the_loss_blows_up(lpl, tmp_path) -> None:
 
 
 def test_range_test_counts_in_the_budget_check(lpl, tmp_path) -> None:
-    trainer = lpl.Trainer(callbacks=[AutoLRS(num_trials=3, tau=100, search_ratio=0.1)], **trainer_kwargs(tmp_path, max_steps=50))
+    trainer = lpl.Trainer(
+        callbacks=[AutoLRS(num_trials=3, tau=100, search_ratio=0.1)], **trainer_kwargs(tmp_path, max_steps=50)
+    )
     with pytest.raises(InvalidArgumentError, match="range-test steps"):
         trainer.fit(make_module_class(lpl)())
     assert trainer.global_step == 0

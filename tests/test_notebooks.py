@@ -18,7 +18,7 @@ from nbclient import NotebookClient
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ["quickstart", "compare_schedules"]
-STEPS = "340"  # the smallest budget (min_lr/max_lr given) whose derived tau allows a search
+STEPS = "575"  # the smallest budget (min_lr/max_lr given) whose derived tau allows a search
 
 
 def test_both_notebooks_exist() -> None:
@@ -90,7 +90,7 @@ def test_notebook_runs_without_errors_and_leaves_nothing(name: str, executed) ->
 
 def test_quickstart_prints_the_table_and_shows_the_schedule_plot(executed) -> None:
     nb, _ = executed["quickstart"]
-    assert "steps: 340" in text_of(outputs_of(nb, "trainer.fit("))
+    assert "steps: 575" in text_of(outputs_of(nb, "trainer.fit("))
     assert "<- chosen" in text_of(outputs_of(nb, "summary_table("))
     assert any("image/png" in out.get("data", {}) for out in outputs_of(nb, "plot_schedule("))
 

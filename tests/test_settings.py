@@ -150,9 +150,13 @@ def test_derive_range_test_length_and_lrs() -> None:
 
 def test_derive_tau_from_the_budget() -> None:
     d = derive(Settings(min_lr=1e-3, max_lr=1.0, warmup_steps=30), 0.1, 3000)
-    assert d.tau == plan_tau(3000 - 30 - 600, 4, Settings().search_ratio, True, 8000) == positive_int(d.tau) and d.total_steps == 3000
+    assert (
+        d.tau == plan_tau(3000 - 30 - 600, 4, Settings().search_ratio, True, 8000) == positive_int(d.tau)
+        and d.total_steps == 3000
+    )
     assert d.anneal_steps == 600 and not d.fallback
-    assert tau_prime_for(d.tau, Settings().search_ratio) >= MIN_TRIAL_STEPS  # never trials shorter than the forecaster needs
+    # never trials shorter than the forecaster needs
+    assert tau_prime_for(d.tau, Settings().search_ratio) >= MIN_TRIAL_STEPS
     assert derive(Settings(min_lr=1e-3, max_lr=1.0, tau_max=250), 0.1, 3000).tau == 250
     assert derive(Settings(min_lr=1e-3, max_lr=1.0), 0.1, None).tau == 1000
     assert derive(Settings(min_lr=1e-3, max_lr=1.0), 0.1, -1).total_steps is None
@@ -173,7 +177,8 @@ def test_a_budget_too_small_for_a_search_falls_back_to_a_decay_from_the_configur
     assert d.fallback and d.range_test_steps == 0 and d.anneal_steps == budget
     assert d.needed_steps > budget and (d.min_lr, d.max_lr) == (0.1 / RANGE_SPAN, 0.1)
     big = derive(Settings(), 0.1, d.needed_steps)
-    assert not big.fallback and tau_prime_for(big.tau, Settings().search_ratio) >= MIN_TRIAL_STEPS  # the named budget does search
+    # the named budget does search
+    assert not big.fallback and tau_prime_for(big.tau, Settings().search_ratio) >= MIN_TRIAL_STEPS
     assert derive(Settings(), 0.1, d.needed_steps - 1).fallback  # and it is the smallest that does
 
 
