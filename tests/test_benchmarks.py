@@ -258,3 +258,22 @@ def test_proposer_fit_quick(tmp_path: Path) -> None:
     assert int(rows[-1][header.index("replayed rounds")]) > 0
     header, rows = _table(text, "| observations |")
     assert [r[0] for r in rows] == ["2", "5", "10"]
+
+
+def test_seeds_table_pairs_each_run_with_the_cosine_run_of_its_seed() -> None:
+    from benchmarks.quality import run_key
+    from benchmarks.seeds import paired_lines
+    from benchmarks.workloads import WORKLOADS
+
+    lr = WORKLOADS["digits"].lr
+    cosine = [1.0, 2.0, 4.0]
+    autolrs = [0.9, 2.2, 3.0]  # -10 %, +10 %, -25 % against the same seed's cosine run
+    results = {("digits", run_key("cosine", lr, s)): {"final_loss": v} for s, v in enumerate(cosine)}
+    results |= {("digits", run_key("autolrs", None, s)): {"final_loss": v} for s, v in enumerate(autolrs)}
+    lines = paired_lines(results, ["digits"], ["autolrs"], [0, 1, 2])
+    row = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert row == ["digits", "`autolrs`", "2.2 [0.9–3]", "2", "no", "-8.3 %", "+10.0 %", "2/3"]
+    assert lines[-1] == (
+        "- `autolrs`, all workloads: at or below the same seed's cosine run in 2/3 runs; mean difference -8.3 %, "
+        "median -10.0 %."
+    )

@@ -1,0 +1,104 @@
+"""More seeds for a default choice: AutoLRS rows against cosine at the module's LR, paired by seed.
+
+The quality benchmark (:mod:`benchmarks.quality`) judges a row on the median of three seeds; with differences between
+search settings of a few percent and seed-to-seed spreads of 10-30 %, three seeds cannot separate two candidates.
+This harness trains the selected AutoLRS rows and the untuned cosine row (``cosine_configured``) on more seeds,
+without the tuned grid (which it does not need), and reports per workload:
+
+* the median final validation loss of each row over the seeds, and whether it is at or below the cosine row's median;
+* the paired comparison: each seed's final loss against the cosine run of the *same* seed (same initial weights and
+  data order), as the mean of the relative differences, the worst one, and the number of seeds at or below it.
+
+Runs are cached in ``OUT/runs`` under the same keys as :mod:`benchmarks.quality`'s, so the two share runs.
+
+Run: ``python -m benchmarks.seeds --resume --out DIR`` (defaults: seeds 0-4, rows ``autolrs autolrs_ratio10``).
+Writes ``seeds.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks.quality import execute, final_of, plan_tasks, run_key
+from benchmarks.workloads import AUTOLRS_VARIANTS, METHODS, WORKLOADS
+
+__all__ = ["main", "paired_lines"]
+
+REFERENCE = "cosine_configured"
+
+
+def _finals(results: dict, workload: str, method: str, seeds: Sequence[int]) -> list[float]:
+    m = METHODS[method]
+    lr = WORKLOADS[workload].lr if m.lr == "configured" else None
+    return [final_of(results[(workload, run_key(m.kind, lr, s))]) for s in seeds]
+
+
+def paired_lines(results: dict, workloads: Sequence[str], methods: Sequence[str], seeds: Sequence[int]) -> list[str]:
+    """The markdown table of every (workload, row): median, paired mean / worst difference, seeds at or below."""
+    lines = [
+        "| workload | row | final val loss, median [min–max] | cosine at the module's LR, median | median at or below "
+        "| paired: mean difference | paired: worst seed | seeds at or below |",
+        "| --- | --- | ---: | ---: | :---: | ---: | ---: | ---: |",
+    ]
+    totals: dict[str, list[float]] = {m: [] for m in methods}
+    for w in workloads:
+        ref = _finals(results, w, REFERENCE, seeds)
+        ref_med = statistics.median(ref)
+        for m in methods:
+            v = _finals(results, w, m, seeds)
+            diff = [100.0 * (a / b - 1.0) for a, b in zip(v, ref)]
+            totals[m] += diff
+            med = statistics.median(v)
+            lines.append(
+                f"| {w} | `{m}` | {med:.4g} [{min(v):.4g}–{max(v):.4g}] | {ref_med:.4g} | "
+                f"{'yes' if med <= ref_med else 'no'} | {statistics.mean(diff):+.1f} % | {max(diff):+.1f} % | "
+                f"{sum(d <= 0 for d in diff)}/{len(diff)} |"
+            )
+    lines.append("")
+    for m in methods:
+        d = totals[m]
+        lines.append(
+            f"- `{m}`, all workloads: at or below the same seed's cosine run in {sum(x <= 0 for x in d)}/{len(d)} runs; "
+            f"mean difference {statistics.mean(d):+.1f} %, median {statistics.median(d):+.1f} %."
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.seeds", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    rows = [m for m, meth in METHODS.items() if meth.kind in AUTOLRS_VARIANTS]
+    p.add_argument("--methods", nargs="+", default=["autolrs", "autolrs_ratio10"], choices=rows)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--out", default="benchmarks/results", help="output folder (runs cached in OUT/runs)")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes")
+    p.add_argument("--resume", action="store_true", help="reuse finished runs found in OUT/runs")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    tasks = plan_tasks(args.workloads, [REFERENCE, *args.methods], args.seeds, False, 40)
+    results, ran, reused = execute(tasks, out, args.jobs, args.resume)
+    command = "python -m benchmarks.seeds" + ("" if not argv else " " + shlex.join(argv))
+    text = [
+        "# AutoLRS rows on more seeds, paired with cosine at the module's LR",
+        "",
+        f"Command: `{command}` ({ran} runs trained, {reused} reused, {(time.perf_counter() - start) / 60:.1f} min "
+        f"wall). Seeds {', '.join(map(str, args.seeds))}; final validation loss on the full validation set.",
+        "",
+        *paired_lines(results, args.workloads, args.methods, args.seeds),
+    ]
+    (out / "seeds.md").write_text("\n".join(text) + "\n")
+    sys.stdout.write("\n".join(text) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
