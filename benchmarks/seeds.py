@@ -63,8 +63,9 @@ def paired_lines(results: dict, workloads: Sequence[str], methods: Sequence[str]
     lines.append("")
     for m in methods:
         d = totals[m]
+        wins = f"{sum(x <= 0 for x in d)}/{len(d)}"
         lines.append(
-            f"- `{m}`, all workloads: at or below the same seed's cosine run in {sum(x <= 0 for x in d)}/{len(d)} runs; "
+            f"- `{m}`, all workloads: at or below the same seed's cosine run in {wins} runs; "
             f"mean difference {statistics.mean(d):+.1f} %, median {statistics.median(d):+.1f} %."
         )
     return lines
