@@ -417,6 +417,7 @@ AUTOLRS_VARIANTS: dict[str, dict[str, Any]] = {
     "autolrs_r05_k3": {"search_ratio": 0.05, "num_trials": 3},
     "autolrs_ratio03": {"search_ratio": 0.03},
     "autolrs_ratio10": {"search_ratio": 0.1},
+    "autolrs_r05_no_range_test": {"range_test": False},
 }
 """Constructor arguments of each AutoLRS row besides ``min_lr``/``max_lr`` and ``seed``. ``autolrs`` is ``AutoLRS()``
 at the package defaults; ``autolrs_before`` is ``AutoLRS()`` at the defaults of :data:`BEFORE_COMMIT` (its runs were
@@ -535,6 +536,12 @@ METHODS: dict[str, Method] = {
             "autolrs_r05_k3", "AutoLRS, defaults but search_ratio=0.05, num_trials=3", "autolrs_r05_k3", default=False
         ),
         Method("autolrs_ratio03", "AutoLRS, defaults but search_ratio=0.03", "autolrs_ratio03", default=False),
+        Method(
+            "autolrs_r05_no_range_test",
+            "AutoLRS, defaults (search_ratio=0.05) but range_test=False",
+            "autolrs_r05_no_range_test",
+            default=False,
+        ),
         Method(
             "autolrs_ratio10",
             "AutoLRS, defaults but search_ratio=0.1 (the default before issue 12's second round)",
