@@ -177,10 +177,11 @@ def _rank_mean(total: float, count: float, bad: float) -> float | None:
     return math.nan if bad > 0 else None if count == 0 else float(total / count)
 
 
-def reduce_loss(trainer: pl.Trainer, *losses: float | None) -> Any:
+def reduce_loss(trainer: pl.Trainer, *losses: float | None, world_size: int | None = None) -> Any:
     """The mean over the ranks of each loss (``None`` where no rank had one; NaN as soon as any rank's is
-    non-finite), all in one all-reduce. One loss in, one value out; several in, a tuple out."""
-    if trainer.world_size <= 1:
+    non-finite), all in one all-reduce. One loss in, one value out; several in, a tuple out. ``world_size``: the
+    Trainer's, when the caller has it at hand (``None``: read from the Trainer)."""
+    if (trainer.world_size if world_size is None else world_size) <= 1:
         return losses[0] if len(losses) == 1 else losses
     rows = []
     for loss in losses:
@@ -212,8 +213,7 @@ class LateLoss:
         self._event: Any = None
         if loss is None or loss.is_cpu:
             value = None if loss is None else float(loss.item())
-            single = (trainer.world_size if world_size is None else world_size) <= 1
-            self._value = value if single else reduce_loss(trainer, value)
+            self._value = reduce_loss(trainer, value, world_size=world_size)
         else:
             self._start_on_device(trainer, loss)
 

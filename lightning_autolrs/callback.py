@@ -408,8 +408,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         apply_lr(self._optimizer, plan.lr, self._ratios)
         self._lr_logger(trainer, plan.lr)
         # a skipped AMP step only matters to a trial's step count; reading the scale syncs with the device
-        scaler = self._scaler
-        self._scale_before = None if scaler is None or plan.phase != "search" else float(scaler.get_scale())
+        self._scale_before = self._scaler_scale() if plan.phase == "search" else None
         self._plan_probe = plan.probe
         self._step_open = True
         self._step_loss = None

@@ -194,8 +194,8 @@ class LRProposer:
         self._diverged: list[bool] = []
         self._prior_lrs: list[float] = []
         self._prior_losses: list[float] = []
-        # (data key, fitted GP) of the last fit; with fit="map" the GP is the thread's shared one (`_MAP_GP`), which
-        # another proposer's fit may since have given other data: only `_MAP_GP.key` says what it holds
+        # (data key, fitted GP) of the last L-BFGS fit; the MAP fits share the thread's GP (`_MAP_GP`), whose `key`
+        # says what data it holds
         self._fitted: tuple[Any, SingleTaskGP] | None = None
         self._rebuild()
 
@@ -478,7 +478,6 @@ class LRProposer:
                 shared["key"] = None  # (until the fit below has succeeded)
                 fit_map(_set_train_data(model, train_x, train_y), shared["grid"])
                 shared["key"] = key
-            self._fitted = (key, model)
             return UpperConfidenceBound(model, beta=b)(self._grid.view(-1, 1, 1))
 
     def _fit_model(self, model: SingleTaskGP) -> None:
