@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.quality import execute, final_of, plan_tasks, run_key
+from benchmarks.quality import execute, final_of, method_lrs, plan_tasks, run_key
 from benchmarks.workloads import AUTOLRS_VARIANTS, METHODS, WORKLOADS
 
 __all__ = ["main", "paired_lines"]
@@ -35,7 +35,7 @@ REFERENCE = "cosine_configured"
 
 def _finals(results: dict, workload: str, method: str, seeds: Sequence[int]) -> list[float]:
     m = METHODS[method]
-    lr = WORKLOADS[workload].lr if m.lr == "configured" else None
+    (lr,) = method_lrs(m, WORKLOADS[workload], False)  # (the runs' own key: an untuned row has one LR)
     return [final_of(results[(workload, run_key(m.kind, lr, s))]) for s in seeds]
 
 

@@ -417,7 +417,6 @@ AUTOLRS_VARIANTS: dict[str, dict[str, Any]] = {
     "autolrs_r05_k3": {"search_ratio": 0.05, "num_trials": 3},
     "autolrs_ratio03": {"search_ratio": 0.03},
     "autolrs_ratio10": {"search_ratio": 0.1},
-    "autolrs_r05_no_range_test": {"range_test": False},
 }
 """Constructor arguments of each AutoLRS row besides ``min_lr``/``max_lr`` and ``seed``. ``autolrs`` is ``AutoLRS()``
 at the package defaults; ``autolrs_before`` is ``AutoLRS()`` at the defaults of :data:`BEFORE_COMMIT` (its runs were
@@ -472,6 +471,11 @@ def autolrs_kwargs(kind: str, workload: Workload, seed: int, quick: bool) -> dic
     return {"min_lr": lo, "max_lr": hi, "seed": seed, "verbose": False, "save_files": False, **settings}
 
 
+def _variant(name: str, label: str, default: bool = False) -> Method:
+    """The row of the AutoLRS variant ``name`` of :data:`AUTOLRS_VARIANTS` (its own kind); off by default."""
+    return Method(name, label, name, default=default)
+
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -495,57 +499,30 @@ METHODS: dict[str, Method] = {
         Method("constant", "constant LR, tuned", "constant", tuned=True, default=False),
         Method("onecycle", "OneCycle, tuned", "onecycle", tuned=True, default=False),
         Method("sf", "schedule-free, tuned", "sf", tuned=True, default=False),
-        Method(
-            "autolrs_given_range", "AutoLRS, defaults, range = the grid's ends", "autolrs_given_range", default=False
+        _variant("autolrs_given_range", "AutoLRS, defaults, range = the grid's ends"),
+        _variant(
+            "autolrs_average", "AutoLRS, defaults but trials judged on their averaged weights (average_trials=True)"
         ),
-        Method(
-            "autolrs_average",
-            "AutoLRS, defaults but trials judged on their averaged weights (average_trials=True)",
-            "autolrs_average",
-            default=False,
-        ),
-        Method(
-            "autolrs_k3_no_range_test",
-            "AutoLRS, defaults but 3 trials per stage and no range test",
-            "autolrs_k3_no_range_test",
-            default=False,
-        ),
-        Method("autolrs_anneal30", "AutoLRS, defaults but a 30 % final anneal", "autolrs_anneal30", default=False),
-        Method("autolrs_early_stop", "AutoLRS, defaults but early_stop=True", "autolrs_early_stop", default=False),
-        Method("autolrs_ratio07", "AutoLRS, defaults but search_ratio=0.07", "autolrs_ratio07", default=False),
-        Method(
+        _variant("autolrs_k3_no_range_test", "AutoLRS, defaults but 3 trials per stage and no range test"),
+        _variant("autolrs_anneal30", "AutoLRS, defaults but a 30 % final anneal"),
+        _variant("autolrs_early_stop", "AutoLRS, defaults but early_stop=True"),
+        _variant("autolrs_ratio07", "AutoLRS, defaults but search_ratio=0.07"),
+        _variant(
             "autolrs_no_range_test",
             "AutoLRS, defaults but no range test (range_test=False: configured LR ÷ 100 … × 10)",
-            "autolrs_no_range_test",
-            default=False,
         ),
-        Method("autolrs_k3", "AutoLRS, defaults but num_trials=3", "autolrs_k3", default=False),
-        Method("autolrs_anneal10", "AutoLRS, defaults but anneal_ratio=0.1", "autolrs_anneal10", default=False),
-        Method("autolrs_beta2", "AutoLRS, defaults but beta=2", "autolrs_beta2", default=False),
-        Method(
-            "autolrs_es2", "AutoLRS, defaults but early_stop=True, min_trials=2", "autolrs_es2", default=False
-        ),
-        Method("autolrs_ratio05", "AutoLRS, defaults but search_ratio=0.05", "autolrs_ratio05", default=False),
-        Method(
-            "autolrs_r05_average",
-            "AutoLRS, defaults but search_ratio=0.05, average_trials=True",
-            "autolrs_r05_average",
-            default=False,
-        ),
-        Method(
-            "autolrs_r05_k3", "AutoLRS, defaults but search_ratio=0.05, num_trials=3", "autolrs_r05_k3", default=False
-        ),
-        Method("autolrs_ratio03", "AutoLRS, defaults but search_ratio=0.03", "autolrs_ratio03", default=False),
-        Method(
-            "autolrs_r05_no_range_test",
-            "AutoLRS, defaults (search_ratio=0.05) but range_test=False",
-            "autolrs_r05_no_range_test",
-            default=False,
-        ),
-        Method(
+        _variant("autolrs_k3", "AutoLRS, defaults but num_trials=3"),
+        _variant("autolrs_anneal10", "AutoLRS, defaults but anneal_ratio=0.1"),
+        _variant("autolrs_beta2", "AutoLRS, defaults but beta=2"),
+        _variant("autolrs_es2", "AutoLRS, defaults but early_stop=True, min_trials=2"),
+        _variant("autolrs_ratio05", "AutoLRS, defaults but search_ratio=0.05"),
+        _variant("autolrs_r05_average", "AutoLRS, defaults but search_ratio=0.05, average_trials=True"),
+        _variant("autolrs_r05_k3", "AutoLRS, defaults but search_ratio=0.05, num_trials=3"),
+        _variant("autolrs_ratio03", "AutoLRS, defaults but search_ratio=0.03"),
+        _variant(
             "autolrs_ratio10",
             "AutoLRS, defaults but search_ratio=0.1 (the default before issue 12's second round)",
-            "autolrs_ratio10",
+            default=True,
         ),
         Method(
             "replay", "ReplaySchedule of `autolrs`'s schedule (another seed's run), stretched", "replay", default=False
