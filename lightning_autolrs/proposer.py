@@ -194,8 +194,9 @@ class LRProposer:
         self._diverged: list[bool] = []
         self._prior_lrs: list[float] = []
         self._prior_losses: list[float] = []
-        # (data key, fitted GP) of the last L-BFGS fit; the MAP fits share the thread's GP (`_MAP_GP`), whose `key`
-        # says what data it holds
+        # (data key, fitted GP) of the last fit (benchmarks/proposer_fit.py reads the GP); with fit="map" the GP is the
+        # thread's shared one (`_MAP_GP`), which another proposer's fit may since have given other data: only
+        # `_MAP_GP.key` says what it holds, and only the L-BFGS path reuses a fit from here (the key names the fit)
         self._fitted: tuple[Any, SingleTaskGP] | None = None
         self._rebuild()
 
@@ -456,7 +457,7 @@ class LRProposer:
         a fraction of its construction time); since that fit depends on the data only, the GP is reused as it stands
         whenever it was last fitted to the same data (the early-stop test and the next proposal share one fit). The
         L-BFGS fit starts from a new GP each time, as it always did."""
-        key = (self._effective_seed, tuple(train_x.reshape(-1).tolist()), tuple(train_y.reshape(-1).tolist()))
+        key = (self.fit, self._effective_seed, tuple(train_x.reshape(-1).tolist()), tuple(train_y.reshape(-1).tolist()))
         b = self.beta if beta is None else beta
         if self.fit != "map":
             with torch.no_grad(), gpytorch.settings.debug(False):
@@ -478,6 +479,7 @@ class LRProposer:
                 shared["key"] = None  # (until the fit below has succeeded)
                 fit_map(_set_train_data(model, train_x, train_y), shared["grid"])
                 shared["key"] = key
+            self._fitted = (key, model)
             return UpperConfidenceBound(model, beta=b)(self._grid.view(-1, 1, 1))
 
     def _fit_model(self, model: SingleTaskGP) -> None:
