@@ -88,9 +88,9 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     Training is cut into stages. At the start of a stage the model and optimizer are snapshotted in memory;
     ``num_trials`` candidate LRs are each trained for τ' = ``search_ratio``·τ steps from that snapshot: the first at
     the stage's anchor (the optimizer's configured LR in stage 0, the LR the previous stage ended at after it), the
-    others proposed by a Gaussian process with an upper-confidence-bound acquisition within ÷/× 3 of the anchor
-    (÷/× 9 in stage 0). An exponential model fitted to each trial's loss series (validation probes on fixed batches
-    when the Trainer has validation data) forecasts the loss after τ steps; the stage continues from the trial with
+    others proposed by a Gaussian process with an upper-confidence-bound acquisition within ÷/× 3 of the anchor. An
+    exponential model fitted to each trial's loss series (validation probes on fixed batches when the Trainer has
+    validation data) forecasts the loss after τ steps; the stage continues from the trial with
     the best forecast, unless the anchor's forecast is within 3 % of it. τ and τ' double each stage until τ reaches
     ``tau_max``; the last ``anneal_ratio`` of the budget decays the last LR along a half cosine. A slow collapse of
     the training loss back to its stage-start level falls back to a smaller LR. All steps, trials included, are real

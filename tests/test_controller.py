@@ -274,7 +274,7 @@ def test_anchor_trial_and_trust_region() -> None:
     sim.run(c, 400)
     first, second = c.history[0], c.history[1]
     assert first["trials"][0]["lr"] == 0.02  # stage 0 starts at the configured LR ...
-    assert first["lr_range"] == pytest.approx([0.02 / 9, 0.02 * 9])  # ... and searches within ÷/× 9 of it
+    assert first["lr_range"] == pytest.approx([0.02 / 3, 0.02 * 3])  # ... and searches within ÷/× 3 of it
     assert second["trials"][0]["lr"] == first["best_lr"]  # later stages start at the previous choice ...
     lo, hi = first["best_lr"] / 3, first["best_lr"] * 3
     assert second["lr_range"] == pytest.approx([max(lo, 1e-4), min(hi, 1.0)])  # ... within ÷/× 3 of it
