@@ -84,8 +84,8 @@ __all__ = ["MONITORS", "RANGE_SPAN", "STATE_VERSION", "StageController", "StepPl
 STATE_VERSION = 2
 _REFERENCE_WINDOW = 20
 #: A stage searches within ÷/× this factor of its anchor (stage 0: around the configured LR). Stage 0 used its square
-#: (÷/× 9) before: its 33-step trials from a fresh model favour the fastest early drop, which picked 9× the
-#: configured LR on Friedman (+22 % against cosine) and up to 5× on the digits CNN (README, "Benchmarks").
+#: (÷/× 9) before: its short trials from a fresh model favour the fastest early drop, which picked 9× the configured
+#: LR on Friedman (+22 % against cosine) and up to 4× on the digits CNN (README, "Benchmarks").
 TRUST_FACTOR = 3.0
 #: Without a search (a budget too small for one), the schedule is the common baseline: a linear warmup over this share
 #: of the budget to the configured LR, then a half cosine down to ``min_lr``.
