@@ -306,23 +306,23 @@ class _Instrument:
         setattr(obj, name, timed)
 
 
-def _instrument_callback(inst: _Instrument) -> Any:
-    import lightning.pytorch as pl
+def _instrument(cb: Any, inst: _Instrument) -> None:
+    """Time an AutoLRS callback's proposer, forecaster, snapshots and per-step hooks from its ``on_train_start`` on
+    (an instance attribute, which Lightning looks up on the instance): no second callback, whose hook dispatch on
+    every step would be counted as AutoLRS's overhead."""
+    on_train_start = cb.on_train_start
 
-    from lightning_autolrs import AutoLRS
+    def start(trainer: Any, pl_module: Any) -> None:
+        on_train_start(trainer, pl_module)
+        inst.wrap(cb.controller.proposer, "propose", "decisions")
+        inst.wrap(cb.controller.forecaster, "predict", "forecasts")
+        for snap in (cb._snapshot, cb._best_snapshot):
+            if snap is not None:
+                inst.wrap(snap, "capture", "snapshot")
+                inst.wrap(snap, "restore", "snapshot")
+        inst.time_steps(cb)
 
-    class Hook(pl.Callback):
-        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            cb = next(c for c in trainer.callbacks if isinstance(c, AutoLRS))
-            inst.wrap(cb.controller.proposer, "propose", "decisions")
-            inst.wrap(cb.controller.forecaster, "predict", "forecasts")
-            for snap in (cb._snapshot, cb._best_snapshot):
-                if snap is not None:
-                    inst.wrap(snap, "capture", "snapshot")
-                    inst.wrap(snap, "restore", "snapshot")
-            inst.time_steps(cb)
-
-    return Hook()
+    cb.on_train_start = start
 
 
 class _IssueMLP:
@@ -360,10 +360,12 @@ ISSUE_CASE = {"tau": 400, "num_trials": 10, "search_ratio": 0.1}
 
 
 def _fit_seconds(
-    workload_name: str, budget: int, autolrs: bool, seed: int, root: Path
+    workload_name: str, budget: int, autolrs: bool, seed: int, root: Path, empty_callback: bool = False
 ) -> tuple[float, float, _Instrument | None]:
     """(wall seconds, process CPU seconds, instrument) of one ``fit``; a CSV logger at the Trainer's default
-    ``log_every_n_steps`` in both runs, so AutoLRS's logging is measured as a user would see it."""
+    ``log_every_n_steps`` in both runs, so AutoLRS's logging is measured as a user would see it. ``empty_callback``
+    (without ``autolrs``): the plain run with one callback that overrides nothing, the cost of Lightning calling a
+    callback's hooks at all."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
@@ -381,14 +383,13 @@ def _fit_seconds(
         module_cls, kwargs, dm = workload.build(seed, False)
         module, fit_kwargs = module_cls(**kwargs), {"datamodule": dm}
         autolrs_kwargs = dict(zip(("min_lr", "max_lr"), workload.grid))
-    callbacks: list[pl.Callback] = []
+    callbacks: list[pl.Callback] = [pl.Callback()] if empty_callback and not autolrs else []
     inst = None
     if autolrs:
         inst = _Instrument()
-        callbacks = [
-            AutoLRS(**autolrs_kwargs, seed=seed, verbose=False, save_files=False),
-            _instrument_callback(inst),
-        ]
+        cb = AutoLRS(**autolrs_kwargs, seed=seed, verbose=False, save_files=False)
+        _instrument(cb, inst)
+        callbacks = [cb]
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -416,10 +417,12 @@ def bench_whole_run(workloads: Sequence[tuple[str, int]], reps: int) -> list[dic
     with _threads(1), tempfile.TemporaryDirectory(prefix="autolrs-overhead-runs-") as tmp:
         _fit_seconds("digits", 40, True, 99, Path(tmp))  # warm-up: imports and lazy initialisation
         for name, budget in workloads:
-            plain, auto, parts, ratios, shares = [], [], [], [], []
+            plain, auto, parts, ratios, shares, empty = [], [], [], [], [], []
             for rep in range(reps):
                 _, p_cpu, _ = _fit_seconds(name, budget, False, rep, Path(tmp))
                 _, a_cpu, inst = _fit_seconds(name, budget, True, rep, Path(tmp))
+                _, e_cpu, _ = _fit_seconds(name, budget, False, rep, Path(tmp), empty_callback=True)
+                empty.append(e_cpu / p_cpu - 1.0)
                 plain.append(p_cpu)
                 auto.append(a_cpu)
                 parts.append(inst)
@@ -441,6 +444,8 @@ def bench_whole_run(workloads: Sequence[tuple[str, int]], reps: int) -> list[dic
                     "fraction": statistics.median(ratios),
                     "ratios": sorted(ratios),
                     "hook_share": statistics.median(shares),
+                    "empty_callback": statistics.median(empty),
+                    "empty_callbacks": sorted(empty),
                     "hook_shares": sorted(shares),
                     "seconds": dict(inst.seconds),
                     "calls": dict(inst.calls),
@@ -540,9 +545,9 @@ def report(sections: dict[str, Any], command: str, header: list[str]) -> str:
         "## 4. Whole-run overhead",
         "",
         "| workload | steps | plain CPU s | AutoLRS CPU s | overhead: median (min-max) | in AutoLRS's hooks: median "
-        "(min-max) | GP decisions | forecasts | snapshot copies | rest | per-step path outside trial ends: median "
-        "(p90) | trial-end steps: median |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "(min-max) | an empty callback: median (min-max) | GP decisions | forecasts | snapshot copies | rest | "
+        "per-step path outside trial ends: median (p90) | trial-end steps: median |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     targets = {"mlp": 0.03, "charlm": 0.01}
     run_verdicts = []
@@ -554,7 +559,9 @@ def report(sections: dict[str, Any], command: str, header: list[str]) -> str:
         lines.append(
             f"| {r['workload']} | {r['steps']} | {r['plain']:.2f} | {r['autolrs']:.2f} | "
             f"{100 * r['fraction']:+.1f} % ({100 * lo:+.1f} to {100 * hi:+.1f} %) | {100 * r['hook_share']:.2f} % "
-            f"({100 * r['hook_shares'][0]:.2f}–{100 * r['hook_shares'][-1]:.2f} %) | {s['decisions']:.3f} s "
+            f"({100 * r['hook_shares'][0]:.2f}–{100 * r['hook_shares'][-1]:.2f} %) | "
+            f"{100 * r['empty_callback']:+.1f} % ({100 * r['empty_callbacks'][0]:+.1f} to "
+            f"{100 * r['empty_callbacks'][-1]:+.1f} %) | {s['decisions']:.3f} s "
             f"({c['decisions']}) | {s['forecasts']:.3f} s ({c['forecasts']}) | {s['snapshot']:.3f} s "
             f"({c['snapshot']}) | {rest:+.2f} s | {1e6 * r['step_median']:.0f} µs ({1e6 * r['step_p90']:.0f} µs; "
             f"{r['quiet_steps']} steps) | "
@@ -579,7 +586,10 @@ def report(sections: dict[str, Any], command: str, header: list[str]) -> str:
         "calls) is that of the median AutoLRS run; `rest` = callback bookkeeping and run-to-run noise. In AutoLRS's "
         "hooks: the time spent inside the callback's two per-step hooks (every step, trial ends included: that is "
         "where its decisions, forecasts, snapshot copies and bookkeeping run) ÷ the run's CPU time, measured in the "
-        "same run, so the plain runs' noise does not enter it; setup at fit start is not in it. Per-step "
+        "same run, so the plain runs' noise does not enter it; setup at fit start is not in it. An empty callback: "
+        "the plain run with one `Callback()` that overrides nothing, as a paired ratio against the plain run (what "
+        "Lightning's dispatch of a callback's hooks costs before the callback does anything; a third run interleaved "
+        "with the two). Per-step "
         "path: the time spent in AutoLRS's two per-step hooks, over all AutoLRS runs' steps without a GP decision, "
         "forecast or snapshot copy; trial-end steps are the others. Targets (issue 14):",
         "",

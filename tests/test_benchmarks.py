@@ -243,10 +243,11 @@ def test_overhead_quick(tmp_path: Path) -> None:
     assert rows[0][0] == "1.0M params" and rows[0][-1] == "none (same data_ptr)"
     header, rows = _table(text, "| workload |")
     assert [(r[0], r[1]) for r in rows] == [("digits", "40"), ("mlp", "600")]  # mlp: issue 14's case, searching
-    assert "per-step path outside trial ends" in header[10] and rows[1][10].endswith("steps)")
+    assert "per-step path outside trial ends" in header[11] and rows[1][11].endswith("steps)")
     assert header[5].startswith("in AutoLRS's hooks")  # every trial end and quiet step of the run, timed in it
     share = float(rows[1][5].split(" %")[0])
     assert 0.0 < share < 100.0
+    assert header[6].startswith("an empty callback") and rows[1][6].endswith("%)")  # Lightning's dispatch alone
     assert "mlp: overhead ≤ 3 % of CPU time — by the paired ratios" in text and "by the time in AutoLRS's hooks" in text
     assert "No GPU in this session" in text or "CUDA device" in text
 
