@@ -76,9 +76,9 @@ def test_trials_start_from_the_bitwise_stage_snapshot(lpl, tmp_path) -> None:
 
 def test_diverging_trials_are_restored_and_the_model_stays_finite(lpl, tmp_path) -> None:
     cb = AutoLRS(min_lr=1e-3, max_lr=1e3, num_trials=5, tau=30, search_ratio=0.2, seed=0, verbose=False)
-    _, model = fit(lpl, tmp_path, cb, max_steps=150, module_kw=dict(lr=100.0))  # stage 0 searches 11...900
+    _, model = fit(lpl, tmp_path, cb, max_steps=150, module_kw=dict(lr=100.0))  # stage 0 searches 33...300
     trials = [t for h in cb.history for t in h["trials"]]
-    assert any(t["diverged"] for t in trials), "an LR near 1e3 must blow up an SGD regression"
+    assert any(t["diverged"] for t in trials), "an LR of a few hundred must blow up an SGD regression"
     assert all(t["steps"] < 6 for t in trials if t["diverged"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

@@ -136,7 +136,7 @@ def test_run_stopped_mid_search_ends_at_the_best_completed_trial(lpl, tmp_path, 
 
 def test_huge_max_lr_ends_finite_and_shrinks_the_range(lpl, tmp_path) -> None:
     cb = autolrs(max_lr=1e6, num_trials=4)
-    model = make_module_class(lpl)(lr=1e5)  # stage 0 searches around the configured LR: 1.1e4 ... 9e5
+    model = make_module_class(lpl)(lr=1e5)  # stage 0 searches around the configured LR: 3.3e4 ... 3e5
     lpl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_steps=150)).fit(model)
     first = cb.history[0]
     diverged = [t for t in first["trials"] if t["diverged"]]
