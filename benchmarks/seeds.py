@@ -7,7 +7,9 @@ without the tuned grid (which it does not need), and reports per workload:
 
 * the median final validation loss of each row over the seeds, and whether it is at or below the cosine row's median;
 * the paired comparison: each seed's final loss against the cosine run of the *same* seed (same initial weights and
-  data order), as the mean of the relative differences, the worst one, and the number of seeds at or below it.
+  data order), as the mean of the relative differences, the worst one, and the number of seeds at or below it;
+* every run on its own line: its final loss, the same seed's cosine run's, and the LR each stage exploited (a run's
+  whole search, trial by trial, is in its record in ``OUT/runs``: ``trial_lrs``, ``trial_predictions``).
 
 Runs are cached in ``OUT/runs`` under the same keys as :mod:`benchmarks.quality`'s, so the two share runs.
 
@@ -28,7 +30,7 @@ from pathlib import Path
 from benchmarks.quality import execute, final_of, method_lrs, plan_tasks, run_key
 from benchmarks.workloads import AUTOLRS_VARIANTS, METHODS, WORKLOADS
 
-__all__ = ["main", "paired_lines"]
+__all__ = ["main", "paired_lines", "per_seed_lines"]
 
 REFERENCE = "cosine_configured"
 
@@ -71,6 +73,28 @@ def paired_lines(results: dict, workloads: Sequence[str], methods: Sequence[str]
     return lines
 
 
+def per_seed_lines(results: dict, workloads: Sequence[str], methods: Sequence[str], seeds: Sequence[int]) -> list[str]:
+    """The markdown table of every run: its final loss against the same seed's cosine run, and its stage LRs."""
+    lines = [
+        "| workload | row | seed | final val loss | cosine, same seed | difference | LR exploited by each stage |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for w in workloads:
+        ref = _finals(results, w, REFERENCE, seeds)
+        for m in methods:
+            (lr,) = method_lrs(METHODS[m], WORKLOADS[w], False)
+            for seed, cos in zip(seeds, ref):
+                run = results[(w, run_key(METHODS[m].kind, lr, seed))]
+                final = final_of(run)
+                stages = run.get("autolrs", {}).get("stages", [])
+                lrs = " → ".join(f"{st['best_lr']:.3g}" for st in stages if st.get("best_lr") is not None)
+                lines.append(
+                    f"| {w} | `{m}` | {seed} | {final:.4g} | {cos:.4g} | {100.0 * (final / cos - 1.0):+.1f} % | "
+                    f"{lrs or '—'} |"
+                )
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m benchmarks.seeds", description=__doc__.split("\n\n")[0])
@@ -95,6 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"wall). Seeds {', '.join(map(str, args.seeds))}; final validation loss on the full validation set.",
         "",
         *paired_lines(results, args.workloads, args.methods, args.seeds),
+        "",
+        "Every run (the module's configured LR: "
+        + ", ".join(f"{w} {WORKLOADS[w].lr:g}" for w in args.workloads)
+        + "):",
+        "",
+        *per_seed_lines(results, args.workloads, args.methods, args.seeds),
     ]
     (out / "seeds.md").write_text("\n".join(text) + "\n")
     sys.stdout.write("\n".join(text) + "\n")
