@@ -282,9 +282,9 @@ class Settings:
         False,
         """judge a trial's validation probes on an exponential moving average of its weights (over about τ'/4 steps)
         instead of its last weights: what the trial's LR reaches once annealed, so a larger LR is not penalised for
-        the noise a final anneal removes. Only with validation probes. Off by default: on top of issue #12's second-round
-        defaults (stage 0 within ÷/× 9) it won on the digits CNN, tied on the digits MLP and the char LM, and lost on
-        Friedman in all three seeds (README, "Benchmarks").""",
+        the noise a final anneal removes. Only with validation probes. Off by default: on top of issue #12's
+        second-round defaults (stage 0 within ÷/× 9) it won on the digits CNN, tied on the digits MLP and the char LM,
+        and lost on Friedman in all three seeds (README, "Benchmarks").""",
         _as_bool,
     )
 
