@@ -690,8 +690,7 @@ class StageController:
         record.search_steps += 1
         if not progressed:
             return []
-        if self._ref_loss is None:
-            self._note_reference(loss)
+        self._note_reference(loss)
         diverged = self._diverged(loss)
         if self.search.trial == 0 and loss is not None and not diverged:
             self._guard.note_start(loss)  # the stage's first losses, from the stage-start state
@@ -725,8 +724,7 @@ class StageController:
         record = self.stages[-1]
         if self._pending_restore:
             return []  # a restore is already due (a late fallback): this step trained weights that are thrown away
-        if self._ref_loss is None:
-            self._note_reference(loss)
+        self._note_reference(loss)
         if loss is not None and math.isfinite(loss) and not record.trials:
             self._guard.note_start(loss)  # a stage without a search: its first exploit losses
         if self._diverged(loss) or self._guard.collapsed(loss, self._lr, self.min_lr):  # the exploit guard
