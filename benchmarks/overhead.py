@@ -360,12 +360,12 @@ ISSUE_CASE = {"tau": 400, "num_trials": 10, "search_ratio": 0.1}
 
 
 def _fit_seconds(
-    workload_name: str, budget: int, autolrs: bool, seed: int, root: Path, empty_callback: bool = False
+    workload_name: str, budget: int, kind: str, seed: int, root: Path
 ) -> tuple[float, float, _Instrument | None]:
-    """(wall seconds, process CPU seconds, instrument) of one ``fit``; a CSV logger at the Trainer's default
-    ``log_every_n_steps`` in both runs, so AutoLRS's logging is measured as a user would see it. ``empty_callback``
-    (without ``autolrs``): the plain run with one callback that overrides nothing, the cost of Lightning calling a
-    callback's hooks at all."""
+    """(wall seconds, process CPU seconds, instrument) of one ``fit`` of ``kind``: ``"plain"``, ``"autolrs"``
+    (instrumented) or ``"empty"`` (the plain run with one callback that overrides nothing: the cost of Lightning
+    calling a callback's hooks at all); a CSV logger at the Trainer's default ``log_every_n_steps`` in every run, so
+    AutoLRS's logging is measured as a user would see it."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
@@ -383,9 +383,9 @@ def _fit_seconds(
         module_cls, kwargs, dm = workload.build(seed, False)
         module, fit_kwargs = module_cls(**kwargs), {"datamodule": dm}
         autolrs_kwargs = dict(zip(("min_lr", "max_lr"), workload.grid))
-    callbacks: list[pl.Callback] = [pl.Callback()] if empty_callback and not autolrs else []
+    callbacks: list[pl.Callback] = [pl.Callback()] if kind == "empty" else []
     inst = None
-    if autolrs:
+    if kind == "autolrs":
         inst = _Instrument()
         cb = AutoLRS(**autolrs_kwargs, seed=seed, verbose=False, save_files=False)
         _instrument(cb, inst)
@@ -395,7 +395,7 @@ def _fit_seconds(
         devices=1,
         max_steps=budget,
         max_epochs=-1,
-        logger=CSVLogger(root, name=f"{workload_name}-{'autolrs' if autolrs else 'plain'}-{seed}"),
+        logger=CSVLogger(root, name=f"{workload_name}-{kind}-{seed}"),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -417,16 +417,14 @@ def bench_whole_run(workloads: Sequence[tuple[str, int]], reps: int) -> list[dic
     callback outside trial ends."""
     rows = []
     with _threads(1), tempfile.TemporaryDirectory(prefix="autolrs-overhead-runs-") as tmp:
-        _fit_seconds("digits", 40, True, 99, Path(tmp))  # warm-up: imports and lazy initialisation
+        _fit_seconds("digits", 40, "autolrs", 99, Path(tmp))  # warm-up: imports and lazy initialisation
         for name, budget in workloads:
             plain, auto, parts, ratios, shares, empty = [], [], [], [], [], []
             for rep in range(reps):
                 timed: dict[str, tuple[float, float, _Instrument | None]] = {}
                 kinds = ("plain", "autolrs", "empty")
                 for kind in kinds[rep % 3 :] + kinds[: rep % 3]:  # no run always first or last
-                    timed[kind] = _fit_seconds(
-                        name, budget, kind == "autolrs", rep, Path(tmp), empty_callback=kind == "empty"
-                    )
+                    timed[kind] = _fit_seconds(name, budget, kind, rep, Path(tmp))
                 _, p_cpu, _ = timed["plain"]
                 a_wall, a_cpu, inst = timed["autolrs"]
                 e_cpu = timed["empty"][1]

@@ -35,10 +35,15 @@ __all__ = ["main", "paired_lines", "per_seed_lines"]
 REFERENCE = "cosine_configured"
 
 
-def _finals(results: dict, workload: str, method: str, seeds: Sequence[int]) -> list[float]:
+def _runs(results: dict, workload: str, method: str, seeds: Sequence[int]) -> list[dict]:
+    """The row's run records of ``seeds``, in that order."""
     m = METHODS[method]
     (lr,) = method_lrs(m, WORKLOADS[workload], False)  # (the runs' own key: an untuned row has one LR)
-    return [final_of(results[(workload, run_key(m.kind, lr, s))]) for s in seeds]
+    return [results[(workload, run_key(m.kind, lr, s))] for s in seeds]
+
+
+def _finals(results: dict, workload: str, method: str, seeds: Sequence[int]) -> list[float]:
+    return [final_of(run) for run in _runs(results, workload, method, seeds)]
 
 
 def paired_lines(results: dict, workloads: Sequence[str], methods: Sequence[str], seeds: Sequence[int]) -> list[str]:
@@ -82,9 +87,7 @@ def per_seed_lines(results: dict, workloads: Sequence[str], methods: Sequence[st
     for w in workloads:
         ref = _finals(results, w, REFERENCE, seeds)
         for m in methods:
-            (lr,) = method_lrs(METHODS[m], WORKLOADS[w], False)
-            for seed, cos in zip(seeds, ref):
-                run = results[(w, run_key(METHODS[m].kind, lr, seed))]
+            for seed, cos, run in zip(seeds, ref, _runs(results, w, m, seeds)):
                 final = final_of(run)
                 stages = run.get("autolrs", {}).get("stages", [])
                 lrs = " → ".join(f"{st['best_lr']:.3g}" for st in stages if st.get("best_lr") is not None)
