@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -296,3 +297,46 @@ def test_seeds_table_pairs_each_run_with_the_cosine_run_of_its_seed() -> None:
         "0.15 → 0.0123",
     ]  # each run with its own seed's
     assert [r[5] for r in rows] == ["-10.0 %", "+10.0 %", "-25.0 %"] and rows[0][6] == "—"
+
+
+def test_judge_quick(tmp_path: Path) -> None:
+    from benchmarks import judge
+
+    assert judge.main(["--quick", "--jobs", "1", "--workloads", "friedman", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "judge.md").read_text()
+    header, rows = _table(text, "| seed |")
+    assert len(rows) == 1 and len(header) == 1 + len(judge.CANDIDATES) + 1 + len(judge.JUDGES)
+    oracle = [float(c) for c in rows[0][1 : 1 + len(judge.CANDIDATES)]]
+    assert all(math.isfinite(x) and x > 0 for x in oracle)
+    _, summary = _table(text, "| workload | judge |")
+    assert [r[1] for r in summary] == [f"`{j}`" for j in judge.JUDGES] + ["keep ×1", "always ÷3", "always ×3"]
+
+
+def test_judge_one_is_deterministic() -> None:
+    """Seeded start state and batches: a rerun reproduces every oracle loss and every judge's value."""
+    from benchmarks import judge
+
+    a = judge.judge_one("digits_mlp", 0, True)
+    b = judge.judge_one("digits_mlp", 0, True)
+    assert a["rows"] == b["rows"]
+    assert [r["factor"] for r in a["rows"]] == list(judge.CANDIDATES)
+    assert all(math.isfinite(r[k]) for r in a["rows"] for k in ("oracle", *judge.JUDGES))
+
+
+def test_judge_layout_is_the_last_searching_stage_of_the_defaults() -> None:
+    """The layout comes from a dry run of the controller: the char LM's stages are τ=666/τ'=33 then τ=1332/τ'=67
+    (as the quality benchmark reports them), with a 600-step anneal on its 3000-step budget."""
+    from benchmarks.judge import Layout, layout_for
+    from benchmarks.workloads import WORKLOADS
+
+    assert layout_for(WORKLOADS["charlm"], False) == Layout(before=666, tau=1332, tau_prime=67, anneal=600)
+    friedman = layout_for(WORKLOADS["friedman"], False)
+    assert (friedman.before, friedman.tau, friedman.anneal) == (981 + 1962, 3924, 2000)
+
+
+def test_judge_pick_and_rank_agreement() -> None:
+    from benchmarks.judge import kendall_tau, pick
+
+    assert kendall_tau([1, 2, 3], [10, 20, 30]) == 1.0 and kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+    assert pick([1.0, 0.98, 1.0], anchor=2) == 2  # within 3 % of the best: the anchor keeps the stage
+    assert pick([1.0, 0.90, 1.0], anchor=2) == 1

@@ -1,0 +1,368 @@
+"""Does a trial judge rank the last stage's LRs the way the stage and the final anneal do?
+
+AutoLRS picks the LR of its last stage from short trials, and a final anneal follows that stage. What the pick should
+minimise is the loss after both. This benchmark measures how well each way of judging a trial ranks candidate LRs
+against that loss, without whole AutoLRS runs. For each workload and seed:
+
+1. **Start state.** The model trains at the module's configured LR for the steps earlier stages would have exploited
+   (the sum of their τ in the layout ``AutoLRS()`` derives for the workload's budget; no search).
+2. **Candidates.** The configured LR × ÷3, ÷√3, 1, ×√3, ×3: the last stage's trust region around its anchor.
+3. **Oracle.** From the start state, each candidate trains the stage's τ steps, then the final anneal: a half cosine
+   to the configured LR ÷ 100 over the anneal's steps. Its final loss is on the whole validation set.
+4. **Judges.** From the same state, each candidate runs one trial of τ' steps, probed like a stage's trials: the
+   validation loss on ``val_batches`` = 4 fixed batches, at the start and every τ'/5 steps. The judges:
+
+   * ``last``: the package's default. The forecast of the last iterates' probes, extrapolated to τ.
+   * ``average``: ``average_trials=True``. The same, probed on an exponential moving average of the trial's weights.
+   * ``annealed``: no forecast. The trial's last quarter decays its LR along a half cosine to the anneal's end LR;
+     the judge is its last probe.
+
+   Each judge's pick follows the package's rule: the lowest value, unless the anchor (×1) is within 3 % of it.
+
+Every branch sees the same batches in the same order (paired), so the differences are the LRs'. Not covered: a start
+state at another LR than the configured one (a real run's last stage starts from where stage 0 moved), and the anneal's
+end at the range test's ``min_lr`` (here the configured LR ÷ 100, the range without a range test).
+
+Reported per workload: the oracle's final loss per candidate, and per judge its picks, the regret of its pick (the
+oracle's loss at the pick ÷ the oracle's best − 1) and Kendall's τ between its values and the oracle's losses.
+
+Run: ``python -m benchmarks.judge`` (seeds 0–2, all workloads; ``--quick`` checks the harness on tiny sizes). Writes
+``judge.md`` into ``--out`` (default ``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import multiprocessing
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from benchmarks.workloads import WORKLOADS, Workload
+
+__all__ = ["CANDIDATES", "JUDGES", "Layout", "judge_one", "kendall_tau", "layout_for", "main", "pick", "report"]
+
+#: Candidate LRs as factors of the configured LR: the last stage's trust region (÷/× 3) around its anchor.
+CANDIDATES = (1 / 3, 3**-0.5, 1.0, 3**0.5, 3.0)
+JUDGES = ("last", "average", "annealed")
+PROBE_BATCHES = 4
+PROBES_PER_TRIAL = 5
+END_LR_FACTOR = 0.01  # the anneal's end: the configured LR ÷ 100 (AutoLRS's min_lr without a range test)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the last stage begins (``before``: steps exploited by earlier stages), its τ and τ', and the anneal."""
+
+    before: int
+    tau: int
+    tau_prime: int
+    anneal: int
+
+
+def layout_for(workload: Workload, quick: bool) -> Layout:
+    """The last searching stage of ``AutoLRS()`` at its defaults on ``workload``'s budget (a dry run of the controller
+    with a constant loss); quick: a tiny fixed layout."""
+    if quick:
+        return Layout(before=20, tau=40, tau_prime=10, anneal=10)
+    from lightning_autolrs.controller import StageController
+    from lightning_autolrs.settings import Settings, derive
+
+    settings = Settings()
+    derived = derive(settings, workload.lr, workload.budget)
+    controller = StageController.from_settings(settings, derived, monitor="train_loss")
+    for _ in range(workload.budget):
+        controller.begin_step()
+        controller.end_step(1.0)
+    stages = [s for s in controller.stages if s.trials]
+    last = stages[-1]
+    return Layout(sum(s.tau for s in stages[:-1]), last.tau, last.tau_prime, derived.anneal_steps)
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    """Kendall's τ-a between two equally long sequences (1: same order, −1: reversed)."""
+    n = len(a)
+    s = sum(
+        (1 if (a[i] - a[j]) * (b[i] - b[j]) > 0 else -1 if (a[i] - a[j]) * (b[i] - b[j]) < 0 else 0)
+        for i in range(n)
+        for j in range(i + 1, n)
+    )
+    return s / (n * (n - 1) / 2)
+
+
+def pick(values: Sequence[float], anchor: int) -> int:
+    """The package's choice among trials: the lowest value, unless the anchor's is within the tie tolerance of it."""
+    from lightning_autolrs.search import TIE_TOLERANCE
+
+    best = min(range(len(values)), key=lambda i: values[i])
+    return anchor if values[anchor] - values[best] <= TIE_TOLERANCE * abs(values[best]) else best
+
+
+# ------------------------------------------------------------------------------------------------ one (workload, seed)
+def _optimizer(module: Any) -> torch.optim.Optimizer:
+    opt = module.configure_optimizers()
+    if isinstance(opt, dict):
+        opt = opt["optimizer"]
+    if isinstance(opt, list | tuple):
+        opt = opt[0]
+    assert isinstance(opt, torch.optim.Optimizer)
+    return opt
+
+
+def _stream(dm: Any) -> Iterator[Any]:
+    loader = dm.train_dataloader()  # one loader: its generator moves on from epoch to epoch, as under a Trainer
+    while True:
+        yield from loader
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def _train(module: Any, opt: torch.optim.Optimizer, batches: Sequence[Any], lrs: Sequence[float], probe=None):
+    """Train one step per LR in ``lrs`` on ``batches``; ``probe(i)`` is called after step ``i`` (0-based)."""
+    module.train()
+    for i, (batch, lr) in enumerate(zip(batches, lrs)):
+        _set_lr(opt, lr)
+        opt.zero_grad(set_to_none=True)
+        loss = module.training_step(batch, i)
+        loss.backward()
+        opt.step()
+        if probe is not None:
+            probe(i)
+
+
+@torch.no_grad()
+def _mean_loss(workload: Workload, module: Any, batches: Sequence[Any]) -> float:
+    was = module.training
+    module.eval()
+    total, n = 0.0, 0
+    for batch in batches:
+        s, k = workload.loss_sum(module, batch)
+        total, n = total + s, n + k
+    module.train(was)
+    return total / n
+
+
+def _half_cosine(start: float, end: float, n: int) -> list[float]:
+    return [end + 0.5 * (start - end) * (1 + math.cos(math.pi * (i + 1) / n)) for i in range(n)]
+
+
+def judge_one(workload_name: str, seed: int, quick: bool) -> dict[str, Any]:
+    """The oracle's final loss and every judge's value for each candidate LR, for one workload and seed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (self.log outside a Trainer; PossibleUserWarning of the data modules)
+        return _judge_one(workload_name, seed, quick)
+
+
+def _judge_one(workload_name: str, seed: int, quick: bool) -> dict[str, Any]:
+    from lightning_autolrs.averaging import TrialAverage
+    from lightning_autolrs.forecast import ExponentialForecaster
+
+    torch.set_num_threads(1)
+    workload = WORKLOADS[workload_name]
+    layout = layout_for(workload, quick)
+    started = time.perf_counter()
+    pl.seed_everything(seed, verbose=False)  # as the quality benchmark's runs: the same initial weights
+    cls, kwargs, dm = workload.build(seed, quick)
+    module = cls(**kwargs)
+    dm.setup()
+    opt = _optimizer(module)
+    lr0 = opt.param_groups[0]["lr"]
+    end_lr = lr0 * END_LR_FACTOR
+    stream = _stream(dm)
+    _train(module, opt, [next(stream) for _ in range(layout.before)], [lr0] * layout.before)
+    start_state = (copy.deepcopy(module.state_dict()), copy.deepcopy(opt.state_dict()))
+    branch = [next(stream) for _ in range(layout.tau + layout.anneal)]  # the same batches for every branch
+    val_all = workload.val_batches(dm)
+    probe_set = list(dm.val_dataloader())[:PROBE_BATCHES]
+    stride = max(1, layout.tau_prime // PROBES_PER_TRIAL)
+    horizon = max(1, layout.tau // stride)
+    forecaster = ExponentialForecaster()
+
+    def restore() -> None:  # every branch: the same weights, optimizer state and RNG stream
+        module.load_state_dict(start_state[0])
+        opt.load_state_dict(start_state[1])
+        torch.manual_seed(seed + 1)
+
+    level = None
+    rows = []
+    for factor in CANDIDATES:
+        lr = lr0 * factor
+        row: dict[str, Any] = {"factor": factor, "lr": lr}
+        # the oracle: the stage, then the final anneal
+        restore()
+        _train(module, opt, branch, [lr] * layout.tau + _half_cosine(lr, end_lr, layout.anneal))
+        row["oracle"] = _mean_loss(workload, module, val_all)
+        # judges `last` and `average`: one constant-LR trial, probed on the last iterate and on the average
+        restore()
+        if level is None:
+            level = _mean_loss(workload, module, probe_set)
+        average = TrialAverage(module)
+        average.start(layout.tau_prime)
+        last, avg = [level], [level]
+
+        def probe(i: int, average: TrialAverage = average, last: list = last, avg: list = avg) -> None:
+            average.update()
+            if (i + 1) % stride == 0:
+                last.append(_mean_loss(workload, module, probe_set))
+                avg.append(average.probe(lambda m: _mean_loss(workload, m, probe_set)))
+
+        _train(module, opt, branch[: layout.tau_prime], [lr] * layout.tau_prime, probe)
+        row["last"] = forecaster.predict(last, horizon).value
+        row["average"] = forecaster.predict(avg, horizon).value
+        # judge `annealed`: the trial's last quarter decays to the anneal's end LR; its last probe
+        restore()
+        flat = layout.tau_prime - max(1, layout.tau_prime // 4)
+        lrs = [lr] * flat + _half_cosine(lr, end_lr, layout.tau_prime - flat)
+        _train(module, opt, branch[: layout.tau_prime], lrs)
+        row["annealed"] = _mean_loss(workload, module, probe_set)
+        rows.append(row)
+    return {
+        "workload": workload_name,
+        "seed": seed,
+        "layout": layout.__dict__,
+        "configured_lr": lr0,
+        "rows": rows,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _job(args: tuple[str, int, bool]) -> dict[str, Any]:
+    return judge_one(*args)
+
+
+# ---------------------------------------------------------------------------------------------------------- report
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def report(results: Sequence[dict[str, Any]], command: str, header: str) -> str:
+    """The markdown report of :func:`judge_one` results."""
+    anchor = CANDIDATES.index(1.0)
+    names = ["÷3", "÷√3", "×1", "×√3", "×3"]  # (CANDIDATES)
+    lines = [
+        "# Which trial judge ranks the last stage's LRs as the stage plus the final anneal does",
+        "",
+        f"Command: `{command}`",
+        "",
+        header,
+        "",
+    ]
+    workloads = list(dict.fromkeys(r["workload"] for r in results))
+    summary = []
+    for w in workloads:
+        runs = [r for r in results if r["workload"] == w]
+        lay = runs[0]["layout"]
+        seeds = [r["seed"] for r in runs]
+        lines += [
+            f"## {w}",
+            "",
+            f"Start state: {lay['before']} steps at the configured LR {runs[0]['configured_lr']:.4g}; the stage: "
+            f"τ = {lay['tau']}, trials of τ' = {lay['tau_prime']} steps; anneal {lay['anneal']} steps. "
+            f"Seeds {', '.join(map(str, seeds))}.",
+            "",
+            "| seed | "
+            + " | ".join(f"oracle {n}" for n in names)
+            + " | oracle's best | "
+            + " | ".join(f"{j}: pick (regret)" for j in JUDGES)
+            + " |",
+            "| ---: | "
+            + " | ".join("---:" for _ in names)
+            + " | :---: | "
+            + " | ".join(":---:" for _ in JUDGES)
+            + " |",
+        ]
+        regrets: dict[str, list[float]] = {j: [] for j in JUDGES}
+        taus: dict[str, list[float]] = {j: [] for j in JUDGES}
+        for r in runs:
+            oracle = [row["oracle"] for row in r["rows"]]
+            best = min(range(len(oracle)), key=lambda i: oracle[i])
+            cells = []
+            for j in JUDGES:
+                values = [row[j] for row in r["rows"]]
+                p = pick(values, anchor)
+                regret = oracle[p] / oracle[best] - 1
+                regrets[j].append(regret)
+                taus[j].append(kendall_tau(values, oracle))
+                cells.append(f"{names[p]} ({100 * regret:+.1f} %)")
+            lines.append(
+                f"| {r['seed']} | "
+                + " | ".join(_fmt(x) for x in oracle)
+                + f" | {names[best]} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        fixed = []
+        for label, index in (("keep ×1", anchor), ("always ÷3", 0), ("always ×3", len(CANDIDATES) - 1)):
+            regret = [r["rows"][index]["oracle"] / min(row["oracle"] for row in r["rows"]) - 1 for r in runs]
+            fixed.append(f"| {w} | {label} | {100 * statistics.mean(regret):+.1f} % | {100 * max(regret):+.1f} % | |")
+        lines.append("")
+        for j in JUDGES:
+            summary.append(
+                f"| {w} | `{j}` | {100 * statistics.mean(regrets[j]):+.1f} % | {100 * max(regrets[j]):+.1f} % | "
+                f"{statistics.mean(taus[j]):+.2f} |"
+            )
+        summary += fixed
+    lines += [
+        "## Summary",
+        "",
+        "| workload | judge | mean regret of its pick | worst | Kendall's τ with the oracle, mean |",
+        "| --- | --- | ---: | ---: | ---: |",
+        *summary,
+        "",
+        "Regret: the oracle's final loss at the judge's pick ÷ the oracle's best candidate − 1 (0 % = it picked the "
+        "best). Kendall's τ: +1 when the judge orders all five candidates as the oracle does. The fixed rules (keep "
+        "the anchor, always the lowest or the highest candidate) need no trial; they frame the judges' regrets.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.judge", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and one seed: checks the harness runs")
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2 (quick: 0)")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
+    parser.add_argument("--out", default=None, help="output folder (default benchmarks/results; quick: a temp dir)")
+    args = parser.parse_args(argv)
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    if args.out is None:
+        out = Path(tempfile.mkdtemp(prefix="autolrs-judge-quick-")) if args.quick else Path("benchmarks/results")
+    else:
+        out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    jobs = [(w, s, args.quick) for w in args.workloads for s in seeds]
+    if args.jobs > 1 and len(jobs) > 1:
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            results = pool.map(_job, jobs)
+    else:
+        results = [_job(j) for j in jobs]
+    command = "python -m benchmarks.judge" + ("" if not argv else " " + shlex.join(argv))
+    header = (
+        f"Written by that command on {time.strftime('%Y-%m-%d %H:%M')}: {len(jobs)} (workload, seed) cases, "
+        f"{args.jobs} worker processes with one torch thread each, {(time.perf_counter() - start) / 60:.1f} min wall."
+    )
+    text = report(results, command, header)
+    (out / "judge.md").write_text(text)
+    sys.stdout.write(text + f"\nwrote {out / 'judge.md'}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
