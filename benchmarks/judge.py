@@ -7,19 +7,24 @@ against that loss, without whole AutoLRS runs. For each workload and seed:
 1. **Start state.** The model trains at the module's configured LR for the steps earlier stages would have exploited
    (the sum of their τ in the layout ``AutoLRS()`` derives for the workload's budget; no search).
 2. **Candidates.** The configured LR × ÷3, ÷√3, 1, ×√3, ×3: the last stage's trust region around its anchor.
-3. **Oracle.** From the start state, each candidate trains the stage's τ steps, then the final anneal: a half cosine
+3. **Oracle.** From the start state, each candidate trains the stage's steps (its τ, plus the few up to the anneal
+   that a real run's last stage also trains), then the final anneal: a half cosine
    to the configured LR ÷ 100 over the anneal's steps. Its final loss is on the whole validation set.
-4. **Judges.** From the same state, each candidate runs one trial of τ' steps, probed like a stage's trials: the
-   validation loss on ``val_batches`` = 4 fixed batches, at the start and every τ'/5 steps. The judges:
+4. **Judges.** From the same state, each candidate runs a trial per judge (the ``last`` and ``average`` judges share
+   one), probed like a stage's trials: the validation loss on ``val_batches`` = 4 fixed batches, at the start and
+   every τ'/5 steps. The judges:
 
    * ``last``: the package's default. The forecast of the last iterates' probes, extrapolated to τ.
    * ``average``: ``average_trials=True``. The same, probed on an exponential moving average of the trial's weights.
    * ``annealed``: no forecast. The trial's last quarter decays its LR along a half cosine to the anneal's end LR;
      the judge is its last probe.
+   * ``last_x4``: the default judge on a trial four times as long (4 τ', capped at τ), probed at the same 5 points
+     per trial: does a longer trial see what the short one misses?
 
    Each judge's pick follows the package's rule: the lowest value, unless the anchor (×1) is within 3 % of it.
 
-Every branch sees the same batches in the same order (paired), so the differences are the LRs'. Not covered: a start
+Every branch starts from the same weights, optimizer state and RNG stream and sees the same batches in the same order
+(paired), so the differences are the LRs'. Not covered: a start
 state at another LR than the configured one (a real run's last stage starts from where stage 0 moved), and the anneal's
 end at the range test's ``min_lr`` (here the configured LR ÷ 100, the range without a range test).
 
@@ -56,7 +61,8 @@ __all__ = ["CANDIDATES", "JUDGES", "Layout", "judge_one", "kendall_tau", "layout
 
 #: Candidate LRs as factors of the configured LR: the last stage's trust region (÷/× 3) around its anchor.
 CANDIDATES = (1 / 3, 3**-0.5, 1.0, 3**0.5, 3.0)
-JUDGES = ("last", "average", "annealed")
+JUDGES = ("last", "average", "annealed", "last_x4")
+LONG = 4  # the `last_x4` judge's trial is this many times τ'
 PROBE_BATCHES = 4
 PROBES_PER_TRIAL = 5
 END_LR_FACTOR = 0.01  # the anneal's end: the configured LR ÷ 100 (AutoLRS's min_lr without a range test)
@@ -64,7 +70,8 @@ END_LR_FACTOR = 0.01  # the anneal's end: the configured LR ÷ 100 (AutoLRS's mi
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the last stage begins (``before``: steps exploited by earlier stages), its τ and τ', and the anneal."""
+    """Where the last stage begins (``before``: steps exploited by earlier stages), the steps it trains at its LR
+    (``tau``: its τ, plus the few steps up to the anneal), its τ', and the anneal."""
 
     before: int
     tau: int
@@ -88,7 +95,11 @@ def layout_for(workload: Workload, quick: bool) -> Layout:
         controller.end_step(1.0)
     stages = [s for s in controller.stages if s.trials]
     last = stages[-1]
-    return Layout(sum(s.tau for s in stages[:-1]), last.tau, last.tau_prime, derived.anneal_steps)
+    anneal_start = workload.budget - derived.anneal_steps
+    # the last stage trains at its LR from its winning trial's start up to the anneal (a little more than its τ)
+    assert last.exploit_start is not None
+    length = anneal_start - last.exploit_start + last.tau_prime
+    return Layout(sum(s.tau for s in stages[:-1]), length, last.tau_prime, derived.anneal_steps)
 
 
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
@@ -106,6 +117,7 @@ def pick(values: Sequence[float], anchor: int) -> int:
     """The package's choice among trials: the lowest value, unless the anchor's is within the tie tolerance of it."""
     from lightning_autolrs.search import TIE_TOLERANCE
 
+    values = [v if math.isfinite(v) else math.inf for v in values]  # (a diverged trial never wins)
     best = min(range(len(values)), key=lambda i: values[i])
     return anchor if values[anchor] - values[best] <= TIE_TOLERANCE * abs(values[best]) else best
 
@@ -158,7 +170,8 @@ def _mean_loss(workload: Workload, module: Any, batches: Sequence[Any]) -> float
 
 
 def _half_cosine(start: float, end: float, n: int) -> list[float]:
-    return [end + 0.5 * (start - end) * (1 + math.cos(math.pi * (i + 1) / n)) for i in range(n)]
+    """``n`` steps from ``start`` towards ``end`` along a half cosine, as the package's final anneal steps."""
+    return [end + 0.5 * (start - end) * (1 + math.cos(math.pi * i / max(1, n))) for i in range(n)]
 
 
 def judge_one(workload_name: str, seed: int, quick: bool) -> dict[str, Any]:
@@ -191,11 +204,13 @@ def _judge_one(workload_name: str, seed: int, quick: bool) -> dict[str, Any]:
     probe_set = list(dm.val_dataloader())[:PROBE_BATCHES]
     stride = max(1, layout.tau_prime // PROBES_PER_TRIAL)
     horizon = max(1, layout.tau // stride)
+    n_long = min(LONG * layout.tau_prime, layout.tau)
+    stride_long = max(1, n_long // PROBES_PER_TRIAL)
     forecaster = ExponentialForecaster()
 
     def restore() -> None:  # every branch: the same weights, optimizer state and RNG stream
         module.load_state_dict(start_state[0])
-        opt.load_state_dict(start_state[1])
+        opt.load_state_dict(copy.deepcopy(start_state[1]))  # (load_state_dict keeps the tensors it is given)
         torch.manual_seed(seed + 1)
 
     level = None
@@ -230,6 +245,16 @@ def _judge_one(workload_name: str, seed: int, quick: bool) -> dict[str, Any]:
         lrs = [lr] * flat + _half_cosine(lr, end_lr, layout.tau_prime - flat)
         _train(module, opt, branch[: layout.tau_prime], lrs)
         row["annealed"] = _mean_loss(workload, module, probe_set)
+        # judge `last_x4`: the default judge on a trial LONG times as long (probes as far apart, in proportion)
+        restore()
+        long_series = [level]
+
+        def probe_long(i: int, series: list = long_series) -> None:
+            if (i + 1) % stride_long == 0:
+                series.append(_mean_loss(workload, module, probe_set))
+
+        _train(module, opt, branch[:n_long], [lr] * n_long, probe_long)
+        row["last_x4"] = forecaster.predict(long_series, max(1, layout.tau // stride_long)).value
         rows.append(row)
     return {
         "workload": workload_name,
