@@ -4,9 +4,10 @@ AutoLRS picks the LR of its last stage from short trials, and a final anneal fol
 minimise is the loss after both. This benchmark measures how well each way of judging a trial ranks candidate LRs
 against that loss, without whole AutoLRS runs. For each workload and seed:
 
-1. **Start state.** The model trains at the module's configured LR for the steps earlier stages would have exploited
-   (the sum of their τ in the layout ``AutoLRS()`` derives for the workload's budget; no search).
-2. **Candidates.** The configured LR × ÷3, ÷√3, 1, ×√3, ×3: the last stage's trust region around its anchor.
+1. **Start state.** The model trains at the module's configured LR (× ``--start-factor``, default 1: where the earlier
+   stages would have moved it) for the steps earlier stages would have exploited (the sum of their τ in the layout
+   ``AutoLRS()`` derives for the workload's budget; no search).
+2. **Candidates.** That LR (the anchor) × ÷3, ÷√3, 1, ×√3, ×3: the last stage's trust region around its anchor.
 3. **Oracle.** From the start state, each candidate trains the stage's steps (its τ, plus the few up to the anneal
    that a real run's last stage also trains), then the final anneal: a half cosine
    to the configured LR ÷ 100 over the anneal's steps. Its final loss is on the whole validation set.
@@ -24,9 +25,8 @@ against that loss, without whole AutoLRS runs. For each workload and seed:
    Each judge's pick follows the package's rule: the lowest value, unless the anchor (×1) is within 3 % of it.
 
 Every branch starts from the same weights, optimizer state and RNG stream and sees the same batches in the same order
-(paired), so the differences are the LRs'. Not covered: a start
-state at another LR than the configured one (a real run's last stage starts from where stage 0 moved), and the anneal's
-end at the range test's ``min_lr`` (here the configured LR ÷ 100, the range without a range test).
+(paired), so the differences are the LRs'. Not covered: an earlier search (the start state trains at one LR), and the
+anneal's end at the range test's ``min_lr`` (here the configured LR ÷ 100, the range without a range test).
 
 Reported per workload: the oracle's final loss per candidate, and per judge its picks, the regret of its pick (the
 oracle's loss at the pick ÷ the oracle's best − 1) and Kendall's τ between its values and the oracle's losses.
@@ -174,14 +174,14 @@ def _half_cosine(start: float, end: float, n: int) -> list[float]:
     return [end + 0.5 * (start - end) * (1 + math.cos(math.pi * i / max(1, n))) for i in range(n)]
 
 
-def judge_one(workload_name: str, seed: int, quick: bool) -> dict[str, Any]:
+def judge_one(workload_name: str, seed: int, quick: bool, start_factor: float = 1.0) -> dict[str, Any]:
     """The oracle's final loss and every judge's value for each candidate LR, for one workload and seed."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (self.log outside a Trainer; PossibleUserWarning of the data modules)
-        return _judge_one(workload_name, seed, quick)
+        return _judge_one(workload_name, seed, quick, start_factor)
 
 
-def _judge_one(workload_name: str, seed: int, quick: bool) -> dict[str, Any]:
+def _judge_one(workload_name: str, seed: int, quick: bool, start_factor: float) -> dict[str, Any]:
     from lightning_autolrs.averaging import TrialAverage
     from lightning_autolrs.forecast import ExponentialForecaster
 
@@ -194,8 +194,9 @@ def _judge_one(workload_name: str, seed: int, quick: bool) -> dict[str, Any]:
     module = cls(**kwargs)
     dm.setup()
     opt = _optimizer(module)
-    lr0 = opt.param_groups[0]["lr"]
-    end_lr = lr0 * END_LR_FACTOR
+    configured = opt.param_groups[0]["lr"]
+    end_lr = configured * END_LR_FACTOR
+    lr0 = configured * start_factor  # the LR the earlier stages exploited: the last stage's anchor
     stream = _stream(dm)
     _train(module, opt, [next(stream) for _ in range(layout.before)], [lr0] * layout.before)
     start_state = (copy.deepcopy(module.state_dict()), copy.deepcopy(opt.state_dict()))
@@ -260,13 +261,14 @@ def _judge_one(workload_name: str, seed: int, quick: bool) -> dict[str, Any]:
         "workload": workload_name,
         "seed": seed,
         "layout": layout.__dict__,
-        "configured_lr": lr0,
+        "configured_lr": configured,
+        "anchor_lr": lr0,
         "rows": rows,
         "seconds": time.perf_counter() - started,
     }
 
 
-def _job(args: tuple[str, int, bool]) -> dict[str, Any]:
+def _job(args: tuple[str, int, bool, float]) -> dict[str, Any]:
     return judge_one(*args)
 
 
@@ -296,7 +298,9 @@ def report(results: Sequence[dict[str, Any]], command: str, header: str) -> str:
         lines += [
             f"## {w}",
             "",
-            f"Start state: {lay['before']} steps at the configured LR {runs[0]['configured_lr']:.4g}; the stage: "
+            f"Start state: {lay['before']} steps at LR {runs[0]['anchor_lr']:.4g} (the configured LR "
+            f"{runs[0]['configured_lr']:.4g} × {runs[0]['anchor_lr'] / runs[0]['configured_lr']:.3g}), the candidates' "
+            "anchor (×1); the stage: "
             f"τ = {lay['tau']}, trials of τ' = {lay['tau_prime']} steps; anneal {lay['anneal']} steps. "
             f"Seeds {', '.join(map(str, seeds))}.",
             "",
@@ -362,6 +366,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and one seed: checks the harness runs")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2 (quick: 0)")
+    parser.add_argument(
+        "--start-factor",
+        type=float,
+        default=1.0,
+        help="the earlier stages train at the configured LR times this (default 1); the candidates surround it",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/results; quick: a temp dir)")
     args = parser.parse_args(argv)
@@ -372,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    jobs = [(w, s, args.quick) for w in args.workloads for s in seeds]
+    jobs = [(w, s, args.quick, args.start_factor) for w in args.workloads for s in seeds]
     if args.jobs > 1 and len(jobs) > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
             results = pool.map(_job, jobs)

@@ -353,3 +353,12 @@ def test_judge_pick_and_rank_agreement() -> None:
     assert pick([1.0, 0.98, 1.0], anchor=2) == 2  # within 3 % of the best: the anchor keeps the stage
     assert pick([1.0, 0.90, 1.0], anchor=2) == 1
     assert pick([float("nan"), 0.90, 1.0], anchor=2) == 1  # a diverged trial never wins
+
+
+def test_judge_start_factor_moves_the_anchor() -> None:
+    """``start_factor`` trains the start state at the configured LR times it, and the candidates surround that LR."""
+    from benchmarks import judge
+
+    result = judge.judge_one("friedman", 0, True, start_factor=2.0)
+    assert result["anchor_lr"] == pytest.approx(2.0 * result["configured_lr"])
+    assert [r["lr"] for r in result["rows"]] == pytest.approx([result["anchor_lr"] * f for f in judge.CANDIDATES])
