@@ -55,7 +55,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from benchmarks.workloads import WORKLOADS, Workload
+from benchmarks.workloads import WORKLOADS, Workload, mean_loss
 
 __all__ = ["CANDIDATES", "JUDGES", "Layout", "judge_one", "kendall_tau", "layout_for", "main", "pick", "report"]
 
@@ -114,12 +114,23 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def pick(values: Sequence[float], anchor: int) -> int:
-    """The package's choice among trials: the lowest value, unless the anchor's is within the tie tolerance of it."""
-    from lightning_autolrs.search import TIE_TOLERANCE
+    """The package's choice among trials (:meth:`~lightning_autolrs.search.StageSearch.preferred`, given trials in
+    ascending LR order): the lowest value, unless the anchor's is within the tie tolerance of it; a non-finite value
+    is a diverged trial, which never wins; the lowest LR when every trial diverged (the package's ``min_lr``)."""
+    from lightning_autolrs.forecast import ExponentialForecaster
+    from lightning_autolrs.proposer import LRProposer
+    from lightning_autolrs.records import TrialRecord
+    from lightning_autolrs.search import SearchOptions, StageSearch
 
-    values = [v if math.isfinite(v) else math.inf for v in values]  # (a diverged trial never wins)
-    best = min(range(len(values)), key=lambda i: values[i])
-    return anchor if values[anchor] - values[best] <= TIE_TOLERANCE * abs(values[best]) else best
+    search = StageSearch(SearchOptions(), LRProposer(1e-3, 1.0), ExponentialForecaster())
+    search.anchor_index = anchor
+    trials = [
+        TrialRecord(lr=float(i), start_step=0, predicted_loss=v if math.isfinite(v) else None, steps=1,
+                    diverged=not math.isfinite(v))
+        for i, v in enumerate(values)
+    ]  # fmt: skip
+    chosen = search.preferred(trials)
+    return 0 if chosen is None else chosen
 
 
 # ------------------------------------------------------------------------------------------------ one (workload, seed)
@@ -158,20 +169,22 @@ def _train(module: Any, opt: torch.optim.Optimizer, batches: Sequence[Any], lrs:
 
 
 @torch.no_grad()
-def _mean_loss(workload: Workload, module: Any, batches: Sequence[Any]) -> float:
+def _mean_loss(workload: Workload, module: Any, batches: list[Any]) -> float:
     was = module.training
     module.eval()
-    total, n = 0.0, 0
-    for batch in batches:
-        s, k = workload.loss_sum(module, batch)
-        total, n = total + s, n + k
+    loss = mean_loss(workload.loss_sum, module, batches)
     module.train(was)
-    return total / n
+    return loss
 
 
 def _half_cosine(start: float, end: float, n: int) -> list[float]:
-    """``n`` steps from ``start`` towards ``end`` along a half cosine, as the package's final anneal steps."""
-    return [end + 0.5 * (start - end) * (1 + math.cos(math.pi * i / max(1, n))) for i in range(n)]
+    """The LRs of ``n`` steps of the package's final anneal (:class:`~lightning_autolrs.exploit.FinalAnneal`) from
+    ``start`` down to ``end``."""
+    from lightning_autolrs.exploit import FinalAnneal
+
+    anneal = FinalAnneal(n, total_steps=n)
+    anneal.begin(0, start)
+    return [anneal.lr_at(i, end) for i in range(n)]
 
 
 def judge_one(workload_name: str, seed: int, quick: bool, start_factor: float = 1.0) -> dict[str, Any]:

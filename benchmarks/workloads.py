@@ -47,6 +47,7 @@ __all__ = [
     "Workload",
     "autolrs_kwargs",
     "autolrs_settings",
+    "mean_loss",
     "run_one",
 ]
 
@@ -237,6 +238,18 @@ def _ce_sum(model: nn.Module, batch: Batch) -> tuple[float, int]:
 def _mse_sum(model: nn.Module, batch: Batch) -> tuple[float, int]:
     x, y = batch
     return float(nn.functional.mse_loss(model(x), y, reduction="sum")), y.numel()
+
+
+def mean_loss(
+    loss_sum: Callable[[nn.Module, Batch], tuple[float, int]], model: nn.Module, batches: list[Batch]
+) -> float:
+    """The mean loss per item over ``batches`` (``loss_sum`` of each batch, summed, ÷ the items); the caller sets the
+    model's mode and the grad mode."""
+    total, count = 0.0, 0
+    for batch in batches:
+        s, n = loss_sum(model, batch)
+        total, count = total + s, count + n
+    return total / count
 
 
 def _chunks(x: torch.Tensor, y: torch.Tensor, size: int) -> list[Batch]:
@@ -669,14 +682,10 @@ class Recorder(pl.Callback):
                 opt.eval()
                 self._recompute_bn(module)
             module.eval()
-            total, count = 0.0, 0
-            for batch in self.val_batches:
-                s, n = self.loss_sum(module, batch)
-                total, count = total + s, count + n
+            loss = mean_loss(self.loss_sum, module, self.val_batches)
             module.train()
             if sf:
                 opt.train()
-        loss = total / count
         self.curve.append([step, loss if math.isfinite(loss) else None, phase])
         self.eval_seconds += time.perf_counter() - start
 
