@@ -16,7 +16,8 @@ against that loss, without whole AutoLRS runs. For each workload and seed:
    every τ'/5 steps. The judges:
 
    * ``last``: the package's default. The forecast of the last iterates' probes, extrapolated to τ.
-   * ``average``: ``average_trials=True``. The same, probed on an exponential moving average of the trial's weights.
+   * ``average``: the same, probed on an exponential moving average of the trial's weights (:class:`TrialAverage`;
+     the package's ``average_trials=True`` until it was removed, ``benchmarks/results/seeds_options.md``).
    * ``annealed``: no forecast. The trial's last quarter decays its LR along a half cosine to the anneal's end LR;
      the judge is its last probe.
    * ``last_x4``: the default judge on a trial four times as long (4 τ', capped at τ), probed at the same 5 points
@@ -47,7 +48,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,18 @@ import torch
 
 from benchmarks.workloads import WORKLOADS, Workload, mean_loss
 
-__all__ = ["CANDIDATES", "JUDGES", "Layout", "judge_one", "kendall_tau", "layout_for", "main", "pick", "report"]
+__all__ = [
+    "CANDIDATES",
+    "JUDGES",
+    "Layout",
+    "TrialAverage",
+    "judge_one",
+    "kendall_tau",
+    "layout_for",
+    "main",
+    "pick",
+    "report",
+]
 
 #: Candidate LRs as factors of the configured LR: the last stage's trust region (÷/× 3) around its anchor.
 CANDIDATES = (1 / 3, 3**-0.5, 1.0, 3**0.5, 3.0)
@@ -66,6 +78,8 @@ LONG = 4  # the `last_x4` judge's trial is this many times τ'
 PROBE_BATCHES = 4
 PROBES_PER_TRIAL = 5
 END_LR_FACTOR = 0.01  # the anneal's end: the configured LR ÷ 100 (AutoLRS's min_lr without a range test)
+#: The ``average`` judge's moving average spans about τ' / AVERAGE_SPAN steps.
+AVERAGE_SPAN = 4.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,60 @@ class Layout:
     tau: int
     tau_prime: int
     anneal: int
+
+
+class TrialAverage:
+    r"""Exponential moving average of a module's trainable parameters over one trial (the ``average`` judge).
+
+    .. math::  \bar w_0 = w_0,\qquad \bar w_t = \bar w_{t-1} + \alpha\,(w_t - \bar w_{t-1}),
+               \qquad \alpha = 1 / \max(2, \tau' / 4),
+
+    so the average spans about the last quarter of the trial; :meth:`probe` evaluates a function of the model with
+    the averaged weights swapped in place and back (buffers such as BatchNorm statistics are the model's own). The
+    package's ``lightning_autolrs.averaging.TrialAverage`` (``average_trials=True``) until that option was removed.
+
+    Example:
+        >>> net = torch.nn.Linear(2, 1)
+        >>> avg = TrialAverage(net)
+        >>> avg.start(tau_prime=8)
+        >>> with torch.no_grad():
+        ...     _ = net.weight.add_(1.0)
+        >>> avg.update()
+        >>> w = net.weight.detach().clone()
+        >>> avg.probe(lambda m: float((m.weight - w).abs().max()))  # the average is half way: alpha = 1/2
+        0.5
+        >>> bool(torch.equal(net.weight, w))  # the model's own weights are back
+        True
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.module = module
+        with torch.no_grad():
+            self.average = [p.detach().clone() for p in self.params]
+            self.spare = [p.detach().clone() for p in self.params]
+        self.alpha = 0.5
+
+    @torch.no_grad()
+    def start(self, tau_prime: int) -> None:
+        """A trial begins from the model's current weights."""
+        torch._foreach_copy_(self.average, [p.detach() for p in self.params])
+        self.alpha = 1.0 / max(2.0, tau_prime / AVERAGE_SPAN)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Fold the weights after a trial step into the average."""
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], self.alpha)
+
+    @torch.no_grad()
+    def probe(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(module)`` evaluated with the averaged weights in the model; the model's weights are restored after."""
+        torch._foreach_copy_(self.spare, [p.detach() for p in self.params])
+        torch._foreach_copy_([p.detach() for p in self.params], self.average)
+        try:
+            return fn(self.module)
+        finally:
+            torch._foreach_copy_([p.detach() for p in self.params], self.spare)
 
 
 def layout_for(workload: Workload, quick: bool) -> Layout:
@@ -195,7 +263,6 @@ def judge_one(workload_name: str, seed: int, quick: bool, start_factor: float = 
 
 
 def _judge_one(workload_name: str, seed: int, quick: bool, start_factor: float) -> dict[str, Any]:
-    from lightning_autolrs.averaging import TrialAverage
     from lightning_autolrs.forecast import ExponentialForecaster
 
     torch.set_num_threads(1)

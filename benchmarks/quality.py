@@ -289,9 +289,9 @@ def search_cost(run: dict[str, Any]) -> int | None:
     return None
 
 
-def trial_count(run: dict[str, Any], key: str = "trials") -> int:
-    """Trials of an AutoLRS run (``key="aborted_trials"``: of them the aborted ones); 0 for other runs."""
-    return sum(int(s.get(key, 0)) for s in run.get("autolrs", {}).get("stages", []))
+def trial_count(run: dict[str, Any]) -> int:
+    """Trials of an AutoLRS run; 0 for other runs."""
+    return sum(int(s.get("trials", 0)) for s in run.get("autolrs", {}).get("stages", []))
 
 
 def steps_to(run: dict[str, Any], target: float) -> float:
@@ -340,7 +340,6 @@ def analyse(
                 for r in selected
             ],
             "trials": [trial_count(r) for r in selected],
-            "aborted": [trial_count(r, "aborted_trials") for r in selected],
         }
     t1 = rows["cosine"]["final"] if "cosine" in rows else [INF] * len(seeds)
     ref1 = [steps_to(r, t) for r, t in zip(rows["cosine"]["runs"], t1)] if "cosine" in rows else [INF] * len(seeds)
@@ -501,10 +500,6 @@ def autolrs_lines(analysis: dict[str, Any], seeds: Sequence[int]) -> list[str]:
             fb = sum(s["fallbacks"] for s in info["stages"])
             trials = trial_count(run)
             extra = []
-            if info["settings"].get("abort_trials"):
-                extra.append(f"{trial_count(run, 'aborted_trials')} aborted")
-            if info["settings"].get("warm_start"):
-                extra.append(f"{sum(bool(s.get('warm_start')) for s in info['stages'])} warm-started stages")
             rt = info.get("range_test")
             if rt:
                 extra.append(

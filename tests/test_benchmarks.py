@@ -194,22 +194,22 @@ def test_quality_replay_uses_next_seed_and_runs_after_its_source(tmp_path: Path)
 def test_quality_resume_key_has_the_autolrs_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from benchmarks import quality, workloads
 
-    args = ["--quick", "--out", str(tmp_path), "--workloads", "friedman", "--methods", "autolrs_average"]
+    args = ["--quick", "--out", str(tmp_path), "--workloads", "friedman", "--methods", "autolrs_beta2"]
     assert quality.main(args) == 0
     runs = tmp_path / "runs" / "friedman"
     before = {p.name: p.read_text() for p in runs.glob("*.json")}
-    assert len(before) == 4  # cosine ×3, autolrs_average
+    assert len(before) == 4  # cosine ×3, autolrs_beta2
 
     # one variant's settings change: only its run is trained again
     monkeypatch.setitem(
         workloads.AUTOLRS_VARIANTS,
-        "autolrs_average",
-        {**workloads.AUTOLRS_VARIANTS["autolrs_average"], "num_trials": 3},
+        "autolrs_beta2",
+        {**workloads.AUTOLRS_VARIANTS["autolrs_beta2"], "num_trials": 3},
     )
     assert quality.main([*args, "--resume"]) == 0
     after = {p.name: p.read_text() for p in runs.glob("*.json")}
-    assert [name for name in before if before[name] != after[name]] == ["autolrs_average_s0.json"]
-    assert json.loads(after["autolrs_average_s0.json"])["autolrs"]["settings"]["num_trials"] == 3
+    assert [name for name in before if before[name] != after[name]] == ["autolrs_beta2_s0.json"]
+    assert json.loads(after["autolrs_beta2_s0.json"])["autolrs"]["settings"]["num_trials"] == 3
     assert "1 runs trained in this invocation, 3 reused" in (tmp_path / "friedman.md").read_text()
 
 
@@ -362,3 +362,45 @@ def test_judge_start_factor_moves_the_anchor() -> None:
     result = judge.judge_one("friedman", 0, True, start_factor=2.0)
     assert result["anchor_lr"] == pytest.approx(2.0 * result["configured_lr"])
     assert [r["lr"] for r in result["rows"]] == pytest.approx([result["anchor_lr"] * f for f in judge.CANDIDATES])
+
+
+def test_judge_trial_average_follows_the_weights_and_the_probe_restores_them() -> None:
+    """The `average` judge's exponential moving average: alpha = 1 / max(2, τ'/4), probed in place and put back."""
+    from benchmarks.judge import TrialAverage
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    avg = TrialAverage(net)
+    start = [p.detach().clone() for p in net.parameters()]
+    avg.start(tau_prime=40)  # alpha = 1/10
+    assert avg.alpha == pytest.approx(0.1)
+    expected = [s.clone() for s in start]
+    for step in range(5):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.1 * (step + 1))
+        avg.update()
+        expected = [e + 0.1 * (p.detach() - e) for e, p in zip(expected, net.parameters())]
+    current = [p.detach().clone() for p in net.parameters()]
+    seen = avg.probe(lambda m: [p.detach().clone() for p in m.parameters()])
+    assert all(torch.allclose(a, b) for a, b in zip(seen, expected))
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), current))  # bitwise back
+    avg.start(tau_prime=40)  # a new trial starts from the current weights
+    assert all(torch.equal(a, b) for a, b in zip(avg.average, current))
+    avg.start(tau_prime=4)
+    assert avg.alpha == 0.5  # short trials: never more than half way
+
+
+def test_judge_trial_average_probes_in_eval_mode() -> None:
+    from benchmarks.judge import TrialAverage
+    from lightning_autolrs.probe import ValidationProbe
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    probe = ValidationProbe(
+        [(torch.ones(4, 2), torch.zeros(4, 2))], loss_fn=lambda m, b: (m(b[0]) - b[1]).pow(2).mean()
+    )
+    avg = TrialAverage(net)
+    avg.start(tau_prime=4)
+    first, second = avg.probe(probe), avg.probe(probe)
+    assert first == second  # eval mode: dropout off, deterministic
+    assert net.training
