@@ -276,8 +276,6 @@ def report_event(
             metrics["autolrs/trial_predicted_loss"] = t.predicted_loss
         if verbose:
             pred = "diverged" if t.diverged else f"predicted loss {t.predicted_loss:.4g}"
-            if t.aborted:
-                pred += " (aborted: clearly worse than the best trial)"
             rank_zero_info(
                 f"AutoLRS stage {event.stage} trial {event.trial + 1}/{num_trials}: "
                 f"lr={t.lr:.4g}, {t.steps} steps, {pred}"

@@ -36,7 +36,6 @@ from lightning_autolrs._edge import (
     reduce_loss,
     report_event,
 )
-from lightning_autolrs.averaging import TrialAverage
 from lightning_autolrs.controller import STATE_VERSION, StageController, StepPlan, check_state_version
 from lightning_autolrs.exceptions import AutoLRSWarning, UnsupportedSetupError
 from lightning_autolrs.probe import ValidationProbe, implements_validation_step
@@ -52,7 +51,6 @@ __all__ = ["AutoLRS", "check_strategy"]
 
 _SNAPSHOT_KEY = "autolrs_stage_snapshot"
 _BEST_SNAPSHOT_KEY = "autolrs_best_trial_snapshot"
-_AVERAGE_KEY = "autolrs_trial_average"
 _TRIAL_KEY = "autolrs_trial_state"  # the in-flight trial's state; the checkpoint's own state_dict is the committed one
 _NO_LOSS_LIMIT = 10  # consecutive loss-less optimizer steps (at least one trial's length) before we give up
 
@@ -134,10 +132,6 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         divergence_factor: float = 5.0,
         monitor: str = "auto",
         reuse_best_trial: bool = True,
-        early_stop: bool = False,
-        min_trials: int = 3,
-        abort_trials: bool = False,
-        warm_start: bool = False,
         range_test: bool | None = None,
         range_test_steps: int | None = None,
         val_batches: int = 4,
@@ -147,7 +141,6 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         save_files: bool = True,
         verbose: bool = True,
         anneal_ratio: float = 0.2,
-        average_trials: bool = False,
     ) -> None:
         arguments = locals()  # the arguments above, declared once in `Settings` (a test keeps both in step)
         super().__init__()
@@ -184,9 +177,6 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._global_step: Any = None  # `completed` reads trainer.global_step (`optimizer_step_counter`)
         self._seen_global_step = 0
         self._steps_without_loss = 0
-        self._average: TrialAverage | None = None
-        self._loaded_average: dict[str, Any] | None = None
-        self._plan_phase = "warmup"
 
     # ------------------------------------------------------------------ public results
     @property
@@ -354,8 +344,6 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             pl_module, trainer.optimizers[0], scaler=scaler, device=self._settings.snapshot_device
         )  # (allocated at its first capture: the first checkpoint or validation inside a search)
         self._held = None
-        averaging = self._settings.average_trials and self._probe is not None and not self._derived.fallback
-        self._average = TrialAverage(pl_module) if averaging else None
         if self._loaded_state is not None:
             state, self._loaded_state = self._loaded_state, None
             self.controller.load_state_dict(state["controller"])
@@ -368,9 +356,6 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 if self._best_snapshot is not None and self._loaded_best is not None:
                     self._best_snapshot.load_state_dict(self._loaded_best)
                 self._loaded_best = None
-                if self._average is not None and self._loaded_average is not None:
-                    self._average.load_state_dict(self._loaded_average)
-                self._loaded_average = None
             elif self.controller.needs_snapshot and self.controller.phase == "search":
                 # checkpoint saved without the snapshot: redo the interrupted search (or range test) from the weights
                 self.controller.restart_stage()
@@ -404,7 +389,6 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._prepare_step(plan, pl_module)
         else:  # most steps: nothing to copy or probe
             self._level = None
-        self._plan_phase = plan.phase
         apply_lr(self._optimizer, plan.lr, self._ratios)
         self._lr_logger(trainer, plan.lr)
         # a skipped AMP step only matters to a trial's step count; reading the scale syncs with the device
@@ -416,7 +400,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
 
     def _prepare_step(self, plan: StepPlan, pl_module: pl.LightningModule) -> None:
         """The snapshot copies and the stage-start probe a step's plan asks for, before its LR is set."""
-        assert self._snapshot is not None and self.controller is not None
+        assert self._snapshot is not None
         if plan.save_best and self._best_snapshot is not None:
             self._best_snapshot.capture()
         if plan.restore_best and self._best_snapshot is not None:
@@ -426,8 +410,6 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if plan.capture:
             self._snapshot.capture()
         self._level = (self._probe(pl_module),) if plan.probe_before and self._probe is not None else None
-        if self._average is not None and plan.phase == "search" and (plan.capture or plan.restore):
-            self._average.start(self.controller.stage_steps[1])  # a trial begins at the stage start
 
     @override
     def on_train_batch_end(
@@ -461,11 +443,9 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             scale_after = self._scaler_scale()
             skipped = scale_after is not None and scale_after < self._scale_before
         probe, probe_seconds = None, 0.0
-        if self._average is not None and self._plan_phase == "search":
-            self._average.update()
         if self._plan_probe and self._probe is not None:
             start = time.perf_counter()
-            probe = self._probe(pl_module) if self._average is None else self._average.probe(self._probe)
+            probe = self._probe(pl_module)
             probe_seconds = time.perf_counter() - start
         level, self._level = self._level, None
         if self._world_size > 1:  # one all-reduce per step: the step's loss, with its probes when it has any
@@ -697,8 +677,6 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 checkpoint[_SNAPSHOT_KEY] = snap.state_dict()
                 if self._best_snapshot is not None and self._best_snapshot.captured:
                     checkpoint[_BEST_SNAPSHOT_KEY] = self._best_snapshot.state_dict()
-                if self._average is not None and c.phase == "search":
-                    checkpoint[_AVERAGE_KEY] = self._average.state_dict()
         finally:
             if self._held != held:  # as it was: the in-flight state, or the committed module (during validation)
                 self._release_committed()
@@ -711,7 +689,6 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     ) -> None:
         self._loaded_snapshot = checkpoint.get(_SNAPSHOT_KEY)
         self._loaded_best = checkpoint.get(_BEST_SNAPSHOT_KEY)
-        self._loaded_average = checkpoint.get(_AVERAGE_KEY)
         self._loaded_trial = checkpoint.get(_TRIAL_KEY)
 
 

@@ -42,10 +42,10 @@ the next stage is the smallest LR that diverged; after a stage without divergenc
 raises :class:`~lightning_autolrs.exceptions.NonFiniteLossError` once the fallback at ``min_lr`` fails too (at the
 latest when the stage ends): no LR trains the model, so the fault is in the loss or the data.
 
-Search-cost options (all off by default in the keyword constructor): the **range test** (``range_test_steps > 0``;
+Search-cost options (both off by default in the keyword constructor): the **range test** (``range_test_steps > 0``;
 ``min_lr``/``max_lr`` may then be ``None``) runs after warmup and before the first stage, its steps accounted to the
-``"warmup"`` phase (rules in :mod:`lightning_autolrs.range_test`); **trial abort**, **warm start**, **early stop** and
-**best-trial reuse** act within a stage's search (rules in :mod:`lightning_autolrs.search`).
+``"warmup"`` phase (rules in :mod:`lightning_autolrs.range_test`); **best-trial reuse** acts within a stage's search
+(rules in :mod:`lightning_autolrs.search`).
 
 The controller's parts: :class:`~lightning_autolrs.range_test.RangeTest` (the sweep),
 :class:`~lightning_autolrs.search.StageSearch` (one stage's trials), :class:`~lightning_autolrs.exploit.FinalAnneal`
@@ -153,18 +153,10 @@ class StageController:
         reuse_best_trial: continue the exploit phase from the end state of the best trial (kept in a second
             snapshot, :attr:`StepPlan.save_best`) instead of re-training its τ' steps from the stage start; the
             exploit phase is then τ − τ' steps long.
-        early_stop: end a stage's search before ``num_trials`` once at least ``min_trials`` trials are done and the
-            GP's optimistic bound (UCB with ``stop_beta``) nowhere beats the best trial.
-        min_trials: fewest trials before ``early_stop`` may end a search.
-        stop_beta: UCB weight of the ``early_stop`` test (smaller stops sooner).
         probes_per_trial: validation probes per trial when probing (the stride is ``τ' // probes_per_trial``).
         auto_val_min_tau_prime: the τ' from which ``monitor="auto"`` switches to validation probes.
         range_test_steps: length of the LR range test after warmup (0: none; else ≥ 2).
         range_test_lrs: (lowest, highest) LR the range test sweeps (required when ``range_test_steps > 0``).
-        abort_trials: end a trial at half its length when its partial forecast is clearly worse than the stage's
-            best (see :mod:`lightning_autolrs.search`).
-        abort_margin: how much worse, as a multiple of the best trial's forecast improvement.
-        warm_start: a later stage's first trial re-tries the previous stage's LR, whose other forecasts enter the GP.
         anneal_steps: length of the final anneal (0: none; needs ``total_steps``).
         anchor_lr: stage 0's anchor (the configured LR): turns on anchor trials, the trust region and the tie rule.
         collapse_guard: fall back from a slow collapse in the exploit phase (see the module docstring and
@@ -202,16 +194,10 @@ class StageController:
         divergence_factor: float = 5.0,
         monitor: str = "train_loss",
         reuse_best_trial: bool = False,
-        early_stop: bool = False,
-        min_trials: int = 3,
-        stop_beta: float = 1.0,
         probes_per_trial: int = 5,
         auto_val_min_tau_prime: int = 1,
         range_test_steps: int = 0,
         range_test_lrs: tuple[float, float] | None = None,
-        abort_trials: bool = False,
-        abort_margin: float = 0.5,
-        warm_start: bool = False,
         anneal_steps: int = 0,
         anchor_lr: float | None = None,
         collapse_guard: bool = False,
@@ -224,11 +210,7 @@ class StageController:
         settings = Settings(**{name: arguments[name] for name in shared})  # (the range test's length: above)
         assert settings.tau is not None
         options = SearchOptions.from_settings(
-            settings,
-            stop_beta=stop_beta,
-            probes_per_trial=probes_per_trial,
-            auto_val_min_tau_prime=auto_val_min_tau_prime,
-            abort_margin=abort_margin,
+            settings, probes_per_trial=probes_per_trial, auto_val_min_tau_prime=auto_val_min_tau_prime
         )
         self._setup(
             settings,
@@ -632,7 +614,7 @@ class StageController:
             bounds = self._stage_bounds(anchor)
             record.lr_range = list(bounds)
             self._pending_level_probe = record.signal == "val_loss"
-            self._lr = self.search.start(record, bounds, self.stages[:-1], self.step, anchor=anchor)
+            self._lr = self.search.start(bounds, self.step, anchor=anchor)
         else:
             best = self.stages[-2].best_lr if len(self.stages) > 1 else self._anchor()
             best = self._lr if best is None else best
@@ -812,7 +794,7 @@ class StageController:
         self._pending_capture = True
         self._pending_save_best = self._pending_restore_best = False
         self._pending_level_probe = self.search.probe_stride > 0  # probe the new stage start
-        self.search.level_probe = self.search.stage_level = None
+        self.search.level_probe = None
         self._lr = self.search.restart(record, self.step)
 
     def finalize(self) -> bool:

@@ -192,8 +192,6 @@ class LRProposer:
         self._lrs: list[float] = []
         self._losses: list[float] = []
         self._diverged: list[bool] = []
-        self._prior_lrs: list[float] = []
-        self._prior_losses: list[float] = []
         # (data key, fitted GP) of the last fit (benchmarks/proposer_fit.py reads the GP); with fit="map" the GP is the
         # thread's shared one (`_MAP_GP`), which another proposer's fit may since have given other data: only
         # `_MAP_GP.key` says what it holds, and only the L-BFGS path reuses a fit from here (the key names the fit)
@@ -222,38 +220,14 @@ class LRProposer:
         return len(self._lrs)
 
     def reset(self, min_lr: float | None = None, max_lr: float | None = None, seed: int | None = None) -> None:
-        """Start a new stage: forget every observation and prior; ``None`` arguments keep the current bound / seed."""
+        """Start a new stage: forget every observation; ``None`` arguments keep the current bound / seed."""
         new_min = self.min_lr if min_lr is None else min_lr
         new_max = self.max_lr if max_lr is None else max_lr
         new_min, new_max = _check_bounds(new_min, new_max)
         new_seed = self.seed if seed is None else check_int("seed", seed, minimum=0)
         self.min_lr, self.max_lr, self.seed = new_min, new_max, new_seed
         self._lrs, self._losses, self._diverged = [], [], []
-        self._prior_lrs, self._prior_losses = [], []
         self._rebuild()
-
-    def set_prior(self, lrs: list[float], losses: list[float]) -> None:
-        """Add prior observations (e.g. a previous stage's forecasts, shifted to this stage's level) to the GP.
-
-        Prior points inside the range enter the GP data alongside the observations, except where an observation lies
-        within ``dedup_tol`` of them (the observation wins). They count towards ``num_initial``, but are not "tried":
-        :meth:`best`, :attr:`num_observations` and the duplicate rule only see real observations. Non-finite losses
-        and LRs outside the range are dropped. :meth:`reset` clears them.
-        """
-        if len(lrs) != len(losses):
-            raise InvalidArgumentError(f"`lrs` ({len(lrs)}) and `losses` ({len(losses)}) must have the same length.")
-        keep = [
-            (check_float("lrs", lr, positive=True), float(loss))
-            for lr, loss in zip(lrs, losses)
-            if loss is not None and math.isfinite(float(loss)) and self.min_lr <= lr <= self.max_lr
-        ]
-        self._prior_lrs = [lr for lr, _ in keep]
-        self._prior_losses = [loss for _, loss in keep]
-
-    @property
-    def num_prior(self) -> int:
-        """Number of prior observations (see :meth:`set_prior`)."""
-        return len(self._prior_lrs)
 
     def observe(self, lr: float, loss: float | None, *, diverged: bool = False) -> None:
         """Record the predicted ``loss`` of a trial at ``lr``.
@@ -304,12 +278,11 @@ class LRProposer:
             "lrs": list(self._lrs),
             "losses": [loss if math.isfinite(loss) else None for loss in self._losses],
             "diverged": list(self._diverged),
-            "prior_lrs": list(self._prior_lrs),
-            "prior_losses": list(self._prior_losses),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned; missing keys keep the current values."""
+        """Restore what :meth:`state_dict` returned; missing keys keep the current values (the prior points of the
+        removed warm start, ``prior_lrs`` / ``prior_losses`` in older states, are ignored)."""
         min_lr, max_lr = _check_bounds(state.get("min_lr", self.min_lr), state.get("max_lr", self.max_lr))
         beta = check_float("beta", state.get("beta", self.beta), positive=True)
         seed = check_int("seed", state.get("seed", self.seed), minimum=0, allow_none=True)
@@ -329,8 +302,6 @@ class LRProposer:
         self.num_initial, self.dedup_tol, self.grid_size, self.fit = num_initial, dedup_tol, grid_size, fit
         self._lrs, self._losses = lrs, losses
         self._diverged = [d or not math.isfinite(v) for d, v in zip(flags, losses)]
-        self._prior_lrs = [float(v) for v in state.get("prior_lrs", [])]
-        self._prior_losses = [float(v) for v in state.get("prior_losses", [])]
         self._rebuild()
 
     # ------------------------------------------------------------------ proposing
@@ -357,23 +328,14 @@ class LRProposer:
         return min(div) if div else None
 
     def _gp_data(self, tried: torch.Tensor) -> tuple[list[float], list[float]] | None:
-        """GP training points ``(x, loss)`` with penalties for diverged trials; ``None`` without finite losses.
-
-        The observations come first, then the prior points that are not within ``dedup_tol`` of an observation."""
+        """GP training points ``(x, loss)`` with penalties for diverged trials; ``None`` without finite losses."""
         finite = [loss for loss, d in zip(self._losses, self._diverged) if not d]
         if not finite:
             return None
         xs, ys = tried.tolist(), list(self._losses)
-        if self._prior_lrs:
-            prior_x = torch.tensor([self.to_unit(lr) for lr in self._prior_lrs], dtype=torch.float64)
-            for x, loss, free in zip(prior_x.tolist(), self._prior_losses, self._free_mask(prior_x, tried).tolist()):
-                if free:
-                    xs.append(x)
-                    ys.append(loss)
-                    finite.append(loss)
         worst = max(finite)
         penalty = worst + max(worst - min(finite), 0.1 * abs(worst), 1e-8)
-        ys = [penalty if i < len(self._diverged) and self._diverged[i] else y for i, y in enumerate(ys)]
+        ys = [penalty if d else y for d, y in zip(self._diverged, ys)]
         return xs, ys
 
     def _free_mask(self, points: torch.Tensor, tried: torch.Tensor) -> torch.Tensor:
@@ -408,10 +370,9 @@ class LRProposer:
         self, xs: list[float], ys: list[float], *, tried: torch.Tensor, upper: float | None
     ) -> float | None:
         """Maximise UCB of ``-loss`` on the grid; ``None`` when the GP is degenerate or fails."""
-        fitted = self._fit_ucb(xs, ys)
-        if fitted is None:
+        values = self._fit_ucb(xs, ys)
+        if values is None:
             return None
-        values, _ = fitted
         ok = self._free_mask(self._grid, tried) & torch.isfinite(values)
         if upper is not None and bool((ok & (self._grid < upper)).any()):
             ok &= self._grid < upper
@@ -422,13 +383,11 @@ class LRProposer:
             return None
         return float(self._grid[int(torch.where(ok, values, -math.inf).argmax())])
 
-    def _fit_ucb(
-        self, xs: list[float], ys: list[float], beta: float | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _fit_ucb(self, xs: list[float], ys: list[float]) -> torch.Tensor | None:
         """Fit the GP to ``(x, -rescaled loss)`` and evaluate UCB on the grid.
 
-        Returns ``(values, train_y)`` shaped ``(grid_size,)`` and ``n x 1``, or ``None`` when the targets are degenerate
-        or the GP fails (both logged at ``DEBUG``; warnings of the fit are caught and logged, never shown).
+        Returns the values shaped ``(grid_size,)``, or ``None`` when the targets are degenerate or the GP fails (both
+        logged at ``DEBUG``; warnings of the fit are caught and logged, never shown).
         """
         y = _rescale(ys)
         if y is None:
@@ -440,34 +399,33 @@ class LRProposer:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                values = self._ucb_on_grid(train_x, train_y, beta=beta)
+                values = self._ucb_on_grid(train_x, train_y)
             except _GP_ERRORS as err:
                 log.debug("LRProposer: GP failed (%s: %s), using the initial design.", type(err).__name__, err)
         for w in caught:
             log.debug("LRProposer: %s during the GP fit: %s", w.category.__name__, w.message)
         if values is None:
             return None
-        return values.detach().reshape(-1), train_y
+        return values.detach().reshape(-1)
 
-    def _ucb_on_grid(self, train_x: torch.Tensor, train_y: torch.Tensor, beta: float | None = None) -> torch.Tensor:
+    def _ucb_on_grid(self, train_x: torch.Tensor, train_y: torch.Tensor) -> torch.Tensor:
         """Fit the GP to ``(n x 1, n x 1)`` float64 data and return UCB on the ``grid_size x 1 x 1`` grid.
 
         The MAP fit runs under ``torch.inference_mode`` (no autograd bookkeeping, the same values) on one GP per
         thread, given each decision's data (:func:`_set_train_data`: bitwise the GP a new ``SingleTaskGP`` would be, at
         a fraction of its construction time); since that fit depends on the data only, the GP is reused as it stands
-        whenever it was last fitted to the same data (the early-stop test and the next proposal share one fit). The
-        L-BFGS fit starts from a new GP each time, as it always did."""
+        whenever it was last fitted to the same data. The L-BFGS fit starts from a new GP each time, as it always
+        did."""
         key = (self.fit, self._effective_seed, tuple(train_x.reshape(-1).tolist()), tuple(train_y.reshape(-1).tolist()))
-        b = self.beta if beta is None else beta
         if self.fit != "map":
             with torch.no_grad(), gpytorch.settings.debug(False):
                 if self._fitted is not None and self._fitted[0] == key:
-                    model = self._fitted[1]  # same data: the early-stop test and the next proposal share one fit
+                    model = self._fitted[1]  # same data: the fit is reused
                 else:
                     model = _make_model(train_x, train_y)
                     self._fit_model(model)
                     self._fitted = (key, model)
-                return UpperConfidenceBound(model, beta=b)(self._grid.view(-1, 1, 1))
+                return UpperConfidenceBound(model, beta=self.beta)(self._grid.view(-1, 1, 1))
         shared = _MAP_GP.__dict__
         if "model" not in shared:
             with torch.no_grad():
@@ -480,7 +438,7 @@ class LRProposer:
                 fit_map(_set_train_data(model, train_x, train_y), shared["grid"])
                 shared["key"] = key
             self._fitted = (key, model)
-            return UpperConfidenceBound(model, beta=b)(self._grid.view(-1, 1, 1))
+            return UpperConfidenceBound(model, beta=self.beta)(self._grid.view(-1, 1, 1))
 
     def _fit_model(self, model: SingleTaskGP) -> None:
         """``fit="lbfgs"``: set the GP's hyper-parameters with BoTorch's ``fit_gpytorch_mll`` as the package did before
@@ -490,36 +448,6 @@ class LRProposer:
             torch.manual_seed(self._effective_seed * 1_000_003 + model.train_inputs[0].shape[0])
             fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model), optimizer_kwargs=_LBFGS_OPTIONS)
         model.eval()
-
-    def improvement_plausible(self, beta: float = 1.0) -> bool:
-        """Whether an untried LR could still beat the best observation, by the GP's optimistic bound.
-
-        Fits the GP to the observations (penalties and prior points included) and compares ``max UCB_beta(-loss)``
-        over the untried grid points (below the lowest diverged LR, if any) with the best observed ``-loss`` (prior
-        points excluded): ``False`` means that even
-        ``mean + sqrt(beta)·sigma`` nowhere reaches the best trial, so more trials are unlikely to pay off. Returns
-        ``True`` whenever the GP cannot be fitted (too few or degenerate observations): never stop on no evidence.
-
-        Example:
-            >>> p = LRProposer(1e-3, 1.0, seed=0)
-            >>> p.improvement_plausible()
-            True
-        """
-        tried = self._tried_x()
-        data = self._gp_data(tried)
-        if data is None or len(data[0]) < max(2, self.num_initial):
-            return True
-        fitted = self._fit_ucb(data[0], data[1], beta=beta)
-        if fitted is None:
-            return True
-        values, train_y = fitted
-        ok = self._free_mask(self._grid, tried) & torch.isfinite(values)
-        upper = self._diverged_upper(tried)
-        if upper is not None:
-            ok &= self._grid < upper
-        if not bool(ok.any()):
-            return False  # nothing left to try
-        return float(values[ok].max()) > float(train_y[: len(self._lrs)].max())  # the best real observation
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -537,8 +465,7 @@ class LRProposer:
         return (
             f"{type(self).__name__}(min_lr={self.min_lr!r}, max_lr={self.max_lr!r}, beta={self.beta!r}, "
             f"seed={self.seed!r}, num_initial={self.num_initial!r}, dedup_tol={self.dedup_tol!r}, "
-            f"grid_size={self.grid_size!r}, fit={self.fit!r}, num_observations={self.num_observations}, "
-            f"num_prior={self.num_prior})"
+            f"grid_size={self.grid_size!r}, fit={self.fit!r}, num_observations={self.num_observations})"
         )
 
 

@@ -5,13 +5,14 @@ schedule JSON writes the same dicts (:mod:`lightning_autolrs.schedule`), the log
 (:mod:`lightning_autolrs._edge`) and the plot reads the stages through :meth:`StageRecord.from_dict`, so a field added
 here appears everywhere.
 
-Optional fields (``aborted``, ``warm_start``, ``stopped_early``, ``reused_trial``, ``restarted``) appear in the dicts
-only once they are set, as they always have.
+Optional fields (``reused_trial``, ``restarted``, ``anneal_start``, ``anneal_lr``) appear in the dicts only once they
+are set, as they always have. ``from_dict`` ignores keys it does not know, such as those of options since removed
+(``aborted``, ``warm_start``, ``stopped_early``).
 
 Example:
     >>> t = TrialRecord(lr=0.1, start_step=0, predicted_loss=0.5, steps=10, diverged=False)
-    >>> TrialRecord.from_dict(t.to_dict()) == t, "aborted" in t.to_dict()
-    (True, False)
+    >>> TrialRecord.from_dict(t.to_dict() | {"aborted": True}) == t
+    True
 """
 
 from __future__ import annotations
@@ -46,14 +47,11 @@ class TrialRecord:
         lr: the trial's LR.
         start_step: global step at which the trial's first step began.
         predicted_loss: forecast of the loss after τ steps; ``None`` when the trial diverged.
-        steps: optimizer steps the trial took (fewer than τ' when it diverged or was aborted).
+        steps: optimizer steps the trial took (fewer than τ' when it diverged).
         diverged: whether the trial diverged (its forecast is then ``None``).
         final_loss: mean training loss of the last quarter of its steps (``None`` without a finite loss).
         forecast: the forecaster's method (``"exp"``, ...), ``None`` when the trial diverged.
-        aborted: set (``True``) when ``abort_trials`` ended the trial at half its length.
     """
-
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("aborted",)
 
     lr: float
     start_step: int
@@ -62,12 +60,9 @@ class TrialRecord:
     diverged: bool
     final_loss: float | None = None
     forecast: str | None = None
-    aborted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.OPTIONAL} | {
-            k: getattr(self, k) for k in self.OPTIONAL if _present(getattr(self, k))
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialRecord:
@@ -113,8 +108,6 @@ class StageRecord:
         fallbacks: exploit steps that diverged.
         signal: what the trials were judged on: ``"train_loss"`` or ``"val_loss"``.
         probe_seconds: time spent in validation probes.
-        warm_start: set when the first trial re-tried the previous stage's LR (``warm_start``).
-        stopped_early: set when ``early_stop`` ended the search before ``num_trials``.
         reused_trial: index of the trial whose end state the exploit phase continued (``reuse_best_trial``).
         restarted: set when the search restarted from resumed weights (a checkpoint without the stage snapshot).
         anneal_start: global step at which the final anneal began (the last stage only).
@@ -122,8 +115,6 @@ class StageRecord:
     """
 
     OPTIONAL: ClassVar[tuple[str, ...]] = (
-        "warm_start",
-        "stopped_early",
         "reused_trial",
         "restarted",
         "anneal_start",
@@ -143,8 +134,6 @@ class StageRecord:
     fallbacks: list[FallbackRecord] = field(default_factory=list)
     signal: str = "train_loss"
     probe_seconds: float = 0.0
-    warm_start: bool = False
-    stopped_early: bool = False
     reused_trial: int | None = None
     restarted: bool = False
     anneal_start: int | None = None

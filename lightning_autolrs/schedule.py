@@ -13,12 +13,12 @@ Format (``"format": "lightning-autolrs/schedule"``, ``"version": 1``)::
       "stages": [
         {"stage": 0, "start_step": 0, "tau": 100, "tau_prime": 10, "lr_range": [lo, hi],
          "trials": [{"lr": ..., "start_step": 0, "predicted_loss": ... or null, "steps": 10, "diverged": false,
-                     "final_loss": ... or null, "forecast": "exp", "aborted": true (only when abort_trials ended it)},
+                     "final_loss": ... or null, "forecast": "exp"},
                     ...],
          "best_lr": ..., "search_steps": 100, "exploit_start": 100, "exploit_steps": 100,
          "fallbacks": [{"step": ..., "failed_lr": ..., "new_lr": ...}],
          "signal": "train_loss" or "val_loss", "probe_seconds": 0.0,
-         "warm_start": true, "stopped_early": true, "reused_trial": 3, "restarted": true},  # only when they acted
+         "reused_trial": 3, "restarted": true},  # only when they acted
         ...
       ]
     }
@@ -26,7 +26,8 @@ Format (``"format": "lightning-autolrs/schedule"``, ``"version": 1``)::
 ``predicted_loss`` / ``final_loss`` are ``null`` for diverged trials; a trial's ``final_loss`` is the mean training loss
 of the last quarter of its steps. The stage and trial layout is declared once, by
 :class:`~lightning_autolrs.records.StageRecord` and :class:`~lightning_autolrs.records.TrialRecord` (the keys written
-here are theirs). Unknown keys are ignored on load so later versions can add fields.
+here are theirs). Unknown keys are ignored on load so later versions can add fields; those of the search options
+since removed (a trial's ``aborted``, a stage's ``warm_start`` and ``stopped_early``) are not written again.
 """
 
 from __future__ import annotations
@@ -190,8 +191,6 @@ def summary_table(schedule: Schedule) -> str:
         for j, t in enumerate(trials):
             forecast = "diverged" if t.get("diverged") else num(t.get("predicted_loss"))
             mark = "  <- chosen" if t.get("lr") == best and not t.get("diverged") else ""
-            if t.get("aborted"):
-                mark += f"  (aborted after {t.get('steps')} steps)"
             rows.append(
                 f"{lead if j == 0 else blank}  {j + 1:>5}  {t['lr']:>8.2e}  {forecast:>9}  "
                 f"{num(t.get('final_loss')):>9}{mark}"

@@ -2,30 +2,19 @@
 
 :class:`StageSearch` owns everything about a stage's trials: the proposals (:class:`~lightning_autolrs.proposer.
 LRProposer`), the series a trial is judged on (training loss or validation probes) and its forecast
-(:class:`~lightning_autolrs.forecast.ExponentialForecaster`), the trial abort, the warm start, the best-trial reuse,
-the early stop and the final ranking. The controller (:mod:`lightning_autolrs.controller`) decides when a stage
-searches, detects divergence, and carries out what :meth:`StageSearch.record_step` returns.
+(:class:`~lightning_autolrs.forecast.ExponentialForecaster`), the best-trial reuse and the final ranking. The
+controller (:mod:`lightning_autolrs.controller`) decides when a stage searches, detects divergence, and carries out
+what :meth:`StageSearch.record_step` returns.
 
 Rules (``k`` = ``num_trials``, τ the stage's length, τ' its trial length):
 
 * Trial ``j`` trains τ' steps at the LR the proposer gives (clamped to the stage's range); its series is forecast to
   the τ-step loss, and the proposer learns from (LR, forecast). A diverged trial is recorded with ``predicted_loss``
   ``None`` and the proposer gives it a penalty.
-* **Trial abort** (``abort_trials``): once a trial has half of its series (at least 4 points of a series of at least
-  8), its partial forecast is compared with the best complete trial of the stage; if it is worse by more than
-  ``abort_margin`` times the best trial's forecast improvement (stage start level − best forecast), the trial ends
-  there (recorded with ``aborted: True`` and its partial forecast, which the GP learns from).
-* **Warm start** (``warm_start``): a later stage's first trial re-tries the previous stage's chosen LR (the anchor);
-  the previous stage's other forecasts, shifted by the anchor's change in forecast, then enter the GP as prior
-  observations.
-* **Early stop** (``early_stop``): after at least ``min_trials`` trials, the search ends once the GP's optimistic
-  bound (UCB with ``stop_beta``) nowhere beats the best trial.
 * **Anchor and ties**: a stage's first trial runs at its anchor LR (the configured LR in stage 0, the previous
   stage's choice after it). The stage exploits the trial with the lowest forecast, unless the anchor's forecast is
   within :data:`TIE_TOLERANCE` (relative) of it: forecasts that close do not separate beyond their noise, and a tie
   keeps the LR training was already using.
-* With ``warm_start`` the anchor is the previous stage's chosen LR (its trial's forecast shifts the others), which
-  differs from the LR the previous stage ended at only after an exploit fallback.
 * **Judged series**: with validation probes, the probe of the stage-start model (:meth:`StageSearch.record_level`)
   is every trial's first point, followed by the trial's own probes.
 * **Ranking**: the chosen trial, then the other trials that did not diverge by (forecast, LR) (``min_lr`` if every
@@ -40,7 +29,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_autolrs._validation import check_float, check_int
+from lightning_autolrs._validation import check_int
 from lightning_autolrs.forecast import ExponentialForecaster, Forecast
 from lightning_autolrs.proposer import LRProposer
 from lightning_autolrs.records import Event, SearchEvent, StageRecord, TrialEvent, TrialRecord
@@ -54,21 +43,15 @@ TIE_TOLERANCE = 0.03
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """How a stage searches: the settings of the same names and the controller's tuning constants (``stop_beta``,
-    ``probes_per_trial``, ``auto_val_min_tau_prime``, ``abort_margin``; see :class:`StageController`)."""
+    """How a stage searches: the settings of the same names and the controller's tuning constants
+    (``probes_per_trial``, ``auto_val_min_tau_prime``; see :class:`StageController`)."""
 
     num_trials: int = 10
     monitor: str = "train_loss"
     seed: int | None = None
     reuse_best_trial: bool = False
-    early_stop: bool = False
-    min_trials: int = 3
-    stop_beta: float = 1.0
     probes_per_trial: int = 5
     auto_val_min_tau_prime: int = 1
-    abort_trials: bool = False
-    abort_margin: float = 0.5
-    warm_start: bool = False
 
     @classmethod
     def from_settings(
@@ -76,10 +59,8 @@ class SearchOptions:
         s: Settings,
         *,
         monitor: str | None = None,
-        stop_beta: float = 1.0,
         probes_per_trial: int = 5,
         auto_val_min_tau_prime: int = 1,
-        abort_margin: float = 0.5,
     ) -> SearchOptions:
         """The search options of checked settings (``monitor`` overrides theirs), with the tuning constants checked."""
         return cls(
@@ -87,14 +68,8 @@ class SearchOptions:
             monitor=s.monitor if monitor is None else monitor,
             seed=s.seed,
             reuse_best_trial=s.reuse_best_trial,
-            early_stop=s.early_stop,
-            min_trials=s.min_trials,
-            stop_beta=check_float("stop_beta", stop_beta, positive=True),
             probes_per_trial=check_int("probes_per_trial", probes_per_trial, minimum=2),
             auto_val_min_tau_prime=check_int("auto_val_min_tau_prime", auto_val_min_tau_prime, minimum=1),
-            abort_trials=s.abort_trials,
-            abort_margin=check_float("abort_margin", abort_margin, positive=True),
-            warm_start=s.warm_start,
         )
 
 
@@ -150,9 +125,6 @@ class StageSearch:
         self.trial_losses: list[float] = []
         self.trial_probes: list[float] = []
         self.probe_stride = 0  # 0: this stage's trials are judged on the training loss
-        self.stage_level: float | None = None  # first value of the stage's judged series (trial abort)
-        self.abort_checked = False
-        self.warm_prior: list[tuple[float, float]] = []  # previous stage's (lr, forecast), anchor first
         self.best_trial: int | None = None  # index of the trial whose end state the best-trial snapshot holds
         self.anchor_index: int | None = None  # the trial run at the stage's anchor LR (ties go to it)
         self.anchor_lr: float | None = None
@@ -169,27 +141,15 @@ class StageSearch:
         self.set_stage(stage, tau, tau_prime)
         probing = o.monitor == "val_loss" or (o.monitor == "auto" and tau_prime >= o.auto_val_min_tau_prime)
         self.probe_stride = max(1, tau_prime // o.probes_per_trial) if probing else 0
-        self.stage_level = None
         self.level_probe = None
         self.anchor_index = None
         return "val_loss" if probing else "train_loss"
 
-    def start(
-        self,
-        record: StageRecord,
-        bounds: tuple[float, float],
-        previous: list[StageRecord],
-        step: int,
-        anchor: float | None = None,
-    ) -> float:
+    def start(self, bounds: tuple[float, float], step: int, anchor: float | None = None) -> float:
         """Start the stage's search over ``bounds`` at global step ``step``, its first trial at ``anchor`` (when
         given); returns the first trial's LR."""
         self.bounds = bounds
         self.proposer.reset(min_lr=bounds[0], max_lr=bounds[1], seed=self._stage_seed())
-        self.warm_prior = self._previous_forecasts(previous) if self.options.warm_start else []
-        if self.warm_prior:
-            record.warm_start = True
-            anchor = self.warm_prior[0][0]
         self.anchor_index = None if anchor is None else 0
         self.anchor_lr = anchor
         return self.begin_trial(0, step, lr=anchor)
@@ -209,19 +169,6 @@ class StageSearch:
     def _stage_seed(self) -> int:
         return (0 if self.options.seed is None else self.options.seed) + self.stage
 
-    def _previous_forecasts(self, previous: list[StageRecord]) -> list[tuple[float, float]]:
-        """The last searched stage's (lr, forecast) of trials that did not diverge, its chosen LR first; [] if none."""
-        last = next((h for h in reversed(previous) if h.trials), None)
-        if last is None or last.best_lr is None:
-            return []
-        lo, hi = self.bounds
-        done = [(t.lr, t.predicted_loss) for t in last.trials if not t.diverged and t.predicted_loss is not None]
-        done = [(lr, f) for lr, f in done if lo <= lr <= hi]
-        anchor = [(lr, f) for lr, f in done if lr == last.best_lr]
-        if not anchor:
-            return []
-        return anchor[:1] + [(lr, f) for lr, f in done if lr != last.best_lr]
-
     def begin_trial(self, index: int, step: int, lr: float | None = None) -> float:
         """Begin trial ``index`` at global step ``step`` (at ``lr``, else at the proposer's next LR); returns its LR,
         clamped to the range."""
@@ -230,7 +177,6 @@ class StageSearch:
         self.trial_losses = []
         self.trial_probes = []
         self.trial_steps = 0
-        self.abort_checked = False
         proposed = self.proposer.propose() if lr is None else lr
         return min(max(proposed, self.bounds[0]), self.bounds[1])
 
@@ -250,13 +196,8 @@ class StageSearch:
         self.trial_steps += 1
         if loss is not None and not diverged:
             self.trial_losses.append(loss)
-        if self.stage_level is None:
-            series, _ = self._series()
-            if series:
-                self.stage_level = series[0]
         if not diverged and self.trial_steps < self.tau_prime:
-            partial = self._abort_forecast(record) if self.options.abort_trials else None
-            return None if partial is None else self._finish_trial(record, lr, step, False, partial)
+            return None
         return self._finish_trial(record, lr, step, diverged)
 
     def _series(self) -> tuple[list[float], int]:
@@ -266,30 +207,10 @@ class StageSearch:
             return head + self.trial_probes, max(1, self.tau // self.probe_stride)
         return self.trial_losses, self.tau
 
-    def _abort_forecast(self, record: StageRecord) -> Forecast | None:
-        """The partial forecast of the running trial when it is clearly worse than the stage's best; else ``None``."""
-        series, horizon = self._series()
-        full = self.tau_prime // self.probe_stride if self.probe_stride else self.tau_prime
-        if self.abort_checked or full < 8 or len(series) < max(4, full // 2):
-            return None
-        self.abort_checked = True  # one check per trial, at half of its series
-        done = [t.predicted_loss for t in record.trials if not t.diverged and not t.aborted]
-        if not done or self.stage_level is None:
-            return None
-        best = min(d for d in done if d is not None)
-        margin = self.options.abort_margin * max(self.stage_level - best, 0.0)
-        forecast = self.forecaster.predict(series, horizon)
-        if forecast.method == "empty" or not forecast.value > best + margin:
-            return None
-        return forecast
-
-    def _trial_record(self, lr: float, diverged: bool, partial: Forecast | None) -> tuple[TrialRecord, float]:
+    def _trial_record(self, lr: float, diverged: bool) -> tuple[TrialRecord, float]:
         """The finished trial's record and its forecast (``inf`` when it diverged)."""
         series, horizon = self._series()
-        if partial is not None:
-            forecast: Forecast | None = partial
-        else:
-            forecast = None if diverged else self.forecaster.predict(series, horizon)
+        forecast: Forecast | None = None if diverged else self.forecaster.predict(series, horizon)
         predicted = math.inf if forecast is None else forecast.value
         diverged = diverged or not math.isfinite(predicted)
         tail = self.trial_losses[-max(1, len(self.trial_losses) // 4) :]
@@ -301,47 +222,23 @@ class StageSearch:
             diverged=diverged,
             final_loss=_jsonable(statistics.fmean(tail)) if tail else None,
             forecast=None if forecast is None else forecast.method,
-            aborted=partial is not None,
         )
         return trial, predicted
 
-    def _finish_trial(
-        self, record: StageRecord, lr: float, step: int, diverged: bool, partial: Forecast | None = None
-    ) -> TrialOutcome:
-        trial, predicted = self._trial_record(lr, diverged, partial)
+    def _finish_trial(self, record: StageRecord, lr: float, step: int, diverged: bool) -> TrialOutcome:
+        trial, predicted = self._trial_record(lr, diverged)
         record.trials.append(trial)
         self.proposer.observe(lr, predicted, diverged=trial.diverged)
-        self._apply_warm_prior(len(record.trials), trial.diverged, predicted)
         out = TrialOutcome(events=[TrialEvent(self.stage, self.trial, trial)])
         if self.options.reuse_best_trial and not trial.diverged and trial.steps == self.tau_prime:
             if self.preferred(record.trials) == len(record.trials) - 1 and self.best_trial != self.trial:
                 self.best_trial = self.trial
                 out.save_best = True
-        done = len(record.trials)
-        o = self.options
-        stop_early = (
-            o.early_stop
-            and done < o.num_trials
-            and done >= o.min_trials
-            and not self.proposer.improvement_plausible(o.stop_beta)
-        )
-        if stop_early:
-            record.stopped_early = True
-        if self.trial + 1 < o.num_trials and not stop_early:
+        if self.trial + 1 < self.options.num_trials:
             out.next_lr = self.begin_trial(self.trial + 1, step)
             return out
         self._end_search(record, out)
         return out
-
-    def _apply_warm_prior(self, done: int, diverged: bool, predicted: float) -> None:
-        """Warm start: the anchor's change in forecast shifts the previous stage's other forecasts into the GP."""
-        if not self.warm_prior or done != 1:
-            return
-        if not diverged:
-            shift = predicted - self.warm_prior[0][1]
-            others = self.warm_prior[1:]
-            self.proposer.set_prior([lr for lr, _ in others], [f + shift for _, f in others])
-        self.warm_prior = []
 
     def _end_search(self, record: StageRecord, out: TrialOutcome) -> None:
         """Rank the trials, choose the LR to exploit and whether the best trial's end state is reused."""
@@ -370,7 +267,7 @@ class StageSearch:
             return None
         best = min(valid, key=lambda i: (trials[i].predicted_loss, trials[i].lr))
         a = self.anchor_index
-        if a is None or a not in valid or trials[a].aborted:
+        if a is None or a not in valid:
             return best
         best_loss, anchor_loss = trials[best].predicted_loss, trials[a].predicted_loss
         assert best_loss is not None and anchor_loss is not None
@@ -388,16 +285,14 @@ class StageSearch:
             "trial_steps": self.trial_steps,
             "best_trial": self.best_trial,
             "proposer": self.proposer.state_dict(),
-            "stage_level": self.stage_level,
-            "abort_checked": self.abort_checked,
-            "warm_prior": [list(p) for p in self.warm_prior],
             "anchor_index": self.anchor_index,
             "anchor_lr": self.anchor_lr,
             "level_probe": self.level_probe,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; keys added in later versions are read with defaults."""
+        """Restore :meth:`state_dict`; keys added in later versions are read with defaults, and the keys of the
+        removed search options (``stage_level``, ``abort_checked``, ``warm_prior``) are ignored."""
         self.trial = int(state.get("trial", 0))
         self.trial_start = int(state.get("trial_start", 0))
         self.trial_losses = [float(x) for x in state.get("trial_losses", [])]
@@ -406,10 +301,6 @@ class StageSearch:
         self.trial_steps = int(state.get("trial_steps", 0))
         best_trial = state.get("best_trial")
         self.best_trial = None if best_trial is None else int(best_trial)
-        level = state.get("stage_level")
-        self.stage_level = None if level is None else float(level)
-        self.abort_checked = bool(state.get("abort_checked", False))
-        self.warm_prior = [(float(lr), float(f)) for lr, f in state.get("warm_prior", [])]
         anchor = state.get("anchor_index")
         self.anchor_index = None if anchor is None else int(anchor)
         anchor_lr = state.get("anchor_lr")

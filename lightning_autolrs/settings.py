@@ -204,27 +204,6 @@ class Settings:
         re-training its τ' steps from the stage start; saves τ' steps per stage.""",
         _as_bool,
     )
-    early_stop: bool = _setting(
-        False,
-        """end a stage's search early, after at least ``min_trials`` trials, once the GP's optimistic bound
-        (``mean + sigma``) nowhere beats the best trial.""",
-        _as_bool,
-    )
-    min_trials: int = _setting(
-        3, "fewest trials per stage when ``early_stop`` is on (≥ 2, and below ``num_trials``).", _int_at_least(2)
-    )
-    abort_trials: bool = _setting(
-        False,
-        """end a running trial at half of its length when its partial forecast is worse than the stage's best trial
-        by more than half of that trial's forecast improvement (needs trials of ≥ 8 steps or probes).""",
-        _as_bool,
-    )
-    warm_start: bool = _setting(
-        False,
-        """a later stage's first trial re-tries the previous stage's LR, and the previous stage's other forecasts,
-        shifted by that trial's change, enter the GP as prior points (fewer trials with ``early_stop``).""",
-        _as_bool,
-    )
     range_test: bool | None = _setting(
         None,
         """find ``min_lr``/``max_lr`` with a short LR range test before the first stage: the LR sweeps geometrically
@@ -278,15 +257,6 @@ class Settings:
         budget is unbounded.""",
         _check_anneal_ratio,
     )
-    average_trials: bool = _setting(
-        False,
-        """judge a trial's validation probes on an exponential moving average of its weights (over about τ'/4 steps)
-        instead of its last weights: what the trial's LR reaches once annealed, so a larger LR is not penalised for
-        the noise a final anneal removes. Only with validation probes. Off by default: on top of issue #12's
-        second-round defaults (stage 0 within ÷/× 9) it won on the digits CNN, tied on the digits MLP and the char LM,
-        and lost on Friedman in all three seeds (README, "Benchmarks").""",
-        _as_bool,
-    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -297,12 +267,6 @@ class Settings:
                 self._check_range()
             elif f.name == "tau_max" and self.tau is not None and self.tau_max < self.tau:
                 raise InvalidArgumentError(f"`tau_max` must be >= `tau`, got tau_max={self.tau_max} < tau={self.tau}.")
-        if self.early_stop and self.min_trials >= self.num_trials:  # early stop acts after min_trials, before the last
-            raise InvalidArgumentError(
-                f"`early_stop=True` can end a search only after `min_trials` and before `num_trials` trials, got "
-                f"min_trials={self.min_trials} >= num_trials={self.num_trials}, so it could never act. Lower "
-                "`min_trials`, raise `num_trials`, or turn `early_stop` off."
-            )
 
     def _check_range(self) -> None:
         lo, hi = self.min_lr, self.max_lr

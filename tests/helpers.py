@@ -122,16 +122,22 @@ def fit_full_batch(
     every: int = 12,
     callbacks: tuple[Any, ...] = (),
     accelerator: str = "cpu",
+    validation: bool = False,
 ) -> tuple[Any, Any]:
     """Fit the tiny regressor full-batch (so the data a step sees does not depend on where a resumed run restarts) for
     :data:`FULL_BATCH_STEPS` steps, optionally saving a checkpoint every ``every`` steps under ``root / "ckpt"``, with
-    ``callbacks`` after ``cb``."""
+    ``callbacks`` after ``cb``; with ``validation`` the Trainer has validation data (AutoLRS probes it; Lightning's
+    validation loop does not run within the budget)."""
     lpl.seed_everything(0)
     model = make_module_class(lpl)(shuffle=False, batch_size=384)
     callbacks = (cb, *callbacks)
     if save_every_epoch:
         every_epoch = lpl.callbacks.ModelCheckpoint(
-            dirpath=root / "ckpt", filename="{step}", every_n_epochs=every, save_top_k=-1
+            dirpath=root / "ckpt",
+            filename="{step}",
+            every_n_epochs=every,
+            save_top_k=-1,
+            save_on_train_epoch_end=True if validation else None,  # (validation never runs: save at the epoch's end)
         )
         callbacks = (*callbacks, every_epoch)
     checkpointing = save_every_epoch or any(isinstance(c, lpl.callbacks.Checkpoint) for c in callbacks)
@@ -141,6 +147,7 @@ def fit_full_batch(
         enable_checkpointing=checkpointing,
         deterministic=True,
         accelerator=accelerator,
+        **(dict(limit_val_batches=1.0, check_val_every_n_epoch=10 * FULL_BATCH_STEPS) if validation else {}),
     )
     trainer = lpl.Trainer(callbacks=list(callbacks), **kw)
     trainer.fit(model, ckpt_path=ckpt_path)
@@ -235,12 +242,6 @@ def make(total: int | None = 1000, min_lr: float = 1e-3, max_lr: float = 1.0, **
     args = dict(num_trials=4, tau=40, tau_max=160, search_ratio=0.25, total_steps=total, seed=0)
     args.update(kw)
     return StageController(min_lr, max_lr, **args)
-
-
-def feed(c: StageController, losses) -> None:
-    for loss in losses:
-        c.begin_step()
-        c.end_step(loss)
 
 
 def clone_gen(gen: torch.Generator) -> torch.Generator:

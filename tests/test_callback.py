@@ -418,20 +418,6 @@ def test_range_test_counts_in_the_budget_check(lpl, tmp_path) -> None:
     assert trainer.global_step == 50
 
 
-def test_abort_and_warm_start_reach_the_search(lpl, tmp_path) -> None:
-    cb = AutoLRS(
-        min_lr=1e-4, max_lr=10.0, num_trials=4, tau=80, tau_max=80, search_ratio=0.2, seed=0, verbose=False,
-        abort_trials=True, warm_start=True,
-    )  # fmt: skip
-    fit(lpl, tmp_path, cb, max_steps=480)
-    searched = [h for h in cb.history if h["trials"]]
-    assert len(searched) >= 2 and searched[1]["warm_start"]
-    assert searched[1]["trials"][0]["lr"] == searched[0]["best_lr"]
-    aborted = [t for h in searched for t in h["trials"] if t.get("aborted")]
-    assert aborted and all(t["steps"] == 8 for t in aborted)  # half of tau' = 16
-    assert sum(h["search_steps"] for h in searched) < sum(len(h["trials"]) * h["tau_prime"] for h in searched)
-
-
 def test_a_budget_too_small_to_search_warns_once_and_decays_from_the_configured_lr(lpl, tmp_path) -> None:
     cb = AutoLRS(verbose=False)
     with pytest.warns(UserWarning, match=r"budget of 150 optimizer steps is too small .* at least \d+ steps") as rec:

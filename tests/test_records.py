@@ -22,9 +22,7 @@ from lightning_autolrs.records import (
 )
 from lightning_autolrs.schedule import Schedule
 
-TRIAL = TrialRecord(
-    lr=0.1, start_step=5, predicted_loss=0.4, steps=7, diverged=False, final_loss=0.45, forecast="exp", aborted=True
-)
+TRIAL = TrialRecord(lr=0.1, start_step=5, predicted_loss=0.4, steps=7, diverged=False, final_loss=0.45, forecast="exp")
 FALLBACK = FallbackRecord(step=40, failed_lr=0.3, new_lr=0.03)
 STAGE = StageRecord(
     stage=2,
@@ -32,7 +30,7 @@ STAGE = StageRecord(
     tau=20,
     tau_prime=5,
     lr_range=[1e-3, 0.5],
-    trials=[TRIAL, dataclasses.replace(TRIAL, lr=0.2, predicted_loss=None, diverged=True, aborted=False)],
+    trials=[TRIAL, dataclasses.replace(TRIAL, lr=0.2, predicted_loss=None, diverged=True)],
     best_lr=0.1,
     search_steps=12,
     exploit_start=17,
@@ -40,8 +38,6 @@ STAGE = StageRecord(
     fallbacks=[FALLBACK],
     signal="val_loss",
     probe_seconds=1.5,
-    warm_start=True,
-    stopped_early=True,
     reused_trial=0,
     restarted=True,
     anneal_start=30,
@@ -71,8 +67,17 @@ def test_optional_fields_appear_only_once_set() -> None:
     plain = StageRecord(stage=0, start_step=0, tau=4, tau_prime=1, lr_range=[0.1, 1.0])
     assert not set(StageRecord.OPTIONAL) & set(plain.to_dict())
     assert StageRecord.from_dict(plain.to_dict()) == plain
-    assert "aborted" not in dataclasses.replace(TRIAL, aborted=False).to_dict()
     assert dataclasses.replace(STAGE, reused_trial=0).to_dict()["reused_trial"] == 0  # index 0 is a value
+
+
+def test_keys_of_removed_options_are_ignored_on_load() -> None:
+    """A history written before `abort_trials`, `warm_start` and `early_stop` were removed still loads; their keys
+    are dropped."""
+    old = STAGE.to_dict() | {"warm_start": True, "stopped_early": True}
+    old["trials"] = [t | {"aborted": True} for t in old["trials"]]
+    loaded = StageRecord.from_dict(json.loads(json.dumps(old)))
+    assert loaded == STAGE and loaded.to_dict() == STAGE.to_dict()
+    assert TrialRecord.from_dict(TRIAL.to_dict() | {"aborted": True}) == TRIAL
 
 
 @pytest.mark.parametrize(

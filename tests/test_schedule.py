@@ -62,13 +62,27 @@ def test_summary_table_lists_trials_and_choice() -> None:
     assert "1.00e-01" in lines[2] and "0.2500" in lines[2] and "0.3000" in lines[2] and lines[2].endswith("<- chosen")
 
 
-def test_search_cost_fields_survive_a_round_trip_and_show_in_the_table(tmp_path) -> None:
+def test_range_test_survives_a_round_trip_and_shows_in_the_table(tmp_path) -> None:
     s = sample()
-    s.stages[0]["trials"][1]["aborted"] = True
-    s.stages[0]["warm_start"] = True
     s.settings["range_test"] = {"start_step": 0, "steps": 2, "min_lr": 0.001, "max_lr": 1.0}
     back = load_schedule(save_schedule(s, tmp_path / "s.json"))
-    assert back.stages[0]["trials"][1]["aborted"] and back.stages[0]["warm_start"]
+    assert back == s
     table = summary_table(back)
     assert table.splitlines()[0] == "LR range test: 2 steps from step 0 -> min_lr 1.00e-03, max_lr 1.00e+00"
-    assert "(aborted after 1 steps)" in table
+
+
+def test_a_schedule_with_keys_of_removed_options_loads_and_drops_them(tmp_path) -> None:
+    """A schedule written while `abort_trials`, `warm_start` and `early_stop` existed (with them on) still loads and
+    tabulates; writing it again keeps its settings as they were and drops the removed options' stage and trial keys."""
+    old = sample().to_dict()
+    old["settings"].update(abort_trials=True, warm_start=True, early_stop=True, min_trials=2, average_trials=False)
+    old["stages"][0]["trials"][1]["aborted"] = True
+    old["stages"][0] |= {"warm_start": True, "stopped_early": True}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    loaded = load_schedule(path)
+    assert loaded.lrs == sample().lrs and loaded.exploit_lrs() == sample().exploit_lrs()
+    assert summary_table(loaded) == summary_table(sample())
+    again = json.loads(save_schedule(loaded, tmp_path / "again.json").read_text())
+    assert again["stages"] == sample().to_dict()["stages"]
+    assert again["settings"] == old["settings"]

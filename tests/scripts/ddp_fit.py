@@ -1,9 +1,9 @@
 """Run a short AutoLRS fit on 2 CPU processes (gloo) and dump each rank's view of the schedule as JSON.
 
 Usage: python tests/scripts/ddp_fit.py STRATEGY OUT_DIR [NAN_RANK NAN_STEP | range | count]
-(``range``: no min_lr/max_lr, so the LR range test runs first, and trials may be aborted, stages warm-started;
-``count``: with validation data, so trials are judged on validation probes, and every ``torch.distributed`` call made
-inside AutoLRS's per-step hooks is recorded per step, with the pickled size of what a broadcast sends)
+(``range``: no min_lr/max_lr, so the LR range test runs first; ``count``: with validation data, so trials are judged
+on validation probes, and every ``torch.distributed`` call made inside AutoLRS's per-step hooks is recorded per step,
+with the pickled size of what a broadcast sends)
 Used by tests/test_callback_distributed.py (a DDP launch re-runs this script per rank, so it cannot run inside pytest).
 """
 
@@ -129,7 +129,7 @@ def main() -> None:
     lpl.seed_everything(0)
     args = dict(num_trials=3, tau=20, tau_max=40, search_ratio=0.25, seed=0, verbose=False)
     if range_test:
-        cb = AutoLRS(range_test_steps=20, abort_trials=True, warm_start=True, **args)
+        cb = AutoLRS(range_test_steps=20, **args)
     else:
         cb = AutoLRS(min_lr=1e-3, max_lr=0.5, **args)
     counter = CountCollectives() if count else None
