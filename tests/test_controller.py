@@ -12,7 +12,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from lightning_autolrs.controller import StageController, default_tau
+from lightning_autolrs.controller import TRUST_FACTOR, StageController, default_tau
 from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 
 from .helpers import Quadratic, make
@@ -279,6 +279,24 @@ def test_anchor_trial_and_trust_region() -> None:
     lo, hi = first["best_lr"] / 3, first["best_lr"] * 3
     assert second["lr_range"] == pytest.approx([max(lo, 1e-4), min(hi, 1.0)])  # ... within ÷/× 3 of it
     assert all(second["lr_range"][0] <= t["lr"] <= second["lr_range"][1] for t in second["trials"])
+
+
+@pytest.mark.parametrize("anneal_steps", [100, 0])
+def test_the_stage_before_the_final_anneal_searches_only_upwards(anneal_steps) -> None:
+    # stages of 70, 140 and 280 steps: the third is the last before the anneal (steps 500-599)
+    c, sim = make(total=600, anneal_steps=anneal_steps, min_lr=1e-4, anchor_lr=0.02), Quadratic()
+    sim.run(c, 600)
+    assert len(c.history) == 3
+    middle, last = c.history[1], c.history[2]
+    for stage in (middle, last):
+        anchor = stage["trials"][0]["lr"]
+        lo = anchor if stage is last and anneal_steps else anchor / TRUST_FACTOR
+        hi = min(c.max_lr, anchor * TRUST_FACTOR)
+        assert stage["lr_range"] == pytest.approx([lo, hi])  # (the range's ends do not bind here)
+        assert all(stage["lr_range"][0] <= t["lr"] <= stage["lr_range"][1] for t in stage["trials"])
+    if anneal_steps:  # no trial of the last stage below its anchor, so no choice either
+        assert last["best_lr"] >= last["trials"][0]["lr"]
+    assert c.history[0]["lr_range"] == pytest.approx([0.02 / 3, 0.02 * 3])  # stage 0 as before
 
 
 def test_final_anneal_decays_the_last_lr_to_min_lr() -> None:
