@@ -135,7 +135,7 @@ def test_resume_inside_the_range_test_is_bitwise_exact(lpl, tmp_path) -> None:
 def test_resume_on_the_step_a_search_ends_is_bitwise_exact(lpl, tmp_path) -> None:
     """A checkpoint written on the step a search ends (the winner is a trial before the last, so the next step restores
     the best-trial snapshot) carries both snapshots and resumes exactly."""
-    ref_cb = autolrs(seed=1)
+    ref_cb = autolrs(seed=0)
     _, ref_model = run(lpl, tmp_path / "a", ref_cb, save_every_epoch=True, every=1)
     pending = []
     for ckpt in sorted((tmp_path / "a" / "ckpt").glob("*.ckpt"), key=lambda p: int(p.stem.split("=")[1])):
@@ -144,8 +144,8 @@ def test_resume_on_the_step_a_search_ends_is_bitwise_exact(lpl, tmp_path) -> Non
         if cb_state["controller"]["pending_restore_best"]:
             assert "autolrs_stage_snapshot" in state and "autolrs_best_trial_snapshot" in state
             pending.append(ckpt)
-    assert pending, "seed 1 ends a search on a losing trial"
-    cb = autolrs(seed=1)
+    assert pending, "seed 0 ends a search on a losing trial"
+    cb = autolrs(seed=0)
     _, model = run(lpl, tmp_path / "b", cb, ckpt_path=str(pending[0]))
     assert cb.lrs == ref_cb.lrs and cb.history == ref_cb.history
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
