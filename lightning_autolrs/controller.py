@@ -314,6 +314,7 @@ class StageController:
         self._ref_loss: float | None = None
         self._lr = self.min_lr
         self._exploit_end: float = self.step  # the first begin_step after warmup starts a stage
+        self._searched_as_last = False  # the stage searched as the one the final anneal follows (_before_anneal)
         self._ranking: list[float] = []  # trial LRs of the current stage, best first (exploit fallbacks)
         self._anneal = FinalAnneal(anneal_steps, self.total_steps)
         self._guard = CollapseGuard(collapse_guard)
@@ -590,6 +591,7 @@ class StageController:
         if self._stage >= 0 and not self._stage_finite:
             raise self._non_finite_error()
         self._stage_finite = False
+        self._searched_as_last = False
         self._stage += 1
         tau = min(self.tau * 2 ** min(self._stage, 62), self.tau_max)
         tau_prime = tau_prime_for(tau, self.settings.search_ratio)
@@ -612,7 +614,8 @@ class StageController:
         if searching:
             self.phase = "search"
             anchor = self._anchor()
-            bounds = self._stage_bounds(anchor, last=self._before_anneal(tau, tau_prime))
+            self._searched_as_last = self._before_anneal(tau, tau_prime)
+            bounds = self._stage_bounds(anchor, last=self._searched_as_last)
             record.lr_range = list(bounds)
             self._pending_level_probe = record.signal == "val_loss"
             self._lr = self.search.start(bounds, self.step, anchor=anchor)
@@ -634,8 +637,9 @@ class StageController:
 
     def _before_anneal(self, tau: int, tau_prime: int) -> bool:
         """Whether the stage starting now is a later stage (not stage 0) that the final anneal follows: its exploit
-        phase, once its ``num_trials`` trials are done, leaves too few steps for another search (the rule of
-        :meth:`_begin_exploit`)."""
+        phase, once its ``num_trials`` full trials are done, would leave too few steps for another search (the rule of
+        :meth:`_begin_exploit`). A stage that searched as the last one also exploits until the anneal, even when a
+        trial cut short by divergence left room for another stage."""
         if len(self.stages) < 2 or not self.anneal_steps:
             return False
         k = self.settings.num_trials
@@ -646,8 +650,8 @@ class StageController:
 
     def _stage_bounds(self, anchor: float | None, last: bool = False) -> tuple[float, float]:
         """The stage's search interval: within ÷/× :data:`TRUST_FACTOR` of the anchor, inside ``[min_lr, upper end]``
-        (``last``: only upwards, from the anchor to × :data:`TRUST_FACTOR`, unless the anchor is at the upper end); the
-        whole range without an anchor.
+        (``last``: only upwards, from the anchor to × :data:`TRUST_FACTOR`, unless the range leaves less than × √3
+        above the anchor: then ÷/× :data:`TRUST_FACTOR` as in other stages); the whole range without an anchor.
 
         Why the stage before the final anneal only searches upwards: its trials are judged a few hundred steps before
         the anneal, which lowers every LR anyway. What a smaller LR shows in a short trial (the loss drops at once) is
@@ -659,7 +663,7 @@ class StageController:
         lo, hi = self.min_lr, self._eff_max_lr
         if anchor is None:
             return lo, hi
-        tlo = anchor if last and anchor < hi else anchor / TRUST_FACTOR
+        tlo = anchor if last and anchor * math.sqrt(TRUST_FACTOR) <= hi else anchor / TRUST_FACTOR
         tlo, thi = max(lo, tlo), min(hi, anchor * TRUST_FACTOR)
         return (tlo, thi) if thi > tlo else (lo, hi)
 
@@ -673,7 +677,7 @@ class StageController:
         after = remaining - exploit
         next_tau = min(self._stage_tau * 2, self.tau_max)
         next_tp = tau_prime_for(next_tau, self.settings.search_ratio)
-        if after < (self.settings.num_trials + 1) * next_tp:
+        if after < (self.settings.num_trials + 1) * next_tp or self._searched_as_last:
             exploit = remaining  # last stage: exploit to the end of the budget
         self._exploit_end = math.inf if math.isinf(exploit) else self.step + int(exploit)
 
@@ -893,6 +897,7 @@ class StageController:
             "ref_loss": self._ref_loss,
             "lr": self._lr,
             "exploit_end": None if math.isinf(self._exploit_end) else self._exploit_end,
+            "searched_as_last": self._searched_as_last,
             "ranking": list(self._ranking),
             "pending_restore": self._pending_restore,
             "pending_capture": self._pending_capture,
@@ -976,6 +981,7 @@ class StageController:
         self._lr = float(state.get("lr", self.min_lr))
         end = state.get("exploit_end")
         self._exploit_end = math.inf if end is None else int(end)
+        self._searched_as_last = bool(state.get("searched_as_last", False))
         self._ranking = [float(x) for x in state.get("ranking", [])]
         self._pending_restore = bool(state.get("pending_restore", False))
         self._pending_capture = bool(state.get("pending_capture", False))
