@@ -299,6 +299,29 @@ def test_the_stage_before_the_final_anneal_searches_only_upwards(anneal_steps) -
     assert c.history[0]["lr_range"] == pytest.approx([0.02 / 3, 0.02 * 3])  # stage 0 as before
 
 
+def test_a_stage_that_searched_as_the_last_exploits_until_the_anneal() -> None:
+    # a trial of stage 1 diverges, so its search ends 14 steps early: room for a third stage, which must not start
+    c = make(total=602, anneal_steps=180, num_trials=4, tau=40, tau_max=160, anchor_lr=0.3, seed=3)
+    Quadratic(seed=3).run(c, 602)
+    last = c.history[-1]
+    assert len(c.history) == 2 and any(t["diverged"] for t in last["trials"])
+    assert last["lr_range"][0] == pytest.approx(last["trials"][0]["lr"])  # it searched upwards only ...
+    assert last["exploit_start"] + last["exploit_steps"] == 602  # ... and exploits until the anneal, then anneals
+    assert last["anneal_start"] == 602 - 180
+    state = c.state_dict()
+    assert state["searched_as_last"] is True
+    resumed = make(total=602, anneal_steps=180, num_trials=4, tau=40, tau_max=160, anchor_lr=0.3, seed=3)
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state
+
+
+@pytest.mark.parametrize(("anchor", "expected"), [(0.2, (0.2, 0.6)), (0.6, (0.2, 1.0)), (1.0, (1.0 / 3, 1.0))])
+def test_the_upward_region_needs_room_above_the_anchor(anchor, expected) -> None:
+    c = make(min_lr=1e-3, max_lr=1.0)
+    assert c._stage_bounds(anchor, last=True) == pytest.approx(expected)  # below x sqrt(3) of room: ÷/x3 as others
+    assert c._stage_bounds(anchor) == pytest.approx((anchor / 3, min(1.0, anchor * 3)))
+
+
 def test_final_anneal_decays_the_last_lr_to_min_lr() -> None:
     c, sim = make(total=1000, anneal_steps=200), Quadratic()
     sim.run(c, 1000)
