@@ -315,10 +315,10 @@ def test_a_stage_that_searched_as_the_last_exploits_until_the_anneal() -> None:
     assert resumed.state_dict() == state
 
 
-@pytest.mark.parametrize(("anchor", "expected"), [(0.2, (0.2, 0.6)), (0.6, (0.2, 1.0)), (1.0, (1.0 / 3, 1.0))])
+@pytest.mark.parametrize(("anchor", "expected"), [(0.2, (0.2, 0.6)), (0.6, (0.6, 1.0)), (1.0, (1.0 / 3, 1.0))])
 def test_the_upward_region_needs_room_above_the_anchor(anchor, expected) -> None:
     c = make(min_lr=1e-3, max_lr=1.0)
-    assert c._stage_bounds(anchor, last=True) == pytest.approx(expected)  # below x sqrt(3) of room: ÷/x3 as others
+    assert c._stage_bounds(anchor, last=True) == pytest.approx(expected)  # at the upper end: ÷/x3 as others
     assert c._stage_bounds(anchor) == pytest.approx((anchor / 3, min(1.0, anchor * 3)))
 
 

@@ -5,10 +5,12 @@ search options ``early_stop``, ``min_trials``, ``abort_trials``, ``warm_start`` 
 ``python tests/data/make_v2_fixtures.py`` writes, for each case, a Lightning checkpoint taken at step 48 (inside the
 second stage's search) and a JSON reference of the uninterrupted run (LRs, history, final weights):
 
-* ``v2_defaults``: the tests' usual settings, those options off (today's behaviour): a later version resumes it bitwise.
-* ``v2_options``: all five options on, with validation data, so the checkpoint holds what they wrote (a stage 0 ended
-  early, a warm-started stage 1 with prior points in its proposer, the trial weight average): a later version that no
-  longer has them loads it and continues with the defaults' behaviour (``tests/test_checkpoint_compat.py``).
+* ``v2_defaults``: the tests' usual settings, those options off (b288f95's defaults): a later version resumes it
+  bitwise (step 48 is inside the last stage, so the later upward-only search of that stage does not enter).
+* ``v2_options``: all five options on, with validation data, so the checkpoint holds what they wrote (a warm-started
+  stage 1 with prior points in its proposer, the search's stage level, the trial weight average in flight): a later
+  version that no longer has them loads it and continues with the defaults' behaviour
+  (``tests/test_checkpoint_compat.py``).
 """
 
 from __future__ import annotations
