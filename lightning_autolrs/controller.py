@@ -644,11 +644,15 @@ class StageController:
         trial cut short by divergence left room for another stage."""
         if len(self.stages) < 2 or not self.anneal_steps:
             return False
-        k = self.settings.num_trials
         reused = tau_prime if self.settings.reuse_best_trial else 0
-        after = self._remaining() - k * tau_prime - max(1, tau - reused)
+        stage_steps = self.settings.num_trials * tau_prime + max(1, tau - reused)
+        return self._no_search_after(self._remaining() - stage_steps, tau)
+
+    def _no_search_after(self, after: float, tau: int) -> bool:
+        """Whether ``after`` steps, left once a stage of length ``tau`` ends, are too few for the next stage's search
+        (its ``num_trials`` trials plus one trial's length of exploit)."""
         next_tp = tau_prime_for(min(tau * 2, self.tau_max), self.settings.search_ratio)
-        return after < (k + 1) * next_tp
+        return after < (self.settings.num_trials + 1) * next_tp
 
     def _stage_bounds(self, anchor: float | None, last: bool = False) -> tuple[float, float]:
         """The stage's search interval: within ÷/× :data:`TRUST_FACTOR` of the anchor, inside ``[min_lr, upper end]``
@@ -678,10 +682,7 @@ class StageController:
         self.stages[-1].exploit_start = self.step
         remaining = self._remaining()
         exploit = min(max(1, self._stage_tau - already), remaining)
-        after = remaining - exploit
-        next_tau = min(self._stage_tau * 2, self.tau_max)
-        next_tp = tau_prime_for(next_tau, self.settings.search_ratio)
-        if after < (self.settings.num_trials + 1) * next_tp or self._searched_as_last:
+        if self._no_search_after(remaining - exploit, self._stage_tau) or self._searched_as_last:
             exploit = remaining  # last stage: exploit to the end of the budget
         self._exploit_end = math.inf if math.isinf(exploit) else self.step + int(exploit)
 
