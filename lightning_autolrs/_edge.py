@@ -203,9 +203,10 @@ class LateLoss:
     step's summed loss tensor into ``[loss or 0, has a loss, not finite]`` on that device, all-reduces it across ranks
     (one collective, queued like any other device work) and starts a non-blocking copy into pinned host memory;
     :meth:`read`, one step later, waits for that copy (long done by then). A CPU loss (or none) is read at once:
-    that waits for nothing. Either way :meth:`read` returns what :func:`reduce_loss` returns: the mean over the ranks
-    that had a loss, ``None`` where none had one, NaN as soon as one was not finite. ``world_size``: the Trainer's,
-    when the caller has it at hand (``None``: read from the Trainer)."""
+    that waits for nothing (the callback reads a CPU loss without one). Either way :meth:`read` returns what
+    :func:`reduce_loss` returns: the mean over the ranks that had a loss, ``None`` where none had one, NaN as soon as
+    one was not finite. ``world_size``: the Trainer's, when the caller has it at hand (``None``: read from the
+    Trainer)."""
 
     def __init__(self, trainer: pl.Trainer, loss: torch.Tensor | None, world_size: int | None = None) -> None:
         self._value: float | None = None

@@ -431,7 +431,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._step_open = False
         if self._late is not None:
             self._report_late_loss()  # the previous step's loss, which waited
-        if controller.loss_can_wait:
+        if controller.loss_can_wait and self._reads_late(self._step_loss):
             # a step whose loss only feeds the guards: read it one step late, so the device queue never waits on it
             self._late = LateLoss(trainer, self._step_loss, self._world_size)
             controller.end_step(None, late=True)
@@ -458,6 +458,13 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         events = controller.end_step(step_loss, progressed=not skipped, probe=probe, probe_seconds=probe_seconds)
         if events:
             self._act_on(trainer, events)
+
+    @staticmethod
+    def _reads_late(loss: torch.Tensor | None) -> bool:
+        """Whether a step's loss that may wait (:attr:`StageController.loss_can_wait`) is read one step late: an
+        accelerator's, whose host read now would stall the device queue. A CPU loss is read at once: that waits for
+        nothing, lets the guards act a step sooner, and keeps the quiet step's path short (issue #14)."""
+        return loss is not None and not loss.is_cpu
 
     def _act_on(self, trainer: pl.Trainer, events: list[Any]) -> None:
         controller = self.controller

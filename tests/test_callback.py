@@ -158,11 +158,14 @@ def test_lr_reaches_the_loggers_every_log_every_n_steps_without_self_log(lpl, tm
 
 
 def test_exploit_losses_reach_the_controller_one_step_late_and_change_nothing_else(lpl, tmp_path, monkeypatch) -> None:
-    """No host read of the loss in the step that produced it, outside trials: an exploit / warmup step's loss is
-    copied off the device without waiting and read at the end of the next step. The schedule is the same as with
-    every loss read at once (only a divergence is acted on one step later)."""
+    """No host read of the loss in the step that produced it, outside trials: an exploit / warmup step's loss on an
+    accelerator is copied off the device without waiting and read at the end of the next step (here forced for CPU
+    losses, which are read at once). The schedule is the same as with every loss read at once (only a divergence is
+    acted on one step later)."""
     from lightning_autolrs._edge import LateLoss
     from lightning_autolrs.controller import StageController
+
+    monkeypatch.setattr(AutoLRS, "_reads_late", staticmethod(lambda loss: loss is not None))
 
     reads: list[tuple[int, int]] = []  # (global step when the loss was read, the step that produced it)
     real_init, real_read = LateLoss.__init__, LateLoss.read
@@ -190,6 +193,33 @@ def test_exploit_losses_reach_the_controller_one_step_late_and_change_nothing_el
     fit(lpl, tmp_path, at_once, max_steps=120)
     assert late.lrs == at_once.lrs and late.controller.losses == at_once.controller.losses
     assert late.history == at_once.history
+
+
+def test_cpu_losses_are_read_in_their_own_step(lpl, tmp_path, monkeypatch) -> None:
+    """A CPU loss is read at once (nothing to wait for): no loss waits a step, and the controller holds every step's
+    loss as soon as the step ends."""
+    from lightning_autolrs._edge import LateLoss
+
+    made: list[int] = []
+    real_init = LateLoss.__init__
+
+    def init(self, *args, **kwargs) -> None:
+        made.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(LateLoss, "__init__", init)
+    seen: list[tuple[int, int]] = []  # (steps the controller has recorded, of them with a loss) after each step
+
+    class Watch(lpl.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            c = cb.controller
+            seen.append((len(c.losses), sum(v is not None for v in c.losses)))
+
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, seed=0, verbose=False, warmup_steps=5)
+    trainer = lpl.Trainer(callbacks=[cb, Watch()], **trainer_kwargs(tmp_path, max_steps=120))
+    trainer.fit(make_module_class(lpl)())
+    assert made == []
+    assert seen == [(i, i) for i in range(1, 121)]
 
 
 def test_verbose_prints_one_line_per_trial_and_stage(lpl, tmp_path, caplog) -> None:

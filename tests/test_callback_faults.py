@@ -161,7 +161,11 @@ def nan_at(lpl, steps: set[int]):
     return NanAt()
 
 
-def test_exploit_divergence_falls_back_and_stays_finite(lpl, tmp_path) -> None:
+@pytest.mark.parametrize("late", [False, True])
+def test_exploit_divergence_falls_back_and_stays_finite(lpl, tmp_path, monkeypatch, late: bool) -> None:
+    """``late``: the exploit's losses are read one step late, as on an accelerator (a CPU loss is read at once)."""
+    if late:
+        monkeypatch.setattr(AutoLRS, "_reads_late", staticmethod(lambda loss: loss is not None))
     cb = autolrs()
     model = nan_at(lpl, {25})  # stage 0 exploits steps 15..34
     lpl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_steps=80)).fit(model)
@@ -171,10 +175,11 @@ def test_exploit_divergence_falls_back_and_stays_finite(lpl, tmp_path) -> None:
     assert (
         fallback["step"] == 25 and fallback["failed_lr"] == first["best_lr"] and fallback["new_lr"] < first["best_lr"]
     )
-    # the exploit's loss is read one step late (no host-device sync per step): step 26 already ran at the failed LR
-    # on the NaN weights, and step 27 starts from the restored snapshot at the smaller LR
-    assert cb.lrs[26] == fallback["failed_lr"] and cb.lrs[27] == fallback["new_lr"]
-    assert len(first["fallbacks"]) == 1  # step 26's own (NaN) loss is not judged again: its weights were dropped
+    # read at once, step 26 starts from the restored snapshot at the smaller LR; read one step late (no host-device
+    # sync per step), step 26 already ran at the failed LR on the NaN weights, and step 27 starts from the snapshot
+    restored = 27 if late else 26
+    assert cb.lrs[restored - 1] == fallback["failed_lr"] and cb.lrs[restored] == fallback["new_lr"]
+    assert len(first["fallbacks"]) == 1  # (read late, step 26's NaN loss is not judged again: its weights were dropped)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
