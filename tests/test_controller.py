@@ -122,6 +122,51 @@ def test_exploit_divergence_falls_back_to_a_smaller_lr() -> None:
     assert nxt.restore and nxt.lr < chosen and c.history[0]["fallbacks"][0]["failed_lr"] == chosen
 
 
+def _feed(c: StageController, losses: list[float]) -> list:
+    """One step per loss; the events of all of them."""
+    events: list = []
+    for loss in losses:
+        c.begin_step()
+        events += c.end_step(loss)
+    return events
+
+
+def _trained_down() -> StageController:
+    """Stage 0 (4 trials of 10 steps, 40 exploit steps) with a loss that falls from 2.3 to about 0.005, as a small
+    classifier's training loss does once it fits its training set; the next step starts stage 1's search."""
+    c = make(total=None, tau_max=40)
+    _feed(c, [2.3 * 0.9**i + 0.004 for i in range(80)])
+    assert c.stage == 0 and c.phase == "exploit" and len(c.lrs) == 80
+    return c
+
+
+def test_a_loss_still_below_the_runs_first_one_is_no_divergence() -> None:
+    """Late in training one hard batch lifts a near-zero loss far more than ``divergence_factor`` times (the digits
+    workloads' runs, issue #12): that cuts no trial short and sends no exploit phase back to its stage's start. A loss
+    above the run's first one (or NaN/inf) still does."""
+    c = _trained_down()
+    _feed(c, [0.005] * 5 + [0.1] + [0.005] * 4)  # stage 1's first trial (10 steps) sees a 20x spike
+    (first,) = c.history[1]["trials"]
+    assert c.stage == 1 and not first["diverged"] and first["steps"] == 10
+    _feed(c, [0.005] * 30)
+    assert c.phase == "exploit" and c.stage == 1 and len(c.history[1]["trials"]) == 4
+    assert _feed(c, [0.1, 0.005, 0.2]) == [] and c.history[1]["fallbacks"] == []  # exploit spikes 20x and 40x
+    events = _feed(c, [2.5])  # above the run's first loss (2.304): diverged
+    assert [e["event"] for e in events] == ["fallback"] and c.begin_step().restore
+
+
+def test_the_runs_first_loss_survives_a_checkpoint() -> None:
+    """A resumed run tests divergence against the same first loss (read from the loss history it saved)."""
+    c = _trained_down()
+    _feed(c, [0.005] * 40)  # stage 1's search
+    resumed = make(total=None, tau_max=40)
+    resumed.load_state_dict(c.state_dict())
+    for run in (c, resumed):
+        assert run.phase == "exploit" and _feed(run, [0.005] * 5 + [2.2]) == []  # 440x the reference, below 2.304
+        assert [e["event"] for e in _feed(run, [2.4])] == ["fallback"]
+    assert c.lrs == resumed.lrs and c.history == resumed.history
+
+
 def test_first_proposal_is_deterministic_given_seed() -> None:
     a, b, other = make(seed=3), make(seed=3), make(seed=4)
     assert a.begin_step().lr == b.begin_step().lr != other.begin_step().lr
@@ -211,7 +256,7 @@ def test_exploit_fallback_never_leaves_the_range() -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [dict(beta=0.5), dict(divergence_factor=1.5), dict(seed=7), dict(search_ratio=0.1), dict(tau_max=40)],
+    [dict(beta=0.5), dict(divergence_factor=10.0), dict(seed=7), dict(search_ratio=0.1), dict(tau_max=40)],
 )
 def test_every_setting_changes_the_schedule(change) -> None:
     base, other = make(total=600, num_trials=5), make(total=600, num_trials=5, **change)
