@@ -890,11 +890,6 @@ class StageController:
         return "best", best, kept, since - kept
 
     @property
-    def restore_best_pending(self) -> bool:
-        """Whether the next step restores the best-trial snapshot (a search just ended on a trial that lost)."""
-        return self._pending_restore_best
-
-    @property
     def needs_snapshot(self) -> bool:
         """Whether the model holds uncommitted state that a snapshot must undo: a search or range test under way,
         or a restore the next step will do (a search or range test just ended, a step just diverged)."""
