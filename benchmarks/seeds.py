@@ -8,8 +8,9 @@ without the tuned grid (which it does not need), and reports per workload:
 * the median final validation loss of each row over the seeds, and whether it is at or below the cosine row's median;
 * the paired comparison: each seed's final loss against the cosine run of the *same* seed (same initial weights and
   data order), as the mean of the relative differences, the worst one, and the number of seeds at or below it;
-* every run on its own line: its final loss, the same seed's cosine run's, and the LR each stage exploited (a run's
-  whole search, trial by trial, is in its record in ``OUT/runs``: ``trial_lrs``, ``trial_predictions``).
+* every run on its own line: its final loss, the same seed's cosine run's, the LR each stage exploited, and how many
+  of its trials diverged and how many times its exploit phases fell back (a run's whole search, trial by trial, is in
+  its record in ``OUT/runs``: ``trial_lrs``, ``trial_predictions``).
 
 Runs are cached in ``OUT/runs`` under the same keys as :mod:`benchmarks.quality`'s, so the two share runs.
 
@@ -79,10 +80,12 @@ def paired_lines(results: dict, workloads: Sequence[str], methods: Sequence[str]
 
 
 def per_seed_lines(results: dict, workloads: Sequence[str], methods: Sequence[str], seeds: Sequence[int]) -> list[str]:
-    """The markdown table of every run: its final loss against the same seed's cosine run, and its stage LRs."""
+    """The markdown table of every run: its final loss against the same seed's cosine run, its stage LRs, and its
+    diverged trials and exploit fallbacks (summed over its stages)."""
     lines = [
-        "| workload | row | seed | final val loss | cosine, same seed | difference | LR exploited by each stage |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+        "| workload | row | seed | final val loss | cosine, same seed | difference | LR exploited by each stage "
+        "| diverged trials | exploit fallbacks |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for w in workloads:
         ref = _finals(results, w, REFERENCE, seeds)
@@ -91,9 +94,11 @@ def per_seed_lines(results: dict, workloads: Sequence[str], methods: Sequence[st
                 final = final_of(run)
                 stages = run.get("autolrs", {}).get("stages", [])
                 lrs = " → ".join(f"{st['best_lr']:.3g}" for st in stages if st.get("best_lr") is not None)
+                diverged = sum(int(st.get("diverged_trials", 0)) for st in stages)
+                fallbacks = sum(int(st.get("fallbacks", 0)) for st in stages)
                 lines.append(
                     f"| {w} | `{m}` | {seed} | {final:.4g} | {cos:.4g} | {100.0 * (final / cos - 1.0):+.1f} % | "
-                    f"{lrs or '—'} |"
+                    f"{lrs or '—'} | {diverged} | {fallbacks} |"
                 )
     return lines
 

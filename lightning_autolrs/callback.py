@@ -171,6 +171,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._step_loss: torch.Tensor | None = None  # the step's loss summed over micro-batches, on its device
         self._step_loss_count = 0
         self._late: LateLoss | None = None  # the previous step's loss, on its way to the host
+        self._late_reads = False  # this fit reads losses that may wait one step late (_reads_late)
         self._trainer: Any = None
         self._optimizer: Any = None  # the optimizer whose LR is set (trainer.optimizers[0], read at train start)
         self._budget: float = math.inf  # total_steps, read at train start (inf: unbounded)
@@ -368,6 +369,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         # read once: the per-step hooks below run on every optimizer step and must stay cheap
         self._scaler = scaler if getattr(scaler, "is_enabled", lambda: False)() else None
         self._world_size = trainer.world_size
+        self._late_reads = self._reads_late(trainer)
         self._optimizer = trainer.optimizers[0]  # (the one the snapshots copy)
         self._budget = math.inf if self.total_steps is None else self.total_steps
         self._global_step = optimizer_step_counter(trainer)
@@ -431,7 +433,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._step_open = False
         if self._late is not None:
             self._report_late_loss()  # the previous step's loss, which waited
-        if controller.loss_can_wait and self._reads_late(self._step_loss):
+        if self._late_reads and controller.loss_can_wait:
             # a step whose loss only feeds the guards: read it one step late, so the device queue never waits on it
             self._late = LateLoss(trainer, self._step_loss, self._world_size)
             controller.end_step(None, late=True)
@@ -460,11 +462,12 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._act_on(trainer, events)
 
     @staticmethod
-    def _reads_late(loss: torch.Tensor | None) -> bool:
-        """Whether a step's loss that may wait (:attr:`StageController.loss_can_wait`) is read one step late: an
-        accelerator's, whose host read now would stall the device queue. A CPU loss is read at once: that waits for
-        nothing, lets the guards act a step sooner, and keeps the quiet step's path short (issue #14)."""
-        return loss is not None and not loss.is_cpu
+    def _reads_late(trainer: pl.Trainer) -> bool:
+        """Whether this fit reads a step's loss that may wait (:attr:`StageController.loss_can_wait`) one step late:
+        on an accelerator, where a host read now would stall the device queue. On CPU a loss is read at once: that
+        waits for nothing, lets the guards act a step sooner, and keeps the quiet step's path short (issue #14).
+        Decided once per fit from the strategy's device, so every rank takes the same path (the same collectives)."""
+        return trainer.strategy.root_device.type != "cpu"
 
     def _act_on(self, trainer: pl.Trainer, events: list[Any]) -> None:
         controller = self.controller

@@ -32,17 +32,18 @@ With ``fallback`` (a budget too small for one search) there are no stages: a lin
 
 Divergence rule: a step whose loss is NaN/inf, or above ``divergence_factor`` times the stage's reference loss (the
 largest training loss of the last 20 steps before the stage, or the stage's first loss for the first stage) and above
-the run's first training loss (the untrained model's: a loss still below it has not diverged, however far it rose from a
-loss near zero), stops a trial at once; the trial is recorded as diverged and the proposer gives it a penalty. In the
-exploit phase the same test restores the snapshot and continues the stage at the next-best smaller trial LR (or a tenth
-of the current LR when none is left, but never below ``min_lr``). With ``collapse_guard`` the exploit phase also falls
-back that way on a *slow* collapse: once the stage has halved its windowed training loss (20-step means) from its start
-level, the windowed loss is back at the start level for a whole window (a net dying at the edge of stability, no spike;
-rules in :class:`~lightning_autolrs.exploit.CollapseGuard`). After a stage with a diverged trial the upper end of the
-range for the next stage is the smallest LR that diverged; after a stage without divergence it grows back by 2× per
-stage up to ``max_lr``. A stage whose every training loss is NaN/inf, its trials' and its exploit fallbacks' down to
-``min_lr``, raises :class:`~lightning_autolrs.exceptions.NonFiniteLossError` once the fallback at ``min_lr`` fails too
-(at the latest when the stage ends): no LR trains the model, so the fault is in the loss or the data.
+half the first training loss of the fit (:data:`DIVERGENCE_FLOOR`; the untrained model's loss when training starts from
+scratch: a loss still far below it has not diverged, however far it rose from a loss near zero), stops a trial at once;
+the trial is recorded as diverged and the proposer gives it a penalty. In the exploit phase the same test restores the
+snapshot and continues the stage at the next-best smaller trial LR (or a tenth of the current LR when none is left, but
+never below ``min_lr``). With ``collapse_guard`` the exploit phase also falls back that way on a *slow* collapse: once
+the stage has halved its windowed training loss (20-step means) from its start level, the windowed loss is back at the
+start level for a whole window (a net dying at the edge of stability, no spike; rules in
+:class:`~lightning_autolrs.exploit.CollapseGuard`). After a stage with a diverged trial the upper end of the range for
+the next stage is the smallest LR that diverged; after a stage without divergence it grows back by 2× per stage up to
+``max_lr``. A stage whose every training loss is NaN/inf, its trials' and its exploit fallbacks' down to ``min_lr``,
+raises :class:`~lightning_autolrs.exceptions.NonFiniteLossError` once the fallback at ``min_lr`` fails too (at the
+latest when the stage ends): no LR trains the model, so the fault is in the loss or the data.
 
 Search-cost options (both off by default in the keyword constructor): the **range test** (``range_test_steps > 0``;
 ``min_lr``/``max_lr`` may then be ``None``) runs after warmup and before the first stage, its steps accounted to the
@@ -77,7 +78,7 @@ from lightning_autolrs.records import Event, FallbackEvent, FallbackRecord, Rang
 from lightning_autolrs.search import SearchOptions, StageSearch, TrialOutcome
 from lightning_autolrs.settings import MONITORS, RANGE_SPAN, Derived, Settings, default_tau, tau_prime_for
 
-__all__ = ["MONITORS", "RANGE_SPAN", "STATE_VERSION", "StageController", "StepPlan", "default_tau"]
+__all__ = ["DIVERGENCE_FLOOR", "MONITORS", "RANGE_SPAN", "STATE_VERSION", "StageController", "StepPlan", "default_tau"]
 
 #: Version of :meth:`StageController.state_dict` (and of the callback's state): a flat dict whose keys the controller
 #: and its parts each read with defaults. Version 2 added the search rules of issue #12 (anchor trials, trust region,
@@ -85,10 +86,15 @@ __all__ = ["MONITORS", "RANGE_SPAN", "STATE_VERSION", "StageController", "StepPl
 #: version-1 search rules (:meth:`StageController.load_state_dict`), so it continues as it began. Within version 2 the
 #: upward-only search of the stage before the final anneal came later (issue #12, fourth round): a version-2 state
 #: written before it takes it up at its next stage start, and its stage in progress ends as it began. The run's first
-#: loss as a floor of the divergence test (issue #12, fifth round) is read from the loss history every state has: a
-#: version-2 state written before it takes it up at once.
+#: loss as a floor of the divergence test (issue #12, fifth round; :data:`DIVERGENCE_FLOOR`) is read from the loss
+#: history every state has: a version-2 state written before it takes it up at once.
 STATE_VERSION = 2
 _REFERENCE_WINDOW = 20
+#: A loss counts as diverged only at or above this share of the fit's first training loss (and above
+#: ``divergence_factor`` times the stage's reference loss). A net that collapses to chance level or to the mean
+#: prediction is back at about its first loss; the one-batch spikes of a near-zero training loss are not: on the quality
+#: benchmark's digits workloads they reached 0.03-0.28 of it (:meth:`StageController._diverged`).
+DIVERGENCE_FLOOR = 0.5
 #: A stage searches within ÷/× this factor of its anchor (stage 0: around the configured LR). Stage 0 used its square
 #: (÷/× 9) before: its short trials from a fresh model favour the fastest early drop, which picked 9× the configured
 #: LR on Friedman (+22 % against cosine) and up to 4× on the digits CNN (README, "Benchmarks").
@@ -151,7 +157,8 @@ class StageController:
         start_step: global step at which this controller starts (a run that adds AutoLRS mid-way).
         beta: UCB exploration weight handed to the proposer.
         seed: seed of the proposer's initial design; stage ``s`` uses ``seed + s``.
-        divergence_factor: a loss above this multiple of the stage's reference loss counts as divergence.
+        divergence_factor: a loss above this multiple of the stage's reference loss (and at or above
+            :data:`DIVERGENCE_FLOOR` times the fit's first loss) counts as divergence.
         monitor: the series a trial is judged on: ``"train_loss"`` (every step's training loss), ``"val_loss"``
             (validation probes at ``probes_per_trial`` evenly spaced steps of each trial) or ``"auto"`` (validation
             probes once τ' ≥ ``auto_val_min_tau_prime``, the training loss for shorter trials; the callback passes
@@ -692,13 +699,13 @@ class StageController:
 
     def _diverged(self, loss: float | None) -> bool:
         """The divergence test (module docstring): NaN/inf, or above both ``divergence_factor`` times the stage's
-        reference loss and the run's first loss.
+        reference loss and :data:`DIVERGENCE_FLOOR` times the fit's first loss.
 
-        Why the run's first loss bounds it from below: late in training, when the training loss is near zero, one
-        hard batch lifts it far more than 5× without anything having gone wrong. On the quality benchmark's digits
-        workloads (seeds 0-9) every divergence was one such batch: 12 trials cut short and 11 exploit phases sent back
-        to their stage's start (up to 1400 steps of training lost, the LR cut as far as ÷10), at losses of 0.03-0.28
-        against a first loss of 2.3. A net that really diverges ends above its untrained loss, or at NaN/inf."""
+        Why the fit's first loss bounds it from below: late in training, when the training loss is near zero, one hard
+        batch lifts it far more than 5× without anything having gone wrong. On the quality benchmark's digits
+        workloads (seeds 0-9, README "Benchmarks") every divergence was one such batch, at losses of 0.03-0.28 against
+        a first loss of 2.3: 12 trials were cut short, and 17 exploit fallbacks in 11 runs sent training back to the
+        stage's start. A net that collapses (to chance level, to the mean prediction) is back near its first loss."""
         if loss is None:
             return False
         if not math.isfinite(loss):
@@ -707,10 +714,10 @@ class StageController:
         if ref is None or ref <= 0 or loss <= self.settings.divergence_factor * ref:
             return False
         first = self._run_start_loss()
-        return first is None or loss > first
+        return first is None or loss >= DIVERGENCE_FLOOR * first
 
     def _run_start_loss(self) -> float | None:
-        """The run's first finite training loss (from :attr:`losses`, so a resumed run reads the same one)."""
+        """The fit's first finite training loss (from :attr:`losses`, so a resumed run reads the same one)."""
         if self._first_loss is None:
             self._first_loss = next((x for x in self.losses if x is not None), None)
         return self._first_loss

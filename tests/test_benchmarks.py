@@ -282,7 +282,11 @@ def test_seeds_table_pairs_each_run_with_the_cosine_run_of_its_seed() -> None:
         "- `autolrs`, all workloads: at or below the same seed's cosine run in 2/3 runs; mean difference -8.3 %, "
         "median -10.0 %."
     )
-    results[("digits", run_key("autolrs", None, 1))]["autolrs"] = {"stages": [{"best_lr": 0.15}, {"best_lr": 0.0123}]}
+    stages = [
+        {"best_lr": 0.15, "diverged_trials": 1, "fallbacks": 0},
+        {"best_lr": 0.0123, "diverged_trials": 2, "fallbacks": 3},
+    ]
+    results[("digits", run_key("autolrs", None, 1))]["autolrs"] = {"stages": stages}
     rows = [
         [c.strip() for c in line.strip("|").split("|")]
         for line in per_seed_lines(results, ["digits"], ["autolrs"], [0, 1, 2])[2:]
@@ -295,8 +299,10 @@ def test_seeds_table_pairs_each_run_with_the_cosine_run_of_its_seed() -> None:
         "2",
         "+10.0 %",
         "0.15 → 0.0123",
-    ]  # each run with its own seed's
-    assert [r[5] for r in rows] == ["-10.0 %", "+10.0 %", "-25.0 %"] and rows[0][6] == "—"
+        "3",
+        "3",
+    ]  # each run with its own seed's, its diverged trials and exploit fallbacks summed over its stages
+    assert [r[5] for r in rows] == ["-10.0 %", "+10.0 %", "-25.0 %"] and rows[0][6:] == ["—", "0", "0"]
 
 
 def test_judge_quick(tmp_path: Path) -> None:

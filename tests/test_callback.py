@@ -165,7 +165,7 @@ def test_exploit_losses_reach_the_controller_one_step_late_and_change_nothing_el
     from lightning_autolrs._edge import LateLoss
     from lightning_autolrs.controller import StageController
 
-    monkeypatch.setattr(AutoLRS, "_reads_late", staticmethod(lambda loss: loss is not None))
+    monkeypatch.setattr(AutoLRS, "_reads_late", staticmethod(lambda trainer: True))
 
     reads: list[tuple[int, int]] = []  # (global step when the loss was read, the step that produced it)
     real_init, real_read = LateLoss.__init__, LateLoss.read

@@ -12,7 +12,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from lightning_autolrs.controller import TRUST_FACTOR, StageController, default_tau
+from lightning_autolrs.controller import DIVERGENCE_FLOOR, TRUST_FACTOR, StageController, default_tau
 from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 
 from .helpers import Quadratic, make
@@ -140,30 +140,45 @@ def _trained_down() -> StageController:
     return c
 
 
-def test_a_loss_still_below_the_runs_first_one_is_no_divergence() -> None:
+def test_a_loss_far_below_the_fits_first_one_is_no_divergence() -> None:
     """Late in training one hard batch lifts a near-zero loss far more than ``divergence_factor`` times (the digits
     workloads' runs, issue #12): that cuts no trial short and sends no exploit phase back to its stage's start. A loss
-    above the run's first one (or NaN/inf) still does."""
+    at half the fit's first one or above (or NaN/inf) still does."""
     c = _trained_down()
     _feed(c, [0.005] * 5 + [0.1] + [0.005] * 4)  # stage 1's first trial (10 steps) sees a 20x spike
     (first,) = c.history[1]["trials"]
     assert c.stage == 1 and not first["diverged"] and first["steps"] == 10
     _feed(c, [0.005] * 30)
     assert c.phase == "exploit" and c.stage == 1 and len(c.history[1]["trials"]) == 4
-    assert _feed(c, [0.1, 0.005, 0.2]) == [] and c.history[1]["fallbacks"] == []  # exploit spikes 20x and 40x
-    events = _feed(c, [2.5])  # above the run's first loss (2.304): diverged
-    assert [e["event"] for e in events] == ["fallback"] and c.begin_step().restore
+    assert _feed(c, [0.1, 0.005, 1.1]) == [] and c.history[1]["fallbacks"] == []  # 20x and 220x, below 2.304 / 2
+    events = _feed(c, [1.2])  # at DIVERGENCE_FLOOR (1/2) of the fit's first loss or above: diverged
+    assert DIVERGENCE_FLOOR == 0.5 and [e["event"] for e in events] == ["fallback"] and c.begin_step().restore
 
 
-def test_the_runs_first_loss_survives_a_checkpoint() -> None:
-    """A resumed run tests divergence against the same first loss (read from the loss history it saved)."""
+def test_a_collapse_to_chance_level_is_a_divergence() -> None:
+    """A classifier that falls back to chance level (ln 10 for ten classes) is at about its first loss (the untrained
+    net's), a little below it: that is a divergence, in a trial as in an exploit phase."""
+    c = _trained_down()
+    _feed(c, [0.005] * 5 + [math.log(10)])
+    (first,) = c.history[1]["trials"]
+    assert first["diverged"] and first["steps"] == 6
+    c = _trained_down()
+    _feed(c, [0.005] * 45)
+    assert c.phase == "exploit" and [e["event"] for e in _feed(c, [math.log(10)])] == ["fallback"]
+
+
+def test_the_fits_first_loss_survives_a_checkpoint() -> None:
+    """A resumed run tests divergence against the same first loss (read from the loss history it saved), whatever
+    the controller it is loaded into had seen."""
     c = _trained_down()
     _feed(c, [0.005] * 40)  # stage 1's search
     resumed = make(total=None, tau_max=40)
+    _feed(resumed, [0.3])
+    assert resumed._run_start_loss() == 0.3  # (a first loss of its own, which loading must drop)
     resumed.load_state_dict(c.state_dict())
     for run in (c, resumed):
-        assert run.phase == "exploit" and _feed(run, [0.005] * 5 + [2.2]) == []  # 440x the reference, below 2.304
-        assert [e["event"] for e in _feed(run, [2.4])] == ["fallback"]
+        assert run.phase == "exploit" and _feed(run, [0.005] * 5 + [1.1]) == []  # 220x the reference, < 2.304 / 2
+        assert [e["event"] for e in _feed(run, [1.2])] == ["fallback"]
     assert c.lrs == resumed.lrs and c.history == resumed.history
 
 
