@@ -41,8 +41,11 @@ def test_ranks_agree_on_every_decision(tmp_path, strategy) -> None:
     assert r0["params"] == r1["params"]  # restores happened identically on both ranks
 
 
-def test_nan_on_one_rank_aborts_the_trial_on_all(tmp_path) -> None:
-    r0, r1 = launch(tmp_path, "ddp", "1", "7")  # rank 1 sees NaN at step 7, inside trial 2 of stage 0
+@pytest.mark.parametrize("late", [(), ("late",)])
+def test_nan_on_one_rank_aborts_the_trial_on_all(tmp_path, late) -> None:
+    """``late``: exploit losses read one step late, as on an accelerator (LateLoss's collective)."""
+    r0, r1 = launch(tmp_path, "ddp", "1", "7", *late)  # rank 1 sees NaN at step 7, inside trial 2 of stage 0
+    assert r0["late_reads"] == r1["late_reads"] == bool(late)
     trials = r0["history"][0]["trials"]
     assert trials[1]["diverged"] and trials[1]["steps"] == 3  # steps 5, 6, 7
     assert r0["history"] == r1["history"] and r0["lrs"] == r1["lrs"]
@@ -58,11 +61,14 @@ def test_ranks_agree_on_the_range_test(tmp_path) -> None:
     assert r0["lrs"] == r1["lrs"] and r0["history"] == r1["history"] and r0["params"] == r1["params"]
 
 
-def test_one_all_reduce_per_step_and_only_the_decision_is_broadcast(tmp_path) -> None:
+@pytest.mark.parametrize("late", [(), ("late",)])
+def test_one_all_reduce_per_step_and_only_the_decision_is_broadcast(tmp_path, late) -> None:
     """With validation probes (a stage-start probe and probes inside trials), AutoLRS's per-step hooks make at most
     one collective per step, an all-reduce carrying the loss and the probes together; after an event they also
-    broadcast rank 0's decision, a few hundred bytes, not the controller's whole (growing) state."""
-    r0, r1 = launch(tmp_path, "ddp", "count")
+    broadcast rank 0's decision, a few hundred bytes, not the controller's whole (growing) state. ``late``: exploit
+    losses read one step late, as on an accelerator (their all-reduce is LateLoss's)."""
+    r0, r1 = launch(tmp_path, "ddp", "count", *late)
+    assert r0["late_reads"] == r1["late_reads"] == bool(late)
     assert r0["lrs"] == r1["lrs"] and r0["params"] == r1["params"]
 
     def records(history: list[dict]) -> list[dict]:  # each rank times its own probes

@@ -112,6 +112,7 @@ class Dump(lpl.Callback):
             "history": cb.history,
             "range_test": cb.range_test_result,
             "params": [p.detach().flatten().tolist() for p in pl_module.parameters()],
+            "late_reads": cb._late_reads,
         }
         if self.counter is not None:
             doc["collectives"] = self.counter.steps
@@ -121,10 +122,13 @@ class Dump(lpl.Callback):
 
 
 def main() -> None:
-    strategy, out = sys.argv[1], sys.argv[2]
-    nan_rank, nan_step = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else (-1, -1)
-    range_test = sys.argv[3:] == ["range"]
-    count = sys.argv[3:] == ["count"]
+    strategy, out, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
+    if "late" in extra:  # read exploit losses one step late, as on an accelerator (a CPU loss is read at once)
+        extra.remove("late")
+        AutoLRS._reads_late = staticmethod(lambda trainer: True)  # type: ignore[method-assign]
+    nan_rank, nan_step = (int(extra[0]), int(extra[1])) if len(extra) > 1 else (-1, -1)
+    range_test = extra == ["range"]
+    count = extra == ["count"]
     torch.set_num_threads(1)
     lpl.seed_everything(0)
     args = dict(num_trials=3, tau=20, tau_max=40, search_ratio=0.25, seed=0, verbose=False)
