@@ -85,8 +85,8 @@ __all__ = ["DIVERGENCE_FLOOR", "MONITORS", "RANGE_SPAN", "STATE_VERSION", "Stage
 #: stage-start probe, final anneal, slow-collapse guard); a run resumed from a version-1 state finishes under the
 #: version-1 search rules (:meth:`StageController.load_state_dict`), so it continues as it began. Within version 2 the
 #: upward-only search of the stage before the final anneal came later (issue #12, fourth round): a version-2 state
-#: written before it takes it up at its next stage start, and its stage in progress ends as it began. The run's first
-#: loss as a floor of the divergence test (issue #12, fifth round; :data:`DIVERGENCE_FLOOR`) is read from the loss
+#: written before it takes it up at its next stage start, and its stage in progress ends as it began. Half the fit's
+#: first loss as a floor of the divergence test (issue #12, fifth round; :data:`DIVERGENCE_FLOOR`) is read from the loss
 #: history every state has: a version-2 state written before it takes it up at once.
 STATE_VERSION = 2
 _REFERENCE_WINDOW = 20
@@ -324,7 +324,6 @@ class StageController:
         self._stage_tau = 0
         self._stage_tau_prime = 0
         self._ref_loss: float | None = None
-        self._first_loss: float | None = None  # the run's first finite training loss, once known (_run_start_loss)
         self._lr = self.min_lr
         self._exploit_end: float = self.step  # the first begin_step after warmup starts a stage
         self._searched_as_last = False  # the stage searched as the one the final anneal follows (_before_anneal)
@@ -717,10 +716,10 @@ class StageController:
         return first is None or loss >= DIVERGENCE_FLOOR * first
 
     def _run_start_loss(self) -> float | None:
-        """The fit's first finite training loss (from :attr:`losses`, so a resumed run reads the same one)."""
-        if self._first_loss is None:
-            self._first_loss = next((x for x in self.losses if x is not None), None)
-        return self._first_loss
+        """The fit's first finite training loss, read from :attr:`losses` (so a resumed run reads the same one; only
+        a loss above ``divergence_factor`` times the reference asks for it, and the search stops at the first entry
+        with a loss)."""
+        return next((x for x in self.losses if x is not None), None)
 
     def _note_reference(self, loss: float | None) -> None:
         if self._ref_loss is None and loss is not None and math.isfinite(loss):
@@ -1006,7 +1005,6 @@ class StageController:
         self._stage_tau = int(state.get("stage_tau", 0))
         self._stage_tau_prime = int(state.get("stage_tau_prime", 0))
         self._ref_loss = state.get("ref_loss")
-        self._first_loss = None  # (read again from `losses`)
         self._lr = float(state.get("lr", self.min_lr))
         end = state.get("exploit_end")
         self._exploit_end = math.inf if end is None else int(end)
