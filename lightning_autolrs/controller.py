@@ -502,9 +502,13 @@ class StageController:
         self.step += 1
         if loss is not None:
             loss = float(loss)
-        self.losses.append(loss if loss is not None and math.isfinite(loss) else None)
-        if self.losses[-1] is not None:
-            self._stage_finite = True
+            if math.isfinite(loss):
+                self.losses.append(loss)
+                self._stage_finite = True
+            else:
+                self.losses.append(None)
+        else:
+            self.losses.append(None)
         if late:
             self._late = (len(self.losses) - 1, plan.phase, self._anneal.active)
             if plan.phase == "exploit" and self.stages:
@@ -765,8 +769,9 @@ class StageController:
         record = self.stages[-1]
         if self._pending_restore:
             return []  # a restore is already due (a late fallback): this step trained weights that are thrown away
-        self._note_reference(loss)
-        if loss is not None and math.isfinite(loss) and not record.trials:
+        if self._ref_loss is None:
+            self._note_reference(loss)
+        if not record.trials and loss is not None and math.isfinite(loss):
             self._guard.note_start(loss)  # a stage without a search: its first exploit losses
         if self._diverged(loss) or self._guard.collapsed(loss, self._lr, self.min_lr):  # the exploit guard
             self._guard.rearm()
