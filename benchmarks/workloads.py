@@ -382,8 +382,9 @@ class Method:
     Attributes:
         name: id (``--methods``).
         label: the row label.
-        kind: what :func:`run_one` trains: ``constant``, ``cosine``, ``onecycle``, ``sf``, ``prodigy``, an AutoLRS
-            variant (a key of :data:`AUTOLRS_VARIANTS`) or a replay (a key of :data:`REPLAY_VARIANTS`).
+        kind: what :func:`run_one` trains: ``constant``, ``cosine``, ``wsd`` (warmup-stable-decay), ``onecycle``,
+            ``sf``, ``prodigy``, an AutoLRS variant (a key of :data:`AUTOLRS_VARIANTS`) or a replay (a key of
+            :data:`REPLAY_VARIANTS`).
         tuned: the row is the best of the LR grid (7 runs per seed); otherwise one run per seed.
         lr: how a single run's LR is chosen: ``"configured"`` (the module's own ``lr``: what one gets without tuning),
             ``"sf_default"`` (the schedule-free optimizer's default), ``"free"`` (Prodigy, lr=1) or ``None``
@@ -491,6 +492,12 @@ METHODS: dict[str, Method] = {
         Method("cosine", "cosine + 5% warmup, tuned", "cosine", tuned=True),
         Method("cosine_configured", "cosine + 5% warmup at the module's LR (untuned)", "cosine", lr="configured"),
         Method("constant_configured", "constant LR at the module's LR (untuned)", "constant", lr="configured"),
+        Method(
+            "wsd_configured",
+            "warmup-stable-decay (5% warmup, 20% half-cosine decay) at the module's LR (untuned)",
+            "wsd",
+            lr="configured",
+        ),
         Method("sf_default", "schedule-free, default LR", "sf", lr="sf_default"),
         Method("prodigy", "Prodigy (lr=1, LR-free; warmup + cosine)", "prodigy", lr="free"),
         Method(
@@ -556,19 +563,43 @@ def _warmup_cosine(budget: int) -> Callable[[int], float]:
     return factor
 
 
+def wsd_decay_fraction() -> float:
+    """Share of the budget the WSD baseline decays over: AutoLRS's default ``anneal_ratio`` (its final anneal)."""
+    from lightning_autolrs import AutoLRS
+
+    return float(inspect.signature(AutoLRS.__init__).parameters["anneal_ratio"].default)
+
+
+def _warmup_stable_decay(budget: int) -> Callable[[int], float]:
+    """Warmup-stable-decay: the 5 % linear warmup, the LR held, then a half cosine to 0 over the budget's last
+    :func:`wsd_decay_fraction`: the shape of an AutoLRS run whose stages all keep the module's LR, minus its search."""
+    warm = max(1, round(WARMUP_FRACTION * budget))
+    decay_start = max(warm, budget - round(wsd_decay_fraction() * budget))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if step < decay_start:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - decay_start) / max(1, budget - decay_start))))
+
+    return factor
+
+
 def _groups(base: torch.optim.Optimizer) -> list[dict[str, Any]]:
     return [{"params": g["params"], "weight_decay": g.get("weight_decay", 0.0)} for g in base.param_groups]
 
 
 def configure(kind: str, lr: float, budget: int, workload: Workload, base: torch.optim.Optimizer) -> Any:
     """The ``configure_optimizers`` return value of a baseline run, built from the module's own optimizer ``base``."""
-    if kind in ("constant", "cosine", "onecycle"):
+    if kind in ("constant", "cosine", "wsd", "onecycle"):
         for g in base.param_groups:
             g["lr"] = lr
         if kind == "constant":
             return base
-        if kind == "cosine":
-            sched: Any = torch.optim.lr_scheduler.LambdaLR(base, _warmup_cosine(budget))
+        if kind in ("cosine", "wsd"):
+            shape = _warmup_cosine if kind == "cosine" else _warmup_stable_decay
+            sched: Any = torch.optim.lr_scheduler.LambdaLR(base, shape(budget))
         else:
             sched = torch.optim.lr_scheduler.OneCycleLR(base, max_lr=lr, total_steps=budget)
         return {"optimizer": base, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

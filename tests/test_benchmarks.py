@@ -137,6 +137,20 @@ def test_quality_quick(tmp_path: Path) -> None:
     assert run["versions"]["package"]
 
 
+def test_the_wsd_baseline_holds_the_lr_then_decays_over_autolrs_s_anneal_share() -> None:
+    """The warmup-stable-decay row has the shape of an AutoLRS run that keeps the module's LR: the quality benchmark's
+    5 % warmup, the LR held, then a half cosine to 0 over the share of AutoLRS's default final anneal."""
+    from benchmarks.workloads import _warmup_stable_decay, wsd_decay_fraction
+    from lightning_autolrs import AutoLRS
+
+    assert wsd_decay_fraction() == AutoLRS()._settings.anneal_ratio == 0.2
+    f = _warmup_stable_decay(1000)
+    assert [f(0), f(49)] == [pytest.approx(1 / 50), 1.0]  # 5 % warmup
+    assert f(50) == f(799) == 1.0  # held up to the decay
+    assert f(800) == 1.0 and f(900) == pytest.approx(0.5) and f(999) == pytest.approx(0.0, abs=1e-3)
+    assert all(f(s) > f(s + 1) for s in range(800, 999))
+
+
 def test_collapse_rule() -> None:
     from benchmarks.quality import collapsed
 
