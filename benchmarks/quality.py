@@ -9,8 +9,8 @@ same step budget:
   point with the lowest median final validation loss over the seeds is the "tuned" run: one LR for all seeds); constant,
   OneCycle and schedule-free grids are available with ``--methods``;
 - **untuned single runs**: cosine, a constant LR and warmup-stable-decay (``wsd_configured``: the 5 % warmup, the LR
-  held, a half-cosine decay over the last 20 %, i.e. the shape of an AutoLRS run that keeps the module's LR, without
-  its search) at the module's configured LR, schedule-free at its default LR, Prodigy (lr=1, LR-free);
+  held, a half-cosine decay over the last 20 %: after its warmup, the shape of an AutoLRS run that keeps the module's
+  LR, without its search) at the module's configured LR, schedule-free at its default LR, Prodigy (lr=1, LR-free);
 - **AutoLRS**: ``AutoLRS()`` at the package defaults with no LR range given (``autolrs``), the same at the defaults of
   the version before the search rework (``autolrs_before``: pinned to that version's code, only reloaded, see
   :func:`benchmarks.workloads.run_one`), and variants of single settings (``--methods``);

@@ -572,7 +572,7 @@ def wsd_decay_fraction() -> float:
 
 def _warmup_stable_decay(budget: int) -> Callable[[int], float]:
     """Warmup-stable-decay: the 5 % linear warmup, the LR held, then a half cosine to 0 over the budget's last
-    :func:`wsd_decay_fraction`: the shape of an AutoLRS run whose stages all keep the module's LR, minus its search."""
+    :func:`wsd_decay_fraction`: after the warmup, the shape of an AutoLRS run whose stages keep the module's LR."""
     warm = max(1, round(WARMUP_FRACTION * budget))
     decay_start = max(warm, budget - round(wsd_decay_fraction() * budget))
 
