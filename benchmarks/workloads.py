@@ -422,6 +422,7 @@ AUTOLRS_VARIANTS: dict[str, dict[str, Any]] = {
     "autolrs_no_range_test": {"range_test": False},
     "autolrs_k3": {"num_trials": 3},
     "autolrs_anneal10": {"anneal_ratio": 0.1},
+    "autolrs_warmup150": {"warmup_steps": 150},
     "autolrs_beta2": {"beta": 2.0},
     "autolrs_ratio05": {"search_ratio": 0.05},
     "autolrs_r05_k3": {"search_ratio": 0.05, "num_trials": 3},
@@ -525,6 +526,10 @@ METHODS: dict[str, Method] = {
         ),
         _variant("autolrs_k3", "AutoLRS, defaults but num_trials=3"),
         _variant("autolrs_anneal10", "AutoLRS, defaults but anneal_ratio=0.1"),
+        _variant(
+            "autolrs_warmup150",
+            "AutoLRS, defaults but warmup_steps=150 (5 % of the 3000-step budgets; the range test then runs after it)",
+        ),
         _variant("autolrs_beta2", "AutoLRS, defaults but beta=2"),
         _variant("autolrs_ratio05", "AutoLRS, defaults but search_ratio=0.05"),
         _variant("autolrs_r05_k3", "AutoLRS, defaults but search_ratio=0.05, num_trials=3"),

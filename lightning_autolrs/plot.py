@@ -54,12 +54,13 @@ def plot_schedule(schedule: Schedule, path: str | os.PathLike[str] | None = None
     ax_lr, ax_loss = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     lrs = schedule.lrs
     cmap = plt.get_cmap("viridis")
-    warm = schedule.warmup_steps
+    warm, warm_from = schedule.warmup_steps, schedule.warmup_start
     if warm:
-        ax_lr.plot(range(warm), lrs[:warm], color="0.6", lw=2, label="warmup")
+        span = range(warm_from, warm_from + warm)
+        ax_lr.plot(span, lrs[warm_from : warm_from + warm], color="0.6", lw=2, label="warmup")
     rt = schedule.settings.get("range_test")
     if isinstance(rt, dict) and rt.get("steps"):
-        rt_start, rt_n = int(rt.get("start_step", warm)), int(rt["steps"])
+        rt_start, rt_n = int(rt.get("start_step", 0)), int(rt["steps"])
         ax_lr.plot(
             range(rt_start, rt_start + rt_n),
             lrs[rt_start : rt_start + rt_n],

@@ -1,8 +1,9 @@
 """The LR range test: a geometric LR sweep before the first stage, and its stop rule.
 
-After warmup the LR sweeps geometrically over ``lrs = (lowest, highest)`` for at most ``steps`` steps, from a snapshot
-the caller captures at the sweep's first step. The sweep stops early once a loss is non-finite or above ``4×`` the
-lowest loss so far; a sweep that stopped on a non-finite loss without having seen a finite one raises
+First, on the untrained model (before any warmup: on a warmed-up model the loss stays flat until it blows up, so its
+lowest point is noise), the LR sweeps geometrically over ``lrs = (lowest, highest)`` for at most ``steps`` steps,
+from a snapshot the caller captures at the sweep's first step. The sweep stops early once a loss is non-finite or
+above ``4×`` the lowest loss so far; a sweep that stopped on a non-finite loss without having seen a finite one raises
 :class:`~lightning_autolrs.exceptions.NonFiniteLossError` instead of deriving a range. ``max_lr`` is the swept LR three
 sweep steps before the lowest smoothed loss (centred moving mean over ``2h + 1`` points, ``h = max(1, n // 10)``; the
 three steps undo the lag of the loss behind the LR, which otherwise puts the minimum where training is already on its

@@ -70,6 +70,16 @@ class Schedule:
         """Steps of linear warmup at the start of :attr:`lrs`."""
         return int(self.settings.get("warmup_steps", 0) or 0)
 
+    @property
+    def warmup_start(self) -> int:
+        """The step :attr:`lrs`'s warmup begins at: after the LR range test when the range test ran first (start step
+        0, as it does since the warmup follows it), else 0 (no range test, or a schedule saved when the range test
+        followed the warmup)."""
+        rt = self.settings.get("range_test")
+        if self.warmup_steps and isinstance(rt, dict) and rt.get("steps") and int(rt.get("start_step", -1)) == 0:
+            return int(rt["steps"])
+        return 0
+
     def exploit_lrs(self) -> list[float]:
         """The LR sequence with every search step removed: warmup, then each stage's exploit steps in order.
 
@@ -78,7 +88,8 @@ class Schedule:
             >>> s.exploit_lrs()
             [0.2, 0.2]
         """
-        out = list(self.lrs[: self.warmup_steps])
+        warm = self.warmup_start
+        out = list(self.lrs[warm : warm + self.warmup_steps])
         for stage in self.stages:
             start, n = stage.get("exploit_start"), int(stage.get("exploit_steps", 0))
             if start is not None:

@@ -58,14 +58,23 @@ def test_range_test_is_warmup_phase_and_resumes_exactly() -> None:
     assert c.lrs == twin.lrs and c.range_test == twin.range_test and c.history == twin.history
 
 
-def test_range_test_keeps_a_given_bound_and_follows_warmup() -> None:
+def test_range_test_keeps_a_given_bound_and_precedes_the_warmup() -> None:
+    """The sweep runs first, on the untrained model (on a warmed-up one its loss is flat until it blows up, and the
+    lowest point is noise); the warmup then ramps from the restored start state, and the first stage follows it."""
     c = StageController(
         None, 0.05, num_trials=4, tau=40, search_ratio=0.25, total_steps=600, warmup_steps=5, warmup_lr=0.01,
         range_test_steps=30, range_test_lrs=(1e-5, 10.0),
     )  # fmt: skip
-    Quadratic().run(c, 600)
-    assert c.range_test["start_step"] == 5 and c.max_lr == 0.05 and c.min_lr == pytest.approx(5e-5)
-    assert c.lrs[:5] == pytest.approx([0.002 * (i + 1) for i in range(5)])
+    sim = Quadratic()
+    sim.run(c, 1)
+    assert c.range_test_running and c.phase == "warmup" and c.lrs == [pytest.approx(1e-5)]
+    sim.run(c, 599)
+    rt = c.range_test
+    assert rt["start_step"] == 0 and c.max_lr == 0.05 and c.min_lr == pytest.approx(5e-5)
+    n = rt["steps"]
+    assert c.lrs[:n] == rt["lrs"]
+    assert c.lrs[n : n + 5] == pytest.approx([0.002 * (i + 1) for i in range(5)])  # then the warmup
+    assert c.history[0]["start_step"] == n + 5
 
 
 def test_range_test_without_any_finite_loss_raises_instead_of_setting_a_range() -> None:

@@ -25,6 +25,23 @@ def test_exploit_lrs_drop_search_steps() -> None:
     assert sample().exploit_lrs() == [0.05, 0.1, 0.1, 0.1, 0.1, 0.1]
 
 
+def test_exploit_lrs_find_the_warmup_after_a_range_test_that_ran_first() -> None:
+    """Since the range test runs before the warmup, the warmup's LRs follow the sweep's; a schedule saved when the
+    sweep followed the warmup (its start step = warmup_steps) still has its warmup at the start."""
+    sweep = {"start_step": 0, "steps": 3, "lrs": [1e-4, 1e-2, 1.0], "min_lr": 1e-4, "max_lr": 0.1}
+    lrs = [1e-4, 1e-2, 1.0, 0.05, 0.1, 0.3, 0.1, 0.1]  # sweep, warmup (2), a trial, exploit (2)
+    now = Schedule(
+        lrs=lrs, stages=[{"exploit_start": 6, "exploit_steps": 2}], settings={"warmup_steps": 2, "range_test": sweep}
+    )
+    assert now.warmup_start == 3 and now.exploit_lrs() == [0.05, 0.1, 0.1, 0.1]
+    before = {**sweep, "start_step": 2}
+    old = [0.05, 0.1, 1e-4, 1e-2, 1.0, 0.3, 0.1, 0.1]  # warmup (2), sweep, a trial, exploit (2)
+    then = Schedule(
+        lrs=old, stages=[{"exploit_start": 6, "exploit_steps": 2}], settings={"warmup_steps": 2, "range_test": before}
+    )
+    assert then.warmup_start == 0 and then.exploit_lrs() == [0.05, 0.1, 0.1, 0.1]
+
+
 @pytest.mark.parametrize(
     ("doc", "match"),
     [
