@@ -528,7 +528,7 @@ METHODS: dict[str, Method] = {
         _variant("autolrs_anneal10", "AutoLRS, defaults but anneal_ratio=0.1"),
         _variant(
             "autolrs_warmup150",
-            "AutoLRS, defaults but warmup_steps=150 (5 % of the 3000-step budgets; the range test then runs after it)",
+            "AutoLRS, defaults but warmup_steps=150 (5 % of the 3000-step budgets)",
         ),
         _variant("autolrs_beta2", "AutoLRS, defaults but beta=2"),
         _variant("autolrs_ratio05", "AutoLRS, defaults but search_ratio=0.05"),

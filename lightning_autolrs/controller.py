@@ -341,6 +341,7 @@ class StageController:
                 self.phase = "warmup" if self.warmup_steps > self.step else self.phase
         self._pending_level_probe = False
         self._stage_finite = True  # a finite training loss was seen since the stage began
+        self._warmup_from = 0  # the step the warmup begins at: the range test's end when it ran (it runs first)
 
     @property
     def anneal_steps(self) -> int:
@@ -393,7 +394,10 @@ class StageController:
         if self.step < warmup_from + self.warmup_steps:
             assert self.warmup_lr is not None
             self.phase = "warmup"
-            self._plan = StepPlan(self.warmup_lr * (self.step - warmup_from + 1) / self.warmup_steps, "warmup")
+            lr = self.warmup_lr * (self.step - warmup_from + 1) / self.warmup_steps
+            # the first warmup step after the range test restores the state the sweep began from
+            self._plan = StepPlan(lr, "warmup", restore=self._pending_restore)
+            self._pending_restore = False
             return self._plan
         if self._anneal.due(self.step, self._warmup_end):
             self._begin_anneal()
@@ -542,16 +546,14 @@ class StageController:
         the first stage)."""
         return self._range_test.pending
 
-    @property
-    def _warmup_from(self) -> int:
-        """The step the warmup begins at: after the range test, when there is one.
+    def _note_warmup_from(self) -> None:
+        """The range test just ended: the warmup (if any) begins at this step, from the restored start state.
 
         Why the range test comes first: on a warmed-up model the sweep's loss is flat until it blows up, so its lowest
         smoothed loss is a noise minimum anywhere on the flat part. With ``warmup_steps=150`` and the range test after
         it, five of six char LM and digits CNN runs (seeds 0-2) got a range whose top lay 3.5-231x below their
         configured LR, and all six ended 2-58 % above cosine (README, "Defaults you can rely on": LR range test)."""
-        result = self._range_test.result
-        return 0 if result is None else result.start_step + result.steps
+        self._warmup_from = self.step
 
     @property
     def _warmup_end(self) -> int:
@@ -587,6 +589,7 @@ class StageController:
         self._eff_max_lr = self.max_lr
         self.search.proposer.reset(min_lr=self.min_lr, max_lr=self.max_lr)
         self._pending_restore = True
+        self._note_warmup_from()
         assert self._range_test.lrs is not None
         return [RangeTestEvent(self._range_test.lrs[0], result)]
 
@@ -958,6 +961,7 @@ class StageController:
             "stage_bounds": list(self.search.bounds),
             "pending_level_probe": self._pending_level_probe,
             "stage_finite": self._stage_finite,
+            "warmup_from": self._warmup_from,
             **self._anneal.state_dict(),
             **self._guard.state_dict(),
             **self.search.state_dict(),
@@ -1046,6 +1050,7 @@ class StageController:
         self.search.bounds = (float(lo), float(hi))
         self._pending_level_probe = bool(state.get("pending_level_probe", False))
         self._stage_finite = bool(state.get("stage_finite", True))
+        self._warmup_from = int(state.get("warmup_from", 0))  # (a state written when the warmup came first: 0)
         self._anneal.load_state_dict(state)
         self._guard.load_state_dict(state)
         if state.get("version", 1) < 2:

@@ -67,18 +67,22 @@ class Schedule:
 
     @property
     def warmup_steps(self) -> int:
-        """Steps of linear warmup at the start of :attr:`lrs`."""
+        """Steps of linear warmup in :attr:`lrs` (from :attr:`warmup_start` on)."""
         return int(self.settings.get("warmup_steps", 0) or 0)
 
     @property
     def warmup_start(self) -> int:
-        """The step :attr:`lrs`'s warmup begins at: after the LR range test when the range test ran first (start step
-        0, as it does since the warmup follows it), else 0 (no range test, or a schedule saved when the range test
-        followed the warmup)."""
+        """The index in :attr:`lrs` where the warmup begins: right after the LR range test when the sweep ran first
+        (as it does since the warmup follows it: the first stage then starts ``warmup_steps`` after the sweep's end),
+        else 0 (no range test, or a schedule saved when the sweep followed the warmup)."""
         rt = self.settings.get("range_test")
-        if self.warmup_steps and isinstance(rt, dict) and rt.get("steps") and int(rt.get("start_step", -1)) == 0:
-            return int(rt["steps"])
-        return 0
+        if not self.warmup_steps or not isinstance(rt, dict) or not rt.get("steps"):
+            return 0
+        sweep_end = int(rt.get("start_step", 0)) + int(rt["steps"])
+        first = self.stages[0].get("start_step") if self.stages else None
+        if first is None:
+            return sweep_end if int(rt.get("start_step", 0)) == 0 else 0
+        return sweep_end if int(first) == sweep_end + self.warmup_steps else 0
 
     def exploit_lrs(self) -> list[float]:
         """The LR sequence with every search step removed: warmup, then each stage's exploit steps in order.

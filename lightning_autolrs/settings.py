@@ -437,7 +437,7 @@ def _planned_tau(s: Settings, total: int) -> int | None:
 def derive(s: Settings, configured_lr: float, total_steps: float | None, *, check_budget: bool = True) -> Derived:
     """The values a run uses, from the settings, the optimizer's configured LR and the Trainer's step budget.
 
-    Budget (known ``total_steps``): warmup, then the range test, then the stages, then the final anneal
+    Budget (known ``total_steps``): the range test, then warmup, then the stages, then the final anneal
     (``anneal_ratio``·budget steps). τ comes from :func:`plan_tau` over the steps left for stages; when not even one
     stage with trials of :data:`MIN_TRIAL_STEPS` fits, the run falls back to no search (``fallback``): a cosine decay
     from the configured LR over the budget after warmup.

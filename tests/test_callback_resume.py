@@ -132,6 +132,23 @@ def test_resume_inside_the_range_test_is_bitwise_exact(lpl, tmp_path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
 
 
+def test_resume_inside_the_warmup_after_the_range_test_is_bitwise_exact(lpl, tmp_path) -> None:
+    """The range test runs first, then the warmup from the restored start state: a checkpoint in that warmup holds a
+    real training state (no restore is pending; it once raised IndexError there) and resumes it bitwise (review)."""
+    kw = dict(min_lr=None, max_lr=None, range_test_steps=10, warmup_steps=30, warmup_lr=0.05)
+    ref_cb = autolrs(**kw)
+    _, ref_model = run(lpl, tmp_path / "a", ref_cb, save_every_epoch=True)
+    n = ref_cb.range_test_result["steps"]
+    assert ref_cb.range_test_result["start_step"] == 0 and n < 12 < n + 30
+    assert ref_cb.lrs[n] == pytest.approx(0.05 / 30) and ref_cb.history[0]["start_step"] == n + 30
+    ckpt = tmp_path / "a" / "ckpt" / "step=12.ckpt"
+    assert phase_at(ckpt) == "warmup"
+    cb = autolrs(**kw)
+    _, model = run(lpl, tmp_path / "b", cb, ckpt_path=str(ckpt))
+    assert cb.lrs == ref_cb.lrs and cb.history == ref_cb.history and cb.range_test_result == ref_cb.range_test_result
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
+
+
 def test_resume_on_the_step_a_search_ends_is_bitwise_exact(lpl, tmp_path) -> None:
     """A checkpoint written on the step a search ends (the winner is a trial before the last, so the next step restores
     the best-trial snapshot) carries both snapshots and resumes exactly."""

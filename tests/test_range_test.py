@@ -77,6 +77,30 @@ def test_range_test_keeps_a_given_bound_and_precedes_the_warmup() -> None:
     assert c.history[0]["start_step"] == n + 5
 
 
+def test_the_warmup_after_the_range_test_starts_from_the_restored_state_and_survives_a_checkpoint() -> None:
+    """The first warmup step restores the state the sweep began from (the warmup trains the untrained model, not the
+    one the sweep left, and its steps count); a checkpoint in the warmup resumes it at the same LRs (review)."""
+    kwargs = dict(num_trials=4, tau=40, search_ratio=0.25, total_steps=600, warmup_steps=10, warmup_lr=0.01,
+                  range_test_steps=30, range_test_lrs=(1e-5, 10.0))  # fmt: skip
+    c = StageController(None, None, **kwargs)
+    sim = Quadratic()
+    while c.range_test is None:
+        sim.run(c, 1)
+    n = c.range_test["steps"]
+    assert not torch.equal(sim.outputs[n - 1], sim.inputs[0])  # the sweep moved the weights
+    sim.run(c, 3)
+    assert sim.restores == 1 and torch.equal(sim.inputs[n], sim.inputs[0]) and c.phase == "warmup"
+    assert c.lrs[n : n + 3] == pytest.approx([0.001, 0.002, 0.003])
+    assert not c.needs_snapshot  # nothing pending in the warmup: checkpoints and validation see the model as it is
+    state = json.loads(json.dumps(c.state_dict()))
+    twin = StageController(None, None, **kwargs)
+    twin.load_state_dict(state)
+    assert twin.begin_step().lr == c.begin_step().lr == pytest.approx(0.004)  # the 4th of 10 warmup steps
+    old = {k: v for k, v in state.items() if k != "warmup_from"}  # a state written when the warmup came first
+    twin.load_state_dict(old)
+    assert twin._warmup_end == 10
+
+
 def test_range_test_without_any_finite_loss_raises_instead_of_setting_a_range() -> None:
     from lightning_autolrs.exceptions import NonFiniteLossError
 
