@@ -342,6 +342,7 @@ class StageController:
         self._pending_level_probe = False
         self._stage_finite = True  # a finite training loss was seen since the stage began
         self._warmup_from = 0  # the step the warmup begins at: the range test's end when it ran (it runs first)
+        self._warmup_first = False  # a run resumed from a state written when the warmup came before the range test
 
     @property
     def anneal_steps(self) -> int:
@@ -544,7 +545,7 @@ class StageController:
     def range_test_running(self) -> bool:
         """Whether the LR range test has yet to finish (it runs first, on the untrained model: before the warmup and
         the first stage)."""
-        return self._range_test.pending
+        return self._range_test.pending and (not self._warmup_first or self.step >= self.warmup_steps)
 
     def _note_warmup_from(self) -> None:
         """The range test just ended: the warmup (if any) begins at this step, from the restored start state.
@@ -553,7 +554,8 @@ class StageController:
         smoothed loss is a noise minimum anywhere on the flat part. With ``warmup_steps=150`` and the range test after
         it, five of six char LM and digits CNN runs (seeds 0-2) got a range whose top lay 3.5-231x below their
         configured LR, and all six ended 2-58 % above cosine (README, "Defaults you can rely on": LR range test)."""
-        self._warmup_from = self.step
+        if not self._warmup_first:
+            self._warmup_from = self.step
 
     @property
     def _warmup_end(self) -> int:
@@ -962,6 +964,7 @@ class StageController:
             "pending_level_probe": self._pending_level_probe,
             "stage_finite": self._stage_finite,
             "warmup_from": self._warmup_from,
+            "warmup_first": self._warmup_first,
             **self._anneal.state_dict(),
             **self._guard.state_dict(),
             **self.search.state_dict(),
@@ -1050,7 +1053,9 @@ class StageController:
         self.search.bounds = (float(lo), float(hi))
         self._pending_level_probe = bool(state.get("pending_level_probe", False))
         self._stage_finite = bool(state.get("stage_finite", True))
-        self._warmup_from = int(state.get("warmup_from", 0))  # (a state written when the warmup came first: 0)
+        # a state written when the warmup came before the range test (no "warmup_from") continues in that order
+        self._warmup_first = bool(state.get("warmup_first", "warmup_from" not in state))
+        self._warmup_from = int(state.get("warmup_from", 0))
         self._anneal.load_state_dict(state)
         self._guard.load_state_dict(state)
         if state.get("version", 1) < 2:

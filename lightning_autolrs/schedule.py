@@ -78,11 +78,13 @@ class Schedule:
         rt = self.settings.get("range_test")
         if not self.warmup_steps or not isinstance(rt, dict) or not rt.get("steps"):
             return 0
-        sweep_end = int(rt.get("start_step", 0)) + int(rt["steps"])
+        start = int(rt.get("start_step", 0))
+        sweep_end = start + int(rt["steps"])
         first = self.stages[0].get("start_step") if self.stages else None
-        if first is None:
-            return sweep_end if int(rt.get("start_step", 0)) == 0 else 0
-        return sweep_end if int(first) == sweep_end + self.warmup_steps else 0
+        # the sweep ran first: it began before the warmup could have ended, or the first stage began a warmup after it
+        # (later, where a resume restarted the stage)
+        ran_first = start < self.warmup_steps or (first is not None and int(first) >= sweep_end + self.warmup_steps)
+        return sweep_end if ran_first else 0
 
     def exploit_lrs(self) -> list[float]:
         """The LR sequence with every search step removed: warmup, then each stage's exploit steps in order.

@@ -166,3 +166,21 @@ def test_a_sweep_that_saw_only_non_finite_losses_raises_instead_of_deriving_a_ra
     late = RangeTest(10, (1e-4, 1.0), given=(None, None))  # one finite loss is enough to derive a range
     late.record(1e-4, 1.0)
     assert late.record(2e-4, math.nan) is not None and late.result is not None
+
+
+def test_a_state_written_when_the_warmup_came_first_continues_in_that_order() -> None:
+    """A checkpoint written before the range test moved in front of the warmup (no ``warmup_from`` key) resumes as it
+    was written: warmup, then the sweep, then the first stage; no second warmup after the sweep (review)."""
+    kwargs = dict(num_trials=4, tau=40, search_ratio=0.25, total_steps=600, warmup_steps=10, warmup_lr=0.01,
+                  range_test_steps=30, range_test_lrs=(1e-5, 10.0))  # fmt: skip
+    state = StageController(None, None, **kwargs).state_dict()
+    old = {k: v for k, v in state.items() if k not in ("warmup_from", "warmup_first")}
+    c = StageController(None, None, **kwargs)
+    c.load_state_dict(json.loads(json.dumps(old)))
+    Quadratic().run(c, 600)
+    rt = c.range_test
+    assert c.lrs[:10] == pytest.approx([0.001 * (i + 1) for i in range(10)])  # the warmup first
+    assert rt["start_step"] == 10 and c.history[0]["start_step"] == 10 + rt["steps"]  # then the sweep, then stage 0
+    twin = StageController(None, None, **kwargs)
+    twin.load_state_dict(json.loads(json.dumps(c.state_dict())))  # and it stays in that order once saved again
+    assert twin._warmup_first and twin._warmup_end == 10
