@@ -908,6 +908,9 @@ class StageController:
             return "current", None, 0, 0
         if self.range_test_running:
             return "stage", None, 0, self._range_test.position
+        if not self.stages:  # the sweep has just ended, its restore still due: back to where the sweep began
+            result = self._range_test.result
+            return "stage", None, 0, 0 if result is None else result.steps
         record = self.stages[-1]
         since = self.step - record.start_step
         best: int | None = None

@@ -184,3 +184,18 @@ def test_a_state_written_when_the_warmup_came_first_continues_in_that_order() ->
     twin = StageController(None, None, **kwargs)
     twin.load_state_dict(json.loads(json.dumps(c.state_dict())))  # and it stays in that order once saved again
     assert twin._warmup_first and twin._warmup_end == 10
+
+
+@pytest.mark.parametrize("warmup_steps", [0, 10])
+def test_a_stop_right_after_the_sweep_returns_to_where_the_sweep_began(warmup_steps: int) -> None:
+    """Between the sweep's last step and the next step's start the sweep's restore is still due and no stage exists:
+    a stop, checkpoint or validation there keeps the state the sweep began from (it raised IndexError; review)."""
+    c = StageController(
+        None, None, num_trials=4, tau=40, search_ratio=0.25, total_steps=600, warmup_steps=warmup_steps,
+        warmup_lr=0.01 if warmup_steps else None, range_test_steps=30, range_test_lrs=(1e-5, 10.0),
+    )  # fmt: skip
+    sim = Quadratic()
+    while c.range_test is None:
+        sim.run(c, 1)
+    assert c.needs_snapshot and not c.stages
+    assert c.committed_on_stop() == ("stage", None, 0, c.range_test["steps"])
