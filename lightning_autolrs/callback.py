@@ -357,7 +357,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 if self._best_snapshot is not None and self._loaded_best is not None:
                     self._best_snapshot.load_state_dict(self._loaded_best)
                 self._loaded_best = None
-            elif self.controller.needs_snapshot and self.controller.phase == "search":
+            elif self.controller.needs_snapshot and self.controller.phase in ("search", "warmup"):
                 # checkpoint saved without the snapshot: redo the interrupted search (or range test) from the weights
                 self.controller.restart_stage()
             elif self.controller.phase == "exploit" and self.controller.stage >= 0:

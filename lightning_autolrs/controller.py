@@ -864,12 +864,16 @@ class StageController:
         return self._exploit_end
 
     def restart_stage(self) -> None:
-        """Start the current stage's search again from the current weights (resume without a stage snapshot).
+        """Start the current stage's search (or the range test's sweep) again from the current weights (resume without
+        a stage snapshot).
 
         The trials recorded so far are dropped, the proposer forgets them, and the next step captures a new snapshot.
         """
         self._quiet = None
-        if self.phase != "search":  # a search that had just ended: its restore cannot be done, keep the weights
+        if self.range_test_running:  # a sweep cut short: sweep again from the weights (its start state, committed)
+            self._range_test.restart()
+            return
+        if self.phase != "search":  # a search or sweep that just ended: its restore cannot be done, keep the weights
             self._pending_restore = self._pending_restore_best = self._pending_save_best = False
             return
         self._history = None

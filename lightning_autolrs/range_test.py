@@ -76,6 +76,10 @@ class RangeTest:
         """Sweep steps taken so far."""
         return len(self._lrs)
 
+    def restart(self) -> None:
+        """Forget the sweep's steps so far (a resume without its start snapshot sweeps again from the weights)."""
+        self._lrs, self._losses = [], []
+
     @property
     def started(self) -> bool:
         return bool(self._lrs)

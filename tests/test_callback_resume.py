@@ -132,6 +132,22 @@ def test_resume_inside_the_range_test_is_bitwise_exact(lpl, tmp_path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
 
 
+def test_resume_inside_the_range_test_without_its_snapshot_sweeps_again(lpl, tmp_path) -> None:
+    """``checkpoint_snapshot=False``: the checkpoint holds the sweep's start state but not the snapshot, so the resumed
+    run sweeps again from it (it failed with "restore() before capture()" where the sweep ended; review)."""
+    kw = dict(min_lr=None, max_lr=None, range_test_steps=30, checkpoint_snapshot=False)
+    ref_cb = autolrs(**kw)
+    run(lpl, tmp_path / "a", ref_cb, save_every_epoch=True)
+    ckpt = tmp_path / "a" / "ckpt" / "step=12.ckpt"
+    assert phase_at(ckpt) == "warmup" and ref_cb.range_test_result["steps"] > 12
+    assert "autolrs_stage_snapshot" not in torch.load(ckpt, weights_only=True)
+    cb = autolrs(**kw)
+    trainer, model = run(lpl, tmp_path / "b", cb, ckpt_path=str(ckpt))
+    assert trainer.global_step == STEPS and len(cb.lrs) == STEPS
+    assert cb.range_test_result["start_step"] == 12 and cb.lrs[12] == cb.lrs[0]  # the sweep began again at step 12
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_resume_inside_the_warmup_after_the_range_test_is_bitwise_exact(lpl, tmp_path) -> None:
     """The range test runs first, then the warmup from the restored start state: a checkpoint in that warmup holds a
     real training state (no restore is pending; it once raised IndexError there) and resumes it bitwise (review)."""
