@@ -239,8 +239,8 @@ class Settings:
         """put the stage snapshot, the best-trial snapshot and the trial in flight into checkpoints saved during a
         search (up to three extra copies of model and optimizer state; the checkpoint's own ``state_dict`` is the
         committed state either way), so a resumed run continues the interrupted trial exactly. ``False`` keeps
-        checkpoints small; a run resumed in the middle of a search then restarts that stage's search from the
-        checkpoint's weights.""",
+        checkpoints small; a run resumed in the middle of a search (or of the range test) then restarts that stage's
+        search (or the sweep) from the checkpoint's weights.""",
         _as_bool,
     )
     save_files: bool = _setting(
