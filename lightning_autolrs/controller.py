@@ -508,13 +508,10 @@ class StageController:
         self.step += 1
         if loss is not None:
             loss = float(loss)
-            if math.isfinite(loss):
-                self.losses.append(loss)
-                self._stage_finite = True
-            else:
-                self.losses.append(None)
-        else:
-            self.losses.append(None)
+        finite = loss is not None and math.isfinite(loss)
+        self.losses.append(loss if finite else None)
+        if finite:
+            self._stage_finite = True
         if late:
             self._late = (len(self.losses) - 1, plan.phase, self._anneal.active)
             if plan.phase == "exploit" and self.stages:
