@@ -36,6 +36,7 @@ __all__ = [
     "optimizer_step_counter",
     "reduce_loss",
     "report_event",
+    "second_moment_beta",
 ]
 
 _SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy"})
@@ -99,6 +100,24 @@ def check_single_optimizer(trainer: pl.Trainer, who: str) -> float:
             "param groups' LR ratios. Configure a positive `lr`."
         )
     return base
+
+
+def second_moment_beta(optimizer: Any) -> float | None:
+    """The second-moment decay of an Adam-family optimizer: ``betas[1]`` of its first param group (a float or a
+    one-element tensor), ``None`` when it has none (SGD, RMSprop, ...).
+
+    Example:
+        >>> p = [torch.nn.Parameter(torch.zeros(1))]
+        >>> second_moment_beta(torch.optim.AdamW(p, betas=(0.9, 0.99))), second_moment_beta(torch.optim.SGD(p, lr=1))
+        (0.99, None)
+    """
+    betas = optimizer.param_groups[0].get("betas") if optimizer.param_groups else None
+    if not isinstance(betas, (tuple, list)) or len(betas) < 2:
+        return None
+    try:
+        return float(betas[1])
+    except (TypeError, ValueError):
+        return None
 
 
 def move_first(trainer: pl.Trainer, callback: Any) -> None:

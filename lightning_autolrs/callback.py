@@ -35,6 +35,7 @@ from lightning_autolrs._edge import (
     optimizer_step_counter,
     reduce_loss,
     report_event,
+    second_moment_beta,
 )
 from lightning_autolrs.controller import STATE_VERSION, StageController, StepPlan, check_state_version
 from lightning_autolrs.exceptions import AutoLRSWarning, UnsupportedSetupError
@@ -287,7 +288,13 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             )
             return
         resumed = self._loaded_state is not None  # the budget was checked when the run began
-        self._derived = derive(self._settings, base, trainer.estimated_stepping_batches, check_budget=not resumed)
+        self._derived = derive(
+            self._settings,
+            base,
+            trainer.estimated_stepping_batches,
+            check_budget=not resumed,
+            beta2=second_moment_beta(trainer.optimizers[0]),
+        )
         if not self._derived.fallback:
             _warn_weights_only_checkpoints(trainer)
         if self._derived.fallback and not resumed:

@@ -17,7 +17,11 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
    upwards, from the anchor to × :data:`TRUST_FACTOR`); a forecast within 3 % of the anchor's is a tie, which the
    anchor wins (:mod:`lightning_autolrs.search`).
 4. **Exploit**: the stage trains ``τ`` steps at the chosen LR (from the stage start, or, with ``reuse_best_trial``,
-   from the chosen trial's end: ``τ − τ'`` more steps).
+   from the chosen trial's end: ``τ − τ'`` more steps). With ``exploit_warmup`` (the callback derives it for an
+   optimizer with a second-moment estimate: :func:`~lightning_autolrs.settings.exploit_warmup_steps`) the first
+   stage's exploit phase instead starts again from the stage start and ramps the LR linearly from ``min_lr`` to the
+   chosen LR over its first ``exploit_warmup`` steps: the search picks the LR from the start state, and training then
+   warms up to it. A fallback in that stage (which restores the stage start) ramps again, to its smaller LR.
 5. **Next stage**: ``τ`` and ``τ'`` double until ``τ`` reaches ``tau_max``.
 6. **Final anneal** (``anneal_steps``): the last ``anneal_steps`` steps of the budget decay the LR in use along a half
    cosine to ``min_lr``; no search there. A NaN/inf loss in the anneal restores the stage snapshot and lowers the
@@ -87,7 +91,9 @@ __all__ = ["DIVERGENCE_FLOOR", "MONITORS", "RANGE_SPAN", "STATE_VERSION", "Stage
 #: upward-only search of the stage before the final anneal came later (issue #12, fourth round): a version-2 state
 #: written before it takes it up at its next stage start, and its stage in progress ends as it began. Half the fit's
 #: first loss as a floor of the divergence test (issue #12, fifth round; :data:`DIVERGENCE_FLOOR`) is read from the loss
-#: history every state has: a version-2 state written before it takes it up at once.
+#: history every state has: a version-2 state written before it takes it up at once. The first stage's exploit warmup
+#: (issue #12, seventh round; keys ``exploit_warmup``, ``ramp_start`` and the search's ``reuse``) is off in a version-2
+#: state written before it, so such a run's first stage reuses its best trial as it began to.
 STATE_VERSION = 2
 _REFERENCE_WINDOW = 20
 #: A loss counts as diverged only at or above this share of the fit's first training loss (and above
@@ -172,6 +178,8 @@ class StageController:
         range_test_lrs: (lowest, highest) LR the range test sweeps (required when ``range_test_steps > 0``).
         anneal_steps: length of the final anneal (0: none; needs ``total_steps``).
         anchor_lr: stage 0's anchor (the configured LR): turns on anchor trials, the trust region and the tie rule.
+        exploit_warmup: steps of the linear warmup that begins the first stage's exploit phase, which then restarts
+            from the stage start instead of reusing a trial (0: none).
         collapse_guard: fall back from a slow collapse in the exploit phase (see the module docstring and
             :class:`~lightning_autolrs.exploit.CollapseGuard`).
         proposer: an :class:`LRProposer` to use instead of a new one (for tests).
@@ -214,6 +222,7 @@ class StageController:
         anneal_steps: int = 0,
         anchor_lr: float | None = None,
         collapse_guard: bool = False,
+        exploit_warmup: int = 0,
         proposer: LRProposer | None = None,
         forecaster: ExponentialForecaster | None = None,
     ) -> None:
@@ -239,6 +248,7 @@ class StageController:
             anneal_steps=anneal_steps,
             anchor_lr=anchor_lr,
             collapse_guard=collapse_guard,
+            exploit_warmup=exploit_warmup,
         )
 
     @classmethod
@@ -265,6 +275,7 @@ class StageController:
             anchor_lr=derived.configured_lr,
             collapse_guard=True,
             fallback=derived.fallback,
+            exploit_warmup=derived.exploit_warmup,
         )
         return self
 
@@ -286,6 +297,7 @@ class StageController:
         anchor_lr: float | None = None,
         collapse_guard: bool = False,
         fallback: bool = False,
+        exploit_warmup: int = 0,
     ) -> None:
         if settings.warmup_steps > 0 and warmup_lr is None:
             raise InvalidArgumentError("`warmup_lr` is required when `warmup_steps` > 0; pass the LR warmup ends at.")
@@ -341,6 +353,8 @@ class StageController:
                 self.phase = "warmup" if self.warmup_steps > self.step else self.phase
         self._pending_level_probe = False
         self._stage_finite = True  # a finite training loss was seen since the stage began
+        self.exploit_warmup = check_int("exploit_warmup", exploit_warmup, minimum=0)
+        self._ramp_start: int | None = None  # the step the first stage's exploit warmup (re)began at
         self._warmup_from = 0  # the step the warmup begins at: the range test's end when it ran (it runs first)
         self._warmup_first = False  # a run resumed from a state written when the warmup came before the range test
 
@@ -408,8 +422,10 @@ class StageController:
             return self._plan
         if self.phase == "warmup" or (self.phase == "exploit" and self.step >= self._exploit_end):
             self._start_stage()
+        if self._pending_restore and self._warms_up():
+            self._ramp_start = self.step  # back at the stage start: (again) a warmup to the LR in use
         self._plan = StepPlan(
-            self._lr,
+            self._ramp_lr(),
             self.phase,
             restore=self._pending_restore and not self._pending_restore_best,
             capture=self._pending_capture,
@@ -432,6 +448,8 @@ class StageController:
         (:meth:`load_state_dict`, :meth:`load_sync_state`, :meth:`restart_stage`) drops it."""
         if plan.restore or plan.capture or plan.probe or plan.save_best or plan.restore_best or plan.probe_before:
             return
+        if plan.lr != self._lr:
+            return  # a step of the exploit warmup: the next step's LR differs
         if plan.phase == "exploit":
             until = self._exploit_end
         elif plan.phase == "search" and self.search.probe_stride == 0:
@@ -628,6 +646,7 @@ class StageController:
             raise self._non_finite_error()
         self._stage_finite = False
         self._searched_as_last = False
+        self._ramp_start = None
         self._stage += 1
         tau = min(self.tau * 2 ** min(self._stage, 62), self.tau_max)
         tau_prime = tau_prime_for(tau, self.settings.search_ratio)
@@ -643,7 +662,8 @@ class StageController:
             tau_prime=tau_prime,
             lr_range=[self.min_lr, self._eff_max_lr],
         )
-        record.signal = self.search.configure(self._stage, tau, tau_prime)
+        # the first stage's exploit warmup starts from the stage start: no trial's end state to keep
+        record.signal = self.search.configure(self._stage, tau, tau_prime, reuse=not self._warmup_stage())
         self.stages.append(record)
         self._pending_capture = True
         self._guard.new_stage()
@@ -661,6 +681,25 @@ class StageController:
             record.best_lr = best
             self._ranking = [best]
             self._begin_exploit(best)
+
+    def _warmup_stage(self) -> bool:
+        """Whether the current stage's exploit phase begins with the exploit warmup (the first stage, with one)."""
+        return self._stage == 0 and self.exploit_warmup > 0
+
+    def _warms_up(self) -> bool:
+        """Whether the step planned now, which restores the stage start, begins the exploit warmup: an exploit step of
+        the first stage after its search (read from state every rank shares: the phase, the synced restore, the
+        stage's trials)."""
+        return self.phase == "exploit" and self._warmup_stage() and bool(self.stages and self.stages[-1].trials)
+
+    def _ramp_lr(self) -> float:
+        """The LR of the step planned now: the LR in use, or during the exploit warmup a linear ramp from ``min_lr``
+        (the LR in use, when lower) up to it."""
+        start = self._ramp_start
+        if start is None or self.phase != "exploit" or self.step >= start + self.exploit_warmup:
+            return self._lr
+        low = min(self.min_lr, self._lr)
+        return low + (self._lr - low) * (self.step - start + 1) / self.exploit_warmup
 
     def _anchor(self) -> float | None:
         """The LR of a stage's first trial: the LR the previous stage ended at (its choice, or the LR an exploit
@@ -714,6 +753,8 @@ class StageController:
         self.phase = "exploit"
         self._lr = lr
         self.stages[-1].exploit_start = self.step
+        if self._warmup_stage() and self.stages[-1].trials:
+            self.stages[-1].exploit_warmup = self.exploit_warmup
         remaining = self._remaining()
         exploit = min(max(1, self._stage_tau - already), remaining)
         if self._no_search_after(remaining - exploit, self._stage_tau) or self._searched_as_last:
@@ -969,6 +1010,8 @@ class StageController:
             "stage_finite": self._stage_finite,
             "warmup_from": self._warmup_from,
             "warmup_first": self._warmup_first,
+            "exploit_warmup": self.exploit_warmup,
+            "ramp_start": self._ramp_start,
             **self._anneal.state_dict(),
             **self._guard.state_dict(),
             **self.search.state_dict(),
@@ -1060,6 +1103,10 @@ class StageController:
         # a state written when the warmup came before the range test (no "warmup_from") continues in that order
         self._warmup_first = bool(state.get("warmup_first", "warmup_from" not in state))
         self._warmup_from = int(state.get("warmup_from", 0))
+        # a state written before the exploit warmup existed continues without it (its first stage reuses its trial)
+        self.exploit_warmup = int(state.get("exploit_warmup", 0))
+        ramp = state.get("ramp_start")
+        self._ramp_start = None if ramp is None else int(ramp)
         self._anneal.load_state_dict(state)
         self._guard.load_state_dict(state)
         if state.get("version", 1) < 2:

@@ -112,6 +112,8 @@ class StageRecord:
         restarted: set when the search restarted from resumed weights (a checkpoint without the stage snapshot).
         anneal_start: global step at which the final anneal began (the last stage only).
         anneal_lr: the LR the final anneal decays from.
+        exploit_warmup: steps of the linear warmup that began the exploit phase (the first stage, with an
+            Adam-family optimizer), which then started from the stage start instead of a trial's end.
     """
 
     OPTIONAL: ClassVar[tuple[str, ...]] = (
@@ -119,6 +121,7 @@ class StageRecord:
         "restarted",
         "anneal_start",
         "anneal_lr",
+        "exploit_warmup",
     )
 
     stage: int
@@ -138,6 +141,7 @@ class StageRecord:
     restarted: bool = False
     anneal_start: int | None = None
     anneal_lr: float | None = None
+    exploit_warmup: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

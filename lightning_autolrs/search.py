@@ -19,7 +19,9 @@ Rules (``k`` = ``num_trials``, τ the stage's length, τ' its trial length):
   is every trial's first point, followed by the trial's own probes.
 * **Ranking**: the chosen trial, then the other trials that did not diverge by (forecast, LR) (``min_lr`` if every
   trial diverged). With ``reuse_best_trial`` the end state of the preferred full-length trial is kept
-  (:attr:`TrialOutcome.save_best`) and the exploit phase continues from it when it is the chosen one.
+  (:attr:`TrialOutcome.save_best`) and the exploit phase continues from it when it is the chosen one, unless the
+  controller configured the stage without reuse (``configure(..., reuse=False)``: a first stage whose exploit phase
+  restarts from the stage start with a warmup).
 """
 
 from __future__ import annotations
@@ -129,16 +131,19 @@ class StageSearch:
         self.anchor_index: int | None = None  # the trial run at the stage's anchor LR (ties go to it)
         self.anchor_lr: float | None = None
         self.level_probe: float | None = None  # the validation probe of the stage-start model
+        self.reuse = options.reuse_best_trial  # this stage keeps its best trial's end state (configure)
 
     # ------------------------------------------------------------------ a stage
     def set_stage(self, stage: int, tau: int, tau_prime: int) -> None:
         """The current stage's index, τ and τ' (set by :meth:`configure`, and by the controller on resume)."""
         self.stage, self.tau, self.tau_prime = stage, tau, tau_prime
 
-    def configure(self, stage: int, tau: int, tau_prime: int) -> str:
-        """A new stage of length ``tau`` begins (searching or not); returns the signal its trials are judged on."""
+    def configure(self, stage: int, tau: int, tau_prime: int, reuse: bool = True) -> str:
+        """A new stage of length ``tau`` begins (searching or not); returns the signal its trials are judged on.
+        ``reuse=False``: the stage keeps no trial's end state, even with ``reuse_best_trial``."""
         o = self.options
         self.set_stage(stage, tau, tau_prime)
+        self.reuse = o.reuse_best_trial and reuse
         probing = o.monitor == "val_loss" or (o.monitor == "auto" and tau_prime >= o.auto_val_min_tau_prime)
         self.probe_stride = max(1, tau_prime // o.probes_per_trial) if probing else 0
         self.level_probe = None
@@ -230,7 +235,7 @@ class StageSearch:
         record.trials.append(trial)
         self.proposer.observe(lr, predicted, diverged=trial.diverged)
         out = TrialOutcome(events=[TrialEvent(self.stage, self.trial, trial)])
-        if self.options.reuse_best_trial and not trial.diverged and trial.steps == self.tau_prime:
+        if self.reuse and not trial.diverged and trial.steps == self.tau_prime:
             if self.preferred(record.trials) == len(record.trials) - 1 and self.best_trial != self.trial:
                 self.best_trial = self.trial
                 out.save_best = True
@@ -288,6 +293,7 @@ class StageSearch:
             "anchor_index": self.anchor_index,
             "anchor_lr": self.anchor_lr,
             "level_probe": self.level_probe,
+            "reuse": self.reuse,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -307,5 +313,6 @@ class StageSearch:
         self.anchor_lr = None if anchor_lr is None else float(anchor_lr)
         level = state.get("level_probe")
         self.level_probe = None if level is None else float(level)
+        self.reuse = bool(state.get("reuse", self.options.reuse_best_trial))
         if "proposer" in state:
             self.proposer.load_state_dict(state["proposer"])

@@ -123,13 +123,14 @@ def fit_full_batch(
     callbacks: tuple[Any, ...] = (),
     accelerator: str = "cpu",
     validation: bool = False,
+    optimizer: str = "sgd",
 ) -> tuple[Any, Any]:
     """Fit the tiny regressor full-batch (so the data a step sees does not depend on where a resumed run restarts) for
     :data:`FULL_BATCH_STEPS` steps, optionally saving a checkpoint every ``every`` steps under ``root / "ckpt"``, with
     ``callbacks`` after ``cb``; with ``validation`` the Trainer has validation data (AutoLRS probes it; Lightning's
-    validation loop does not run within the budget)."""
+    validation loop does not run within the budget); ``optimizer``: ``"sgd"`` or ``"adamw"``."""
     lpl.seed_everything(0)
-    model = make_module_class(lpl)(shuffle=False, batch_size=384)
+    model = make_module_class(lpl)(shuffle=False, batch_size=384, optimizer=optimizer)
     callbacks = (cb, *callbacks)
     if save_every_epoch:
         every_epoch = lpl.callbacks.ModelCheckpoint(

@@ -645,3 +645,22 @@ def test_weights_only_checkpoints_are_named_at_fit_start(lpl, tmp_path, weights_
         trainer.fit(make_module_class(lpl)())
     named = [w for w in caught if issubclass(w.category, AutoLRSWarning) and "save_weights_only=True" in str(w.message)]
     assert len(named) == (1 if weights_only else 0)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_an_adam_family_optimizer_warms_up_after_the_first_search(lpl, tmp_path, optimizer: str) -> None:
+    """AdamW (betas (0.9, 0.999)): the first stage's exploit phase starts again from the stage start and ramps up to
+    the chosen LR over a quarter of its τ; SGD: it goes on from the best trial's end, at the chosen LR."""
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=40, search_ratio=0.25, seed=0, verbose=False)
+    trainer, model = fit(lpl, tmp_path, cb, max_steps=200, module_kw=dict(optimizer=optimizer, lr=0.01))
+    first = cb.history[0]
+    start, lr = first["exploit_start"], first["best_lr"]
+    if optimizer == "sgd":
+        assert "exploit_warmup" not in first and first["reused_trial"] is not None
+        assert cb.lrs[start] == lr
+        return
+    assert first["exploit_warmup"] == 10 and "reused_trial" not in first and first["exploit_steps"] == 40
+    expected = [1e-3 + (lr - 1e-3) * (i + 1) / 10 for i in range(10)]
+    assert cb.lrs[start : start + 10] == pytest.approx(expected) and cb.lrs[start + 10] == lr
+    assert [g[0] for g in model.group_lrs] == pytest.approx(cb.lrs)  # what the optimizer saw
+    assert all(1e-3 <= x <= 0.5 for x in cb.lrs) and len(cb.lrs) == trainer.global_step == 200

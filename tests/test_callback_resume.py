@@ -271,3 +271,20 @@ def test_checkpoint_on_exception_mid_search_holds_the_kept_trial_and_resumes_bit
     assert trainer.global_step == STEPS
     assert cb.lrs == ref_cb.lrs and cb.history == ref_cb.history
     assert same(model.parameters(), ref_model.parameters())
+
+
+@pytest.mark.parametrize("step", [15, 17])  # the step the first search ends (its restore due), inside the warmup
+def test_resume_at_the_first_stages_exploit_warmup_is_bitwise_exact(lpl, tmp_path, step: int) -> None:
+    """AdamW: the first stage's exploit phase restarts from the stage start with a warmup (steps 15-19 here); a
+    checkpoint on the step its search ends, or inside the warmup, resumes it exactly."""
+    ref_cb = autolrs()
+    _, ref_model = run(lpl, tmp_path / "a", ref_cb, save_every_epoch=True, every=1, optimizer="adamw")
+    first = ref_cb.history[0]
+    assert first["exploit_start"] == 15 and first["exploit_warmup"] == 5 and ref_cb.lrs[16] < first["best_lr"]
+    ckpt = tmp_path / "a" / "ckpt" / f"step={step}.ckpt"
+    (state,) = [v for k, v in torch.load(ckpt, weights_only=True)["callbacks"].items() if k.startswith("AutoLRS")]
+    assert state["controller"]["pending_restore"] == (step == 15) and phase_at(ckpt) == "exploit"
+    cb = autolrs()
+    _, model = run(lpl, tmp_path / "b", cb, ckpt_path=str(ckpt), optimizer="adamw")
+    assert cb.lrs == ref_cb.lrs and cb.history == ref_cb.history
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))

@@ -471,13 +471,15 @@ def test_committed_on_stop_names_the_best_completed_trial() -> None:
     assert plain.committed_on_stop() == ("stage", None, 0, 14)  # no best-trial snapshot to keep
 
 
-def test_ranks_adopting_rank_zeros_decision_apply_the_same_plans() -> None:
+@pytest.mark.parametrize("exploit_warmup", [0, 8])
+def test_ranks_adopting_rank_zeros_decision_apply_the_same_plans(exploit_warmup: int) -> None:
     """What DDP does after an event: rank 1 adopts rank 0's `sync_state`. Even when rank 1's floating point differs
     (here its losses, hence its forecasts and GP, are off by 1e-9), both ranks plan the same LR and the same snapshot
-    actions at every step, and the decision sent stays a few hundred bytes while the state grows."""
+    actions at every step (the first stage's exploit warmup included), and the decision sent stays a few hundred bytes
+    while the state grows."""
     import pickle
 
-    rank0, rank1 = make(total=700), make(total=700)
+    rank0, rank1 = make(total=700, exploit_warmup=exploit_warmup), make(total=700, exploit_warmup=exploit_warmup)
     g = torch.Generator().manual_seed(0)
     sent = []
     for step in range(700):
@@ -518,9 +520,9 @@ def _drive(c: StageController, losses: list[float], plans: list[tuple]) -> None:
 
 def _quiet_case() -> tuple[dict, list[float]]:
     kw = dict(num_trials=3, tau=20, search_ratio=0.25, total_steps=300, anneal_steps=30, seed=0)
-    kw.update(anchor_lr=0.1, collapse_guard=True, warmup_steps=5, warmup_lr=0.01)
+    kw.update(anchor_lr=0.1, collapse_guard=True, warmup_steps=5, warmup_lr=0.01, exploit_warmup=5)
     losses = [1.0 + math.exp(-i / 60) + 0.01 * math.sin(i) for i in range(300)]
-    for i in (140, 190):
+    for i in (27, 140, 190):  # (27: inside the first stage's exploit, after its warmup, which then ramps again)
         losses[i] = 50.0  # exploit divergences: fallbacks to a smaller LR (a restore)
     losses[285] = math.nan  # one in the final anneal
     return kw, losses
@@ -562,3 +564,102 @@ def test_reused_quiet_plan_is_dropped_when_the_state_is_set_from_outside() -> No
         getattr(c, "load_" + load)(state)
         plan = c.begin_step()
         assert plan.phase == "search" and plan.capture
+
+
+# ------------------------------------------------------------------------------- the first stage's exploit warmup
+def _warm(**kw) -> StageController:
+    """Stage 0: three trials of 10 steps, then 40 exploit steps, the first 8 of them a warmup."""
+    args = dict(total=None, num_trials=3, tau=40, tau_max=40, search_ratio=0.25, reuse_best_trial=True)
+    args.update(kw)
+    return make(**{"exploit_warmup": 8, **args})
+
+
+def _ramp(lo: float, lr: float, n: int = 8) -> list[float]:
+    return [lo + (lr - lo) * (i + 1) / n for i in range(n)]
+
+
+def _run_until(c: StageController, sim: Quadratic, done) -> None:
+    while not done(c):
+        sim.run(c, 1)
+
+
+def test_the_first_stage_restarts_from_its_start_and_warms_up_to_the_chosen_lr() -> None:
+    c, sim = _warm(), Quadratic()
+    _run_until(c, sim, lambda c: c.stage == 1)  # stage 0: its search, then its exploit phase
+    first = c.history[0]
+    start, lr = first["exploit_start"], first["best_lr"]
+    assert first["exploit_warmup"] == 8 and "reused_trial" not in first
+    assert torch.equal(sim.inputs[start], sim.inputs[0])  # the exploit phase starts from the stage start ...
+    assert sim.best is None and first["exploit_steps"] == 40  # ... not from a trial's end (none kept): all of τ
+    assert c.lrs[start : start + 8] == pytest.approx(_ramp(1e-3, lr))
+    assert set(c.lrs[start + 8 : start + 40]) == {lr}
+    assert all(1e-3 <= x <= 1.0 for x in c.lrs)  # the warmup stays in the range
+    _run_until(c, sim, lambda c: c.stage == 2)  # later stages keep their best trial as before: no warmup there
+    second = c.history[1]
+    assert "exploit_warmup" not in second and second["reused_trial"] is not None and sim.best is not None
+    begin = second["exploit_start"]
+    assert set(c.lrs[begin : begin + second["exploit_steps"]]) == {second["best_lr"]}
+
+
+def test_without_an_exploit_warmup_the_first_stage_reuses_its_best_trial() -> None:
+    c, sim = _warm(exploit_warmup=0), Quadratic()
+    _run_until(c, sim, lambda c: c.stage == 1)
+    first = c.history[0]
+    assert "exploit_warmup" not in first and first["reused_trial"] is not None and first["exploit_steps"] == 30
+    assert set(c.lrs[first["exploit_start"] : first["exploit_start"] + 30]) == {first["best_lr"]}
+
+
+def test_a_fallback_in_the_first_stage_warms_up_again_to_its_smaller_lr() -> None:
+    c, sim = _warm(), Quadratic()
+    _run_until(c, sim, lambda c: c.stage == 0 and c.phase == "exploit")
+    sim.run(c, 12)  # the warmup is over
+    chosen = c.history[0]["best_lr"]
+    c.begin_step()
+    assert c.end_step(math.nan)[0]["event"] == "fallback"
+    lrs, restores = [], []
+    for _ in range(10):
+        plan = c.begin_step()
+        lrs.append(plan.lr)
+        restores.append(plan.restore)
+        c.end_step(1.0)
+    smaller = c.history[0]["fallbacks"][0]["new_lr"]
+    assert smaller < chosen and restores == [True] + [False] * 9
+    assert lrs == pytest.approx([*_ramp(1e-3, smaller), smaller, smaller])
+
+
+@pytest.mark.parametrize("into", [3, 15])  # steps into the exploit phase: inside the warmup, after it
+def test_state_round_trip_in_the_first_stages_exploit_continues_identically(into: int) -> None:
+    a, sim_a = _warm(total=400), Quadratic(seed=1)
+    _run_until(a, sim_a, lambda c: c.stage == 0 and c.phase == "exploit")
+    sim_a.run(a, into)
+    at = a.step
+    buf = __import__("io").BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = _warm(total=400, exploit_warmup=0)  # the state carries the run's warmup, whatever derives today
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    sim_b = Quadratic(seed=1)
+    sim_b.w, sim_b.saved, sim_b.gen = sim_a.w.clone(), sim_a.saved.clone(), sim_a.gen.clone_state()
+    sim_a.run(a, 400 - at)
+    sim_b.run(b, 400 - at)
+    assert a.lrs == b.lrs and a.history == b.history and torch.equal(sim_a.w, sim_b.w)
+    assert a.history[0]["exploit_warmup"] == 8
+
+
+def test_a_state_from_before_the_exploit_warmup_finishes_its_first_stage_as_it_began() -> None:
+    """A checkpoint written inside the first stage's search by a version without the warmup resumes with the best-trial
+    reuse it began with, even where today's optimizer would get a warmup."""
+    old, sim_old = _warm(total=300, exploit_warmup=0), Quadratic(seed=2)
+    sim_old.run(old, 15)
+    state = old.state_dict()
+    for key in ("exploit_warmup", "ramp_start", "reuse"):
+        del state[key]
+    new = _warm(total=300)
+    new.load_state_dict(state)
+    sim_new = Quadratic(seed=2)
+    sim_new.w, sim_new.saved, sim_new.gen = sim_old.w.clone(), sim_old.saved.clone(), sim_old.gen.clone_state()
+    sim_new.best = None if sim_old.best is None else sim_old.best.clone()
+    sim_old.run(old, 285)
+    sim_new.run(new, 285)
+    assert new.lrs == old.lrs and new.history == old.history
+    assert "exploit_warmup" not in new.history[0]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lightning_autolrs import AutoLRS
-from lightning_autolrs._edge import ProgressBarHook
+from lightning_autolrs._edge import ProgressBarHook, second_moment_beta
 
 from .helpers import make_module_class, trainer_kwargs
 
@@ -90,3 +90,12 @@ def test_optimizer_step_counter_reads_the_global_step(lpl, tmp_path, accumulate:
     trainer.fit(make_module_class(lpl)(lr=0.02))
     assert len(seen) == 7 * accumulate and all(a == b for a, b in seen)
     assert seen[-1][1] == 7
+
+
+def test_second_moment_beta_reads_the_first_groups_betas() -> None:
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    assert second_moment_beta(torch.optim.Adam(p)) == 0.999
+    assert second_moment_beta(torch.optim.NAdam(p, betas=(0.9, 0.98))) == pytest.approx(0.98)
+    assert second_moment_beta(torch.optim.Adam(p, betas=(torch.tensor(0.9), torch.tensor(0.95)))) == pytest.approx(0.95)
+    assert second_moment_beta(torch.optim.SGD(p, lr=0.1)) is None
+    assert second_moment_beta(torch.optim.RMSprop(p)) is None

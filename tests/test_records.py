@@ -42,6 +42,7 @@ STAGE = StageRecord(
     restarted=True,
     anneal_start=30,
     anneal_lr=0.05,
+    exploit_warmup=4,
 )
 RANGE = RangeTestResult(start_step=3, steps=4, lrs=[1e-3, 1e-2], losses=[1.0, None], stopped_early=True, min_lr=1e-4,
                         max_lr=0.1)  # fmt: skip

@@ -18,6 +18,7 @@ from lightning_autolrs.settings import (
     RANGE_SPAN,
     Settings,
     derive,
+    exploit_warmup_steps,
     markdown_table,
     plan_tau,
     tau_prime_for,
@@ -187,3 +188,15 @@ def test_plan_tau_prefers_three_stages_then_fewer() -> None:
     assert plan_tau(300, 4, 0.1, True, 8000) == 300 // 1.3
     assert plan_tau(250, 4, 0.1, True, 8000) is None
     assert plan_tau(2300, 4, 0.1, False, 8000) == 2300 // (7 * 1.4)  # without reuse every trial step is extra
+
+
+def test_the_exploit_warmup_follows_the_optimizers_second_moment_decay() -> None:
+    assert exploit_warmup_steps(0.99, tau=2000) == 200  # 2 / (1 - beta2): the untuned warmup rule
+    assert exploit_warmup_steps(0.999, tau=666) == 166  # at most a quarter of the first stage's τ
+    assert exploit_warmup_steps(None, tau=666) == 0  # SGD and the like: none
+    assert exploit_warmup_steps(1.0, tau=100) == 25 and exploit_warmup_steps(1.5, tau=100) == 0
+    assert derive(Settings(), 0.003, 3000, beta2=0.99).exploit_warmup == 166
+    assert derive(Settings(), 0.003, 3000).exploit_warmup == 0
+    # a warmup the user asked for already warms the model up; a budget too small to search has its own warmup
+    assert derive(Settings(warmup_steps=50), 0.003, 3000, beta2=0.99).exploit_warmup == 0
+    assert derive(Settings(), 0.003, 300, beta2=0.99).exploit_warmup == 0
