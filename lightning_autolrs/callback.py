@@ -580,8 +580,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         where = "the LR range test" if c.range_test_running else f"stage {c.stage}'s search"
         if trial is None:
             what = (
-                f"restored the model and optimizer to the start of {where} (no trial had completed, or a step had "
-                f"just diverged): kept 0 steps, discarded the {discarded} steps since"
+                f"restored the model and optimizer to the start of {where} (no trial had completed, a step had just "
+                f"diverged, or the stage keeps no trial): kept 0 steps, discarded the {discarded} steps since"
             )
         else:
             verb = "kept the model and optimizer at" if state == "current" else "restored the model and optimizer to"

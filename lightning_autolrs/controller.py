@@ -617,14 +617,16 @@ class StageController:
 
     # ------------------------------------------------------------------ the final anneal
     def _begin_anneal(self) -> None:
-        """The last ``anneal_steps`` steps: a half cosine from the LR in use down to ``min_lr``."""
+        """The last ``anneal_steps`` steps: a half cosine from the LR in use down to ``min_lr`` (inside the first
+        stage's exploit warmup: from where the ramp has got to)."""
         if self.stages and not self._stage_finite:
             raise self._non_finite_error()
-        self._anneal.begin(self.step, self._lr)
         self.phase = "exploit"
+        lr = self._ramp_lr()
+        self._anneal.begin(self.step, lr)
         if self.stages:
             self.stages[-1].anneal_start = self.step
-            self.stages[-1].anneal_lr = self._lr
+            self.stages[-1].anneal_lr = lr
 
     def _record_anneal_step(self, loss: float | None) -> list[Event]:
         """A NaN/inf loss in the anneal restores the stage snapshot and lowers the anneal's start tenfold."""
@@ -696,8 +698,8 @@ class StageController:
         """The LR of the step planned now: the LR in use, or during the exploit warmup a linear ramp from ``min_lr``
         (the LR in use, when lower) up to it."""
         start = self._ramp_start
-        if start is None or self.phase != "exploit" or self.step >= start + self.exploit_warmup:
-            return self._lr
+        if start is None or self.phase != "exploit" or self.step + 1 >= start + self.exploit_warmup:
+            return self._lr  # (its last step: the LR itself, which the ramp's arithmetic may miss by an ulp)
         low = min(self.min_lr, self._lr)
         return low + (self._lr - low) * (self.step - start + 1) / self.exploit_warmup
 
@@ -912,6 +914,8 @@ class StageController:
             self._range_test.restart()
             return
         if self.phase != "search":  # a search or sweep that just ended: its restore cannot be done, keep the weights
+            if self._pending_restore and self._warms_up():
+                self._ramp_start = self.step  # the checkpoint holds the committed stage start: warm up from it
             self._pending_restore = self._pending_restore_best = self._pending_save_best = False
             return
         self._history = None
@@ -942,9 +946,9 @@ class StageController:
             ``(state, trial, kept, discarded)``: ``state`` is ``"current"`` (the model holds it: outside a search, or
             the trial that just ended is the stage's best so far), ``"best"`` (restore the best-trial snapshot: the end
             of the stage's best completed trial) or ``"stage"`` (restore the stage snapshot: no trial completed, or
-            without ``reuse_best_trial``); ``trial`` the index of the kept trial in the stage (``None``: none); ``kept``
-            is how many of the steps since the stage start (or the range test's) the kept state trained, ``discarded``
-            how many others are lost.
+            without ``reuse_best_trial``, or in a stage that keeps no trial: the first, with ``exploit_warmup``);
+            ``trial`` the index of the kept trial in the stage (``None``: none); ``kept`` is how many of the steps
+            since the stage start (or the range test's) the kept state trained, ``discarded`` how many others are lost.
         """
         if not self.needs_snapshot:
             return "current", None, 0, 0

@@ -57,9 +57,9 @@ MIN_TRIAL_STEPS = 20
 #: With an optimizer that keeps a second-moment estimate (``betas`` in its param group: Adam, AdamW, NAdam, ...), the
 #: first stage's exploit phase starts again from the stage start and warms up to the chosen LR over
 #: ``2 / (1 - beta2)`` steps (the untuned warmup rule of Ma & Yarats, 2021), at most this share of the stage's τ.
-#: Measured on ten seeds of the quality benchmark (README, "Benchmarks"): on the char LM (AdamW) and Friedman (Adam)
-#: the paired mean against the defaults without it was -0.5 % and -0.8 % (better in 8 and 7 of 10 seeds); on the two
-#: SGD workloads the same warmup cost +3.6 % and +5.6 %, and a warmup of 5 % of τ helped no workload.
+#: Measured on ten seeds of the quality benchmark (README, "Benchmarks", where the figures are): it lowers the char LM's
+#: (AdamW) and Friedman's (Adam) final loss in most seeds; the same warmup on the two SGD workloads raised theirs, and a
+#: warmup of 5 % of τ helped no workload.
 EXPLOIT_WARMUP_SHARE = 0.25
 
 

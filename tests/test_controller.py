@@ -663,3 +663,43 @@ def test_a_state_from_before_the_exploit_warmup_finishes_its_first_stage_as_it_b
     sim_new.run(new, 285)
     assert new.lrs == old.lrs and new.history == old.history
     assert "exploit_warmup" not in new.history[0]
+
+
+def test_an_anneal_that_begins_inside_the_warmup_decays_from_where_the_ramp_got_to() -> None:
+    """A first stage that is also the last: a fallback 3 steps before the final anneal restores the stage start and
+    ramps again; the anneal then decays from the ramp's LR, never jumping up to the full LR (review)."""
+    c, sim = make(total=200, num_trials=3, tau=80, search_ratio=0.25, anneal_steps=40, exploit_warmup=20), Quadratic()
+    sim.run(c, 157)
+    c.begin_step()
+    assert c.end_step(math.nan)[0]["event"] == "fallback"  # step 157
+    sim.run(c, 42)
+    (record,) = c.history
+    new = record["fallbacks"][0]["new_lr"]
+    assert record["anneal_start"] == 160 and c.lrs[158:160] == pytest.approx(_ramp(1e-3, new, 20)[:2])
+    assert record["anneal_lr"] == pytest.approx(_ramp(1e-3, new, 20)[2]) == c.lrs[160] == max(c.lrs[158:])
+
+
+def test_the_warmup_ends_exactly_at_the_chosen_lr_even_at_the_top_of_the_range() -> None:
+    c, sim = (
+        make(min_lr=1e-3, max_lr=0.01, anchor_lr=0.01, num_trials=3, tau=40, search_ratio=0.25, exploit_warmup=8),
+        Quadratic(),
+    )
+    _run_until(c, sim, lambda c: c.stage == 1)
+    first = c.history[0]
+    start = first["exploit_start"]
+    assert c.lrs[start + 7] == first["best_lr"] and max(c.lrs) <= 0.01  # (the ramp's arithmetic once missed by an ulp)
+
+
+def test_a_resume_without_the_snapshot_on_the_step_the_search_ends_still_warms_up() -> None:
+    """The checkpoint holds the committed state, the stage start; resumed without the stage snapshot the run warms up
+    from it as the uninterrupted run does, instead of training the untrained model at the full LR (review)."""
+    a, sim_a = _warm(total=400), Quadratic()
+    _run_until(a, sim_a, lambda c: c.stage == 0 and c.phase == "exploit")
+    assert a.committed_on_stop()[0] == "stage"
+    b = _warm(total=400)
+    b.load_state_dict(a.state_dict())
+    b.restart_stage()  # what the callback does when the checkpoint has no snapshot
+    planned_a, planned_b = [a.begin_step() for _ in range(1)], [b.begin_step() for _ in range(1)]
+    lr = a.history[0]["best_lr"]
+    assert planned_a[0].restore and not planned_b[0].restore
+    assert planned_a[0].lr == planned_b[0].lr == pytest.approx(_ramp(1e-3, lr)[0])
