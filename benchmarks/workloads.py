@@ -135,9 +135,17 @@ class DiabetesMLP(_Supervised):
 
 
 class DigitsMLP(_Supervised):
-    """A ReLU MLP on the flattened 8×8 digits (64 → ``hidden`` → ``hidden`` → 10), SGD + momentum 0.9, wd 5e-4."""
+    """A ReLU MLP on the flattened 8×8 digits (64 → ``hidden`` → ``hidden`` → 10), SGD + momentum 0.9, wd 5e-4
+    (``optimizer="adam"``: Adam with its default betas and no weight decay)."""
 
-    def __init__(self, lr: float = 0.05, hidden: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4) -> None:
+    def __init__(
+        self,
+        lr: float = 0.05,
+        hidden: int = 256,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        optimizer: str = "sgd",
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(
@@ -151,6 +159,8 @@ class DigitsMLP(_Supervised):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
+        if hp.optimizer == "adam":
+            return torch.optim.Adam(self.parameters(), lr=hp.lr)
         return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
 
 
@@ -303,6 +313,15 @@ def _build_digits_mlp(
     return DigitsMLP, {"hidden": 64 if quick else 256}, DigitsDataModule(batch_size=64, seed=seed)
 
 
+def _build_digits_mlp_adam(
+    seed: int, quick: bool
+) -> tuple[type[pl.LightningModule], dict[str, Any], pl.LightningDataModule]:
+    from lightning_autolrs.demos import DigitsDataModule
+
+    kwargs = {"hidden": 64 if quick else 256, "optimizer": "adam", "lr": 1e-3}
+    return DigitsMLP, kwargs, DigitsDataModule(batch_size=64, seed=seed)
+
+
 def _build_friedman(seed: int, quick: bool) -> tuple[type[pl.LightningModule], dict[str, Any], pl.LightningDataModule]:
     return (
         DiabetesMLP,
@@ -341,6 +360,18 @@ WORKLOADS: dict[str, Workload] = {
             sf_scale=10.0,
             family="sgd",
             build=_build_digits_mlp,
+            val_batches=_digits_val,
+            loss_sum=_ce_sum,
+        ),
+        Workload(
+            name="digits_mlp_adam",
+            title="digits MLP with Adam (64-256-256-10 ReLU, Adam, batch 64, lr 1e-3)",
+            budget=3000,
+            quick_budget=30,
+            lr=1e-3,
+            sf_scale=1.0,
+            family="adam",
+            build=_build_digits_mlp_adam,
             val_batches=_digits_val,
             loss_sum=_ce_sum,
         ),

@@ -59,7 +59,7 @@ MIN_TRIAL_STEPS = 20
 #: ``2 / (1 - beta2)`` steps (the untuned warmup rule of Ma & Yarats, 2021), at most this share of the stage's τ.
 #: Measured on ten seeds of the quality benchmark (README, "Benchmarks", where the figures are): it lowers the char LM's
 #: (AdamW) and Friedman's (Adam) final loss in most seeds; the same warmup on the two SGD workloads raised theirs, and a
-#: warmup of 5 % of τ helped no workload.
+#: warmup of 5 % of τ helped no workload clearly.
 EXPLOIT_WARMUP_SHARE = 0.25
 
 
