@@ -41,6 +41,17 @@ def test_ranks_agree_on_every_decision(tmp_path, strategy) -> None:
     assert r0["params"] == r1["params"]  # restores happened identically on both ranks
 
 
+def test_ranks_agree_through_the_first_stages_exploit_warmup(tmp_path) -> None:
+    """Adam: the first stage's exploit phase restarts from the stage start and ramps up; both ranks apply the same ramp
+    (losses read one step late, as on an accelerator) and end with the same weights."""
+    r0, r1 = launch(tmp_path, "ddp", "adam", "late")
+    first = r0["history"][0]
+    assert first["exploit_warmup"] == 5 and "reused_trial" not in first
+    start = first["exploit_start"]
+    assert r0["lrs"][start] < r0["lrs"][start + 4] == first["best_lr"]
+    assert r0["lrs"] == r1["lrs"] and r0["history"] == r1["history"] and r0["params"] == r1["params"]
+
+
 @pytest.mark.parametrize("late", [(), ("late",)])
 def test_nan_on_one_rank_aborts_the_trial_on_all(tmp_path, late) -> None:
     """``late``: exploit losses read one step late, as on an accelerator (LateLoss's collective)."""

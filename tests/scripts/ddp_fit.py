@@ -23,6 +23,8 @@ from lightning_autolrs import AutoLRS
 
 
 class Regressor(lpl.LightningModule):
+    adam = False  # Adam instead of SGD: the first stage's exploit phase warms up
+
     def __init__(self, nan_rank: int = -1, nan_step: int = -1) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
@@ -36,6 +38,8 @@ class Regressor(lpl.LightningModule):
         return loss
 
     def configure_optimizers(self):
+        if self.adam:
+            return torch.optim.Adam(self.parameters(), lr=0.01)
         return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
     def train_dataloader(self):
@@ -126,6 +130,9 @@ def main() -> None:
     if "late" in extra:  # read exploit losses one step late, as on an accelerator (a CPU loss is read at once)
         extra.remove("late")
         AutoLRS._reads_late = staticmethod(lambda trainer: True)  # type: ignore[method-assign]
+    if "adam" in extra:
+        extra.remove("adam")
+        Regressor.adam = True
     nan_rank, nan_step = (int(extra[0]), int(extra[1])) if len(extra) > 1 else (-1, -1)
     range_test = extra == ["range"]
     count = extra == ["count"]
