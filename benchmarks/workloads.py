@@ -13,6 +13,7 @@ eval mode, under ``no_grad``, RNG state untouched), the LR applied at each step,
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -306,19 +307,11 @@ def _charlm_val(dm: Any) -> list[Batch]:
 
 
 def _build_digits_mlp(
-    seed: int, quick: bool
+    seed: int, quick: bool, **module_kwargs: Any
 ) -> tuple[type[pl.LightningModule], dict[str, Any], pl.LightningDataModule]:
     from lightning_autolrs.demos import DigitsDataModule
 
-    return DigitsMLP, {"hidden": 64 if quick else 256}, DigitsDataModule(batch_size=64, seed=seed)
-
-
-def _build_digits_mlp_adam(
-    seed: int, quick: bool
-) -> tuple[type[pl.LightningModule], dict[str, Any], pl.LightningDataModule]:
-    from lightning_autolrs.demos import DigitsDataModule
-
-    kwargs = {"hidden": 64 if quick else 256, "optimizer": "adam", "lr": 1e-3}
+    kwargs = {"hidden": 64 if quick else 256, **module_kwargs}
     return DigitsMLP, kwargs, DigitsDataModule(batch_size=64, seed=seed)
 
 
@@ -371,7 +364,7 @@ WORKLOADS: dict[str, Workload] = {
             lr=1e-3,
             sf_scale=1.0,
             family="adam",
-            build=_build_digits_mlp_adam,
+            build=functools.partial(_build_digits_mlp, optimizer="adam", lr=1e-3),
             val_batches=_digits_val,
             loss_sum=_ce_sum,
         ),

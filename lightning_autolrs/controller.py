@@ -92,7 +92,7 @@ __all__ = ["DIVERGENCE_FLOOR", "MONITORS", "RANGE_SPAN", "STATE_VERSION", "Stage
 #: written before it takes it up at its next stage start, and its stage in progress ends as it began. Half the fit's
 #: first loss as a floor of the divergence test (issue #12, fifth round; :data:`DIVERGENCE_FLOOR`) is read from the loss
 #: history every state has: a version-2 state written before it takes it up at once. The first stage's exploit warmup
-#: (issue #12, seventh round; keys ``exploit_warmup``, ``ramp_start`` and the search's ``reuse``) is off in a version-2
+#: (issue #12, seventh round; keys ``exploit_warmup`` and ``ramp_start``) is off in a version-2
 #: state written before it, so such a run's first stage reuses its best trial as it began to.
 STATE_VERSION = 2
 _REFERENCE_WINDOW = 20
@@ -755,7 +755,7 @@ class StageController:
         self.phase = "exploit"
         self._lr = lr
         self.stages[-1].exploit_start = self.step
-        if self._warmup_stage() and self.stages[-1].trials:
+        if self._warms_up():
             self.stages[-1].exploit_warmup = self.exploit_warmup
         remaining = self._remaining()
         exploit = min(max(1, self._stage_tau - already), remaining)
@@ -1109,6 +1109,7 @@ class StageController:
         self._warmup_from = int(state.get("warmup_from", 0))
         # a state written before the exploit warmup existed continues without it (its first stage reuses its trial)
         self.exploit_warmup = int(state.get("exploit_warmup", 0))
+        self.search.reuse = self.search.options.reuse_best_trial and not self._warmup_stage()
         ramp = state.get("ramp_start")
         self._ramp_start = None if ramp is None else int(ramp)
         self._anneal.load_state_dict(state)

@@ -131,7 +131,8 @@ class StageSearch:
         self.anchor_index: int | None = None  # the trial run at the stage's anchor LR (ties go to it)
         self.anchor_lr: float | None = None
         self.level_probe: float | None = None  # the validation probe of the stage-start model
-        self.reuse = options.reuse_best_trial  # this stage keeps its best trial's end state (configure)
+        self.reuse = options.reuse_best_trial  # this stage keeps its best trial's end state (configure; on load, the
+        # controller derives it from the stage and its exploit warmup)
 
     # ------------------------------------------------------------------ a stage
     def set_stage(self, stage: int, tau: int, tau_prime: int) -> None:
@@ -293,7 +294,6 @@ class StageSearch:
             "anchor_index": self.anchor_index,
             "anchor_lr": self.anchor_lr,
             "level_probe": self.level_probe,
-            "reuse": self.reuse,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -313,6 +313,5 @@ class StageSearch:
         self.anchor_lr = None if anchor_lr is None else float(anchor_lr)
         level = state.get("level_probe")
         self.level_probe = None if level is None else float(level)
-        self.reuse = bool(state.get("reuse", self.options.reuse_best_trial))
         if "proposer" in state:
             self.proposer.load_state_dict(state["proposer"])

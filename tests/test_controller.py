@@ -652,7 +652,7 @@ def test_a_state_from_before_the_exploit_warmup_finishes_its_first_stage_as_it_b
     old, sim_old = _warm(total=300, exploit_warmup=0), Quadratic(seed=2)
     sim_old.run(old, 15)
     state = old.state_dict()
-    for key in ("exploit_warmup", "ramp_start", "reuse"):
+    for key in ("exploit_warmup", "ramp_start"):
         del state[key]
     new = _warm(total=300)
     new.load_state_dict(state)
@@ -703,3 +703,19 @@ def test_a_resume_without_the_snapshot_on_the_step_the_search_ends_still_warms_u
     lr = a.history[0]["best_lr"]
     assert planned_a[0].restore and not planned_b[0].restore
     assert planned_a[0].lr == planned_b[0].lr == pytest.approx(_ramp(1e-3, lr)[0])
+
+
+def test_a_state_saved_inside_the_first_search_resumes_without_keeping_a_trial() -> None:
+    """Whether the first stage keeps its best trial is derived from the saved warmup on load, whatever the loading
+    controller was built with: resumed mid-search, the run still restarts from the stage start and warms up."""
+    a, sim_a = _warm(total=400), Quadratic(seed=3)
+    sim_a.run(a, 3)  # inside the first stage's first trial: every trial that can lead is still to come
+    assert a.phase == "search" and a.stage == 0
+    b = _warm(total=400, exploit_warmup=0, reuse_best_trial=True)
+    b.load_state_dict(a.state_dict())
+    sim_b = Quadratic(seed=3)
+    sim_b.w, sim_b.saved, sim_b.gen = sim_a.w.clone(), sim_a.saved.clone(), sim_a.gen.clone_state()
+    sim_a.run(a, 397)
+    sim_b.run(b, 397)
+    assert a.lrs == b.lrs and a.history == b.history and torch.equal(sim_a.w, sim_b.w)
+    assert b.history[0]["exploit_warmup"] == 8 and "reused_trial" not in b.history[0]
