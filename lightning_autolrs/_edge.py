@@ -17,7 +17,7 @@ import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_autolrs.exceptions import AutoLRSWarning, UnsupportedSetupError
-from lightning_autolrs.records import Event, FallbackEvent, RangeTestEvent, SearchEvent, TrialEvent
+from lightning_autolrs.records import AnnealEvent, Event, FallbackEvent, RangeTestEvent, SearchEvent, TrialEvent
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -318,6 +318,16 @@ def report_event(
             rank_zero_info(
                 f"AutoLRS range test: {r.steps} steps from lr={event.first_lr:.3g} ({end}); "
                 f"search range min_lr={r.min_lr:.4g}, max_lr={r.max_lr:.4g}; model restored."
+            )
+    elif isinstance(event, AnnealEvent):
+        metrics = {"autolrs/anneal_lr": event.lr}
+        if verbose:
+            assert controller.total_steps is not None  # (an anneal needs a known budget)
+            (v0, v1), (t0, t1) = event.evidence["val_loss"], event.evidence["train_loss"]
+            rank_zero_info(
+                f"AutoLRS stage {event.stage}: overfitting at lr={event.lr:.4g} (validation loss {v0:.4g} -> {v1:.4g} "
+                f"while the training loss fell {t0:.4g} -> {t1:.4g}); the final anneal begins at step {event.step} "
+                f"and decays over the {controller.total_steps - event.step} steps left."
             )
     else:
         assert isinstance(event, FallbackEvent)

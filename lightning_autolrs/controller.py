@@ -25,7 +25,10 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
 5. **Next stage**: ``τ`` and ``τ'`` double until ``τ`` reaches ``tau_max``.
 6. **Final anneal** (``anneal_steps``): the last ``anneal_steps`` steps of the budget decay the LR in use along a half
    cosine to ``min_lr``; no search there. A NaN/inf loss in the anneal restores the stage snapshot and lowers the
-   anneal's starting LR tenfold (rules in :class:`~lightning_autolrs.exploit.FinalAnneal`).
+   anneal's starting LR tenfold (rules in :class:`~lightning_autolrs.exploit.FinalAnneal`). With validation probes,
+   an exploit phase (after its warmup) also probes every τ'/2 steps; once its validation loss rises while its training
+   loss falls (:class:`~lightning_autolrs.exploit.OverfitWatch`) the anneal begins at once and decays over every step
+   left, and no stage follows (an ``"anneal"`` event; the stage's ``overfitting`` record).
 
 Budget rule (``total_steps`` known; the stages share what the final anneal leaves): a stage searches only when the
 ``k·τ'`` search steps plus at least ``τ'`` exploit steps fit in what is left; otherwise it exploits the previous stage's
@@ -74,11 +77,18 @@ from typing import Any
 
 from lightning_autolrs._validation import check_int
 from lightning_autolrs.exceptions import InvalidArgumentError, NonFiniteLossError, UnsupportedSetupError
-from lightning_autolrs.exploit import CollapseGuard, FinalAnneal
+from lightning_autolrs.exploit import OVERFIT_PROBES_PER_TRIAL, CollapseGuard, FinalAnneal, OverfitWatch
 from lightning_autolrs.forecast import ExponentialForecaster
 from lightning_autolrs.proposer import DEFAULT_BETA, LRProposer
 from lightning_autolrs.range_test import RangeTest
-from lightning_autolrs.records import Event, FallbackEvent, FallbackRecord, RangeTestEvent, StageRecord
+from lightning_autolrs.records import (
+    AnnealEvent,
+    Event,
+    FallbackEvent,
+    FallbackRecord,
+    RangeTestEvent,
+    StageRecord,
+)
 from lightning_autolrs.search import SearchOptions, StageSearch, TrialOutcome
 from lightning_autolrs.settings import MONITORS, RANGE_SPAN, Derived, Settings, default_tau, tau_prime_for
 
@@ -341,6 +351,7 @@ class StageController:
         self._searched_as_last = False  # the stage searched as the one the final anneal follows (_before_anneal)
         self._ranking: list[float] = []  # trial LRs of the current stage, best first (exploit fallbacks)
         self._anneal = FinalAnneal(anneal_steps, self.total_steps)
+        self._overfit = OverfitWatch()  # the exploit phase's validation probes (the early anneal)
         self._guard = CollapseGuard(collapse_guard)
         self.anchor_lr = anchor_lr
         self.fallback = fallback  # no search: the whole budget after warmup is the anneal from `anchor_lr`
@@ -424,12 +435,14 @@ class StageController:
             self._start_stage()
         if self._pending_restore and self._warms_up():
             self._ramp_start = self.step  # back at the stage start: (again) a warmup to the LR in use
+        if self.phase == "exploit" and (self._pending_restore or self._pending_restore_best):
+            self._overfit.reset(self.step)  # the weights the watch saw are gone
         self._plan = StepPlan(
             self._ramp_lr(),
             self.phase,
             restore=self._pending_restore and not self._pending_restore_best,
             capture=self._pending_capture,
-            probe=self.phase == "search" and self.search.probe_due(),
+            probe=self.search.probe_due() if self.phase == "search" else self._overfit_probe_due(),
             save_best=self._pending_save_best,
             restore_best=self._pending_restore_best,
             probe_before=self._pending_level_probe,
@@ -458,6 +471,9 @@ class StageController:
             return
         if self._anneal.steps and not self._anneal.active:
             until = min(until, self._anneal.begin_step(self._warmup_end))
+            if plan.phase == "exploit" and self.search.probe_stride:  # up to the next overfitting probe
+                stride = self._overfit_stride()
+                until = min(until, self.step + stride - (self.step + 1 - self._overfit.base) % stride)
         self._quiet, self._quiet_until = plan, until
 
     @property
@@ -467,7 +483,7 @@ class StageController:
         followed by a step of the same phase (no stage start, range test or anneal start next, no restore due). A
         late divergence then restores the stage snapshot before the step after next: within 2 steps."""
         plan = self._plan
-        if plan is None or self._plan_range_test or plan.phase == "search" or self._late is not None:
+        if plan is None or self._plan_range_test or plan.phase == "search" or self._late is not None or plan.probe:
             return False
         after = self.step + 1
         if plan.phase == "warmup":
@@ -548,7 +564,12 @@ class StageController:
             return self._record_trial_step(loss, progressed)
         if self._anneal.active:
             return self._record_anneal_step(loss)
-        return self._record_exploit_step(loss)
+        events = self._record_exploit_step(loss)
+        if plan.probe:
+            self.stages[-1].probe_seconds += float(probe_seconds)
+            if not events and probe is not None and math.isfinite(probe):
+                events = self._watch_overfitting(float(probe))
+        return events
 
     def record_level(self, value: float | None) -> None:
         """The validation probe of the stage-start model, asked for by :attr:`StepPlan.probe_before`."""
@@ -642,6 +663,34 @@ class StageController:
         self.stages[-1].fallbacks.append(fallback)
         self._pending_restore = True
         return [FallbackEvent(self._stage, fallback)]
+
+    # ------------------------------------------------------------------ the early anneal
+    def _overfit_stride(self) -> int:
+        """Steps between two validation probes of an exploit phase (:class:`~lightning_autolrs.exploit.OverfitWatch`):
+        τ'/2."""
+        return max(1, self._stage_tau_prime // OVERFIT_PROBES_PER_TRIAL)
+
+    def _overfit_probe_due(self) -> bool:
+        """Whether the exploit step planned now ends with a validation probe for the overfitting test: with validation
+        probes and a final anneal to begin, every τ'/2 steps of the exploit phase after its warmup."""
+        if not self.search.probe_stride or not self._anneal.steps or self._anneal.active:
+            return False
+        if self._ramp_start is not None and self.step < self._ramp_start + self.exploit_warmup:
+            return False
+        return (self.step + 1 - self._overfit.base) % self._overfit_stride() == 0
+
+    def _watch_overfitting(self, probe: float) -> list[Event]:
+        """Record an exploit probe; when the exploit phase is overfitting (validation loss up, training loss down),
+        begin the final anneal at once: it decays the LR in use over every step left, and no stage follows."""
+        self._overfit.add(probe, self.step)
+        if not self._overfit.overfitting(self.losses):
+            return []
+        self._quiet = None
+        self._begin_anneal()
+        record = self.stages[-1]
+        record.overfitting = self._overfit.evidence
+        assert record.anneal_start is not None and record.anneal_lr is not None
+        return [AnnealEvent(self._stage, record.anneal_start, record.anneal_lr, dict(record.overfitting or {}))]
 
     def _start_stage(self) -> None:
         if self._stage >= 0 and not self._stage_finite:
@@ -762,6 +811,7 @@ class StageController:
         if self._no_search_after(remaining - exploit, self._stage_tau) or self._searched_as_last:
             exploit = remaining  # last stage: exploit to the end of the budget
         self._exploit_end = math.inf if math.isinf(exploit) else self.step + int(exploit)
+        self._overfit.reset(self.step)
 
     def _diverged(self, loss: float | None) -> bool:
         """The divergence test (module docstring): NaN/inf, or above both ``divergence_factor`` times the stage's
@@ -1017,6 +1067,7 @@ class StageController:
             "exploit_warmup": self.exploit_warmup,
             "ramp_start": self._ramp_start,
             **self._anneal.state_dict(),
+            **self._overfit.state_dict(),
             **self._guard.state_dict(),
             **self.search.state_dict(),
             **self._range_test.state_dict(),
@@ -1025,9 +1076,10 @@ class StageController:
     def sync_state(self) -> dict[str, Any]:
         """The decision of the event that just happened, which every rank adopts from rank 0
         (:meth:`load_sync_state`): the phase, the LR of the steps that follow, the end of the exploit phase, the
-        snapshot actions due, the fallback ranking, the range and the anneal's LR. A few hundred bytes, whatever the
-        run's length: the rest (records, the proposer's observations) every rank derives from the same reduced
-        losses, and the decision keeps their LRs and snapshots in step even where a rank's floating point differs."""
+        snapshot actions due, the fallback ranking, the range and the anneal's start and LR. A few hundred bytes,
+        whatever the run's length: the rest (records, the proposer's observations) every rank derives from the same
+        reduced losses, and the decision keeps their LRs and snapshots in step even where a rank's floating point
+        differs."""
         return {
             "phase": self.phase,
             "lr": self._lr,
@@ -1036,6 +1088,7 @@ class StageController:
             "eff_max_lr": self._eff_max_lr,
             "min_lr": self.min_lr,
             "max_lr": self.max_lr,
+            "anneal_start": self._anneal.start,
             "anneal_lr": self._anneal.lr,
             "pending_restore": self._pending_restore,
             "pending_capture": self._pending_capture,
@@ -1055,7 +1108,7 @@ class StageController:
         if (state["min_lr"], state["max_lr"]) != (self.min_lr, self.max_lr):  # a range test's result
             self.min_lr, self.max_lr = float(state["min_lr"]), float(state["max_lr"])
             self.search.proposer.reset(min_lr=self.min_lr, max_lr=self.max_lr)
-        self._anneal.lr = state["anneal_lr"]
+        self._anneal.start, self._anneal.lr = state["anneal_start"], state["anneal_lr"]
         self._pending_restore = bool(state["pending_restore"])
         self._pending_capture = bool(state["pending_capture"])
         self._pending_save_best = bool(state["pending_save_best"])
@@ -1113,6 +1166,7 @@ class StageController:
         ramp = state.get("ramp_start")
         self._ramp_start = None if ramp is None else int(ramp)
         self._anneal.load_state_dict(state)
+        self._overfit.load_state_dict(state, base=self.step)  # (a state written before the watch: probes from now)
         self._guard.load_state_dict(state)
         if state.get("version", 1) < 2:
             self.search.proposer.fit = "lbfgs"  # the GP fit of version 1, so the run proposes what it would have

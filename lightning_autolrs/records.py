@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 __all__ = [
+    "AnnealEvent",
     "Event",
     "FallbackEvent",
     "FallbackRecord",
@@ -114,6 +115,9 @@ class StageRecord:
         anneal_lr: the LR the final anneal decays from.
         exploit_warmup: steps of the linear warmup that began the exploit phase (the first stage, with an
             Adam-family optimizer), which then started from the stage start instead of a trial's end.
+        overfitting: set when the exploit phase was found overfitting and the final anneal began early: the median
+            validation and training losses of the best and the latest probe windows,
+            ``{"val_loss": [best, now], "train_loss": [then, now]}``.
     """
 
     OPTIONAL: ClassVar[tuple[str, ...]] = (
@@ -122,6 +126,7 @@ class StageRecord:
         "anneal_start",
         "anneal_lr",
         "exploit_warmup",
+        "overfitting",
     )
 
     stage: int
@@ -142,6 +147,7 @@ class StageRecord:
     anneal_start: int | None = None
     anneal_lr: float | None = None
     exploit_warmup: int | None = None
+    overfitting: dict[str, list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -272,6 +278,20 @@ class FallbackEvent(Event):
         return {"event": self.kind, "stage": self.stage, **self.fallback.to_dict()}
 
 
+@dataclass
+class AnnealEvent(Event):
+    """The exploit phase was overfitting: the final anneal began early, at ``step``, from ``lr``."""
+
+    kind: ClassVar[str] = "anneal"
+    stage: int
+    step: int
+    lr: float
+    evidence: dict[str, list[float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.kind, "stage": self.stage, "step": self.step, "lr": self.lr, "overfitting": self.evidence}
+
+
 def event_from_dict(d: dict[str, Any]) -> Event:
     """The event record of a dict written by an event's ``to_dict``."""
     kind = d["event"]
@@ -284,4 +304,6 @@ def event_from_dict(d: dict[str, Any]) -> Event:
         return RangeTestEvent(d["first_lr"], RangeTestResult.from_dict({"lrs": [], "losses": [], **rest}))
     if kind == "fallback":
         return FallbackEvent(d["stage"], FallbackRecord.from_dict(d))
+    if kind == "anneal":
+        return AnnealEvent(d["stage"], d["step"], d["lr"], d["overfitting"])
     raise ValueError(f"unknown event {kind!r}")

@@ -262,8 +262,9 @@ class Settings:
     anneal_ratio: float = _setting(
         0.2,
         """share of the step budget spent on a final anneal: the last stage's LR decays along a half cosine to
-        ``min_lr`` over the last ``anneal_ratio``·budget steps (no search there). ``0`` turns it off; unused when the
-        budget is unbounded.""",
+        ``min_lr`` over the last ``anneal_ratio``·budget steps (no search there). With validation probes it begins
+        earlier, and decays over every step left, once an exploit phase overfits (validation loss up while the
+        training loss falls). ``0`` turns it off; unused when the budget is unbounded.""",
         _check_anneal_ratio,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import warnings
@@ -664,3 +665,65 @@ def test_an_adam_family_optimizer_warms_up_after_the_first_search(lpl, tmp_path,
     assert cb.lrs[start : start + 10] == pytest.approx(expected) and cb.lrs[start + 10] == lr
     assert [g[0] for g in model.group_lrs] == pytest.approx(cb.lrs)  # what the optimizer saw
     assert all(1e-3 <= x <= 0.5 for x in cb.lrs) and len(cb.lrs) == trainer.global_step == 200
+
+
+def _memorizer(pl) -> Any:
+    """Few noisy training samples, a wide net and Adam: the net fits the noise, and the validation loss turns up."""
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Memorizer(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(320, 8, generator=g)
+            y = x[:, :1] + 0.8 * torch.randn(320, 1, generator=g)
+            self.train_set, self.val_set = TensorDataset(x[:64], y[:64]), TensorDataset(x[64:], y[64:])
+            self.net = nn.Sequential(nn.Linear(8, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1))
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return nn.functional.mse_loss(self.net(x), y)
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            self.log("val_loss", nn.functional.mse_loss(self.net(x), y))
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+        def train_dataloader(self) -> Any:
+            return DataLoader(self.train_set, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+        def val_dataloader(self) -> Any:
+            return DataLoader(self.val_set, batch_size=64)
+
+    return Memorizer()
+
+
+def _fit_memorizer(pl, tmp_path) -> tuple[AutoLRS, float]:
+    pl.seed_everything(0)
+    cb, model = AutoLRS(verbose=False), _memorizer(pl)
+    kw = trainer_kwargs(tmp_path, max_steps=1000, limit_val_batches=1.0, check_val_every_n_epoch=100000)
+    pl.Trainer(callbacks=[cb], **kw).fit(model)
+    x, y = model.val_set.tensors
+    with torch.no_grad():
+        return cb, float(torch.nn.functional.mse_loss(model.net(x), y))
+
+
+def test_an_overfitting_run_anneals_early_and_ends_lower(lpl, tmp_path, monkeypatch) -> None:
+    """The validation probes of the exploit phase see the validation loss rise while the training loss falls: the
+    final anneal begins at once instead of at 80 % of the budget, and the run ends at a lower validation loss than
+    the same run whose anneal waits."""
+    cb, val_loss = _fit_memorizer(lpl, tmp_path)
+    (stage,) = cb.history
+    start = stage["anneal_start"]
+    assert stage["exploit_start"] < start < 800 and stage["overfitting"]["train_loss"][1] < 0.5
+    tail = cb.lrs[start:]
+    assert all(b <= a for a, b in itertools.pairwise(tail)) and tail[-1] < tail[0] / 100 and len(cb.lrs) == 1000
+    from lightning_autolrs.exploit import OverfitWatch
+
+    monkeypatch.setattr(OverfitWatch, "overfitting", lambda self, losses: False)
+    late, late_val_loss = _fit_memorizer(lpl, tmp_path)
+    assert late.history[0]["anneal_start"] == 800 and late.lrs[:start] == cb.lrs[:start]
+    assert val_loss < late_val_loss  # (1.179 against 1.199)

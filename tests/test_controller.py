@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -719,3 +720,109 @@ def test_a_state_saved_inside_the_first_search_resumes_without_keeping_a_trial()
     sim_b.run(b, 397)
     assert a.lrs == b.lrs and a.history == b.history and torch.equal(sim_a.w, sim_b.w)
     assert b.history[0]["exploit_warmup"] == 8 and "reused_trial" not in b.history[0]
+
+
+# ------------------------------------------------------------------------------- the early anneal (overfitting)
+def _drive_val(c: StageController, train, val, plans: list[tuple] | None = None, steps: int | None = None) -> list:
+    """Run ``c`` as the callback does with validation probes: ``train(step)`` is the step's training loss,
+    ``val(step)`` the validation loss of the model after ``step`` steps; late losses where the controller allows
+    them. Returns the events."""
+    events, late = [], []
+    end = c.total_steps if steps is None else c.step + steps
+    while c.step < end:
+        step = c.step
+        plan = c.begin_step()
+        if plans is not None:
+            plans.append(dataclasses.astuple(plan))
+        if plan.probe_before:
+            c.record_level(val(step))
+        if late:
+            events += c.report_late_loss(late.pop())
+        if c.loss_can_wait:
+            c.end_step(None, late=True)
+            late.append(train(step))
+        else:
+            events += c.end_step(train(step), probe=val(step + 1) if plan.probe else None)
+    if late:
+        events += c.report_late_loss(late.pop())
+    return events
+
+
+def _overfitting_case(**kw) -> tuple[StageController, Callable, Callable]:
+    """Three stages fit in 1200 steps (τ = 80, τ' = 20); the training loss keeps falling; the validation loss falls
+    until step 300, then rises (with a little noise)."""
+    args = dict(num_trials=3, tau=80, tau_max=1000, search_ratio=0.25, total_steps=1200, anneal_steps=240, seed=0)
+    args.update(monitor="val_loss", anchor_lr=0.05)
+    args.update(kw)
+    c = StageController(1e-3, 1.0, **args)
+
+    def train(step: int) -> float:
+        return 1.0 * 0.998**step * (1 + 0.05 * math.sin(1.7 * step))
+
+    def val(step: int) -> float:
+        return (0.5 + 0.5 * 0.99**step + 2e-4 * max(0, step - 300)) * (1 + 0.002 * math.cos(2.3 * step))
+
+    return c, train, val
+
+
+def test_an_overfitting_exploit_phase_begins_the_final_anneal_early() -> None:
+    c, train, val = _overfitting_case()
+    events = _drive_val(c, train, val)
+    (anneal,) = [e for e in events if e.kind == "anneal"]
+    last = c.history[-1]
+    start = last["anneal_start"]
+    assert 300 < start < 1200 - 240 and anneal.step == start and anneal.lr == last["anneal_lr"] == c.lrs[start]
+    (v0, v1), (t0, t1) = last["overfitting"]["val_loss"], last["overfitting"]["train_loss"]
+    assert v1 > v0 and t1 < t0
+    tail = c.lrs[start:]  # a half cosine from the LR in use down to min_lr over every step left
+    assert all(b <= a for a, b in itertools.pairwise(tail)) and tail[-1] == pytest.approx(1e-3, rel=0.01)
+    assert c.phase == "exploit" and all(h["start_step"] < start for h in c.history)  # no stage after it
+    assert len(c.lrs) == 1200
+
+
+def test_without_a_rise_or_without_validation_the_anneal_begins_on_time() -> None:
+    c, train, val = _overfitting_case()
+    _drive_val(c, train, lambda step: 0.5 + 0.5 * 0.99**step)  # the validation loss keeps falling
+    assert c.history[-1]["anneal_start"] == 960 and "overfitting" not in c.history[-1]
+    c, train, val = _overfitting_case()
+    _drive_val(c, lambda step: 1.0 + 0.05 * math.sin(1.7 * step), val)  # a level training loss: a large LR's noise
+    assert c.history[-1]["anneal_start"] == 960
+    c, train, val = _overfitting_case(monitor="train_loss")  # no validation: no probes at all
+    plans: list[tuple] = []
+    _drive_val(c, train, val, plans)
+    assert c.history[-1]["anneal_start"] == 960 and not any(p[4] for p in plans)  # (StepPlan.probe)
+
+
+def test_exploit_probes_every_half_trial_after_the_first_stages_warmup() -> None:
+    c, train, _ = _overfitting_case(exploit_warmup=10)
+    plans: list[tuple] = []
+    _drive_val(c, train, lambda step: 0.5 + 0.5 * 0.99**step, plans)
+    probed = [i for i, p in enumerate(plans) if p[1] == "exploit" and p[4]]
+    first = c.history[0]
+    begin = first["exploit_start"]
+    stage0 = [i for i in probed if i < begin + first["exploit_steps"]]
+    assert stage0[0] >= begin + 10  # none in the warmup
+    assert all((i + 1 - begin) % 10 == 0 for i in stage0)  # τ'/2 = 10 steps apart, counted from the exploit start
+    assert not any(i >= 960 for i in probed)  # none in the final anneal
+
+
+def test_a_resumed_run_reaches_the_same_early_anneal() -> None:
+    a, train, val = _overfitting_case()
+    _drive_val(a, train, val, steps=420)
+    assert a.phase == "exploit" and a.state_dict()["overfit_probes"]  # inside an exploit phase, probes collected
+    b, _, _ = _overfitting_case()
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    _drive_val(a, train, val)
+    _drive_val(b, train, val)
+    assert b.lrs == a.lrs and b.history == a.history and "overfitting" in a.history[-1]
+
+
+def test_reused_quiet_plan_changes_no_plan_with_exploit_probes(monkeypatch) -> None:
+    c, train, val = _overfitting_case()
+    fast_plans: list[tuple] = []
+    _drive_val(c, train, val, fast_plans)
+    monkeypatch.setattr(StageController, "_keep_quiet_plan", lambda self, plan: None)
+    slow, _, _ = _overfitting_case()
+    slow_plans: list[tuple] = []
+    _drive_val(slow, train, val, slow_plans)
+    assert fast_plans == slow_plans and c.history == slow.history and "overfitting" in c.history[-1]

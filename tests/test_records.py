@@ -10,6 +10,7 @@ import pytest
 
 from lightning_autolrs.controller import StageController
 from lightning_autolrs.records import (
+    AnnealEvent,
     FallbackEvent,
     FallbackRecord,
     RangeTestEvent,
@@ -43,6 +44,7 @@ STAGE = StageRecord(
     anneal_start=30,
     anneal_lr=0.05,
     exploit_warmup=4,
+    overfitting={"val_loss": [0.5, 0.55], "train_loss": [0.3, 0.2]},
 )
 RANGE = RangeTestResult(start_step=3, steps=4, lrs=[1e-3, 1e-2], losses=[1.0, None], stopped_early=True, min_lr=1e-4,
                         max_lr=0.1)  # fmt: skip
@@ -83,7 +85,13 @@ def test_keys_of_removed_options_are_ignored_on_load() -> None:
 
 @pytest.mark.parametrize(
     "event",
-    [TrialEvent(1, 2, TRIAL), SearchEvent(1, 0.1, 3), RangeTestEvent(1e-5, RANGE), FallbackEvent(1, FALLBACK)],
+    [
+        TrialEvent(1, 2, TRIAL),
+        SearchEvent(1, 0.1, 3),
+        RangeTestEvent(1e-5, RANGE),
+        FallbackEvent(1, FALLBACK),
+        AnnealEvent(2, 30, 0.05, {"val_loss": [0.5, 0.55], "train_loss": [0.3, 0.2]}),
+    ],
     ids=lambda e: type(e).__name__,
 )
 def test_events_read_as_dicts_and_round_trip(event) -> None:
