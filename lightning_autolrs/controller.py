@@ -103,7 +103,9 @@ __all__ = ["DIVERGENCE_FLOOR", "MONITORS", "RANGE_SPAN", "STATE_VERSION", "Stage
 #: first loss as a floor of the divergence test (issue #12, fifth round; :data:`DIVERGENCE_FLOOR`) is read from the loss
 #: history every state has: a version-2 state written before it takes it up at once. The first stage's exploit warmup
 #: (issue #12, seventh round; keys ``exploit_warmup`` and ``ramp_start``) is off in a version-2
-#: state written before it, so such a run's first stage reuses its best trial as it began to.
+#: state written before it, so such a run's first stage reuses its best trial as it began to. The early anneal of an
+#: overfitting exploit phase (issue #12, eighth round; keys ``overfit_base``, ``overfit_probes``, ``overfit_ends``)
+#: starts watching at the resumed step in a version-2 state written before it.
 STATE_VERSION = 2
 _REFERENCE_WINDOW = 20
 #: A loss counts as diverged only at or above this share of the fit's first training loss (and above
@@ -436,7 +438,7 @@ class StageController:
         if self._pending_restore and self._warms_up():
             self._ramp_start = self.step  # back at the stage start: (again) a warmup to the LR in use
         if self.phase == "exploit" and (self._pending_restore or self._pending_restore_best):
-            self._overfit.reset(self.step)  # the weights the watch saw are gone
+            self._overfit.reset(self._watch_from())  # the weights the watch saw are gone
         self._plan = StepPlan(
             self._ramp_lr(),
             self.phase,
@@ -532,7 +534,7 @@ class StageController:
 
         Returns:
             Events for the caller to log (:mod:`lightning_autolrs.records`; ``event["event"]`` is ``"trial"``,
-            ``"search"``, ``"range_test"`` or ``"fallback"``).
+            ``"search"``, ``"range_test"``, ``"fallback"`` or ``"anneal"``).
         """
         if self._plan is None:
             raise RuntimeError("end_step() called without a matching begin_step()")
@@ -567,7 +569,8 @@ class StageController:
         events = self._record_exploit_step(loss)
         if plan.probe:
             self.stages[-1].probe_seconds += float(probe_seconds)
-            if not events and probe is not None and math.isfinite(probe):
+            restoring = self._pending_restore or self._pending_restore_best  # (a late fallback: weights thrown away)
+            if not events and not restoring and probe is not None and math.isfinite(probe):
                 events = self._watch_overfitting(float(probe))
         return events
 
@@ -677,13 +680,24 @@ class StageController:
             return False
         if self._ramp_start is not None and self.step < self._ramp_start + self.exploit_warmup:
             return False
+        if self.step + 1 >= self._anneal.begin_step(self._warmup_end):
+            return False  # (the anneal begins at the next step anyway)
         return (self.step + 1 - self._overfit.base) % self._overfit_stride() == 0
+
+    def _watch_from(self) -> int:
+        """The first step the overfitting watch reads for an exploit phase (re)starting now: this step, or the end of
+        the first stage's exploit warmup when it ramps (the ramp's losses, from the stage start, are not the level the
+        watch compares with)."""
+        ramp = self._ramp_start
+        if ramp is not None and self._warmup_stage() and self.step < ramp + self.exploit_warmup:
+            return ramp + self.exploit_warmup
+        return self.step
 
     def _watch_overfitting(self, probe: float) -> list[Event]:
         """Record an exploit probe; when the exploit phase is overfitting (validation loss up, training loss down),
         begin the final anneal at once: it decays the LR in use over every step left, and no stage follows."""
         self._overfit.add(probe, self.step)
-        if not self._overfit.overfitting(self.losses):
+        if not self._overfit.overfitting(self.losses, first_step=self.step - len(self.losses)):
             return []
         self._quiet = None
         self._begin_anneal()
@@ -966,6 +980,8 @@ class StageController:
         if self.phase != "search":  # a search or sweep that just ended: its restore cannot be done, keep the weights
             if self._pending_restore and self._warms_up():
                 self._ramp_start = self.step  # the checkpoint holds the committed stage start: warm up from it
+            if self.phase == "exploit" and (self._pending_restore or self._pending_restore_best):
+                self._overfit.reset(self._watch_from())  # (the weights the watch saw are not the checkpoint's)
             self._pending_restore = self._pending_restore_best = self._pending_save_best = False
             return
         self._history = None

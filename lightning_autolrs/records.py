@@ -5,9 +5,9 @@ schedule JSON writes the same dicts (:mod:`lightning_autolrs.schedule`), the log
 (:mod:`lightning_autolrs._edge`) and the plot reads the stages through :meth:`StageRecord.from_dict`, so a field added
 here appears everywhere.
 
-Optional fields (``reused_trial``, ``restarted``, ``anneal_start``, ``anneal_lr``, ``exploit_warmup``) appear in the
-dicts only once they are set, as they always have. ``from_dict`` ignores keys it does not know, such as those of
-options since removed (``aborted``, ``warm_start``, ``stopped_early``).
+Optional fields (``reused_trial``, ``restarted``, ``anneal_start``, ``anneal_lr``, ``exploit_warmup``,
+``overfitting``) appear in the dicts only once they are set, as they always have. ``from_dict`` ignores keys it does
+not know, such as those of options since removed (``aborted``, ``warm_start``, ``stopped_early``).
 
 Example:
     >>> t = TrialRecord(lr=0.1, start_step=0, predicted_loss=0.5, steps=10, diverged=False)

@@ -826,3 +826,50 @@ def test_reused_quiet_plan_changes_no_plan_with_exploit_probes(monkeypatch) -> N
     slow_plans: list[tuple] = []
     _drive_val(slow, train, val, slow_plans)
     assert fast_plans == slow_plans and c.history == slow.history and "overfitting" in c.history[-1]
+
+
+def test_a_late_fallback_before_a_probe_leaves_the_anneal_on_time() -> None:
+    """A loss read one step late (an accelerator) that diverges just before a probe step: the weights the probe saw
+    are thrown away, so the probe must not begin an anneal (it did, from the fallback's LR, before the fix)."""
+    c, train, val = _overfitting_case()
+    events = _drive_val(c, lambda step: 100.0 if step == 898 else train(step), val)
+    last = c.history[-1]
+    assert [f["step"] for f in last["fallbacks"]] == [898] and [e.kind for e in events].count("anneal") == 0
+    assert last["anneal_start"] == 960 and "overfitting" not in last
+
+
+def test_the_first_stages_exploit_warmup_is_not_the_level_the_watch_compares_with() -> None:
+    """The ramp restarts from the stage start, so its training losses are high; a level training loss after it with
+    a rising validation loss is no overfitting (the watch read the ramp's losses as its first window before)."""
+    c, _, _ = _overfitting_case(exploit_warmup=30, tau=200, search_ratio=0.1, total_steps=2000, anneal_steps=400)
+
+    def train(step: int) -> float:
+        noise = 1 + 0.05 * math.sin(1.7 * step)
+        return (2.0 if step < 60 else 2.0 - (step - 60) / 30 if step < 90 else 1.0) * noise
+
+    _drive_val(c, train, lambda step: 0.5 + 0.003 * max(0, step - 120))
+    first = c.history[0]
+    assert first["exploit_warmup"] == 30 and c._overfit.base >= first["exploit_start"]
+    assert all("overfitting" not in h for h in c.history) and c.history[-1]["anneal_start"] == 1600
+
+
+@pytest.mark.parametrize("start", [50, 150])
+def test_the_watch_reads_the_training_losses_of_a_run_that_began_later(start: int) -> None:
+    """AutoLRS added at global step ``start``: the same run, shifted, anneals at the same point of it."""
+    c, train, val = _overfitting_case()
+    _drive_val(c, train, val)
+    shifted, _, _ = _overfitting_case(start_step=start, total_steps=1200 + start)
+    _drive_val(shifted, lambda step: train(step - start), lambda step: val(step - start))
+    assert shifted.history[-1]["anneal_start"] - start == c.history[-1]["anneal_start"] < 960
+    assert shifted.history[-1]["overfitting"] == c.history[-1]["overfitting"]
+
+
+def test_a_resume_without_the_snapshot_forgets_the_probes_of_discarded_weights() -> None:
+    c, train, val = _overfitting_case()
+    _drive_val(c, lambda step: 100.0 if step == 700 else train(step), val, steps=701)
+    assert c.phase == "exploit" and c._pending_restore and c.committed_on_stop()[0] == "stage"
+    resumed, _, _ = _overfitting_case()
+    resumed.load_state_dict(json.loads(json.dumps(c.state_dict())))
+    assert resumed._overfit.probes  # the fallback's restore is due: those probes are of weights the checkpoint lacks
+    resumed.restart_stage()  # (checkpoint_snapshot=False: the checkpoint holds the stage start)
+    assert resumed._overfit.probes == [] and resumed._overfit.base == resumed.step
