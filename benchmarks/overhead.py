@@ -46,6 +46,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks.workloads import cpu_model
+
 __all__ = ["main"]
 
 
@@ -664,7 +666,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = [("digits", 40), ("mlp", 600)] if args.quick else [("mlp", 800), ("digits", 800), ("charlm", 600)]
     sections["whole_run"] = bench_whole_run(runs, run_reps)
     header = [
-        f"Written by that command on {time.strftime('%Y-%m-%d %H:%M')}: {platform.machine()}, {os.cpu_count()} CPU "
+        f"Written by that command on {time.strftime('%Y-%m-%d %H:%M')}: {platform.machine()} ({cpu_model()}), "
+        f"{os.cpu_count()} CPU "
         f"cores (shared with other jobs; load average 1/5/15 min {load_before} at start, {_load()} at the end), "
         f"torch {torch.__version__} with {default_threads} intra-op threads by default, "
         f"{(time.perf_counter() - start) / 60:.1f} min wall.",

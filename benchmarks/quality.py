@@ -69,8 +69,10 @@ from benchmarks.workloads import (
     Workload,
     autolrs_kwargs,
     autolrs_settings,
+    cpu_model,
     package_commit,
     run_one,
+    runs_by_cpu,
     sf_default_lr,
 )
 
@@ -868,9 +870,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         entry = {"command": command, "started": started, "wall_min": round(wall / 60, 1), "trained": ran}
         log.write(json.dumps({**entry, "reused": reused}) + "\n")
     provenance = (
-        f"Written by that command, started {started} on {platform.machine()} with {os.cpu_count()} CPU cores "
-        f"shared with other jobs ({jobs} worker processes, one thread each): {ran} runs trained in this "
-        f"invocation, {reused} reused from earlier ones (`--resume`), {wall / 60:.1f} min wall."
+        f"Written by that command, started {started} on {platform.machine()} ({cpu_model()}) with {os.cpu_count()} "
+        f"CPU cores shared with other jobs ({jobs} worker processes, one thread each): {ran} runs trained in this "
+        f"invocation, {reused} reused from earlier ones (`--resume`), {wall / 60:.1f} min wall. The runs were "
+        f"trained on {runs_by_cpu(results.values())} (a run ends bitwise the same only on the CPU that trained it)."
     )
     if reused:
         provenance += (

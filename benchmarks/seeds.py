@@ -28,8 +28,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from benchmarks.quality import execute, final_of, method_lrs, plan_tasks, run_key
-from benchmarks.workloads import AUTOLRS_VARIANTS, METHODS, WORKLOADS
+from benchmarks.workloads import AUTOLRS_VARIANTS, METHODS, WORKLOADS, cpu_model, runs_by_cpu
 
 __all__ = ["main", "paired_lines", "per_seed_lines"]
 
@@ -124,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "# AutoLRS rows on more seeds, paired with cosine at the module's LR",
         "",
         f"Command: `{command}` ({ran} runs trained, {reused} reused, {(time.perf_counter() - start) / 60:.1f} min "
-        f"wall). Seeds {', '.join(map(str, args.seeds))}; final validation loss on the full validation set.",
+        f"wall). Seeds {', '.join(map(str, args.seeds))}; final validation loss on the full validation set. Written "
+        f"on {cpu_model()}, torch {torch.__version__}; the runs were trained on {runs_by_cpu(results.values())} "
+        "(a run ends bitwise the same only on the CPU that trained it: the digits CNN's runs differ across CPUs).",
         "",
         *paired_lines(results, args.workloads, args.methods, args.seeds),
         "",

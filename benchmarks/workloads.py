@@ -19,7 +19,8 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -764,6 +765,29 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what :mod:`platform` knows). Runs are bitwise reproducible on one
+    machine, not across CPUs: convolution and matrix kernels round differently, and a chaotic run (the digits CNN)
+    then ends elsewhere, so every run records the CPU it was trained on."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def runs_by_cpu(runs: Iterable[dict[str, Any]]) -> str:
+    """Which CPUs trained ``runs``, e.g. ``"AMD EPYC (40), unrecorded (10)"`` (runs written before the CPU was
+    recorded: ``unrecorded``)."""
+    counts = Counter(str(r.get("versions", {}).get("cpu", "unrecorded")) for r in runs)
+    return ", ".join(f"{cpu} ({n})" for cpu, n in counts.most_common())
+
+
 def package_commit() -> str:
     """An id of the package code that trains a run: the git tree id of ``lightning_autolrs/`` at HEAD (short), with
     ``+`` and a digest of the uncommitted changes to it when it differs from HEAD (``"unknown"`` outside a git
@@ -906,7 +930,12 @@ def run_one(task: dict[str, Any], schedule: dict[str, Any] | None = None) -> dic
         "wall_train_s": wall - recorder.eval_seconds,
         "wall_eval_s": recorder.eval_seconds,
         "diverged_step": recorder.diverged_step,
-        "versions": {"torch": torch.__version__, "lightning": pl.__version__, "package": package_commit()},
+        "versions": {
+            "torch": torch.__version__,
+            "lightning": pl.__version__,
+            "package": package_commit(),
+            "cpu": cpu_model(),
+        },
     }
     if replay_cb is not None:
         result["replay"] = {"exploit_lrs": len(replay_cb.exploit_lrs), "stretch": True}

@@ -59,7 +59,14 @@ def _table(text: str, header_start: str) -> tuple[list[str], list[list[str]]]:
 
 def test_quality_quick(tmp_path: Path) -> None:
     from benchmarks import quality
-    from benchmarks.workloads import DEFAULT_METHODS, METHODS, PINNED_COMMITS, QUICK_RANGE_TEST_STEPS, WORKLOADS
+    from benchmarks.workloads import (
+        DEFAULT_METHODS,
+        METHODS,
+        PINNED_COMMITS,
+        QUICK_RANGE_TEST_STEPS,
+        WORKLOADS,
+        cpu_model,
+    )
 
     assert quality.main(["--quick", "--out", str(tmp_path)]) == 0
     assert not _quick_outputs_in_results(), "--quick must not write into benchmarks/results"
@@ -94,6 +101,8 @@ def test_quality_quick(tmp_path: Path) -> None:
         configured = rows[rows_run.index("cosine_configured")]
         assert float(configured[1]) == WORKLOADS[name].lr_grid(True)[1]  # the module's LR: the grid's middle
         assert re.search(r"\bseed 0: stage LRs ", text)
+        run = json.loads(next((tmp_path / "runs" / name).glob("cosine_*.json")).read_text())
+        assert run["versions"]["cpu"] == cpu_model() and f"trained on {cpu_model()} (" in text
 
     readme = (tmp_path / "README_table.md").read_text()
     header, rows = _table(readme, "| workload |")
@@ -149,6 +158,13 @@ def test_the_wsd_baseline_holds_the_lr_then_decays_over_autolrs_s_anneal_share()
     assert f(50) == f(799) == 1.0  # held up to the decay
     assert f(800) == 1.0 and f(900) == pytest.approx(0.5) and f(999) == pytest.approx(0.0, abs=1e-3)
     assert all(f(s) > f(s + 1) for s in range(800, 999))
+
+
+def test_runs_name_the_cpus_that_trained_them() -> None:
+    from benchmarks.workloads import runs_by_cpu
+
+    runs = [{"versions": {"cpu": "AMD EPYC"}}, {"versions": {"cpu": "AMD EPYC"}}, {"versions": {"torch": "2"}}]
+    assert runs_by_cpu(runs) == "AMD EPYC (2), unrecorded (1)"
 
 
 def test_collapse_rule() -> None:
