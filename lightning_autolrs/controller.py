@@ -27,8 +27,9 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
    cosine to ``min_lr``; no search there. A NaN/inf loss in the anneal restores the stage snapshot and lowers the
    anneal's starting LR tenfold (rules in :class:`~lightning_autolrs.exploit.FinalAnneal`). With validation probes,
    an exploit phase (after its warmup) also probes every τ'/2 steps; once its validation loss rises while its training
-   loss falls (:class:`~lightning_autolrs.exploit.OverfitWatch`) the anneal begins at once and decays over every step
-   left, and no stage follows (an ``"anneal"`` event; the stage's ``overfitting`` record).
+   loss falls (:class:`~lightning_autolrs.exploit.OverfitWatch`) the anneal begins at once, decays over its usual
+   ``anneal_steps`` and holds ``min_lr`` for the steps after them, and no stage follows (an ``"anneal"`` event; the
+   stage's ``overfitting`` record).
 
 Budget rule (``total_steps`` known; the stages share what the final anneal leaves): a stage searches only when the
 ``k·τ'`` search steps plus at least ``τ'`` exploit steps fit in what is left; otherwise it exploits the previous stage's
@@ -695,7 +696,8 @@ class StageController:
 
     def _watch_overfitting(self, probe: float) -> list[Event]:
         """Record an exploit probe; when the exploit phase is overfitting (validation loss up, training loss down),
-        begin the final anneal at once: it decays the LR in use over every step left, and no stage follows."""
+        begin the final anneal at once: it decays the LR in use over ``anneal_steps`` and holds ``min_lr`` after them
+        (:class:`~lightning_autolrs.exploit.FinalAnneal`), and no stage follows."""
         self._overfit.add(probe, self.step)
         if not self._overfit.overfitting(self.losses, first_step=self.step - len(self.losses)):
             return []

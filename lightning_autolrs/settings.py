@@ -263,8 +263,8 @@ class Settings:
         0.2,
         """share of the step budget spent on a final anneal: the last stage's LR decays along a half cosine to
         ``min_lr`` over the last ``anneal_ratio``·budget steps (no search there). With validation probes it begins
-        earlier, and decays over every step left, once an exploit phase overfits (validation loss up while the
-        training loss falls). ``0`` turns it off; unused when the budget is unbounded.""",
+        earlier once an exploit phase overfits (validation loss up while the training loss falls): the same decay,
+        then ``min_lr`` for the steps after it. ``0`` turns it off; unused when the budget is unbounded.""",
         _check_anneal_ratio,
     )
 
