@@ -327,8 +327,8 @@ def report_event(
             rank_zero_info(
                 f"AutoLRS stage {event.stage}: overfitting at lr={event.lr:.4g} (validation loss {v0:.4g} -> {v1:.4g} "
                 f"while the training loss fell {t0:.4g} -> {t1:.4g}); the final anneal begins at step {event.step}, "
-                f"decays over {controller.anneal_steps} steps and holds min_lr={controller.min_lr:.4g} for the "
-                f"{max(0, controller.total_steps - event.step - controller.anneal_steps)} steps after them."
+                f"decays over {controller.anneal_steps} steps and holds lr={min(controller.min_lr, event.lr):.4g} for "
+                f"the {max(0, controller.total_steps - event.step - controller.anneal_steps)} steps after them."
             )
     else:
         assert isinstance(event, FallbackEvent)

@@ -106,7 +106,9 @@ __all__ = ["DIVERGENCE_FLOOR", "MONITORS", "RANGE_SPAN", "STATE_VERSION", "Stage
 #: (issue #12, seventh round; keys ``exploit_warmup`` and ``ramp_start``) is off in a version-2
 #: state written before it, so such a run's first stage reuses its best trial as it began to. The early anneal of an
 #: overfitting exploit phase (issue #12, eighth round; keys ``overfit_base``, ``overfit_probes``, ``overfit_ends``)
-#: starts watching at the resumed step in a version-2 state written before it.
+#: starts watching at the resumed step in a version-2 state written before it. An early anneal decays over the anneal's
+#: usual length, then holds (issue #12, ninth round; key ``anneal_span``): one in a version-2 state written before it
+#: goes on decaying over every step left, as it began to.
 STATE_VERSION = 2
 _REFERENCE_WINDOW = 20
 #: A loss counts as diverged only at or above this share of the fit's first training loss (and above
@@ -431,6 +433,8 @@ class StageController:
         if self._anneal.due(self.step, self._warmup_end):
             self._begin_anneal()
         if self._anneal.active:
+            if self._pending_restore:
+                self._anneal.restart_if_held(self.step)  # (a NaN/inf in the hold after an early anneal's decay)
             self._plan = StepPlan(self._anneal.lr_at(self.step, self.min_lr), "exploit", restore=self._pending_restore)
             self._pending_restore = False
             return self._plan
@@ -1052,8 +1056,8 @@ class StageController:
         """All mutable state as plain Python values (safe for ``torch.load(weights_only=True)``): the controller's own
         keys, the search's (:meth:`StageSearch.state_dict`) and the range test's (:meth:`RangeTest.state_dict`), in
         one flat dict of format version :data:`STATE_VERSION`. The final anneal's and the collapse guard's keys
-        (``anneal_start``, ``anneal_lr``, ``start_losses``, ``window``, ``best_window``, ``collapse_count``) are their
-        parts' (:mod:`lightning_autolrs.exploit`)."""
+        (``anneal_start``, ``anneal_lr``, ``anneal_span``, ``start_losses``, ``window``, ``best_window``,
+        ``collapse_count``) are their parts' (:mod:`lightning_autolrs.exploit`)."""
         return {
             "version": STATE_VERSION,
             "step": self.step,
@@ -1106,8 +1110,7 @@ class StageController:
             "eff_max_lr": self._eff_max_lr,
             "min_lr": self.min_lr,
             "max_lr": self.max_lr,
-            "anneal_start": self._anneal.start,
-            "anneal_lr": self._anneal.lr,
+            **self._anneal.state_dict(),
             "pending_restore": self._pending_restore,
             "pending_capture": self._pending_capture,
             "pending_save_best": self._pending_save_best,
@@ -1126,7 +1129,7 @@ class StageController:
         if (state["min_lr"], state["max_lr"]) != (self.min_lr, self.max_lr):  # a range test's result
             self.min_lr, self.max_lr = float(state["min_lr"]), float(state["max_lr"])
             self.search.proposer.reset(min_lr=self.min_lr, max_lr=self.max_lr)
-        self._anneal.start, self._anneal.lr = state["anneal_start"], state["anneal_lr"]
+        self._anneal.load_state_dict(state)
         self._pending_restore = bool(state["pending_restore"])
         self._pending_capture = bool(state["pending_capture"])
         self._pending_save_best = bool(state["pending_save_best"])
