@@ -1,4 +1,8 @@
-"""Checkpoints written by earlier versions of the package still load and resume bitwise.
+"""Checkpoints written by earlier versions of the package still load and resume as those versions' runs went on.
+
+The references were recorded on one CPU; float32 training rounds differently on another (other kernels), so they
+are compared as :func:`same_run` says: the same decisions and the same LR at every step (to 1e-9), and losses and
+weights equal to the rounding that CPUs differ by. On the CPU that recorded them they are equal bitwise.
 
 ``tests/data/v1_*`` were written by main 79ae66d (state version 1) with ``tests/data/make_v1_fixtures.py``: a
 checkpoint taken at step 12 of a 120-step run and the uninterrupted run's LRs, history and final weights.
@@ -10,7 +14,9 @@ checkpoint taken at step 48, inside the second stage's search, and the same refe
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -31,6 +37,31 @@ REMOVED_KEYS = {
 }
 
 
+def same_run(actual: Any, expected: Any, rel: float, path: str = "") -> None:
+    """``actual`` equals ``expected`` (JSON-like): the same structure, keys, ints, strings and flags, and floats within
+    ``rel`` (relative; 1e-6 absolute near zero)."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and set(actual) == set(expected), (path, set(actual) ^ set(expected))
+        for key in expected:
+            same_run(actual[key], expected[key], rel, f"{path}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), path
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            same_run(a, e, rel, f"{path}[{i}]")
+    elif isinstance(expected, float):
+        assert isinstance(actual, float) and math.isclose(actual, expected, rel_tol=rel, abs_tol=1e-6), (path, actual)
+    else:
+        assert actual == expected, (path, actual, expected)
+
+
+def assert_resumes_as(lrs: list, history: list, params: list, ref: dict) -> None:
+    """The same LR at every step, the same history (its losses and forecasts to float32 rounding across CPUs: 1e-5;
+    measured: 7e-6 at most) and the same final weights (1e-3 relative, 1e-6 absolute; measured: 2.3e-4 at most)."""
+    same_run(lrs, ref["lrs"], 1e-9, "lrs")
+    same_run(history, ref["history"], 1e-5, "history")
+    same_run(params, ref["params"], 1e-3, "params")
+
+
 @pytest.mark.parametrize("name", ["v1_search", "v1_range_test"])
 def test_version_1_checkpoint_resumes_bitwise(lpl, tmp_path, name) -> None:
     ref = json.loads((DATA / f"{name}_reference.json").read_text())
@@ -41,11 +72,9 @@ def test_version_1_checkpoint_resumes_bitwise(lpl, tmp_path, name) -> None:
     cb = autolrs(**{**V1_DEFAULTS, **ref["kwargs"]})
     trainer, model = run(lpl, tmp_path, cb, ckpt_path=str(ckpt))
     assert trainer.global_step == STEPS
-    assert cb.lrs == ref["lrs"]
-    assert cb.history == ref["history"]
-    assert cb.range_test_result == ref["range_test_result"]
+    assert_resumes_as(cb.lrs, cb.history, [p.detach().flatten().tolist() for p in model.parameters()], ref)
+    same_run(cb.range_test_result, ref["range_test_result"], 1e-5, "range_test_result")
     assert (cb.min_lr, cb.max_lr) == (ref["min_lr"], ref["max_lr"])
-    assert [p.detach().flatten().tolist() for p in model.parameters()] == ref["params"]
 
 
 def _autolrs_state(checkpoint: dict) -> dict:
@@ -73,7 +102,7 @@ def test_version_2_checkpoint_at_the_defaults_resumes_bitwise(lpl, tmp_path) -> 
     assert controller["version"] == 2 and controller["phase"] == "search" and "warm_prior" in controller
     trainer, _ = run(lpl, tmp_path, autolrs(), ckpt_path=str(ckpt))
     assert trainer.global_step == STEPS
-    assert _outcome(trainer) == (ref["lrs"], ref["history"], ref["params"])
+    assert_resumes_as(*_outcome(trainer), ref)
 
 
 def test_version_2_checkpoint_with_the_removed_options_on_resumes_at_the_defaults(lpl, tmp_path) -> None:
