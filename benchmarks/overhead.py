@@ -46,8 +46,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.workloads import cpu_model
-
 __all__ = ["main"]
 
 
@@ -665,6 +663,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # charlm at 600 steps: the smallest budget at which the defaults search with a given range is 575 steps
     runs = [("digits", 40), ("mlp", 600)] if args.quick else [("mlp", 800), ("digits", 800), ("charlm", 600)]
     sections["whole_run"] = bench_whole_run(runs, run_reps)
+    from benchmarks.workloads import cpu_model  # (lazily, as the runs import it: it imports Lightning)
+
     header = [
         f"Written by that command on {time.strftime('%Y-%m-%d %H:%M')}: {platform.machine()} ({cpu_model()}), "
         f"{os.cpu_count()} CPU "

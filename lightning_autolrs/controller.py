@@ -986,6 +986,8 @@ class StageController:
         if self.phase != "search":  # a search or sweep that just ended: its restore cannot be done, keep the weights
             if self._pending_restore and self._warms_up():
                 self._ramp_start = self.step  # the checkpoint holds the committed stage start: warm up from it
+            if self._pending_restore and self._anneal.active:
+                self._anneal.restart_if_held(self.step)  # (as begin_step does when it restores)
             if self.phase == "exploit" and (self._pending_restore or self._pending_restore_best):
                 self._overfit.reset(self._watch_from())  # (the weights the watch saw are not the checkpoint's)
             self._pending_restore = self._pending_restore_best = self._pending_save_best = False

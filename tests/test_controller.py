@@ -846,6 +846,19 @@ def test_a_nan_in_the_hold_after_an_early_anneal_decays_again_from_the_restored_
     assert c.lrs[restart - 1] == pytest.approx(1e-3)  # (the step before: the hold at min_lr)
 
 
+def test_a_resume_without_the_snapshot_after_a_nan_in_the_hold_decays_again() -> None:
+    """The checkpoint holds the committed stage start (the restore was due): the decay begins again from the lowered
+    LR there, as when the snapshot is restored in the same run."""
+    c, train, val = _overfitting_case()
+    _drive_val(c, lambda step: math.nan if step == 1160 else train(step), val, steps=1161)
+    assert c._pending_restore and c.history[-1]["fallbacks"][-1]["step"] == 1160
+    new_lr = c.history[-1]["fallbacks"][-1]["new_lr"]
+    resumed, _, _ = _overfitting_case()
+    resumed.load_state_dict(json.loads(json.dumps(c.state_dict())))
+    resumed.restart_stage()  # (checkpoint_snapshot=False)
+    assert resumed.begin_step().lr == pytest.approx(new_lr) and resumed._anneal.start == 1161
+
+
 def test_a_late_fallback_before_a_probe_leaves_the_anneal_on_time() -> None:
     """A loss read one step late (an accelerator) that diverges just before a probe step: the weights the probe saw
     are thrown away, so the probe must not begin an anneal (it did, from the fallback's LR, before the fix)."""
