@@ -8,9 +8,10 @@ seed (default 0, 1, 2), every run with the same step budget:
 - **tuned cosine**: cosine with a 5 % linear warmup on a 7-point log grid of peak LRs half a decade apart (the grid
   point with the lowest median final validation loss over the seeds is the "tuned" run: one LR for all seeds); constant,
   OneCycle and schedule-free grids are available with ``--methods``;
-- **untuned single runs**: cosine, a constant LR and warmup-stable-decay (``wsd_configured``: the 5 % warmup, the LR
-  held, a half-cosine decay over the last 20 %: after its warmup, the shape of an AutoLRS run that keeps the module's
-  LR, without its search) at the module's configured LR, schedule-free at its default LR, Prodigy (lr=1, LR-free);
+- **untuned single runs**: cosine, a constant LR and warmup-stable-decay (the 5 % warmup, the LR held, a decay over
+  the last 20 %: ``wsd_configured`` a half cosine, ``wsd_sqrt_configured`` ``1 - sqrt(t)``, AutoLRS's final anneal:
+  after its warmup, the shape of an AutoLRS run that keeps the module's LR, without its search) at the module's
+  configured LR, schedule-free at its default LR, Prodigy (lr=1, LR-free);
 - **AutoLRS**: ``AutoLRS()`` at the package defaults with no LR range given (``autolrs``), the same at the defaults of
   the version before the search rework (``autolrs_before``: pinned to that version's code, only reloaded, see
   :func:`benchmarks.workloads.run_one`), and variants of single settings (``--methods``);

@@ -407,7 +407,8 @@ class Method:
     Attributes:
         name: id (``--methods``).
         label: the row label.
-        kind: what :func:`run_one` trains: ``constant``, ``cosine``, ``wsd`` (warmup-stable-decay), ``onecycle``,
+        kind: what :func:`run_one` trains: ``constant``, ``cosine``, ``wsd`` / ``wsd_sqrt`` (warmup-stable-decay
+            with a half-cosine / ``1 - sqrt(t)`` decay), ``onecycle``,
             ``sf``, ``prodigy``, an AutoLRS variant (a key of :data:`AUTOLRS_VARIANTS`) or a replay (a key of
             :data:`REPLAY_VARIANTS`).
         tuned: the row is the best of the LR grid (7 runs per seed); otherwise one run per seed.
@@ -524,6 +525,12 @@ METHODS: dict[str, Method] = {
             "wsd",
             lr="configured",
         ),
+        Method(
+            "wsd_sqrt_configured",
+            "warmup-stable-decay (5% warmup, 20% 1 - sqrt(t) decay: AutoLRS's anneal) at the module's LR (untuned)",
+            "wsd_sqrt",
+            lr="configured",
+        ),
         Method("sf_default", "schedule-free, default LR", "sf", lr="sf_default"),
         Method("prodigy", "Prodigy (lr=1, LR-free; warmup + cosine)", "prodigy", lr="free"),
         Method(
@@ -600,9 +607,11 @@ def wsd_decay_fraction() -> float:
     return float(inspect.signature(AutoLRS.__init__).parameters["anneal_ratio"].default)
 
 
-def _warmup_stable_decay(budget: int) -> Callable[[int], float]:
-    """Warmup-stable-decay: the 5 % linear warmup, the LR held, then a half cosine to 0 over the budget's last
-    :func:`wsd_decay_fraction`: after the warmup, the shape of an AutoLRS run whose stages keep the module's LR."""
+def _warmup_stable_decay(budget: int, decay: str = "cosine") -> Callable[[int], float]:
+    """Warmup-stable-decay: the 5 % linear warmup, the LR held, then a decay to 0 over the budget's last
+    :func:`wsd_decay_fraction`: a half cosine (``wsd``, AutoLRS's final anneal before it decayed along
+    ``1 - sqrt(t)``) or ``1 - sqrt(t)`` (``decay="sqrt"``, ``wsd_sqrt``: after the warmup, the shape of an AutoLRS
+    run whose stages keep the module's LR, without its search)."""
     warm = max(1, round(WARMUP_FRACTION * budget))
     decay_start = max(warm, budget - round(wsd_decay_fraction() * budget))
 
@@ -611,7 +620,8 @@ def _warmup_stable_decay(budget: int) -> Callable[[int], float]:
             return (step + 1) / warm
         if step < decay_start:
             return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - decay_start) / max(1, budget - decay_start))))
+        t = min(1.0, (step - decay_start) / max(1, budget - decay_start))
+        return 1.0 - math.sqrt(t) if decay == "sqrt" else 0.5 * (1.0 + math.cos(math.pi * t))
 
     return factor
 
@@ -622,14 +632,17 @@ def _groups(base: torch.optim.Optimizer) -> list[dict[str, Any]]:
 
 def configure(kind: str, lr: float, budget: int, workload: Workload, base: torch.optim.Optimizer) -> Any:
     """The ``configure_optimizers`` return value of a baseline run, built from the module's own optimizer ``base``."""
-    if kind in ("constant", "cosine", "wsd", "onecycle"):
+    if kind in ("constant", "cosine", "wsd", "wsd_sqrt", "onecycle"):
         for g in base.param_groups:
             g["lr"] = lr
         if kind == "constant":
             return base
-        if kind in ("cosine", "wsd"):
-            shape = _warmup_cosine if kind == "cosine" else _warmup_stable_decay
-            sched: Any = torch.optim.lr_scheduler.LambdaLR(base, shape(budget))
+        if kind in ("cosine", "wsd", "wsd_sqrt"):
+            if kind == "cosine":
+                shape = _warmup_cosine(budget)
+            else:
+                shape = _warmup_stable_decay(budget, "sqrt" if kind == "wsd_sqrt" else "cosine")
+            sched: Any = torch.optim.lr_scheduler.LambdaLR(base, shape)
         else:
             sched = torch.optim.lr_scheduler.OneCycleLR(base, max_lr=lr, total_steps=budget)
         return {"optimizer": base, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

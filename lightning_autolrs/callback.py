@@ -91,7 +91,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     exponential model fitted to each trial's loss series (validation probes on fixed batches when the Trainer has
     validation data) forecasts the loss after τ steps; the stage continues from the trial with
     the best forecast, unless the anchor's forecast is within 3 % of it. τ and τ' double each stage until τ reaches
-    ``tau_max``; the last ``anneal_ratio`` of the budget decays the last LR along a half cosine (with validation data
+    ``tau_max``; the last ``anneal_ratio`` of the budget decays the last LR along ``1 - sqrt(t)`` (with validation data
     it begins earlier once an exploit phase overfits: validation loss up, training loss down; it then decays over the
     same length and holds ``min_lr`` after it). A slow collapse of
     the training loss back to its stage-start level falls back to a smaller LR. All steps, trials included, are real

@@ -23,11 +23,12 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
    chosen LR over its first ``exploit_warmup`` steps: the search picks the LR from the start state, and training then
    warms up to it. A fallback in that stage (which restores the stage start) ramps again, to its smaller LR.
 5. **Next stage**: ``τ`` and ``τ'`` double until ``τ`` reaches ``tau_max``.
-6. **Final anneal** (``anneal_steps``): the last ``anneal_steps`` steps of the budget decay the LR in use along a half
-   cosine to ``min_lr``; no search there. A NaN/inf loss in the anneal restores the stage snapshot and lowers the
-   anneal's starting LR tenfold (rules in :class:`~lightning_autolrs.exploit.FinalAnneal`). With validation probes,
-   an exploit phase (after its warmup) also probes every τ'/2 steps; once its validation loss rises while its training
-   loss falls (:class:`~lightning_autolrs.exploit.OverfitWatch`) the anneal begins at once, decays over its usual
+6. **Final anneal** (``anneal_steps``): the last ``anneal_steps`` steps of the budget decay the LR in use along
+   ``1 - sqrt(t)`` (``t`` the share of the anneal done) to ``min_lr``; no search there. A NaN/inf loss in the anneal
+   restores the stage snapshot and lowers the anneal's starting LR tenfold (rules in
+   :class:`~lightning_autolrs.exploit.FinalAnneal`). With validation probes, an exploit phase (after its warmup) also
+   probes every τ'/2 steps; once its validation loss rises while its training loss falls
+   (:class:`~lightning_autolrs.exploit.OverfitWatch`) the anneal begins at once, decays over its usual
    ``anneal_steps`` and holds ``min_lr`` for the steps after them, and no stage follows (an ``"anneal"`` event; the
    stage's ``overfitting`` record).
 
@@ -355,7 +356,8 @@ class StageController:
         self._exploit_end: float = self.step  # the first begin_step after warmup starts a stage
         self._searched_as_last = False  # the stage searched as the one the final anneal follows (_before_anneal)
         self._ranking: list[float] = []  # trial LRs of the current stage, best first (exploit fallbacks)
-        self._anneal = FinalAnneal(anneal_steps, self.total_steps)
+        # (without a search the schedule is the common warmup + cosine baseline: its decay is a half cosine)
+        self._anneal = FinalAnneal(anneal_steps, self.total_steps, shape="cosine" if fallback else "sqrt")
         self._overfit = OverfitWatch()  # the exploit phase's validation probes (the early anneal)
         self._guard = CollapseGuard(collapse_guard)
         self.anchor_lr = anchor_lr
@@ -646,8 +648,8 @@ class StageController:
 
     # ------------------------------------------------------------------ the final anneal
     def _begin_anneal(self) -> None:
-        """The last ``anneal_steps`` steps: a half cosine from the LR in use down to ``min_lr`` (inside the first
-        stage's exploit warmup: from where the ramp has got to)."""
+        """The last ``anneal_steps`` steps: a decay along ``1 - sqrt(t)`` from the LR in use down to ``min_lr`` (a half
+        cosine without a search; inside the first stage's exploit warmup: from where the ramp has got to)."""
         if self.stages and not self._stage_finite:
             raise self._non_finite_error()
         self.phase = "exploit"

@@ -261,10 +261,11 @@ class Settings:
     verbose: bool = _setting(True, "print one line per trial and per stage on rank zero.", _as_bool)
     anneal_ratio: float = _setting(
         0.2,
-        """share of the step budget spent on a final anneal: the last stage's LR decays along a half cosine to
-        ``min_lr`` over the last ``anneal_ratio``·budget steps (no search there). With validation probes it begins
-        earlier once an exploit phase overfits (validation loss up while the training loss falls): the same decay,
-        then ``min_lr`` for the steps after it. ``0`` turns it off; unused when the budget is unbounded.""",
+        """share of the step budget spent on a final anneal: the last stage's LR decays along ``1 - sqrt(t)`` (``t``
+        the share of the anneal done: half the way down in its first quarter) to ``min_lr`` over the last
+        ``anneal_ratio``·budget steps (no search there). With validation probes it begins earlier once an exploit
+        phase overfits (validation loss up while the training loss falls): the same decay, then ``min_lr`` for the
+        steps after it. ``0`` turns it off; unused when the budget is unbounded.""",
         _check_anneal_ratio,
     )
 

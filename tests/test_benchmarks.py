@@ -146,18 +146,25 @@ def test_quality_quick(tmp_path: Path) -> None:
     assert run["versions"]["package"]
 
 
-def test_the_wsd_baseline_holds_the_lr_then_decays_over_autolrs_s_anneal_share() -> None:
-    """The warmup-stable-decay row has the shape of an AutoLRS run that keeps the module's LR: the quality benchmark's
-    5 % warmup, the LR held, then a half cosine to 0 over the share of AutoLRS's default final anneal."""
+def test_the_wsd_baselines_hold_the_lr_then_decay_over_autolrs_s_anneal_share() -> None:
+    """The warmup-stable-decay rows: the quality benchmark's 5 % warmup, the LR held, then a decay to 0 over the share
+    of AutoLRS's default final anneal: a half cosine (``wsd``), or AutoLRS's own anneal (``wsd_sqrt``: the shape of an
+    AutoLRS run that keeps the module's LR, without its search; the same LRs as its controller's anneal)."""
     from benchmarks.workloads import _warmup_stable_decay, wsd_decay_fraction
     from lightning_autolrs import AutoLRS
+    from lightning_autolrs.exploit import FinalAnneal
 
     assert wsd_decay_fraction() == AutoLRS()._settings.anneal_ratio == 0.2
-    f = _warmup_stable_decay(1000)
-    assert [f(0), f(49)] == [pytest.approx(1 / 50), 1.0]  # 5 % warmup
-    assert f(50) == f(799) == 1.0  # held up to the decay
-    assert f(800) == 1.0 and f(900) == pytest.approx(0.5) and f(999) == pytest.approx(0.0, abs=1e-3)
-    assert all(f(s) > f(s + 1) for s in range(800, 999))
+    f, g = _warmup_stable_decay(1000), _warmup_stable_decay(1000, "sqrt")
+    for h in (f, g):
+        assert [h(0), h(49)] == [pytest.approx(1 / 50), 1.0]  # 5 % warmup
+        assert h(50) == h(799) == 1.0  # held up to the decay
+        assert h(800) == 1.0 and all(h(s) > h(s + 1) for s in range(800, 999))
+    assert f(900) == pytest.approx(0.5) and f(999) == pytest.approx(0.0, abs=1e-3)
+    anneal = FinalAnneal(200, total_steps=1000)
+    anneal.begin(800, lr=1.0)
+    assert [g(s) for s in range(800, 1000)] == pytest.approx([anneal.lr_at(s, min_lr=0.0) for s in range(800, 1000)])
+    assert g(850) == pytest.approx(0.5)
 
 
 def test_runs_name_the_cpus_that_trained_them() -> None:

@@ -727,4 +727,4 @@ def test_an_overfitting_run_anneals_early_and_ends_lower(lpl, tmp_path, monkeypa
     monkeypatch.setattr(OverfitWatch, "overfitting", lambda self, losses, first_step=0: False)
     late, late_val_loss = _fit_memorizer(lpl, tmp_path)
     assert late.history[0]["anneal_start"] == 800 and late.lrs[:start] == cb.lrs[:start]
-    assert val_loss < late_val_loss  # (1.045 against 1.199; 1.180 when an early anneal decayed over every step left)
+    assert val_loss < late_val_loss  # (1.004 against 1.198; with a half-cosine anneal 1.045 against 1.199)

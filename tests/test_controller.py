@@ -390,9 +390,10 @@ def test_final_anneal_decays_the_last_lr_to_min_lr() -> None:
     assert last["anneal_start"] == 800 and last["anneal_lr"] == c.lrs[799]
     assert c.lrs[800] == pytest.approx(last["anneal_lr"])
     tail = c.lrs[800:]
-    assert all(a >= b for a, b in itertools.pairwise(tail))  # a monotone half cosine ...
-    assert tail[-1] == pytest.approx(c.min_lr, rel=0.01)  # ... down to min_lr
-    assert c.lrs[900] == pytest.approx(c.min_lr + (last["anneal_lr"] - c.min_lr) * 0.5, rel=1e-6)
+    assert all(a >= b for a, b in itertools.pairwise(tail))  # a monotone decay along 1 - sqrt(t) ...
+    low, lr = c.min_lr, last["anneal_lr"]
+    assert tail[-1] == pytest.approx(low + (lr - low) * (1 - math.sqrt(199 / 200)), rel=1e-6)  # ... down to min_lr
+    assert c.lrs[850] == pytest.approx(c.min_lr + (last["anneal_lr"] - c.min_lr) * 0.5, rel=1e-6)  # half in a quarter
     assert all(h["start_step"] < 800 for h in c.history)  # no search in the anneal
     searched = [t["start_step"] + t["steps"] for h in c.history for t in h["trials"]]
     assert max(searched) <= 800
@@ -774,9 +775,9 @@ def test_an_overfitting_exploit_phase_begins_the_final_anneal_early() -> None:
     assert 300 < start < 1200 - 240 and anneal.step == start and anneal.lr == last["anneal_lr"] == c.lrs[start]
     (v0, v1), (t0, t1) = last["overfitting"]["val_loss"], last["overfitting"]["train_loss"]
     assert v1 > v0 and t1 < t0
-    tail = c.lrs[start:]  # a half cosine from the LR in use down to min_lr over the anneal's usual 240 steps ...
+    tail = c.lrs[start:]  # the usual decay from the LR in use down to min_lr over the anneal's usual 240 steps ...
     assert all(b <= a for a, b in itertools.pairwise(tail)) and tail[-1] == pytest.approx(1e-3, rel=0.01)
-    assert tail[120] == pytest.approx(1e-3 + (anneal.lr - 1e-3) * 0.5, rel=1e-9)
+    assert tail[60] == pytest.approx(1e-3 + (anneal.lr - 1e-3) * 0.5, rel=1e-9)  # (half the way down in a quarter)
     assert tail[239] > 1e-3 and set(tail[240:]) == {1e-3} and len(tail) > 240  # ... then min_lr for the rest
     assert c.phase == "exploit" and all(h["start_step"] < start for h in c.history)  # no stage after it
     assert len(c.lrs) == 1200
