@@ -246,11 +246,12 @@ def _mean_loss(workload: Workload, module: Any, batches: list[Any]) -> float:
 
 
 def _half_cosine(start: float, end: float, n: int) -> list[float]:
-    """The LRs of ``n`` steps of the package's final anneal (:class:`~lightning_autolrs.exploit.FinalAnneal`) from
-    ``start`` down to ``end``."""
+    """The LRs of ``n`` steps of a half-cosine anneal (:class:`~lightning_autolrs.exploit.FinalAnneal` with
+    ``shape="cosine"``, the package's final anneal when ``benchmarks/results/judge.md`` was written; it decays along
+    ``1 - sqrt(t)`` since) from ``start`` down to ``end``."""
     from lightning_autolrs.exploit import FinalAnneal
 
-    anneal = FinalAnneal(n, total_steps=n)
+    anneal = FinalAnneal(n, total_steps=n, shape="cosine")
     anneal.begin(0, start)
     return [anneal.lr_at(i, end) for i in range(n)]
 

@@ -109,7 +109,9 @@ __all__ = ["DIVERGENCE_FLOOR", "MONITORS", "RANGE_SPAN", "STATE_VERSION", "Stage
 #: overfitting exploit phase (issue #12, eighth round; keys ``overfit_base``, ``overfit_probes``, ``overfit_ends``)
 #: starts watching at the resumed step in a version-2 state written before it. An early anneal decays over the anneal's
 #: usual length, then holds (issue #12, ninth round; key ``anneal_span``): one in a version-2 state written before it
-#: goes on decaying over every step left, as it began to.
+#: goes on decaying over every step left, as it began to. The final anneal decays along ``1 - sqrt(t)`` (issue #12,
+#: tenth round; key ``anneal_shape``): a version-2 state written before it keeps the half cosine, for an anneal under
+#: way and for one still to come.
 STATE_VERSION = 2
 _REFERENCE_WINDOW = 20
 #: A loss counts as diverged only at or above this share of the fit's first training loss (and above
@@ -1060,8 +1062,8 @@ class StageController:
         """All mutable state as plain Python values (safe for ``torch.load(weights_only=True)``): the controller's own
         keys, the search's (:meth:`StageSearch.state_dict`) and the range test's (:meth:`RangeTest.state_dict`), in
         one flat dict of format version :data:`STATE_VERSION`. The final anneal's and the collapse guard's keys
-        (``anneal_start``, ``anneal_lr``, ``anneal_span``, ``start_losses``, ``window``, ``best_window``,
-        ``collapse_count``) are their parts' (:mod:`lightning_autolrs.exploit`)."""
+        (``anneal_start``, ``anneal_lr``, ``anneal_span``, ``anneal_shape``, ``start_losses``, ``window``,
+        ``best_window``, ``collapse_count``) are their parts' (:mod:`lightning_autolrs.exploit`)."""
         return {
             "version": STATE_VERSION,
             "step": self.step,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from lightning_autolrs.controller import DIVERGENCE_FLOOR, TRUST_FACTOR, StageController, default_tau
 from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError
+from lightning_autolrs.settings import Settings, derive
 
 from .helpers import Quadratic, make
 
@@ -405,6 +407,48 @@ def test_anneal_state_round_trips() -> None:
     b = make(total=300, anneal_steps=60)
     b.load_state_dict(a.state_dict())
     assert [b.begin_step().lr for _ in range(1)] == [a.begin_step().lr]
+
+
+def _resumed_at(c: StageController, sim: Quadratic, state: dict, steps: int, **kw) -> StageController:
+    """A controller made like ``c`` (``kw``), loaded with ``state`` and run for ``steps`` steps on a copy of ``sim``."""
+    resumed = make(**kw)
+    resumed.load_state_dict(state)
+    copy.deepcopy(sim).run(resumed, steps)
+    return resumed
+
+
+def test_a_state_written_before_the_anneal_shape_was_kept_anneals_along_the_half_cosine() -> None:
+    """A version-2 state without ``anneal_shape`` (written when the final anneal was a half cosine, before it began)
+    anneals along the half cosine, as that version's run went on; the same state with its key, along 1 - sqrt(t)."""
+    kw = dict(total=300, anneal_steps=60)
+    a, sim = make(**kw), Quadratic()
+    sim.run(a, 200)
+    state = a.state_dict()
+    assert state["anneal_shape"] == "sqrt" and state["anneal_start"] is None
+    old = _resumed_at(a, sim, {k: v for k, v in state.items() if k != "anneal_shape"}, 100, **kw)
+    new = _resumed_at(a, sim, state, 100, **kw)
+    assert old.lrs[:240] == new.lrs[:240]  # the same run up to the anneal (steps 240-299) ...
+    lr, low = old.history[-1]["anneal_lr"], old.min_lr
+    assert old.lrs[270] == pytest.approx(low + (lr - low) * 0.5, rel=1e-9)  # ... then half-way down at its middle
+    assert new.lrs[255] == pytest.approx(low + (lr - low) * 0.5, rel=1e-9)  # (1 - sqrt(t): at its first quarter)
+    assert old.state_dict()["anneal_shape"] == "cosine"
+
+
+def test_the_schedule_without_a_search_keeps_the_cosine_baseline_s_half_cosine_across_a_resume() -> None:
+    settings = Settings(verbose=False)
+    derived = derive(settings, configured_lr=0.05, total_steps=200)  # too small a budget for a search
+    assert derived.fallback
+    a, resumed = (StageController.from_settings(settings, derived) for _ in range(2))
+    sim = Quadratic()
+    assert a.state_dict()["anneal_shape"] == "cosine"
+    sim.run(a, 100)
+    resumed.load_state_dict(a.state_dict())
+    copy.deepcopy(sim).run(resumed, 100)
+    sim.run(a, 100)
+    assert resumed.lrs == a.lrs and len(a.lrs) == 200
+    warm = a.warmup_steps  # 5 % linear warmup to anchor_lr, then a half cosine to min_lr over the rest
+    assert warm == 10 and a.lrs[warm] == 0.05
+    assert a.lrs[warm + 95] == pytest.approx(a.min_lr + (0.05 - a.min_lr) * 0.5, rel=1e-9)
 
 
 def test_a_stage_0_that_does_not_fit_before_the_anneal_does_not_search() -> None:
