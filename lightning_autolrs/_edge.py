@@ -326,9 +326,9 @@ def report_event(
             (v0, v1), (t0, t1) = event.evidence["val_loss"], event.evidence["train_loss"]
             rank_zero_info(
                 f"AutoLRS stage {event.stage}: overfitting at lr={event.lr:.4g} (validation loss {v0:.4g} -> {v1:.4g} "
-                f"while the training loss fell {t0:.4g} -> {t1:.4g}); the final anneal begins at step {event.step}, "
-                f"decays over {controller.anneal_steps} steps and holds lr={min(controller.min_lr, event.lr):.4g} for "
-                f"the {max(0, controller.total_steps - event.step - controller.anneal_steps)} steps after them."
+                f"while the training loss fell {t0:.4g} -> {t1:.4g}); the final anneal begins at step {event.step} "
+                f"and holds lr={min(controller.min_lr, event.lr):.4g} from step {event.step + controller.anneal_span} "
+                f"to the end."
             )
     else:
         assert isinstance(event, FallbackEvent)

@@ -92,8 +92,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     validation data) forecasts the loss after τ steps; the stage continues from the trial with
     the best forecast, unless the anchor's forecast is within 3 % of it. τ and τ' double each stage until τ reaches
     ``tau_max``; the last ``anneal_ratio`` of the budget decays the last LR along ``1 - sqrt(t)`` (with validation data
-    it begins earlier once an exploit phase overfits: validation loss up, training loss down; it then decays over the
-    same length and holds ``min_lr`` after it). A slow collapse of
+    it begins earlier once an exploit phase overfits: validation loss up, training loss down; it then drops the LR to
+    ``min_lr`` after one step). A slow collapse of
     the training loss back to its stage-start level falls back to a smaller LR. All steps, trials included, are real
     optimizer steps of the Trainer, so ``max_steps`` / ``max_epochs`` bound the whole run; a budget too small for
     trials of 20 steps gets a warning and the plain warmup + cosine schedule at the configured LR instead.

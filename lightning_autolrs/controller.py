@@ -28,8 +28,8 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
    restores the stage snapshot and lowers the anneal's starting LR tenfold (rules in
    :class:`~lightning_autolrs.exploit.FinalAnneal`). With validation probes, an exploit phase (after its warmup) also
    probes every τ'/2 steps; once its validation loss rises while its training loss falls
-   (:class:`~lightning_autolrs.exploit.OverfitWatch`) the anneal begins at once, decays over its usual
-   ``anneal_steps`` and holds ``min_lr`` for the steps after them, and no stage follows (an ``"anneal"`` event; the
+   (:class:`~lightning_autolrs.exploit.OverfitWatch`) the anneal begins at once, drops the LR to ``min_lr``
+   after its first step and holds it to the end, and no stage follows (an ``"anneal"`` event; the
    stage's ``overfitting`` record).
 
 Budget rule (``total_steps`` known; the stages share what the final anneal leaves): a stage searches only when the
@@ -111,7 +111,9 @@ __all__ = ["DIVERGENCE_FLOOR", "MONITORS", "RANGE_SPAN", "STATE_VERSION", "Stage
 #: usual length, then holds (issue #12, ninth round; key ``anneal_span``): one in a version-2 state written before it
 #: goes on decaying over every step left, as it began to. The final anneal decays along ``1 - sqrt(t)`` (issue #12,
 #: tenth round; key ``anneal_shape``): a version-2 state written before it keeps the half cosine, for an anneal under
-#: way and for one still to come.
+#: way and for one still to come, and an early anneal of such a state decays over the usual length; with the key, an
+#: anneal begun early drops to ``min_lr`` after one step (:data:`~lightning_autolrs.exploit.EARLY_ANNEAL_SPAN`; the
+#: states of 26f9574-65b95c2, which decayed over the usual length, take that up).
 STATE_VERSION = 2
 _REFERENCE_WINDOW = 20
 #: A loss counts as diverged only at or above this share of the fit's first training loss (and above
@@ -377,6 +379,12 @@ class StageController:
         self._ramp_start: int | None = None  # the step the first stage's exploit warmup (re)began at
         self._warmup_from = 0  # the step the warmup begins at: the range test's end when it ran (it runs first)
         self._warmup_first = False  # a run resumed from a state written when the warmup came before the range test
+
+    @property
+    def anneal_span(self) -> int:
+        """Steps the final anneal in progress decays over (:attr:`~lightning_autolrs.exploit.FinalAnneal.span`; one
+        for an anneal begun early, then it holds ``min_lr``)."""
+        return self._anneal.span
 
     @property
     def anneal_steps(self) -> int:

@@ -819,10 +819,8 @@ def test_an_overfitting_exploit_phase_begins_the_final_anneal_early() -> None:
     assert 300 < start < 1200 - 240 and anneal.step == start and anneal.lr == last["anneal_lr"] == c.lrs[start]
     (v0, v1), (t0, t1) = last["overfitting"]["val_loss"], last["overfitting"]["train_loss"]
     assert v1 > v0 and t1 < t0
-    tail = c.lrs[start:]  # the usual decay from the LR in use down to min_lr over the anneal's usual 240 steps ...
-    assert all(b <= a for a, b in itertools.pairwise(tail)) and tail[-1] == pytest.approx(1e-3, rel=0.01)
-    assert tail[60] == pytest.approx(1e-3 + (anneal.lr - 1e-3) * 0.5, rel=1e-9)  # (half the way down in a quarter)
-    assert tail[239] > 1e-3 and set(tail[240:]) == {1e-3} and len(tail) > 240  # ... then min_lr for the rest
+    tail = c.lrs[start:]  # its first step at the LR in use, then min_lr for the rest
+    assert tail[0] == anneal.lr > 1e-3 and set(tail[1:]) == {1e-3} and len(tail) > 240
     assert c.phase == "exploit" and all(h["start_step"] < start for h in c.history)  # no stage after it
     assert len(c.lrs) == 1200
 
