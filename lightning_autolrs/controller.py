@@ -113,7 +113,8 @@ __all__ = ["DIVERGENCE_FLOOR", "MONITORS", "RANGE_SPAN", "STATE_VERSION", "Stage
 #: tenth round; key ``anneal_shape``): a version-2 state written before it keeps the half cosine, for an anneal under
 #: way and for one still to come, and an early anneal of such a state decays over the usual length; with the key, an
 #: anneal begun early drops to ``min_lr`` after one step (:data:`~lightning_autolrs.exploit.EARLY_ANNEAL_SPAN`; the
-#: states of 26f9574-65b95c2, which decayed over the usual length, take that up).
+#: states of 26f9574-65b95c2, which decayed over the usual length, take that up for an anneal still to come, and
+#: for one under way at a NaN/inf restart).
 STATE_VERSION = 2
 _REFERENCE_WINDOW = 20
 #: A loss counts as diverged only at or above this share of the fit's first training loss (and above
@@ -446,7 +447,7 @@ class StageController:
             self._begin_anneal()
         if self._anneal.active:
             if self._pending_restore:
-                self._anneal.restart_if_held(self.step)  # (a NaN/inf in the hold after an early anneal's decay)
+                self._anneal.restart_if_held(self.step)  # (a NaN/inf in the hold after an early anneal's drop)
             self._plan = StepPlan(self._anneal.lr_at(self.step, self.min_lr), "exploit", restore=self._pending_restore)
             self._pending_restore = False
             return self._plan
@@ -712,7 +713,7 @@ class StageController:
 
     def _watch_overfitting(self, probe: float) -> list[Event]:
         """Record an exploit probe; when the exploit phase is overfitting (validation loss up, training loss down),
-        begin the final anneal at once: it decays the LR in use over ``anneal_steps`` and holds ``min_lr`` after them
+        begin the final anneal at once: it drops the LR in use to ``min_lr`` after one step and holds it to the end
         (:class:`~lightning_autolrs.exploit.FinalAnneal`), and no stage follows."""
         self._overfit.add(probe, self.step)
         if not self._overfit.overfitting(self.losses, first_step=self.step - len(self.losses)):
