@@ -409,9 +409,9 @@ def test_anneal_state_round_trips() -> None:
     assert [b.begin_step().lr for _ in range(1)] == [a.begin_step().lr]
 
 
-def _resumed_at(c: StageController, sim: Quadratic, state: dict, steps: int, **kw) -> StageController:
-    """A controller made like ``c`` (``kw``), loaded with ``state`` and run for ``steps`` steps on a copy of ``sim``."""
-    resumed = make(**kw)
+def _resumed_at(new: Callable[[], StageController], sim: Quadratic, state: dict, steps: int) -> StageController:
+    """A controller made by ``new``, loaded with ``state`` and run for ``steps`` steps on a copy of ``sim``."""
+    resumed = new()
     resumed.load_state_dict(state)
     copy.deepcopy(sim).run(resumed, steps)
     return resumed
@@ -425,8 +425,8 @@ def test_a_state_written_before_the_anneal_shape_was_kept_anneals_along_the_half
     sim.run(a, 200)
     state = a.state_dict()
     assert state["anneal_shape"] == "sqrt" and state["anneal_start"] is None
-    old = _resumed_at(a, sim, {k: v for k, v in state.items() if k != "anneal_shape"}, 100, **kw)
-    new = _resumed_at(a, sim, state, 100, **kw)
+    old = _resumed_at(lambda: make(**kw), sim, {k: v for k, v in state.items() if k != "anneal_shape"}, 100)
+    new = _resumed_at(lambda: make(**kw), sim, state, 100)
     assert old.lrs[:240] == new.lrs[:240]  # the same run up to the anneal (steps 240-299) ...
     lr, low = old.history[-1]["anneal_lr"], old.min_lr
     assert old.lrs[270] == pytest.approx(low + (lr - low) * 0.5, rel=1e-9)  # ... then half-way down at its middle
@@ -438,12 +438,10 @@ def test_the_schedule_without_a_search_keeps_the_cosine_baseline_s_half_cosine_a
     settings = Settings(verbose=False)
     derived = derive(settings, configured_lr=0.05, total_steps=200)  # too small a budget for a search
     assert derived.fallback
-    a, resumed = (StageController.from_settings(settings, derived) for _ in range(2))
-    sim = Quadratic()
+    a, sim = StageController.from_settings(settings, derived), Quadratic()
     assert a.state_dict()["anneal_shape"] == "cosine"
     sim.run(a, 100)
-    resumed.load_state_dict(a.state_dict())
-    copy.deepcopy(sim).run(resumed, 100)
+    resumed = _resumed_at(lambda: StageController.from_settings(settings, derived), sim, a.state_dict(), 100)
     sim.run(a, 100)
     assert resumed.lrs == a.lrs and len(a.lrs) == 200
     warm = a.warmup_steps  # 5 % linear warmup to anchor_lr, then a half cosine to min_lr over the rest
