@@ -346,6 +346,7 @@ class StageController:
         self._plan_range_test = False  # the open plan is a range-test step
         self._quiet: StepPlan | None = None  # a plan without actions that the next steps reuse (begin_step)
         self._quiet_until: float = 0  # ... before this step
+        self._anneal_plan: StepPlan | None = None  # the last plan of an anneal step (begin_step)
         self._late: tuple[int, str, bool] | None = None  # (index, phase, in the anneal) of a loss still to come
         self._pending_restore = False
         self._pending_capture = False
@@ -428,6 +429,8 @@ class StageController:
             self._plan = quiet  # most steps: the plan of the step before
             return quiet
         self._quiet = None
+        if self._anneal.active:  # (it begins after the range test and the warmup, and nothing follows it)
+            return self._plan_anneal_step()
         if self.range_test_running:
             i = self._range_test.position
             self.phase = "warmup"
@@ -445,12 +448,7 @@ class StageController:
             return self._plan
         if self._anneal.due(self.step, self._warmup_end):
             self._begin_anneal()
-        if self._anneal.active:
-            if self._pending_restore:
-                self._anneal.restart_if_held(self.step)  # (a NaN/inf in the hold after an early anneal's drop)
-            self._plan = StepPlan(self._anneal.lr_at(self.step, self.min_lr), "exploit", restore=self._pending_restore)
-            self._pending_restore = False
-            return self._plan
+            return self._plan_anneal_step()
         if self.phase == "warmup" or (self.phase == "exploit" and self.step >= self._exploit_end):
             self._start_stage()
         if self._pending_restore and self._warms_up():
@@ -472,6 +470,22 @@ class StageController:
         self._pending_save_best = self._pending_restore_best = False
         self._keep_quiet_plan(self._plan)
         return self._plan
+
+    def _plan_anneal_step(self) -> StepPlan:
+        """The plan of a step of the final anneal: its LR, and the restore a NaN/inf in it asked for. Steps of the
+        same LR without a restore (the hold after its decay; after an early anneal's drop, every step left) reuse one
+        plan object, as :meth:`_keep_quiet_plan` does elsewhere."""
+        restore = self._pending_restore
+        if restore:
+            self._anneal.restart_if_held(self.step)  # (a NaN/inf in the hold after an early anneal's drop)
+            self._pending_restore = False
+        lr = self._anneal.lr_at(self.step, self.min_lr)
+        plan = self._anneal_plan
+        if restore or plan is None or plan.lr != lr:
+            plan = StepPlan(lr, "exploit", restore=restore)
+            self._anneal_plan = None if restore else plan
+        self._plan = plan
+        return plan
 
     def _keep_quiet_plan(self, plan: StepPlan) -> None:
         """Keep a plan without snapshot actions or probes for the steps that follow (the fast path of

@@ -14,7 +14,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from lightning_autolrs.controller import DIVERGENCE_FLOOR, TRUST_FACTOR, StageController, default_tau
+from lightning_autolrs.controller import DIVERGENCE_FLOOR, TRUST_FACTOR, StageController, StepPlan, default_tau
 from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from lightning_autolrs.settings import Settings, derive
 
@@ -869,6 +869,35 @@ def test_reused_quiet_plan_changes_no_plan_with_exploit_probes(monkeypatch) -> N
     slow_plans: list[tuple] = []
     _drive_val(slow, train, val, slow_plans)
     assert fast_plans == slow_plans and c.history == slow.history and "overfitting" in c.history[-1]
+
+
+def test_anneal_steps_of_one_lr_share_one_plan_and_each_plan_is_the_anneals_lr() -> None:
+    """The final anneal's steps are planned on a short path: every plan is the anneal's LR for its step (no action),
+    and the steps of the hold after an early anneal's drop reuse one plan object, as quiet steps do elsewhere."""
+    c, train, val = _overfitting_case()
+    planned: list = []
+    late: list[float] = []
+    while c.step < c.total_steps:
+        step = c.step
+        plan = c.begin_step()
+        planned.append((step, plan))
+        if plan.probe_before:
+            c.record_level(val(step))
+        if late:
+            c.report_late_loss(late.pop())
+        if c.loss_can_wait:
+            c.end_step(None, late=True)
+            late.append(train(step))
+        else:
+            c.end_step(train(step), probe=val(step + 1) if plan.probe else None)
+    start = c.history[-1]["anneal_start"]
+    assert start < 1200 - 240  # an early anneal: one step at the LR in use, then min_lr held to the end
+    anneal = [(step, plan) for step, plan in planned if step >= start]
+    assert [dataclasses.astuple(p) for _, p in anneal] == [
+        dataclasses.astuple(StepPlan(c._anneal.lr_at(step, c.min_lr), "exploit")) for step, _ in anneal
+    ]
+    hold = {id(plan) for step, plan in anneal if step > start}
+    assert len(hold) == 1 and anneal[-1][1].lr == c.min_lr and len(anneal) > 200
 
 
 def test_a_nan_in_the_hold_after_an_early_anneal_begins_it_again_from_the_restored_start() -> None:
