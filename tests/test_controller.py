@@ -900,6 +900,22 @@ def test_anneal_steps_of_one_lr_share_one_plan_and_each_plan_is_the_anneals_lr()
     assert len(hold) == 1 and anneal[-1][1].lr == c.min_lr and len(anneal) > 200
 
 
+def test_a_restore_in_the_anneal_is_planned_once_even_at_the_lr_of_the_steps_after_it() -> None:
+    """Two NaN/inf losses in the hold bring the anneal's LR down to ``min_lr``: the restore each asks for is planned on
+    one step only, never reused for the steps of the same LR after it (the callback would restore every step)."""
+    c, train, val = _overfitting_case()
+    plans: list[tuple] = []
+    _drive_val(c, lambda step: math.nan if step in (1000, 1010) else train(step), val, plans)
+    last = c.history[-1]
+    assert last["anneal_start"] < 1000 and len(last["fallbacks"]) == 2
+    assert last["fallbacks"][-1]["new_lr"] == c.min_lr  # the second restore's plan has the LR of the hold after it
+    restores = [i for i, plan in enumerate(plans) if plan[2] and i > last["anneal_start"]]  # (plans[i]: step i's)
+    assert len(restores) == 2 and not any(plans[i + 1][2] for i in restores)
+    second = restores[-1]  # (an early anneal restarts with one step at its LR: the second's is min_lr already)
+    assert plans[second][0] == c.min_lr
+    assert all(plan[:3] == (c.min_lr, "exploit", False) for plan in plans[second + 1 :])
+
+
 def test_a_nan_in_the_hold_after_an_early_anneal_begins_it_again_from_the_restored_start() -> None:
     c, train, val = _overfitting_case()
     _drive_val(c, train, val)
