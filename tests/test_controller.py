@@ -766,10 +766,17 @@ def test_a_state_saved_inside_the_first_search_resumes_without_keeping_a_trial()
 
 
 # ------------------------------------------------------------------------------- the early anneal (overfitting)
-def _drive_val(c: StageController, train, val, plans: list[tuple] | None = None, steps: int | None = None) -> list:
+def _drive_val(
+    c: StageController,
+    train,
+    val,
+    plans: list[tuple] | None = None,
+    steps: int | None = None,
+    objects: list | None = None,
+) -> list:
     """Run ``c`` as the callback does with validation probes: ``train(step)`` is the step's training loss,
     ``val(step)`` the validation loss of the model after ``step`` steps; late losses where the controller allows
-    them. Returns the events."""
+    them. Returns the events; ``plans`` collects each step's plan as a tuple, ``objects`` as ``(step, plan)``."""
     events, late = [], []
     end = c.total_steps if steps is None else c.step + steps
     while c.step < end:
@@ -777,6 +784,8 @@ def _drive_val(c: StageController, train, val, plans: list[tuple] | None = None,
         plan = c.begin_step()
         if plans is not None:
             plans.append(dataclasses.astuple(plan))
+        if objects is not None:
+            objects.append((step, plan))
         if plan.probe_before:
             c.record_level(val(step))
         if late:
@@ -876,20 +885,7 @@ def test_anneal_steps_of_one_lr_share_one_plan_and_each_plan_is_the_anneals_lr()
     and the steps of the hold after an early anneal's drop reuse one plan object, as quiet steps do elsewhere."""
     c, train, val = _overfitting_case()
     planned: list = []
-    late: list[float] = []
-    while c.step < c.total_steps:
-        step = c.step
-        plan = c.begin_step()
-        planned.append((step, plan))
-        if plan.probe_before:
-            c.record_level(val(step))
-        if late:
-            c.report_late_loss(late.pop())
-        if c.loss_can_wait:
-            c.end_step(None, late=True)
-            late.append(train(step))
-        else:
-            c.end_step(train(step), probe=val(step + 1) if plan.probe else None)
+    _drive_val(c, train, val, objects=planned)
     start = c.history[-1]["anneal_start"]
     assert start < 1200 - 240  # an early anneal: one step at the LR in use, then min_lr held to the end
     anneal = [(step, plan) for step, plan in planned if step >= start]
