@@ -580,6 +580,8 @@ class StageController:
         self.losses.append(loss if finite else None)
         if finite:
             self._stage_finite = True
+            if plan is self._quiet and plan.phase == "exploit" and not late:  # most steps: an exploit phase's kept plan
+                return self._quiet_exploit_loss(loss)  # type: ignore[arg-type]
         if late:
             self._late = (len(self.losses) - 1, plan.phase, self._anneal.active)
             if plan.phase == "exploit" and self.stages:
@@ -925,6 +927,27 @@ class StageController:
         self.stages[-1].exploit_steps += 1
         return self._exploit_loss(loss, self.step - 1)
 
+    def _quiet_exploit_loss(self, loss: float) -> list[Event]:
+        """:meth:`_record_exploit_step` for a finite loss at the end of a step planned by the kept quiet plan (most
+        steps of a run), in fewer calls: what only :meth:`_exploit_loss` handles (a restore already due, no reference
+        loss yet, a stage without a search, a loss above ``divergence_factor`` times the reference) goes there, before
+        anything is recorded; otherwise the loss can only have collapsed the stage (the guard records it)."""
+        record = self.stages[-1]
+        record.exploit_steps += 1
+        ref = self._ref_loss
+        if (
+            self._pending_restore
+            or ref is None
+            or not record.trials
+            or (ref > 0 and loss > self.settings.divergence_factor * ref)
+        ):
+            return self._exploit_loss(loss, self.step - 1)
+        guard = self._guard
+        if guard.enabled and guard.collapsed(loss, self._lr, self.min_lr):
+            return self._exploit_fallback(loss, self.step - 1)
+        self._recent.append(loss)
+        return []
+
     def _exploit_loss(self, loss: float | None, step: int) -> list[Event]:
         record = self.stages[-1]
         if self._pending_restore:
@@ -934,21 +957,27 @@ class StageController:
         if not record.trials and loss is not None and math.isfinite(loss):
             self._guard.note_start(loss)  # a stage without a search: its first exploit losses
         if self._diverged(loss) or self._guard.collapsed(loss, self._lr, self.min_lr):  # the exploit guard
-            self._guard.rearm()
-            failed = self._lr
-            if failed in self._ranking:
-                self._ranking.remove(failed)
-            smaller = [lr for lr in self._ranking if lr < failed]
-            self._lr = smaller[0] if smaller else max(failed / 10, self.min_lr)  # never below the range
-            fallback = FallbackRecord(step=step, failed_lr=failed, new_lr=self._lr)
-            record.fallbacks.append(fallback)
-            self._pending_restore = True
-            if loss is not None and not math.isfinite(loss) and failed <= self.min_lr and not self._stage_finite:
-                raise self._non_finite_error()  # NaN/inf at every LR of the stage, min_lr included: no LR trains
-            return [FallbackEvent(self._stage, fallback)]
+            return self._exploit_fallback(loss, step)
         if loss is not None and math.isfinite(loss):
             self._recent.append(loss)
         return []
+
+    def _exploit_fallback(self, loss: float | None, step: int) -> list[Event]:
+        """The exploit guard fired (divergence or a slow collapse): restore the stage snapshot and continue at the
+        next-best smaller trial LR (a tenth of the LR in use when none is left, never below ``min_lr``)."""
+        record = self.stages[-1]
+        self._guard.rearm()
+        failed = self._lr
+        if failed in self._ranking:
+            self._ranking.remove(failed)
+        smaller = [lr for lr in self._ranking if lr < failed]
+        self._lr = smaller[0] if smaller else max(failed / 10, self.min_lr)  # never below the range
+        fallback = FallbackRecord(step=step, failed_lr=failed, new_lr=self._lr)
+        record.fallbacks.append(fallback)
+        self._pending_restore = True
+        if loss is not None and not math.isfinite(loss) and failed <= self.min_lr and not self._stage_finite:
+            raise self._non_finite_error()  # NaN/inf at every LR of the stage, min_lr included: no LR trains
+        return [FallbackEvent(self._stage, fallback)]
 
     def _non_finite_error(self) -> NonFiniteLossError:
         """The error of a stage whose every training loss was NaN/inf, at every LR it tried down to ``min_lr``."""

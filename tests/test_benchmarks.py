@@ -447,3 +447,21 @@ def test_judge_trial_average_probes_in_eval_mode() -> None:
     first, second = avg.probe(probe), avg.probe(probe)
     assert first == second  # eval mode: dropout off, deterministic
     assert net.training
+
+
+def test_step_path_against_a_baseline_checkout(tmp_path: Path) -> None:
+    """The per-step path benchmark runs each checkout's package in its own process (here this checkout twice) and
+    reports both, their hooks' parts and the paired ratio; a folder that is not a checkout is refused up front."""
+    from benchmarks import step_path
+
+    root = Path(step_path.__file__).resolve().parent.parent
+    assert step_path.main(["--baseline", str(root), "--reps", "1", "--steps", "600", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "step_path.md").read_text()
+    header, rows = _table(text, "| checkout |")
+    assert [r[0] for r in rows] == ["this checkout", "baseline"] and header[4] == "start hook"
+    for row in rows:
+        assert int(row[2]) > 50  # the quiet steps of the exploit phase (400-480: between the search and the anneal)
+        assert all(float(cell.split()[0]) > 0 for cell in row[3:])
+    assert re.search(r"Paired ratio .*: median \d+\.\d{3} \(min", text)
+    with pytest.raises(SystemExit):
+        step_path.main(["--baseline", str(tmp_path), "--out", str(tmp_path)])

@@ -585,6 +585,95 @@ def test_reused_quiet_plan_changes_no_plan(monkeypatch) -> None:
     assert len(fast.lrs) == 300 and any(h["fallbacks"] for h in fast.history)
 
 
+def _drive_states(c: StageController, losses: list[float | None], late_reads: bool = False) -> list:
+    """Feed ``losses`` as the callback does on CPU (each step's loss at its end) or, with ``late_reads``, on an
+    accelerator (late losses where the controller allows them, as :func:`_drive`); the events and the whole state
+    after each step."""
+    out: list = []
+    late: list[float | None] = []
+    for loss in losses:
+        c.begin_step()
+        events = c.report_late_loss(late.pop()) if late else []
+        if late_reads and c.loss_can_wait:
+            events += c.end_step(None, late=True)
+            late.append(loss)
+        else:
+            events += c.end_step(loss)
+        out.append((events, c.state_dict()))
+    return out
+
+
+def _quiet_exploit_cases() -> list:
+    """Runs whose exploit phases take every branch at a quiet step's end, with the state after every step: the quiet
+    plan case (NaN and spike divergences, the exploit warmup, the anneal), spikes above ``divergence_factor`` times
+    the reference that stay below the fit's floor or reach it, an exploit phase without a reference loss yet, a late
+    divergence reported before a step that may not wait (a restore already due), a stage without a search and a slow
+    collapse caught by the guard (the last two: their final state)."""
+    kw, losses = _quiet_case()
+    out = [_drive_states(StageController(1e-3, 1.0, **kw), losses, late_reads) for late_reads in (False, True)]
+    spiky = _trained_down()
+    out.append(_drive_states(spiky, [0.005] * 45 + [0.1, 0.005, 1.1, 0.005, 1.2] + [0.005] * 10))
+    # stage 1's reference is 0.3: a loss of 2.0 is above 5x that and above the fit's floor (2.3 / 2), below 10x
+    c = make(total=None, num_trials=2, tau=20, tau_max=20, search_ratio=0.25)
+    out.append(_drive_states(c, [2.3] + [0.3] * 44 + [2.0] + [0.3] * 10))
+    assert [f["step"] for f in c.history[1]["fallbacks"]] == [45]
+    # every trial diverged and the first exploit steps have no loss: no reference loss yet at a quiet step
+    no_reference = make(total=None, num_trials=2, tau=20, tau_max=20, search_ratio=0.25, collapse_guard=True)
+    out.append(_drive_states(no_reference, [math.nan, math.nan, None, None] + [1.0 + 0.01 * i for i in range(30)]))
+    # the late loss of a step diverged, and the next step (a quiet exploit step that may not wait) ends after the
+    # fallback it caused: its weights are thrown away
+    probe, waited = StageController(1e-3, 1.0, **kw), []
+    for loss in losses:
+        plan = probe.begin_step()
+        waited.append((probe.loss_can_wait, plan is probe._quiet and plan.phase == "exploit"))
+        probe.end_step(loss)
+    late = next(i for i in range(299) if waited[i][0] and not waited[i + 1][0] and waited[i + 1][1])
+    losses[late] = 50.0
+    out.append(_drive_states(StageController(1e-3, 1.0, **kw), losses, late_reads=True))
+    unsearched = StageController(
+        1e-3, 1.0, num_trials=4, tau=410, tau_max=410, search_ratio=0.1, total_steps=2000, start_step=1500,
+        anneal_steps=400, anchor_lr=0.05, collapse_guard=True,
+    )  # fmt: skip
+    Quadratic().run(unsearched, 500)
+    collapsing, _ = _collapsing_run(collapse_guard=True)
+    return out + [(c.lrs, c.losses, c.history, c.state_dict()) for c in (unsearched, collapsing)]
+
+
+def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) -> None:
+    """The end of a step that the kept quiet plan of an exploit phase planned (most steps of a run) takes a short path
+    (`_quiet_exploit_loss`, issue #14): every LR, record, event and state is what the general path gives, and both of
+    its ways to a fallback are taken (the collapse guard on the short path; a divergence handed to the general one)."""
+    calls = {"quiet": 0, "general": 0, "fallback_quiet": 0, "fallback_general": 0}
+    quiet_end, general, fallback = (
+        StageController._quiet_exploit_loss, StageController._exploit_loss, StageController._exploit_fallback
+    )  # fmt: skip
+    inside = []
+
+    def counted_quiet(self, loss):
+        calls["quiet"] += 1
+        return quiet_end(self, loss)
+
+    def counted_general(self, loss, step):
+        calls["general"] += 1
+        inside.append(True)
+        try:
+            return general(self, loss, step)
+        finally:
+            inside.pop()
+
+    def counted_fallback(self, loss, step):
+        calls["fallback_general" if inside else "fallback_quiet"] += 1
+        return fallback(self, loss, step)
+
+    monkeypatch.setattr(StageController, "_quiet_exploit_loss", counted_quiet)
+    monkeypatch.setattr(StageController, "_exploit_loss", counted_general)
+    monkeypatch.setattr(StageController, "_exploit_fallback", counted_fallback)
+    short = _quiet_exploit_cases()
+    assert calls["quiet"] > 200 and calls["fallback_quiet"] >= 1 and calls["fallback_general"] >= 3
+    monkeypatch.setattr(StageController, "_quiet_exploit_loss", lambda self, loss: self._record_exploit_step(loss))
+    assert _quiet_exploit_cases() == short
+
+
 def test_reused_quiet_plan_is_dropped_when_the_state_is_set_from_outside() -> None:
     """A state loaded from a checkpoint or adopted from rank 0 replans the next step."""
     kw, losses = _quiet_case()
