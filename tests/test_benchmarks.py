@@ -366,6 +366,18 @@ def test_judge_one_is_deterministic() -> None:
     assert all(math.isfinite(r[k]) for r in a["rows"] for k in ("oracle", *judge.JUDGES))
 
 
+def test_the_jump_judge_is_the_forecast_less_the_first_probes_step() -> None:
+    """`jump`: the `last` judge's forecast less the step from the start's probe (every candidate's first point, the
+    same model) to the trial's first probe."""
+    from benchmarks import judge
+
+    rows = judge.judge_one("digits_mlp", 0, True)["rows"]
+    assert len({r["last_probes"][0] for r in rows}) == 1 and all(len(r["last_probes"]) >= 2 for r in rows)
+    for r in rows:
+        assert r["jump"] == r["last"] - (r["last_probes"][1] - r["last_probes"][0])
+    assert len({r["last_probes"][1] for r in rows}) == len(rows)  # each LR's first probe of its own
+
+
 def test_judge_branches_are_paired(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every candidate starts from the same weights and optimizer state: its row does not depend on which candidates
     ran before it (the optimizer's saved state must not be trained in place by an earlier branch)."""
