@@ -11,8 +11,11 @@ therefore measured here against a baseline checkout in the same session, in alte
   ``lightning_autolrs`` is imported from the checkout under test (the process checks where it came from).
 * Per step it times the two hooks (their sum is the per-step path, as in :mod:`benchmarks.overhead`) and, inside
   them, the controller's ``begin_step`` and ``end_step`` (wrapped: the wrappers' own cost is in both checkouts' figures
-  alike). Steps whose hooks made a GP decision, a forecast or a snapshot copy are left out, as are the steps of the
-  final anneal (the exploit phase's quiet steps are what most steps of a long run are).
+  alike). It keeps the exploit phase's quiet steps, what most steps of a long run are: those planned by the plan the
+  controller keeps for the steps of an exploit phase that ask for nothing (:meth:`~lightning_autolrs.controller.
+  StageController.begin_step`), without a GP decision, a forecast or a snapshot copy in the hooks. Left out: the
+  search's steps, the first stage's exploit warmup (its LR changes every step: no plan is kept), the final anneal.
+  In this case (``--steps 800``) that leaves about 140 steps per run, 499-639.
 * ``--reps`` runs per checkout, the checkouts' order alternating from repeat to repeat; reported per checkout: the
   median over its runs of each run's median, and the paired ratio (this checkout ÷ baseline, per repeat) as median
   and min-max.
@@ -105,13 +108,15 @@ def measure(steps: int) -> dict[str, Any]:
         t = clock()
         start_hook(*args, **kwargs)
         now["start_hook"] = clock() - t
+        c = cb.controller
+        now["kept"] = c is not None and c._plan is not None and c._plan is c._quiet  # the plan of the step before
 
     def on_end(*args: Any, **kwargs: Any) -> None:
         t = clock()
         end_hook(*args, **kwargs)
         now["end_hook"] = clock() - t
         c = cb.controller
-        exploit = c is not None and c.phase == "exploit" and c._plan is None and not c._anneal.active
+        exploit = now["kept"] and c.phase == "exploit" and not c._anneal.active
         if exploit and events[0] == now["events"] and "begin_step" in now and "end_step" in now:
             now["path"] = now["start_hook"] + now["end_hook"]
             for p in PARTS:
@@ -138,7 +143,9 @@ def _run(root: Path, steps: int) -> dict[str, Any]:
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)
-    out = subprocess.run([sys.executable, "-c", code], cwd=here, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=here, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"the run under {root} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT"))
     result = json.loads(line[len("RESULT") :])
     if Path(result["package"]) != root.resolve():
@@ -171,8 +178,9 @@ def report(rows: dict[str, list[dict[str, float]]], ratios: list[float], command
         "Paired ratio of the per-step path, this checkout ÷ baseline (per repeat): median "
         f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}; {len(ratios)} repeats).",
         "",
-        "Each run's figure is the median over its quiet exploit steps (no GP decision, forecast or snapshot copy in "
-        "the hooks; the final anneal's steps left out); the table shows the median over runs. The hooks' times are "
+        "Each run's figure is the median over its quiet exploit steps (planned by the kept plan of an exploit phase: "
+        "no search step, no step of the exploit warmup or of the final anneal; no GP decision, forecast or snapshot "
+        "copy in the hooks); the table shows the median over runs. The hooks' times are "
         "those of the per-step path of `benchmarks.overhead`; `begin_step` and `end_step` are measured inside them "
         "(through wrappers, whose cost both checkouts carry alike).",
     ]

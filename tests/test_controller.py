@@ -606,17 +606,25 @@ def _drive_states(c: StageController, losses: list[float | None], late_reads: bo
 def _quiet_exploit_cases() -> list:
     """Runs whose exploit phases take every branch at a quiet step's end, with the state after every step: the quiet
     plan case (NaN and spike divergences, the exploit warmup, the anneal), spikes above ``divergence_factor`` times
-    the reference that stay below the fit's floor or reach it, an exploit phase without a reference loss yet, a late
-    divergence reported before a step that may not wait (a restore already due), a stage without a search and a slow
-    collapse caught by the guard (the last two: their final state)."""
+    the reference that stay below the fit's floor or reach it, losses at the bound and at the floor, validation probes
+    and an early anneal, an exploit phase without a reference loss yet, a late divergence reported before a step that
+    may not wait (a restore already due), a stage without a search and a slow collapse caught by the guard (the
+    probes' runs and the last two: their final state)."""
     kw, losses = _quiet_case()
     out = [_drive_states(StageController(1e-3, 1.0, **kw), losses, late_reads) for late_reads in (False, True)]
     spiky = _trained_down()
     out.append(_drive_states(spiky, [0.005] * 45 + [0.1, 0.005, 1.1, 0.005, 1.2] + [0.005] * 10))
-    # stage 1's reference is 0.3: a loss of 2.0 is above 5x that and above the fit's floor (2.3 / 2), below 10x
+    # stage 1's reference is 0.3: 1.5 is at the divergence bound (5x), no divergence; 2.0 is above it, below 10x,
+    # and at the fit's floor (4.0 / 2): a divergence
     c = make(total=None, num_trials=2, tau=20, tau_max=20, search_ratio=0.25)
-    out.append(_drive_states(c, [2.3] + [0.3] * 44 + [2.0] + [0.3] * 10))
-    assert [f["step"] for f in c.history[1]["fallbacks"]] == [45]
+    out.append(_drive_states(c, [4.0] + [0.3] * 44 + [1.5] + [0.3] * 3 + [2.0] + [0.3] * 5))
+    assert [f["step"] for f in c.history[1]["fallbacks"]] == [49]
+    # validation probes in the exploit phases, and one that overfits: the final anneal begins early
+    for late_reads in (False, True):
+        c, train, val = _overfitting_case()
+        events = _drive_val(c, train, val, late_reads=late_reads)
+        assert any(e["event"] == "anneal" for e in events) and c.history[-1]["overfitting"]
+        out.append((events, c.state_dict()))
     # every trial diverged and the first exploit steps have no loss: no reference loss yet at a quiet step
     no_reference = make(total=None, num_trials=2, tau=20, tau_max=20, search_ratio=0.25, collapse_guard=True)
     out.append(_drive_states(no_reference, [math.nan, math.nan, None, None] + [1.0 + 0.01 * i for i in range(30)]))
@@ -641,8 +649,9 @@ def _quiet_exploit_cases() -> list:
 
 def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) -> None:
     """The end of a step that the kept quiet plan of an exploit phase planned (most steps of a run) takes a short path
-    (`_quiet_exploit_loss`, issue #14): every LR, record, event and state is what the general path gives, and both of
-    its ways to a fallback are taken (the collapse guard on the short path; a divergence handed to the general one)."""
+    (`_quiet_exploit_loss`, issue #14): every LR, record, event and state is what `end_step` gave before it (no step
+    routed there: the kept plan hidden from `end_step`), and both of its ways to a fallback are taken (the collapse
+    guard on the short path; a divergence handed to the general one)."""
     calls = {"quiet": 0, "general": 0, "fallback_quiet": 0, "fallback_general": 0}
     quiet_end, general, fallback = (
         StageController._quiet_exploit_loss, StageController._exploit_loss, StageController._exploit_fallback
@@ -670,7 +679,20 @@ def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) 
     monkeypatch.setattr(StageController, "_exploit_fallback", counted_fallback)
     short = _quiet_exploit_cases()
     assert calls["quiet"] > 200 and calls["fallback_quiet"] >= 1 and calls["fallback_general"] >= 3
-    monkeypatch.setattr(StageController, "_quiet_exploit_loss", lambda self, loss: self._record_exploit_step(loss))
+    monkeypatch.undo()
+    end_step = StageController.end_step
+    hidden = object()
+
+    def general_end_step(self, *args, **kwargs):  # end_step as before the short path: no plan is the kept one
+        kept, self._quiet = self._quiet, hidden
+        try:
+            return end_step(self, *args, **kwargs)
+        finally:
+            if self._quiet is hidden:  # (unless the step dropped it: an early anneal)
+                self._quiet = kept
+
+    monkeypatch.setattr(StageController, "end_step", general_end_step)
+    monkeypatch.setattr(StageController, "_quiet_exploit_loss", None)  # never called
     assert _quiet_exploit_cases() == short
 
 
@@ -862,10 +884,12 @@ def _drive_val(
     plans: list[tuple] | None = None,
     steps: int | None = None,
     objects: list | None = None,
+    late_reads: bool = True,
 ) -> list:
     """Run ``c`` as the callback does with validation probes: ``train(step)`` is the step's training loss,
     ``val(step)`` the validation loss of the model after ``step`` steps; late losses where the controller allows
-    them. Returns the events; ``plans`` collects each step's plan as a tuple, ``objects`` as ``(step, plan)``."""
+    them (``late_reads``: on an accelerator; on CPU each step's loss is read at its end). Returns the events;
+    ``plans`` collects each step's plan as a tuple, ``objects`` as ``(step, plan)``."""
     events, late = [], []
     end = c.total_steps if steps is None else c.step + steps
     while c.step < end:
@@ -879,7 +903,7 @@ def _drive_val(
             c.record_level(val(step))
         if late:
             events += c.report_late_loss(late.pop())
-        if c.loss_can_wait:
+        if late_reads and c.loss_can_wait:
             c.end_step(None, late=True)
             late.append(train(step))
         else:
