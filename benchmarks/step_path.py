@@ -2,9 +2,9 @@
 
 The per-step path (the callback's ``on_train_batch_start`` and ``on_train_batch_end`` on the steps without a GP
 decision, a forecast or a snapshot copy; issue 14's target ≤ 20 µs median) runs between training steps, on caches the
-training step has just filled with other things, so its time depends on the machine's day more than on small code
-changes: on one machine the same code measured 15 and 31 µs within an hour. What a change to that path is worth is
-therefore measured here against a baseline checkout in the same session, in alternating runs:
+training step has just filled with other things, so its time depends on the machine and its day more than on small
+code changes (README, "Overhead": 17–19 µs on one machine, 28–43 µs on another). What a change to that path is worth
+is therefore measured here against a baseline checkout in the same session, in alternating runs:
 
 * Each run trains issue 14's MLP case (MLP 256-512-512-10 with Adam, τ = 400, k = 10, τ' = 40, no validation, a CSV
   logger; :mod:`benchmarks.overhead`) for ``--steps`` steps with one torch thread, in a fresh process whose
