@@ -23,11 +23,11 @@ against that loss, without whole AutoLRS runs. For each workload and seed:
    * ``last_x4``: the default judge on a trial four times as long (4 τ', capped at τ), probed at the same 5 points
      per trial: does a longer trial see what the short one misses?
    * ``jump``: the ``last`` forecast less the step from the stage-start probe to the trial's first probe (no
-     training of its own). A smaller LR's loss drops at once, a larger one's rises, and the final anneal gives every
-     LR that drop anyway; this judge credits a trial only with what it gains after its first probe. (A scratch
+     training of its own). The idea: what a new LR changes at once is the loss's noise level, which the final anneal
+     takes away from every LR; this judge credits a trial only with what it gains after its first probe. (A scratch
      copy of the package judging every stage's trials so, ten seeds of ``python -m benchmarks.seeds``, ended higher
-     than the default in 30 of 50 runs: in stage 0 that first step is mostly the model's own progress; README,
-     "Benchmarks".)
+     than the default in 30 of 50 runs: stage 0 begins from the initial weights, where that first step is mostly the
+     model's own progress; README, "Benchmarks".)
 
    Each judge's pick follows the package's rule: the lowest value, unless the anchor (×1) is within 3 % of it.
 
