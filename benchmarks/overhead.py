@@ -306,6 +306,17 @@ class _Instrument:
         setattr(obj, name, timed)
 
 
+def wrap_event_sources(cb: Any, inst: _Instrument) -> None:
+    """Time and count the started AutoLRS callback's GP decisions, forecasts and snapshot copies in ``inst`` (what
+    makes a step an event step rather than a quiet one; also used by :mod:`benchmarks.step_path`)."""
+    inst.wrap(cb.controller.proposer, "propose", "decisions")
+    inst.wrap(cb.controller.forecaster, "predict", "forecasts")
+    for snap in (cb._snapshot, cb._best_snapshot):
+        if snap is not None:
+            inst.wrap(snap, "capture", "snapshot")
+            inst.wrap(snap, "restore", "snapshot")
+
+
 def _instrument(cb: Any, inst: _Instrument) -> None:
     """Time an AutoLRS callback's proposer, forecaster, snapshots and per-step hooks from its ``on_train_start`` on
     (an instance attribute, which Lightning looks up on the instance): no second callback, whose hook dispatch on
@@ -314,12 +325,7 @@ def _instrument(cb: Any, inst: _Instrument) -> None:
 
     def start(trainer: Any, pl_module: Any) -> None:
         on_train_start(trainer, pl_module)
-        inst.wrap(cb.controller.proposer, "propose", "decisions")
-        inst.wrap(cb.controller.forecaster, "predict", "forecasts")
-        for snap in (cb._snapshot, cb._best_snapshot):
-            if snap is not None:
-                inst.wrap(snap, "capture", "snapshot")
-                inst.wrap(snap, "restore", "snapshot")
+        wrap_event_sources(cb, inst)
         inst.time_steps(cb)
 
     cb.on_train_start = start

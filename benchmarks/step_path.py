@@ -53,7 +53,7 @@ def measure(steps: int) -> dict[str, Any]:
     from lightning.pytorch.loggers import CSVLogger
 
     import lightning_autolrs
-    from benchmarks.overhead import ISSUE_CASE, _IssueMLP
+    from benchmarks.overhead import ISSUE_CASE, _Instrument, _IssueMLP, wrap_event_sources
     from benchmarks.workloads import quiet
     from lightning_autolrs import AutoLRS
 
@@ -65,16 +65,10 @@ def measure(steps: int) -> dict[str, Any]:
     clock = time.perf_counter_ns
     times: dict[str, list[int]] = {p: [] for p in PARTS}
     now: dict[str, int] = {}
-    events = [0]  # GP decisions, forecasts and snapshot copies so far
+    inst = _Instrument()  # counts GP decisions, forecasts and snapshot copies (`events` below: how many so far)
 
-    def counted(obj: Any, name: str) -> None:
-        original = getattr(obj, name)
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            events[0] += 1
-            return original(*args, **kwargs)
-
-        setattr(obj, name, wrapper)
+    def events() -> int:
+        return sum(inst.calls.values())
 
     def timed(obj: Any, name: str) -> None:
         original = getattr(obj, name)
@@ -92,19 +86,13 @@ def measure(steps: int) -> dict[str, Any]:
 
     def train_start(trainer: Any, pl_module: Any) -> None:
         on_train_start(trainer, pl_module)
-        controller = cb.controller
-        counted(controller.proposer, "propose")
-        counted(controller.forecaster, "predict")
-        for snap in (cb._snapshot, cb._best_snapshot):
-            if snap is not None:
-                counted(snap, "capture")
-                counted(snap, "restore")
-        timed(controller, "begin_step")
-        timed(controller, "end_step")
+        wrap_event_sources(cb, inst)
+        timed(cb.controller, "begin_step")
+        timed(cb.controller, "end_step")
 
     def on_start(*args: Any, **kwargs: Any) -> None:
         now.clear()
-        now["events"] = events[0]
+        now["events"] = events()
         t = clock()
         start_hook(*args, **kwargs)
         now["start_hook"] = clock() - t
@@ -117,7 +105,7 @@ def measure(steps: int) -> dict[str, Any]:
         now["end_hook"] = clock() - t
         c = cb.controller
         exploit = now["kept"] and c.phase == "exploit" and not c._anneal.active
-        if exploit and events[0] == now["events"] and "begin_step" in now and "end_step" in now:
+        if exploit and events() == now["events"] and "begin_step" in now and "end_step" in now:
             now["path"] = now["start_hook"] + now["end_hook"]
             for p in PARTS:
                 times[p].append(now[p])

@@ -544,20 +544,31 @@ def test_ranks_adopting_rank_zeros_decision_apply_the_same_plans(exploit_warmup:
 
 
 # ------------------------------------------------------------------------------------------- the reused quiet plan
-def _drive(c: StageController, losses: list[float], plans: list[tuple]) -> None:
-    """Feed ``losses`` as the callback does (late losses where the controller allows them), recording each plan."""
-    late: list[float] = []
+def _drive(
+    c: StageController,
+    losses: list[float | None],
+    plans: list[tuple] | None = None,
+    late_reads: bool = True,
+    states: list | None = None,
+) -> None:
+    """Feed ``losses`` as the callback does: with ``late_reads`` (on an accelerator) late losses where the controller
+    allows them, else (on CPU) each step's loss at its end. ``plans`` collects each step's plan, ``states`` the events
+    and the whole state after each step."""
+    late: list[float | None] = []
     for loss in losses:
         if c.total_steps is not None and c.step >= c.total_steps:
             break
-        plans.append(dataclasses.astuple(c.begin_step()))
-        if late:
-            c.report_late_loss(late.pop())
-        if c.loss_can_wait:
-            c.end_step(None, late=True)
+        plan = c.begin_step()
+        if plans is not None:
+            plans.append(dataclasses.astuple(plan))
+        events = c.report_late_loss(late.pop()) if late else []
+        if late_reads and c.loss_can_wait:
+            events += c.end_step(None, late=True)
             late.append(loss)
         else:
-            c.end_step(loss)
+            events += c.end_step(loss)
+        if states is not None:
+            states.append((events, c.state_dict()))
     if late:
         c.report_late_loss(late.pop())
 
@@ -585,24 +596,6 @@ def test_reused_quiet_plan_changes_no_plan(monkeypatch) -> None:
     assert len(fast.lrs) == 300 and any(h["fallbacks"] for h in fast.history)
 
 
-def _drive_states(c: StageController, losses: list[float | None], late_reads: bool = False) -> list:
-    """Feed ``losses`` as the callback does on CPU (each step's loss at its end) or, with ``late_reads``, on an
-    accelerator (late losses where the controller allows them, as :func:`_drive`); the events and the whole state
-    after each step."""
-    out: list = []
-    late: list[float | None] = []
-    for loss in losses:
-        c.begin_step()
-        events = c.report_late_loss(late.pop()) if late else []
-        if late_reads and c.loss_can_wait:
-            events += c.end_step(None, late=True)
-            late.append(loss)
-        else:
-            events += c.end_step(loss)
-        out.append((events, c.state_dict()))
-    return out
-
-
 def _quiet_exploit_cases() -> list:
     """Runs whose exploit phases take every branch at a quiet step's end, with the state after every step: the quiet
     plan case (NaN and spike divergences, the exploit warmup, the anneal), spikes above ``divergence_factor`` times
@@ -611,13 +604,17 @@ def _quiet_exploit_cases() -> list:
     may not wait (a restore already due), a stage without a search and a slow collapse caught by the guard (the
     probes' runs and the last two: their final state)."""
     kw, losses = _quiet_case()
-    out = [_drive_states(StageController(1e-3, 1.0, **kw), losses, late_reads) for late_reads in (False, True)]
-    spiky = _trained_down()
-    out.append(_drive_states(spiky, [0.005] * 45 + [0.1, 0.005, 1.1, 0.005, 1.2] + [0.005] * 10))
+    out: list = [[], []]
+    for late_reads, states in zip((False, True), out):
+        _drive(StageController(1e-3, 1.0, **kw), losses, late_reads=late_reads, states=states)
+    out.append([])
+    spikes = [0.005] * 45 + [0.1, 0.005, 1.1, 0.005, 1.2] + [0.005] * 10
+    _drive(_trained_down(), spikes, late_reads=False, states=out[-1])
     # stage 1's reference is 0.3: 1.5 is at the divergence bound (5x), no divergence; 2.0 is above it, below 10x,
     # and at the fit's floor (4.0 / 2): a divergence
     c = make(total=None, num_trials=2, tau=20, tau_max=20, search_ratio=0.25)
-    out.append(_drive_states(c, [4.0] + [0.3] * 44 + [1.5] + [0.3] * 3 + [2.0] + [0.3] * 5))
+    out.append([])
+    _drive(c, [4.0] + [0.3] * 44 + [1.5] + [0.3] * 3 + [2.0] + [0.3] * 5, late_reads=False, states=out[-1])
     assert [f["step"] for f in c.history[1]["fallbacks"]] == [49]
     # validation probes in the exploit phases, and one that overfits: the final anneal begins early
     for late_reads in (False, True):
@@ -627,7 +624,9 @@ def _quiet_exploit_cases() -> list:
         out.append((events, c.state_dict()))
     # every trial diverged and the first exploit steps have no loss: no reference loss yet at a quiet step
     no_reference = make(total=None, num_trials=2, tau=20, tau_max=20, search_ratio=0.25, collapse_guard=True)
-    out.append(_drive_states(no_reference, [math.nan, math.nan, None, None] + [1.0 + 0.01 * i for i in range(30)]))
+    out.append([])
+    no_losses = [math.nan, math.nan, None, None] + [1.0 + 0.01 * i for i in range(30)]
+    _drive(no_reference, no_losses, late_reads=False, states=out[-1])
     # the late loss of a step diverged, and the next step (a quiet exploit step that may not wait) ends after the
     # fallback it caused: its weights are thrown away
     probe, waited = StageController(1e-3, 1.0, **kw), []
@@ -637,7 +636,8 @@ def _quiet_exploit_cases() -> list:
         probe.end_step(loss)
     late = next(i for i in range(299) if waited[i][0] and not waited[i + 1][0] and waited[i + 1][1])
     losses[late] = 50.0
-    out.append(_drive_states(StageController(1e-3, 1.0, **kw), losses, late_reads=True))
+    out.append([])
+    _drive(StageController(1e-3, 1.0, **kw), losses, states=out[-1])
     unsearched = StageController(
         1e-3, 1.0, num_trials=4, tau=410, tau_max=410, search_ratio=0.1, total_steps=2000, start_step=1500,
         anneal_steps=400, anchor_lr=0.05, collapse_guard=True,
