@@ -463,17 +463,43 @@ def test_judge_trial_average_probes_in_eval_mode() -> None:
 
 def test_step_path_against_a_baseline_checkout(tmp_path: Path) -> None:
     """The per-step path benchmark runs each checkout's package in its own process (here this checkout twice) and
-    reports both, their hooks' parts and the paired ratio; a folder that is not a checkout is refused up front."""
+    reports both, their hooks' parts and the paired ratio, and with ``--floor`` a third process whose callback only
+    sets the LR and reads the loss; a folder that is not a checkout is refused up front."""
     from benchmarks import step_path
 
     root = Path(step_path.__file__).resolve().parent.parent
-    assert step_path.main(["--baseline", str(root), "--reps", "1", "--out", str(tmp_path)]) == 0
+    assert step_path.main(["--baseline", str(root), "--reps", "1", "--floor", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "step_path.md").read_text()
     header, rows = _table(text, "| checkout |")
-    assert [r[0] for r in rows] == ["this checkout", "baseline"] and header[4] == "start hook"
-    for row in rows:  # the kept plan's steps: after the first stage's exploit warmup (400-498), before the anneal (640)
+    assert [r[0] for r in rows] == ["this checkout", "baseline", "floor"] and header[4] == "start hook"
+    for row in rows[:2]:  # the kept plan's steps: after the first stage's exploit warmup (400-498), before the anneal
         assert int(row[2]) == 141
         assert all(float(cell.split()[0]) > 0 for cell in row[3:])
+    floor = rows[2]  # every step, timed in the same two hooks; no controller to time inside them
+    assert int(floor[2]) == 800 and all(float(c.split()[0]) > 0 for c in floor[3:6]) and floor[6:] == ["—", "—"]
     assert re.search(r"Paired ratio .*: median \d+\.\d{3} \(min", text)
+    assert re.search(r"per-step path ÷ the floor's \(per repeat\): median \d+\.\d{2} \(min", text)
+    header, rows = _table(text, "| checkout | quiet exploit |")
+    assert header[1:] == list(step_path.KINDS) and [r[0] for r in rows] == ["this checkout", "baseline"]  # no floor
+    for row in rows:  # every step but the 21 with a GP decision, a forecast or a snapshot copy: 141 + 98 + 160 + 380
+        counts = [cell.split()[1] if cell != "—" else cell for cell in row[1:]]
+        assert counts == ["(141)", "(98)", "(160)", "(380)", "—"]
+        assert all(float(cell.split()[0]) > 0 for cell in row[1:5])
     with pytest.raises(SystemExit):
         step_path.main(["--baseline", str(tmp_path), "--out", str(tmp_path)])
+
+
+def test_step_path_selects_the_steps_its_figure_is_taken_over() -> None:
+    """``--select quiet`` takes the per-step path over the quiet exploit steps only, ``--select all`` over every step
+    without an event (the overhead benchmark's figure); each kind's median is kept either way."""
+    from benchmarks.step_path import PARTS, _summary
+
+    kinds = ["search", "quiet exploit", "quiet exploit", "anneal", "quiet exploit", "exploit warmup"]
+    path = [50, 10, 12, 40, 11, 30]
+    result = {"times": {p: [v * (i + 1) for v in path] for i, p in enumerate(PARTS)}, "kinds": kinds}
+    quiet, every = _summary(result, "quiet"), _summary(result, "all")
+    assert quiet["path"] == 11 and quiet["n"] == 3 and quiet["end_hook"] == 33  # the median of 10, 12, 11 (x 3)
+    assert every["path"] == 21 and every["n"] == 6  # the median of all six: (12 + 30) / 2
+    for got in (quiet, every):
+        assert got["search"] == 50 and got["anneal"] == 40 and got["exploit warmup"] == 30
+        assert got["quiet exploit"] == 11 and got["quiet exploit n"] == 3 and "range test/warmup" not in got
