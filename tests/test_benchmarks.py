@@ -478,7 +478,8 @@ def test_step_path_against_a_baseline_checkout(tmp_path: Path) -> None:
     floor = rows[2]  # every step, timed in the same two hooks; no controller to time inside them
     assert int(floor[2]) == 800 and all(float(c.split()[0]) > 0 for c in floor[3:6]) and floor[6:] == ["—", "—"]
     assert re.search(r"Paired ratio .*: median \d+\.\d{3} \(min", text)
-    assert re.search(r"per-step path ÷ the floor's \(per repeat\): median \d+\.\d{2} \(min", text)
+    ratio = float(re.search(r"per-step path ÷ the floor's \(per repeat\): median (\d+\.\d{2}) \(min", text)[1])
+    assert ratio == pytest.approx(float(rows[0][3].split()[0]) / float(floor[3].split()[0]), rel=0.05)
     header, rows = _table(text, "| checkout | quiet exploit |")
     assert header[1:] == list(step_path.KINDS) and [r[0] for r in rows] == ["this checkout", "baseline"]  # no floor
     for row in rows:  # every step but the 21 with a GP decision, a forecast or a snapshot copy: 141 + 98 + 160 + 380
@@ -487,6 +488,28 @@ def test_step_path_against_a_baseline_checkout(tmp_path: Path) -> None:
         assert all(float(cell.split()[0]) > 0 for cell in row[1:5])
     with pytest.raises(SystemExit):
         step_path.main(["--baseline", str(tmp_path), "--out", str(tmp_path)])
+
+
+def test_step_path_times_every_step_of_the_char_lm_case(tmp_path: Path) -> None:
+    """``--case charlm --select all``: the char LM with AutoLRS's defaults on its LR range; at 60 steps (too few for a
+    search) a 3-step warmup and 57 steps of the fallback's decay (the final anneal), all of them in the figure; the
+    file is named after the case and the selection."""
+    from benchmarks import step_path
+
+    root = Path(step_path.__file__).resolve().parent.parent
+    argv = ["--baseline", str(root), "--case", "charlm", "--select", "all", "--steps", "60", "--reps", "1", "--floor"]
+    assert step_path.main([*argv, "--out", str(tmp_path)]) == 0
+    assert not (tmp_path / "step_path.md").exists()
+    text = (tmp_path / "step_path_charlm_all.md").read_text()
+    assert "Case charlm, 60 steps per run" in text
+    header, rows = _table(text, "| checkout |")
+    assert header[2] == "steps without an event per run" and [int(r[2]) for r in rows] == [60, 60, 60]
+    _, kinds = _table(text, "| checkout | quiet exploit |")
+    for row, kind_row in zip(rows, kinds):
+        assert kind_row[1:] == ["—", "—", kind_row[3], "—", kind_row[5]]
+        assert kind_row[3].endswith("(57)") and kind_row[5].endswith("(3)")
+        medians = [float(kind_row[3].split()[0]), float(kind_row[5].split()[0])]
+        assert min(medians) <= float(row[3].split()[0]) <= max(medians)  # the median over both kinds' steps
 
 
 def test_step_path_selects_the_steps_its_figure_is_taken_over() -> None:
