@@ -342,6 +342,46 @@ def test_seeds_table_pairs_each_run_with_the_cosine_run_of_its_seed() -> None:
     assert [r[5] for r in rows] == ["-10.0 %", "+10.0 %", "-25.0 %"] and rows[0][6:] == ["—", "0", "0"]
 
 
+def test_seeds_held_out_tuned_cosine_is_chosen_on_seeds_0_to_2_and_judged_on_the_others() -> None:
+    """``--held-out-tuned``: the tuned LR is the grid point with the lowest median over seeds 0-2 (as the quality
+    benchmark's tuned cosine), and AutoLRS is compared with cosine at that LR on the other seeds only."""
+    from benchmarks import seeds
+    from benchmarks.quality import method_lrs, run_key
+    from benchmarks.workloads import METHODS, WORKLOADS
+
+    grid = method_lrs(METHODS["cosine"], WORKLOADS["friedman"], False)
+    results = {}
+    for i, lr in enumerate(grid):  # grid point 2 has the lowest median (1.0) though point 4 holds the lowest run
+        for s, v in enumerate({2: [1.0, 0.9, 1.5], 4: [0.5, 1.2, 1.3]}.get(i, [2.0, 2.0, 2.0])):
+            results[("friedman", run_key("cosine", lr, s))] = {"final_loss": v}
+    assert seeds.tuned_lr(results, "friedman") == grid[2]
+    tuned = [1.0, 2.0, 4.0, 8.0]  # seeds 3, 4, 5, 6 at the tuned LR (seeds 0-2 are not compared)
+    autolrs = [0.5, 2.0, 5.0, 7.2, 100.0, 100.0, 100.0]  # seeds 3-6: -50 %, 0 %, +25 %, -10 %; 0-2 left out
+    for s, v in zip((3, 4, 5, 6), tuned):
+        results[("friedman", run_key("cosine", grid[2], s))] = {"final_loss": v}
+    for s, v in zip((3, 4, 5, 6, 0, 1, 2), autolrs):
+        results[("friedman", run_key("autolrs", None, s))] = {"final_loss": v}
+    lines = seeds.held_out_lines(results, ["friedman"], ["autolrs"], [0, 1, 2, 3, 4, 5, 6])
+    row = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert row == [
+        "friedman",
+        f"{grid[2]:.4g} ({WORKLOADS['friedman'].lr:g})",
+        "`autolrs`",
+        "3.5 [0.5–7.2]",
+        "3 [1–8]",
+        "no",
+        "-8.8 %",
+        "+25.0 %",
+        "3/4",
+    ]
+    assert lines[-1] == (
+        "- `autolrs`, all workloads: at or below the same seed's tuned cosine run in 3/4 runs; mean difference -8.8 %, "
+        "median -5.0 %."
+    )
+    with pytest.raises(SystemExit):  # no seed outside 0-2: nothing to judge on
+        seeds.main(["--held-out-tuned", "--seeds", "0", "1", "--out", "unused"])
+
+
 def test_judge_quick(tmp_path: Path) -> None:
     from benchmarks import judge
 
