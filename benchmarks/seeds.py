@@ -189,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for w in args.workloads:
             lr = tuned_lr(grid, w)
             tasks |= {(w, run_key("cosine", lr, s)): _task(w, "cosine", lr, s, False, 40) for s in held}
+        tasks = {key: task for key, task in tasks.items() if key not in grid}  # (cosine at the module's LR, seeds 0-2)
     results, ran2, reused2 = execute(tasks, out, args.jobs, args.resume)
     ran, reused = ran + ran2, reused + reused2
     if args.held_out_tuned:

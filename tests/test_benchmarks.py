@@ -378,8 +378,52 @@ def test_seeds_held_out_tuned_cosine_is_chosen_on_seeds_0_to_2_and_judged_on_the
         "- `autolrs`, all workloads: at or below the same seed's tuned cosine run in 3/4 runs; mean difference -8.8 %, "
         "median -5.0 %."
     )
-    with pytest.raises(SystemExit):  # no seed outside 0-2: nothing to judge on
-        seeds.main(["--held-out-tuned", "--seeds", "0", "1", "--out", "unused"])
+    results[("friedman", run_key("cosine", grid[2], 5))] = {"final_loss": 5.0}  # medians equal (3.5): "at or below"
+    assert seeds.held_out_lines(results, ["friedman"], ["autolrs"], [3, 4, 5, 6])[2].split(" | ")[5] == "yes"
+    for i, lr in enumerate(grid):  # a tie between grid points 2 and 3: the earlier one, as the quality benchmark
+        for s in (0, 1, 2):
+            results[("friedman", run_key("cosine", lr, s))] = {"final_loss": 1.0 if i in (2, 3) else 2.0}
+    assert seeds.tuned_lr(results, "friedman") == grid[2]
+
+
+def test_seeds_held_out_tuned_trains_the_grid_first_then_the_tuned_lr_on_the_other_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``main`` with ``--held-out-tuned``: the grid on seeds 0-2 first, then the rows and cosine at the LR it picks on
+    the requested seeds outside 0-2 only; no run is handed to both calls (cosine at the module's LR is a grid point)."""
+    from benchmarks import seeds
+    from benchmarks.quality import method_lrs, run_key
+    from benchmarks.workloads import METHODS, WORKLOADS
+
+    grid = method_lrs(METHODS["cosine"], WORKLOADS["friedman"], False)
+    calls: list[dict] = []
+
+    def fake_execute(tasks: dict, out: Path, jobs: int, resume: bool) -> tuple[dict, int, int]:
+        calls.append(tasks)
+        finals = {}
+        for (w, key), task in tasks.items():  # grid point 1 is best on seeds 0-2; the module's LR (3) is not
+            best = task["kind"] == "cosine" and task["lr"] == grid[1]
+            finals[(w, key)] = {"final_loss": 1.0 if best else 2.0 + task["seed"]}
+        return finals, len(tasks), 0
+
+    monkeypatch.setattr(seeds, "execute", fake_execute)
+    argv = ["--held-out-tuned", "--workloads", "friedman", "--methods", "autolrs", "--seeds", "1", "4", "5"]
+    assert seeds.main([*argv, "--out", str(tmp_path)]) == 0
+    first, second = calls
+    assert set(first) == {("friedman", run_key("cosine", lr, s)) for lr in grid for s in (0, 1, 2)}
+    assert not set(first) & set(second)
+    tuned = {key for key in second if key[1].startswith(f"cosine_lr{grid[1]:.4g}_")}
+    assert tuned == {("friedman", run_key("cosine", grid[1], s)) for s in (4, 5)}  # not seed 1, which tuned it
+    assert ("friedman", run_key("autolrs", None, 1)) in second and len(second) == 2 + 3 + 2  # (module LR s1: grid)
+    text = (tmp_path / "seeds.md").read_text()
+    assert "## Against tuned cosine on held-out seeds (4, 5)" in text and "(28 runs trained, 0 reused" in text
+    _, rows = _table(text, "| workload | tuned LR (module's) |")
+    assert rows == [["friedman", f"{grid[1]:.4g} ({WORKLOADS['friedman'].lr:g})", "`autolrs`", "6.5 [6–7]", "1 [1–1]",
+                     "no", "+550.0 %", "+600.0 %", "0/2"]]  # fmt: skip
+    calls.clear()
+    with pytest.raises(SystemExit):  # no seed outside 0-2: nothing to judge on, refused before any run
+        seeds.main(["--held-out-tuned", "--seeds", "0", "1", "--out", str(tmp_path / "unused")])
+    assert not calls and not (tmp_path / "unused").exists()
 
 
 def test_judge_quick(tmp_path: Path) -> None:
