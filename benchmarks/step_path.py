@@ -232,6 +232,8 @@ def report(
 ) -> str:
     lines = ["# Per-step path (`python -m benchmarks.step_path`)", "", f"Command: `{command}`", "", header, ""]
     steps = "quiet exploit steps" if select == "quiet" else "steps without an event"
+    if "floor" in rows:
+        steps += " (the floor: every step)"
     lines += [
         f"| checkout | runs | {steps} per run | per-step path: median µs (min-max over runs) | start hook | "
         "end hook | controller `begin_step` | controller `end_step` |",

@@ -124,6 +124,14 @@ class Dump(lpl.Callback):
             doc["state_bytes"] = len(pickle.dumps(cb.controller.state_dict()))
         Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps(doc))
 
+    def teardown(self, trainer, pl_module, stage) -> None:
+        # The last hook every rank runs (after on_fit_end; no collective follows it, in ddp_spawn's workers either):
+        # tear the gloo process group down here, before the interpreter does. Left to interpreter exit (Lightning's
+        # atexit handler), its threads were now and then destroyed while joinable ("terminate called without an active
+        # exception", SIGABRT at a rank's exit: 1 of 22 ddp_spawn runs, where only that handler destroyed it).
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
 
 def main() -> None:
     strategy, out, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -158,10 +166,6 @@ def main() -> None:
         **({"limit_val_batches": 4, "num_sanity_val_steps": 0} if count else {}),
     )
     trainer.fit(WithValidation() if count else Regressor(nan_rank, nan_step))
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # tear the gloo process group down before the interpreter does: left to interpreter exit, its threads were
-        # destroyed while joinable now and then ("terminate called without an active exception", SIGABRT)
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
