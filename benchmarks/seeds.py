@@ -58,36 +58,67 @@ def _finals(results: dict, workload: str, method: str, seeds: Sequence[int]) -> 
     return [final_of(run) for run in _runs(results, workload, method, seeds)]
 
 
-def paired_lines(results: dict, workloads: Sequence[str], methods: Sequence[str], seeds: Sequence[int]) -> list[str]:
-    """The markdown table of every (workload, row): median, paired mean / worst difference, seeds at or below."""
-    lines = [
-        "| workload | row | final val loss, median [min–max] | cosine at the module's LR, median | median at or below "
-        "| paired: mean difference | paired: worst seed | seeds at or below |",
-        "| --- | --- | ---: | ---: | :---: | ---: | ---: | ---: |",
-    ]
-    totals: dict[str, list[float]] = {m: [] for m in methods}
-    for w in workloads:
-        ref = _finals(results, w, REFERENCE, seeds)
-        ref_med = statistics.median(ref)
-        for m in methods:
-            v = _finals(results, w, m, seeds)
-            diff = [100.0 * (a / b - 1.0) for a, b in zip(v, ref)]
-            totals[m] += diff
-            med = statistics.median(v)
-            lines.append(
-                f"| {w} | `{m}` | {med:.4g} [{min(v):.4g}–{max(v):.4g}] | {ref_med:.4g} | "
-                f"{'yes' if med <= ref_med else 'no'} | {statistics.mean(diff):+.1f} % | {max(diff):+.1f} % | "
-                f"{sum(d <= 0 for d in diff)}/{len(diff)} |"
-            )
-    lines.append("")
-    for m in methods:
-        d = totals[m]
+def _paired_cells(v: Sequence[float], ref: Sequence[float]) -> tuple[list[float], str]:
+    """One row's runs ``v`` against the reference runs of the same seeds ``ref``: the relative differences (%) and the
+    row's last cells (median at or below, paired mean and worst difference, runs at or below)."""
+    diff = [100.0 * (a / b - 1.0) for a, b in zip(v, ref)]
+    at_or_below = "yes" if statistics.median(v) <= statistics.median(ref) else "no"
+    wins = f"{sum(d <= 0 for d in diff)}/{len(diff)}"
+    cells = f"{at_or_below} | {statistics.mean(diff):+.1f} % | {max(diff):+.1f} % | {wins} |"
+    return diff, cells
+
+
+def _totals_lines(totals: dict[str, list[float]], reference: str) -> list[str]:
+    """One line per row: its runs at or below the same seed's ``reference`` run over all workloads, mean and median."""
+    lines = [""]
+    for m, d in totals.items():
         wins = f"{sum(x <= 0 for x in d)}/{len(d)}"
         lines.append(
-            f"- `{m}`, all workloads: at or below the same seed's cosine run in {wins} runs; "
+            f"- `{m}`, all workloads: at or below the same seed's {reference} run in {wins} runs; "
             f"mean difference {statistics.mean(d):+.1f} %, median {statistics.median(d):+.1f} %."
         )
     return lines
+
+
+#: The paired columns every table of this module ends with.
+PAIRED_COLUMNS = "median at or below | paired: mean difference | paired: worst seed | seeds at or below |"
+
+
+def _paired_table(
+    first_columns: Sequence[str],
+    rows: Sequence[tuple[str, str, list[float], list[float]]],
+    reference: str,
+    left: int = 2,
+) -> list[str]:
+    """A markdown table of ``rows`` (each: its row's name, its first cells, its final losses and the reference runs'
+    of the same seeds, in order; the first ``left`` columns left-aligned), then one line per row's name over all
+    workloads."""
+    lines = [
+        "| " + " | ".join(first_columns) + " | " + PAIRED_COLUMNS,
+        "|" + " --- |" * left + " ---: |" * (len(first_columns) - left) + " :---: | ---: | ---: | ---: |",
+    ]
+    totals: dict[str, list[float]] = {}
+    for name, first_cells, v, ref in rows:
+        diff, cells = _paired_cells(v, ref)
+        totals.setdefault(name, []).extend(diff)
+        lines.append(f"{first_cells} | {cells}")
+    return lines + _totals_lines(totals, reference)
+
+
+def _spread(v: Sequence[float]) -> str:
+    return f"{statistics.median(v):.4g} [{min(v):.4g}–{max(v):.4g}]"
+
+
+def paired_lines(results: dict, workloads: Sequence[str], methods: Sequence[str], seeds: Sequence[int]) -> list[str]:
+    """The markdown table of every (workload, row): median, paired mean / worst difference, seeds at or below."""
+    columns = ("workload", "row", "final val loss, median [min–max]", "cosine at the module's LR, median")
+    rows = []
+    for w in workloads:
+        ref = _finals(results, w, REFERENCE, seeds)
+        for m in methods:
+            v = _finals(results, w, m, seeds)
+            rows.append((m, f"| {w} | `{m}` | {_spread(v)} | {statistics.median(ref):.4g}", v, ref))
+    return _paired_table(columns, rows, "cosine")
 
 
 def tuned_lr(results: dict, workload: str) -> float:
@@ -104,35 +135,16 @@ def held_out_lines(results: dict, workloads: Sequence[str], methods: Sequence[st
     """The markdown table of every (workload, row) against cosine at the LR tuned on :data:`TUNING_SEEDS`, on the
     seeds of ``seeds`` outside them: medians, paired mean / worst difference, seeds at or below."""
     held = [s for s in seeds if s not in TUNING_SEEDS]
-    lines = [
-        "| workload | tuned LR (module's) | row | final val loss, median [min–max] | tuned cosine, median [min–max] | "
-        "median at or below | paired: mean difference | paired: worst seed | seeds at or below |",
-        "| --- | --- | --- | ---: | ---: | :---: | ---: | ---: | ---: |",
-    ]
-    totals: dict[str, list[float]] = {m: [] for m in methods}
+    columns = ("workload", "tuned LR (module's)", "row", "final val loss, median [min–max]")
+    rows = []
     for w in workloads:
         lr = tuned_lr(results, w)
         ref = [final_of(results[(w, run_key("cosine", lr, s))]) for s in held]
-        ref_med = statistics.median(ref)
         for m in methods:
             v = _finals(results, w, m, held)
-            diff = [100.0 * (a / b - 1.0) for a, b in zip(v, ref)]
-            totals[m] += diff
-            med = statistics.median(v)
-            lines.append(
-                f"| {w} | {lr:.4g} ({WORKLOADS[w].lr:g}) | `{m}` | {med:.4g} [{min(v):.4g}–{max(v):.4g}] | "
-                f"{ref_med:.4g} [{min(ref):.4g}–{max(ref):.4g}] | {'yes' if med <= ref_med else 'no'} | "
-                f"{statistics.mean(diff):+.1f} % | {max(diff):+.1f} % | {sum(d <= 0 for d in diff)}/{len(diff)} |"
-            )
-    lines.append("")
-    for m in methods:
-        d = totals[m]
-        wins = f"{sum(x <= 0 for x in d)}/{len(d)}"
-        lines.append(
-            f"- `{m}`, all workloads: at or below the same seed's tuned cosine run in {wins} runs; "
-            f"mean difference {statistics.mean(d):+.1f} %, median {statistics.median(d):+.1f} %."
-        )
-    return lines
+            first = f"| {w} | {lr:.4g} ({WORKLOADS[w].lr:g}) | `{m}` | {_spread(v)} | {_spread(ref)}"
+            rows.append((m, first, v, ref))
+    return _paired_table((*columns, "tuned cosine, median [min–max]"), rows, "tuned cosine", left=3)
 
 
 def per_seed_lines(results: dict, workloads: Sequence[str], methods: Sequence[str], seeds: Sequence[int]) -> list[str]:
