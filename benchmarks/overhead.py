@@ -365,6 +365,20 @@ class _IssueMLP:
 ISSUE_CASE = {"tau": 400, "num_trials": 10, "search_ratio": 0.1}
 
 
+def build_case(name: str, seed: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The module, ``fit``'s keyword arguments and AutoLRS's range arguments of one whole-run case: ``"mlp"``
+    (issue 14's case, :data:`ISSUE_CASE`) or a quality workload with AutoLRS's defaults on the workload's LR range
+    (also used by :mod:`benchmarks.step_path`)."""
+    from benchmarks.workloads import WORKLOADS
+
+    if name == "mlp":
+        module, loader = _IssueMLP.build(seed)
+        return module, {"train_dataloaders": loader}, {"min_lr": 1e-4, "max_lr": 1e-1, **ISSUE_CASE}
+    workload = WORKLOADS[name]
+    module_cls, kwargs, dm = workload.build(seed, False)
+    return module_cls(**kwargs), {"datamodule": dm}, dict(zip(("min_lr", "max_lr"), workload.grid))
+
+
 def _fit_seconds(
     workload_name: str, budget: int, kind: str, seed: int, root: Path
 ) -> tuple[float, float, _Instrument | None]:
@@ -375,20 +389,12 @@ def _fit_seconds(
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
-    from benchmarks.workloads import WORKLOADS, quiet
+    from benchmarks.workloads import quiet
     from lightning_autolrs import AutoLRS
 
     quiet()
     pl.seed_everything(seed, verbose=False)
-    if workload_name == "mlp":
-        module, loader = _IssueMLP.build(seed)
-        fit_kwargs: dict[str, Any] = {"train_dataloaders": loader}
-        autolrs_kwargs: dict[str, Any] = {"min_lr": 1e-4, "max_lr": 1e-1, **ISSUE_CASE}
-    else:
-        workload = WORKLOADS[workload_name]
-        module_cls, kwargs, dm = workload.build(seed, False)
-        module, fit_kwargs = module_cls(**kwargs), {"datamodule": dm}
-        autolrs_kwargs = dict(zip(("min_lr", "max_lr"), workload.grid))
+    module, fit_kwargs, autolrs_kwargs = build_case(workload_name, seed)
     callbacks: list[pl.Callback] = [pl.Callback()] if kind == "empty" else []
     inst = None
     if kind == "autolrs":

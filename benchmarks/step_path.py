@@ -78,77 +78,19 @@ def measure(steps: int, case: str = "mlp", floor: bool = False) -> dict[str, Any
     from lightning.pytorch.loggers import CSVLogger
 
     import lightning_autolrs
-    from benchmarks.overhead import ISSUE_CASE, _Instrument, _IssueMLP, wrap_event_sources
+    from benchmarks.overhead import _Instrument, build_case, wrap_event_sources
     from benchmarks.workloads import quiet
     from lightning_autolrs import AutoLRS
 
     quiet()
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
-    if case == "mlp":
-        module, loader = _IssueMLP.build(0)
-        fit_kwargs: dict[str, Any] = {"train_dataloaders": loader}
-        cb = AutoLRS(min_lr=1e-4, max_lr=1e-1, seed=0, verbose=False, save_files=False, **ISSUE_CASE)
-    else:  # as benchmarks.overhead runs a quality workload: AutoLRS's defaults on the workload's LR range
-        from benchmarks.workloads import WORKLOADS
-
-        workload = WORKLOADS[case]
-        module_cls, kwargs, dm = workload.build(0, False)
-        module, fit_kwargs = module_cls(**kwargs), {"datamodule": dm}
-        cb = AutoLRS(**dict(zip(("min_lr", "max_lr"), workload.grid)), seed=0, verbose=False, save_files=False)
+    module, fit_kwargs, autolrs_kwargs = build_case(case, 0)
     clock = time.perf_counter_ns
-    times: dict[str, list[int]] = {p: [] for p in PARTS}
+    times: dict[str, list[int]] = {p: [] for p in (PARTS[:3] if floor else PARTS)}
     kinds: list[str] = []
-    now: dict[str, int] = {}
-    inst = _Instrument()  # counts GP decisions, forecasts and snapshot copies (`events` below: how many so far)
 
-    def events() -> int:
-        return sum(inst.calls.values())
-
-    def timed(obj: Any, name: str) -> None:
-        original = getattr(obj, name)
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t = clock()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                now[name] = clock() - t
-
-        setattr(obj, name, wrapper)
-
-    on_train_start, start_hook, end_hook = cb.on_train_start, cb.on_train_batch_start, cb.on_train_batch_end
-
-    def train_start(trainer: Any, pl_module: Any) -> None:
-        on_train_start(trainer, pl_module)
-        wrap_event_sources(cb, inst)
-        timed(cb.controller, "begin_step")
-        timed(cb.controller, "end_step")
-
-    def on_start(*args: Any, **kwargs: Any) -> None:
-        now.clear()
-        now["events"] = events()
-        t = clock()
-        start_hook(*args, **kwargs)
-        now["start_hook"] = clock() - t
-        c = cb.controller
-        kept = c is not None and c._plan is not None and c._plan is c._quiet  # the plan of the step before
-        now["kind"] = _kind(c, kept) if c is not None else ""
-
-    def on_end(*args: Any, **kwargs: Any) -> None:
-        t = clock()
-        end_hook(*args, **kwargs)
-        now["end_hook"] = clock() - t
-        if now["kind"] and events() == now["events"] and "begin_step" in now and "end_step" in now:
-            now["path"] = now["start_hook"] + now["end_hook"]
-            for p in PARTS:
-                times[p].append(now[p])
-            kinds.append(now["kind"])
-
-    cb.on_train_start, cb.on_train_batch_start, cb.on_train_batch_end = train_start, on_start, on_end
-    callbacks: list[pl.Callback] = [cb]
     if floor:
-        floor_times: dict[str, list[int]] = {p: [] for p in PARTS[:3]}
 
         class Floor(pl.Callback):
             """Sets the LR and reads the step's loss: the least a per-step LR callback does (timed by itself)."""
@@ -169,9 +111,60 @@ def measure(steps: int, case: str = "mlp", floor: bool = False) -> dict[str, Any
                 self.loss = float(loss.item())
                 end = clock() - t
                 for part, value in zip(PARTS, (self.start + end, self.start, end)):
-                    floor_times[part].append(value)
+                    times[part].append(value)
+                kinds.append("floor")
 
-        callbacks = [Floor()]
+        callbacks: list[pl.Callback] = [Floor()]
+    else:
+        cb = AutoLRS(**autolrs_kwargs, seed=0, verbose=False, save_files=False)
+        now: dict[str, int] = {}
+        inst = _Instrument()  # counts GP decisions, forecasts and snapshot copies (`events` below: how many so far)
+
+        def events() -> int:
+            return sum(inst.calls.values())
+
+        def timed(obj: Any, name: str) -> None:
+            original = getattr(obj, name)
+
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                t = clock()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    now[name] = clock() - t
+
+            setattr(obj, name, wrapper)
+
+        on_train_start, start_hook, end_hook = cb.on_train_start, cb.on_train_batch_start, cb.on_train_batch_end
+
+        def train_start(trainer: Any, pl_module: Any) -> None:
+            on_train_start(trainer, pl_module)
+            wrap_event_sources(cb, inst)
+            timed(cb.controller, "begin_step")
+            timed(cb.controller, "end_step")
+
+        def on_start(*args: Any, **kwargs: Any) -> None:
+            now.clear()
+            now["events"] = events()
+            t = clock()
+            start_hook(*args, **kwargs)
+            now["start_hook"] = clock() - t
+            c = cb.controller
+            kept = c is not None and c._plan is not None and c._plan is c._quiet  # the plan of the step before
+            now["kind"] = _kind(c, kept) if c is not None else ""
+
+        def on_end(*args: Any, **kwargs: Any) -> None:
+            t = clock()
+            end_hook(*args, **kwargs)
+            now["end_hook"] = clock() - t
+            if now["kind"] and events() == now["events"] and "begin_step" in now and "end_step" in now:
+                now["path"] = now["start_hook"] + now["end_hook"]
+                for p in PARTS:
+                    times[p].append(now[p])
+                kinds.append(now["kind"])
+
+        cb.on_train_start, cb.on_train_batch_start, cb.on_train_batch_end = train_start, on_start, on_end
+        callbacks = [cb]
     with tempfile.TemporaryDirectory(prefix="autolrs-step-path-") as tmp:
         trainer = pl.Trainer(
             accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, logger=CSVLogger(tmp),
@@ -179,10 +172,7 @@ def measure(steps: int, case: str = "mlp", floor: bool = False) -> dict[str, Any
             num_sanity_val_steps=0, callbacks=callbacks,
         )  # fmt: skip
         trainer.fit(module, **fit_kwargs)
-    package = str(Path(lightning_autolrs.__file__).resolve().parent.parent)
-    if floor:
-        return {"package": package, "times": floor_times, "kinds": ["floor"] * len(floor_times["path"])}
-    return {"package": package, "times": times, "kinds": kinds}
+    return {"package": str(Path(lightning_autolrs.__file__).resolve().parent.parent), "times": times, "kinds": kinds}
 
 
 def _summary(result: dict[str, Any], select: str) -> dict[str, float]:
