@@ -55,15 +55,17 @@ def plot_schedule(schedule: Schedule, path: str | os.PathLike[str] | None = None
     lrs = schedule.lrs
     cmap = plt.get_cmap("viridis")
     warm, warm_from = schedule.warmup_steps, schedule.warmup_start
-    if warm:
-        span = range(warm_from, warm_from + warm)
-        ax_lr.plot(span, lrs[warm_from : warm_from + warm], color="0.6", lw=2, label="warmup")
+    # (a run that stopped early, inside its warmup or range test, has fewer steps than the settings planned)
+    warm_lrs = lrs[warm_from : warm_from + warm]
+    if warm_lrs:
+        ax_lr.plot(range(warm_from, warm_from + len(warm_lrs)), warm_lrs, color="0.6", lw=2, label="warmup")
     rt = schedule.settings.get("range_test")
     if isinstance(rt, dict) and rt.get("steps"):
         rt_start, rt_n = int(rt.get("start_step", 0)), int(rt["steps"])
+        rt_lrs = lrs[rt_start : rt_start + rt_n]
         ax_lr.plot(
-            range(rt_start, rt_start + rt_n),
-            lrs[rt_start : rt_start + rt_n],
+            range(rt_start, rt_start + len(rt_lrs)),
+            rt_lrs,
             color="tab:orange",
             lw=1.5,
             label="LR range test",
@@ -90,11 +92,11 @@ def plot_schedule(schedule: Schedule, path: str | os.PathLike[str] | None = None
             )
             search_labelled = True
         start, n = stage.get("exploit_start"), int(stage.get("exploit_steps", 0))
-        if start is not None and n:
-            xs = list(range(start, start + n))
+        exploit_lrs = lrs[start : start + n] if start is not None else []
+        if exploit_lrs:
             ax_lr.plot(
-                xs,
-                lrs[start : start + n],
+                range(start, start + len(exploit_lrs)),
+                exploit_lrs,
                 color="black",
                 lw=2.5,
                 label=None if exploit_labelled else "exploit (chosen LR)",

@@ -380,6 +380,26 @@ def test_save_files_writes_the_schedule_into_the_log_dir_only_when_asked(lpl, tm
         assert (run_dir / "autolrs_schedule.png").exists() is save
 
 
+def test_a_run_stopped_inside_its_warmup_still_writes_both_files(lpl, tmp_path) -> None:
+    """`should_stop` (an EarlyStopping, `max_time`) inside the warmup: the fit ends normally and saves the schedule
+    of the steps that ran, picture included."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    class Stop(lpl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step == 10:
+                trainer.should_stop = True
+
+    cb = autolrs(warmup_steps=30)
+    trainer = lpl.Trainer(
+        callbacks=[cb, Stop()], **trainer_kwargs(tmp_path, max_steps=200, logger=CSVLogger(tmp_path, name="stop"))
+    )
+    trainer.fit(make_module_class(lpl)())
+    run_dir = tmp_path / "stop" / "version_0"
+    assert trainer.global_step == 10 and cb.phase == "warmup" and len(cb.lrs) == 10
+    assert (run_dir / "autolrs_schedule.json").exists() and (run_dir / "autolrs_schedule.png").exists()
+
+
 def test_sharded_strategies_are_refused_by_name() -> None:
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
 

@@ -32,3 +32,17 @@ def test_plot_shows_the_range_test(tmp_path) -> None:
     dotted = [line for line in ax_lr.get_lines() if line.get_linestyle() == ":"]
     assert sorted(line.get_ydata()[0] for line in dotted) == [0.001, 1.0]
     assert "LR range test" not in plot_schedule(sample()).axes[0].get_legend_handles_labels()[1]
+
+
+def test_plot_draws_a_warmup_and_range_test_cut_short_by_an_early_stop(tmp_path) -> None:
+    """A run stopped inside its warmup (or range test) has fewer LRs than its settings planned: the picture draws the
+    steps that ran (it used to raise matplotlib's "x and y must have same first dimension")."""
+    s = sample()
+    s.lrs, s.stages, s.losses = [0.01, 0.02, 0.03], [], [1.0, 0.9, 0.8]
+    s.settings = {"warmup_steps": 300}
+    warmup = [line for line in plot_schedule(s, tmp_path / "w.png").axes[0].get_lines() if line.get_label() == "warmup"]
+    assert [list(line.get_ydata()) for line in warmup] == [[0.01, 0.02, 0.03]]
+    s.settings = {"range_test": {"start_step": 0, "steps": 50, "min_lr": None, "max_lr": None}}
+    sweep = [line for line in plot_schedule(s).axes[0].get_lines() if line.get_label() == "LR range test"]
+    assert [list(line.get_xdata()) for line in sweep] == [[0, 1, 2]]
+    assert (tmp_path / "w.png").read_bytes()[:4] == b"\x89PNG"
