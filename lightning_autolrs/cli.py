@@ -10,9 +10,9 @@ What it adds to a plain ``LightningCLI``:
 
 - ``--demo NAME`` (``digits``, ``charlm``) is a shortcut for ``--model`` / ``--data`` set to the demo's classes and,
   unless the command line already adds ``lightning_autolrs.AutoLRS`` or a ``--config`` is given, for an AutoLRS
-  callback with the demo config's arguments (``configs/NAME.yaml``).
+  callback with the demo config's arguments (``configs/NAME.yaml``), and the thread count of that config.
 - ``--torch_num_threads N`` (also a config key) calls ``torch.set_num_threads(N)`` before anything is built; the
-  demo configs use 1 thread, the fastest setting for models this small.
+  digits demo's config (and ``--demo digits``) uses 1 thread, the fastest setting for a model that small.
 - ``lr_scheduler`` given without ``optimizer`` wraps the LR scheduler around the optimizer the module's own
   ``configure_optimizers`` returns (its param groups kept). An LR scheduler from the config steps every optimizer
   step (``interval: step``), so a ``CosineAnnealingLR`` with ``T_max`` = ``max_steps`` decays over the whole run.
@@ -45,7 +45,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lightning_autolrs.callback import AutoLRS
-from lightning_autolrs.demos import DEMO_AUTOLRS, DEMOS, get_demo
+from lightning_autolrs.demos import DEMO_AUTOLRS, DEMO_THREADS, DEMOS, get_demo
 from lightning_autolrs.exceptions import AutoLRSError
 from lightning_autolrs.schedule import summary_table
 
@@ -72,10 +72,13 @@ class CLIInputError(AutoLRSError, ValueError):
 def _expand_demo(argv: list[str]) -> list[str]:
     """Replace ``--demo NAME`` / ``--demo=NAME`` by the demo's ``--model`` and ``--data`` class paths and, unless the
     command line adds AutoLRS itself or gives a ``--config`` (which holds its own callbacks), an AutoLRS callback with
-    the arguments of the demo's config."""
+    the arguments of the demo's config; also its config's ``torch_num_threads``, unless the command line sets it or
+    gives a ``--config``."""
     own = any(
         "lightning_autolrs.AutoLRS" in arg or arg in ("--config", "-c") or arg.startswith("--config=") for arg in argv
     )
+    configured = any(arg in ("--config", "-c") or arg.startswith("--config=") for arg in argv)
+    threads_given = any(arg == "--torch_num_threads" or arg.startswith("--torch_num_threads=") for arg in argv)
     out: list[str] = []
     i = 0
     while i < len(argv):
@@ -98,6 +101,8 @@ def _expand_demo(argv: list[str]) -> list[str]:
             if not own:
                 out.append("--trainer.callbacks+=lightning_autolrs.AutoLRS")
                 out += [f"--trainer.callbacks.{k}={v}" for k, v in DEMO_AUTOLRS[name].items()]
+            if not configured and not threads_given and DEMO_THREADS[name] is not None:
+                out.append(f"--torch_num_threads={DEMO_THREADS[name]}")
         else:
             out.append(arg)
         i += 1

@@ -384,15 +384,27 @@ def test_fit_help_mentions_the_cli_additions(cli_results) -> None:
 
 
 def test_demo_runs_autolrs_with_the_demo_configs_arguments(tmp_path, monkeypatch) -> None:
-    from lightning_autolrs.demos import DEMO_AUTOLRS
+    from lightning_autolrs.demos import DEMO_AUTOLRS, DEMO_THREADS
 
     root = Path(__file__).resolve().parents[1]
     for name, args in DEMO_AUTOLRS.items():  # the shortcut's AutoLRS is the one of configs/NAME.yaml
-        (callback,) = yaml.safe_load((root / "configs" / f"{name}.yaml").read_text())["trainer"]["callbacks"]
+        config = yaml.safe_load((root / "configs" / f"{name}.yaml").read_text())
+        (callback,) = config["trainer"]["callbacks"]
         assert callback == {"class_path": "lightning_autolrs.AutoLRS", "init_args": args}
+        assert config["torch_num_threads"] == DEMO_THREADS[name]  # and its thread count
     monkeypatch.chdir(tmp_path)
     argv = ["fit", "--demo", "digits", "--trainer.max_steps=30", "--trainer.limit_val_batches=1", *QUIET]
-    assert main([*argv, f"--trainer.default_root_dir={tmp_path / 'root'}", "--trainer.callbacks.verbose=false"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        root = f"--trainer.default_root_dir={tmp_path / 'root'}"
+        assert main([*argv, root, "--trainer.callbacks.verbose=false"]) == 0
+        assert torch.get_num_threads() == 1  # the digits config's one thread, as `--config configs/digits.yaml` sets
+        torch.set_num_threads(2)
+        assert main([*argv, f"--trainer.default_root_dir={tmp_path / 'two'}", "--torch_num_threads=2"]) == 0
+        assert torch.get_num_threads() == 2  # the command line's own wins
+    finally:
+        torch.set_num_threads(threads)
     run_dir = tmp_path / "root" / "lightning_logs" / "version_0"
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     (callback,) = config["trainer"]["callbacks"]

@@ -25,6 +25,7 @@ from lightning_autolrs.exceptions import InvalidArgumentError
 __all__ = [
     "DEMOS",
     "DEMO_AUTOLRS",
+    "DEMO_THREADS",
     "CharDataModule",
     "CharTransformerLM",
     "DigitsCNN",
@@ -44,6 +45,10 @@ DEMO_AUTOLRS: dict[str, dict[str, float | int]] = {
 }
 """Demo name -> the AutoLRS arguments of its config (``configs/NAME.yaml``; a test keeps both equal), which
 ``autolrs fit --demo NAME`` uses."""
+
+DEMO_THREADS: dict[str, int | None] = {"digits": 1, "charlm": None}
+"""Demo name -> the ``torch_num_threads`` of its config (``None``: torch's default), which ``autolrs fit --demo NAME``
+uses unless the command line sets it (a model as small as the digits CNN trains fastest on one thread)."""
 
 
 def get_demo(name: str) -> tuple[type[pl.LightningModule], type[pl.LightningDataModule]]:
