@@ -68,6 +68,18 @@ def _warn_weights_only_checkpoints(trainer: pl.Trainer) -> None:
         )
 
 
+def _fallback_schedule(settings: Settings, derived: Derived) -> str:
+    """The schedule of a run too small for a search, in words (the too-small-budget warning)."""
+    peak = derived.start_lr
+    lr = f"the configured lr={peak:.4g}"
+    if peak != derived.configured_lr:
+        lr = f"lr={peak:.4g} (the configured lr={derived.configured_lr:.4g} clamped to `min_lr`…`max_lr`)"
+    if settings.warmup_steps:
+        warmup = f"a {settings.warmup_steps}-step linear warmup (`warmup_steps`) to lr={derived.warmup_lr:.4g}"
+        return f"{warmup}, then a cosine decay from {lr} to {derived.min_lr:.4g}"
+    return f"a 5 % linear warmup to {lr}, then a cosine decay to {derived.min_lr:.4g}"
+
+
 def _check_snapshot_device_available(device: Any) -> None:
     """Refuse at fit start a ``snapshot_device`` this machine does not have (e.g. ``"cuda"`` without a GPU)."""
     if device is None or torch.device(device).type == "cpu":
@@ -303,8 +315,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             rank_zero_warn(
                 f"AutoLRS: the Trainer's budget of {self._derived.total_steps} optimizer steps is too small for a "
                 f"search with trials of at least 20 steps (it needs at least {self._derived.needed_steps} steps with "
-                f"`num_trials`={self._settings.num_trials}); training without a search instead: a 5 % linear warmup "
-                f"to the configured lr={base:.4g}, then a cosine decay. Raise `max_steps`/`max_epochs` to search.",
+                f"`num_trials`={self._settings.num_trials}); training without a search instead: "
+                f"{_fallback_schedule(self._settings, self._derived)}. Raise `max_steps`/`max_epochs` to search.",
                 category=AutoLRSWarning,
             )
 

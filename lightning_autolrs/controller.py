@@ -293,7 +293,7 @@ class StageController:
             options=SearchOptions.from_settings(settings, monitor=monitor),
             given_range=(derived.min_lr, derived.max_lr),
             anneal_steps=derived.anneal_steps,
-            anchor_lr=derived.configured_lr,
+            anchor_lr=derived.start_lr,
             collapse_guard=True,
             fallback=derived.fallback,
             exploit_warmup=derived.exploit_warmup,

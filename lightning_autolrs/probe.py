@@ -105,9 +105,10 @@ class ValidationProbe:
             out = logged[names[0]] if names else None
         if out is None:
             raise UnsupportedSetupError(
-                "`monitor='val_loss'` needs a validation loss, but `validation_step` neither returned a loss nor "
-                "logged one named '*val_loss' / '*loss'. Return or log it, or pass "
-                "`val_loss_fn=lambda module, batch: ...`."
+                "AutoLRS judges trials on the validation loss (`monitor='val_loss'`, or the default `monitor='auto'` "
+                "when the Trainer has validation data), but `validation_step` neither returned a loss nor logged one "
+                "named '*val_loss' / '*loss'. Return or log it, pass `val_loss_fn=lambda module, batch: ...`, or "
+                "judge trials on the training loss with `monitor='train_loss'`."
             )
         return _to_float(out, "`validation_step`")
 

@@ -162,7 +162,9 @@ class Settings:
         budget: the largest τ with which three stages (τ, 2τ, 4τ; else two, else one) and their searches fit in the
         steps left after warmup, the range test and the final anneal, provided trials are at least 20 steps long
         (``search_ratio``·τ ≥ 20). A budget too small for one such stage gets one warning and no search: a 5 %
-        linear warmup to the configured LR, then a cosine decay. 1000 if the budget is unbounded.""",
+        linear warmup (or ``warmup_steps``) to the configured LR (within ``min_lr``/``max_lr`` when given), then a
+        cosine decay. 1000 if the budget is unbounded. A ``tau`` you give is used as is, trials shorter than 20 steps
+        included.""",
         _int_at_least(1, allow_none=True),
     )
     tau_max: int = _setting(8000, "τ doubles each stage until it reaches ``tau_max``.", _int_at_least(1))
@@ -389,6 +391,14 @@ class Derived:
     needed_steps: int = 0
     exploit_warmup: int = 0
 
+    @property
+    def start_lr(self) -> float:
+        """Stage 0's anchor: the configured LR; without a search (``fallback``), the LR the decay starts from: the
+        configured LR within the range (a range you give bounds that schedule too)."""
+        if self.fallback and self.min_lr is not None and self.max_lr is not None:
+            return min(max(self.configured_lr, self.min_lr), self.max_lr)
+        return self.configured_lr
+
 
 def exploit_warmup_steps(beta2: float | None, tau: int) -> int:
     """Length of the warmup that begins the first stage's exploit phase: ``2 / (1 - beta2)`` steps for an optimizer
@@ -426,6 +436,19 @@ def _resolve_range(s: Settings, configured_lr: float) -> tuple[float | None, flo
     lo, hi = float(lo), float(hi)
     warmup_lr = min(max(configured_lr, lo), hi) if s.warmup_lr is None else s.warmup_lr
     return lo, hi, warmup_lr
+
+
+def _fallback_range(lo: float | None, hi: float | None, configured_lr: float) -> tuple[float, float]:
+    """The range of a run without a search (no range test runs): the bounds you gave, the missing one
+    :data:`RANGE_SPAN` away (as with a search); neither given: the configured LR and :data:`RANGE_SPAN` below it."""
+    if lo is None and hi is None:
+        return configured_lr / RANGE_SPAN, configured_lr
+    if lo is None:
+        assert hi is not None
+        return hi / RANGE_SPAN, hi
+    if hi is None:
+        return lo, lo * RANGE_SPAN
+    return lo, hi
 
 
 def _range_test_steps(s: Settings, total_steps: int | None) -> int:
@@ -493,7 +516,8 @@ def derive(
             the warmup of the first stage's exploit phase (:func:`exploit_warmup_steps`; none with ``warmup_steps``).
 
     Raises:
-        InvalidArgumentError: a given ``tau`` does not fit one search in the budget.
+        InvalidArgumentError: a given ``tau`` does not fit one search in the budget, or ``warmup_steps`` is not below
+            the budget.
 
     Example:
         >>> d = derive(Settings(min_lr=1e-3, num_trials=5), configured_lr=0.1, total_steps=3000)
@@ -503,6 +527,11 @@ def derive(
         True
     """
     total = None if total_steps is None or math.isinf(total_steps) or total_steps < 0 else int(total_steps)
+    if total is not None and check_budget and s.warmup_steps >= total:
+        raise InvalidArgumentError(
+            f"`warmup_steps`={s.warmup_steps} leaves no step after the warmup: the Trainer's budget is {total} "
+            f"optimizer steps. Lower `warmup_steps` below {total}, or raise `max_steps`/`max_epochs`."
+        )
     lo, hi, warmup_lr = _resolve_range(s, configured_lr)
     rt_steps = _range_test_steps(s, total)
     anneal = 0 if total is None else round(s.anneal_ratio * total)
@@ -538,11 +567,13 @@ def derive(
             )
             while _planned_tau(s, need) is None:  # correct the estimate: the first budget that searches
                 need += 1
-            flo, fhi = (lo, hi) if lo is not None and hi is not None else (configured_lr / RANGE_SPAN, configured_lr)
+            flo, fhi = _fallback_range(lo, hi, configured_lr)
+            peak = min(max(configured_lr, flo), fhi)  # (Derived.start_lr: a range you gave bounds this schedule too)
             return replace(
                 derived(max(1, total)),
                 min_lr=flo,
                 max_lr=fhi,
+                warmup_lr=peak if s.warmup_lr is None else s.warmup_lr,
                 range_test_steps=0,
                 anneal_steps=max(0, total - s.warmup_steps),
                 fallback=True,

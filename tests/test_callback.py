@@ -368,6 +368,19 @@ def test_progress_bar_shows_lr_and_search_position(lpl, tmp_path) -> None:
     assert "autolrs" not in trainer.progress_bar_callback.get_metrics(trainer, trainer.lightning_module)  # unhooked
 
 
+def test_a_budget_too_small_to_search_stays_in_the_range_you_gave_and_says_what_it_trains(lpl, tmp_path) -> None:
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.01, warmup_steps=40, verbose=False)
+    with pytest.warns(AutoLRSWarning, match="too small") as rec:
+        _, model = fit(lpl, tmp_path, cb, max_steps=150, module_kw=dict(lr=0.05))
+    (message,) = [str(w.message) for w in rec if "too small" in str(w.message)]
+    assert "a 40-step linear warmup (`warmup_steps`) to lr=0.01, then a cosine decay from lr=0.01 (the configured" in (
+        message
+    )
+    assert max(cb.lrs) == pytest.approx(0.01) and cb.lrs[39] == pytest.approx(0.01)  # not the module's 0.05
+    assert cb.lrs[-1] == pytest.approx(1e-3, rel=1e-2) and (cb.min_lr, cb.max_lr) == (1e-3, 0.01)
+    assert [g[0] for g in model.group_lrs] == pytest.approx(cb.lrs)
+
+
 def test_save_files_writes_the_schedule_into_the_log_dir_only_when_asked(lpl, tmp_path) -> None:
     from lightning.pytorch.loggers import CSVLogger
 

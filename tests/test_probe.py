@@ -97,8 +97,9 @@ def test_probe_without_any_loss_is_a_clear_error(lpl) -> None:
             return None
 
     x, y = Silent().val_set.tensors
-    with pytest.raises(UnsupportedSetupError, match="val_loss_fn"):
+    with pytest.raises(UnsupportedSetupError, match="val_loss_fn") as err:
         ValidationProbe([(x, y)])(Silent())
+    assert "`monitor='auto'`" in str(err.value) and "`monitor='train_loss'`" in str(err.value)  # every way out
 
 
 def test_probe_batches_come_from_the_val_dataloader(lpl, tmp_path) -> None:

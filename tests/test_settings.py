@@ -182,6 +182,30 @@ def test_a_budget_too_small_for_a_search_falls_back_to_a_decay_from_the_configur
     assert derive(Settings(), 0.1, d.needed_steps - 1).fallback  # and it is the smallest that does
 
 
+@pytest.mark.parametrize(
+    ("given", "expected_range", "start"),
+    [
+        (dict(min_lr=1e-3, max_lr=0.01), (1e-3, 0.01), 0.01),  # the configured 0.1 clamped into the range you gave
+        (dict(min_lr=1e-3, range_test=True), (1e-3, 1.0), 0.1),  # the range test cannot run: the other end 1000x away
+        (dict(max_lr=0.05, range_test=True), (5e-5, 0.05), 0.05),
+        (dict(), (1e-4, 0.1), 0.1),
+    ],
+)
+def test_a_budget_too_small_for_a_search_keeps_the_range_you_gave(given, expected_range, start) -> None:
+    d = derive(Settings(**given), 0.1, 300)
+    assert d.fallback and (d.min_lr, d.max_lr) == pytest.approx(expected_range)
+    assert d.start_lr == pytest.approx(start) and d.warmup_lr == pytest.approx(start)
+    assert derive(Settings(**given), 0.1, 3000).start_lr == 0.1  # with a search, stage 0's anchor is the configured LR
+
+
+def test_a_warmup_that_fills_the_budget_is_refused_at_fit_start() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"`warmup_steps`=700 leaves no step .* budget is 700"):
+        derive(Settings(warmup_steps=700), 0.1, 700)
+    assert derive(Settings(warmup_steps=699), 0.1, 700).fallback  # one step after it: the decay
+    assert derive(Settings(warmup_steps=700), 0.1, 700, check_budget=False).fallback  # (a resumed run is not checked)
+    assert not derive(Settings(warmup_steps=700), 0.1, None).fallback  # an unbounded budget has room
+
+
 def test_plan_tau_prefers_three_stages_then_fewer() -> None:
     assert plan_tau(2300, 4, 0.1, True, 8000) == 2300 // (7 * 1.3)
     assert plan_tau(800, 4, 0.1, True, 8000) == 800 // (3 * 1.3)  # three stages would need trials < 20 steps
