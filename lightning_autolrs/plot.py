@@ -93,7 +93,7 @@ def plot_schedule(schedule: Schedule, path: str | os.PathLike[str] | None = None
             search_labelled = True
         start, n = stage.get("exploit_start"), int(stage.get("exploit_steps", 0))
         exploit_lrs = lrs[start : start + n] if start is not None else []
-        if exploit_lrs:
+        if start is not None and exploit_lrs:
             ax_lr.plot(
                 range(start, start + len(exploit_lrs)),
                 exploit_lrs,
