@@ -11,7 +11,8 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
    stage-start model: the first point of every trial's series).
 3. **Search**: ``k`` trials. Trial ``j`` restores the snapshot (all but the first), trains ``τ'`` steps at the LR the
    proposer gives, and its loss series is turned into a forecast of the loss after ``τ`` steps. The proposer (a GP with
-   UCB) learns from (LR, forecast) pairs. With ``anchor_lr`` (the callback passes the configured LR) the first trial
+   UCB) learns from (LR, forecast) pairs. With ``anchor_lr`` (the callback passes the configured LR:
+   :attr:`~lightning_autolrs.settings.Derived.start_lr`) the first trial
    runs at the stage's anchor (stage 0: ``anchor_lr``; later: the LR the previous stage ended at) and the stage
    searches within ÷/× :data:`TRUST_FACTOR` of it, stage 0 included (a later stage that the final anneal follows only
    upwards, from the anchor to × :data:`TRUST_FACTOR`); a forecast within 3 % of the anchor's is a tie, which the
@@ -198,7 +199,8 @@ class StageController:
         range_test_steps: length of the LR range test, which runs before the warmup (0: none; else ≥ 2).
         range_test_lrs: (lowest, highest) LR the range test sweeps (required when ``range_test_steps > 0``).
         anneal_steps: length of the final anneal (0: none; needs ``total_steps``).
-        anchor_lr: stage 0's anchor (the configured LR): turns on anchor trials, the trust region and the tie rule.
+        anchor_lr: stage 0's anchor (the configured LR): turns on anchor trials, the trust region and the tie rule;
+            with ``fallback``, the LR the warmup ramps to and the anneal starts from.
         exploit_warmup: steps of the linear warmup that begins the first stage's exploit phase, which then restarts
             from the stage start instead of reusing a trial (0: none).
         collapse_guard: fall back from a slow collapse in the exploit phase (see the module docstring and
@@ -368,9 +370,11 @@ class StageController:
         self._guard = CollapseGuard(collapse_guard)
         self.anchor_lr = anchor_lr
         self.fallback = fallback  # no search: the whole budget after warmup is the anneal from `anchor_lr`
+        self._fallback_warmup = False  # the warmup is the cosine baseline's own (it ramps to the anneal's start)
         if fallback and anchor_lr is not None:
             self._lr = anchor_lr
             if self.warmup_steps == 0 and self.total_steps is not None:  # the cosine baseline's 5 % linear warmup
+                self._fallback_warmup = True
                 self.warmup_steps = round(FALLBACK_WARMUP * self.total_steps)
                 self.warmup_lr = anchor_lr
                 self.anneal_steps = self.total_steps - self.warmup_steps
@@ -1219,6 +1223,8 @@ class StageController:
         self._stage_tau_prime = int(state.get("stage_tau_prime", 0))
         self._ref_loss = state.get("ref_loss")
         self._lr = float(state.get("lr", self.min_lr))
+        if self._fallback_warmup:  # ramps to where the run's anneal starts (a state written before a range you gave
+            self.warmup_lr = self._lr  # bounded that start, i.e. before Derived.start_lr, keeps its own LR)
         end = state.get("exploit_end")
         self._exploit_end = math.inf if end is None else int(end)
         self._searched_as_last = bool(state.get("searched_as_last", False))

@@ -114,6 +114,11 @@ def plot_schedule(schedule: Schedule, path: str | os.PathLike[str] | None = None
                 xytext=(2, -2),
                 textcoords="offset points",
             )
+    if not schedule.stages:  # no search (a budget too small for one) or a run that stopped before its first stage
+        rt_end = int(rt.get("start_step", 0)) + int(rt["steps"]) if isinstance(rt, dict) and rt.get("steps") else 0
+        rest = max(warm_from + len(warm_lrs), rt_end)
+        if lrs[rest:]:
+            ax_lr.plot(range(rest, len(lrs)), lrs[rest:], color="black", lw=2.5, label="LR (no search)")
     if any(t.get("diverged") for s in schedule.stages for t in s.get("trials", [])):
         ax_lr.plot([], [], color="tab:red", lw=4, label="diverged trial")
     ax_lr.set_yscale("log")

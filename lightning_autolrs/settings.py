@@ -368,10 +368,10 @@ class Derived:
         total_steps: the Trainer's step budget, ``None`` when unbounded.
         range_test_steps: length of the range test (0: none).
         range_test_lrs: (lowest, highest) LR of the range test's sweep.
-        configured_lr: the optimizer's configured LR (stage 0's anchor).
+        configured_lr: the optimizer's configured LR (stage 0's anchor; see :attr:`start_lr`).
         anneal_steps: length of the final anneal (0: none).
         fallback: the budget is too small for a search: no range test and no stages, the whole budget (after
-            warmup) is the anneal from ``configured_lr``.
+            warmup) is the anneal from :attr:`start_lr`.
         needed_steps: the smallest budget that allows a search (set when ``fallback``).
         exploit_warmup: steps of the warmup that begins the first stage's exploit phase (0: none; see
             :func:`exploit_warmup_steps`).
@@ -439,8 +439,9 @@ def _resolve_range(s: Settings, configured_lr: float) -> tuple[float | None, flo
 
 
 def _fallback_range(lo: float | None, hi: float | None, configured_lr: float) -> tuple[float, float]:
-    """The range of a run without a search (no range test runs): the bounds you gave, the missing one
-    :data:`RANGE_SPAN` away (as with a search); neither given: the configured LR and :data:`RANGE_SPAN` below it."""
+    """The range of a run without a search when the range test was due (``lo``/``hi`` are the bounds you gave; with
+    the range test off both are already set): the missing one :data:`RANGE_SPAN` away; neither given: the configured
+    LR and :data:`RANGE_SPAN` below it."""
     if lo is None and hi is None:
         return configured_lr / RANGE_SPAN, configured_lr
     if lo is None:
@@ -505,7 +506,7 @@ def derive(
     Budget (known ``total_steps``): the range test, then warmup, then the stages, then the final anneal
     (``anneal_ratio``·budget steps). τ comes from :func:`plan_tau` over the steps left for stages; when not even one
     stage with trials of :data:`MIN_TRIAL_STEPS` fits, the run falls back to no search (``fallback``): a cosine decay
-    from the configured LR over the budget after warmup.
+    from the configured LR (within the range you give: :attr:`Derived.start_lr`) over the budget after warmup.
 
     Args:
         s: the settings.
@@ -527,7 +528,7 @@ def derive(
         True
     """
     total = None if total_steps is None or math.isinf(total_steps) or total_steps < 0 else int(total_steps)
-    if total is not None and check_budget and s.warmup_steps >= total:
+    if total is not None and check_budget and 0 < total <= s.warmup_steps:
         raise InvalidArgumentError(
             f"`warmup_steps`={s.warmup_steps} leaves no step after the warmup: the Trainer's budget is {total} "
             f"optimizer steps. Lower `warmup_steps` below {total}, or raise `max_steps`/`max_epochs`."
@@ -573,7 +574,7 @@ def derive(
                 derived(max(1, total)),
                 min_lr=flo,
                 max_lr=fhi,
-                warmup_lr=peak if s.warmup_lr is None else s.warmup_lr,
+                warmup_lr=s.warmup_lr if s.warmup_lr is not None and s.warmup_steps else peak,
                 range_test_steps=0,
                 anneal_steps=max(0, total - s.warmup_steps),
                 fallback=True,

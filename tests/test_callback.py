@@ -381,6 +381,17 @@ def test_a_budget_too_small_to_search_stays_in_the_range_you_gave_and_says_what_
     assert [g[0] for g in model.group_lrs] == pytest.approx(cb.lrs)
 
 
+def test_a_warmup_as_long_as_the_budget_is_refused_before_training(lpl, tmp_path) -> None:
+    model = make_module_class(lpl)()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = lpl.Trainer(
+        callbacks=[AutoLRS(warmup_steps=200, verbose=False)], **trainer_kwargs(tmp_path, max_steps=150)
+    )
+    with pytest.raises(InvalidArgumentError, match=r"`warmup_steps`=200 leaves no step .* budget is 150"):
+        trainer.fit(model)
+    assert trainer.global_step == 0 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 def test_save_files_writes_the_schedule_into_the_log_dir_only_when_asked(lpl, tmp_path) -> None:
     from lightning.pytorch.loggers import CSVLogger
 

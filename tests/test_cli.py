@@ -401,7 +401,8 @@ def test_demo_runs_autolrs_with_the_demo_configs_arguments(tmp_path, monkeypatch
         assert main([*argv, root, "--trainer.callbacks.verbose=false"]) == 0
         assert torch.get_num_threads() == 1  # the digits config's one thread, as `--config configs/digits.yaml` sets
         torch.set_num_threads(2)
-        assert main([*argv, f"--trainer.default_root_dir={tmp_path / 'two'}", "--torch_num_threads=2"]) == 0
+        two = ["fit", "--torch_num_threads", "2", *argv[1:], f"--trainer.default_root_dir={tmp_path / 'two'}"]
+        assert main(two) == 0  # (given before `--demo`, which would otherwise come later and win)
         assert torch.get_num_threads() == 2  # the command line's own wins
     finally:
         torch.set_num_threads(threads)

@@ -449,6 +449,24 @@ def test_the_schedule_without_a_search_keeps_the_cosine_baseline_s_half_cosine_a
     assert a.lrs[warm + 95] == pytest.approx(a.min_lr + (0.05 - a.min_lr) * 0.5, rel=1e-9)
 
 
+def test_a_run_without_a_search_resumed_from_a_state_of_before_the_range_bounded_it_keeps_its_own_lr() -> None:
+    """Without a search the LR now stays in the range you give (it ramps to and decays from the configured 0.05
+    clamped to 0.01). A state written before that, inside the 5 % warmup, holds the anneal's start 0.05: the resumed
+    run ramps to it and decays from it, as the run it continues did, not half one schedule and half the other."""
+    settings = Settings(min_lr=1e-3, max_lr=0.01, verbose=False)
+    derived = derive(settings, configured_lr=0.05, total_steps=200)
+    assert derived.fallback and derived.start_lr == 0.01
+    old = StageController.from_settings(settings, dataclasses.replace(derived, max_lr=1.0))  # (anchor: 0.05, as before)
+    new, sim = StageController.from_settings(settings, derived), Quadratic()
+    assert old.anchor_lr == 0.05 and new.anchor_lr == 0.01
+    sim.run(old, 3)
+    resumed = _resumed_at(lambda: StageController.from_settings(settings, derived), sim, old.state_dict(), 197)
+    sim.run(old, 197)
+    assert resumed.lrs == old.lrs and max(old.lrs) == pytest.approx(0.05)
+    copy.deepcopy(sim).run(new, 200)  # and the run begun now: within the range
+    assert max(new.lrs) == pytest.approx(0.01) and new.lrs[-1] == pytest.approx(1e-3, rel=1e-3)
+
+
 def test_a_stage_0_that_does_not_fit_before_the_anneal_does_not_search() -> None:
     """AutoLRS added to a run at step 1500 of 2000: too few steps before the anneal for stage 0's trials, so it
     exploits the anchor (the configured LR) and the anneal decays from it, never from a half-run trial."""

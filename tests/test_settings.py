@@ -204,6 +204,13 @@ def test_a_warmup_that_fills_the_budget_is_refused_at_fit_start() -> None:
     assert derive(Settings(warmup_steps=699), 0.1, 700).fallback  # one step after it: the decay
     assert derive(Settings(warmup_steps=700), 0.1, 700, check_budget=False).fallback  # (a resumed run is not checked)
     assert not derive(Settings(warmup_steps=700), 0.1, None).fallback  # an unbounded budget has room
+    assert derive(Settings(), 0.1, 0).fallback  # `max_steps=0` without a warmup: nothing to refuse
+
+
+def test_a_warmup_lr_without_warmup_steps_is_not_what_the_schedule_without_a_search_ramps_to() -> None:
+    d = derive(Settings(min_lr=1e-3, max_lr=0.01, warmup_lr=0.05), 0.05, 300)
+    assert d.fallback and d.warmup_lr == d.start_lr == 0.01  # the 5 % warmup ramps to the decay's start
+    assert derive(Settings(min_lr=1e-3, max_lr=0.01, warmup_lr=0.005, warmup_steps=30), 0.05, 300).warmup_lr == 0.005
 
 
 def test_plan_tau_prefers_three_stages_then_fewer() -> None:
