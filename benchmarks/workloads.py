@@ -454,6 +454,8 @@ AUTOLRS_VARIANTS: dict[str, dict[str, Any]] = {
     "autolrs_r05_k3": {"search_ratio": 0.05, "num_trials": 3},
     "autolrs_ratio03": {"search_ratio": 0.03},
     "autolrs_ratio10": {"search_ratio": 0.1},
+    "autolrs_k3_r075": {"num_trials": 3, "search_ratio": 0.075},
+    "autolrs_k5_r0375": {"num_trials": 5, "search_ratio": 0.0375},
 }
 """Constructor arguments of each AutoLRS row besides ``min_lr``/``max_lr`` and ``seed``. ``autolrs`` is ``AutoLRS()``
 at the package defaults; ``autolrs_before`` is ``AutoLRS()`` at the defaults of :data:`BEFORE_COMMIT` (its runs were
@@ -566,6 +568,8 @@ METHODS: dict[str, Method] = {
         _variant("autolrs_ratio05", "AutoLRS, defaults but search_ratio=0.05"),
         _variant("autolrs_r05_k3", "AutoLRS, defaults but search_ratio=0.05, num_trials=3"),
         _variant("autolrs_ratio03", "AutoLRS, defaults but search_ratio=0.03"),
+        _variant("autolrs_k3_r075", "AutoLRS, defaults but num_trials=3, search_ratio=0.075"),
+        _variant("autolrs_k5_r0375", "AutoLRS, defaults but num_trials=5, search_ratio=0.0375"),
         _variant(
             "autolrs_ratio10",
             "AutoLRS, defaults but search_ratio=0.1 (the default before issue 12's second round)",
