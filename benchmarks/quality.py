@@ -309,6 +309,11 @@ def steps_to(run: dict[str, Any], target: float) -> float:
     return INF
 
 
+def tuned_lr_of(medians: dict[Any, float]) -> Any:
+    """A tuned row's LR: the grid point with the lowest median final loss over the seeds (the smaller LR on a tie)."""
+    return min(medians, key=lambda lr: (medians[lr], lr))
+
+
 def analyse(
     results: dict[tuple[str, str], dict[str, Any]],
     workload: Workload,
@@ -327,7 +332,7 @@ def analyse(
         if method.tuned:
             medians = {lr: statistics.median(final_of(r) for r in rs) for lr, rs in per_lr.items()}
             grid_table[mname] = medians
-            chosen = min(lrs, key=lambda lr: (medians[lr], lr))  # type: ignore[arg-type]
+            chosen = tuned_lr_of(medians)
         else:
             chosen = lrs[0]
         selected = per_lr[chosen]

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.quality import _task, execute, final_of, method_lrs, plan_tasks, run_key
+from benchmarks.quality import _task, execute, final_of, method_lrs, plan_tasks, run_key, tuned_lr_of
 from benchmarks.workloads import AUTOLRS_VARIANTS, METHODS, WORKLOADS, cpu_model, runs_by_cpu
 
 __all__ = ["held_out_lines", "main", "paired_lines", "per_seed_lines", "tuned_lr"]
@@ -123,12 +123,13 @@ def paired_lines(results: dict, workloads: Sequence[str], methods: Sequence[str]
 
 def tuned_lr(results: dict, workload: str) -> float:
     """The quality benchmark's tuned cosine LR: the grid point with the lowest median final loss over
-    :data:`TUNING_SEEDS` (the earlier grid point on a tie)."""
+    :data:`TUNING_SEEDS`, chosen as the quality benchmark chooses it (:func:`benchmarks.quality.tuned_lr_of`)."""
     grid = method_lrs(METHODS["cosine"], WORKLOADS[workload], False)
-    medians = [
-        statistics.median(final_of(results[(workload, run_key("cosine", lr, s))]) for s in TUNING_SEEDS) for lr in grid
-    ]
-    return float(grid[medians.index(min(medians))])  # type: ignore[arg-type]
+    medians = {
+        lr: statistics.median(final_of(results[(workload, run_key("cosine", lr, s))]) for s in TUNING_SEEDS)
+        for lr in grid
+    }
+    return float(tuned_lr_of(medians))
 
 
 def held_out_lines(results: dict, workloads: Sequence[str], methods: Sequence[str], seeds: Sequence[int]) -> list[str]:

@@ -74,10 +74,8 @@ def _expand_demo(argv: list[str]) -> list[str]:
     command line adds AutoLRS itself or gives a ``--config`` (which holds its own callbacks), an AutoLRS callback with
     the arguments of the demo's config; also its config's ``torch_num_threads``, unless the command line sets it or
     gives a ``--config``."""
-    own = any(
-        "lightning_autolrs.AutoLRS" in arg or arg in ("--config", "-c") or arg.startswith("--config=") for arg in argv
-    )
     configured = any(arg in ("--config", "-c") or arg.startswith("--config=") for arg in argv)
+    own = configured or any("lightning_autolrs.AutoLRS" in arg for arg in argv)
     threads_given = any(arg == "--torch_num_threads" or arg.startswith("--torch_num_threads=") for arg in argv)
     out: list[str] = []
     i = 0

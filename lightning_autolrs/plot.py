@@ -60,11 +60,13 @@ def plot_schedule(schedule: Schedule, path: str | os.PathLike[str] | None = None
     if warm_lrs:
         ax_lr.plot(range(warm_from, warm_from + len(warm_lrs)), warm_lrs, color="0.6", lw=2, label="warmup")
     rt = schedule.settings.get("range_test")
+    rt_end = 0  # the step after the range test's last (0: no range test)
     if isinstance(rt, dict) and rt.get("steps"):
         rt_start, rt_n = int(rt.get("start_step", 0)), int(rt["steps"])
         rt_lrs = lrs[rt_start : rt_start + rt_n]
+        rt_end = rt_start + len(rt_lrs)
         ax_lr.plot(
-            range(rt_start, rt_start + len(rt_lrs)),
+            range(rt_start, rt_end),
             rt_lrs,
             color="tab:orange",
             lw=1.5,
@@ -115,7 +117,6 @@ def plot_schedule(schedule: Schedule, path: str | os.PathLike[str] | None = None
                 textcoords="offset points",
             )
     if not schedule.stages:  # no search (a budget too small for one) or a run that stopped before its first stage
-        rt_end = int(rt.get("start_step", 0)) + int(rt["steps"]) if isinstance(rt, dict) and rt.get("steps") else 0
         rest = max(warm_from + len(warm_lrs), rt_end)
         if lrs[rest:]:
             ax_lr.plot(range(rest, len(lrs)), lrs[rest:], color="black", lw=2.5, label="LR (no search)")

@@ -569,18 +569,19 @@ def derive(
             while _planned_tau(s, need) is None:  # correct the estimate: the first budget that searches
                 need += 1
             flo, fhi = _fallback_range(lo, hi, configured_lr)
-            peak = min(max(configured_lr, flo), fhi)  # (Derived.start_lr: a range you gave bounds this schedule too)
-            return replace(
+            fallback = replace(
                 derived(max(1, total)),
                 min_lr=flo,
                 max_lr=fhi,
-                warmup_lr=s.warmup_lr if s.warmup_lr is not None and s.warmup_steps else peak,
                 range_test_steps=0,
                 anneal_steps=max(0, total - s.warmup_steps),
                 fallback=True,
                 exploit_warmup=0,
                 needed_steps=need,
             )
+            if s.warmup_lr is not None and s.warmup_steps:
+                return fallback  # (its warmup_lr is the one you gave)
+            return replace(fallback, warmup_lr=fallback.start_lr)  # the warmup ramps to where the decay starts
         tau = planned
     if total is not None and check_budget and s.tau is not None:
         need = before + anneal + (s.num_trials + 1) * tau_prime_for(tau, s.search_ratio)
