@@ -91,7 +91,8 @@ def check_single_optimizer(trainer: pl.Trainer, who: str) -> float:
     if trainer.lr_scheduler_configs:
         raise UnsupportedSetupError(
             f"{who} sets the learning rate itself, but `configure_optimizers` also returned an LR scheduler "
-            f"({type(trainer.lr_scheduler_configs[0].scheduler).__name__}). Return only the optimizer."
+            f"({type(trainer.lr_scheduler_configs[0].scheduler).__name__}). Return only the optimizer; under "
+            "LightningCLI, also drop the config's `lr_scheduler:` key (or `--lr_scheduler`), which adds one."
         )
     base = float(optimizers[0].param_groups[0]["lr"])
     if not base > 0 or not math.isfinite(base):

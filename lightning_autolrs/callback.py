@@ -236,7 +236,10 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
 
     @property
     def warmup_lr(self) -> float | None:
-        """The LR reached at the end of warmup: given, or derived at fit start."""
+        """The LR reached at the end of warmup: given, or derived at fit start (the configured LR, bounded by the range
+        once it is known: given, or found by the range test)."""
+        if self.controller is not None and self.controller.warmup_lr is not None:
+            return self.controller.warmup_target
         return self._settings.warmup_lr if self._derived is None else self._derived.warmup_lr
 
     @property
@@ -704,9 +707,11 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 if self._settings.checkpoint_snapshot and snap.captured:
                     assert self._trial is not None
                     checkpoint[_TRIAL_KEY] = self._trial.state_dict()
-            if self._settings.checkpoint_snapshot and snap.captured and c.needs_snapshot:
+            # the stage snapshot from the first stage on: an exploit fallback (or the final anneal's restore after a
+            # non-finite loss) of the resumed run goes back to the same stage start as the uninterrupted run
+            if self._settings.checkpoint_snapshot and snap.captured and (c.needs_snapshot or c.stage >= 0):
                 checkpoint[_SNAPSHOT_KEY] = snap.state_dict()
-                if self._best_snapshot is not None and self._best_snapshot.captured:
+                if c.needs_snapshot and self._best_snapshot is not None and self._best_snapshot.captured:
                     checkpoint[_BEST_SNAPSHOT_KEY] = self._best_snapshot.state_dict()
         finally:
             if self._held != held:  # as it was: the in-flight state, or the committed module (during validation)

@@ -16,8 +16,8 @@ What it adds to a plain ``LightningCLI``:
 - ``lr_scheduler`` given without ``optimizer`` wraps the LR scheduler around the optimizer the module's own
   ``configure_optimizers`` returns (its param groups kept). An LR scheduler from the config steps every optimizer
   step (``interval: step``), so a ``CosineAnnealingLR`` with ``T_max`` = ``max_steps`` decays over the whole run.
-- After ``fit`` it prints one table per AutoLRS callback (each stage's trials: LR, forecast loss, observed loss, and
-  the chosen LR), then the final logged metrics and the log dir.
+- After ``fit`` it prints one table per AutoLRS callback (each stage's trials: LR, forecast loss, the mean training
+  loss of the trial's last quarter, and the chosen LR), then the final logged metrics and the log dir.
 - Input errors (unknown keys, a missing or malformed config file, a wrong ``class_path``, an unknown demo, an
   unwritable output directory, an invalid argument value, a set-up AutoLRS refuses) end with one line on stderr,
   ``autolrs: error: ...``, and exit status 2; a run that fails before its first optimizer step leaves no files.

@@ -6,7 +6,9 @@ step the training loss it produced. Everything else (stages, trials, forecasts, 
 
 The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ' = search_ratio·τ``):
 
-1. **Warmup** (optional): ``warmup_steps`` steps with ``lr = warmup_lr · (i + 1) / warmup_steps``. No search.
+1. **Warmup** (optional): ``warmup_steps`` steps with ``lr = warmup_lr · (i + 1) / warmup_steps`` (a default
+   ``warmup_lr``, the configured LR, bounded by the range the range test found: :attr:`StageController.warmup_target`).
+   No search.
 2. **Stage start**: the caller captures a snapshot of model and optimizer (and, with validation probes, probes the
    stage-start model: the first point of every trial's series).
 3. **Search**: ``k`` trials. Trial ``j`` restores the snapshot (all but the first), trains ``τ'`` steps at the LR the
@@ -326,6 +328,7 @@ class StageController:
             raise InvalidArgumentError("`warmup_lr` is required when `warmup_steps` > 0; pass the LR warmup ends at.")
         self.settings = settings
         self.tau, self.tau_max, self.warmup_lr = tau, tau_max, warmup_lr
+        self._warmup_lr_default = settings.warmup_lr is None  # the configured LR: bounded by the range once known
         self.warmup_steps = settings.warmup_steps
         self.total_steps = check_int("total_steps", total_steps, minimum=1, allow_none=True)
         range_test.given = given_range or (settings.min_lr, settings.max_lr)
@@ -443,9 +446,10 @@ class StageController:
             return self._plan
         warmup_from = self._warmup_from
         if self.step < warmup_from + self.warmup_steps:
-            assert self.warmup_lr is not None
+            target = self.warmup_target
+            assert target is not None
             self.phase = "warmup"
-            lr = self.warmup_lr * (self.step - warmup_from + 1) / self.warmup_steps
+            lr = target * (self.step - warmup_from + 1) / self.warmup_steps
             # the first warmup step after the range test restores the state the sweep began from
             self._plan = StepPlan(lr, "warmup", restore=self._pending_restore)
             self._pending_restore = False
@@ -659,6 +663,16 @@ class StageController:
         """The range test's result (:class:`~lightning_autolrs.records.RangeTestResult` as a dict), once it ran."""
         result = self._range_test.result
         return None if result is None else result.to_dict()
+
+    @property
+    def warmup_target(self) -> float | None:
+        """The LR the warmup ramps to: ``warmup_lr``; when that is the default (the configured LR) and the range test
+        ran (before the warmup), bounded by the range it found, as stage 0's anchor is: a warmup never ramps above the
+        LR the sweep saw training blow up at."""
+        lr = self.warmup_lr
+        if lr is None or not self._warmup_lr_default or self._range_test.result is None or self._warmup_first:
+            return lr  # (a state written when the warmup came before the range test: that warmup was not bounded)
+        return min(max(lr, self.min_lr), self.max_lr)  # (the range found; later stages' caps do not move it)
 
     def _record_range_test_step(self, lr: float, loss: float | None) -> list[Event]:
         result = self._range_test.record(lr, loss, step=self.step)

@@ -3,8 +3,9 @@
 Top panel: the LR against the global step on a log axis; each search trial is drawn as its own short coloured
 segment, each exploit phase as a thick dark line, warmup in grey, an LR range test in orange (with the range it found
 as dotted lines). Bottom panel: the training loss per step (light) and
-its running mean, with, per stage, the best trial's forecast of the loss after τ steps (a marker at the end of the
-exploit phase) next to the loss actually reached there.
+its running mean, with, per stage judged on the training loss, the best trial's forecast of the loss after τ steps (a
+marker at the end of the exploit phase) next to the loss actually reached there (a stage judged on validation probes
+forecasts a validation loss, which this panel does not draw).
 """
 
 from __future__ import annotations
@@ -145,6 +146,8 @@ def plot_schedule(schedule: Schedule, path: str | os.PathLike[str] | None = None
             ax_loss.plot(xs, ys, color="tab:blue", lw=1.5, label="running mean")
         shown = False
         for stage in schedule.stages:
+            if stage.get("signal", "train_loss") != "train_loss":
+                continue  # its forecast is of the validation loss, which this panel does not draw
             best = [
                 t
                 for t in stage.get("trials", [])

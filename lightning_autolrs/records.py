@@ -50,7 +50,8 @@ class TrialRecord:
         predicted_loss: forecast of the loss after τ steps; ``None`` when the trial diverged.
         steps: optimizer steps the trial took (fewer than τ' when it diverged).
         diverged: whether the trial diverged (its forecast is then ``None``).
-        final_loss: mean training loss of the last quarter of its steps (``None`` without a finite loss).
+        final_loss: mean training loss of the last quarter of its steps (``None`` when it diverged or had no finite
+            loss).
         forecast: the forecaster's method (``"exp"``, ...), ``None`` when the trial diverged.
     """
 

@@ -168,7 +168,9 @@ def load_schedule(path: str | os.PathLike[str]) -> Schedule:
 
 
 def summary_table(schedule: Schedule) -> str:
-    """A plain-text table of the stages: one row per trial (LR, forecast loss, observed final loss) and the choice.
+    """A plain-text table of the stages: one row per trial (LR, forecast loss, the mean training loss of its last
+    quarter) and the choice. A stage judged on validation probes forecasts the validation loss (a line under the
+    table says so): its forecast and its trials' training losses are different quantities.
 
     Example:
         >>> s = Schedule(lrs=[0.1] * 4, stages=[{"stage": 0, "start_step": 0, "tau": 2, "tau_prime": 1,
@@ -176,9 +178,9 @@ def summary_table(schedule: Schedule) -> str:
         ...                {"lr": 1.0, "predicted_loss": None, "final_loss": None, "diverged": True}],
         ...     "best_lr": 0.1, "exploit_start": 2, "exploit_steps": 2}])
         >>> print(summary_table(s))
-        stage  steps       tau  tau'  trial        lr   forecast   observed
-            0  0-3           2     1      1  1.00e-01     0.5000     0.6000  <- chosen
-                                          2  1.00e+00   diverged          -
+        stage  steps       tau  tau'  trial        lr   forecast  train loss
+            0  0-3           2     1      1  1.00e-01     0.5000      0.6000  <- chosen
+                                          2  1.00e+00   diverged           -
     """
 
     def num(x: Any) -> str:
@@ -186,7 +188,7 @@ def summary_table(schedule: Schedule) -> str:
 
     rows = [
         f"{'stage':>5}  {'steps':<10} {'tau':>4}  {'tau' + chr(39):>4}  {'trial':>5}  {'lr':>8}  "
-        f"{'forecast':>9}  {'observed':>9}"
+        f"{'forecast':>9}  {'train loss':>10}"
     ]
     rt = schedule.settings.get("range_test")
     if isinstance(rt, dict) and rt.get("steps"):
@@ -195,9 +197,14 @@ def summary_table(schedule: Schedule) -> str:
             f"LR range test: {rt['steps']} steps from step {rt.get('start_step', 0)} -> "
             f"min_lr {rt.get('min_lr', 0):.2e}, max_lr {rt.get('max_lr', 0):.2e}",
         )
+    if not schedule.stages:
+        rows.append("(no stage: this run did not search; see its warning or its end)")
     for st in schedule.stages:
         start = st.get("start_step", 0)
-        end = (st.get("exploit_start") or start) + int(st.get("exploit_steps", 0)) - 1
+        ends = [int(t.get("start_step", start)) + int(t.get("steps", 0)) - 1 for t in st.get("trials", [])]
+        if st.get("exploit_start") is not None:
+            ends.append(int(st["exploit_start"]) + int(st.get("exploit_steps", 0)) - 1)
+        end = max(ends, default=start)  # (a run stopped inside the search has no exploit phase)
         lead = f"{st.get('stage', '?'):>5}  {f'{start}-{end}':<10} {st.get('tau', ''):>4}  {st.get('tau_prime', ''):>4}"
         blank = " " * len(lead)
         trials = st.get("trials", [])
@@ -210,8 +217,13 @@ def summary_table(schedule: Schedule) -> str:
             mark = "  <- chosen" if t.get("lr") == best and not t.get("diverged") else ""
             rows.append(
                 f"{lead if j == 0 else blank}  {j + 1:>5}  {t['lr']:>8.2e}  {forecast:>9}  "
-                f"{num(t.get('final_loss')):>9}{mark}"
+                f"{num(t.get('final_loss')):>10}{mark}"
             )
+        if trials and best is not None and not any(t.get("lr") == best and not t.get("diverged") for t in trials):
+            why = "every trial diverged" if all(t.get("diverged") for t in trials) else "no completed trial's LR"
+            rows.append(f"{blank}  chosen {best:.2e} ({why})")
         for f in st.get("fallbacks", []):
             rows.append(f"{blank}  exploit diverged at step {f['step']}: lr {f['failed_lr']:.2e} -> {f['new_lr']:.2e}")
+    if any(st.get("signal") == "val_loss" for st in schedule.stages):
+        rows.append("forecast: of the validation loss on the probe's batches (signal val_loss), not the training loss")
     return "\n".join(rows)

@@ -226,7 +226,7 @@ class StageSearch:
             predicted_loss=None if diverged else predicted,
             steps=self.trial_steps,
             diverged=diverged,
-            final_loss=_jsonable(statistics.fmean(tail)) if tail else None,
+            final_loss=_jsonable(statistics.fmean(tail)) if tail and not diverged else None,
             forecast=None if forecast is None else forecast.method,
         )
         return trial, predicted

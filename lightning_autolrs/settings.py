@@ -185,8 +185,8 @@ class Settings:
     )
     warmup_lr: float | None = _setting(
         None,
-        """LR reached at the end of warmup. Default: the optimizer's configured LR, clamped to the range when the
-        range is known before warmup (no range test).""",
+        """LR reached at the end of warmup. Default: the optimizer's configured LR, clamped to the range: the one
+        given, or the one the range test finds (it runs before the warmup). A ``warmup_lr`` you give is used as is.""",
         _positive_or_none,
     )
     seed: int | None = _setting(
@@ -249,9 +249,11 @@ class Settings:
         True,
         """put the stage snapshot, the best-trial snapshot and the trial in flight into checkpoints saved during a
         search (up to three extra copies of model and optimizer state; the checkpoint's own ``state_dict`` is the
-        committed state either way), so a resumed run continues the interrupted trial exactly. ``False`` keeps
-        checkpoints small; a run resumed in the middle of a search (or of the range test) then restarts that stage's
-        search (or the sweep) from the checkpoint's weights.""",
+        committed state either way), so a resumed run continues the interrupted trial exactly, and the stage snapshot
+        into those saved after a stage's search (one extra copy: the state an exploit fallback or the final anneal's
+        restore after a non-finite loss goes back to). ``False`` keeps checkpoints small; a run resumed in the middle
+        of a search (or of the range test) then restarts that stage's search (or the sweep) from the checkpoint's
+        weights, and a fallback after a resume goes back to the checkpoint's weights.""",
         _as_bool,
     )
     save_files: bool = _setting(

@@ -493,6 +493,21 @@ def test_range_test_counts_in_the_budget_check(lpl, tmp_path) -> None:
     assert trainer.global_step == 50
 
 
+def test_a_warmup_after_the_range_test_ramps_to_the_configured_lr_bounded_by_the_found_range(lpl, tmp_path) -> None:
+    """The range test runs before the warmup; a default ``warmup_lr`` (the configured LR) far above where the sweep saw
+    training blow up ramps to the range's top instead (it used to ramp to the configured 100, turn the weights NaN and
+    end in a NonFiniteLossError that blamed the data)."""
+    cb = AutoLRS(seed=0, verbose=False, warmup_steps=20)
+    _, model = fit(lpl, tmp_path, cb, max_steps=700, module_kw=dict(lr=100.0))
+    start = cb.range_test_result["steps"]
+    warm = cb.lrs[start : start + 20]
+    assert cb.max_lr < 1.0  # the sweep found where training blows up, far below the configured LR
+    assert warm == pytest.approx([cb.max_lr * (i + 1) / 20 for i in range(20)])
+    assert cb.warmup_lr == warm[-1]  # what the warmup ramped to, after the stages too
+    assert cb.history[0]["trials"][0]["lr"] == pytest.approx(cb.max_lr)  # stage 0's anchor: the same bound
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_a_budget_too_small_to_search_warns_once_and_decays_from_the_configured_lr(lpl, tmp_path) -> None:
     cb = AutoLRS(verbose=False)
     with pytest.warns(UserWarning, match=r"budget of 150 optimizer steps is too small .* at least \d+ steps") as rec:

@@ -56,15 +56,47 @@ def test_resume_in_warmup_is_bitwise_exact(lpl, tmp_path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
 
 
-def test_checkpoint_carries_the_snapshot_only_during_a_search(lpl, tmp_path, reference) -> None:
+def test_checkpoint_carries_the_trial_only_during_a_search_and_the_stage_snapshot_from_the_first_stage_on(
+    lpl, tmp_path, reference
+) -> None:
     root, _, _ = reference
     search, exploit = torch.load(root / "ckpt" / "step=12.ckpt"), torch.load(root / "ckpt" / "step=24.ckpt")
-    assert "autolrs_stage_snapshot" in search and "autolrs_stage_snapshot" not in exploit
+    assert "autolrs_stage_snapshot" in search and "autolrs_stage_snapshot" in exploit  # what a fallback goes back to
     assert "autolrs_trial_state" in search and "autolrs_trial_state" not in exploit
+    assert "autolrs_best_trial_snapshot" not in exploit
+    model = sum(t.numel() for k, t in exploit["autolrs_stage_snapshot"]["tensors"].items() if k.startswith("model."))
+    assert model == sum(t.numel() for t in exploit["state_dict"].values())  # one extra copy of the model
     params = sum(t.numel() for t in search["state_dict"].values())
     tensors = search["autolrs_stage_snapshot"]["tensors"]
     snap_model = sum(t.numel() for k, t in tensors.items() if k.startswith("model."))
     assert snap_model == params  # one extra copy of the model (plus the optimizer state)
+
+
+class _PoisonAt:
+    """Turn the first parameter NaN before the training step ``step``: that step's loss is NaN, an exploit fallback."""
+
+    def __new__(cls, lpl, step: int):
+        class Poison(lpl.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+                if trainer.global_step == step:
+                    with torch.no_grad():
+                        next(pl_module.parameters()).fill_(float("nan"))
+
+        return Poison()
+
+
+def test_resume_in_an_exploit_phase_that_falls_back_later_is_bitwise_exact(lpl, tmp_path) -> None:
+    """The fallback restores the stage start: a run resumed inside the exploit phase goes back to the same one (it
+    used to capture the resumed weights as its snapshot, so its fallback rewound to the checkpoint's step)."""
+    ref_cb = autolrs()
+    _, ref_model = run(lpl, tmp_path / "a", ref_cb, save_every_epoch=True, callbacks=(_PoisonAt(lpl, 27),))
+    assert [f["step"] for h in ref_cb.history for f in h["fallbacks"]] == [27]
+    ckpt = tmp_path / "a" / "ckpt" / "step=24.ckpt"
+    assert phase_at(ckpt) == "exploit"
+    cb = autolrs()
+    _, model = run(lpl, tmp_path / "b", cb, ckpt_path=str(ckpt), callbacks=(_PoisonAt(lpl, 27),))
+    assert cb.lrs == ref_cb.lrs and cb.history == ref_cb.history
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
 
 
 def test_resume_without_snapshot_restarts_the_stage_search(lpl, tmp_path) -> None:

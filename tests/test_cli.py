@@ -83,7 +83,7 @@ def test_main_job_prints_the_table_and_writes_the_schedule(tmp_path) -> None:
     assert (run_dir / "config.yaml").exists() and (run_dir / "metrics.csv").exists()
 
     # the table: a header, one row per trial, the chosen LR of every stage that searched
-    assert re.search(r"stage\s+steps\s+tau\s+tau'\s+trial\s+lr\s+forecast\s+observed", out), out
+    assert re.search(r"stage\s+steps\s+tau\s+tau'\s+trial\s+lr\s+forecast\s+train loss", out), out
     searched = [s for s in schedule.stages if s["trials"]]
     assert out.count("<- chosen") == len(searched)
     for stage in searched:
@@ -281,7 +281,7 @@ def bad_input_cases(files: Path) -> dict[str, tuple[list[str], list[str]]]:
         "unknown_subcommand": (["train", "--demo", "digits"], ["invalid choice: 'train'"]),
         "autolrs_with_a_scheduler": (
             ["fit", "--config", str(CONFIGS / "digits_cosine.yaml"), *callback, "--trainer.max_steps=5", *QUIET],
-            ["LR scheduler", "CosineAnnealingLR"],
+            ["LR scheduler", "CosineAnnealingLR", "`lr_scheduler:`"],
         ),
     }
 

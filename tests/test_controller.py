@@ -91,6 +91,32 @@ def test_budget_never_starts_a_search_that_cannot_finish() -> None:
         assert c.history[-1]["exploit_start"] + c.history[-1]["exploit_steps"] == total
 
 
+def test_a_default_warmup_lr_is_bounded_by_the_range_the_range_test_found_and_stays_what_the_ramp_used() -> None:
+    """The range test runs before the warmup: a default ``warmup_lr`` (the configured 100) ramps to the range's top,
+    and stays reported as that after stage 0 lowered the range's cap (a trial above 0.5·max_lr diverged here)."""
+    s = Settings(warmup_steps=20, seed=0, num_trials=4)
+    c = StageController.from_settings(s, derive(s, configured_lr=100.0, total_steps=1500))
+    warm, level = [], 2.0
+    for _ in range(1500):
+        plan = c.begin_step()
+        if c.range_test_running:
+            loss = 2.0 - 0.5 * plan.lr if plan.lr < 1.0 else 50.0
+        else:
+            level *= 0.999
+            loss = level if plan.lr < 0.5 * c.max_lr else 100.0
+        if plan.phase == "warmup" and not c.range_test_running and c.range_test is not None:
+            warm.append(plan.lr)
+        c.end_step(loss)
+    assert len(warm) == 20 and warm[-1] == pytest.approx(c.max_lr) and c.max_lr < 1.0
+    assert any(t["diverged"] for t in c.history[0]["trials"]) and c._eff_max_lr < c.max_lr  # the cap moved
+    assert c.warmup_target == warm[-1]
+    given = Settings(warmup_steps=20, warmup_lr=100.0, seed=0)  # a warmup_lr you give is used as is
+    assert (
+        StageController.from_settings(given, derive(given, configured_lr=100.0, total_steps=1500)).warmup_target
+        == 100.0
+    )
+
+
 def test_warmup_is_linear_and_searchless() -> None:
     c, sim = make(total=1000, warmup_steps=10, warmup_lr=0.05), Quadratic()
     sim.run(c, 10)

@@ -23,6 +23,13 @@ def test_plot_writes_a_png_with_both_panels(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["s.png"]
 
 
+def test_plot_draws_no_forecast_against_the_training_loss_for_a_stage_judged_on_validation_probes() -> None:
+    s = sample()
+    s.stages[0]["signal"] = "val_loss"  # its forecast is a validation loss: not on the training-loss panel
+    labels = plot_schedule(s).axes[1].get_legend_handles_labels()[1]
+    assert "forecast of chosen LR" not in labels and "loss reached" not in labels
+
+
 def test_plot_shows_the_range_test(tmp_path) -> None:
     s = sample()
     s.settings["range_test"] = {"start_step": 0, "steps": 2, "min_lr": 0.001, "max_lr": 1.0}

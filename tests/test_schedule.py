@@ -79,6 +79,59 @@ def test_summary_table_lists_trials_and_choice() -> None:
     assert "1.00e-01" in lines[2] and "0.2500" in lines[2] and "0.3000" in lines[2] and lines[2].endswith("<- chosen")
 
 
+def test_summary_table_of_a_run_stopped_inside_a_search_without_stages_or_with_every_trial_diverged() -> None:
+    trials = [
+        {"lr": 0.1, "start_step": 10, "steps": 5, "predicted_loss": 0.5, "final_loss": 0.6, "diverged": False},
+        {"lr": 0.3, "start_step": 15, "steps": 5, "predicted_loss": 0.4, "final_loss": 0.5, "diverged": False},
+    ]
+    stopped = Schedule(
+        lrs=[0.1] * 20,
+        stages=[
+            {
+                "stage": 0,
+                "start_step": 10,
+                "tau": 100,
+                "tau_prime": 5,
+                "trials": trials,
+                "best_lr": None,
+                "exploit_start": None,
+                "exploit_steps": 0,
+            }
+        ],
+    )
+    lines = summary_table(stopped).splitlines()
+    assert lines[1].split()[1] == "10-19"  # the steps its trials ran (it read "10-9" before)
+    assert not any("chosen" in line for line in lines)
+    assert "no stage" in summary_table(Schedule(lrs=[0.1] * 5, stages=[])).splitlines()[-1]
+    diverged = [
+        {"lr": lr, "start_step": 0, "steps": 1, "predicted_loss": None, "final_loss": None, "diverged": True}
+        for lr in (5.0, 2.0)
+    ]
+    fell_back = Schedule(
+        lrs=[0.5] * 10,
+        stages=[
+            {
+                "stage": 0,
+                "start_step": 0,
+                "tau": 8,
+                "tau_prime": 1,
+                "trials": diverged,
+                "best_lr": 0.5,
+                "exploit_start": 2,
+                "exploit_steps": 8,
+            }
+        ],
+    )
+    assert summary_table(fell_back).splitlines()[-1].split()[-4:] == ["5.00e-01", "(every", "trial", "diverged)"]
+
+
+def test_summary_table_says_when_the_forecast_is_of_the_validation_loss() -> None:
+    s = sample()
+    assert "validation" not in summary_table(s)
+    s.stages[0]["signal"] = "val_loss"
+    assert summary_table(s).splitlines()[-1].startswith("forecast: of the validation loss")
+
+
 def test_range_test_survives_a_round_trip_and_shows_in_the_table(tmp_path) -> None:
     s = sample()
     s.settings["range_test"] = {"start_step": 0, "steps": 2, "min_lr": 0.001, "max_lr": 1.0}

@@ -68,6 +68,17 @@ def test_a_diverged_trial_ends_at_once_and_ranks_last() -> None:
     assert out.best_lr == record.trials[1].lr and out.ranking == [record.trials[1].lr]
 
 
+def test_a_trial_that_diverges_on_a_finite_loss_records_no_final_loss() -> None:
+    """A loss above the divergence threshold is finite; the record keeps no training loss for the trial (the
+    schedule's documented ``null``; it used to keep the mean of its finite losses, which the table printed)."""
+    search, record = _search(num_trials=2)
+    lr = search.start((1e-3, 1.0), step=0)
+    search.record_step(record, lr, 1.0, False, 1)
+    search.record_step(record, lr, 50.0, True, 2)
+    trial = record.trials[0]
+    assert trial.diverged and trial.steps == 2 and trial.final_loss is None and trial.predicted_loss is None
+
+
 def test_search_state_round_trips() -> None:
     search, record = _search(num_trials=3)
     lr = search.start((1e-3, 1.0), step=0, anchor=0.02)
