@@ -79,27 +79,18 @@ def test_summary_table_lists_trials_and_choice() -> None:
     assert "1.00e-01" in lines[2] and "0.2500" in lines[2] and "0.3000" in lines[2] and lines[2].endswith("<- chosen")
 
 
+def _one_stage(trials: list[dict], best_lr: float | None, start: int, exploit: tuple[int | None, int]) -> dict:
+    """A stage record for the table: ``exploit`` = (its start step or None, its steps)."""
+    return {"stage": 0, "start_step": start, "tau": 100, "tau_prime": 5, "trials": trials, "best_lr": best_lr,
+            "exploit_start": exploit[0], "exploit_steps": exploit[1]}  # fmt: skip
+
+
 def test_summary_table_of_a_run_stopped_inside_a_search_without_stages_or_with_every_trial_diverged() -> None:
     trials = [
         {"lr": 0.1, "start_step": 10, "steps": 5, "predicted_loss": 0.5, "final_loss": 0.6, "diverged": False},
         {"lr": 0.3, "start_step": 15, "steps": 5, "predicted_loss": 0.4, "final_loss": 0.5, "diverged": False},
     ]
-    stopped = Schedule(
-        lrs=[0.1] * 20,
-        stages=[
-            {
-                "stage": 0,
-                "start_step": 10,
-                "tau": 100,
-                "tau_prime": 5,
-                "trials": trials,
-                "best_lr": None,
-                "exploit_start": None,
-                "exploit_steps": 0,
-            }
-        ],
-    )
-    lines = summary_table(stopped).splitlines()
+    lines = summary_table(Schedule(lrs=[0.1] * 20, stages=[_one_stage(trials, None, 10, (None, 0))])).splitlines()
     assert lines[1].split()[1] == "10-19"  # the steps its trials ran (it read "10-9" before)
     assert not any("chosen" in line for line in lines)
     assert "no stage" in summary_table(Schedule(lrs=[0.1] * 5, stages=[])).splitlines()[-1]
@@ -107,21 +98,7 @@ def test_summary_table_of_a_run_stopped_inside_a_search_without_stages_or_with_e
         {"lr": lr, "start_step": 0, "steps": 1, "predicted_loss": None, "final_loss": None, "diverged": True}
         for lr in (5.0, 2.0)
     ]
-    fell_back = Schedule(
-        lrs=[0.5] * 10,
-        stages=[
-            {
-                "stage": 0,
-                "start_step": 0,
-                "tau": 8,
-                "tau_prime": 1,
-                "trials": diverged,
-                "best_lr": 0.5,
-                "exploit_start": 2,
-                "exploit_steps": 8,
-            }
-        ],
-    )
+    fell_back = Schedule(lrs=[0.5] * 10, stages=[_one_stage(diverged, 0.5, 0, (2, 8))])
     assert summary_table(fell_back).splitlines()[-1].split()[-4:] == ["5.00e-01", "(every", "trial", "diverged)"]
 
 
