@@ -78,7 +78,8 @@ def check_strategy(strategy: Any) -> None:
 
 
 def check_single_optimizer(trainer: pl.Trainer, who: str) -> float:
-    """Check that the Trainer has one optimizer, no LR scheduler and a positive, finite configured LR; return it.
+    """Check that the Trainer has one optimizer, no LR scheduler (nor a callback that adds one, or, for AutoLRS, param
+    groups: ``StochasticWeightAveraging``, ``BaseFinetuning``) and a positive, finite configured LR; return it.
 
     ``who`` (the callback's name) opens the messages.
     """
@@ -88,6 +89,22 @@ def check_single_optimizer(trainer: pl.Trainer, who: str) -> float:
             f"{who} drives exactly one optimizer, but `configure_optimizers` returned {len(optimizers)}. "
             "Return a single optimizer (use param groups for different LRs)."
         )
+    for other in getattr(
+        trainer, "callbacks", []
+    ):  # (by class name along the MRO: works for `lightning` and `pytorch_lightning`)
+        names = {cls.__name__ for cls in type(other).__mro__}
+        if "StochasticWeightAveraging" in names:
+            raise UnsupportedSetupError(
+                f"{who} sets the learning rate itself, but the Trainer also has `StochasticWeightAveraging`, which "
+                "adds its own SWA LR scheduler when averaging starts and averages weights taken at epoch ends, "
+                "search trials included. Remove one of the two callbacks."
+            )
+        if "BaseFinetuning" in names and who == "AutoLRS":
+            raise UnsupportedSetupError(
+                f"{who} cannot drive a fit whose `{type(other).__name__}` callback adds param groups to the "
+                "optimizer during training: its stage snapshot holds the groups of the fit's start. Unfreeze "
+                "before the fit (one optimizer with every param group from the start), or remove AutoLRS."
+            )
     if trainer.lr_scheduler_configs:
         raise UnsupportedSetupError(
             f"{who} sets the learning rate itself, but `configure_optimizers` also returned an LR scheduler "
@@ -286,6 +303,11 @@ class ProgressBarHook:
             self._hooked = None
 
 
+#: A range test whose ``max_lr`` lies more than this factor below the configured LR gets a warning (it may have
+#: stopped on batch noise: README, "Caveats"); on the benchmark workloads (seeds 0-29) it lies 1.3-66x above it.
+FAR_BELOW = 100.0
+
+
 def report_event(
     trainer: pl.Trainer, event: Event, controller: StageController, *, num_trials: int, verbose: bool
 ) -> None:
@@ -319,6 +341,15 @@ def report_event(
             rank_zero_info(
                 f"AutoLRS range test: {r.steps} steps from lr={event.first_lr:.3g} ({end}); "
                 f"search range min_lr={r.min_lr:.4g}, max_lr={r.max_lr:.4g}; model restored."
+            )
+        configured = controller.anchor_lr
+        if configured is not None and configured > FAR_BELOW * r.max_lr:
+            rank_zero_warn(
+                f"AutoLRS range test: max_lr={r.max_lr:.3g} is {configured / r.max_lr:.0f}x below the optimizer's "
+                f"configured lr={configured:.3g}, so the whole run trains at or below it. If the sweep's losses "
+                "(`cb.range_test_result`) are batch noise rather than a blow-up (small batches, a large loss scale), "
+                "give `min_lr`/`max_lr`, or `range_test=False` (the configured LR / 100 ... x 10).",
+                category=AutoLRSWarning,
             )
     elif isinstance(event, AnnealEvent):
         metrics = {"autolrs/anneal_lr": event.lr}

@@ -7,13 +7,21 @@ evenly spaced steps of each trial (the model's train/eval mode is restored after
 How the loss of a batch is computed:
 
 - ``val_loss_fn(module, batch)`` when given (returns a scalar tensor or float);
-- otherwise the module's ``validation_step(batch, batch_idx)``: its return value when it is a tensor (or a dict with
-  ``"loss"``/``"val_loss"``), else the value it logs under a name ending in ``val_loss`` (or ``loss``). The probe
-  catches those ``self.log`` calls, so nothing the probe computes reaches the Trainer's logged metrics.
+- otherwise the module's ``validation_step(batch, batch_idx)`` (``dataloader_idx=0`` too when it takes one): its
+  return value when it is a tensor (or a dict with ``"loss"``/``"val_loss"``), else the value it logs as
+  ``val_loss``, else under a name ending in ``val_loss``, then ``val/loss``, then ``loss``. The probe catches those
+  ``self.log`` calls, so nothing the probe logs reaches the Trainer's logged metrics; state the step keeps itself (a
+  torchmetrics metric it updates, a list it appends to) does see the probe's batches: give ``val_loss_fn`` to keep
+  the probe apart from it.
+
+The batches pass through the precision plugin as Lightning's validation loop passes them (``convert_input``, then
+its validation-step context), so ``precision="64-true"`` or ``"bf16-true"`` probes in the model's dtype.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -42,9 +50,13 @@ class ValidationProbe:
         loss_fn: ``loss_fn(module, batch)``; ``None`` uses the module's ``validation_step`` (see module docstring).
     """
 
-    def __init__(self, batches: list[Any], loss_fn: Callable[[Any, Any], Any] | None = None) -> None:
+    def __init__(
+        self, batches: list[Any], loss_fn: Callable[[Any, Any], Any] | None = None, context: Any = None
+    ) -> None:
         self.batches = batches
         self.loss_fn = loss_fn
+        self._context = context  # () -> the precision plugin's validation-step context (None: no context)
+        self._with_dataloader_idx: bool | None = None  # whether validation_step takes a third, dataloader_idx
 
     @classmethod
     def from_trainer(
@@ -64,12 +76,13 @@ class ValidationProbe:
             loaders = loaders[0] if loaders else None
         if loaders is None:
             return None
+        precision = trainer.precision_plugin  # as Lightning's validation loop: the input's dtype, then autocast
         batches = []
         for i, batch in enumerate(loaders):
             if i >= num_batches:
                 break
-            batches.append(trainer.strategy.batch_to_device(batch))
-        return cls(batches, loss_fn) if batches else None
+            batches.append(precision.convert_input(trainer.strategy.batch_to_device(batch)))
+        return cls(batches, loss_fn, precision.val_step_context) if batches else None
 
     @torch.no_grad()
     def __call__(self, module: pl.LightningModule) -> float:
@@ -77,7 +90,8 @@ class ValidationProbe:
         was_training = module.training
         module.eval()
         try:
-            losses = [self._batch_loss(module, batch, i) for i, batch in enumerate(self.batches)]
+            with contextlib.nullcontext() if self._context is None else self._context():
+                losses = [self._batch_loss(module, batch, i) for i, batch in enumerate(self.batches)]
         finally:
             module.train(was_training)
         return math.fsum(losses) / len(losses)
@@ -94,15 +108,17 @@ class ValidationProbe:
             logged.update(values)
 
         module.log, module.log_dict = capture_log, capture_log_dict  # instance attributes shadow the methods
-        try:
-            out = module.validation_step(batch, index)
+        if self._with_dataloader_idx is None:
+            self._with_dataloader_idx = _takes_dataloader_idx(module.validation_step)
+        try:  # (the first validation dataloader's batches: dataloader_idx 0, when the step takes one)
+            args = (batch, index, 0) if self._with_dataloader_idx else (batch, index)
+            out = module.validation_step(*args)
         finally:
             del module.log, module.log_dict
         if isinstance(out, dict):
             out = out.get("loss", out.get("val_loss"))
         if out is None:
-            names = [k for k in logged if k.endswith("val_loss")] or [k for k in logged if k.endswith("loss")]
-            out = logged[names[0]] if names else None
+            out = _logged_loss(logged)
         if out is None:
             raise UnsupportedSetupError(
                 "AutoLRS judges trials on the validation loss (`monitor='val_loss'`, or the default `monitor='auto'` "
@@ -111,6 +127,31 @@ class ValidationProbe:
                 "judge trials on the training loss with `monitor='train_loss'`."
             )
         return _to_float(out, "`validation_step`")
+
+
+def _takes_dataloader_idx(step: Callable[..., Any]) -> bool:
+    """Whether a (bound) ``validation_step`` takes a third positional argument, Lightning's ``dataloader_idx``."""
+    try:
+        params = list(inspect.signature(step).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def _logged_loss(logged: dict[str, Any]) -> Any:
+    """The loss a ``validation_step`` logged: ``val_loss``, else a name ending in ``val_loss``, else ``val/loss`` (or
+    one ending in it), else the first name ending in ``loss``; ``None`` when it logged none."""
+    for pick in (
+        lambda k: k == "val_loss",
+        lambda k: k.endswith("val_loss"),
+        lambda k: k.endswith("val/loss"),
+        lambda k: k.endswith("loss"),
+    ):
+        names = [k for k in logged if pick(k)]
+        if names:
+            return logged[names[0]]
+    return None
 
 
 def _user_val_dataloader(trainer: pl.Trainer) -> Any:

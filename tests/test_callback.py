@@ -267,6 +267,20 @@ def test_lr_scheduler_is_rejected(lpl, tmp_path) -> None:
         trainer.fit(WithScheduler())
 
 
+@pytest.mark.parametrize("name", ["StochasticWeightAveraging", "BackboneFinetuning"])
+def test_callbacks_that_add_an_lr_scheduler_or_param_groups_are_rejected_at_fit_start(lpl, tmp_path, name) -> None:
+    """SWA adds its own LR scheduler mid-run and averages trial weights; a finetuning callback adds param groups the
+    snapshot cannot restore (it ended the fit with an AutoLRSError mid-run, its restore on the exception failing
+    too)."""
+    other = getattr(lpl.callbacks, name)(**({"swa_lrs": 0.01} if name == "StochasticWeightAveraging" else {}))
+    trainer = lpl.Trainer(callbacks=[AutoLRS(verbose=False), other], **trainer_kwargs(tmp_path, max_steps=10))
+    model = make_module_class(lpl)()
+    model.backbone = model.net[0]  # (what BackboneFinetuning unfreezes)
+    with pytest.raises(UnsupportedSetupError, match=name if name != "BackboneFinetuning" else "param groups"):
+        trainer.fit(model)
+    assert trainer.global_step == 0
+
+
 def test_multiple_optimizers_are_rejected(lpl, tmp_path) -> None:
     cls = make_module_class(lpl)
 
@@ -506,6 +520,18 @@ def test_a_warmup_after_the_range_test_ramps_to_the_configured_lr_bounded_by_the
     assert cb.warmup_lr == warm[-1]  # what the warmup ramped to, after the stages too
     assert cb.history[0]["trials"][0]["lr"] == pytest.approx(cb.max_lr)  # stage 0's anchor: the same bound
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_range_test_that_ends_far_below_the_configured_lr_warns(lpl, tmp_path) -> None:
+    cb = AutoLRS(seed=0, verbose=False)
+    with pytest.warns(AutoLRSWarning, match=r"max_lr=\S+ is \d+x below the optimizer's configured lr=100") as rec:
+        fit(lpl, tmp_path, cb, max_steps=700, module_kw=dict(lr=100.0))
+    assert sum("range test: max_lr" in str(w.message) for w in rec) == 1 and cb.max_lr < 1.0
+    quiet = AutoLRS(seed=0, verbose=False)  # the module's own 0.05 lies within the range found: no warning
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fit(lpl, tmp_path / "b", quiet, max_steps=700, module_kw=dict(lr=0.05))
+    assert not any("range test: max_lr" in str(w.message) for w in seen)
 
 
 def test_a_budget_too_small_to_search_warns_once_and_decays_from_the_configured_lr(lpl, tmp_path) -> None:

@@ -111,3 +111,30 @@ def test_probe_batches_come_from_the_val_dataloader(lpl, tmp_path) -> None:
     assert probe is not None and len(probe.batches) == 1
     first = next(iter(DataLoader(model.val_set, batch_size=128)))
     assert torch.equal(probe.batches[0][0], first[0])
+
+
+def test_probe_prefers_val_loss_over_other_logged_losses_and_passes_dataloader_idx(lpl) -> None:
+    cls = make_module_class(lpl)
+    seen: list[int] = []
+
+    class Several(cls):
+        def validation_step(self, batch, batch_idx, dataloader_idx):  # (Lightning's form with several val loaders)
+            seen.append(dataloader_idx)
+            x, y = batch
+            self.log("val_kl_loss", torch.tensor(123.0))  # logged first: not the loss to judge trials on
+            self.log("val/loss", torch.nn.functional.mse_loss(self(x), y))
+
+    model = Several()
+    x, y = model.val_set.tensors
+    value = ValidationProbe([(x, y)])(model)  # it raised TypeError (dataloader_idx missing), then judged on 123
+    assert seen == [0] and value == pytest.approx(float(torch.nn.functional.mse_loss(model(x), y)), rel=1e-6)
+
+
+def test_probe_batches_take_the_precision_of_the_model(lpl, tmp_path) -> None:
+    """Under ``precision="64-true"`` the model is float64: the probe's batches are converted as Lightning's own
+    validation converts them (it raised "mat1 and mat2 must have the same dtype")."""
+    cb = autolrs(monitor="val_loss", val_batches=1)
+    kw = trainer_kwargs(tmp_path, max_steps=100, limit_val_batches=1.0, check_val_every_n_epoch=100)
+    lpl.Trainer(callbacks=[cb], precision="64-true", **kw).fit(make_module_class(lpl)())
+    trials = cb.history[0]["trials"]
+    assert cb.history[0]["signal"] == "val_loss" and all(t["predicted_loss"] is not None for t in trials)
