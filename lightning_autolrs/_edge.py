@@ -78,8 +78,8 @@ def check_strategy(strategy: Any) -> None:
 
 
 def check_single_optimizer(trainer: pl.Trainer, who: str) -> float:
-    """Check that the Trainer has one optimizer, no LR scheduler (nor a callback that adds one, or, for AutoLRS, param
-    groups: ``StochasticWeightAveraging``, ``BaseFinetuning``) and a positive, finite configured LR; return it.
+    """Check that the Trainer has one optimizer, no LR scheduler (nor a callback that adds one or param groups:
+    ``StochasticWeightAveraging``, any ``BaseFinetuning``) and a positive, finite configured LR; return it.
 
     ``who`` (the callback's name) opens the messages.
     """
@@ -99,11 +99,12 @@ def check_single_optimizer(trainer: pl.Trainer, who: str) -> float:
                 "adds its own SWA LR scheduler when averaging starts and averages weights taken at epoch ends, "
                 "search trials included. Remove one of the two callbacks."
             )
-        if "BaseFinetuning" in names and who == "AutoLRS":
+        if "BaseFinetuning" in names:
             raise UnsupportedSetupError(
-                f"{who} cannot drive a fit whose `{type(other).__name__}` callback adds param groups to the "
-                "optimizer during training: its stage snapshot holds the groups of the fit's start. Unfreeze "
-                "before the fit (one optimizer with every param group from the start), or remove AutoLRS."
+                f"{who} refuses `BaseFinetuning` callbacks (`{type(other).__name__}`): they may add param groups to "
+                f"the optimizer during training (`BackboneFinetuning` does), which {who} cannot follow (it sets the "
+                "LRs of the groups the fit starts with; AutoLRS's stage snapshot holds those groups). Unfreeze before "
+                f"the fit (one optimizer with every param group from the start), or remove {who}."
             )
     if trainer.lr_scheduler_configs:
         raise UnsupportedSetupError(
@@ -343,7 +344,7 @@ def report_event(
                 f"search range min_lr={r.min_lr:.4g}, max_lr={r.max_lr:.4g}; model restored."
             )
         configured = controller.anchor_lr
-        if configured is not None and configured > FAR_BELOW * r.max_lr:
+        if configured is not None and not controller.max_lr_given and configured > FAR_BELOW * r.max_lr:
             rank_zero_warn(
                 f"AutoLRS range test: max_lr={r.max_lr:.3g} is {configured / r.max_lr:.0f}x below the optimizer's "
                 f"configured lr={configured:.3g}, so the whole run trains at or below it. If the sweep's losses "

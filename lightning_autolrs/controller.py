@@ -659,6 +659,11 @@ class StageController:
         return self._range_test.lrs
 
     @property
+    def max_lr_given(self) -> bool:
+        """Whether ``max_lr`` was given (it then wins over what a range test finds)."""
+        return self._range_test.given[1] is not None
+
+    @property
     def range_test(self) -> dict[str, Any] | None:
         """The range test's result (:class:`~lightning_autolrs.records.RangeTestResult` as a dict), once it ran."""
         result = self._range_test.result

@@ -7,7 +7,8 @@ evenly spaced steps of each trial (the model's train/eval mode is restored after
 How the loss of a batch is computed:
 
 - ``val_loss_fn(module, batch)`` when given (returns a scalar tensor or float);
-- otherwise the module's ``validation_step(batch, batch_idx)`` (``dataloader_idx=0`` too when it takes one): its
+- otherwise the module's ``validation_step(batch, batch_idx)`` (``dataloader_idx=0`` too with several validation
+  dataloaders, as Lightning passes it, or when the step requires it): its
   return value when it is a tensor (or a dict with ``"loss"``/``"val_loss"``), else the value it logs as
   ``val_loss``, else under a name ending in ``val_loss``, then ``val/loss``, then ``loss``. The probe catches those
   ``self.log`` calls, so nothing the probe logs reaches the Trainer's logged metrics; state the step keeps itself (a
@@ -56,7 +57,8 @@ class ValidationProbe:
         self.batches = batches
         self.loss_fn = loss_fn
         self._context = context  # () -> the precision plugin's validation-step context (None: no context)
-        self._with_dataloader_idx: bool | None = None  # whether validation_step takes a third, dataloader_idx
+        self._with_dataloader_idx: bool | None = None  # whether validation_step gets a third, dataloader_idx
+        self.several_loaders = False  # the Trainer has several validation dataloaders (set by from_trainer)
 
     @classmethod
     def from_trainer(
@@ -72,6 +74,7 @@ class ValidationProbe:
         loaders = trainer.val_dataloaders
         if loaders is None:  # the fit loop only builds them when validation runs in the first epoch
             loaders = _user_val_dataloader(trainer)
+        several = isinstance(loaders, list | tuple) and len(loaders) > 1  # Lightning then passes dataloader_idx
         if isinstance(loaders, list | tuple):
             loaders = loaders[0] if loaders else None
         if loaders is None:
@@ -82,7 +85,11 @@ class ValidationProbe:
             if i >= num_batches:
                 break
             batches.append(precision.convert_input(trainer.strategy.batch_to_device(batch)))
-        return cls(batches, loss_fn, precision.val_step_context) if batches else None
+        if not batches:
+            return None
+        probe = cls(batches, loss_fn, precision.val_step_context)
+        probe.several_loaders = several
+        return probe
 
     @torch.no_grad()
     def __call__(self, module: pl.LightningModule) -> float:
@@ -109,7 +116,7 @@ class ValidationProbe:
 
         module.log, module.log_dict = capture_log, capture_log_dict  # instance attributes shadow the methods
         if self._with_dataloader_idx is None:
-            self._with_dataloader_idx = _takes_dataloader_idx(module.validation_step)
+            self._with_dataloader_idx = self.several_loaders or _needs_dataloader_idx(module.validation_step)
         try:  # (the first validation dataloader's batches: dataloader_idx 0, when the step takes one)
             args = (batch, index, 0) if self._with_dataloader_idx else (batch, index)
             out = module.validation_step(*args)
@@ -129,14 +136,15 @@ class ValidationProbe:
         return _to_float(out, "`validation_step`")
 
 
-def _takes_dataloader_idx(step: Callable[..., Any]) -> bool:
-    """Whether a (bound) ``validation_step`` takes a third positional argument, Lightning's ``dataloader_idx``."""
+def _needs_dataloader_idx(step: Callable[..., Any]) -> bool:
+    """Whether a (bound) ``validation_step`` requires a third positional argument, Lightning's ``dataloader_idx``
+    (which Lightning itself passes only with several validation dataloaders)."""
     try:
         params = list(inspect.signature(step).parameters.values())
     except (TypeError, ValueError):
         return False
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params)
+    return len(positional) >= 3 and positional[2].default is inspect.Parameter.empty
 
 
 def _logged_loss(logged: dict[str, Any]) -> Any:

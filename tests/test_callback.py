@@ -532,6 +532,11 @@ def test_a_range_test_that_ends_far_below_the_configured_lr_warns(lpl, tmp_path)
         warnings.simplefilter("always")
         fit(lpl, tmp_path / "b", quiet, max_steps=700, module_kw=dict(lr=0.05))
     assert not any("range test: max_lr" in str(w.message) for w in seen)
+    given = AutoLRS(seed=0, verbose=False, max_lr=1e-3, range_test=True)  # a max_lr you give wins: no advice to give
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fit(lpl, tmp_path / "c", given, max_steps=700, module_kw=dict(lr=0.5))
+    assert given.max_lr == 1e-3 and not any("range test: max_lr" in str(w.message) for w in seen)
 
 
 def test_a_budget_too_small_to_search_warns_once_and_decays_from_the_configured_lr(lpl, tmp_path) -> None:

@@ -138,3 +138,21 @@ def test_probe_batches_take_the_precision_of_the_model(lpl, tmp_path) -> None:
     lpl.Trainer(callbacks=[cb], precision="64-true", **kw).fit(make_module_class(lpl)())
     trials = cb.history[0]["trials"]
     assert cb.history[0]["signal"] == "val_loss" and all(t["predicted_loss"] is not None for t in trials)
+
+
+def test_probe_calls_a_step_without_dataloader_idx_as_lightning_does_with_one_loader(lpl) -> None:
+    """``validation_step(self, *args, **kwargs)`` forwarding to a two-argument helper, one validation loader: Lightning
+    calls it with (batch, batch_idx), and so does the probe."""
+    cls = make_module_class(lpl)
+
+    class Forwarding(cls):
+        def validation_step(self, *args, **kwargs):
+            return self._shared(*args, **kwargs)
+
+        def _shared(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self(x), y)
+
+    model = Forwarding()
+    x, y = model.val_set.tensors
+    assert ValidationProbe([(x, y)])(model) == pytest.approx(float(torch.nn.functional.mse_loss(model(x), y)))
