@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -74,6 +74,8 @@ class ValidationProbe:
         loaders = trainer.val_dataloaders
         if loaders is None:  # the fit loop only builds them when validation runs in the first epoch
             loaders = _user_val_dataloader(trainer)
+        if isinstance(loaders, Mapping):  # a dict of loaders: Lightning runs them in order, indices 0, 1, ...
+            loaders = list(loaders.values())
         several = isinstance(loaders, list | tuple) and len(loaders) > 1  # Lightning then passes dataloader_idx
         if isinstance(loaders, list | tuple):
             loaders = loaders[0] if loaders else None

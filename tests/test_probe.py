@@ -156,3 +156,23 @@ def test_probe_calls_a_step_without_dataloader_idx_as_lightning_does_with_one_lo
     model = Forwarding()
     x, y = model.val_set.tensors
     assert ValidationProbe([(x, y)])(model) == pytest.approx(float(torch.nn.functional.mse_loss(model(x), y)))
+
+
+def test_probe_takes_the_first_of_a_dict_of_validation_loaders(lpl, tmp_path) -> None:
+    """A ``val_dataloader`` returning a dict of loaders (it enumerated the dict's keys as batches and failed)."""
+    cls = make_module_class(lpl)
+    seen: list[int] = []
+
+    class TwoLoaders(cls):
+        def val_dataloader(self):
+            return {"a": DataLoader(self.val_set, batch_size=64), "b": DataLoader(self.val_set, batch_size=32)}
+
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            seen.append(dataloader_idx)
+            x, y = batch
+            return torch.nn.functional.mse_loss(self(x), y)
+
+    cb = autolrs(monitor="val_loss", val_batches=1)
+    kw = trainer_kwargs(tmp_path, max_steps=100, limit_val_batches=1.0, check_val_every_n_epoch=100)
+    lpl.Trainer(callbacks=[cb], **kw).fit(TwoLoaders())
+    assert cb.history[0]["signal"] == "val_loss" and seen and set(seen) == {0}
