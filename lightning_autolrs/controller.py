@@ -48,7 +48,8 @@ half the first training loss of the fit (:data:`DIVERGENCE_FLOOR`; the untrained
 scratch: a loss still far below it has not diverged, however far it rose from a loss near zero), stops a trial at once;
 the trial is recorded as diverged and the proposer gives it a penalty. In the exploit phase the same test restores the
 snapshot and continues the stage at the next-best smaller trial LR (or a tenth of the current LR when none is left, but
-never below ``min_lr``). With ``collapse_guard`` the exploit phase also falls back that way on a *slow* collapse: once
+never below ``min_lr``; a finite loss that trips the test at ``min_lr`` becomes the stage's reference, as no smaller LR
+is left). With ``collapse_guard`` the exploit phase also falls back that way on a *slow* collapse: once
 the stage has halved its windowed training loss (20-step means) from its start level, the windowed loss is back at the
 start level for a whole window (a net dying at the edge of stability, no spike; rules in
 :class:`~lightning_autolrs.exploit.CollapseGuard`). After a stage with a diverged trial the upper end of the range for
@@ -987,7 +988,8 @@ class StageController:
 
     def _exploit_fallback(self, loss: float | None, step: int) -> list[Event]:
         """The exploit guard fired (divergence or a slow collapse): restore the stage snapshot and continue at the
-        next-best smaller trial LR (a tenth of the LR in use when none is left, never below ``min_lr``)."""
+        next-best smaller trial LR (a tenth of the LR in use when none is left, never below ``min_lr``; at ``min_lr``
+        a finite loss becomes the stage's reference)."""
         record = self.stages[-1]
         self._guard.rearm()
         failed = self._lr
@@ -995,6 +997,11 @@ class StageController:
             self._ranking.remove(failed)
         smaller = [lr for lr in self._ranking if lr < failed]
         self._lr = smaller[0] if smaller else max(failed / 10, self.min_lr)  # never below the range
+        if loss is not None and math.isfinite(loss) and failed <= self.min_lr and self._ref_loss is not None:
+            # no smaller LR to fall back to: a finite loss at min_lr is the level this stage trains at (batch noise
+            # above a reference of one loss), not a divergence of the LR; without this the stage restored its start
+            # at every such loss and trained nothing (165 fallbacks in a stage of 463 steps with batches of 8)
+            self._ref_loss = max(self._ref_loss, loss)
         fallback = FallbackRecord(step=step, failed_lr=failed, new_lr=self._lr)
         record.fallbacks.append(fallback)
         self._pending_restore = True

@@ -117,6 +117,23 @@ def test_a_default_warmup_lr_is_bounded_by_the_range_the_range_test_found_and_st
     )
 
 
+def test_finite_losses_above_a_one_loss_reference_at_min_lr_do_not_restore_the_stage_start_again_and_again() -> None:
+    """Stage 0's reference is its first loss alone; an untrained model's batch noise 5-10x above it reads as divergence
+    at every LR. Once the fallbacks reach ``min_lr`` there is no smaller LR: the loss there becomes the reference, and
+    the stage trains (it used to restore its start at every such loss: 165 fallbacks in a stage of 463 steps)."""
+    c = StageController(1e-3, 1.0, num_trials=2, tau=100, tau_max=100, search_ratio=0.1, total_steps=400, seed=0)
+    noise = [5.5 + 4.5 * ((7 * i) % 11) / 10 for i in range(400)]  # deterministic, 5.5-10x the first loss
+    restores = 0
+    for step in range(400):
+        plan = c.begin_step()
+        restores += bool(plan.restore)
+        c.end_step(1.0 if step == 0 else noise[step])
+    fallbacks = [f for h in c.history for f in h["fallbacks"]]
+    at_min = [f for f in fallbacks if f["failed_lr"] <= c.min_lr]
+    assert fallbacks and len(at_min) == 1 and len(fallbacks) <= 5 and restores <= 10
+    assert c.history[0]["exploit_steps"] >= 50
+
+
 def test_warmup_is_linear_and_searchless() -> None:
     c, sim = make(total=1000, warmup_steps=10, warmup_lr=0.05), Quadratic()
     sim.run(c, 10)
