@@ -62,14 +62,19 @@ def callback_bases() -> tuple[type, ...]:
     return tuple(bases)
 
 
+def _class_names(obj: Any) -> set[str]:
+    """The names of ``obj``'s class and its bases: a check by name works for ``lightning`` and ``pytorch_lightning``
+    classes alike, and needs no optional package importable."""
+    return {cls.__name__ for cls in type(obj).__mro__}
+
+
 def check_strategy(strategy: Any) -> None:
     """Refuse strategies that shard parameters or optimizer state (FSDP, DeepSpeed, model parallel, XLA FSDP).
 
     The check walks the strategy's class hierarchy by name, so subclasses are caught and no optional package
     (DeepSpeed) has to be importable.
     """
-    names = {cls.__name__ for cls in type(strategy).__mro__}
-    sharded = sorted(names & _SHARDED_STRATEGIES)
+    sharded = sorted(_class_names(strategy) & _SHARDED_STRATEGIES)
     if sharded:
         raise UnsupportedSetupError(
             f"AutoLRS does not support the `{sharded[0]}` strategy yet: its snapshot would have to copy sharded "
@@ -89,10 +94,8 @@ def check_single_optimizer(trainer: pl.Trainer, who: str) -> float:
             f"{who} drives exactly one optimizer, but `configure_optimizers` returned {len(optimizers)}. "
             "Return a single optimizer (use param groups for different LRs)."
         )
-    for other in getattr(
-        trainer, "callbacks", []
-    ):  # (by class name along the MRO: works for `lightning` and `pytorch_lightning`)
-        names = {cls.__name__ for cls in type(other).__mro__}
+    for other in getattr(trainer, "callbacks", []):
+        names = _class_names(other)
         if "StochasticWeightAveraging" in names:
             raise UnsupportedSetupError(
                 f"{who} sets the learning rate itself, but the Trainer also has `StochasticWeightAveraging`, which "

@@ -329,7 +329,6 @@ class StageController:
             raise InvalidArgumentError("`warmup_lr` is required when `warmup_steps` > 0; pass the LR warmup ends at.")
         self.settings = settings
         self.tau, self.tau_max, self.warmup_lr = tau, tau_max, warmup_lr
-        self._warmup_lr_default = settings.warmup_lr is None  # the configured LR: bounded by the range once known
         self.warmup_steps = settings.warmup_steps
         self.total_steps = check_int("total_steps", total_steps, minimum=1, allow_none=True)
         range_test.given = given_range or (settings.min_lr, settings.max_lr)
@@ -676,7 +675,8 @@ class StageController:
         ran (before the warmup), bounded by the range it found, as stage 0's anchor is: a warmup never ramps above the
         LR the sweep saw training blow up at."""
         lr = self.warmup_lr
-        if lr is None or not self._warmup_lr_default or self._range_test.result is None or self._warmup_first:
+        default = self.settings.warmup_lr is None  # (the configured LR, which the range test's result bounds)
+        if lr is None or not default or self._range_test.result is None or self._warmup_first:
             return lr  # (a state written when the warmup came before the range test: that warmup was not bounded)
         return min(max(lr, self.min_lr), self.max_lr)  # (the range found; later stages' caps do not move it)
 

@@ -52,13 +52,17 @@ class ValidationProbe:
     """
 
     def __init__(
-        self, batches: list[Any], loss_fn: Callable[[Any, Any], Any] | None = None, context: Any = None
+        self,
+        batches: list[Any],
+        loss_fn: Callable[[Any, Any], Any] | None = None,
+        context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+        several_loaders: bool = False,
     ) -> None:
         self.batches = batches
         self.loss_fn = loss_fn
-        self._context = context  # () -> the precision plugin's validation-step context (None: no context)
+        self._context = context  # the precision plugin's validation-step context (None: no context)
+        self.several_loaders = several_loaders  # the Trainer has several validation dataloaders
         self._with_dataloader_idx: bool | None = None  # whether validation_step gets a third, dataloader_idx
-        self.several_loaders = False  # the Trainer has several validation dataloaders (set by from_trainer)
 
     @classmethod
     def from_trainer(
@@ -87,11 +91,7 @@ class ValidationProbe:
             if i >= num_batches:
                 break
             batches.append(precision.convert_input(trainer.strategy.batch_to_device(batch)))
-        if not batches:
-            return None
-        probe = cls(batches, loss_fn, precision.val_step_context)
-        probe.several_loaders = several
-        return probe
+        return cls(batches, loss_fn, precision.val_step_context, several) if batches else None
 
     @torch.no_grad()
     def __call__(self, module: pl.LightningModule) -> float:

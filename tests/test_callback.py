@@ -523,20 +523,20 @@ def test_a_warmup_after_the_range_test_ramps_to_the_configured_lr_bounded_by_the
 
 
 def test_a_range_test_that_ends_far_below_the_configured_lr_warns(lpl, tmp_path) -> None:
+    def range_warnings(cb: AutoLRS, root, lr: float) -> int:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            fit(lpl, root, cb, max_steps=700, module_kw=dict(lr=lr))
+        return sum("range test: max_lr" in str(w.message) for w in seen)
+
     cb = AutoLRS(seed=0, verbose=False)
     with pytest.warns(AutoLRSWarning, match=r"max_lr=\S+ is \d+x below the optimizer's configured lr=100") as rec:
         fit(lpl, tmp_path, cb, max_steps=700, module_kw=dict(lr=100.0))
     assert sum("range test: max_lr" in str(w.message) for w in rec) == 1 and cb.max_lr < 1.0
     quiet = AutoLRS(seed=0, verbose=False)  # the module's own 0.05 lies within the range found: no warning
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        fit(lpl, tmp_path / "b", quiet, max_steps=700, module_kw=dict(lr=0.05))
-    assert not any("range test: max_lr" in str(w.message) for w in seen)
+    assert range_warnings(quiet, tmp_path / "b", 0.05) == 0
     given = AutoLRS(seed=0, verbose=False, max_lr=1e-3, range_test=True)  # a max_lr you give wins: no advice to give
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        fit(lpl, tmp_path / "c", given, max_steps=700, module_kw=dict(lr=0.5))
-    assert given.max_lr == 1e-3 and not any("range test: max_lr" in str(w.message) for w in seen)
+    assert range_warnings(given, tmp_path / "c", 0.5) == 0 and given.max_lr == 1e-3
 
 
 def test_a_budget_too_small_to_search_warns_once_and_decays_from_the_configured_lr(lpl, tmp_path) -> None:

@@ -72,29 +72,29 @@ def test_checkpoint_carries_the_trial_only_during_a_search_and_the_stage_snapsho
     assert snap_model == params  # one extra copy of the model (plus the optimizer state)
 
 
-class _PoisonAt:
-    """Turn the first parameter NaN before the training step ``step``: that step's loss is NaN, an exploit fallback."""
+def _poison_at(lpl, step: int):
+    """A callback that turns the first parameter NaN before the training step ``step``: that step's loss is NaN, an
+    exploit fallback."""
 
-    def __new__(cls, lpl, step: int):
-        class Poison(lpl.Callback):
-            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-                if trainer.global_step == step:
-                    with torch.no_grad():
-                        next(pl_module.parameters()).fill_(float("nan"))
+    class Poison(lpl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step == step:
+                with torch.no_grad():
+                    next(pl_module.parameters()).fill_(float("nan"))
 
-        return Poison()
+    return Poison()
 
 
 def test_resume_in_an_exploit_phase_that_falls_back_later_is_bitwise_exact(lpl, tmp_path) -> None:
     """The fallback restores the stage start: a run resumed inside the exploit phase goes back to the same one (it
     used to capture the resumed weights as its snapshot, so its fallback rewound to the checkpoint's step)."""
     ref_cb = autolrs()
-    _, ref_model = run(lpl, tmp_path / "a", ref_cb, save_every_epoch=True, callbacks=(_PoisonAt(lpl, 27),))
+    _, ref_model = run(lpl, tmp_path / "a", ref_cb, save_every_epoch=True, callbacks=(_poison_at(lpl, 27),))
     assert [f["step"] for h in ref_cb.history for f in h["fallbacks"]] == [27]
     ckpt = tmp_path / "a" / "ckpt" / "step=24.ckpt"
     assert phase_at(ckpt) == "exploit"
     cb = autolrs()
-    _, model = run(lpl, tmp_path / "b", cb, ckpt_path=str(ckpt), callbacks=(_PoisonAt(lpl, 27),))
+    _, model = run(lpl, tmp_path / "b", cb, ckpt_path=str(ckpt), callbacks=(_poison_at(lpl, 27),))
     assert cb.lrs == ref_cb.lrs and cb.history == ref_cb.history
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
 
