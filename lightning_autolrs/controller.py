@@ -43,7 +43,9 @@ With ``fallback`` (a budget too small for one search) there are no stages: a lin
 :data:`FALLBACK_WARMUP` of the budget to ``anchor_lr``, then the anneal.
 
 Divergence rule: a step whose loss is NaN/inf, or above ``divergence_factor`` times the stage's reference loss (the
-largest training loss of the last 20 steps before the stage, or the stage's first loss for the first stage) and above
+largest training loss of the last 20 steps before the stage; for the first stage, the largest loss of the range
+test's first quarter, the untrained model's losses on as many batches, or without a range test or warmup its first
+loss) and above
 half the first training loss of the fit (:data:`DIVERGENCE_FLOOR`; the untrained model's loss when training starts from
 scratch: a loss still far below it has not diverged, however far it rose from a loss near zero), stops a trial at once;
 the trial is recorded as diverged and the proposer gives it a penalty. In the exploit phase the same test restores the
@@ -686,6 +688,10 @@ class StageController:
             return []
         self.min_lr, self.max_lr = result.min_lr, result.max_lr
         self._eff_max_lr = self.max_lr
+        # the untrained model's losses on the sweep's first batches: the first stage's reference is the largest of
+        # them, as a later stage's is the largest of its last losses (a reference of one loss took batch noise 5-10x
+        # above it for divergence: a regression MLP with batches of 8 cut its stage-0 trials and fell back to min_lr)
+        self._recent.extend(self._range_test.start_losses())
         self.search.proposer.reset(min_lr=self.min_lr, max_lr=self.max_lr)
         self._pending_restore = True
         self._note_warmup_from()

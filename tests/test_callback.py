@@ -539,6 +539,23 @@ def test_a_range_test_that_ends_far_below_the_configured_lr_warns(lpl, tmp_path)
     assert range_warnings(given, tmp_path / "c", 0.5) == 0 and given.max_lr == 1e-3
 
 
+def test_small_noisy_batches_neither_stop_the_range_test_nor_trip_the_first_stage(lpl, tmp_path) -> None:
+    """Batches of 2: one batch's loss on the untrained model lies many times above another's. The range test used to
+    stop at the first loss 4x above the lowest (after 6 of its 50 steps here, with max_lr=1e-6, 10 000x below the
+    configured LR: validation MSE 0.85 after 1000 steps, warned about but trained nothing); it stops on a running
+    median now, where training blows up, and the run trains."""
+    cb = AutoLRS(seed=0, verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AutoLRSWarning)  # no range far below the configured LR to warn about
+        _, model = fit(lpl, tmp_path, cb, max_steps=1000, module_kw=dict(lr=0.01, optimizer="adamw", batch_size=2))
+    rt = cb.range_test_result
+    assert rt["steps"] > 40 and cb.max_lr > 0.01  # it swept up to where training blows up, above the configured LR
+    assert not any(t["diverged"] for t in cb.history[0]["trials"]) and cb.history[0]["fallbacks"] == []
+    x, y = model.val_set.tensors
+    with torch.no_grad():
+        assert torch.nn.functional.mse_loss(model(x), y).item() < 0.15  # (the targets' variance is about 0.5)
+
+
 def test_a_budget_too_small_to_search_warns_once_and_decays_from_the_configured_lr(lpl, tmp_path) -> None:
     cb = AutoLRS(verbose=False)
     with pytest.warns(UserWarning, match=r"budget of 150 optimizer steps is too small .* at least \d+ steps") as rec:

@@ -44,6 +44,31 @@ def test_range_test_sweeps_stops_at_blow_up_and_sets_the_range() -> None:
     assert sum(h["search_steps"] + h["exploit_steps"] for h in c.history) + n == len(c.lrs) == 600
 
 
+def test_the_first_stage_judges_divergence_against_the_untrained_losses_of_the_sweep_not_one_batch() -> None:
+    """Stage 0's reference loss is the largest loss of the sweep's first quarter (the untrained model on as many
+    batches), as a later stage's is the largest of its last losses. With batch noise 5-10x above the stage's first loss
+    a reference of that one loss read every trial as diverged and fell back to ``min_lr``; a real blow-up is still
+    cut."""
+    c = make_range_test(total=400, steps=40, num_trials=2, tau=100, tau_max=100, search_ratio=0.1)
+    noisy = [1.0, 3.0, 2.0, 2.5] * 3  # the untrained model's batches: 1-3
+    while c.range_test_running:
+        plan = c.begin_step()
+        i = c.range_test_position
+        c.end_step(noisy[i] if i < len(noisy) else (0.5 if plan.lr < 0.2 else 50.0))
+    start = c.step
+    assert c.range_test["steps"] < 40 and max(noisy) == 3.0
+    for k in range(100):  # stage 0: its first loss 1.0, then batches at 5.5-10x that (below 5x the sweep's 3.0)
+        c.begin_step()
+        c.end_step(1.0 if k == 0 else 5.5 + 4.5 * ((7 * k) % 11) / 10)
+    stage = c.history[0]
+    assert stage["start_step"] == start and stage["search_steps"] == 20 and stage["exploit_steps"] == 80
+    assert not any(t["diverged"] for t in stage["trials"]) and stage["fallbacks"] == []
+    assert all(t["steps"] == 10 for t in stage["trials"])
+    c.begin_step()
+    events = c.end_step(16.0)  # above 5x the reference 3.0 (and half the fit's first loss): a blow-up
+    assert [e["event"] for e in events] == ["fallback"]
+
+
 def test_range_test_is_warmup_phase_and_resumes_exactly() -> None:
     c, sim = make_range_test(), Quadratic()
     sim.run(c, 7)
@@ -149,6 +174,34 @@ def test_given_bounds_win_and_state_round_trips() -> None:
     assert twin.position == 3 and twin.pending
     a, b = rt.record(rt.lr(3), math.inf, step=4), twin.record(twin.lr(3), math.inf, step=4)
     assert a == b and a is not None and a.stopped_early and a.min_lr == 2e-4 and a.max_lr > 2e-4
+
+
+def test_batch_noise_does_not_stop_the_sweep_and_a_quiet_sweep_stops_as_before() -> None:
+    """With small batches one batch's loss lies many times another's on the same model. The sweep used to stop at the
+    first loss 4x above the lowest so far (a regression MLP with batches of 8: after 11-17 steps, at max_lr=1e-7); where
+    its first quarter shows such noise, a loss must exceed that spread times the lowest running median. A quiet sweep
+    stops at the first loss above 4x the lowest, as before."""
+    from lightning_autolrs.range_test import MEDIAN_WINDOW, STOP, RangeTest
+
+    def sweep(noise: list[float]) -> RangeTest:
+        rt = RangeTest(60, (1e-5, 10.0), given=(None, None))
+        for i in range(60):
+            lr = rt.lr(i)
+            level = 1.0 / (1.0 + 50 * lr) if lr < 0.2 else 1.0 + 1000 * (lr - 0.2)  # falls, then blows up above 0.2
+            if rt.record(lr, level * noise[i % len(noise)], step=i + 1) is not None:
+                return rt
+        return rt
+
+    quiet, noisy = sweep([1.0]), sweep([1.0, 0.3, 2.4, 0.8, 1.6, 0.5])  # batch noise spreading losses 8x
+    assert quiet.spread() < 1.02 and noisy.spread() == pytest.approx(8.1, abs=0.05) and noisy.spread() > STOP
+    assert quiet.result is not None and noisy.result is not None and quiet.result.stopped_early
+    losses = quiet.result.losses
+    first = next(i for i in range(3, 60) if losses[i] > STOP * min(losses[:i]))  # the rule before, on a quiet sweep
+    assert quiet.result.steps == first + 1 and 0.05 < quiet.result.max_lr <= 0.2
+    # the noisy sweep: losses 8x apart from its first steps on (2.4 / 0.3), yet it runs to the blow-up above 0.2
+    assert noisy.result.stopped_early and noisy.result.lrs[-1] > 0.2 and noisy.result.steps > 40
+    assert 0.01 < noisy.result.max_lr <= 0.2 and MEDIAN_WINDOW == 5
+    assert quiet.start_losses() == losses[:15] and len(noisy.start_losses()) == 15  # the first quarter's losses
 
 
 def test_a_sweep_that_saw_only_non_finite_losses_raises_instead_of_deriving_a_range() -> None:
