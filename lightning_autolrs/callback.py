@@ -594,8 +594,11 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             return
         state, trial, kept, discarded = self._committed()
         self._hold_committed("all")  # (the in-flight state stays in `_trial`: a checkpoint written now resumes exactly)
-        where = "the LR range test" if c.range_test_running else f"stage {c.stage}'s search"
-        if trial is None:
+        sweep = c.range_test_running or not c.stages  # (in the sweep, or at its end with its restore still due)
+        where = "the LR range test" if sweep else f"stage {c.stage}'s search"
+        if sweep:
+            what = f"restored the model and optimizer to where the sweep began: discarded its {discarded} steps"
+        elif trial is None:
             what = (
                 f"restored the model and optimizer to the start of {where} (no trial had completed, a step had just "
                 f"diverged, or the stage keeps no trial): kept 0 steps, discarded the {discarded} steps since"

@@ -91,6 +91,30 @@ def test_exception_before_any_trial_completed_restores_the_stage_start(lpl, tmp_
     assert same(model.parameters(), rec.stage_params[0])
 
 
+@pytest.mark.parametrize("at_end", [False, True])
+def test_exception_in_the_range_test_restores_where_the_sweep_began(lpl, tmp_path, at_end) -> None:
+    """Inside the sweep, and at its last step (its restore still due; the message said "stage -1's search" there)."""
+    cb = AutoLRS(seed=0, verbose=False)  # no range given: a sweep of up to 35 steps first
+
+    class Fail(lpl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if (cb.range_test_result is not None) if at_end else trainer.global_step == 7:
+                raise RuntimeError("boom")
+
+    lpl.seed_everything(0)
+    model = make_module_class(lpl)()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = lpl.Trainer(callbacks=[cb, Fail()], **trainer_kwargs(tmp_path, max_steps=700))
+    with pytest.raises(RuntimeError), pytest.warns(UserWarning, match="during the LR range test") as w:
+        trainer.fit(model)
+    step = trainer.global_step
+    assert (step == 7) != at_end and (cb.range_test_result is not None) == at_end
+    message = str(w[-1].message)
+    assert f"restored the model and optimizer to where the sweep began: discarded its {step} steps" in message
+    assert "stage -1" not in message and "trial" not in message
+    assert same(model.parameters(), before)
+
+
 def test_keyboard_interrupt_mid_trial_keeps_the_best_completed_trial(lpl, tmp_path) -> None:
     cb, rec = autolrs(), recorder(lpl)
     model = make_module_class(lpl)()
