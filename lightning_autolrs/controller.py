@@ -288,7 +288,12 @@ class StageController:
         callback falls back to ``"train_loss"`` without validation data)."""
         self = cls.__new__(cls)
         rt_steps = derived.range_test_steps
-        range_test = RangeTest(rt_steps, derived.range_test_lrs if rt_steps else None, given=(None, None))
+        range_test = RangeTest(
+            rt_steps,
+            derived.range_test_lrs if rt_steps else None,
+            given=(None, None),
+            configured_lr=derived.configured_lr,
+        )
         self._setup(
             settings,
             tau=derived.tau,

@@ -204,6 +204,31 @@ def test_batch_noise_does_not_stop_the_sweep_and_a_quiet_sweep_stops_as_before()
     assert quiet.start_losses() == losses[:15] and len(noisy.start_losses()) == 15  # the first quarter's losses
 
 
+def test_a_sweep_without_a_blow_up_never_puts_max_lr_below_the_configured_lr() -> None:
+    """Nothing in a sweep that ran its whole length showed the configured LR too large; its noisy lowest point could
+    lie anywhere below it (a regression MLP with batches of 2: 0.00016 against a configured 0.001)."""
+    from lightning_autolrs.range_test import RangeTest
+    from lightning_autolrs.settings import Settings, derive
+
+    def sweep(losses: list[float], **kw) -> RangeTest:
+        rt = RangeTest(len(losses), (1e-7, 0.1), given=kw.pop("given", (None, None)), **kw)
+        for i, loss in enumerate(losses):
+            if rt.record(rt.lr(i), loss, step=i + 1) is not None:
+                break
+        return rt
+
+    flat = [1.0, 0.9, 0.2, 0.9, 1.0, 0.95] + [1.0] * 14  # noise: the lowest smoothed loss near 1e-6
+    assert sweep(flat).result.max_lr < 1e-5  # (the range it found alone)
+    kept = sweep(flat, configured_lr=1e-3).result
+    assert not kept.stopped_early and kept.max_lr == 1e-3 and kept.min_lr == pytest.approx(1e-6)
+    blew_up = sweep([1.0, 0.9, 0.8, 0.7] + [0.6] * 6 + [9.0] + [1.0] * 9, configured_lr=1e-3)
+    assert blew_up.result.stopped_early and blew_up.result.max_lr < 1e-3  # a blow-up below it: that range stands
+    assert sweep(flat, configured_lr=1e-3, given=(None, 1e-4)).result.max_lr == 1e-4  # a max_lr you give wins
+    s = Settings()
+    c = StageController.from_settings(s, derive(s, configured_lr=0.02, total_steps=2000))
+    assert c._range_test.configured_lr == 0.02 and c.range_test_lrs == (0.02 * 1e-4, 0.02 * 1e2)
+
+
 def test_a_sweep_that_saw_only_non_finite_losses_raises_instead_of_deriving_a_range() -> None:
     from lightning_autolrs.exceptions import NonFiniteLossError
     from lightning_autolrs.range_test import RangeTest
