@@ -290,6 +290,23 @@ def test_overhead_quick(tmp_path: Path) -> None:
     assert "No GPU in this session" in text or "CUDA device" in text
 
 
+def test_small_batches_quick(tmp_path: Path) -> None:
+    from benchmarks import small_batches
+
+    assert small_batches.main(["--quick", "--workers", "1", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "small_batches.md").read_text()
+    assert "Command: `python -m benchmarks.small_batches --quick --workers 1 --out " in text
+    assert "package: " in text and "lightning_autolrs at " in text
+    header, rows = _table(text, "| batch size | seed |")
+    assert [r[:2] for r in rows] == [["8", "0"]] and header[2] == "AutoLRS()"
+    ratio = float(rows[0][4])
+    assert ratio == pytest.approx(float(rows[0][2]) / float(rows[0][3]), rel=0.01)
+    steps, stopped = rows[0][5].split(", ")
+    assert 20 <= int(steps) <= 35 and stopped in ("yes", "no") and float(rows[0][7]) >= 1.0
+    header, rows = _table(text, "| batch size | AutoLRS at or below cosine |")
+    assert rows[0][0] == "8" and rows[0][1] in ("0 of 1", "1 of 1")
+
+
 def test_proposer_fit_quick(tmp_path: Path) -> None:
     from benchmarks import proposer_fit
 

@@ -1,0 +1,209 @@
+"""Very small batches: ``AutoLRS()`` at its defaults against cosine at the module's LR when batch noise is large.
+
+The task is the quality benchmark's Friedman regression MLP (Adam, lr=1e-3, :class:`~benchmarks.workloads.DiabetesMLP`
+on :class:`~benchmarks.workloads.FriedmanDataModule`) trained for ``--steps`` steps with batches of ``--batch-sizes``
+samples (the validation dataloader uses the same batch size, as that data module's does), validation data given to the
+Trainer. One row per batch size and seed: the final validation MSE (the whole validation set) of ``AutoLRS()`` and of
+cosine with a 5 % warmup at the module's LR, and what the LR range test did (its steps, whether it stopped early, the
+``max_lr`` it found, the spread of its first quarter's losses: the batch noise on the untrained model), the first
+stage's diverged trials and exploit fallbacks.
+
+``python -m benchmarks.small_batches`` runs it with the package it imports. To measure another version of the package,
+put that checkout first on the path and run this file by its path, e.g. ``PYTHONPATH=<checkout> python
+benchmarks/small_batches.py --out <folder>``: the table names the package it ran (its directory and git commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+LR = 1e-3  # DiabetesMLP's configured LR
+
+
+def _package() -> str:
+    """The package this process trains with: its directory and git commit (``+`` when its tree has changes)."""
+    import lightning_autolrs
+
+    root = Path(lightning_autolrs.__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], cwd=root).returncode != 0
+    except OSError:
+        return str(root)
+    commit = head.stdout.strip() if head.returncode == 0 else "unknown"
+    return f"{root} at {commit}{' + uncommitted changes' if dirty else ''}"
+
+
+def run(task: dict[str, Any]) -> dict[str, Any]:
+    """Train one run: ``task`` has ``kind`` (``"autolrs"`` or ``"cosine"``), ``batch_size``, ``seed``, ``steps``,
+    ``n_samples``."""
+    import lightning.pytorch as pl
+    import torch
+
+    from benchmarks.workloads import DiabetesMLP, FriedmanDataModule, _warmup_cosine, quiet
+    from lightning_autolrs import AutoLRS
+
+    quiet()
+    torch.set_num_threads(1)
+    steps, kind = task["steps"], task["kind"]
+
+    class CosineMLP(DiabetesMLP):
+        def configure_optimizers(self) -> Any:
+            opt = super().configure_optimizers()
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    pl.seed_everything(task["seed"], verbose=False)
+    dm = FriedmanDataModule(batch_size=task["batch_size"], n_samples=task["n_samples"], seed=task["seed"])
+    model = (CosineMLP if kind == "cosine" else DiabetesMLP)(lr=LR)
+    callbacks: list[Any] = []
+    cb = None
+    if kind == "autolrs":
+        cb = AutoLRS(seed=task["seed"], verbose=False)
+        callbacks.append(cb)
+    trainer = pl.Trainer(
+        max_steps=steps,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+    )
+    start = time.perf_counter()
+    trainer.fit(model, dm)
+    x, y = dm.val_set.tensors
+    model.eval()
+    with torch.no_grad():
+        val = float(torch.nn.functional.mse_loss(model(x), y))
+    out = {**task, "val_loss": val, "wall_s": time.perf_counter() - start}
+    if cb is not None:
+        rt = cb.range_test_result
+        if rt is not None:
+            quarter = max(1, cb.range_test_steps // 4)
+            first = [v for v in rt["losses"][:quarter] if v is not None]
+            out["range_test"] = {
+                "steps": rt["steps"],
+                "stopped_early": rt["stopped_early"],
+                "max_lr": rt["max_lr"],
+                "spread": max(first) / min(first) if first and min(first) > 0 else None,
+            }
+        stage0 = cb.history[0] if cb.history else {"trials": [], "fallbacks": []}
+        out["stage0_diverged"] = sum(bool(t["diverged"]) for t in stage0["trials"])
+        out["stage0_fallbacks"] = len(stage0["fallbacks"])
+    return out
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+def table(runs: list[dict[str, Any]], command: str, started: str, wall_min: float, package: str) -> str:
+    by = {(r["kind"], r["batch_size"], r["seed"]): r for r in runs}
+    sizes = sorted({r["batch_size"] for r in runs})
+    seeds = sorted({r["seed"] for r in runs})
+    steps = runs[0]["steps"]
+    lines = [
+        "# Very small batches (`python -m benchmarks.small_batches`)",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Written by that command, started {started}, {wall_min:.1f} min wall; package: {package}. Friedman "
+        f"regression MLP (Adam, lr={LR:g}), {steps} steps, validation data given to the Trainer (batches of the "
+        "training batch size). Final validation MSE on the whole validation set.",
+        "",
+        "| batch size | seed | AutoLRS() | cosine at the module's LR | AutoLRS ÷ cosine | range test: steps, "
+        "stopped early | found max_lr | first-quarter spread | stage 0: diverged trials, fallbacks |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for b in sizes:
+        for s in seeds:
+            a, c = by.get(("autolrs", b, s)), by.get(("cosine", b, s))
+            if a is None or c is None:
+                continue
+            rt = a.get("range_test") or {}
+            lines.append(
+                f"| {b} | {s} | {_fmt(a['val_loss'])} | {_fmt(c['val_loss'])} | "
+                f"{a['val_loss'] / c['val_loss']:.2f} | {rt.get('steps', '—')}, "
+                f"{'yes' if rt.get('stopped_early') else 'no'} | {_fmt(rt.get('max_lr'), 3)} | "
+                f"{_fmt(rt.get('spread'), 3)} | {a.get('stage0_diverged', 0)}, {a.get('stage0_fallbacks', 0)} |"
+            )
+    lines += [
+        "",
+        "| batch size | AutoLRS at or below cosine | median AutoLRS | median cosine |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for b in sizes:
+        pairs = [
+            (by[("autolrs", b, s)], by[("cosine", b, s)])
+            for s in seeds
+            if ("autolrs", b, s) in by and ("cosine", b, s) in by
+        ]
+        if not pairs:
+            continue
+        below = sum(a["val_loss"] <= c["val_loss"] for a, c in pairs)
+        lines.append(
+            f"| {b} | {below} of {len(pairs)} | {_fmt(statistics.median(a['val_loss'] for a, _ in pairs))} | "
+            f"{_fmt(statistics.median(c['val_loss'] for _, c in pairs))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.small_batches", description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="a smoke run: 700 steps on 600 samples, batches of 8, seed 0")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for small_batches.md and .json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch_sizes, args.seeds, args.steps = [8], [0], 700
+    words = list(sys.argv[1:] if argv is None else argv)
+    if __spec__ is None:  # run by its path, with another checkout first on PYTHONPATH (module docstring)
+        where = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""
+        command = " ".join([f"{where}python benchmarks/small_batches.py", *words])
+    else:
+        command = " ".join(["python -m benchmarks.small_batches", *words])
+    tasks = [
+        {"kind": kind, "batch_size": b, "seed": s, "steps": args.steps, "n_samples": 600 if args.quick else 6000}
+        for b in args.batch_sizes
+        for s in args.seeds
+        for kind in ("autolrs", "cosine")
+    ]
+    started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    t0 = time.perf_counter()
+    if args.workers > 1:
+        with mp.get_context("spawn").Pool(args.workers) as pool:
+            runs = pool.map(run, tasks, chunksize=1)
+    else:
+        runs = [run(t) for t in tasks]
+    text = table(runs, command, started, (time.perf_counter() - t0) / 60, _package())
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "small_batches.md").write_text(text)
+    (args.out / "small_batches.json").write_text(json.dumps(runs, indent=1))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    # run by its path: `benchmarks` importable, after a checkout put first on PYTHONPATH (whose package then trains)
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    sys.exit(main())
