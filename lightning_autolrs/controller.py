@@ -696,7 +696,9 @@ class StageController:
         # the untrained model's losses on the sweep's first batches: the first stage's reference is the largest of
         # them, as a later stage's is the largest of its last losses (a reference of one loss took batch noise 5-10x
         # above it for divergence: a regression MLP with batches of 8 cut its stage-0 trials and fell back to min_lr)
-        self._recent.extend(self._range_test.start_losses())
+        start = self._range_test.start_losses()
+        if start:  # (one entry: the deque keeps the last 20, and the untrained model's largest losses come first)
+            self._recent.append(max(start))
         self.search.proposer.reset(min_lr=self.min_lr, max_lr=self.max_lr)
         self._pending_restore = True
         self._note_warmup_from()

@@ -1,23 +1,27 @@
 """The LR range test: a geometric LR sweep before the first stage, and its stop rule.
 
 First, on the untrained model (before any warmup: on a warmed-up model the loss stays flat until it blows up, so its
-lowest point is noise), the LR sweeps geometrically over ``lrs = (lowest, highest)`` for at most ``steps`` steps,
-from a snapshot the caller captures at the sweep's first step. The sweep stops early once a loss is non-finite, or,
-after its first quarter, once a loss lies above :data:`STOP` (``4×``) the lowest loss so far; where batch noise alone
-spreads the losses more than that (small batches: see :meth:`RangeTest.spread`), above that spread times the lowest
-running median of :data:`MEDIAN_WINDOW` losses instead. A sweep that stopped on a non-finite loss without having
-seen a finite one raises :class:`~lightning_autolrs.exceptions.NonFiniteLossError` instead of deriving a range.
-``max_lr`` is the swept LR three sweep steps before the lowest smoothed loss (centred moving mean over ``2h + 1``
-points, ``h = max(1, n // 10)``; the three steps undo the lag of the loss behind the LR, which otherwise puts the
-minimum where training is already on its way to diverging), but never below the configured LR after a sweep that ran
-its whole length without a blow-up, and ``min_lr = max_lr / 1000``; a bound the user gave wins. The caller then
-restores the snapshot, so the sweep costs its steps and nothing else.
+lowest point is noise), the LR sweeps geometrically over ``lrs = (lowest, highest)`` for at most ``steps`` steps, from a
+snapshot the caller captures at the sweep's first step. The sweep stops early once a loss is non-finite, or once a
+finite loss shows training blowing up (:meth:`RangeTest._blew_up`): above :data:`STOP` (``4×``) the lowest loss so far,
+as before, where batch noise spreads the losses of the sweep's first quarter less than ``2×``; where it spreads them
+more (:meth:`RangeTest.spread`: small batches, a model already trained), above the squared spread times the lowest
+running median of :data:`MEDIAN_WINDOW` losses; within the first quarter, above ``4×`` the largest loss so far. A sweep
+that stopped on a non-finite loss without having seen a finite one raises
+:class:`~lightning_autolrs.exceptions.NonFiniteLossError` instead of deriving a range. ``max_lr`` is the swept LR three
+sweep steps before the lowest smoothed loss (centred moving mean over ``2h + 1`` points, ``h = max(1, n // 10)``; the
+three steps undo the lag of the loss behind the LR, which otherwise puts the minimum where training is already on its
+way to diverging), but never below the configured LR unless the sweep blew up at or below it, and
+``min_lr = max_lr / 1000``; a bound the user gave wins. The caller then restores the snapshot, so the sweep costs its
+steps and nothing else. A sweep begun by an earlier version of the package (a resumed state without ``rt_rule``) ends
+by the rule it began with: a loss above ``4×`` the lowest so far, no configured-LR floor.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections import deque
 from typing import Any
 
 from lightning_autolrs._validation import check_float, check_int
@@ -25,12 +29,15 @@ from lightning_autolrs.exceptions import InvalidArgumentError, NonFiniteLossErro
 from lightning_autolrs.records import RangeTestResult
 from lightning_autolrs.settings import RANGE_SPAN
 
-__all__ = ["MEDIAN_WINDOW", "STOP", "RangeTest"]
+__all__ = ["MEDIAN_WINDOW", "RULE", "STOP", "RangeTest"]
 
 STOP = 4.0  # the sweep stops once a loss exceeds this multiple of the lowest loss so far (on a sweep with little noise)
-#: Losses per running median of the stop rule's reference on a noisy sweep (:meth:`RangeTest.spread` above
-#: :data:`STOP`).
+#: Losses per running median: on a sweep whose first quarter spreads more than ``2×``, the reference level of the stop
+#: rule is the lowest running median, not the lowest loss (with batches of 2, one batch in 25 lies 20× below the rest).
 MEDIAN_WINDOW = 5
+#: The version of the stop rule and the range it derives, kept in the state (``rt_rule``); 1: a loss above ``STOP×`` the
+#: lowest so far ends the sweep, no configured-LR floor, the first stage's reference its own first loss (up to 73ba20c).
+RULE = 2
 LAG = 3  # sweep steps the loss lags behind the LR (momentum, Adam's moments): max_lr steps back this far
 
 
@@ -41,11 +48,12 @@ class RangeTest:
         steps: the sweep's length (0: no range test; else ≥ 2).
         lrs: (lowest, highest) swept LR, required when ``steps > 0``.
         given: the ``(min_lr, max_lr)`` the user gave (``None`` where not given): they win over what the sweep finds.
-        configured_lr: the optimizer's configured LR (``None``: unknown). A sweep that runs its whole length without
-            a blow-up never puts ``max_lr`` below it: nothing in it showed that LR too large, and on noisy losses the
-            lowest smoothed loss can lie anywhere (a Friedman MLP with batches of 2, losses spread 40-140x between
-            batches: at 0.00016 and 0.00025 against a configured 0.001, where the run then ended 2.8-2.9x above
-            cosine at that LR). Not one of the benchmark workloads' 150 sweeps of seeds 0-29 that ran their whole length
+        configured_lr: the optimizer's configured LR (``None``: unknown). Unless the sweep blew up at or below it,
+            ``max_lr`` is never below it: nothing showed that LR too large, and where the loss does not fall during
+            the sweep its lowest smoothed point can lie anywhere. A model already trained (fine-tuning: the digits MLP
+            after 600 steps at its lr=0.05, a sweep that blew up at 0.3-0.44) had its lowest smoothed loss at
+            1.3e-5-5e-4, and so had the Friedman MLP with batches of 2 (0.00016 and 0.00025 against a configured
+            0.001); those runs then trained at those LRs. Not one of the benchmark workloads' 150 sweeps of seeds 0-29
             found a ``max_lr`` below the configured LR.
 
     Example:
@@ -58,7 +66,8 @@ class RangeTest:
         (0.001, True)
 
     With small batches (one batch's loss many times another's on the same model), a loss must stand out from that
-    noise: with the first quarter's losses spread 6× by batch noise, a loss 5.8× the lowest does not stop the sweep.
+    noise: with the first quarter's losses spread 6× by batch noise, a loss 5.8× the lowest does not stop the sweep
+    (it would have to exceed 36× the lowest running median of 5 losses, 1.0 here).
 
         >>> noisy = RangeTest(8, (1e-3, 1.0), given=(None, None))
         >>> [noisy.record(noisy.lr(i), v) for i, v in enumerate([0.5, 3.0, 1.0, 2.0, 1.0, 2.9])] == [None] * 6
@@ -93,6 +102,19 @@ class RangeTest:
         self.result: RangeTestResult | None = None
         self._lrs: list[float] = []
         self._losses: list[float | None] = []
+        self.rule = RULE
+        self._reset_levels()
+
+    def _reset_levels(self) -> None:
+        """Forget the running levels of the stop rule (:meth:`_levels` rebuilds them from the losses)."""
+        self._counted = 0  # entries of `_losses` folded into the levels below
+        self._finite = 0  # finite losses among them
+        self._low = math.inf  # their lowest and largest finite loss
+        self._high = -math.inf
+        self._start_low = math.inf  # the lowest and largest finite loss of the first quarter
+        self._start_high = -math.inf
+        self._window: deque[float] = deque(maxlen=MEDIAN_WINDOW)  # the last finite losses
+        self._low_median = math.inf  # the lowest running median of MEDIAN_WINDOW finite losses
 
     @property
     def pending(self) -> bool:
@@ -107,6 +129,7 @@ class RangeTest:
     def restart(self) -> None:
         """Forget the sweep's steps so far (a resume without its start snapshot sweeps again from the weights)."""
         self._lrs, self._losses = [], []
+        self._reset_levels()
 
     @property
     def started(self) -> bool:
@@ -144,8 +167,9 @@ class RangeTest:
     def spread(self) -> float | None:
         """How far batch noise alone spreads the sweep's losses: the largest over the smallest finite loss of its
         first quarter (the untrained model on as many batches, at LRs too small to train it: the derived sweep's first
-        quarter stays below ``10^-2.5`` times the configured LR); ``None`` before that quarter ends, or where a loss
-        there is not positive (a ratio of such losses means nothing: only a non-finite loss stops that sweep)."""
+        quarter stays below ``10^-2.5`` times the configured LR); ``None`` before that quarter ends, or without a
+        finite loss there, or where one is not positive (a ratio of such losses means nothing: only a non-finite loss
+        stops that sweep)."""
         if len(self._losses) < self._quarter:
             return None
         start = [v for v in self._losses[: self._quarter] if v is not None]
@@ -153,34 +177,67 @@ class RangeTest:
             return None
         return max(start) / min(start)
 
-    def _blew_up(self, loss: float) -> bool:
-        """Whether the step's finite ``loss`` ends the sweep: past its first quarter, above :data:`STOP` times the
-        lowest loss so far; on a sweep whose :meth:`spread` exceeds :data:`STOP`, above the spread times the lowest
-        running median of :data:`MEDIAN_WINDOW` losses so far instead.
+    def _levels(self, upto: int) -> None:
+        """Fold the losses of entries ``< upto`` into the running levels (each entry once: a step costs O(1))."""
+        for i in range(self._counted, upto):
+            v = self._losses[i]
+            if v is None:
+                continue
+            self._finite += 1
+            self._low, self._high = min(self._low, v), max(self._high, v)
+            if i < self._quarter:
+                self._start_low, self._start_high = min(self._start_low, v), max(self._start_high, v)
+            self._window.append(v)
+            if len(self._window) == MEDIAN_WINDOW:
+                self._low_median = min(self._low_median, sorted(self._window)[MEDIAN_WINDOW // 2])
+        self._counted = max(self._counted, upto)
 
-        Why: with small batches one batch's loss lies many times another's on the same model. A Friedman regression
-        MLP (Adam, lr=1e-3) with batches of 8 (losses spread about 6× in the first quarter) stopped its sweep after
-        11-17 steps on one such batch, at ``max_lr`` = 1e-7-6e-7, and trained nothing (validation MSE 1.04-1.13
-        against 0.058-0.061 for cosine at its configured LR; batches of 2 and 4 stopped after 3-8 steps). A lowest
-        running median is a level the model reaches, not one lucky batch, and a blow-up must exceed what noise does.
-        On a sweep with less noise (the benchmark workloads' first quarters spread 1.01-1.9×) the rule is the one
-        before, to the step."""
-        seen = [v for v in self._losses[:-1] if v is not None]
-        spread = self.spread()
-        if spread is None or len(seen) < 3 or len(self._losses) <= self._quarter:
+    def _blew_up(self, loss: float) -> bool:
+        """Whether the step's finite ``loss`` ends the sweep (after at least 3 finite losses, all positive).
+
+        Within the first quarter, whose spread is not known yet: above :data:`STOP` times the largest loss so far.
+        Past it, with the first quarter's :meth:`spread` ``s``: where ``s² ≤ STOP``, above :data:`STOP` times the
+        lowest loss so far (the rule before, to the step); else above ``s²`` times the lowest running median of
+        :data:`MEDIAN_WINDOW` losses.
+
+        Why: where batch noise alone spreads one model's losses, a loss far above the lowest so far is what that
+        noise does over a long sweep, and the lowest loss of many is itself a lucky batch. The rule before (a loss
+        above 4× the lowest) stopped a Friedman regression MLP with batches of 8 (losses spread 4.6-5.1× in the first
+        quarter) after 12-18 steps of 100, at ``max_lr`` = 1e-7-6e-7, and it trained nothing (validation MSE
+        1.04-1.13 against 0.059-0.061 for cosine at its configured LR; batches of 2 and 4 stopped after 4-9 steps).
+        Fine-tuning the digits MLP from weights trained 600 steps at its lr=0.05 (training losses of 0.01-0.05 that
+        spread 4-6× from batch to batch), it stopped at LRs of 0.0006-0.0034, where a loss reached 4× the lowest
+        batch; the losses pass the squared spread times the lowest median only at 0.3-0.44, where training blows up.
+        The first quarter's spread, over a quarter of the sweep's batches, understates how far apart the losses of the
+        whole sweep fall, hence its square; a median, because with batches of 2 one batch's loss can lie 20× below
+        the rest (a regression MLP: 0.036 among losses of 0.3-1.5). On the benchmark workloads' untrained models the
+        first quarter spreads 1.01-1.9×, and no sweep blew up within it: there the rule is the one before."""
+        i = len(self._losses) - 1  # this step's entry
+        self._levels(i)
+        if self._finite < 3 or self._low <= 0:
             return False
-        if spread <= STOP:
-            return loss > STOP * min(seen)
-        medians = [statistics.median(seen[i - MEDIAN_WINDOW : i]) for i in range(MEDIAN_WINDOW, len(seen) + 1)]
-        return bool(medians) and loss > spread * min(medians)
+        if self.rule < 2:  # a sweep begun by an earlier version: its rule
+            return loss > STOP * self._low
+        if i < self._quarter:
+            return loss > STOP * self._high
+        if self._start_low == math.inf:  # (no finite loss in the first quarter: no spread to go by)
+            return loss > STOP * self._low
+        squared = (self._start_high / self._start_low) ** 2
+        if squared <= STOP:
+            return loss > STOP * self._low
+        return loss > squared * self._low_median
 
     def start_losses(self) -> list[float]:
-        """The finite losses of the sweep's first quarter: the untrained model on as many batches (:meth:`spread`).
-        The controller takes them as the history before the first stage, whose reference loss is the largest of them
-        (not one batch's loss). Empty before the sweep ended."""
-        if self.result is None:
+        """The finite losses of the sweep's first quarter, less a loss that stopped the sweep there: the untrained
+        model on as many batches (:meth:`spread`). The controller's reference loss for the first stage is the largest
+        of them (not one batch's loss). Empty before the sweep ended, and for a sweep begun by an earlier version (its
+        first stage took its own first loss)."""
+        if self.result is None or self.rule < 2:
             return []
-        return [v for v in self._losses[: self._quarter] if v is not None]
+        end = min(self._quarter, len(self._losses))
+        if self.result.stopped_early and end == len(self._losses) and self._losses[-1] is not None:
+            end -= 1  # the loss that blew up
+        return [v for v in self._losses[:end] if v is not None]
 
     def _found_max(self, stopped: bool) -> float:
         assert self.lrs is not None
@@ -206,8 +263,9 @@ class RangeTest:
             )
         given_lo, given_hi = self.given
         hi = given_hi if given_hi is not None else self._found_max(stopped)
-        if given_hi is None and not stopped and self.configured_lr is not None:
-            hi = max(hi, self.configured_lr)  # no blow-up seen: the configured LR was not shown to be too large
+        configured = self.configured_lr if self.rule >= 2 else None
+        if given_hi is None and configured is not None and (not stopped or self._lrs[-1] > configured):
+            hi = max(hi, configured)  # no blow-up at or below the configured LR: it was not shown to be too large
         lo = given_lo if given_lo is not None else hi / RANGE_SPAN
         if not hi > lo:
             hi = lo * RANGE_SPAN
@@ -224,11 +282,13 @@ class RangeTest:
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """The sweep's state (the controller's version-1 keys ``range_test``, ``rt_lrs``, ``rt_losses``)."""
+        """The sweep's state: the controller's version-1 keys ``range_test``, ``rt_lrs``, ``rt_losses``, and
+        ``rt_rule`` (:data:`RULE`; read as 1 where absent)."""
         return {
             "range_test": None if self.result is None else self.result.to_dict(),
             "rt_lrs": list(self._lrs),
             "rt_losses": list(self._losses),
+            "rt_rule": self.rule,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -236,3 +296,5 @@ class RangeTest:
         self.result = None if rt is None else RangeTestResult.from_dict(rt)
         self._lrs = [float(x) for x in state.get("rt_lrs", [])]
         self._losses = [None if x is None else float(x) for x in state.get("rt_losses", [])]
+        self.rule = int(state.get("rt_rule", 1))  # (a state without it: written before RULE 2)
+        self._reset_levels()
