@@ -307,6 +307,22 @@ def test_small_batches_quick(tmp_path: Path) -> None:
     assert rows[0][0] == "8" and rows[0][1] in ("0 of 1", "1 of 1")
 
 
+def test_finetune_quick(tmp_path: Path) -> None:
+    from benchmarks import finetune
+
+    assert finetune.main(["--quick", "--workers", "1", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "finetune.md").read_text()
+    assert "Command: `python -m benchmarks.finetune --quick --workers 1 --out " in text
+    assert "100 steps of cosine at the module's LR, then 700 steps from those weights" in text
+    header, rows = _table(text, "| workload | seed |")
+    assert [r[:2] for r in rows] == [["friedman", "0"]] and header[3] == "AutoLRS()"
+    assert float(rows[0][5]) == pytest.approx(float(rows[0][3]) / float(rows[0][4]), rel=0.01)
+    steps, stopped = rows[0][6].split(", ")
+    assert 20 <= int(steps) <= 35 and stopped in ("yes", "no") and float(rows[0][7]) >= 1e-3  # configured LR: 1e-3
+    runs = json.loads((tmp_path / "finetune.json").read_text())
+    assert {r["kind"] for r in runs} == {"autolrs", "cosine"} and len({r["pretrained_loss"] for r in runs}) == 1
+
+
 def test_proposer_fit_quick(tmp_path: Path) -> None:
     from benchmarks import proposer_fit
 
