@@ -14,10 +14,6 @@ with its checkout first on ``PYTHONPATH`` (as ``benchmarks/small_batches.py``).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import multiprocessing as mp
-import os
 import statistics
 import sys
 import time
@@ -25,7 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+try:
+    from benchmarks import paired
+except ImportError:  # run by path with an older checkout first on PYTHONPATH (its `benchmarks` lacks the module)
+    import paired  # type: ignore[no-redef]
+
 WORKLOADS = ("digits_mlp", "friedman")
 
 
@@ -35,7 +35,7 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
     import lightning.pytorch as pl
     import torch
 
-    from benchmarks.workloads import DiabetesMLP, DigitsMLP, FriedmanDataModule, _warmup_cosine, quiet
+    from benchmarks.workloads import DiabetesMLP, DigitsMLP, FriedmanDataModule, quiet
     from lightning_autolrs import AutoLRS
     from lightning_autolrs.demos import DigitsDataModule
 
@@ -48,30 +48,6 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
             return DigitsMLP(lr=0.05), DigitsDataModule(batch_size=64, seed=seed)
         samples = 600 if task["quick"] else 6000
         return DiabetesMLP(lr=1e-3), FriedmanDataModule(batch_size=64, seed=seed, n_samples=samples)
-
-    def with_cosine(model: Any, steps: int) -> Any:
-        class Cosine(type(model)):  # type: ignore[misc]
-            def configure_optimizers(self) -> Any:
-                opt = super().configure_optimizers()
-                sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps))
-                return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-        twin = Cosine(**model.hparams)
-        twin.load_state_dict(model.state_dict())
-        return twin
-
-    def fit(model: Any, dm: Any, steps: int, callbacks: list[Any]) -> None:
-        pl.Trainer(
-            max_steps=steps,
-            callbacks=callbacks,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            accelerator="cpu",
-            devices=1,
-        ).fit(model, dm)
 
     def val_loss(model: Any, dm: Any) -> float:
         dm.setup()
@@ -86,18 +62,18 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     pl.seed_everything(seed, verbose=False)
     model, dm = make()
-    model = with_cosine(model, task["pretrain"])
-    fit(model, dm, task["pretrain"], [])
+    model = paired.cosine_twin(model, task["pretrain"])
+    paired.fit(model, dm, task["pretrain"], [])
     out: dict[str, Any] = {**task, "pretrained_loss": val_loss(model, dm)}
     pl.seed_everything(seed + 1000, verbose=False)  # the fine-tuning run's batches: the same for both kinds
     tuned, dm = make()
     tuned.load_state_dict(model.state_dict())
     if task["kind"] == "cosine":
-        tuned = with_cosine(tuned, task["steps"])
-        fit(tuned, dm, task["steps"], [])
+        tuned = paired.cosine_twin(tuned, task["steps"])
+        paired.fit(tuned, dm, task["steps"], [])
     else:
         cb = AutoLRS(seed=seed, verbose=False)
-        fit(tuned, dm, task["steps"], [cb])
+        paired.fit(tuned, dm, task["steps"], [cb])
         rt = cb.range_test_result
         if rt is not None:
             out["range_test"] = {"steps": rt["steps"], "stopped_early": rt["stopped_early"], "max_lr": rt["max_lr"]}
@@ -105,15 +81,6 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
     out["val_loss"] = val_loss(tuned, dm)
     out["wall_s"] = time.perf_counter() - start
     return out
-
-
-def _package() -> str:
-    try:
-        from benchmarks.small_batches import _package as package
-    except ImportError:  # run by path with an older checkout first on PYTHONPATH: this file's folder is on sys.path
-        from small_batches import _package as package  # type: ignore[no-redef]
-
-    return package()
 
 
 def table(runs: list[dict[str, Any]], command: str, started: str, wall_min: float, package: str) -> str:
@@ -169,34 +136,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="a smoke run: Friedman on 600 samples, seed 0, 100 + 700 steps")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for finetune.md and .json")
+    p.add_argument("--out", type=Path, default=paired.DEFAULT_OUT, help="folder for finetune.md and .json")
     args = p.parse_args(argv)
     if args.quick:
         args.workloads, args.seeds, args.pretrain, args.steps = ["friedman"], [0], 100, 700
-    words = list(sys.argv[1:] if argv is None else argv)
-    if __spec__ is None:  # run by its path, with another checkout first on PYTHONPATH (module docstring)
-        where = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""
-        command = " ".join([f"{where}python benchmarks/finetune.py", *words])
-    else:
-        command = " ".join(["python -m benchmarks.finetune", *words])
     tasks = [
         {"workload": w, "kind": k, "seed": s, "pretrain": args.pretrain, "steps": args.steps, "quick": args.quick}
         for w in args.workloads
         for s in args.seeds
         for k in ("autolrs", "cosine")
     ]
-    started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    t0 = time.perf_counter()
-    if args.workers > 1:
-        with mp.get_context("spawn").Pool(args.workers) as pool:
-            runs = pool.map(run, tasks, chunksize=1)
-    else:
-        runs = [run(t) for t in tasks]
-    text = table(runs, command, started, (time.perf_counter() - t0) / 60, _package())
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "finetune.md").write_text(text)
-    (args.out / "finetune.json").write_text(json.dumps(runs, indent=1))
-    print(text)
+    runs, started, minutes = paired.run_all(run, tasks, args.workers)
+    command = paired.command("finetune", argv, by_path=__spec__ is None)
+    paired.write(args.out, "finetune", table(runs, command, started, minutes, paired.package()), runs)
     return 0
 
 

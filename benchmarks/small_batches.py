@@ -16,35 +16,20 @@ benchmarks/small_batches.py --out <folder>``: the table names the package it ran
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import math
-import multiprocessing as mp
-import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+try:
+    from benchmarks import paired
+except ImportError:  # run by path with an older checkout first on PYTHONPATH (its `benchmarks` lacks the module)
+    import paired  # type: ignore[no-redef]
+
 LR = 1e-3  # DiabetesMLP's configured LR
-
-
-def _package() -> str:
-    """The package this process trains with: its directory and git commit (``+`` when its tree has changes)."""
-    import lightning_autolrs
-
-    root = Path(lightning_autolrs.__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], cwd=root).returncode != 0
-    except OSError:
-        return str(root)
-    commit = head.stdout.strip() if head.returncode == 0 else "unknown"
-    return f"{root} at {commit}{' + uncommitted changes' if dirty else ''}"
 
 
 def run(task: dict[str, Any]) -> dict[str, Any]:
@@ -53,40 +38,20 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
     import lightning.pytorch as pl
     import torch
 
-    from benchmarks.workloads import DiabetesMLP, FriedmanDataModule, _warmup_cosine, quiet
+    from benchmarks.workloads import DiabetesMLP, FriedmanDataModule, quiet
     from lightning_autolrs import AutoLRS
 
     quiet()
     torch.set_num_threads(1)
-    steps, kind = task["steps"], task["kind"]
-
-    class CosineMLP(DiabetesMLP):
-        def configure_optimizers(self) -> Any:
-            opt = super().configure_optimizers()
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
+    steps = task["steps"]
     pl.seed_everything(task["seed"], verbose=False)
     dm = FriedmanDataModule(batch_size=task["batch_size"], n_samples=task["n_samples"], seed=task["seed"])
-    model = (CosineMLP if kind == "cosine" else DiabetesMLP)(lr=LR)
-    callbacks: list[Any] = []
-    cb = None
-    if kind == "autolrs":
-        cb = AutoLRS(seed=task["seed"], verbose=False)
-        callbacks.append(cb)
-    trainer = pl.Trainer(
-        max_steps=steps,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        devices=1,
-    )
+    model = DiabetesMLP(lr=LR)
+    cb = AutoLRS(seed=task["seed"], verbose=False) if task["kind"] == "autolrs" else None
+    if cb is None:
+        model = paired.cosine_twin(model, steps)
     start = time.perf_counter()
-    trainer.fit(model, dm)
+    paired.fit(model, dm, steps, [] if cb is None else [cb])
     x, y = dm.val_set.tensors
     model.eval()
     with torch.no_grad():
@@ -171,39 +136,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="a smoke run: 700 steps on 600 samples, batches of 8, seed 0")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for small_batches.md and .json")
+    p.add_argument("--out", type=Path, default=paired.DEFAULT_OUT, help="folder for small_batches.md and .json")
     args = p.parse_args(argv)
     if args.quick:
         args.batch_sizes, args.seeds, args.steps = [8], [0], 700
-    words = list(sys.argv[1:] if argv is None else argv)
-    if __spec__ is None:  # run by its path, with another checkout first on PYTHONPATH (module docstring)
-        where = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""
-        command = " ".join([f"{where}python benchmarks/small_batches.py", *words])
-    else:
-        command = " ".join(["python -m benchmarks.small_batches", *words])
     tasks = [
         {"kind": kind, "batch_size": b, "seed": s, "steps": args.steps, "n_samples": 600 if args.quick else 6000}
         for b in args.batch_sizes
         for s in args.seeds
         for kind in ("autolrs", "cosine")
     ]
-    started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    t0 = time.perf_counter()
-    if args.workers > 1:
-        with mp.get_context("spawn").Pool(args.workers) as pool:
-            runs = pool.map(run, tasks, chunksize=1)
-    else:
-        runs = [run(t) for t in tasks]
-    text = table(runs, command, started, (time.perf_counter() - t0) / 60, _package())
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "small_batches.md").write_text(text)
-    (args.out / "small_batches.json").write_text(json.dumps(runs, indent=1))
-    print(text)
+    runs, started, minutes = paired.run_all(run, tasks, args.workers)
+    command = paired.command("small_batches", argv, by_path=__spec__ is None)
+    paired.write(args.out, "small_batches", table(runs, command, started, minutes, paired.package()), runs)
     return 0
 
 
 if __name__ == "__main__":
     # run by its path: `benchmarks` importable, after a checkout put first on PYTHONPATH (whose package then trains)
     sys.path.append(str(Path(__file__).resolve().parent.parent))
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
     sys.exit(main())
