@@ -135,11 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--pretrain", type=int, default=600)
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="a smoke run: Friedman on 600 samples, seed 0, 100 + 700 steps")
+    p.add_argument("--quick", action="store_true", help="a smoke run: Friedman on 600 samples, seed 0, 600 + 700 steps")
     p.add_argument("--out", type=Path, default=paired.DEFAULT_OUT, help="folder for finetune.md and .json")
     args = p.parse_args(argv)
     if args.quick:
-        args.workloads, args.seeds, args.pretrain, args.steps = ["friedman"], [0], 100, 700
+        args.workloads, args.seeds, args.pretrain, args.steps = ["friedman"], [0], 600, 700
     tasks = [
         {"workload": w, "kind": k, "seed": s, "pretrain": args.pretrain, "steps": args.steps, "quick": args.quick}
         for w in args.workloads

@@ -43,17 +43,17 @@ With ``fallback`` (a budget too small for one search) there are no stages: a lin
 :data:`FALLBACK_WARMUP` of the budget to ``anchor_lr``, then the anneal.
 
 Divergence rule: a step whose loss is NaN/inf, or above ``divergence_factor`` times the stage's reference loss (the
-largest training loss of the last 20 steps before the stage; for the first stage, the largest loss of the range
-test's first quarter, the untrained model's losses on as many batches, or without a range test or warmup its first
-loss) and above
-half the first training loss of the fit (:data:`DIVERGENCE_FLOOR`; the untrained model's loss when training starts from
-scratch: a loss still far below it has not diverged, however far it rose from a loss near zero), stops a trial at once;
-the trial is recorded as diverged and the proposer gives it a penalty. In the exploit phase the same test restores the
-snapshot and continues the stage at the next-best smaller trial LR (or a tenth of the current LR when none is left, but
-never below ``min_lr``; a finite loss that trips the test at ``min_lr`` becomes the stage's reference, as no smaller LR
-is left). With ``collapse_guard`` the exploit phase also falls back that way on a *slow* collapse: once
-the stage has halved its windowed training loss (20-step means) from its start level, the windowed loss is back at the
-start level for a whole window (a net dying at the edge of stability, no spike; rules in
+largest training loss of the last 20 steps before the stage; for the first stage, the largest loss of the range test's
+first quarter, the untrained model's losses on as many batches, with the warmup's when there is one (after a warmup of
+20 steps or more, only the largest of its last 20), or without a range test or warmup its first loss) and above half the
+first training loss of the fit (:data:`DIVERGENCE_FLOOR`; the untrained model's loss when training starts from scratch:
+a loss still far below it has not diverged, however far it rose from a loss near zero), stops a trial at once; the trial
+is recorded as diverged and the proposer gives it a penalty. In the exploit phase the same test restores the snapshot
+and continues the stage at the next-best smaller trial LR (or a tenth of the current LR when none is left, but never
+below ``min_lr``; a finite loss that trips the test at ``min_lr`` becomes the stage's reference, as no smaller LR is
+left). With ``collapse_guard`` the exploit phase also falls back that way on a *slow* collapse: once the stage has
+halved its windowed training loss (20-step means) from its start level, the windowed loss is back at the start level for
+a whole window (a net dying at the edge of stability, no spike; rules in
 :class:`~lightning_autolrs.exploit.CollapseGuard`). After a stage with a diverged trial the upper end of the range for
 the next stage is the smallest LR that diverged; after a stage without divergence it grows back by 2× per stage up to
 ``max_lr``. A stage whose every training loss is NaN/inf, its trials' and its exploit fallbacks' down to ``min_lr``,
@@ -255,7 +255,7 @@ class StageController:
         forecaster: ExponentialForecaster | None = None,
     ) -> None:
         arguments = locals()  # the settings among them are checked once, by `Settings`
-        range_test = RangeTest(range_test_steps, range_test_lrs, given=(None, None))
+        range_test = RangeTest(range_test_steps, range_test_lrs, given=(None, None), configured_lr=anchor_lr)
         shared = [f.name for f in fields(Settings) if f.name in arguments and f.name != "range_test_steps"]
         settings = Settings(**{name: arguments[name] for name in shared})  # (the range test's length: above)
         assert settings.tau is not None

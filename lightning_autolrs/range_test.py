@@ -3,11 +3,12 @@
 First, on the untrained model (before any warmup: on a warmed-up model the loss stays flat until it blows up, so its
 lowest point is noise), the LR sweeps geometrically over ``lrs = (lowest, highest)`` for at most ``steps`` steps, from a
 snapshot the caller captures at the sweep's first step. The sweep stops early once a loss is non-finite, or once a
-finite loss shows training blowing up (:meth:`RangeTest._blew_up`): above :data:`STOP` (``4×``) the lowest loss so far,
-as before, where batch noise spreads the losses of the sweep's first quarter less than ``2×``; where it spreads them
-more (:meth:`RangeTest.spread`: small batches, a model already trained), above the squared spread times the lowest
-running median of :data:`MEDIAN_WINDOW` losses; within the first quarter, above ``4×`` the largest loss so far. A sweep
-that stopped on a non-finite loss without having seen a finite one raises
+finite loss shows training blowing up (:meth:`RangeTest._blew_up`): above :data:`STOP` (``4×``) the lowest loss so
+far, as before, where batch noise spreads one model's losses less than ``2×`` (:meth:`RangeTest.spread`, estimated in
+the sweep's first quarter); where it spreads them more (small batches, a model already trained), above the squared
+spread times the lowest running median of :data:`MEDIAN_WINDOW` losses; within the first quarter, above ``4×`` the
+largest loss so far. A sweep that
+stopped on a non-finite loss without having seen a finite one raises
 :class:`~lightning_autolrs.exceptions.NonFiniteLossError` instead of deriving a range. ``max_lr`` is the swept LR three
 sweep steps before the lowest smoothed loss (centred moving mean over ``2h + 1`` points, ``h = max(1, n // 10)``; the
 three steps undo the lag of the loss behind the LR, which otherwise puts the minimum where training is already on its
@@ -19,6 +20,7 @@ by the rule it began with: a loss above ``4×`` the lowest so far, no configured
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import deque
@@ -26,18 +28,23 @@ from typing import Any
 
 from lightning_autolrs._validation import check_float, check_int
 from lightning_autolrs.exceptions import InvalidArgumentError, NonFiniteLossError
+from lightning_autolrs.forecast import _MAD_TO_SIGMA
 from lightning_autolrs.records import RangeTestResult
 from lightning_autolrs.settings import RANGE_SPAN
 
 __all__ = ["MEDIAN_WINDOW", "RULE", "STOP", "RangeTest"]
 
 STOP = 4.0  # the sweep stops once a loss exceeds this multiple of the lowest loss so far (on a sweep with little noise)
-#: Losses per running median: on a sweep whose first quarter spreads more than ``2×``, the reference level of the stop
-#: rule is the lowest running median, not the lowest loss (with batches of 2, one batch in 25 lies 20× below the rest).
+#: Losses per running median: on a sweep whose noise spreads losses more than ``2×``, the reference level of the stop
+#: rule is the lowest running median (of 3 to 5 losses), not the lowest loss (with batches of 2, one batch in 25 lies
+#: 20× below the rest).
 MEDIAN_WINDOW = 5
 #: The version of the stop rule and the range it derives, kept in the state (``rt_rule``); 1: a loss above ``STOP×`` the
 #: lowest so far ends the sweep, no configured-LR floor, the first stage's reference its own first loss (up to 73ba20c).
 RULE = 2
+#: Standard deviations of the log-loss noise that :meth:`RangeTest.spread` spans: about the range of 25 samples (a
+#: 100-step sweep's first quarter) of a normal variable.
+RANGE_SIGMAS = 4.0
 LAG = 3  # sweep steps the loss lags behind the LR (momentum, Adam's moments): max_lr steps back this far
 
 
@@ -51,7 +58,7 @@ class RangeTest:
         configured_lr: the optimizer's configured LR (``None``: unknown). Unless the sweep blew up at or below it,
             ``max_lr`` is never below it: nothing showed that LR too large, and where the loss does not fall during
             the sweep its lowest smoothed point can lie anywhere. A model already trained (fine-tuning: the digits MLP
-            after 600 steps at its lr=0.05, a sweep that blew up at 0.3-0.44) had its lowest smoothed loss at
+            after 600 steps at its lr=0.05, a sweep that blew up at 0.44-0.64) had its lowest smoothed loss at
             1.3e-5-5e-4, and so had the Friedman MLP with batches of 2 (0.00016 and 0.00025 against a configured
             0.001); those runs then trained at those LRs. Not one of the benchmark workloads' 150 sweeps of seeds 0-29
             found a ``max_lr`` below the configured LR.
@@ -66,14 +73,14 @@ class RangeTest:
         (0.001, True)
 
     With small batches (one batch's loss many times another's on the same model), a loss must stand out from that
-    noise: with the first quarter's losses spread 6× by batch noise, a loss 5.8× the lowest does not stop the sweep
-    (it would have to exceed 36× the lowest running median of 5 losses, 1.0 here).
+    noise: where the first quarter's batches put successive losses up to 6× apart, a loss 5.8× the lowest does not
+    stop the sweep (it would have to exceed the squared spread times the lowest running median of 3-5 losses).
 
-        >>> noisy = RangeTest(8, (1e-3, 1.0), given=(None, None))
+        >>> noisy = RangeTest(20, (1e-3, 1.0), given=(None, None))
         >>> [noisy.record(noisy.lr(i), v) for i, v in enumerate([0.5, 3.0, 1.0, 2.0, 1.0, 2.9])] == [None] * 6
         True
-        >>> noisy.spread()
-        6.0
+        >>> f"{noisy.spread():.3g}"
+        '42.8'
     """
 
     def __init__(
@@ -111,9 +118,8 @@ class RangeTest:
         self._finite = 0  # finite losses among them
         self._low = math.inf  # their lowest and largest finite loss
         self._high = -math.inf
-        self._start_low = math.inf  # the lowest and largest finite loss of the first quarter
-        self._start_high = -math.inf
         self._window: deque[float] = deque(maxlen=MEDIAN_WINDOW)  # the last finite losses
+        self._spread: float | None = None  # spread(), once the first quarter is over
         self._low_median = math.inf  # the lowest running median of MEDIAN_WINDOW finite losses
 
     @property
@@ -165,17 +171,22 @@ class RangeTest:
         return max(1, self.steps // 4)
 
     def spread(self) -> float | None:
-        """How far batch noise alone spreads the sweep's losses: the largest over the smallest finite loss of its
-        first quarter (the untrained model on as many batches, at LRs too small to train it: the derived sweep's first
-        quarter stays below ``10^-2.5`` times the configured LR); ``None`` before that quarter ends, or without a
-        finite loss there, or where one is not positive (a ratio of such losses means nothing: only a non-finite loss
-        stops that sweep)."""
+        """How far batch noise alone spreads one model's losses, estimated from the sweep's first quarter (the untrained
+        model on as many batches, at LRs too small to train it: the derived sweep's first quarter stays below
+        ``10^-2.5`` times the configured LR): ``exp(RANGE_SIGMAS · σ)``, ``σ`` the noise of a log loss from the median
+        absolute deviation of successive log ratios. Successive ratios, so that a trend there (a loss that already
+        falls, or rises) does not count as noise. ``None`` before that quarter ends, with fewer than 4 finite losses
+        there, or where one is not positive (a ratio of such losses means nothing: only a non-finite loss stops that
+        sweep)."""
         if len(self._losses) < self._quarter:
             return None
         start = [v for v in self._losses[: self._quarter] if v is not None]
-        if not start or min(start) <= 0:
+        if len(start) < 4 or min(start) <= 0:
             return None
-        return max(start) / min(start)
+        steps = [math.log(b / a) for a, b in itertools.pairwise(start)]
+        centre = statistics.median(steps)
+        sigma = _MAD_TO_SIGMA * statistics.median([abs(d - centre) for d in steps]) / math.sqrt(2.0)
+        return math.exp(RANGE_SIGMAS * sigma)
 
     def _levels(self, upto: int) -> None:
         """Fold the losses of entries ``< upto`` into the running levels (each entry once: a step costs O(1))."""
@@ -185,19 +196,17 @@ class RangeTest:
                 continue
             self._finite += 1
             self._low, self._high = min(self._low, v), max(self._high, v)
-            if i < self._quarter:
-                self._start_low, self._start_high = min(self._start_low, v), max(self._start_high, v)
             self._window.append(v)
-            if len(self._window) == MEDIAN_WINDOW:
-                self._low_median = min(self._low_median, sorted(self._window)[MEDIAN_WINDOW // 2])
+            if len(self._window) >= 3:  # (a median of fewer is one batch's loss again)
+                self._low_median = min(self._low_median, statistics.median(self._window))
         self._counted = max(self._counted, upto)
 
     def _blew_up(self, loss: float) -> bool:
         """Whether the step's finite ``loss`` ends the sweep (after at least 3 finite losses, all positive).
 
-        Within the first quarter, whose spread is not known yet: above :data:`STOP` times the largest loss so far.
-        Past it, with the first quarter's :meth:`spread` ``s``: where ``s² ≤ STOP``, above :data:`STOP` times the
-        lowest loss so far (the rule before, to the step); else above ``s²`` times the lowest running median of
+        Within the first quarter, whose noise is not known yet: above :data:`STOP` times the largest loss so far.
+        Past it, with the noise's :meth:`spread` ``s``: where ``s² ≤ STOP``, above :data:`STOP` times the lowest
+        loss so far (the rule before, to the step); else above ``s²`` times the lowest running median of
         :data:`MEDIAN_WINDOW` losses.
 
         Why: where batch noise alone spreads one model's losses, a loss far above the lowest so far is what that
@@ -206,23 +215,24 @@ class RangeTest:
         quarter) after 12-18 steps of 100, at ``max_lr`` = 1e-7-6e-7, and it trained nothing (validation MSE
         1.04-1.13 against 0.059-0.061 for cosine at its configured LR; batches of 2 and 4 stopped after 4-9 steps).
         Fine-tuning the digits MLP from weights trained 600 steps at its lr=0.05 (training losses of 0.01-0.05 that
-        spread 4-6× from batch to batch), it stopped at LRs of 0.0006-0.0034, where a loss reached 4× the lowest
-        batch; the losses pass the squared spread times the lowest median only at 0.3-0.44, where training blows up.
-        The first quarter's spread, over a quarter of the sweep's batches, understates how far apart the losses of the
-        whole sweep fall, hence its square; a median, because with batches of 2 one batch's loss can lie 20× below
-        the rest (a regression MLP: 0.036 among losses of 0.3-1.5). On the benchmark workloads' untrained models the
-        first quarter spreads 1.01-1.9×, and no sweep blew up within it: there the rule is the one before."""
+        spread 4-6× from batch to batch), it stopped at LRs of 3e-5-0.0034, where a loss reached 4× the lowest batch;
+        the losses pass the squared spread times the lowest median only at 0.44-0.64, where training blows up. The
+        squared spread, because a long sweep's losses fall further apart than the first quarter shows; a median,
+        because with batches of 2 one batch's loss can lie 20× below the rest (a regression MLP: 0.036 among losses
+        of 0.3-1.5). A loss that rises or falls steadily within the first quarter adds nothing to the spread, so such
+        a sweep stops as before once a loss passes 4× the lowest. On the benchmark workloads' untrained models the
+        spread is 1.0-1.9× and no sweep blew up within the first quarter: there the sweep stops where it did before."""
         i = len(self._losses) - 1  # this step's entry
         self._levels(i)
+        if self.rule < 2:  # a sweep begun by an earlier version: its rule, as it was (no test of the sign)
+            return self._finite >= 3 and loss > STOP * self._low
         if self._finite < 3 or self._low <= 0:
             return False
-        if self.rule < 2:  # a sweep begun by an earlier version: its rule
-            return loss > STOP * self._low
         if i < self._quarter:
             return loss > STOP * self._high
-        if self._start_low == math.inf:  # (no finite loss in the first quarter: no spread to go by)
-            return loss > STOP * self._low
-        squared = (self._start_high / self._start_low) ** 2
+        if self._spread is None:
+            self._spread = self.spread() or 1.0  # (once per sweep: the first quarter is over)
+        squared = self._spread**2
         if squared <= STOP:
             return loss > STOP * self._low
         return loss > squared * self._low_median

@@ -302,7 +302,8 @@ def test_small_batches_quick(tmp_path: Path) -> None:
     ratio = float(rows[0][4])
     assert ratio == pytest.approx(float(rows[0][2]) / float(rows[0][3]), rel=0.01)
     steps, stopped = rows[0][5].split(", ")
-    assert 20 <= int(steps) <= 35 and stopped in ("yes", "no") and float(rows[0][7]) >= 1.0
+    assert 20 <= int(steps) <= 35 and stopped in ("yes", "no")
+    assert float(rows[0][6]) >= 1e-3  # not below the configured LR: the sweep of 73ba20c stopped on noise at 7.6e-4
     header, rows = _table(text, "| batch size | AutoLRS at or below cosine |")
     assert rows[0][0] == "8" and rows[0][1] in ("0 of 1", "1 of 1")
 
@@ -313,12 +314,13 @@ def test_finetune_quick(tmp_path: Path) -> None:
     assert finetune.main(["--quick", "--workers", "1", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "finetune.md").read_text()
     assert "Command: `python -m benchmarks.finetune --quick --workers 1 --out " in text
-    assert "100 steps of cosine at the module's LR, then 700 steps from those weights" in text
+    assert "600 steps of cosine at the module's LR, then 700 steps from those weights" in text
     header, rows = _table(text, "| workload | seed |")
     assert [r[:2] for r in rows] == [["friedman", "0"]] and header[3] == "AutoLRS()"
     assert float(rows[0][5]) == pytest.approx(float(rows[0][3]) / float(rows[0][4]), rel=0.01)
     steps, stopped = rows[0][6].split(", ")
-    assert 20 <= int(steps) <= 35 and stopped in ("yes", "no") and float(rows[0][7]) >= 1e-3  # configured LR: 1e-3
+    assert 20 <= int(steps) <= 35 and stopped in ("yes", "no")
+    assert float(rows[0][7]) >= 1e-3  # the configured LR: the flat sweep of a trained model put 73ba20c's at 7.6e-7
     runs = json.loads((tmp_path / "finetune.json").read_text())
     assert {r["kind"] for r in runs} == {"autolrs", "cosine"} and len({r["pretrained_loss"] for r in runs}) == 1
 

@@ -54,7 +54,7 @@ def test_the_first_stage_judges_divergence_against_the_untrained_losses_of_the_s
     while c.range_test_running:
         plan = c.begin_step()
         i = c.range_test_position
-        c.end_step(noisy[i] if i < len(noisy) else (0.5 if plan.lr < 0.2 else 50.0))
+        c.end_step(noisy[i] if i < len(noisy) else (0.5 if plan.lr < 0.2 else math.nan))
     start = c.step
     assert c.range_test["steps"] < 40 and max(noisy) == 3.0
     for k in range(100):  # stage 0: its first loss 1.0, then batches at 5.5-10x that (below 5x the sweep's 3.0)
@@ -193,7 +193,7 @@ def test_batch_noise_does_not_stop_the_sweep_and_a_quiet_sweep_stops_as_before()
         return rt
 
     quiet, noisy = sweep([1.0]), sweep([1.0, 0.3, 2.4, 0.8, 1.6, 0.5])  # batch noise spreading losses 8x
-    assert quiet.spread() < 1.02 and noisy.spread() == pytest.approx(8.1, abs=0.05)
+    assert quiet.spread() < 1.02 and noisy.spread() > 2.0
     assert quiet.result is not None and noisy.result is not None and quiet.result.stopped_early
     losses = quiet.result.losses
     first = next(i for i in range(3, 60) if losses[i] > STOP * min(losses[:i]))  # the rule before, on a quiet sweep
@@ -218,17 +218,57 @@ def test_a_blow_up_within_the_first_quarter_stops_the_sweep() -> None:
     assert [noisy.record(noisy.lr(i), v) for i, v in enumerate([1.0, 0.4, 0.9, 3.5, 0.6])] == [None] * 5
 
 
+@pytest.mark.parametrize(
+    ("steps", "losses", "stop_by"),
+    [
+        (40, [1.0] * 4 + [2.0, 4.0, 8.0, 16.0, 30.0, 30.0] + [30.0] * 30, 11),  # a steady rise within the quarter
+        (40, [2.3 * 0.8**i for i in range(10)] + [2.3] * 30, 11),  # trains within the quarter, then collapses
+        (8, [1.0, 2.5, 1.5, 1e6, 1e7, 1e8, 1e9, 1e9], 4),  # a short sweep: too few losses to measure the noise
+    ],
+)
+def test_a_trend_within_the_first_quarter_is_not_taken_for_noise(steps, losses, stop_by) -> None:
+    """The spread is measured on successive ratios, so a loss that rises or falls steadily within the first quarter
+    does not count as batch noise (as max/min over the quarter, it turned the stop rule off: a 30x rise at 1e-3 x the
+    configured LR ran the sweep to its end, and the configured-LR floor then kept the LR that blew up)."""
+    from lightning_autolrs.range_test import RangeTest
+
+    rt = RangeTest(steps, (1e-7, 10.0), given=(None, None), configured_lr=1.0)
+    result = next((r for i, v in enumerate(losses) if (r := rt.record(rt.lr(i), v)) is not None), None)
+    assert result is not None and result.stopped_early and result.steps <= stop_by
+    assert result.lrs[-1] < 1.0 and result.max_lr < 1.0  # it blew up below the configured LR: no floor
+
+
+def test_the_floor_and_the_earlier_rule_with_the_keyword_constructor_and_zero_losses() -> None:
+    """The keyword constructor's ``anchor_lr`` (the configured LR) floors ``max_lr`` as ``from_settings`` does; a
+    state of an earlier version keeps its rule even for losses that are not positive (it stopped at 0.5 > 4 x 0)."""
+    from lightning_autolrs.range_test import RangeTest
+
+    c = StageController(
+        None, None, anchor_lr=1.0, num_trials=2, tau=100, search_ratio=0.1, total_steps=2000,
+        range_test_steps=20, range_test_lrs=(1e-4, 100.0),
+    )  # fmt: skip
+    while c.range_test_running:  # flat noise: no blow-up
+        c.begin_step()
+        c.end_step(1.0 + 0.1 * (c.range_test_position % 3))
+    assert c.max_lr == 1.0 and not c.range_test["stopped_early"]
+    old = RangeTest(20, (1e-4, 1.0), given=(None, None))
+    old.load_state_dict({"range_test": None, "rt_lrs": [], "rt_losses": []})
+    assert [old.record(old.lr(i), v) for i, v in enumerate([0.0, 0.0, 0.0])] == [None] * 3
+    assert old.record(old.lr(3), 0.5) is not None and old.result.stopped_early
+
+
 def test_a_lucky_batch_does_not_set_the_level_a_noisy_sweep_is_compared_with() -> None:
     """With batches of 2 one batch's loss can lie 20x below the rest (a regression MLP's sweep: 0.036 among losses of
-    0.3-1.5); compared with that lowest loss, the next ordinary batch passed even the squared spread. The reference of
-    a noisy sweep is the lowest running median of 5 losses."""
+    0.3-1.5); compared with that lowest loss, an ordinary large batch passes even the squared spread. The reference of
+    a noisy sweep is the lowest running median of 3-5 losses."""
     from lightning_autolrs.range_test import RangeTest
 
     losses = [0.722, 0.717, 0.278, 0.901, 0.710, 1.135, 0.669, 0.870, 0.767, 1.236, 0.632, 0.711, 0.901, 0.105]
     losses += [0.405, 1.226, 1.148, 1.553, 0.940, 0.490, 1.184, 1.026, 0.599, 0.036, 0.775]
+    losses.append(2.5)  # an ordinary large batch of 2 after the lucky one
     rt = RangeTest(50, (1e-6, 1.0), given=(None, None))
     assert [rt.record(rt.lr(i), v) for i, v in enumerate(losses)] == [None] * len(losses)
-    assert rt.spread() ** 2 * 0.036 < 0.775  # (the lowest loss times the squared spread: that rule stopped here)
+    assert rt.spread() ** 2 * 0.036 < 2.5  # (the lowest loss times the squared spread would have stopped here)
 
 
 def test_a_sweep_begun_by_an_earlier_version_ends_by_its_rule() -> None:
