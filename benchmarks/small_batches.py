@@ -5,8 +5,8 @@ on :class:`~benchmarks.workloads.FriedmanDataModule`) trained for ``--steps`` st
 samples (the validation dataloader uses the same batch size, as that data module's does), validation data given to the
 Trainer. One row per batch size and seed: the final validation MSE (the whole validation set) of ``AutoLRS()`` and of
 cosine with a 5 % warmup at the module's LR, and what the LR range test did (its steps, whether it stopped early, the
-``max_lr`` it found, the spread of its first quarter's losses: the batch noise on the untrained model), the first
-stage's diverged trials and exploit fallbacks.
+``max_lr`` it found, the largest over the smallest loss of its first quarter: the batch noise on the untrained
+model), the first stage's diverged trials and exploit fallbacks.
 
 ``python -m benchmarks.small_batches`` runs it with the package it imports. To measure another version of the package,
 put that checkout first on the path and run this file by its path, e.g. ``PYTHONPATH=<checkout> python
@@ -93,7 +93,7 @@ def table(runs: list[dict[str, Any]], command: str, started: str, wall_min: floa
         "training batch size). Final validation MSE on the whole validation set.",
         "",
         "| batch size | seed | AutoLRS() | cosine at the module's LR | AutoLRS ÷ cosine | range test: steps, "
-        "stopped early | found max_lr | first-quarter spread | stage 0: diverged trials, fallbacks |",
+        "stopped early | found max_lr | first-quarter max / min | stage 0: diverged trials, fallbacks |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for b in sizes:
