@@ -3,19 +3,18 @@
 First, on the untrained model (before any warmup: on a warmed-up model the loss stays flat until it blows up, so its
 lowest point is noise), the LR sweeps geometrically over ``lrs = (lowest, highest)`` for at most ``steps`` steps, from a
 snapshot the caller captures at the sweep's first step. The sweep stops early once a loss is non-finite, or once a
-finite loss shows training blowing up (:meth:`RangeTest._blew_up`): above :data:`STOP` (``4×``) the lowest loss so
-far, as before, where batch noise spreads one model's losses less than ``2×`` (:meth:`RangeTest.spread`, estimated in
-the sweep's first quarter); where it spreads them more (small batches, a model already trained), above the squared
-spread times the lowest running median of :data:`MEDIAN_WINDOW` losses; within the first quarter, above ``4×`` the
-largest loss so far. A sweep that
-stopped on a non-finite loss without having seen a finite one raises
+finite loss shows training blowing up (:meth:`RangeTest._blew_up`): above :data:`STOP` (``4×``) the lowest loss so far,
+as before, where batch noise spreads one model's losses at most ``2×`` (:meth:`RangeTest.spread`, estimated in the
+sweep's first quarter); where it spreads them more (small batches, a model already trained), above the squared spread
+times the lowest running median of 3 to :data:`MEDIAN_WINDOW` losses; within the first quarter, above ``4×`` the largest
+loss so far. A sweep that stopped on a non-finite loss without having seen a finite one raises
 :class:`~lightning_autolrs.exceptions.NonFiniteLossError` instead of deriving a range. ``max_lr`` is the swept LR three
 sweep steps before the lowest smoothed loss (centred moving mean over ``2h + 1`` points, ``h = max(1, n // 10)``; the
 three steps undo the lag of the loss behind the LR, which otherwise puts the minimum where training is already on its
 way to diverging), but never below the configured LR unless the sweep blew up at or below it, and
-``min_lr = max_lr / 1000``; a bound the user gave wins. The caller then restores the snapshot, so the sweep costs its
-steps and nothing else. A sweep begun by an earlier version of the package (a resumed state without ``rt_rule``) ends
-by the rule it began with: a loss above ``4×`` the lowest so far, no configured-LR floor.
+``min_lr=max_lr/1000``; a bound the user gave wins. The caller then restores the snapshot, so the sweep costs its steps
+and nothing else. A sweep begun by an earlier version of the package (a resumed state without ``rt_rule``) ends by the
+rule it began with: a loss above ``4×`` the lowest so far, no configured-LR floor.
 """
 
 from __future__ import annotations
@@ -120,7 +119,7 @@ class RangeTest:
         self._high = -math.inf
         self._window: deque[float] = deque(maxlen=MEDIAN_WINDOW)  # the last finite losses
         self._spread: float | None = None  # spread(), once the first quarter is over
-        self._low_median = math.inf  # the lowest running median of MEDIAN_WINDOW finite losses
+        self._low_median = math.inf  # the lowest running median of 3 to MEDIAN_WINDOW finite losses
 
     @property
     def pending(self) -> bool:
@@ -183,10 +182,10 @@ class RangeTest:
         start = [v for v in self._losses[: self._quarter] if v is not None]
         if len(start) < 4 or min(start) <= 0:
             return None
-        steps = [math.log(b / a) for a, b in itertools.pairwise(start)]
+        steps = [math.log(b) - math.log(a) for a, b in itertools.pairwise(start)]  # (no b / a: it can under/overflow)
         centre = statistics.median(steps)
         sigma = _MAD_TO_SIGMA * statistics.median([abs(d - centre) for d in steps]) / math.sqrt(2.0)
-        return math.exp(RANGE_SIGMAS * sigma)
+        return math.exp(min(RANGE_SIGMAS * sigma, 700.0))  # (beyond: noise no finite loss could stand out from)
 
     def _levels(self, upto: int) -> None:
         """Fold the losses of entries ``< upto`` into the running levels (each entry once: a step costs O(1))."""
@@ -206,8 +205,9 @@ class RangeTest:
 
         Within the first quarter, whose noise is not known yet: above :data:`STOP` times the largest loss so far.
         Past it, with the noise's :meth:`spread` ``s``: where ``s² ≤ STOP``, above :data:`STOP` times the lowest
-        loss so far (the rule before, to the step); else above ``s²`` times the lowest running median of
-        :data:`MEDIAN_WINDOW` losses.
+        loss so far (the rule before, to the step), and so where fewer than 4 finite losses fell in the first quarter
+        (a ``range_test_steps`` below 16: no noise to measure); else above ``s²`` times the lowest running median of 3
+        to :data:`MEDIAN_WINDOW` losses.
 
         Why: where batch noise alone spreads one model's losses, a loss far above the lowest so far is what that
         noise does over a long sweep, and the lowest loss of many is itself a lucky batch. The rule before (a loss
@@ -234,7 +234,7 @@ class RangeTest:
             return loss > STOP * self._high
         if self._spread is None:
             self._spread = self.spread() or 1.0  # (once per sweep: the first quarter is over)
-        squared = self._spread**2
+        squared = self._spread * self._spread  # (inf past float range: then only a non-finite loss stops it)
         if squared <= STOP:
             return loss > STOP * self._low
         return loss > squared * self._low_median

@@ -179,8 +179,9 @@ def test_given_bounds_win_and_state_round_trips() -> None:
 def test_batch_noise_does_not_stop_the_sweep_and_a_quiet_sweep_stops_as_before() -> None:
     """With small batches, or a model already trained, one batch's loss lies many times another's on the same model.
     The sweep used to stop at the first loss 4x above the lowest so far (a regression MLP with batches of 8: after
-    12-18 steps, at max_lr=1e-7); past its first quarter a loss must now also exceed the square of the spread the first
-    quarter's losses showed, times the lowest. A quiet sweep stops at the first loss above 4x the lowest, as before."""
+    12-18 steps, at max_lr=1e-7); past its first quarter, where the noise measured there spreads losses more than 2x,
+    a loss must exceed the squared spread times the lowest running median. A quiet sweep stops at the first loss above
+    4x the lowest, as before."""
     from lightning_autolrs.range_test import STOP, RangeTest
 
     def sweep(noise: list[float]) -> RangeTest:
@@ -257,6 +258,33 @@ def test_the_floor_and_the_earlier_rule_with_the_keyword_constructor_and_zero_lo
     assert old.record(old.lr(3), 0.5) is not None and old.result.stopped_early
 
 
+def test_the_noisy_rule_squares_the_spread_uses_short_medians_and_forgets_them_on_restart() -> None:
+    """A loss between s and s^2 times the lowest running median does not stop a noisy sweep; a median of 3 losses
+    counts while fewer were seen; ``restart()`` forgets the noise measured, and a quiet sweep then stops at 4x the
+    lowest; losses at the ends of the float range give an infinite spread, not an exception."""
+    from lightning_autolrs.range_test import RangeTest
+
+    quarter = [1.0, 3.0, 1.0, 3.0, 1.0]  # successive ratios of 3 and 1/3: noise spread exp(4 x 1.4826 x ln 3 / sqrt 2)
+    rt = RangeTest(20, (1e-4, 1.0), given=(None, None))
+    assert [rt.record(rt.lr(i), v) for i, v in enumerate(quarter)] == [None] * 5
+    s = rt.spread()
+    assert s == pytest.approx(math.exp(4 * 1.4826 * math.log(3) / math.sqrt(2)))
+    low_median = 1.0  # (of the windows of 3-5 losses so far)
+    assert rt.record(rt.lr(5), 0.9 * s * s * low_median) is None  # above s x, below s^2 x the lowest median
+    assert rt.record(rt.lr(6), 1.1 * s * s * low_median) is not None
+    rt.restart()
+    quiet = [1.0, 1.01, 1.02, 1.0, 0.99, 0.5, 4.1]
+    assert [rt.record(rt.lr(i), v) for i, v in enumerate(quiet)][-1] is not None and rt.result.steps == 7
+    short = RangeTest(8, (1e-4, 1.0), given=(None, None))  # a quarter of 2 steps: no noise to measure
+    assert [short.record(short.lr(i), v) for i, v in enumerate([1.0, 2.5, 1.5])] == [None] * 3
+    assert short.record(short.lr(3), 6.1) is not None  # above 4x the lowest: the quiet rule
+    extreme = RangeTest(20, (1e-4, 1.0), given=(None, None))
+    values = [1e-19, 1e19, 1e-19, 1e19, 1e-19, 1.0, 1e30]
+    assert [extreme.record(extreme.lr(i), v) for i, v in enumerate(values)] == [None] * 7
+    assert extreme.spread() * extreme.spread() == math.inf  # (squared with ** this raised OverflowError)
+    assert extreme.record(extreme.lr(7), math.nan) is not None  # only a non-finite loss stops such a sweep
+
+
 def test_a_lucky_batch_does_not_set_the_level_a_noisy_sweep_is_compared_with() -> None:
     """With batches of 2 one batch's loss can lie 20x below the rest (a regression MLP's sweep: 0.036 among losses of
     0.3-1.5); compared with that lowest loss, an ordinary large batch passes even the squared spread. The reference of
@@ -284,7 +312,7 @@ def test_a_sweep_begun_by_an_earlier_version_ends_by_its_rule() -> None:
     old.load_state_dict({k: v for k, v in state.items() if k != "rt_rule"})
     assert old.rule == 1
     ends = [next((i for i, v in enumerate(losses) if rt.record(rt.lr(i), v) is not None), None) for rt in (old, new)]
-    assert ends == [5, 19]  # 1.7 > 4 x 0.4 ended the old sweep; the new one ran its length (spread 2.5)
+    assert ends == [5, 19]  # 1.7 > 4 x 0.4 ended the old sweep; the new one ran its length (noise spread 10)
     assert old.result.max_lr < 1e-3 and old.start_losses() == []
     assert new.result.max_lr == 1e-3 and new.start_losses() == [1.0, 0.4, 0.9, 0.5, 0.6]
 
@@ -316,7 +344,7 @@ def test_the_first_stage_reference_is_the_largest_loss_of_a_long_first_quarter()
 def test_max_lr_is_not_below_the_configured_lr_unless_the_sweep_blew_up_at_or_below_it() -> None:
     """Unless the sweep blew up at or below it, nothing showed the configured LR too large, and where the loss does not
     fall its lowest smoothed point can lie anywhere below it (a regression MLP with batches of 2: 0.00016 against a
-    configured 0.001; fine-tuning a trained digits MLP: 1.3e-5-5e-4 against 0.05, with a blow-up at 0.3-0.44)."""
+    configured 0.001; fine-tuning a trained digits MLP: 1.3e-5-5e-4 against 0.05, with a blow-up at 0.44-0.64)."""
     from lightning_autolrs.range_test import RangeTest
     from lightning_autolrs.settings import Settings, derive
 
