@@ -14,7 +14,6 @@ with its checkout first on ``PYTHONPATH`` (as ``benchmarks/small_batches.py``).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -84,9 +83,7 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def table(runs: list[dict[str, Any]], command: str, started: str, wall_min: float, package: str) -> str:
-    by = {(r["workload"], r["kind"], r["seed"]): r for r in runs}
-    seeds = sorted({r["seed"] for r in runs})
-    workloads = [w for w in WORKLOADS if any(r["workload"] == w for r in runs)]
+    groups = [(w, paired.pairs(runs, "workload", w)) for w in WORKLOADS if any(r["workload"] == w for r in runs)]
     first = runs[0]
     lines = [
         "# Fine-tuning (`python -m benchmarks.finetune`)",
@@ -101,11 +98,8 @@ def table(runs: list[dict[str, Any]], command: str, started: str, wall_min: floa
         "range test: steps, stopped early | found max_lr | stage LRs |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for w in workloads:
-        for s in seeds:
-            a, c = by.get((w, "autolrs", s)), by.get((w, "cosine", s))
-            if a is None or c is None:
-                continue
+    for w, paired_runs in groups:
+        for s, a, c in paired_runs:
             rt = a.get("range_test") or {}
             stages = " → ".join(f"{lr:.3g}" for lr in a.get("stage_lrs", []) if lr is not None)
             lines.append(
@@ -113,18 +107,7 @@ def table(runs: list[dict[str, Any]], command: str, started: str, wall_min: floa
                 f"{a['val_loss'] / c['val_loss']:.3f} | {rt.get('steps', '—')}, "
                 f"{'yes' if rt.get('stopped_early') else 'no'} | {rt.get('max_lr', float('nan')):.3g} | {stages} |"
             )
-    lines += [
-        "",
-        "| workload | AutoLRS at or below cosine | median AutoLRS | median cosine |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    for w in workloads:
-        pairs = [(by[(w, "autolrs", s)], by[(w, "cosine", s)]) for s in seeds if (w, "autolrs", s) in by]
-        below = sum(a["val_loss"] <= c["val_loss"] for a, c in pairs)
-        lines.append(
-            f"| {w} | {below} of {len(pairs)} | {statistics.median(a['val_loss'] for a, _ in pairs):.4g} | "
-            f"{statistics.median(c['val_loss'] for _, c in pairs):.4g} |"
-        )
+    lines += paired.summary("workload", groups)
     return "\n".join(lines) + "\n"
 
 

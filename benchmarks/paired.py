@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import multiprocessing as mp
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+Run = dict[str, Any]  # a task, and the run it became (json-able)
 
 
 def package() -> str:
@@ -82,9 +85,7 @@ def fit(model: Any, datamodule: Any, steps: int, callbacks: list[Any]) -> None:
     ).fit(model, datamodule)
 
 
-def run_all(
-    run: Callable[[dict[str, Any]], dict[str, Any]], tasks: list[dict[str, Any]], workers: int
-) -> tuple[list[dict[str, Any]], str, float]:
+def run_all(run: Callable[[Run], Run], tasks: list[Run], workers: int) -> tuple[list[Run], str, float]:
     """Run every task (in ``workers`` spawned processes when more than one): the runs, the start time and the wall
     minutes."""
     started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -97,7 +98,42 @@ def run_all(
     return runs, started, (time.perf_counter() - t0) / 60
 
 
-def write(out: Path, name: str, text: str, runs: list[dict[str, Any]]) -> None:
+def fmt(x: float | None, digits: int = 4) -> str:
+    """A loss or LR for a table: ``digits`` significant digits, ``—`` when missing or not finite."""
+    return "—" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+def pairs(runs: list[Run], group: str, key: Any) -> list[tuple[int, Run, Run]]:
+    """``(seed, autolrs run, cosine run)`` of every seed with both runs among ``runs`` whose ``group`` field is
+    ``key`` (e.g. ``group="batch_size"``, ``key=8``), by seed."""
+    by = {(r["kind"], r["seed"]): r for r in runs if r[group] == key}
+    seeds = sorted({seed for _, seed in by})
+    return [(s, by["autolrs", s], by["cosine", s]) for s in seeds if ("autolrs", s) in by and ("cosine", s) in by]
+
+
+def summary(label: str, groups: list[tuple[Any, list[tuple[int, Run, Run]]]]) -> list[str]:
+    """The closing table of a paired benchmark: per group (``label``: what its key is, e.g. ``"batch size"``; its
+    :func:`pairs`), how many runs end with AutoLRS at or below cosine, and both medians."""
+    align = "---:" if all(isinstance(key, int | float) for key, _ in groups) else "---"  # (numbers to the right)
+    lines = [
+        "",
+        f"| {label} | AutoLRS at or below cosine | median AutoLRS | median cosine |",
+        f"| {align} | ---: | ---: | ---: |",
+    ]
+    for key, paired_runs in groups:
+        if not paired_runs:
+            continue
+        autolrs = [a["val_loss"] for _, a, _ in paired_runs]
+        cosine = [c["val_loss"] for _, _, c in paired_runs]
+        below = sum(a <= c for a, c in zip(autolrs, cosine))
+        lines.append(
+            f"| {key} | {below} of {len(paired_runs)} | {fmt(statistics.median(autolrs))} | "
+            f"{fmt(statistics.median(cosine))} |"
+        )
+    return lines
+
+
+def write(out: Path, name: str, text: str, runs: list[Run]) -> None:
     """Write ``<name>.md`` (the table) and ``<name>.json`` (the runs) into the folder ``out``, and print the table."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.md").write_text(text)

@@ -16,8 +16,6 @@ benchmarks/small_batches.py --out <folder>``: the table names the package it ran
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -74,14 +72,8 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _fmt(x: float | None, digits: int = 4) -> str:
-    return "—" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
-
-
 def table(runs: list[dict[str, Any]], command: str, started: str, wall_min: float, package: str) -> str:
-    by = {(r["kind"], r["batch_size"], r["seed"]): r for r in runs}
-    sizes = sorted({r["batch_size"] for r in runs})
-    seeds = sorted({r["seed"] for r in runs})
+    groups = [(b, paired.pairs(runs, "batch_size", b)) for b in sorted({r["batch_size"] for r in runs})]
     steps = runs[0]["steps"]
     lines = [
         "# Very small batches (`python -m benchmarks.small_batches`)",
@@ -96,36 +88,16 @@ def table(runs: list[dict[str, Any]], command: str, started: str, wall_min: floa
         "stopped early | found max_lr | first-quarter max / min | stage 0: diverged trials, fallbacks |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for b in sizes:
-        for s in seeds:
-            a, c = by.get(("autolrs", b, s)), by.get(("cosine", b, s))
-            if a is None or c is None:
-                continue
+    for b, paired_runs in groups:
+        for s, a, c in paired_runs:
             rt = a.get("range_test") or {}
             lines.append(
-                f"| {b} | {s} | {_fmt(a['val_loss'])} | {_fmt(c['val_loss'])} | "
+                f"| {b} | {s} | {paired.fmt(a['val_loss'])} | {paired.fmt(c['val_loss'])} | "
                 f"{a['val_loss'] / c['val_loss']:.2f} | {rt.get('steps', '—')}, "
-                f"{'yes' if rt.get('stopped_early') else 'no'} | {_fmt(rt.get('max_lr'), 3)} | "
-                f"{_fmt(rt.get('spread'), 3)} | {a.get('stage0_diverged', 0)}, {a.get('stage0_fallbacks', 0)} |"
+                f"{'yes' if rt.get('stopped_early') else 'no'} | {paired.fmt(rt.get('max_lr'), 3)} | "
+                f"{paired.fmt(rt.get('spread'), 3)} | {a.get('stage0_diverged', 0)}, {a.get('stage0_fallbacks', 0)} |"
             )
-    lines += [
-        "",
-        "| batch size | AutoLRS at or below cosine | median AutoLRS | median cosine |",
-        "| ---: | ---: | ---: | ---: |",
-    ]
-    for b in sizes:
-        pairs = [
-            (by[("autolrs", b, s)], by[("cosine", b, s)])
-            for s in seeds
-            if ("autolrs", b, s) in by and ("cosine", b, s) in by
-        ]
-        if not pairs:
-            continue
-        below = sum(a["val_loss"] <= c["val_loss"] for a, c in pairs)
-        lines.append(
-            f"| {b} | {below} of {len(pairs)} | {_fmt(statistics.median(a['val_loss'] for a, _ in pairs))} | "
-            f"{_fmt(statistics.median(c['val_loss'] for _, c in pairs))} |"
-        )
+    lines += paired.summary("batch size", groups)
     return "\n".join(lines) + "\n"
 
 
