@@ -703,7 +703,7 @@ class StageController:
         self._pending_restore = True
         self._note_warmup_from()
         assert self._range_test.lrs is not None
-        return [RangeTestEvent(self._range_test.lrs[0], result)]
+        return [RangeTestEvent(self._range_test.lrs[0], result, self._range_test.found_max_lr)]
 
     # ------------------------------------------------------------------ stages and the budget
     def _remaining(self) -> float:

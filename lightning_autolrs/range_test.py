@@ -12,9 +12,11 @@ loss so far. A sweep that stopped on a non-finite loss without having seen a fin
 sweep steps before the lowest smoothed loss (centred moving mean over ``2h + 1`` points, ``h = max(1, n // 10)``; the
 three steps undo the lag of the loss behind the LR, which otherwise puts the minimum where training is already on its
 way to diverging), but never below the configured LR unless the sweep blew up at or below it, and
-``min_lr=max_lr/1000``; a bound the user gave wins. The caller then restores the snapshot, so the sweep costs its steps
-and nothing else. A sweep begun by an earlier version of the package (a resumed state without ``rt_rule``) ends by the
-rule it began with: a loss above ``4×`` the lowest so far, no configured-LR floor.
+``min_lr=max_lr/1000``; a bound the user gave wins (a given ``min_lr`` at or above the ``max_lr`` found: ``max_lr`` is
+the highest LR the sweep took without blowing up, at least :data:`GIVEN_MIN_SPAN` x ``min_lr``). The caller then
+restores the snapshot, so the sweep costs its steps and nothing else. A sweep begun by an earlier version of the
+package (a resumed state without ``rt_rule``) ends by the rule it began with: a loss above ``4×`` the lowest so far, no
+configured-LR floor.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from lightning_autolrs.forecast import _MAD_TO_SIGMA
 from lightning_autolrs.records import RangeTestResult
 from lightning_autolrs.settings import RANGE_SPAN
 
-__all__ = ["MEDIAN_WINDOW", "RULE", "STOP", "RangeTest"]
+__all__ = ["GIVEN_MIN_SPAN", "MEDIAN_WINDOW", "RULE", "STOP", "RangeTest"]
 
 STOP = 4.0  # the sweep stops once a loss exceeds this multiple of the lowest loss so far (on a sweep with little noise)
 #: Losses per running median: on a sweep whose noise spreads losses more than ``2×``, the reference level of the stop
@@ -45,6 +47,10 @@ RULE = 2
 #: 100-step sweep's first quarter) of a normal variable.
 RANGE_SIGMAS = 4.0
 LAG = 3  # sweep steps the loss lags behind the LR (momentum, Adam's moments): max_lr steps back this far
+#: With a given ``min_lr`` at or above the ``max_lr`` the sweep points to, ``max_lr`` is the highest LR the sweep took
+#: without blowing up, but at least this factor above ``min_lr`` (a decade to search in; the divergence guard cuts
+#: trials above the blow-up). It was ``min_lr`` x 1000 before, without a word.
+GIVEN_MIN_SPAN = 10.0
 
 
 class RangeTest:
@@ -106,6 +112,9 @@ class RangeTest:
             self.lrs = sweep
         self.given = given
         self.result: RangeTestResult | None = None
+        #: The ``max_lr`` the sweep pointed to, before a given ``min_lr`` (``None``: not ended, or ``max_lr`` given;
+        #: not part of the state: read when the sweep ends).
+        self.found_max_lr: float | None = None
         self._lrs: list[float] = []
         self._losses: list[float | None] = []
         self.rule = RULE
@@ -251,6 +260,11 @@ class RangeTest:
             end -= 1  # the loss that blew up
         return [v for v in self._losses[:end] if v is not None]
 
+    def _reached(self, stopped: bool) -> float:
+        """The highest swept LR whose loss was finite and did not stop the sweep (0.0: none)."""
+        end = len(self._lrs) - 1 if stopped else len(self._lrs)
+        return max((lr for lr, v in zip(self._lrs[:end], self._losses[:end]) if v is not None), default=0.0)
+
     def _found_max(self, stopped: bool) -> float:
         assert self.lrs is not None
         points = [(lr, v) for lr, v in zip(self._lrs, self._losses) if v is not None]
@@ -267,9 +281,13 @@ class RangeTest:
     def _finish(self, stopped: bool, step: int) -> RangeTestResult:
         if stopped and all(v is None for v in self._losses):  # it stopped on a NaN/inf loss and saw no finite one
             assert self.lrs is not None
+            # (the sweep stops at its first NaN/inf: the steps before it returned no loss at all)
+            n = len(self._lrs)
+            seen = "" if n == 1 else f"its first {n - 1} step(s) returned no loss and "
             raise NonFiniteLossError(
-                f"The LR range test saw only non-finite training losses (NaN/inf) in its {len(self._lrs)} step(s) "
-                f"from lr={self.lrs[0]:.3g}: the loss is not finite even at the smallest swept LR, so the fault is in "
+                f"The LR range test saw no finite training loss: {seen}its step {n}'s loss was NaN/inf at "
+                f"lr={self._lrs[-1]:.3g} (the sweep began at {self.lrs[0]:.3g}): no LR gave a finite loss, so the "
+                "fault is in "
                 "`training_step` or the data (a NaN input, log(0), ...), not in the LR. Fix the loss; giving "
                 "`min_lr`/`max_lr` skips the range test but will not make it finite."
             )
@@ -278,9 +296,10 @@ class RangeTest:
         configured = self.configured_lr if self.rule >= 2 else None
         if given_hi is None and configured is not None and (not stopped or self._lrs[-1] > configured):
             hi = max(hi, configured)  # no blow-up at or below the configured LR: it was not shown to be too large
+        self.found_max_lr = hi if given_hi is None else None
         lo = given_lo if given_lo is not None else hi / RANGE_SPAN
-        if not hi > lo:
-            hi = lo * RANGE_SPAN
+        if not hi > lo:  # a given min_lr at or above what the sweep found (the caller warns)
+            hi = max(self._reached(stopped), lo * GIVEN_MIN_SPAN)
         self.result = RangeTestResult(
             start_step=step - len(self._lrs),
             steps=len(self._lrs),

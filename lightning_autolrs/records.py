@@ -256,15 +256,17 @@ class SearchEvent(Event):
 
 @dataclass
 class RangeTestEvent(Event):
-    """The range test finished (``first_lr``: the sweep's lowest LR)."""
+    """The range test finished (``first_lr``: the sweep's lowest LR; ``found_max_lr``: the ``max_lr`` the sweep
+    pointed to before a given ``min_lr`` applied, ``None`` where ``max_lr`` was given)."""
 
     kind: ClassVar[str] = "range_test"
     first_lr: float
     result: RangeTestResult
+    found_max_lr: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         summary = {k: v for k, v in self.result.to_dict().items() if k not in ("lrs", "losses")}
-        return {"event": self.kind, "first_lr": self.first_lr, **summary}
+        return {"event": self.kind, "first_lr": self.first_lr, **summary, "found_max_lr": self.found_max_lr}
 
 
 @dataclass
@@ -301,8 +303,9 @@ def event_from_dict(d: dict[str, Any]) -> Event:
     if kind == "search":
         return SearchEvent(d["stage"], d["best_lr"], d["trials"])
     if kind == "range_test":
-        rest = {k: v for k, v in d.items() if k not in ("event", "first_lr")}
-        return RangeTestEvent(d["first_lr"], RangeTestResult.from_dict({"lrs": [], "losses": [], **rest}))
+        rest = {k: v for k, v in d.items() if k not in ("event", "first_lr", "found_max_lr")}
+        result = RangeTestResult.from_dict({"lrs": [], "losses": [], **rest})
+        return RangeTestEvent(d["first_lr"], result, d.get("found_max_lr"))
     if kind == "fallback":
         return FallbackEvent(d["stage"], FallbackRecord.from_dict(d))
     if kind == "anneal":

@@ -147,7 +147,8 @@ class Settings:
     max_lr: float | None = _setting(
         None,
         """upper end of the LR search range. Default (``None``): found by the LR range test, or ``min_lr`` × 1000
-        when only ``min_lr`` is given.""",
+        when only ``min_lr`` is given. With ``range_test=True`` and a ``min_lr`` at or above what the sweep finds:
+        the highest LR the sweep took without the loss blowing up, at least ``min_lr`` × 10, and a warning.""",
         _positive_or_none,
     )
     num_trials: int = _setting(

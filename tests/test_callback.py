@@ -539,6 +539,25 @@ def test_a_range_test_that_ends_far_below_the_configured_lr_warns(lpl, tmp_path)
     assert range_warnings(given, tmp_path / "c", 0.5) == 0 and given.max_lr == 1e-3
 
 
+def test_a_given_min_lr_above_the_range_found_warns_and_keeps_the_search_near_it(lpl, tmp_path) -> None:
+    """``range_test=True`` with a ``min_lr`` above where the sweep found the loss lowest: the search range used to be
+    ``min_lr ... min_lr x 1000`` without a word. It warns once, naming both and the fix, searches up to the highest LR
+    the sweep took without blowing up (at least 10x ``min_lr``), and the guards keep the model finite."""
+    cb = AutoLRS(seed=0, verbose=False, min_lr=2.0, range_test=True)
+    with pytest.warns(AutoLRSWarning, match=r"given min_lr=2 is at or above the max_lr=\S+ the sweep found") as rec:
+        _, model = fit(lpl, tmp_path, cb, max_steps=700, module_kw=dict(lr=0.05))
+    assert sum("given min_lr" in str(w.message) for w in rec) == 1
+    assert "Lower `min_lr`" in next(str(w.message) for w in rec if "given min_lr" in str(w.message))
+    rt = cb.range_test_result
+    assert cb.min_lr == 2.0 and 20.0 <= cb.max_lr <= max(20.0, max(rt["lrs"]))  # (was 2000)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    plain = AutoLRS(seed=0, verbose=False, min_lr=1e-5, range_test=True)  # below the range found: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AutoLRSWarning)
+        fit(lpl, tmp_path / "b", plain, max_steps=700, module_kw=dict(lr=0.05))
+    assert plain.min_lr == 1e-5 and plain.max_lr < 2.0
+
+
 def test_small_noisy_batches_neither_stop_the_range_test_nor_trip_the_first_stage(lpl, tmp_path) -> None:
     """Batches of 2: one batch's loss on the untrained model lies many times above another's. The range test used to
     stop at the first loss 4x above the lowest (after 6 of its 50 steps here, with max_lr=1e-6, 10 000x below the

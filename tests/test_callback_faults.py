@@ -247,7 +247,7 @@ def test_a_loss_nan_at_every_lr_raises_and_leaves_a_finite_model(lpl, tmp_path, 
     model = AlwaysNan()
     before = [p.detach().clone() for p in model.parameters()]
     trainer = lpl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_steps=800))
-    match = "every training loss .* down to min_lr" if range_given else "range test saw only non-finite"
+    match = "every training loss .* down to min_lr" if range_given else "range test saw no finite training loss"
     with pytest.raises(NonFiniteLossError, match=match), pytest.warns(UserWarning, match="restored"):
         trainer.fit(model)
     assert trainer.global_step < 10  # at once, not ~170 fallback warnings later

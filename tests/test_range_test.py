@@ -131,9 +131,17 @@ def test_range_test_without_any_finite_loss_raises_instead_of_setting_a_range() 
 
     c = make_range_test(steps=10)
     c.begin_step()
-    with pytest.raises(NonFiniteLossError, match="range test saw only non-finite"):
+    with pytest.raises(NonFiniteLossError, match=r"no finite training loss: its step 1's loss was NaN/inf at lr="):
         c.end_step(math.nan)  # (it used to set the range to the lowest swept LR after this one step)
     assert c.range_test is None and c.needs_snapshot  # the caller restores the sweep's snapshot
+    # steps without a loss before the NaN are named as such (they used to be counted as non-finite losses)
+    late = make_range_test(steps=10)
+    for _ in range(2):
+        late.begin_step()
+        late.end_step(None)
+    late.begin_step()
+    with pytest.raises(NonFiniteLossError, match=r"its first 2 step\(s\) returned no loss and its step 3's loss"):
+        late.end_step(math.inf)
 
 
 @pytest.mark.parametrize(
@@ -174,6 +182,35 @@ def test_given_bounds_win_and_state_round_trips() -> None:
     assert twin.position == 3 and twin.pending
     a, b = rt.record(rt.lr(3), math.inf, step=4), twin.record(twin.lr(3), math.inf, step=4)
     assert a == b and a is not None and a.stopped_early and a.min_lr == 2e-4 and a.max_lr > 2e-4
+
+
+def test_a_given_min_lr_above_the_range_found_keeps_the_sweeps_evidence() -> None:
+    """A given ``min_lr`` at or above the ``max_lr`` the sweep points to used to make ``max_lr = min_lr x 1000``
+    silently (trials three decades above where the loss blew up). Now ``max_lr`` is the highest LR the sweep took
+    without blowing up, at least ``GIVEN_MIN_SPAN x min_lr``, and the sweep's own answer is kept for the warning."""
+    from lightning_autolrs.range_test import GIVEN_MIN_SPAN, RangeTest
+
+    def sweep(given_lo: float, losses: list[float]) -> RangeTest:
+        rt = RangeTest(len(losses), (1e-4, 10.0), given=(given_lo, None))
+        for i, loss in enumerate(losses):
+            if rt.record(rt.lr(i), loss, step=i + 1) is not None:
+                break
+        return rt
+
+    falls = [1.0, 0.9, 0.7, 0.5, 0.3, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45]  # lowest at 10^-1.6, no blow-up to 10
+    wide = sweep(0.5, falls)
+    assert wide.result is not None and not wide.result.stopped_early
+    assert wide.found_max_lr is not None and wide.found_max_lr < 0.5
+    assert wide.result.min_lr == 0.5 and wide.result.max_lr == pytest.approx(10.0)  # the sweep ran clean up to 10
+    blew = sweep(0.5, [1.0, 0.9, 0.7, 0.5, 0.3, 0.2, 50.0, 1.0, 1.0, 1.0, 1.0])  # blew up at 10^-1.6, below min_lr
+    assert blew.result is not None and blew.result.stopped_early and blew.result.lrs[-1] < 0.5
+    assert blew.result.max_lr == pytest.approx(0.5 * GIVEN_MIN_SPAN)  # (was 500)
+    below = sweep(1e-4, falls)  # a given min_lr below what was found: the found max_lr, as before
+    assert below.result is not None and below.result.max_lr == below.found_max_lr and below.found_max_lr > 1e-4
+    hi_given = RangeTest(4, (1e-4, 1.0), given=(None, 0.3))
+    for i, loss in enumerate([1.0, 0.5, 0.4, 0.3]):
+        hi_given.record(hi_given.lr(i), loss, step=i + 1)
+    assert hi_given.result is not None and hi_given.result.max_lr == 0.3 and hi_given.found_max_lr is None
 
 
 def test_batch_noise_does_not_stop_the_sweep_and_a_quiet_sweep_stops_as_before() -> None:
@@ -374,12 +411,12 @@ def test_a_sweep_that_saw_only_non_finite_losses_raises_instead_of_deriving_a_ra
     from lightning_autolrs.range_test import RangeTest
 
     rt = RangeTest(10, (1e-4, 1.0), given=(None, None))
-    with pytest.raises(NonFiniteLossError, match=r"only non-finite training losses .* 1 step\(s\) from lr=0.0001"):
+    with pytest.raises(NonFiniteLossError, match=r"training loss: its step 1's loss was NaN/inf at lr=0.0001"):
         rt.record(1e-4, math.nan)
     assert rt.result is None
     skipped = RangeTest(10, (1e-4, 1.0), given=(None, None))  # steps without a loss, then NaN: still nothing finite
     assert skipped.record(1e-4, None) is None
-    with pytest.raises(NonFiniteLossError):
+    with pytest.raises(NonFiniteLossError, match=r"its first 1 step\(s\) returned no loss and its step 2's loss"):
         skipped.record(2e-4, math.inf)
     late = RangeTest(10, (1e-4, 1.0), given=(None, None))  # one finite loss is enough to derive a range
     late.record(1e-4, 1.0)
