@@ -177,14 +177,18 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._scaler: Any = None
         self._plan_probe = False
         self._level: tuple[float | None] | None = None  # the stage-start probe, reported with the step's loss
+        # the plan whose LR the optimizer holds (a kept plan's later steps set nothing); None after anything that may
+        # have set the optimizer's param groups from elsewhere (a snapshot put back, a new fit)
+        self._applied: Any = None
         self._scale_before: float | None = None
+        self._reads_scale = False  # the plan's steps read the AMP scale before and after (a search step, with AMP)
+        self._loss_only = False  # the plan's steps end with their loss alone (_apply_plan)
         self._progress_bar = ProgressBarHook()
         self._lr_logger = LRLogger()
         self._world_size = 1
         self._ratios: list[float] = []
         self._step_open = False
         self._step_loss: torch.Tensor | None = None  # the step's loss summed over micro-batches, on its device
-        self._step_loss_count = 0
         self._late: LateLoss | None = None  # the previous step's loss, on its way to the host
         self._late_reads = False  # this fit reads losses that may wait one step late (_reads_late)
         self._trainer: Any = None
@@ -389,6 +393,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 self._snapshot.capture()  # the exploit guard falls back to the resumed weights
             self._loaded_trial = None
         self._step_open = False
+        self._applied = None
         self._seen_global_step = trainer.global_step
         # read once: the per-step hooks below run on every optimizer step and must stay cheap
         self._scaler = scaler if getattr(scaler, "is_enabled", lambda: False)() else None
@@ -411,18 +416,29 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if self._step_open or controller is None or controller.step >= self._budget:
             return
         plan = controller.begin_step()
-        if plan.save_best or plan.restore_best or plan.restore or plan.capture or plan.probe_before:
-            self._prepare_step(plan, pl_module)
-        else:  # most steps: nothing to copy or probe
-            self._level = None
-        apply_lr(self._optimizer, plan.lr, self._ratios)
+        if plan is not self._applied:  # (most steps reuse the plan of the step before: the optimizer holds its LR)
+            self._apply_plan(plan, pl_module)
         self._lr_logger(trainer, plan.lr)
-        # a skipped AMP step only matters to a trial's step count; reading the scale syncs with the device
-        self._scale_before = self._scaler_scale() if plan.phase == "search" else None
-        self._plan_probe = plan.probe
+        if self._reads_scale:  # a skipped AMP step only matters to a trial's step count; reading the scale syncs
+            self._scale_before = self._scaler_scale()
         self._step_open = True
         self._step_loss = None
-        self._step_loss_count = 0
+
+    def _apply_plan(self, plan: StepPlan, pl_module: pl.LightningModule) -> None:
+        """What a step's plan asks for before its step (snapshot copies, the stage-start probe), its LR set in the
+        optimizer, and what the end of its step will have to read (a probe, the AMP scale), once per plan: the steps
+        of a plan kept from the step before need none of it again."""
+        if plan.save_best or plan.restore_best or plan.restore or plan.capture or plan.probe_before:
+            self._prepare_step(plan, pl_module)
+        else:  # nothing to copy or probe
+            self._level = None
+        apply_lr(self._optimizer, plan.lr, self._ratios)
+        self._applied = plan
+        self._plan_probe = plan.probe
+        self._reads_scale = self._scaler is not None and plan.phase == "search"
+        self._scale_before = None
+        # the step's end hands the controller its loss and nothing else (most steps)
+        self._loss_only = not (plan.probe or self._reads_scale or self._level is not None or self._world_size > 1)
 
     def _prepare_step(self, plan: StepPlan, pl_module: pl.LightningModule) -> None:
         """The snapshot copies and the stage-start probe a step's plan asks for, before its LR is set."""
@@ -449,7 +465,6 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             if loss.requires_grad:  # (Lightning hands over a detached loss: detaching again costs a dispatch)
                 loss = loss.detach()
             self._step_loss = loss if self._step_loss is None else self._step_loss + loss
-            self._step_loss_count += 1
         global_step = self._global_step.completed  # (trainer.global_step)
         if global_step == self._seen_global_step:
             return  # gradient accumulation: the optimizer step has not happened yet
@@ -463,7 +478,19 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             controller.end_step(None, late=True)
             return
         # the one host read of this step (`item` reads the same value as `float`, with less dispatch)
-        step_loss = None if self._step_loss is None else float(self._step_loss.item())
+        step_loss = None if self._step_loss is None else self._step_loss.item()
+        if self._loss_only and step_loss is not None and not self._steps_without_loss:
+            events = controller.end_step(step_loss)  # most steps
+        else:
+            events = self._end_step(trainer, pl_module, step_loss)
+        if events:
+            self._act_on(trainer, events)
+
+    def _end_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step_loss: float | None) -> list[Any]:
+        """The controller's ``end_step`` with what the step's plan asked for besides its loss (a skipped AMP step, the
+        validation probe, the stage-start probe, the mean over the ranks), and the check for steps without a loss."""
+        controller = self.controller
+        assert controller is not None
         skipped = False
         if self._scale_before is not None:
             scale_after = self._scaler_scale()
@@ -481,9 +508,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             controller.record_level(level[0])
         if step_loss is None or self._steps_without_loss:
             self._check_loss_present(step_loss)
-        events = controller.end_step(step_loss, progressed=not skipped, probe=probe, probe_seconds=probe_seconds)
-        if events:
-            self._act_on(trainer, events)
+        return controller.end_step(step_loss, progressed=not skipped, probe=probe, probe_seconds=probe_seconds)
 
     @staticmethod
     def _reads_late(trainer: pl.Trainer) -> bool:
@@ -650,6 +675,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._trial.capture_module()
             committed.restore_module()
         self._held = what
+        self._applied = None  # (the optimizer's param groups may now hold the committed state's LR)
         return True
 
     def _release_committed(self) -> None:
@@ -661,6 +687,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             else:
                 self._trial.restore_module()
             self._held = None
+            self._applied = None
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -79,6 +79,7 @@ best together; about a third of the module is docstrings.
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -135,6 +136,7 @@ TRUST_FACTOR = 3.0
 #: Without a search (a budget too small for one), the schedule is the common baseline: a linear warmup over this share
 #: of the budget to the configured LR, then a half cosine down to ``min_lr``.
 FALLBACK_WARMUP = 0.05
+_MAX_FLOAT = sys.float_info.max  # (a loss above it is inf: never on end_step's short path)
 
 
 @dataclass(frozen=True)
@@ -358,6 +360,9 @@ class StageController:
         self._plan_range_test = False  # the open plan is a range-test step
         self._quiet: StepPlan | None = None  # a plan without actions that the next steps reuse (begin_step)
         self._quiet_until: float = 0  # ... before this step
+        # an exploit step planned by `_quiet` with a finite loss at or below this ends on end_step's short path (NaN:
+        # never; see _quiet_limit)
+        self._quiet_below = math.nan
         self._anneal_plan: StepPlan | None = None  # the last plan of an anneal step (begin_step)
         self._late: tuple[int, str, bool] | None = None  # (index, phase, in the anneal) of a loss still to come
         self._pending_restore = False
@@ -524,6 +529,17 @@ class StageController:
                 stride = self._overfit_stride()
                 until = min(until, self.step + stride - (self.step + 1 - self._overfit.base) % stride)
         self._quiet, self._quiet_until = plan, until
+        self._quiet_below = self._quiet_limit()
+
+    def _quiet_limit(self) -> float:
+        """The highest training loss a step planned by the kept exploit plan may have and still end on
+        :meth:`end_step`'s short path, where only the slow-collapse guard and the reference window see it: below
+        ``divergence_factor`` times the reference (the largest finite float when the reference is not positive).
+        NaN (no step takes the short path) for a search plan, or while the stage has no reference or no search."""
+        ref, quiet = self._ref_loss, self._quiet
+        if quiet is None or quiet.phase != "exploit" or ref is None or not self.stages or not self.stages[-1].trials:
+            return math.nan
+        return min(self.settings.divergence_factor * ref, _MAX_FLOAT) if ref > 0 else _MAX_FLOAT
 
     @property
     def loss_can_wait(self) -> bool:
@@ -583,9 +599,18 @@ class StageController:
             Events for the caller to log (:mod:`lightning_autolrs.records`; ``event["event"]`` is ``"trial"``,
             ``"search"``, ``"range_test"``, ``"fallback"`` or ``"anneal"``).
         """
-        if self._plan is None:
+        plan = self._plan
+        if (
+            plan is self._quiet
+            and isinstance(loss, float)  # (not a late step's: its loss is None)
+            and -math.inf < loss <= self._quiet_below  # (False for NaN, and for every loss without a kept exploit plan)
+            and plan is not None
+            and not self._pending_restore  # (a late fallback: this step trained weights that are thrown away)
+        ):
+            return self._quiet_exploit_step(plan.lr, loss)  # most steps of a run
+        if plan is None:
             raise RuntimeError("end_step() called without a matching begin_step()")
-        plan, self._plan = self._plan, None
+        self._plan = None
         self._history = None
         self.lrs.append(plan.lr)
         self.step += 1
@@ -595,8 +620,6 @@ class StageController:
         self.losses.append(loss if finite else None)
         if finite:
             self._stage_finite = True
-            if plan is self._quiet and plan.phase == "exploit" and not late:  # most steps: an exploit phase's kept plan
-                return self._quiet_exploit_loss(loss)  # type: ignore[arg-type]
         if late:
             self._late = (len(self.losses) - 1, plan.phase, self._anneal.active)
             if plan.phase == "exploit" and self.stages:
@@ -927,6 +950,7 @@ class StageController:
     def _note_reference(self, loss: float | None) -> None:
         if self._ref_loss is None and loss is not None and math.isfinite(loss):
             self._ref_loss = loss  # first stage, no history: the stage-start loss
+            self._quiet_below = self._quiet_limit()  # (the kept plan's later steps take the short path)
 
     # ------------------------------------------------------------------ search
     def _record_trial_step(self, loss: float | None, progressed: bool) -> list[Event]:
@@ -964,23 +988,19 @@ class StageController:
         self.stages[-1].exploit_steps += 1
         return self._exploit_loss(loss, self.step - 1)
 
-    def _quiet_exploit_loss(self, loss: float) -> list[Event]:
-        """:meth:`_record_exploit_step` for a finite loss at the end of a step planned by the kept quiet plan (most
-        steps of a run), in fewer calls: what only :meth:`_exploit_loss` handles (a restore already due, no reference
-        loss yet, a stage without a search, a loss above ``divergence_factor`` times the reference) goes there, before
-        anything is recorded; otherwise the loss can only have collapsed the stage (the guard records it)."""
-        record = self.stages[-1]
-        record.exploit_steps += 1
-        ref = self._ref_loss
-        if (
-            self._pending_restore
-            or ref is None
-            or not record.trials
-            or (ref > 0 and loss > self.settings.divergence_factor * ref)
-        ):
-            return self._exploit_loss(loss, self.step - 1)
+    def _quiet_exploit_step(self, lr: float, loss: float) -> list[Event]:
+        """:meth:`end_step` of a step planned by the kept exploit plan whose finite loss lies at or below
+        :attr:`_quiet_below` (most steps of a run), in fewer calls: no restore due, a reference and a search in the
+        stage, no divergence; the loss can only have collapsed the stage (the guard records it). What the other
+        exploit steps do, with the same records."""
+        self._plan = self._history = None
+        self.lrs.append(lr)
+        self.step += 1
+        self.losses.append(loss)
+        self._stage_finite = True
+        self.stages[-1].exploit_steps += 1
         guard = self._guard
-        if guard.enabled and guard.collapsed(loss, self._lr, self.min_lr):
+        if guard.enabled and guard.add(loss) and self._lr > self.min_lr:
             return self._exploit_fallback(loss, self.step - 1)
         self._recent.append(loss)
         return []

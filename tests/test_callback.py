@@ -45,6 +45,27 @@ def test_full_stages_and_step_accounting(pl, tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []  # no disk I/O
 
 
+def test_the_lr_the_optimizer_sees_survives_checkpoints_and_validation_inside_a_search(lpl, tmp_path) -> None:
+    """A plan kept from the step before is not applied again (issue #14): the optimizer already holds its LR. A
+    checkpoint or a validation run inside a search puts the committed state (the stage start, another LR in its
+    param groups) into the optimizer and back; every step still runs at the LR AutoLRS recorded for it."""
+    cb = AutoLRS(
+        min_lr=1e-3, max_lr=0.5, num_trials=3, tau=40, search_ratio=0.25, seed=0, verbose=False, monitor="train_loss",
+        anneal_ratio=0.2,
+    )  # fmt: skip
+    every = lpl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
+    lpl.seed_everything(0)
+    model = make_module_class(lpl)()
+    trainer = lpl.Trainer(
+        callbacks=[cb, every],
+        **trainer_kwargs(tmp_path, max_steps=200, limit_val_batches=1, val_check_interval=5, enable_checkpointing=True),
+    )
+    trainer.fit(model)
+    assert len(list((tmp_path / "ckpt").iterdir())) > 20 and trainer.global_step == 200
+    assert [g[0] for g in model.group_lrs] == cb.lrs  # what the optimizer saw at every step, to the bit
+    assert len(set(cb.lrs)) > 10  # (trials, exploit phases, the anneal)
+
+
 def test_param_group_ratios_are_kept(lpl, tmp_path) -> None:
     cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, seed=0, verbose=False)
     _, model = fit(lpl, tmp_path, cb, max_steps=60, module_kw=dict(two_groups=True, lr=0.1))

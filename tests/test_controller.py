@@ -659,17 +659,17 @@ def test_reused_quiet_plan_changes_no_plan(monkeypatch) -> None:
 
 def _quiet_exploit_cases() -> list:
     """Runs whose exploit phases take every branch at a quiet step's end, with the state after every step: the quiet
-    plan case (NaN and spike divergences, the exploit warmup, the anneal), spikes above ``divergence_factor`` times
-    the reference that stay below the fit's floor or reach it, losses at the bound and at the floor, validation probes
-    and an early anneal, an exploit phase without a reference loss yet, a late divergence reported before a step that
-    may not wait (a restore already due), a stage without a search and a slow collapse caught by the guard (the
-    probes' runs and the last two: their final state)."""
+    plan case (NaN and spike divergences, the exploit warmup, the anneal), spikes (and a -inf loss) above
+    ``divergence_factor`` times the reference that stay below the fit's floor or reach it, losses at the bound and at
+    the floor, validation probes and an early anneal, an exploit phase without a reference loss yet, a late divergence
+    reported before a step that may not wait (a restore already due), a stage without a search and a slow collapse
+    caught by the guard (the probes' runs and the last two: their final state)."""
     kw, losses = _quiet_case()
     out: list = [[], []]
     for late_reads, states in zip((False, True), out):
         _drive(StageController(1e-3, 1.0, **kw), losses, late_reads=late_reads, states=states)
     out.append([])
-    spikes = [0.005] * 45 + [0.1, 0.005, 1.1, 0.005, 1.2] + [0.005] * 10
+    spikes = [0.005] * 45 + [0.1, 0.005, 1.1, 0.005, 1.2] + [0.005] * 10 + [-math.inf] + [0.005] * 10
     _drive(_trained_down(), spikes, late_reads=False, states=out[-1])
     # stage 1's reference is 0.3: 1.5 is at the divergence bound (5x), no divergence; 2.0 is above it, below 10x,
     # and at the fit's floor (4.0 / 2): a divergence
@@ -710,18 +710,18 @@ def _quiet_exploit_cases() -> list:
 
 def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) -> None:
     """The end of a step that the kept quiet plan of an exploit phase planned (most steps of a run) takes a short path
-    (`_quiet_exploit_loss`, issue #14): every LR, record, event and state is what `end_step` gave before it (no step
+    (`_quiet_exploit_step`, issue #14): every LR, record, event and state is what `end_step` gave before it (no step
     routed there: the kept plan hidden from `end_step`), and both of its ways to a fallback are taken (the collapse
     guard on the short path; a divergence handed to the general one)."""
     calls = {"quiet": 0, "general": 0, "fallback_quiet": 0, "fallback_general": 0}
     quiet_end, general, fallback = (
-        StageController._quiet_exploit_loss, StageController._exploit_loss, StageController._exploit_fallback
+        StageController._quiet_exploit_step, StageController._exploit_loss, StageController._exploit_fallback
     )  # fmt: skip
     inside = []
 
-    def counted_quiet(self, loss):
+    def counted_quiet(self, lr, loss):
         calls["quiet"] += 1
-        return quiet_end(self, loss)
+        return quiet_end(self, lr, loss)
 
     def counted_general(self, loss, step):
         calls["general"] += 1
@@ -735,14 +735,14 @@ def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) 
         calls["fallback_general" if inside else "fallback_quiet"] += 1
         return fallback(self, loss, step)
 
-    monkeypatch.setattr(StageController, "_quiet_exploit_loss", counted_quiet)
+    monkeypatch.setattr(StageController, "_quiet_exploit_step", counted_quiet)
     monkeypatch.setattr(StageController, "_exploit_loss", counted_general)
     monkeypatch.setattr(StageController, "_exploit_fallback", counted_fallback)
     short = _quiet_exploit_cases()
     assert calls["quiet"] > 200 and calls["fallback_quiet"] >= 1 and calls["fallback_general"] >= 3
     monkeypatch.undo()
     end_step = StageController.end_step
-    hidden = object()
+    hidden = StepPlan(math.nan, "hidden")  # (a plan no step gets)
 
     def general_end_step(self, *args, **kwargs):  # end_step as before the short path: no plan is the kept one
         kept, self._quiet = self._quiet, hidden
@@ -753,7 +753,7 @@ def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) 
                 self._quiet = kept
 
     monkeypatch.setattr(StageController, "end_step", general_end_step)
-    monkeypatch.setattr(StageController, "_quiet_exploit_loss", None)  # never called
+    monkeypatch.setattr(StageController, "_quiet_exploit_step", None)  # never called
     assert _quiet_exploit_cases() == short
 
 
