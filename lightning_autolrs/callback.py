@@ -180,6 +180,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         # the plan whose LR the optimizer holds (a kept plan's later steps set nothing); None after anything that may
         # have set the optimizer's param groups from elsewhere (a snapshot put back, a new fit)
         self._applied: Any = None
+        self._applied_lr = math.nan  # the LR it set in the first param group
         self._scale_before: float | None = None
         self._reads_scale = False  # the plan's steps read the AMP scale before and after (a search step, with AMP)
         self._loss_only = False  # the plan's steps end with their loss alone (_apply_plan)
@@ -416,7 +417,9 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if self._step_open or controller is None or controller.step >= self._budget:
             return
         plan = controller.begin_step()
-        if plan is not self._applied:  # (most steps reuse the plan of the step before: the optimizer holds its LR)
+        # most steps reuse the plan of the step before, whose LR the optimizer holds, unless code outside AutoLRS
+        # wrote another one (AutoLRS's own LR wins at every step, as it did before plans were kept)
+        if plan is not self._applied or self._optimizer.param_groups[0]["lr"] != self._applied_lr:
             self._apply_plan(plan, pl_module)
         self._lr_logger(trainer, plan.lr)
         if self._reads_scale:  # a skipped AMP step only matters to a trial's step count; reading the scale syncs
@@ -434,6 +437,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._level = None
         apply_lr(self._optimizer, plan.lr, self._ratios)
         self._applied = plan
+        self._applied_lr = self._optimizer.param_groups[0]["lr"]
         self._plan_probe = plan.probe
         self._reads_scale = self._scaler is not None and plan.phase == "search"
         self._scale_before = None

@@ -600,14 +600,15 @@ class StageController:
             ``"search"``, ``"range_test"``, ``"fallback"`` or ``"anneal"``).
         """
         plan = self._plan
-        if (
-            plan is self._quiet
-            and isinstance(loss, float)  # (not a late step's: its loss is None)
-            and -math.inf < loss <= self._quiet_below  # (False for NaN, and for every loss without a kept exploit plan)
-            and plan is not None
-            and not self._pending_restore  # (a late fallback: this step trained weights that are thrown away)
-        ):
-            return self._quiet_exploit_step(plan.lr, loss)  # most steps of a run
+        # most steps of a run: a finite loss (not a late step's: its loss is None) at the end of a step that an exploit
+        # phase's kept plan planned, below the divergence bound, or of a step of the final anneal; no restore due (a
+        # late fallback: this step trained weights that are thrown away)
+        if plan is not None and type(loss) is float and not self._pending_restore:  # (a float, not a subclass: the
+            # state keeps plain floats, which `torch.load(weights_only=True)` reads)
+            if plan is self._quiet and -math.inf < loss <= self._quiet_below:  # (False for NaN; for a search plan)
+                return self._short_step(plan.lr, loss, exploit=True)
+            if plan is self._anneal_plan and -math.inf < loss < math.inf:
+                return self._short_step(plan.lr, loss, exploit=False)
         if plan is None:
             raise RuntimeError("end_step() called without a matching begin_step()")
         self._plan = None
@@ -988,17 +989,21 @@ class StageController:
         self.stages[-1].exploit_steps += 1
         return self._exploit_loss(loss, self.step - 1)
 
-    def _quiet_exploit_step(self, lr: float, loss: float) -> list[Event]:
-        """:meth:`end_step` of a step planned by the kept exploit plan whose finite loss lies at or below
-        :attr:`_quiet_below` (most steps of a run), in fewer calls: no restore due, a reference and a search in the
-        stage, no divergence; the loss can only have collapsed the stage (the guard records it). What the other
-        exploit steps do, with the same records."""
+    def _short_step(self, lr: float, loss: float, exploit: bool) -> list[Event]:
+        """:meth:`end_step` of most steps of a run, in fewer calls, with the records the general path keeps: a finite
+        loss and no restore due, at the end of a step planned by the kept exploit plan (``exploit``) at or below
+        :attr:`_quiet_below` (a reference and a search in the stage, no divergence: the loss can only have collapsed
+        the stage, which the guard records), or by the final anneal's kept plan (where only a NaN/inf acts)."""
         self._plan = self._history = None
         self.lrs.append(lr)
         self.step += 1
         self.losses.append(loss)
         self._stage_finite = True
-        self.stages[-1].exploit_steps += 1
+        stages = self.stages
+        if stages:  # (an anneal without a search, the budget's fallback, has no stage)
+            stages[-1].exploit_steps += 1
+        if not exploit:
+            return []
         guard = self._guard
         if guard.enabled and guard.add(loss) and self._lr > self.min_lr:
             return self._exploit_fallback(loss, self.step - 1)

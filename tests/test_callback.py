@@ -66,6 +66,25 @@ def test_the_lr_the_optimizer_sees_survives_checkpoints_and_validation_inside_a_
     assert len(set(cb.lrs)) > 10  # (trials, exploit phases, the anneal)
 
 
+def test_an_lr_written_by_other_code_is_overwritten_at_the_next_step(lpl, tmp_path) -> None:
+    """AutoLRS sets its LR at every step, also where a kept plan's LR is already in the optimizer: an LR that other
+    code writes into the param groups (here the first 18 steps' `training_step`) lasts only that step."""
+
+    class Meddling(make_module_class(lpl)):
+        def training_step(self, batch, batch_idx):
+            if self.global_step < 18:
+                self.optimizers().param_groups[0]["lr"] = 0.01
+            return super().training_step(batch, batch_idx)
+
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=2, tau=20, search_ratio=0.25, seed=0, verbose=False)
+    lpl.seed_everything(0)
+    model = Meddling()
+    lpl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_steps=80)).fit(model)
+    seen = [g[0] for g in model.group_lrs]
+    assert seen[:18] == [0.01] * 18 and seen[18:] == cb.lrs[18:]
+    assert len(set(cb.lrs[11:25])) == 1 and cb.lrs[18] != 0.01  # (an exploit phase's kept plan, steps 11-24)
+
+
 def test_param_group_ratios_are_kept(lpl, tmp_path) -> None:
     cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, seed=0, verbose=False)
     _, model = fit(lpl, tmp_path, cb, max_steps=60, module_kw=dict(two_groups=True, lr=0.1))

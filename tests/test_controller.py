@@ -228,6 +228,23 @@ def test_the_fits_first_loss_survives_a_checkpoint() -> None:
     assert c.lrs == resumed.lrs and c.history == resumed.history
 
 
+def test_losses_of_float_subclasses_are_kept_as_plain_floats() -> None:
+    """A caller may hand ``end_step`` a numpy float; the state keeps plain floats on every path (the short path of
+    most steps included), so ``torch.load(weights_only=True)`` reads it back."""
+    import io
+
+    import numpy as np
+
+    c = make(total=None, num_trials=2, tau=20, tau_max=20, search_ratio=0.25)
+    for i in range(80):
+        c.begin_step()
+        c.end_step(np.float64(1.0 / (1 + 0.05 * i)))
+    assert c.phase == "exploit" and {type(x) for x in c.losses} == {float}
+    torch.save(c.state_dict(), buf := io.BytesIO())
+    buf.seek(0)
+    assert torch.load(buf, weights_only=True)["losses"] == c.losses
+
+
 def test_first_proposal_is_deterministic_given_seed() -> None:
     a, b, other = make(seed=3), make(seed=3), make(seed=4)
     assert a.begin_step().lr == b.begin_step().lr != other.begin_step().lr
@@ -662,8 +679,9 @@ def _quiet_exploit_cases() -> list:
     plan case (NaN and spike divergences, the exploit warmup, the anneal), spikes (and a -inf loss) above
     ``divergence_factor`` times the reference that stay below the fit's floor or reach it, losses at the bound and at
     the floor, validation probes and an early anneal, an exploit phase without a reference loss yet, a late divergence
-    reported before a step that may not wait (a restore already due), a stage without a search and a slow collapse
-    caught by the guard (the probes' runs and the last two: their final state)."""
+    reported before a step that may not wait (a restore already due), a budget without a search (NaN and inf in its
+    anneal), a stage without a search and a slow collapse caught by the guard (the probes' runs and the last two:
+    their final state)."""
     kw, losses = _quiet_case()
     out: list = [[], []]
     for late_reads, states in zip((False, True), out):
@@ -705,23 +723,29 @@ def _quiet_exploit_cases() -> list:
     )  # fmt: skip
     Quadratic().run(unsearched, 500)
     collapsing, _ = _collapsing_run(collapse_guard=True)
+    # a budget too small for a search: warmup and a half cosine without a stage, a NaN in its anneal
+    settings = Settings(verbose=False)
+    no_search = StageController.from_settings(settings, derive(settings, configured_lr=0.05, total_steps=200))
+    out.append([])
+    anneal = [math.nan] + [0.7] * 60 + [math.inf] + [0.7] * 78  # (NaN and inf: a restore, a tenfold lower start)
+    _drive(no_search, [1.0 - 0.004 * i for i in range(60)] + anneal, late_reads=False, states=out[-1])
     return out + [(c.lrs, c.losses, c.history, c.state_dict()) for c in (unsearched, collapsing)]
 
 
 def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) -> None:
-    """The end of a step that the kept quiet plan of an exploit phase planned (most steps of a run) takes a short path
-    (`_quiet_exploit_step`, issue #14): every LR, record, event and state is what `end_step` gave before it (no step
-    routed there: the kept plan hidden from `end_step`), and both of its ways to a fallback are taken (the collapse
-    guard on the short path; a divergence handed to the general one)."""
-    calls = {"quiet": 0, "general": 0, "fallback_quiet": 0, "fallback_general": 0}
+    """The end of a step that the kept quiet plan of an exploit phase or the final anneal's kept plan planned (most
+    steps of a run) takes a short path (`_short_step`, issue #14): every LR, record, event and state is what `end_step`
+    gave before it (no step routed there: the kept plans hidden from `end_step`), and both of the exploit phase's ways
+    to a fallback are taken (the collapse guard on the short path; a divergence handed to the general one)."""
+    calls = {"quiet": 0, "anneal": 0, "general": 0, "fallback_quiet": 0, "fallback_general": 0}
     quiet_end, general, fallback = (
-        StageController._quiet_exploit_step, StageController._exploit_loss, StageController._exploit_fallback
+        StageController._short_step, StageController._exploit_loss, StageController._exploit_fallback
     )  # fmt: skip
     inside = []
 
-    def counted_quiet(self, lr, loss):
-        calls["quiet"] += 1
-        return quiet_end(self, lr, loss)
+    def counted_quiet(self, lr, loss, exploit):
+        calls["quiet" if exploit else "anneal"] += 1
+        return quiet_end(self, lr, loss, exploit)
 
     def counted_general(self, loss, step):
         calls["general"] += 1
@@ -735,25 +759,28 @@ def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) 
         calls["fallback_general" if inside else "fallback_quiet"] += 1
         return fallback(self, loss, step)
 
-    monkeypatch.setattr(StageController, "_quiet_exploit_step", counted_quiet)
+    monkeypatch.setattr(StageController, "_short_step", counted_quiet)
     monkeypatch.setattr(StageController, "_exploit_loss", counted_general)
     monkeypatch.setattr(StageController, "_exploit_fallback", counted_fallback)
     short = _quiet_exploit_cases()
     assert calls["quiet"] > 200 and calls["fallback_quiet"] >= 1 and calls["fallback_general"] >= 3
+    assert calls["anneal"] > 100
     monkeypatch.undo()
     end_step = StageController.end_step
     hidden = StepPlan(math.nan, "hidden")  # (a plan no step gets)
 
     def general_end_step(self, *args, **kwargs):  # end_step as before the short path: no plan is the kept one
         kept, self._quiet = self._quiet, hidden
+        annealing, self._anneal_plan = self._anneal_plan, hidden
         try:
             return end_step(self, *args, **kwargs)
         finally:
             if self._quiet is hidden:  # (unless the step dropped it: an early anneal)
                 self._quiet = kept
+            self._anneal_plan = annealing
 
     monkeypatch.setattr(StageController, "end_step", general_end_step)
-    monkeypatch.setattr(StageController, "_quiet_exploit_step", None)  # never called
+    monkeypatch.setattr(StageController, "_short_step", None)  # never called
     assert _quiet_exploit_cases() == short
 
 
