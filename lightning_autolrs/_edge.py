@@ -350,8 +350,9 @@ def report_event(
         if found is not None and r.min_lr >= found:  # (min_lr is found / 1000 unless given)
             blew_up = f"saw the loss blow up at lr={r.lrs[-1]:.3g}" if r.stopped_early and r.lrs else "saw no blow-up"
             rank_zero_warn(
-                f"AutoLRS range test: the given min_lr={r.min_lr:.3g} is at or above the max_lr={found:.3g} the sweep "
-                f"found (it {blew_up}), so the search range is min_lr={r.min_lr:.3g} ... max_lr={r.max_lr:.3g} and "
+                f"AutoLRS range test: the given min_lr={r.min_lr:.3g} is at or above the max_lr={found:.3g} the range "
+                f"test derived (the sweep {blew_up}), so the search range is min_lr={r.min_lr:.3g} ... "
+                f"max_lr={r.max_lr:.3g} and "
                 "its trials may diverge. Lower `min_lr` (or leave it out: the range test sets both), or give "
                 "`max_lr` too.",
                 category=AutoLRSWarning,

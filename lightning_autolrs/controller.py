@@ -532,12 +532,15 @@ class StageController:
         self._quiet_below = self._quiet_limit()
 
     def _quiet_limit(self) -> float:
-        """The highest training loss a step planned by the kept exploit plan may have and still end on
-        :meth:`end_step`'s short path, where only the slow-collapse guard and the reference window see it: below
-        ``divergence_factor`` times the reference (the largest finite float when the reference is not positive).
-        NaN (no step takes the short path) for a search plan, or while the stage has no reference or no search."""
+        """The highest training loss a step planned by the kept plan may have and still end on :meth:`end_step`'s
+        short path (an exploit step: where only the slow-collapse guard and the reference window see it; a search
+        step: where only its trial's series does): below ``divergence_factor`` times the reference (the largest finite
+        float when the reference is not positive). NaN (no step takes the short path) while the stage has no
+        reference, or for an exploit plan, no search."""
         ref, quiet = self._ref_loss, self._quiet
-        if quiet is None or quiet.phase != "exploit" or ref is None or not self.stages or not self.stages[-1].trials:
+        if quiet is None or ref is None or not self.stages:
+            return math.nan
+        if quiet.phase != "search" and (quiet.phase != "exploit" or not self.stages[-1].trials):
             return math.nan
         return min(self.settings.divergence_factor * ref, _MAX_FLOAT) if ref > 0 else _MAX_FLOAT
 
@@ -605,10 +608,13 @@ class StageController:
         # late fallback: this step trained weights that are thrown away)
         if plan is not None and type(loss) is float and not self._pending_restore:  # (a float, not a subclass: the
             # state keeps plain floats, which `torch.load(weights_only=True)` reads)
-            if plan is self._quiet and -math.inf < loss <= self._quiet_below:  # (False for NaN; for a search plan)
-                return self._short_step(plan.lr, loss, exploit=True)
-            if plan is self._anneal_plan and -math.inf < loss < math.inf:
-                return self._short_step(plan.lr, loss, exploit=False)
+            if plan is self._quiet and -math.inf < loss <= self._quiet_below:  # (False for NaN)
+                if plan.phase == "exploit":
+                    return self._short_step(plan.lr, loss, "exploit")
+                if progressed and self.search.record_quiet_step(loss):  # (a trial's step before its last)
+                    return self._short_step(plan.lr, loss, "search")
+            elif plan is self._anneal_plan and -math.inf < loss < math.inf:
+                return self._short_step(plan.lr, loss, "anneal")
         if plan is None:
             raise RuntimeError("end_step() called without a matching begin_step()")
         self._plan = None
@@ -989,20 +995,27 @@ class StageController:
         self.stages[-1].exploit_steps += 1
         return self._exploit_loss(loss, self.step - 1)
 
-    def _short_step(self, lr: float, loss: float, exploit: bool) -> list[Event]:
+    def _short_step(self, lr: float, loss: float, phase: str) -> list[Event]:
         """:meth:`end_step` of most steps of a run, in fewer calls, with the records the general path keeps: a finite
-        loss and no restore due, at the end of a step planned by the kept exploit plan (``exploit``) at or below
-        :attr:`_quiet_below` (a reference and a search in the stage, no divergence: the loss can only have collapsed
-        the stage, which the guard records), or by the final anneal's kept plan (where only a NaN/inf acts)."""
+        loss and no restore due, at the end of a step planned by a kept plan at or below :attr:`_quiet_below` (a
+        reference in the stage, no divergence): of an exploit phase (``"exploit"``, with a search in the stage: the
+        loss can only have collapsed the stage, which the guard records) or of a search trial before its last step
+        (``"search"``, whose trial has recorded the loss: :meth:`StageSearch.record_quiet_step`); or planned by the
+        final anneal's kept plan (``"anneal"``, where only a NaN/inf acts)."""
         self._plan = self._history = None
         self.lrs.append(lr)
         self.step += 1
         self.losses.append(loss)
         self._stage_finite = True
         stages = self.stages
+        if phase == "search":
+            stages[-1].search_steps += 1
+            if self.search.trial == 0:
+                self._guard.note_start(loss)  # the stage's first losses, from the stage-start state
+            return []
         if stages:  # (an anneal without a search, the budget's fallback, has no stage)
             stages[-1].exploit_steps += 1
-        if not exploit:
+        if phase == "anneal":
             return []
         guard = self._guard
         if guard.enabled and guard.add(loss) and self._lr > self.min_lr:

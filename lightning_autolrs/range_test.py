@@ -112,8 +112,9 @@ class RangeTest:
             self.lrs = sweep
         self.given = given
         self.result: RangeTestResult | None = None
-        #: The ``max_lr`` the sweep pointed to, before a given ``min_lr`` (``None``: not ended, or ``max_lr`` given;
-        #: not part of the state: read when the sweep ends).
+        #: The ``max_lr`` the range test derived (the sweep's, or the configured LR where that floor applies), before a
+        #: given ``min_lr`` (``None``: not ended in this process, or ``max_lr`` given; not part of the state: read when
+        #: the sweep ends).
         self.found_max_lr: float | None = None
         self._lrs: list[float] = []
         self._losses: list[float | None] = []
@@ -281,9 +282,10 @@ class RangeTest:
     def _finish(self, stopped: bool, step: int) -> RangeTestResult:
         if stopped and all(v is None for v in self._losses):  # it stopped on a NaN/inf loss and saw no finite one
             assert self.lrs is not None
-            # (the sweep stops at its first NaN/inf: the steps before it returned no loss at all)
+            # (the sweep stops at its first NaN/inf: the steps before it returned no loss, or, in a sweep resumed from a
+            # checkpoint written at that error, one of them was the NaN/inf that raised it)
             n = len(self._lrs)
-            seen = "" if n == 1 else f"its first {n - 1} step(s) returned no loss and "
+            seen = "" if n == 1 else f"its first {n - 1} step(s) gave no finite loss and "
             raise NonFiniteLossError(
                 f"The LR range test saw no finite training loss: {seen}its step {n}'s loss was NaN/inf at "
                 f"lr={self._lrs[-1]:.3g} (the sweep began at {self.lrs[0]:.3g}): no LR gave a finite loss, so the "

@@ -256,8 +256,8 @@ class SearchEvent(Event):
 
 @dataclass
 class RangeTestEvent(Event):
-    """The range test finished (``first_lr``: the sweep's lowest LR; ``found_max_lr``: the ``max_lr`` the sweep
-    pointed to before a given ``min_lr`` applied, ``None`` where ``max_lr`` was given)."""
+    """The range test finished (``first_lr``: the sweep's lowest LR; ``found_max_lr``: the ``max_lr`` the range
+    test derived before a given ``min_lr`` applied, ``None`` where ``max_lr`` was given)."""
 
     kind: ClassVar[str] = "range_test"
     first_lr: float

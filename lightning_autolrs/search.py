@@ -206,6 +206,15 @@ class StageSearch:
             return None
         return self._finish_trial(record, lr, step, diverged)
 
+    def record_quiet_step(self, loss: float) -> bool:
+        """:meth:`record_step` of a step with a finite loss that did not diverge, unless the step ends its trial: then
+        ``False``, and nothing is recorded (the caller takes :meth:`record_step`)."""
+        if self.trial_steps + 1 >= self.tau_prime:
+            return False
+        self.trial_steps += 1
+        self.trial_losses.append(loss)
+        return True
+
     def _series(self) -> tuple[list[float], int]:
         """The series the current trial is judged on and its forecast horizon (in that series' units)."""
         if self.probe_stride:  # judged on validation probes, one every `stride` steps (the stage start's first)

@@ -584,7 +584,9 @@ def test_a_given_min_lr_above_the_range_found_warns_and_keeps_the_search_near_it
     ``min_lr ... min_lr x 1000`` without a word. It warns once, naming both and the fix, searches up to the highest LR
     the sweep took without blowing up (at least 10x ``min_lr``), and the guards keep the model finite."""
     cb = AutoLRS(seed=0, verbose=False, min_lr=2.0, range_test=True)
-    with pytest.warns(AutoLRSWarning, match=r"given min_lr=2 is at or above the max_lr=\S+ the sweep found") as rec:
+    with pytest.warns(
+        AutoLRSWarning, match=r"given min_lr=2 is at or above the max_lr=\S+ the range test derived"
+    ) as rec:
         _, model = fit(lpl, tmp_path, cb, max_steps=700, module_kw=dict(lr=0.05))
     assert sum("given min_lr" in str(w.message) for w in rec) == 1
     assert "Lower `min_lr`" in next(str(w.message) for w in rec if "given min_lr" in str(w.message))

@@ -737,15 +737,15 @@ def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) 
     steps of a run) takes a short path (`_short_step`, issue #14): every LR, record, event and state is what `end_step`
     gave before it (no step routed there: the kept plans hidden from `end_step`), and both of the exploit phase's ways
     to a fallback are taken (the collapse guard on the short path; a divergence handed to the general one)."""
-    calls = {"quiet": 0, "anneal": 0, "general": 0, "fallback_quiet": 0, "fallback_general": 0}
+    calls = {"quiet": 0, "anneal": 0, "search": 0, "general": 0, "fallback_quiet": 0, "fallback_general": 0}
     quiet_end, general, fallback = (
         StageController._short_step, StageController._exploit_loss, StageController._exploit_fallback
     )  # fmt: skip
     inside = []
 
-    def counted_quiet(self, lr, loss, exploit):
-        calls["quiet" if exploit else "anneal"] += 1
-        return quiet_end(self, lr, loss, exploit)
+    def counted_quiet(self, lr, loss, phase):
+        calls["quiet" if phase == "exploit" else phase] += 1
+        return quiet_end(self, lr, loss, phase)
 
     def counted_general(self, loss, step):
         calls["general"] += 1
@@ -764,7 +764,7 @@ def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) 
     monkeypatch.setattr(StageController, "_exploit_fallback", counted_fallback)
     short = _quiet_exploit_cases()
     assert calls["quiet"] > 200 and calls["fallback_quiet"] >= 1 and calls["fallback_general"] >= 3
-    assert calls["anneal"] > 100
+    assert calls["anneal"] > 100 and calls["search"] > 100
     monkeypatch.undo()
     end_step = StageController.end_step
     hidden = StepPlan(math.nan, "hidden")  # (a plan no step gets)
@@ -782,6 +782,22 @@ def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) 
     monkeypatch.setattr(StageController, "end_step", general_end_step)
     monkeypatch.setattr(StageController, "_short_step", None)  # never called
     assert _quiet_exploit_cases() == short
+
+
+def test_a_skipped_step_inside_a_trial_is_not_one_of_its_steps_on_the_short_path() -> None:
+    """A search step planned by the kept plan (trials judged on the training loss) whose optimizer step was skipped
+    (AMP, ``progressed=False``) counts in the stage's search steps, not in its trial's, as on the general path."""
+    c = make(total=None, num_trials=3, tau=40, tau_max=40, search_ratio=0.25)
+    for _ in range(3):
+        c.begin_step()
+        c.end_step(1.0)
+    assert c.phase == "search" and c.begin_step() is c._quiet
+    before = c.search.trial_steps
+    c.end_step(0.9, progressed=False)
+    assert c.search.trial_steps == before and c.stages[-1].search_steps == 4
+    c.begin_step()
+    c.end_step(0.9)
+    assert c.search.trial_steps == before + 1 and c.search.trial_losses[-1] == 0.9
 
 
 def test_reused_quiet_plan_is_dropped_when_the_state_is_set_from_outside() -> None:

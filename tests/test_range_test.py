@@ -140,7 +140,7 @@ def test_range_test_without_any_finite_loss_raises_instead_of_setting_a_range() 
         late.begin_step()
         late.end_step(None)
     late.begin_step()
-    with pytest.raises(NonFiniteLossError, match=r"its first 2 step\(s\) returned no loss and its step 3's loss"):
+    with pytest.raises(NonFiniteLossError, match=r"its first 2 step\(s\) gave no finite loss and its step 3's loss"):
         late.end_step(math.inf)
 
 
@@ -205,6 +205,12 @@ def test_a_given_min_lr_above_the_range_found_keeps_the_sweeps_evidence() -> Non
     blew = sweep(0.5, [1.0, 0.9, 0.7, 0.5, 0.3, 0.2, 50.0, 1.0, 1.0, 1.0, 1.0])  # blew up at 10^-1.6, below min_lr
     assert blew.result is not None and blew.result.stopped_early and blew.result.lrs[-1] < 0.5
     assert blew.result.max_lr == pytest.approx(0.5 * GIVEN_MIN_SPAN)  # (was 500)
+    # blew up at the sweep's last LR, far above 10x min_lr: max_lr is the LR before it (the blow-up's is not taken)
+    steep = RangeTest(9, (1e-4, 1.0), given=(0.005, None))
+    for i, loss in enumerate([1.0, 0.5, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 50.0]):
+        steep.record(steep.lr(i), loss, step=i + 1)
+    assert steep.result is not None and steep.result.stopped_early and steep.found_max_lr == pytest.approx(1e-4)
+    assert steep.result.max_lr == pytest.approx(10**-0.5)
     below = sweep(1e-4, falls)  # a given min_lr below what was found: the found max_lr, as before
     assert below.result is not None and below.result.max_lr == below.found_max_lr and below.found_max_lr > 1e-4
     hi_given = RangeTest(4, (1e-4, 1.0), given=(None, 0.3))
@@ -416,7 +422,7 @@ def test_a_sweep_that_saw_only_non_finite_losses_raises_instead_of_deriving_a_ra
     assert rt.result is None
     skipped = RangeTest(10, (1e-4, 1.0), given=(None, None))  # steps without a loss, then NaN: still nothing finite
     assert skipped.record(1e-4, None) is None
-    with pytest.raises(NonFiniteLossError, match=r"its first 1 step\(s\) returned no loss and its step 2's loss"):
+    with pytest.raises(NonFiniteLossError, match=r"its first 1 step\(s\) gave no finite loss and its step 2's loss"):
         skipped.record(2e-4, math.inf)
     late = RangeTest(10, (1e-4, 1.0), given=(None, None))  # one finite loss is enough to derive a range
     late.record(1e-4, 1.0)
