@@ -360,8 +360,8 @@ class StageController:
         self._plan_range_test = False  # the open plan is a range-test step
         self._quiet: StepPlan | None = None  # a plan without actions that the next steps reuse (begin_step)
         self._quiet_until: float = 0  # ... before this step
-        # an exploit step planned by `_quiet` with a finite loss at or below this ends on end_step's short path (NaN:
-        # never; see _quiet_limit)
+        # a step planned by `_quiet` (an exploit phase's, or a search trial's before its last step) with a finite
+        # loss at or below this ends on end_step's short path (NaN: never; see _quiet_limit)
         self._quiet_below = math.nan
         self._anneal_plan: StepPlan | None = None  # the last plan of an anneal step (begin_step)
         self._late: tuple[int, str, bool] | None = None  # (index, phase, in the anneal) of a loss still to come
@@ -603,11 +603,11 @@ class StageController:
             ``"search"``, ``"range_test"``, ``"fallback"`` or ``"anneal"``).
         """
         plan = self._plan
-        # most steps of a run: a finite loss (not a late step's: its loss is None) at the end of a step that an exploit
-        # phase's kept plan planned, below the divergence bound, or of a step of the final anneal; no restore due (a
-        # late fallback: this step trained weights that are thrown away)
-        if plan is not None and type(loss) is float and not self._pending_restore:  # (a float, not a subclass: the
-            # state keeps plain floats, which `torch.load(weights_only=True)` reads)
+        # most steps of a run: a finite loss at the end of a step that a kept plan planned (an exploit phase's, or a
+        # search trial's before its last step), below the divergence bound, or of a step of the final anneal; no
+        # restore due (a late fallback: this step trained weights that are thrown away); a float, not a subclass (the
+        # state keeps plain floats, which `torch.load(weights_only=True)` reads)
+        if plan is not None and type(loss) is float and not self._pending_restore and not late:
             if plan is self._quiet and -math.inf < loss <= self._quiet_below:  # (False for NaN)
                 if plan.phase == "exploit":
                     return self._short_step(plan.lr, loss, "exploit")
@@ -639,7 +639,8 @@ class StageController:
                 self._recent.append(loss)
             return []
         if plan.phase == "search":
-            self.stages[-1].probe_seconds += float(probe_seconds)
+            if plan.probe:  # (as an exploit step's: a step without a probe has no probe time)
+                self.stages[-1].probe_seconds += float(probe_seconds)
             if plan.probe and progressed and probe is not None:
                 self.search.add_probe(probe)
             return self._record_trial_step(loss, progressed)

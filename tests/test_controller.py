@@ -798,6 +798,10 @@ def test_a_skipped_step_inside_a_trial_is_not_one_of_its_steps_on_the_short_path
     c.begin_step()
     c.end_step(0.9)
     assert c.search.trial_steps == before + 1 and c.search.trial_losses[-1] == 0.9
+    for _ in range(3):  # probe time counts only for steps that probed, on any path (the trial's first, its middle)
+        c.begin_step()
+        c.end_step(0.8, probe_seconds=0.5)
+    assert c.stages[-1].probe_seconds == 0.0
 
 
 def test_reused_quiet_plan_is_dropped_when_the_state_is_set_from_outside() -> None:
