@@ -261,16 +261,20 @@ class RangeTest:
             end -= 1  # the loss that blew up
         return [v for v in self._losses[:end] if v is not None]
 
-    def _reached(self, stopped: bool) -> float:
-        """The highest swept LR whose loss was finite and did not stop the sweep (0.0: none)."""
-        end = len(self._lrs) - 1 if stopped else len(self._lrs)
-        return max((lr for lr, v in zip(self._lrs[:end], self._losses[:end]) if v is not None), default=0.0)
-
-    def _found_max(self, stopped: bool) -> float:
-        assert self.lrs is not None
+    def _points(self, stopped: bool) -> list[tuple[float, float]]:
+        """The sweep's ``(lr, loss)`` with a finite loss, less the step that blew up when it ``stopped``."""
         points = [(lr, v) for lr, v in zip(self._lrs, self._losses) if v is not None]
         if stopped and points and self._losses[-1] is not None:
             points = points[:-1]  # the step that blew up
+        return points
+
+    def _reached(self, stopped: bool) -> float:
+        """The highest swept LR whose loss was finite and did not stop the sweep (0.0: none)."""
+        return max((lr for lr, _ in self._points(stopped)), default=0.0)
+
+    def _found_max(self, stopped: bool) -> float:
+        assert self.lrs is not None
+        points = self._points(stopped)
         if not points:  # not a single finite loss (only steps without one): the lowest swept LR
             return self.lrs[0]
         h = max(1, len(points) // 10)
@@ -289,9 +293,8 @@ class RangeTest:
             raise NonFiniteLossError(
                 f"The LR range test saw no finite training loss: {seen}its step {n}'s loss was NaN/inf at "
                 f"lr={self._lrs[-1]:.3g} (the sweep began at {self.lrs[0]:.3g}): no LR gave a finite loss, so the "
-                "fault is in "
-                "`training_step` or the data (a NaN input, log(0), ...), not in the LR. Fix the loss; giving "
-                "`min_lr`/`max_lr` skips the range test but will not make it finite."
+                "fault is in `training_step` or the data (a NaN input, log(0), ...), not in the LR. Fix the loss; "
+                "giving `min_lr`/`max_lr` skips the range test but will not make it finite."
             )
         given_lo, given_hi = self.given
         hi = given_hi if given_hi is not None else self._found_max(stopped)
