@@ -35,6 +35,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -167,6 +168,61 @@ def bench_forecast(ms: Sequence[int], reps: int) -> list[dict[str, Any]]:
             times.append(time.perf_counter() - start)
             methods.add(out.method)
         rows.append({"m": m, "median": statistics.median(times), "max": max(times), "methods": sorted(methods)})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- 2b. on a busy machine
+@contextlib.contextmanager
+def _busy_core() -> Iterator[None]:
+    """Keep one core busy with another process (as DataLoader workers or other jobs do) while the block runs."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # (let it start spinning)
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def bench_busy(reps: int) -> list[dict[str, Any]]:
+    """A decision at 10 observations and forecasts of 100 / 800 points with torch's default threads while another
+    process keeps one core busy: as shipped (``propose`` / ``predict`` run on one thread) against the same call on
+    torch's threads (the undecorated function, ``__wrapped__``), interleaved, the order alternating."""
+    from lightning_autolrs.forecast import ExponentialForecaster
+    from lightning_autolrs.proposer import LRProposer
+
+    def proposer(n: int, rep: int, seed: int) -> LRProposer:
+        p = LRProposer(1e-4, 1.0, seed=seed)  # (the seeds differ so that the two never share a GP fit)
+        for lr, y in zip(*_synthetic_observations(n, rep)):
+            p.observe(lr, y)
+        return p
+
+    fc = ExponentialForecaster()
+    predict_on_torch_threads = ExponentialForecaster.predict.__wrapped__  # type: ignore[attr-defined]
+    rows = []
+    with warnings.catch_warnings(), _busy_core():
+        warnings.simplefilter("ignore")
+        proposer(10, 99, 0).propose()
+        LRProposer.propose.__wrapped__(proposer(10, 98, 1))  # type: ignore[attr-defined]
+        for label, size in (("decision, 10 observations", 10), ("forecast, 100 points", 100),
+                            ("forecast, 800 points", 800)):  # fmt: skip
+            one: list[float] = []
+            many: list[float] = []
+            for rep in range(reps):
+                calls: list[tuple[list[float], Callable[[], Any]]]
+                if size == 10:
+                    a, b = proposer(size, rep, rep), proposer(size, rep, rep + 10_000)
+                    calls = [(one, a.propose), (many, lambda b=b: LRProposer.propose.__wrapped__(b))]  # type: ignore[attr-defined]
+                else:
+                    series = _loss_series(size, rep)
+                    calls = [
+                        (one, lambda s=series, h=10 * size: fc.predict(s, horizon=h)),
+                        (many, lambda s=series, h=10 * size: predict_on_torch_threads(fc, s, horizon=h)),
+                    ]
+                for bucket, call in calls if rep % 2 == 0 else calls[::-1]:
+                    bucket.append(_timed(call))
+            rows.append({"label": label, "one": statistics.median(one), "one_max": max(one),
+                         "many": statistics.median(many), "many_max": max(many)})  # fmt: skip
     return rows
 
 
@@ -478,6 +534,31 @@ def bench_whole_run(workloads: Sequence[tuple[str, int]], reps: int) -> list[dic
 
 
 # ------------------------------------------------------------------------------------------------------------ report
+def _busy_report(rows: list[dict[str, Any]] | None, reps: int) -> list[str]:
+    threads = torch.get_num_threads()
+    if rows is None:
+        return [f"(Section 2b, on a busy machine, needs more than one torch thread; this run had {threads}.)", ""]
+    lines = [
+        f"## 2b. On a busy machine ({threads} torch threads, one core kept busy by another process)",
+        "",
+        f"| computation | as shipped (one thread) ms | on torch's {threads} threads ms | ratio |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {_ms(r['one'])} (max {_ms(r['one_max'])}) | {_ms(r['many'])} "
+            f"(max {_ms(r['many_max'])}) | {r['one'] / r['many']:.2f} |"
+        )
+    return [
+        *lines,
+        "",
+        f"Medians of {reps} repeats (max in brackets), the two interleaved. `LRProposer.propose` and "
+        "`ExponentialForecaster.predict` run on one intra-op thread (`lightning_autolrs._threads`); the right column "
+        "calls the same function without that (`__wrapped__`) on torch's threads.",
+        "",
+    ]
+
+
 def report(sections: dict[str, Any], command: str, header: list[str]) -> str:
     lines = ["# Overhead (`python -m benchmarks.overhead`)", "", f"Command: `{command}`", "", *header, ""]
     lines += ["## 1. Per-trial decision time (GP refit + proposal)", ""]
@@ -534,6 +615,7 @@ def report(sections: dict[str, Any], command: str, header: list[str]) -> str:
         f"{_verdict(fc_worst <= 0.020)} (worst median {_ms(fc_worst)} ms); ≤ 1 ms median at 100 points (issue 14) — "
         f"{_verdict(fc_rows[0]['median'] <= 0.001)} ({fc_rows[0]['median'] * 1000:.2f} ms).",
         "",
+        *_busy_report(sections.get("busy"), sections["forecast_reps"]),
         "## 3. Snapshot capture + restore (AdamW state)",
         "",
         "| model | device | bytes copied | first capture ms | capture ms | restore ms | capture + restore ms | "
@@ -658,6 +740,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     say("forecast fit time")
     with _threads(1):  # one thread, as issue 14 measures (two threads on a shared 2-core machine measure contention)
         sections["forecast"] = bench_forecast([100, 800] if args.quick else [100, 200, 400, 800], 3 * reps)
+    if default_threads > 1:
+        say(f"decision and forecast with {default_threads} threads, one core kept busy")
+        sections["busy"] = bench_busy(3 * reps)
     sizes = ["1M"] if args.quick else list(SNAPSHOT_MODELS)
     snap_reps = reps if args.quick else max(3, reps // 3)
     sections["snapshot_reps"] = snap_reps

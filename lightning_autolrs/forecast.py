@@ -103,6 +103,7 @@ from typing import Any
 
 import torch
 
+from lightning_autolrs._threads import on_one_thread
 from lightning_autolrs._validation import check_float, check_int
 from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 
@@ -292,8 +293,11 @@ class ExponentialForecaster:
             f"smooth_window={self.smooth_window}, beta_slack={self.beta_slack})"
         )
 
+    @on_one_thread
     def predict(self, losses: Sequence[float] | torch.Tensor, horizon: int) -> Forecast:
         """Predict the loss at step ``t = horizon`` from the per-step losses ``y[i]`` observed at ``t = i + 1``.
+
+        Computed on one torch thread (the caller's thread count is put back afterwards): the series are short.
 
         Args:
             losses: Per-step training losses (any length; NaN/inf entries are dropped, the rest keep their step).

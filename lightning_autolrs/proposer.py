@@ -89,6 +89,7 @@ from gpytorch.means import ZeroMean
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from linear_operator.utils.errors import NanError, NotPSDError
 
+from lightning_autolrs._threads import on_one_thread
 from lightning_autolrs._validation import check_float, check_int
 from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 
@@ -305,8 +306,10 @@ class LRProposer:
         self._rebuild()
 
     # ------------------------------------------------------------------ proposing
+    @on_one_thread
     def propose(self) -> float:
-        """Return the next trial learning rate, in ``[min_lr, max_lr]``."""
+        """Return the next trial learning rate, in ``[min_lr, max_lr]`` (computed on one torch thread: the caller's
+        thread count is put back afterwards)."""
         return self.from_unit(self._propose_unit())
 
     def _propose_unit(self) -> float:

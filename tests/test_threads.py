@@ -1,0 +1,93 @@
+"""Tests of :mod:`lightning_autolrs._threads`: AutoLRS's GP decisions and forecasts run on one intra-op thread."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+import lightning_autolrs.forecast as forecast_module
+import lightning_autolrs.proposer as proposer_module
+from lightning_autolrs._threads import on_one_thread
+from lightning_autolrs.forecast import ExponentialForecaster
+from lightning_autolrs.proposer import LRProposer
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_gp_decision_fits_and_proposes_on_one_thread_and_gives_the_count_back(
+    two_threads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+    fit = proposer_module.fit_map
+
+    def spying_fit(*args: object, **kwargs: object) -> None:
+        seen.append(torch.get_num_threads())
+        fit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(proposer_module, "fit_map", spying_fit)
+    p = LRProposer(1e-4, 1.0, seed=3)
+    for lr in (1e-3, 1e-2, 1e-1):
+        p.observe(lr, (math.log10(lr) + 2.0) ** 2)
+    lr = p.propose()
+    assert seen == [1]  # the GP was fitted, on one thread
+    assert torch.get_num_threads() == 2
+    assert 1e-4 <= lr <= 1.0
+
+
+def test_a_forecast_runs_on_one_thread_and_gives_the_count_back(
+    two_threads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+    solve = forecast_module._solve_grid
+
+    def spying_solve(*args: object, **kwargs: object) -> object:
+        seen.append(torch.get_num_threads())
+        return solve(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(forecast_module, "_solve_grid", spying_solve)
+    series = [2.0 * math.exp(-t / 40.0) + 1.0 for t in range(1, 101)]
+    out = ExponentialForecaster().predict(series, horizon=1000)
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == 2
+    assert out.method == "exp" and out.value == pytest.approx(1.0, abs=1e-3)
+
+
+def test_the_same_values_on_one_thread_as_on_two() -> None:
+    """Nothing in a decision or a forecast depends on the thread count: the wrapped functions (`__wrapped__`) on two
+    threads give what the shipped ones give."""
+    series = [2.0 * math.exp(-t / 300.0) + 1.0 + 0.05 * math.sin(7.0 * t) for t in range(1, 801)]
+    fc = ExponentialForecaster()
+    p = LRProposer(1e-4, 1.0, seed=0)
+    for i, lr in enumerate((3e-4, 2e-3, 1e-2, 5e-2, 2e-1, 7e-1, 1e-3, 4e-2, 9e-3, 1.5e-2)):
+        p.observe(lr, (math.log10(lr) + 2.0) ** 2 + 0.01 * math.sin(i))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        many = (LRProposer.propose.__wrapped__(p), ExponentialForecaster.predict.__wrapped__(fc, series, 8000))  # type: ignore[attr-defined]
+        proposer_module._MAP_GP.__dict__.clear()  # (no reuse of the fit above)
+        one = (p.propose(), fc.predict(series, 8000))
+    finally:
+        torch.set_num_threads(before)
+    assert one == many
+
+
+def test_the_thread_count_comes_back_when_the_call_raises(two_threads: None) -> None:
+    @on_one_thread
+    def fails() -> None:
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fails()
+    assert torch.get_num_threads() == 2
