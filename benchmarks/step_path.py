@@ -12,16 +12,16 @@ is therefore measured here against a baseline checkout in the same session, in a
   validation, a CSV logger; 800 steps by default), or ``--case charlm``, the char LM with AutoLRS's defaults on the
   quality benchmark's LR range (no validation, a CSV logger; 600 steps by default), where the per-step path is slowest
   (the hooks run on caches a larger model's step has just filled).
-* Per step it times the two hooks (their sum is the per-step path, as in :mod:`benchmarks.overhead`) and, inside
-  them, the controller's ``begin_step`` and ``end_step`` (wrapped: the wrappers' own cost is in both checkouts' figures
-  alike), and labels the step by its kind: ``quiet exploit`` (planned by the plan the controller keeps for the steps
-  of an exploit phase that ask for nothing, :meth:`~lightning_autolrs.controller.StageController.begin_step`),
-  ``exploit warmup`` (an exploit step without the kept plan: the first stage's exploit warmup with an Adam-family
-  optimizer, whose LR changes every step), ``anneal`` (the final anneal), ``search`` and ``range test/warmup``.
-  Steps with a GP decision, a forecast or a snapshot copy in the hooks (a trial's end) are left out. The per-step
-  path reported is, with ``--select quiet`` (default), that of the quiet exploit steps, what most steps of a long run
-  are (in the MLP case at 800 steps about 140 per run, 499-639); with ``--select all``, that of every step left,
-  which is :mod:`benchmarks.overhead`'s per-step figure. Each kind's median is reported besides.
+* Per step it times the two hooks (their sum is the per-step path, as in :mod:`benchmarks.overhead`) and, inside them,
+  the controller's ``begin_step`` and ``end_step`` (wrapped: the wrappers' own cost is in both checkouts' figures
+  alike), and labels the step by its kind: ``quiet exploit`` (planned by the plan the controller keeps for the steps of
+  an exploit phase that ask for nothing, :meth:`~lightning_autolrs.controller.StageController.begin_step`), ``exploit
+  warmup`` (an exploit step without the kept plan, or of the ramp of the first stage's exploit warmup with an
+  Adam-family optimizer, whose LR changes every step), ``anneal`` (the final anneal), ``search`` and ``range
+  test/warmup``. Steps with a GP decision, a forecast or a snapshot copy in the hooks (a trial's end) are left out. The
+  per-step path reported is, with ``--select quiet`` (default), that of the quiet exploit steps, what most steps of a
+  long run are (in the MLP case at 800 steps about 140 per run, 499-639); with ``--select all``, that of every step
+  left, which is :mod:`benchmarks.overhead`'s per-step figure. Each kind's median is reported besides.
 * ``--reps`` runs per checkout, the checkouts' order alternating from repeat to repeat; reported per checkout: the
   median over its runs of each run's median, and the paired ratio (this checkout ÷ baseline, per repeat) as median
   and min-max.
@@ -64,8 +64,8 @@ def _kind(controller: Any, kept: bool) -> str:
     """The kind of the step just planned (see the module docstring)."""
     if controller._anneal.active:
         return "anneal"
-    if controller.phase == "exploit":
-        return "quiet exploit" if kept else "exploit warmup"
+    if controller.phase == "exploit":  # (the exploit warmup's ramp: a plan below the LR in use)
+        return "quiet exploit" if kept and controller._plan.lr == controller._lr else "exploit warmup"
     return "search" if controller.phase == "search" else "range test/warmup"
 
 

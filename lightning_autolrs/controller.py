@@ -165,6 +165,13 @@ class StepPlan:
     restore_best: bool = False
     probe_before: bool = False
 
+    def at_lr(self, lr: float) -> StepPlan:
+        """This plan at the LR ``lr`` (the steps of a ramp: the same plan at each step's LR), in a quarter of the
+        constructor's time."""
+        plan = object.__new__(StepPlan)
+        plan.__dict__.update(self.__dict__, lr=lr)
+        return plan
+
 
 def check_state_version(state: dict[str, Any], what: str) -> None:
     """Refuse a state written by a newer version of the package (a missing version reads as 1)."""
@@ -360,6 +367,8 @@ class StageController:
         self._plan_range_test = False  # the open plan is a range-test step
         self._quiet: StepPlan | None = None  # a plan without actions that the next steps reuse (begin_step)
         self._quiet_until: float = 0  # ... before this step
+        self._quiet_lr = math.nan  # ... while the LR in use is the one it was kept at (in the exploit warmup, its
+        # plan's LR is the ramp's, and each step's is a new plan at the ramp's next LR)
         # a step planned by `_quiet` (an exploit phase's, or a search trial's before its last step) with a finite
         # loss at or below this ends on end_step's short path (NaN: never; see _quiet_limit)
         self._quiet_below = math.nan
@@ -435,7 +444,7 @@ class StageController:
         if (
             quiet is not None
             and self.step < self._quiet_until
-            and quiet.lr == self._lr
+            and self._quiet_lr == self._lr
             and quiet.phase == self.phase
             and not (
                 self._pending_restore
@@ -445,6 +454,8 @@ class StageController:
                 or self._pending_level_probe
             )
         ):
+            if quiet.lr != self._lr:  # the first stage's exploit warmup: the same plan, at the ramp's next LR
+                quiet = self._quiet = quiet.at_lr(self._ramp_lr())
             self._plan = quiet  # most steps: the plan of the step before
             return quiet
         self._quiet = None
@@ -501,22 +512,24 @@ class StageController:
             self._pending_restore = False
         lr = self._anneal.lr_at(self.step, self.min_lr)
         plan = self._anneal_plan
-        if restore or plan is None or plan.lr != lr:
+        if restore or plan is None:
             plan = StepPlan(lr, "exploit", restore=restore)
             self._anneal_plan = None if restore else plan
+        elif plan.lr != lr:
+            plan = self._anneal_plan = plan.at_lr(lr)
         self._plan = plan
         return plan
 
     def _keep_quiet_plan(self, plan: StepPlan) -> None:
         """Keep a plan without snapshot actions or probes for the steps that follow (the fast path of
         :meth:`begin_step`): an exploit step's, or a search step's without validation probes. It is reused while the
-        LR, the phase and the absence of pending actions stay as they are, up to the end of the exploit phase and the
-        start of the final anneal (the two events no step's end announces); anything that sets the state from outside
-        (:meth:`load_state_dict`, :meth:`load_sync_state`, :meth:`restart_stage`) drops it."""
+        LR in use, the phase and the absence of pending actions stay as they are, up to the end of the exploit phase
+        and the start of the final anneal (the two events no step's end announces); in the first stage's exploit
+        warmup, whose LR ramps up to the LR in use, each step gets a new plan of the same kind at the ramp's next LR.
+        Anything that sets the state from outside (:meth:`load_state_dict`, :meth:`load_sync_state`,
+        :meth:`restart_stage`) drops it."""
         if plan.restore or plan.capture or plan.probe or plan.save_best or plan.restore_best or plan.probe_before:
             return
-        if plan.lr != self._lr:
-            return  # a step of the exploit warmup: the next step's LR differs
         if plan.phase == "exploit":
             until = self._exploit_end
         elif plan.phase == "search" and self.search.probe_stride == 0:
@@ -528,7 +541,7 @@ class StageController:
             if plan.phase == "exploit" and self.search.probe_stride:  # up to the next overfitting probe
                 stride = self._overfit_stride()
                 until = min(until, self.step + stride - (self.step + 1 - self._overfit.base) % stride)
-        self._quiet, self._quiet_until = plan, until
+        self._quiet, self._quiet_until, self._quiet_lr = plan, until, self._lr
         self._quiet_below = self._quiet_limit()
 
     def _quiet_limit(self) -> float:

@@ -665,8 +665,28 @@ def test_reused_quiet_plan_changes_no_plan(monkeypatch) -> None:
     """`begin_step` reuses the plan of a step without actions while nothing that plans a step changed: every plan,
     LR and record is what planning each step afresh gives, fallbacks, stage ends and the anneal included."""
     kw, losses = _quiet_case()
+    kept, ramped = [], []  # steps planned by the general path's kept plan; steps of a ramp planned on the fast path
+    begin, keep = StageController.begin_step, StageController._keep_quiet_plan
+
+    def counting_keep(self, plan):
+        kept.append(self.step)
+        keep(self, plan)
+
+    def counting_begin(self):
+        before = len(kept)
+        plan = begin(self)
+        if len(kept) == before and plan is self._quiet and plan.lr != self._lr:
+            ramped.append(self.step)
+        return plan
+
+    monkeypatch.setattr(StageController, "_keep_quiet_plan", counting_keep)
+    monkeypatch.setattr(StageController, "begin_step", counting_begin)
     fast, fast_plans = StageController(1e-3, 1.0, **kw), []
     _drive(fast, losses, fast_plans)
+    monkeypatch.undo()
+    # the exploit warmup (5 steps, twice: from step 20, and from 29 after the fallback at step 27) is planned on the
+    # fast path from its third step (its first restores, its second keeps the plan) up to its last (the LR in use)
+    assert ramped == [22, 23, 31, 32] and fast.lrs[20] < fast.lrs[22] < fast.lrs[23] < fast.lrs[24]
     monkeypatch.setattr(StageController, "_keep_quiet_plan", lambda self, plan: None)
     slow, slow_plans = StageController(1e-3, 1.0, **kw), []
     _drive(slow, losses, slow_plans)
