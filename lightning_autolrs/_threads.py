@@ -2,10 +2,10 @@
 
 Their tensors are tiny (a GP over about ten points, a forecast over a few hundred), yet some of them exceed torch's
 parallel grain, and splitting them across threads costs more than it saves: on a machine whose other cores are busy
-(DataLoader workers, other jobs) every parallel region waits for a descheduled thread. ``benchmarks.overhead``
-measured, on a 2-core machine with one core busy, decisions at 10 observations of 7.2 ms median (82 ms worst of 15)
-with torch's 2 threads against 3.8 ms (7.9 ms) on one. Results are the same either way: each output element of these
-computations is produced by one thread.
+(DataLoader workers, other jobs) every parallel region waits for a descheduled thread. ``python -m benchmarks.overhead``
+(section 2b, 2026-12-06, a 2-core Intel Xeon with one core kept busy) measured a decision at 10 observations in
+93.3 ms median on torch's 2 threads against 4.1 ms on one, and a forecast of 800 points in 6.0 against 2.7 ms. Results
+are the same either way: each output element of these computations is produced by one thread.
 """
 
 from __future__ import annotations
@@ -22,14 +22,27 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
+def _switchable() -> bool:
+    """Whether torch's intra-op thread count can be changed back and forth: with the OpenMP or TBB backend. torch's own
+    ("native") pool keeps the count it started with and warns at every change, so there nothing is switched."""
+    backend = next(
+        (line for line in torch.__config__.parallel_info().splitlines() if "ATen parallel backend" in line), ""
+    )
+    return "OpenMP" in backend or "TBB" in backend
+
+
+_SWITCHABLE = _switchable()
+
+
 def on_one_thread(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """Wrap ``fn`` to run with ``torch.set_num_threads(1)`` and put the caller's thread count back afterwards (also
-    when ``fn`` raises); nothing changes when the count is 1 already."""
+    when ``fn`` raises); nothing changes when the count is 1 already, or where torch's parallel backend cannot change
+    it (see :func:`_switchable`)."""
 
     @wraps(fn)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         threads = torch.get_num_threads()
-        if threads == 1:
+        if threads == 1 or not _SWITCHABLE:
             return fn(*args, **kwargs)
         torch.set_num_threads(1)
         try:

@@ -8,11 +8,15 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+import lightning_autolrs._threads as threads_module
 import lightning_autolrs.forecast as forecast_module
 import lightning_autolrs.proposer as proposer_module
 from lightning_autolrs._threads import on_one_thread
 from lightning_autolrs.forecast import ExponentialForecaster
 from lightning_autolrs.proposer import LRProposer
+
+# (torch's native thread pool cannot switch: there nothing is, which the last test checks)
+switching = pytest.mark.skipif(not threads_module._SWITCHABLE, reason="torch's parallel backend cannot switch")
 
 
 @pytest.fixture
@@ -25,6 +29,7 @@ def two_threads() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@switching
 def test_a_gp_decision_fits_and_proposes_on_one_thread_and_gives_the_count_back(
     two_threads: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -45,6 +50,7 @@ def test_a_gp_decision_fits_and_proposes_on_one_thread_and_gives_the_count_back(
     assert 1e-4 <= lr <= 1.0
 
 
+@switching
 def test_a_forecast_runs_on_one_thread_and_gives_the_count_back(
     two_threads: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -82,6 +88,7 @@ def test_the_same_values_on_one_thread_as_on_two() -> None:
     assert one == many
 
 
+@switching
 def test_the_thread_count_comes_back_when_the_call_raises(two_threads: None) -> None:
     @on_one_thread
     def fails() -> None:
@@ -91,3 +98,19 @@ def test_the_thread_count_comes_back_when_the_call_raises(two_threads: None) -> 
     with pytest.raises(RuntimeError, match="boom"):
         fails()
     assert torch.get_num_threads() == 2
+
+
+def test_nothing_is_switched_where_the_parallel_backend_cannot_switch(
+    two_threads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's native thread pool keeps the count it started with and warns at every change: there the decision runs
+    on the caller's threads, without a call to ``torch.set_num_threads``."""
+    monkeypatch.setattr(threads_module, "_SWITCHABLE", False)
+    switched: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", switched.append)
+
+    @on_one_thread
+    def count() -> int:
+        return torch.get_num_threads()
+
+    assert count() == 2 and switched == []
