@@ -29,43 +29,34 @@ def two_threads() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _thread_counts_seen(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[int]:
+    """Replace ``module.name`` with a wrapper that records torch's thread count at each call; the list it fills."""
+    seen: list[int] = []
+    inner = getattr(module, name)
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(torch.get_num_threads())
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return seen
+
+
 @switching
-def test_a_gp_decision_fits_and_proposes_on_one_thread_and_gives_the_count_back(
+def test_a_gp_decision_and_a_forecast_run_on_one_thread_and_give_the_count_back(
     two_threads: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[int] = []
-    fit = proposer_module.fit_map
-
-    def spying_fit(*args: object, **kwargs: object) -> None:
-        seen.append(torch.get_num_threads())
-        fit(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(proposer_module, "fit_map", spying_fit)
+    fits = _thread_counts_seen(monkeypatch, proposer_module, "fit_map")
+    solves = _thread_counts_seen(monkeypatch, forecast_module, "_solve_grid")
     p = LRProposer(1e-4, 1.0, seed=3)
     for lr in (1e-3, 1e-2, 1e-1):
         p.observe(lr, (math.log10(lr) + 2.0) ** 2)
     lr = p.propose()
-    assert seen == [1]  # the GP was fitted, on one thread
-    assert torch.get_num_threads() == 2
+    assert fits == [1] and torch.get_num_threads() == 2  # the GP was fitted, on one thread
     assert 1e-4 <= lr <= 1.0
-
-
-@switching
-def test_a_forecast_runs_on_one_thread_and_gives_the_count_back(
-    two_threads: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    seen: list[int] = []
-    solve = forecast_module._solve_grid
-
-    def spying_solve(*args: object, **kwargs: object) -> object:
-        seen.append(torch.get_num_threads())
-        return solve(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(forecast_module, "_solve_grid", spying_solve)
     series = [2.0 * math.exp(-t / 40.0) + 1.0 for t in range(1, 101)]
     out = ExponentialForecaster().predict(series, horizon=1000)
-    assert seen and set(seen) == {1}
-    assert torch.get_num_threads() == 2
+    assert solves and set(solves) == {1} and torch.get_num_threads() == 2
     assert out.method == "exp" and out.value == pytest.approx(1.0, abs=1e-3)
 
 
