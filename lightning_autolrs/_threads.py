@@ -4,8 +4,9 @@ Their tensors are tiny (a GP over about ten points, a forecast over a few hundre
 parallel grain, and splitting them across threads costs more than it saves: on a machine whose other cores are busy
 (DataLoader workers, other jobs) every parallel region waits for a descheduled thread. ``python -m benchmarks.overhead``
 (section 2b, 2026-12-06, a 2-core Intel Xeon with one core kept busy) measured a decision at 10 observations in
-93.3 ms median on torch's 2 threads against 4.1 ms on one, and a forecast of 800 points in 6.0 against 2.7 ms. Results
-are the same either way: each output element of these computations is produced by one thread.
+93.3 ms median (27 repeats; 7.5 ms, worst 111 ms, in a quick run of 3) on torch's 2 threads against 4.1 ms (3.8) on
+one, and a forecast of 800 points in 6.0 against 2.7 ms. Results are the same either way: each output element of these
+computations is produced by one thread.
 """
 
 from __future__ import annotations

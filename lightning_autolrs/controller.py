@@ -167,8 +167,9 @@ class StepPlan:
 
     def at_lr(self, lr: float) -> StepPlan:
         """This plan at the LR ``lr`` (the steps of a ramp: the same plan at each step's LR), in a quarter of the
-        constructor's time."""
-        plan = object.__new__(StepPlan)
+        constructor's time. (It copies the instance dict: the class must keep no ``__slots__`` and no
+        ``__post_init__``.)"""
+        plan = object.__new__(type(self))
         plan.__dict__.update(self.__dict__, lr=lr)
         return plan
 
