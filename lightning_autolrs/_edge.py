@@ -371,11 +371,13 @@ def report_event(
         if verbose:
             assert controller.total_steps is not None  # (an anneal needs a known budget)
             (v0, v1), (t0, t1) = event.evidence["val_loss"], event.evidence["train_loss"]
+            back = controller.history[-1].get("rolled_back_to") if controller.history else None
             rank_zero_info(
                 f"AutoLRS stage {event.stage}: overfitting at lr={event.lr:.4g} (validation loss {v0:.4g} -> {v1:.4g} "
-                f"while the training loss fell {t0:.4g} -> {t1:.4g}); the final anneal begins at step {event.step} "
-                f"and holds lr={min(controller.min_lr, event.lr):.4g} from step {event.step + controller.anneal_span} "
-                f"to the end."
+                f"while the training loss fell {t0:.4g} -> {t1:.4g}); the final anneal begins at step {event.step}"
+                + ("" if back is None else f" from the weights of step {back} (the lowest validation probe)")
+                + f" and holds lr={min(controller.min_lr, event.lr):.4g} from step "
+                f"{event.step + controller.anneal_span} to the end."
             )
     else:
         assert isinstance(event, FallbackEvent)

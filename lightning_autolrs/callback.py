@@ -745,7 +745,11 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             # non-finite loss) of the resumed run goes back to the same stage start as the uninterrupted run
             if self._settings.checkpoint_snapshot and snap.captured and (c.needs_snapshot or c.stage >= 0):
                 checkpoint[_SNAPSHOT_KEY] = snap.state_dict()
-                if c.needs_snapshot and self._best_snapshot is not None and self._best_snapshot.captured:
+                if (
+                    (c.needs_snapshot or c.holds_best_state)
+                    and self._best_snapshot is not None
+                    and self._best_snapshot.captured
+                ):
                     checkpoint[_BEST_SNAPSHOT_KEY] = self._best_snapshot.state_dict()
         finally:
             if self._held != held:  # as it was: the in-flight state, or the committed module (during validation)

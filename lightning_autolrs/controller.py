@@ -33,7 +33,10 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
    probes every τ'/2 steps; once its validation loss rises while its training loss falls
    (:class:`~lightning_autolrs.exploit.OverfitWatch`) the anneal begins at once, drops the LR to ``min_lr``
    after its first step and holds it to the end, and no stage follows (an ``"anneal"`` event; the
-   stage's ``overfitting`` record).
+   stage's ``overfitting`` record). With ``reuse_best_trial`` it begins from the exploit phase's best-probed state:
+   each probe lower than the phase's earlier ones has the best-trial snapshot (idle once the exploit phase has begun)
+   capture the model after it, and the anneal's first step restores that state (the stage's ``rolled_back_to``), so
+   the run does not end on the weights the overfitting left.
 
 Budget rule (``total_steps`` known; the stages share what the final anneal leaves): a stage searches only when the
 ``k·τ'`` search steps plus at least ``τ'`` exploit steps fit in what is left; otherwise it exploits the previous stage's
@@ -379,6 +382,7 @@ class StageController:
         self._pending_capture = False
         self._pending_save_best = False
         self._pending_restore_best = False
+        self._pending_rollback = False  # the early anneal's first step restores the best-probed exploit state
         self._recent: deque[float] = deque(maxlen=_REFERENCE_WINDOW)
         self._eff_max_lr = self.max_lr
         self._stage = -1
@@ -507,15 +511,16 @@ class StageController:
         """The plan of a step of the final anneal: its LR, and the restore a NaN/inf in it asked for. Steps of the
         same LR without a restore (the hold after its decay; after an early anneal's drop, every step left) reuse one
         plan object, as :meth:`_keep_quiet_plan` does elsewhere."""
-        restore = self._pending_restore
+        restore, rollback = self._pending_restore, self._pending_rollback
         if restore:
             self._anneal.restart_if_held(self.step)  # (a NaN/inf in the hold after an early anneal's drop)
             self._pending_restore = False
+        self._pending_rollback = False
         lr = self._anneal.lr_at(self.step, self.min_lr)
         plan = self._anneal_plan
-        if restore or plan is None:
-            plan = StepPlan(lr, "exploit", restore=restore)
-            self._anneal_plan = None if restore else plan
+        if restore or rollback or plan is None:
+            plan = StepPlan(lr, "exploit", restore=restore and not rollback, restore_best=rollback and not restore)
+            self._anneal_plan = None if restore or rollback else plan
         elif plan.lr != lr:
             plan = self._anneal_plan = plan.at_lr(lr)
         self._plan = plan
@@ -812,14 +817,24 @@ class StageController:
     def _watch_overfitting(self, probe: float) -> list[Event]:
         """Record an exploit probe; when the exploit phase is overfitting (validation loss up, training loss down),
         begin the final anneal at once: it drops the LR in use to ``min_lr`` after one step and holds it to the end
-        (:class:`~lightning_autolrs.exploit.FinalAnneal`), and no stage follows."""
+        (:class:`~lightning_autolrs.exploit.FinalAnneal`), and no stage follows. With ``reuse_best_trial``, a probe
+        below the phase's earlier ones has the next step capture the model into the best-trial snapshot, and the
+        anneal's first step restores the lowest earlier probe's state (the rollback)."""
+        probes = self._overfit.probes
+        best_before = min(probes) if probes else math.inf
         self._overfit.add(probe, self.step)
         if not self._overfit.overfitting(self.losses, first_step=self.step - len(self.losses)):
+            if probe < best_before and self.settings.reuse_best_trial:
+                self._pending_save_best = True  # the best-probed state of this exploit phase: kept for a rollback
+                self._quiet = None
             return []
         self._quiet = None
+        self._pending_rollback = self.settings.reuse_best_trial and math.isfinite(best_before)
         self._begin_anneal()
         record = self.stages[-1]
         record.overfitting = self._overfit.evidence
+        if self._pending_rollback:  # (the state after the lowest earlier probe, which the snapshot captured)
+            record.rolled_back_to = self._overfit.ends[probes.index(best_before)]
         assert record.anneal_start is not None and record.anneal_lr is not None
         return [AnnealEvent(self._stage, record.anneal_start, record.anneal_lr, dict(record.overfitting or {}))]
 
@@ -1199,6 +1214,14 @@ class StageController:
         return "best", best, kept, since - kept
 
     @property
+    def holds_best_state(self) -> bool:
+        """Whether the best-trial snapshot holds a state a later step may restore outside a search: the best-probed
+        state of the exploit phase under way (the early anneal's rollback), or the rollback is due."""
+        if self._pending_rollback:
+            return True
+        return self.phase == "exploit" and not self._anneal.active and bool(self._overfit.probes)
+
+    @property
     def needs_snapshot(self) -> bool:
         """Whether the model holds uncommitted state that a snapshot must undo: a search or range test under way,
         or a restore the next step will do (a search or range test just ended, a step just diverged)."""
@@ -1233,6 +1256,7 @@ class StageController:
             "pending_capture": self._pending_capture,
             "pending_save_best": self._pending_save_best,
             "pending_restore_best": self._pending_restore_best,
+            "pending_rollback": self._pending_rollback,
             "min_lr": self.min_lr,
             "max_lr": self.max_lr,
             "stage_bounds": list(self.search.bounds),
@@ -1269,6 +1293,7 @@ class StageController:
             "pending_capture": self._pending_capture,
             "pending_save_best": self._pending_save_best,
             "pending_restore_best": self._pending_restore_best,
+            "pending_rollback": self._pending_rollback,
             "pending_level_probe": self._pending_level_probe,
         }
 
@@ -1288,6 +1313,7 @@ class StageController:
         self._pending_capture = bool(state["pending_capture"])
         self._pending_save_best = bool(state["pending_save_best"])
         self._pending_restore_best = bool(state["pending_restore_best"])
+        self._pending_rollback = bool(state.get("pending_rollback", False))
         self._pending_level_probe = bool(state["pending_level_probe"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -1325,6 +1351,7 @@ class StageController:
         self._pending_capture = bool(state.get("pending_capture", False))
         self._pending_save_best = bool(state.get("pending_save_best", False))
         self._pending_restore_best = bool(state.get("pending_restore_best", False))
+        self._pending_rollback = bool(state.get("pending_rollback", False))
         self.min_lr = float(state.get("min_lr", self.min_lr))
         self.max_lr = float(state.get("max_lr", self.max_lr))
         self._range_test.load_state_dict(state)

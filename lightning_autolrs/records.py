@@ -6,8 +6,9 @@ schedule JSON writes the same dicts (:mod:`lightning_autolrs.schedule`), the log
 here appears everywhere.
 
 Optional fields (``reused_trial``, ``restarted``, ``anneal_start``, ``anneal_lr``, ``exploit_warmup``,
-``overfitting``) appear in the dicts only once they are set, as they always have. ``from_dict`` ignores keys it does
-not know, such as those of options since removed (``aborted``, ``warm_start``, ``stopped_early``).
+``overfitting``, ``rolled_back_to``) appear in the dicts only once they are set, as they always have. ``from_dict``
+ignores keys it does not know, such as those of options since removed (``aborted``, ``warm_start``,
+``stopped_early``).
 
 Example:
     >>> t = TrialRecord(lr=0.1, start_step=0, predicted_loss=0.5, steps=10, diverged=False)
@@ -119,6 +120,9 @@ class StageRecord:
         overfitting: set when the exploit phase was found overfitting and the final anneal began early: the median
             validation and training losses of the best and the latest probe windows,
             ``{"val_loss": [best, now], "train_loss": [then, now]}``.
+        rolled_back_to: set when that early anneal began from the exploit phase's best-probed state instead of the
+            overfit one (``reuse_best_trial``): the global step that state had trained to (its probe followed that
+            many steps).
     """
 
     OPTIONAL: ClassVar[tuple[str, ...]] = (
@@ -128,6 +132,7 @@ class StageRecord:
         "anneal_lr",
         "exploit_warmup",
         "overfitting",
+        "rolled_back_to",
     )
 
     stage: int
@@ -149,6 +154,7 @@ class StageRecord:
     anneal_lr: float | None = None
     exploit_warmup: int | None = None
     overfitting: dict[str, list[float]] | None = None
+    rolled_back_to: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -835,8 +835,9 @@ def test_an_adam_family_optimizer_warms_up_after_the_first_search(lpl, tmp_path,
     assert all(1e-3 <= x <= 0.5 for x in cb.lrs) and len(cb.lrs) == trainer.global_step == 200
 
 
-def _memorizer(pl) -> Any:
-    """Few noisy training samples, a wide net and Adam: the net fits the noise, and the validation loss turns up."""
+def _memorizer(pl, full_batch: bool = False) -> Any:
+    """Few noisy training samples, a wide net and Adam: the net fits the noise, and the validation loss turns up.
+    ``full_batch``: every step sees the 64 training samples in one batch, in order (a resumed run sees the same)."""
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -861,6 +862,8 @@ def _memorizer(pl) -> Any:
             return torch.optim.Adam(self.parameters(), lr=3e-3)
 
         def train_dataloader(self) -> Any:
+            if full_batch:
+                return DataLoader(self.train_set, batch_size=16)
             return DataLoader(self.train_set, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
 
         def val_dataloader(self) -> Any:
@@ -890,8 +893,11 @@ def test_an_overfitting_run_anneals_early_and_ends_lower(lpl, tmp_path, monkeypa
     assert stage["exploit_start"] < start < 800 and stage["overfitting"]["train_loss"][1] < 0.5
     tail = cb.lrs[start:]  # its first step at the LR in use, then min_lr to the end
     assert tail[-1] < tail[0] / 100 and set(tail[1:]) == {tail[-1]} and len(cb.lrs) == 1000
-    assert f"the final anneal begins at step {start} and holds lr={tail[-1]:.4g} from step {start + 1} to the end" in (
-        caplog.text
+    back = stage["rolled_back_to"]  # (it begins from the exploit phase's best-probed state: reuse_best_trial)
+    assert stage["exploit_start"] < back < start
+    assert (
+        f"the final anneal begins at step {start} from the weights of step {back} (the lowest validation probe) and "
+        f"holds lr={tail[-1]:.4g} from step {start + 1} to the end" in caplog.text
     )
     from lightning_autolrs.exploit import OverfitWatch
 
@@ -899,3 +905,43 @@ def test_an_overfitting_run_anneals_early_and_ends_lower(lpl, tmp_path, monkeypa
     late, late_val_loss = _fit_memorizer(lpl, tmp_path)
     assert late.history[0]["anneal_start"] == 800 and late.lrs[:start] == cb.lrs[:start]
     assert val_loss < late_val_loss  # (0.911 against 1.198; decaying over the usual 200 steps: 1.004)
+
+
+def test_the_early_anneal_rolls_back_to_the_best_probed_state_and_resumes_bitwise(lpl, tmp_path) -> None:
+    """The early anneal of an overfitting run (full-batch, so a resumed run sees the same data) restores the exploit
+    phase's best-probed state, kept in the best-trial snapshot: a checkpoint written between that capture and the
+    anneal carries the snapshot, and the run resumed from it ends bitwise where the uninterrupted one ends. Without
+    ``reuse_best_trial`` there is no rollback, and the run ends at a higher validation loss."""
+
+    def run(root, ckpt_path=None, **kw):
+        lpl.seed_everything(0)
+        cb, model = AutoLRS(verbose=False, **kw), _memorizer(lpl, full_batch=True)
+        every = lpl.callbacks.ModelCheckpoint(
+            dirpath=root / "ckpt", filename="{step}", every_n_train_steps=40, save_top_k=-1
+        )
+        args = trainer_kwargs(
+            root, max_steps=1000, limit_val_batches=1.0, check_val_every_n_epoch=100000, enable_checkpointing=True
+        )
+        lpl.Trainer(callbacks=[cb, every], deterministic=True, **args).fit(model, ckpt_path=ckpt_path)
+        x, y = model.val_set.tensors
+        with torch.no_grad():
+            return cb, model, float(torch.nn.functional.mse_loss(model.net(x), y))
+
+    ref_cb, ref_model, ref_val = run(tmp_path / "a")
+    (stage,) = ref_cb.history
+    back, start = stage["rolled_back_to"], stage["anneal_start"]
+    steps = [int(p.stem.split("=")[1]) for p in (tmp_path / "a" / "ckpt").glob("step=*.ckpt")]
+    between = [s for s in steps if back < s <= start]
+    assert between, (back, start, sorted(steps))
+    ckpt = tmp_path / "a" / "ckpt" / f"step={between[0]}.ckpt"
+    assert "autolrs_best_trial_snapshot" in torch.load(ckpt, weights_only=False)
+    cb, model, val = run(tmp_path / "b", ckpt_path=str(ckpt))
+
+    def timeless(history):  # (the probes' wall time differs from run to run)
+        return [{k: v for k, v in h.items() if k != "probe_seconds"} for h in history]
+
+    assert cb.lrs == ref_cb.lrs and timeless(cb.history) == timeless(ref_cb.history) and val == ref_val
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
+    plain_cb, _, plain_val = run(tmp_path / "c", reuse_best_trial=False)
+    assert plain_cb.history[0]["overfitting"] and "rolled_back_to" not in plain_cb.history[0]
+    assert ref_val < plain_val

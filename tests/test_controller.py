@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import itertools
 import json
 import math
@@ -1071,6 +1072,50 @@ def test_an_overfitting_exploit_phase_begins_the_final_anneal_early() -> None:
     assert tail[0] == anneal.lr > 1e-3 and set(tail[1:]) == {1e-3} and len(tail) > 240
     assert c.phase == "exploit" and all(h["start_step"] < start for h in c.history)  # no stage after it
     assert len(c.lrs) == 1200
+
+
+def test_the_early_anneal_begins_from_the_exploit_phases_best_probed_state() -> None:
+    """With ``reuse_best_trial``, each exploit probe below the phase's earlier ones has the next step capture the model
+    into the best-trial snapshot (``save_best``), and the early anneal's first step restores the lowest earlier
+    probe's state (``restore_best``) instead of training on from the overfit weights; without it, no capture and no
+    rollback. The state round-trips with the rollback due, and the rest of the run is the same."""
+    c, train, val = _overfitting_case(reuse_best_trial=True)
+    objects: list = []
+    _drive_val(c, train, val, objects=objects)
+    last = c.history[-1]
+    start, back = last["anneal_start"], last["rolled_back_to"]
+    plan_at = dict(objects)
+    assert plan_at[start].restore_best and not plan_at[start].restore and plan_at[start].phase == "exploit"
+    # the state restored is the one captured at the step after the lowest probe of the last exploit phase
+    ends, probes = c._overfit.ends, c._overfit.probes
+    assert back == ends[probes.index(min(probes[:-1]))] and plan_at[back].save_best
+    captures = [step for step, plan in objects if plan.save_best and plan.phase == "exploit"]
+    exploit_start = last["exploit_start"]
+    assert back in captures and all(exploit_start < step <= back for step in captures if step >= exploit_start)
+    assert 300 < back < start and val(back) < val(start)  # (the validation loss rises after step 300)
+    assert not any(p.restore_best for step, p in objects if step > start)  # once
+    # without reuse_best_trial (no second snapshot): the early anneal as before, no capture in an exploit phase
+    plain, train, val = _overfitting_case(reuse_best_trial=False)
+    plain_objects: list = []
+    _drive_val(plain, train, val, objects=plain_objects)
+    assert plain.history[-1]["overfitting"] and "rolled_back_to" not in plain.history[-1]
+    assert not any(p.save_best or p.restore_best for _, p in plain_objects if p.phase == "exploit")
+    # a checkpoint between the firing and the rollback (both ways: state_dict and rank 0's decision) resumes it
+    for load in ("state_dict", "sync_state"):
+        a, train, val = _overfitting_case(reuse_best_trial=True)
+        _drive_val(a, train, val, steps=start)
+        assert a.step == start and a._pending_rollback
+        b, _, _ = _overfitting_case(reuse_best_trial=True)
+        if load == "state_dict":
+            buf = io.BytesIO()
+            torch.save(a.state_dict(), buf)
+            buf.seek(0)
+            b.load_state_dict(torch.load(buf, weights_only=True))
+        else:  # (the other rank has the same state but the decision, as after the event's broadcast)
+            _drive_val(b, train, val, steps=start)
+            b._pending_rollback = False
+            b.load_sync_state(a.sync_state())
+        assert b.begin_step().restore_best and a.begin_step().restore_best
 
 
 def test_without_a_rise_or_without_validation_the_anneal_begins_on_time() -> None:
