@@ -392,6 +392,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             elif self.controller.phase == "exploit" and self.controller.stage >= 0:
                 self.controller.restart_stage()  # (a restore the checkpoint could not carry is dropped)
                 self._snapshot.capture()  # the exploit guard falls back to the resumed weights
+            if self.controller.holds_best_state and (self._best_snapshot is None or not self._best_snapshot.captured):
+                self.controller.drop_best_state()  # (a checkpoint without it: no rollback to a state it did not keep)
             self._loaded_trial = None
         self._step_open = False
         self._applied = None

@@ -35,8 +35,9 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
    after its first step and holds it to the end, and no stage follows (an ``"anneal"`` event; the
    stage's ``overfitting`` record). With ``reuse_best_trial`` it begins from the exploit phase's best-probed state:
    each probe lower than the phase's earlier ones has the best-trial snapshot (idle once the exploit phase has begun)
-   capture the model after it, and the anneal's first step restores that state (the stage's ``rolled_back_to``), so
-   the run does not end on the weights the overfitting left.
+   capture the model after it, and the anneal's first step restores the lowest (the stage's ``rolled_back_to``;
+   not when the probe that fired is itself the lowest), so the run does not end on the weights the overfitting left;
+   a NaN/inf in the anneal then goes back to that state.
 
 Budget rule (``total_steps`` known; the stages share what the final anneal leaves): a stage searches only when the
 ``k·τ'`` search steps plus at least ``τ'`` exploit steps fit in what is left; otherwise it exploits the previous stage's
@@ -383,6 +384,8 @@ class StageController:
         self._pending_save_best = False
         self._pending_restore_best = False
         self._pending_rollback = False  # the early anneal's first step restores the best-probed exploit state
+        self._best_probe_end: int | None = None  # ... captured after this many steps (None: none held)
+        self._rolled_back = False  # the early anneal began from it (a NaN/inf in the anneal goes back there)
         self._recent: deque[float] = deque(maxlen=_REFERENCE_WINDOW)
         self._eff_max_lr = self.max_lr
         self._stage = -1
@@ -490,7 +493,7 @@ class StageController:
         if self._pending_restore and self._warms_up():
             self._ramp_start = self.step  # back at the stage start: (again) a warmup to the LR in use
         if self.phase == "exploit" and (self._pending_restore or self._pending_restore_best):
-            self._overfit.reset(self._watch_from())  # the weights the watch saw are gone
+            self._reset_watch(self._watch_from())  # the weights the watch saw are gone
         self._plan = StepPlan(
             self._ramp_lr(),
             self.phase,
@@ -515,11 +518,13 @@ class StageController:
         if restore:
             self._anneal.restart_if_held(self.step)  # (a NaN/inf in the hold after an early anneal's drop)
             self._pending_restore = False
-        self._pending_rollback = False
+        if rollback:
+            self._pending_rollback, self._rolled_back = False, True
+        best = rollback or (restore and self._rolled_back)  # (after a rollback, a NaN/inf goes back to its state)
         lr = self._anneal.lr_at(self.step, self.min_lr)
         plan = self._anneal_plan
         if restore or rollback or plan is None:
-            plan = StepPlan(lr, "exploit", restore=restore and not rollback, restore_best=rollback and not restore)
+            plan = StepPlan(lr, "exploit", restore=restore and not best, restore_best=best)
             self._anneal_plan = None if restore or rollback else plan
         elif plan.lr != lr:
             plan = self._anneal_plan = plan.at_lr(lr)
@@ -821,20 +826,21 @@ class StageController:
         below the phase's earlier ones has the next step capture the model into the best-trial snapshot, and the
         anneal's first step restores the lowest earlier probe's state (the rollback)."""
         probes = self._overfit.probes
-        best_before = min(probes) if probes else math.inf
+        lowest = probe < (min(probes) if probes else math.inf)
         self._overfit.add(probe, self.step)
         if not self._overfit.overfitting(self.losses, first_step=self.step - len(self.losses)):
-            if probe < best_before and self.settings.reuse_best_trial:
+            if lowest and self.settings.reuse_best_trial:
                 self._pending_save_best = True  # the best-probed state of this exploit phase: kept for a rollback
+                self._best_probe_end = self.step
                 self._quiet = None
             return []
         self._quiet = None
-        self._pending_rollback = self.settings.reuse_best_trial and math.isfinite(best_before)
+        back = None if lowest else self._best_probe_end  # (the latest probe the lowest: its state is the best)
+        self._pending_rollback = back is not None
         self._begin_anneal()
         record = self.stages[-1]
         record.overfitting = self._overfit.evidence
-        if self._pending_rollback:  # (the state after the lowest earlier probe, which the snapshot captured)
-            record.rolled_back_to = self._overfit.ends[probes.index(best_before)]
+        record.rolled_back_to = back
         assert record.anneal_start is not None and record.anneal_lr is not None
         return [AnnealEvent(self._stage, record.anneal_start, record.anneal_lr, dict(record.overfitting or {}))]
 
@@ -957,7 +963,7 @@ class StageController:
         if self._no_search_after(remaining - exploit, self._stage_tau) or self._searched_as_last:
             exploit = remaining  # last stage: exploit to the end of the budget
         self._exploit_end = math.inf if math.isinf(exploit) else self.step + int(exploit)
-        self._overfit.reset(self.step)
+        self._reset_watch(self.step)
 
     def _diverged(self, loss: float | None) -> bool:
         """The divergence test (module docstring): NaN/inf, or above both ``divergence_factor`` times the stage's
@@ -1156,7 +1162,7 @@ class StageController:
             if self._pending_restore and self._anneal.active:
                 self._anneal.restart_if_held(self.step)  # (as begin_step does when it restores)
             if self.phase == "exploit" and (self._pending_restore or self._pending_restore_best):
-                self._overfit.reset(self._watch_from())  # (the weights the watch saw are not the checkpoint's)
+                self._reset_watch(self._watch_from())  # (the weights the watch saw are not the checkpoint's)
             self._pending_restore = self._pending_restore_best = self._pending_save_best = False
             return
         self._history = None
@@ -1213,13 +1219,29 @@ class StageController:
         kept = record.trials[best].steps
         return "best", best, kept, since - kept
 
+    def _reset_watch(self, base: int) -> None:
+        """Start the overfitting watch again (the weights it saw are gone), with no best-probed state held."""
+        self._overfit.reset(base)
+        self._best_probe_end = None
+
     @property
     def holds_best_state(self) -> bool:
         """Whether the best-trial snapshot holds a state a later step may restore outside a search: the best-probed
-        state of the exploit phase under way (the early anneal's rollback), or the rollback is due."""
-        if self._pending_rollback:
+        state of the exploit phase under way (the early anneal's rollback), due or done (a NaN/inf in the anneal
+        goes back to it)."""
+        if self._pending_rollback or self._rolled_back:
             return True
-        return self.phase == "exploit" and not self._anneal.active and bool(self._overfit.probes)
+        return self.phase == "exploit" and not self._anneal.active and self._best_probe_end is not None
+
+    def drop_best_state(self) -> None:
+        """The best-trial snapshot lost the best-probed state (a run resumed from a checkpoint that did not carry it):
+        no rollback to it (a rollback still due is dropped, with its ``rolled_back_to``), and a NaN/inf in the anneal
+        restores the stage snapshot."""
+        if self._pending_rollback and self.stages:
+            self.stages[-1].rolled_back_to = None
+            self._history = None
+        self._pending_rollback = self._rolled_back = False
+        self._best_probe_end = None
 
     @property
     def needs_snapshot(self) -> bool:
@@ -1257,6 +1279,8 @@ class StageController:
             "pending_save_best": self._pending_save_best,
             "pending_restore_best": self._pending_restore_best,
             "pending_rollback": self._pending_rollback,
+            "best_probe_end": self._best_probe_end,
+            "rolled_back": self._rolled_back,
             "min_lr": self.min_lr,
             "max_lr": self.max_lr,
             "stage_bounds": list(self.search.bounds),
@@ -1352,6 +1376,9 @@ class StageController:
         self._pending_save_best = bool(state.get("pending_save_best", False))
         self._pending_restore_best = bool(state.get("pending_restore_best", False))
         self._pending_rollback = bool(state.get("pending_rollback", False))
+        end = state.get("best_probe_end")
+        self._best_probe_end = None if end is None else int(end)
+        self._rolled_back = bool(state.get("rolled_back", False))
         self.min_lr = float(state.get("min_lr", self.min_lr))
         self.max_lr = float(state.get("max_lr", self.max_lr))
         self._range_test.load_state_dict(state)

@@ -254,9 +254,11 @@ class Settings:
         search (up to three extra copies of model and optimizer state; the checkpoint's own ``state_dict`` is the
         committed state either way), so a resumed run continues the interrupted trial exactly, and the stage snapshot
         into those saved after a stage's search (one extra copy: the state an exploit fallback or the final anneal's
-        restore after a non-finite loss goes back to). ``False`` keeps checkpoints small; a run resumed in the middle
-        of a search (or of the range test) then restarts that stage's search (or the sweep) from the checkpoint's
-        weights, and a fallback after a resume goes back to the checkpoint's weights.""",
+        restore after a non-finite loss goes back to), with the best-trial snapshot too once an exploit phase's
+        validation probe has put its best-probed state there (a second copy: the early anneal's rollback). ``False``
+        keeps checkpoints small; a run resumed in the middle of a search (or of the range test) then restarts that
+        stage's search (or the sweep) from the checkpoint's weights, a fallback after a resume goes back to the
+        checkpoint's weights, and an early anneal rolls back only to a state probed after the resume.""",
         _as_bool,
     )
     save_files: bool = _setting(

@@ -942,6 +942,14 @@ def test_the_early_anneal_rolls_back_to_the_best_probed_state_and_resumes_bitwis
 
     assert cb.lrs == ref_cb.lrs and timeless(cb.history) == timeless(ref_cb.history) and val == ref_val
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
+    # a checkpoint without the snapshots (checkpoint_snapshot=False): the resumed run cannot roll back to a state it
+    # did not keep, and trains to the end (it may keep a later best-probed state)
+    lean = tmp_path / "d"
+    run(lean, checkpoint_snapshot=False)
+    lean_cb, lean_model, _ = run(tmp_path / "e", ckpt_path=str(lean / "ckpt" / f"step={between[0]}.ckpt"),
+                                 checkpoint_snapshot=False)  # fmt: skip
+    assert len(lean_cb.lrs) == 1000 and all(torch.isfinite(p).all() for p in lean_model.parameters())
+    assert lean_cb.history[0].get("rolled_back_to", between[0]) >= between[0]
     plain_cb, _, plain_val = run(tmp_path / "c", reuse_best_trial=False)
     assert plain_cb.history[0]["overfitting"] and "rolled_back_to" not in plain_cb.history[0]
     assert ref_val < plain_val

@@ -1116,6 +1116,25 @@ def test_the_early_anneal_begins_from_the_exploit_phases_best_probed_state() -> 
             b._pending_rollback = False
             b.load_sync_state(a.sync_state())
         assert b.begin_step().restore_best and a.begin_step().restore_best
+    # a NaN in the anneal after the rollback goes back to the rolled-back state, not to the stage start
+    c, train, val = _overfitting_case(reuse_best_trial=True)
+    _drive_val(c, train, val, steps=start + 5)
+    assert c.holds_best_state and c.phase == "exploit"
+    c.begin_step()
+    c.end_step(math.nan)
+    plan = c.begin_step()
+    assert plan.restore_best and not plan.restore
+    # a resumed run whose checkpoint did not keep the best-probed state: the rollback due is dropped, and with it
+    # its record; a NaN in the anneal then restores the stage snapshot
+    c, train, val = _overfitting_case(reuse_best_trial=True)
+    _drive_val(c, train, val, steps=start)
+    assert c._pending_rollback and c.history[-1]["rolled_back_to"] == back
+    c.drop_best_state()
+    assert not c.holds_best_state and "rolled_back_to" not in c.history[-1]
+    plan = c.begin_step()
+    assert not plan.restore_best and not plan.restore
+    c.end_step(math.nan)
+    assert c.begin_step().restore
 
 
 def test_without_a_rise_or_without_validation_the_anneal_begins_on_time() -> None:
