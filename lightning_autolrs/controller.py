@@ -1236,7 +1236,10 @@ class StageController:
     def drop_best_state(self) -> None:
         """The best-trial snapshot lost the best-probed state (a run resumed from a checkpoint that did not carry it):
         no rollback to it (a rollback still due is dropped, with its ``rolled_back_to``), and a NaN/inf in the anneal
-        restores the stage snapshot."""
+        restores the stage snapshot. A capture still due (the checkpoint was written between the lowest probe and the
+        step that captures it) keeps it: the resumed weights are that probed state, which the next step captures."""
+        if self._pending_save_best and self.phase == "exploit" and not (self._pending_rollback or self._rolled_back):
+            return
         if self._pending_rollback and self.stages:
             self.stages[-1].rolled_back_to = None
             self._history = None

@@ -1124,6 +1124,16 @@ def test_the_early_anneal_begins_from_the_exploit_phases_best_probed_state() -> 
     c.end_step(math.nan)
     plan = c.begin_step()
     assert plan.restore_best and not plan.restore
+    # a checkpoint written between the lowest probe and the step that captures it needs no snapshot: the resumed
+    # weights are that state, and the next step captures them (the run rolls back as the uninterrupted one)
+    c, train, val = _overfitting_case(reuse_best_trial=True)
+    _drive_val(c, train, val, steps=back)
+    assert c._pending_save_best and c.holds_best_state
+    c.drop_best_state()
+    assert c.begin_step().save_best
+    c.end_step(train(back))
+    _drive_val(c, train, val)
+    assert c.history[-1]["rolled_back_to"] == back and c.history[-1]["anneal_start"] == start
     # a resumed run whose checkpoint did not keep the best-probed state: the rollback due is dropped, and with it
     # its record; a NaN in the anneal then restores the stage snapshot
     c, train, val = _overfitting_case(reuse_best_trial=True)
