@@ -98,21 +98,29 @@ def _synthetic_observations(n: int, rep: int) -> tuple[list[float], list[float]]
     return [10**v for v in logs], [1.0 + 0.1 * (v + 2) ** 2 + e for v, e in zip(logs, noise)]
 
 
+_RANGE = (1e-4, 1.0)  # the LR range of the decisions' synthetic observations
+
+
+def _observed_proposer(lrs: Sequence[float], ys: Sequence[float], seed: int) -> Any:
+    """An :class:`~lightning_autolrs.proposer.LRProposer` over :data:`_RANGE` that has observed ``(lrs, ys)``."""
+    from lightning_autolrs.proposer import LRProposer
+
+    proposer = LRProposer(*_RANGE, seed=seed)
+    for lr, y in zip(lrs, ys):
+        proposer.observe(lr, y)
+    return proposer
+
+
 def bench_decisions(ns: Sequence[int], reps: int, threads: int | None) -> list[dict[str, Any]]:
     from skopt import Optimizer
     from skopt.space import Real
 
-    from lightning_autolrs.proposer import LRProposer
-
-    lo, hi = 1e-4, 1.0
+    lo, hi = _RANGE
     rows = []
     with _threads(threads), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # warm-up: first calls pay for imports and lazy initialisation
-        p = LRProposer(lo, hi, seed=0)
-        for lr, y in zip(*_synthetic_observations(3, 99)):
-            p.observe(lr, y)
-        p.propose()
+        _observed_proposer(*_synthetic_observations(3, 99), 0).propose()
         Optimizer([Real(lo, hi, "log-uniform")], "GP", n_initial_points=1, acq_func="LCB", random_state=0).tell(
             [0.01], 1.0
         )
@@ -120,10 +128,7 @@ def bench_decisions(ns: Sequence[int], reps: int, threads: int | None) -> list[d
             ours, ref = [], []
             for rep in range(reps):
                 lrs, ys = _synthetic_observations(n, rep)
-                proposer = LRProposer(lo, hi, seed=rep)
-                for lr, y in zip(lrs, ys):
-                    proposer.observe(lr, y)
-                ours.append(_timed(proposer.propose))
+                ours.append(_timed(_observed_proposer(lrs, ys, rep).propose))
                 opt = Optimizer(
                     [Real(lo, hi, "log-uniform")],
                     "GP",
@@ -197,11 +202,8 @@ def bench_busy(reps: int) -> list[dict[str, Any]]:
     from lightning_autolrs.forecast import ExponentialForecaster
     from lightning_autolrs.proposer import LRProposer
 
-    def proposer(n: int, rep: int, seed: int) -> LRProposer:
-        p = LRProposer(1e-4, 1.0, seed=seed)  # (the seeds differ so that the two never share a GP fit)
-        for lr, y in zip(*_synthetic_observations(n, rep)):
-            p.observe(lr, y)
-        return p
+    def proposer(n: int, rep: int, seed: int) -> LRProposer:  # (the seeds differ: the two never share a GP fit)
+        return _observed_proposer(*_synthetic_observations(n, rep), seed)
 
     fc = ExponentialForecaster()
     predict_on_torch_threads = ExponentialForecaster.predict.__wrapped__  # type: ignore[attr-defined]
