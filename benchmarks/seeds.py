@@ -12,6 +12,11 @@ without the tuned grid (which it does not need), and reports per workload:
   of its trials diverged and how many times its exploit phases fell back (a run's whole search, trial by trial, is in
   its record in ``OUT/runs``: ``trial_lrs``, ``trial_predictions``).
 
+With ``--against ROW ...`` it also trains the quality benchmark's untuned rows named (:data:`UNTUNED`: a constant or
+warmup-stable-decay schedule at the module's LR, schedule-free at its default LR, Prodigy) on the same seeds and pairs
+each AutoLRS run with each of them seed by seed, as above: the first and third goals of issue #12 (at or below a
+constant LR at the module's LR; ahead of schedule-free and Prodigy at their defaults) on more than three seeds.
+
 With ``--held-out-tuned`` it also answers the quality benchmark's second goal on seeds that did not choose the
 tuned LR: the quality benchmark's tuned cosine is the grid point whose median final loss over its seeds (0, 1, 2) is
 lowest, so on those seeds it is graded on the runs that selected it, the lowest of seven noisy medians. This option
@@ -40,9 +45,12 @@ import torch
 from benchmarks.quality import _task, execute, final_of, method_lrs, plan_tasks, run_key, tuned_lr_of
 from benchmarks.workloads import AUTOLRS_VARIANTS, METHODS, WORKLOADS, cpu_model, runs_by_cpu
 
-__all__ = ["held_out_lines", "main", "paired_lines", "per_seed_lines", "tuned_lr"]
+__all__ = ["against_lines", "held_out_lines", "main", "paired_lines", "per_seed_lines", "tuned_lr"]
 
 REFERENCE = "cosine_configured"
+#: The rows ``--against`` may pair the AutoLRS rows with besides cosine at the module's LR: the quality benchmark's
+#: other rows that a user gets without tuning (one run per seed: the module's LR, an optimizer's default).
+UNTUNED = tuple(m.name for m in METHODS.values() if m.lr is not None and not m.tuned and m.name != REFERENCE)
 #: The seeds the quality benchmark tunes its cosine row on (``--held-out-tuned`` picks the LR from them).
 TUNING_SEEDS = (0, 1, 2)
 
@@ -121,6 +129,23 @@ def paired_lines(results: dict, workloads: Sequence[str], methods: Sequence[str]
     return _paired_table(columns, rows, "cosine")
 
 
+def against_lines(
+    results: dict, workloads: Sequence[str], methods: Sequence[str], seeds: Sequence[int], against: str
+) -> list[str]:
+    """The markdown table of every (workload, AutoLRS row) against the untuned row ``against`` (one of
+    :data:`UNTUNED`), each run paired with that row's run of the same seed: medians, paired mean / worst difference,
+    seeds at or below."""
+    label = METHODS[against].label
+    columns = ("workload", "row", "final val loss, median [min–max]", f"{label}, median [min–max]")
+    rows = []
+    for w in workloads:
+        ref = _finals(results, w, against, seeds)
+        for m in methods:
+            v = _finals(results, w, m, seeds)
+            rows.append((m, f"| {w} | `{m}` | {_spread(v)} | {_spread(ref)}", v, ref))
+    return _paired_table(columns, rows, f"`{against}`")
+
+
 def tuned_lr(results: dict, workload: str) -> float:
     """The quality benchmark's tuned cosine LR: the grid point with the lowest median final loss over
     :data:`TUNING_SEEDS`, chosen as the quality benchmark chooses it (:func:`benchmarks.quality.tuned_lr_of`)."""
@@ -179,6 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [m for m, meth in METHODS.items() if meth.kind in AUTOLRS_VARIANTS]
     p.add_argument("--methods", nargs="+", default=["autolrs", "autolrs_ratio10"], choices=rows)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument(
+        "--against",
+        nargs="+",
+        default=[],
+        choices=UNTUNED,
+        help="also pair the rows with these untuned rows of the quality benchmark, seed by seed",
+    )
     p.add_argument("--out", default="benchmarks/results", help="output folder (runs cached in OUT/runs)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes")
     p.add_argument("--resume", action="store_true", help="reuse finished runs found in OUT/runs")
@@ -194,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    tasks = plan_tasks(args.workloads, [REFERENCE, *args.methods], args.seeds, False, 40)
+    tasks = plan_tasks(args.workloads, [REFERENCE, *args.against, *args.methods], args.seeds, False, 40)
     ran = reused = 0
     if args.held_out_tuned:  # first the grid on the tuning seeds, which picks the LR the held-out seeds then train
         grid, ran, reused = execute(plan_tasks(args.workloads, ["cosine"], TUNING_SEEDS, False, 40), out, args.jobs,
@@ -224,6 +256,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         *per_seed_lines(results, args.workloads, args.methods, args.seeds),
     ]
+    for against in args.against:
+        text += [
+            "",
+            f"## Against {METHODS[against].label} (`{against}`)",
+            "",
+            f"Each AutoLRS run paired with the `{against}` run of the same seed.",
+            "",
+            *against_lines(results, args.workloads, args.methods, args.seeds, against),
+        ]
     if args.held_out_tuned:
         text += [
             "",

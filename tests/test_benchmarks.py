@@ -461,6 +461,42 @@ def test_seeds_held_out_tuned_trains_the_grid_first_then_the_tuned_lr_on_the_oth
     assert not calls and not (tmp_path / "unused").exists()
 
 
+def test_seeds_against_pairs_each_autolrs_run_with_the_untuned_rows_run_of_its_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--against prodigy sf_default``: those rows' runs are trained on every seed asked for, and each AutoLRS run is
+    compared with the same seed's run of each, in a section of its own."""
+    from benchmarks import seeds
+    from benchmarks.quality import method_lrs, run_key
+    from benchmarks.workloads import METHODS, WORKLOADS
+
+    finals = {"autolrs": [1.0, 2.0, 4.0], "prodigy": [2.0, 1.0, 5.0], "sf": [0.5, 0.5, 0.5], "cosine": [9.0] * 3}
+    calls: list[dict] = []
+
+    def fake_execute(tasks: dict, out: Path, jobs: int, resume: bool) -> tuple[dict, int, int]:
+        calls.append(tasks)
+        return {key: {"final_loss": finals[task["kind"]][task["seed"]]} for key, task in tasks.items()}, len(tasks), 0
+
+    monkeypatch.setattr(seeds, "execute", fake_execute)
+    argv = ["--workloads", "friedman", "--methods", "autolrs", "--seeds", "0", "1", "2", "--against", "prodigy"]
+    assert seeds.main([*argv, "sf_default", "--out", str(tmp_path)]) == 0
+    (tasks,) = calls
+    for row in ("prodigy", "sf_default"):
+        (lr,) = method_lrs(METHODS[row], WORKLOADS["friedman"], False)
+        assert {("friedman", run_key(METHODS[row].kind, lr, s)) for s in (0, 1, 2)} <= set(tasks)
+    assert len(tasks) == 4 * 3  # cosine at the module's LR, the two rows and AutoLRS
+    text = (tmp_path / "seeds.md").read_text()
+    assert f"## Against {METHODS['prodigy'].label} (`prodigy`)" in text
+    _, rows = _table(text, f"| workload | row | final val loss, median [min–max] | {METHODS['prodigy'].label}")
+    # -50 %, +100 %, -20 % against the same seed's Prodigy run; medians 2 against 2: at or below
+    assert rows == [["friedman", "`autolrs`", "2 [1–4]", "2 [1–5]", "yes", "+10.0 %", "+100.0 %", "2/3"]]
+    _, rows = _table(text, f"| workload | row | final val loss, median [min–max] | {METHODS['sf_default'].label}")
+    assert rows[0][4:] == ["no", "+366.7 %", "+700.0 %", "0/3"]
+    assert "at or below the same seed's `sf_default` run in 0/3 runs" in text
+    with pytest.raises(SystemExit):  # a tuned row has no single run per seed to pair with
+        seeds.main(["--against", "cosine", "--out", str(tmp_path / "unused")])
+
+
 def test_judge_quick(tmp_path: Path) -> None:
     from benchmarks import judge
 
