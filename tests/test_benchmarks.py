@@ -128,6 +128,7 @@ def test_quality_quick(tmp_path: Path) -> None:
         "- final val loss at or below constant module LR, every workload: **",
         "- reaches tuned cosine's final val loss (T1), every workload (median of the seeds): **",
         "- reaches T1 in ≤ 1/1.3 of tuned cosine's steps (search counted): **",
+        "- on 1/1.3 of the budget (`autolrs_short`), ends at or below T1, every workload (medians): **",
         "- ahead of schedule-free at its defaults (median final val loss): **",
         "- ahead of Prodigy at its defaults (median final val loss): **",
         "- no collapsed run: **",
@@ -136,6 +137,14 @@ def test_quality_quick(tmp_path: Path) -> None:
         line = next(line for line in readme.splitlines() if line.startswith(goal))
         assert line[len(goal) :].startswith(("yes**", "no**"))
 
+    # the speedup row: AutoLRS's defaults on 1/1.3 of the budget, evaluated at its own last step
+    short = json.loads((tmp_path / "runs" / "friedman" / "autolrs_short_s0.json").read_text())
+    assert short["budget"] == short["steps"] == round(WORKLOADS["friedman"].quick_budget / 1.3) == 23
+    assert short["curve"][-1][0] == 23 and short["final_loss"] == short["curve"][-1][1]
+    assert (
+        short["autolrs_args"]
+        == json.loads((tmp_path / "runs" / "friedman" / "autolrs_s0.json").read_text())["autolrs_args"]
+    )  # the same callback: only the Trainer's max_steps differs
     # the AutoLRS runs: no LR range given (the range test finds it), the validation data given, a search
     run = json.loads((tmp_path / "runs" / "friedman" / "autolrs_s0.json").read_text())
     info = run["autolrs"]
