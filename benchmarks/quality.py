@@ -15,8 +15,9 @@ seed (default 0, 1, 2), every run with the same step budget (but ``autolrs_short
 - **AutoLRS**: ``AutoLRS()`` at the package defaults with no LR range given (``autolrs``), the same at the defaults of
   the version before the search rework (``autolrs_before``: pinned to that version's code, only reloaded, see
   :func:`benchmarks.workloads.run_one`), variants of single settings (``--methods``), and ``autolrs_short``, the
-  defaults on 1/1.3 of the budget (``max_steps`` 2 308 of 3 000; 7 692 of 10 000): issue #12's speedup goal as a user
-  meets it, an AutoLRS run given fewer steps ending at or below tuned cosine's final loss;
+  defaults on 1/1.3 of the budget (:data:`benchmarks.workloads.BUDGET_SCALES`; ``max_steps`` 2 308 of 3 000, 7 692 of
+  10 000): issue #12's speedup goal as a user meets it, an AutoLRS run given fewer steps ending at or below tuned
+  cosine's final loss;
 - **replay** (``--methods replay``): ``ReplaySchedule(schedule, stretch=True)`` with the schedule the ``autolrs`` run of
   the next seed found on the same workload (seed s gets seed s+1 mod the number of seeds).
 
@@ -63,10 +64,12 @@ from typing import Any
 from benchmarks.workloads import (
     AUTOLRS_VARIANTS,
     BEFORE_COMMIT,
+    BUDGET_SCALES,
     DEFAULT_METHODS,
     METHODS,
     REPLAY_VARIANTS,
     REWORK1_COMMIT,
+    SPEEDUP_TARGET,
     WORKLOADS,
     Method,
     Workload,
@@ -538,6 +541,17 @@ def autolrs_lines(analysis: dict[str, Any], seeds: Sequence[int]) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
+def _shorter_budgets(workload: Workload, analysis: dict[str, Any], quick: bool, evals: int) -> str:
+    """The rows of :data:`~benchmarks.workloads.BUDGET_SCALES` present, with their budgets and evaluation steps."""
+    parts = []
+    for name in analysis["rows"]:
+        if name in BUDGET_SCALES:
+            steps = run_budget(workload, name, quick)
+            parts.append(f"`{name}`: {steps} steps, evaluated every {max(1, steps // evals)} and at its last")
+        # (the other rows train the workload's budget)
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def workload_markdown(
     workload: Workload, analysis: dict[str, Any], seeds: Sequence[int], quick: bool, command: str, provenance: str
 ) -> str:
@@ -551,9 +565,9 @@ def workload_markdown(
         "",
         provenance,
         "",
-        f"Budget {budget} optimizer steps per run; validation loss on the full validation set every "
-        f"{max(1, budget // evals)} steps; seeds {', '.join(map(str, seeds))}; LR grid "
-        f"{', '.join(f'{v:g}' for v in grid)} (schedule-free: × {workload.sf_scale:g}); AutoLRS searches "
+        f"Budget {budget} optimizer steps per run{_shorter_budgets(workload, analysis, quick, evals)}; validation loss "
+        f"on the full validation set every {max(1, budget // evals)} steps; seeds {', '.join(map(str, seeds))}; "
+        f"LR grid {', '.join(f'{v:g}' for v in grid)} (schedule-free: × {workload.sf_scale:g}); AutoLRS searches "
         f"{workload.grid[0]:g}…{workload.grid[1]:g} (rows marked range test: no `min_lr`/`max_lr` given, the "
         "callback's LR range test finds the range; its steps count as search). Replay rows replay the schedule another "
         "seed's AutoLRS run found (seed s gets the schedule of seed s+1 mod the number of seeds).",
@@ -653,7 +667,6 @@ BEFORE_AFTER = (
     ("autolrs", "after: `AutoLRS()` defaults"),
 )
 SEARCH_SHARE_TARGET = 0.30
-SPEEDUP_TARGET = 1.3
 # untuned rows an AutoLRS run must end at or below (median final val loss), with their names in the goal lines
 NEVER_WORSE_THAN = (("cosine_configured", "cosine at the module's LR"), ("constant_configured", "constant module LR"))
 AHEAD_OF = (("sf_default", "schedule-free"), ("prodigy", "Prodigy"))
@@ -717,7 +730,7 @@ def before_after_lines(analyses: dict[str, dict[str, Any]], seeds: Sequence[int]
         "test ÷ all optimizer steps (the winning trial's steps, which training continues from, included). A run "
         "counts as collapsed when it ends at or above its step-0 val loss or above its val loss at the end of stage 0.",
         "",
-        "Goals (row `autolrs`):",
+        "Goals (row `autolrs`, and row `autolrs_short` where the line names it):",
         "",
     ]
     if "autolrs" not in dict(present):
@@ -745,7 +758,7 @@ def before_after_lines(analyses: dict[str, dict[str, Any]], seeds: Sequence[int]
         speed = statistics.median(analysis["rows"]["autolrs"]["speedup_t1"])
         checks[-1][1].append((wname, speed >= SPEEDUP_TARGET, f"{speed:.2f}×"))
     if all("autolrs_short" in a["rows"] for a in analyses.values()):
-        goal = f"on 1/{SPEEDUP_TARGET} of the budget (`autolrs_short`), ends at or below T1, every workload (medians)"
+        goal = f"on 1/{SPEEDUP_TARGET:g} of the budget (`autolrs_short`), ends at or below T1, every workload (medians)"
         checks.append((goal, []))
         for wname, analysis in analyses.items():
             short = analysis["rows"]["autolrs_short"]

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.quality import _task, execute, final_of, method_lrs, plan_tasks, run_key, tuned_lr_of
-from benchmarks.workloads import AUTOLRS_VARIANTS, METHODS, WORKLOADS, cpu_model, runs_by_cpu
+from benchmarks.workloads import AUTOLRS_VARIANTS, BUDGET_SCALES, METHODS, WORKLOADS, cpu_model, runs_by_cpu
 
 __all__ = ["against_lines", "held_out_lines", "main", "paired_lines", "per_seed_lines", "tuned_lr"]
 
@@ -246,7 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Command: `{command}` ({ran} runs trained, {reused} reused, {(time.perf_counter() - start) / 60:.1f} min "
         f"wall). Seeds {', '.join(map(str, args.seeds))}; final validation loss on the full validation set. Written "
         f"on {cpu_model()}, torch {torch.__version__}; the runs were trained on {runs_by_cpu(results.values())} "
-        "(a run ends bitwise the same only on the CPU that trained it: the digits CNN's runs differ across CPUs).",
+        "(a run ends bitwise the same only on the CPU that trained it: the digits CNN's runs differ across CPUs)."
+        + "".join(
+            f" `{m}` trains {BUDGET_SCALES[m]:.3g} of the budget that the rows it is paired with train."
+            for m in args.methods
+            if m in BUDGET_SCALES
+        ),
         "",
         *paired_lines(results, args.workloads, args.methods, args.seeds),
         "",

@@ -145,6 +145,15 @@ def test_quality_quick(tmp_path: Path) -> None:
         short["autolrs_args"]
         == json.loads((tmp_path / "runs" / "friedman" / "autolrs_s0.json").read_text())["autolrs_args"]
     )  # the same callback: only the Trainer's max_steps differs
+    assert short["autolrs"]["schedule"]["settings"]["total_steps"] == 23  # ... which it planned its stages for
+    cosine_finals = [json.loads(p.read_text())["final_loss"] for p in (tmp_path / "runs" / "friedman").glob("cosine_*")]
+    line = next(line for line in readme.splitlines() if "(`autolrs_short`), ends at or below T1" in line)
+    found = re.search(r"friedman (\S+) vs (\S+) in 23 steps ([✓✗])", line)
+    assert found, line
+    t1 = min(cosine_finals)  # one seed: tuned cosine's final loss is the grid's lowest
+    assert float(found[1]) == pytest.approx(short["final_loss"], rel=1e-3)
+    assert float(found[2]) == pytest.approx(t1, rel=1e-3)
+    assert found[3] == ("✓" if short["final_loss"] <= t1 else "✗")
     # the AutoLRS runs: no LR range given (the range test finds it), the validation data given, a search
     run = json.loads((tmp_path / "runs" / "friedman" / "autolrs_s0.json").read_text())
     info = run["autolrs"]
@@ -263,11 +272,13 @@ def test_quality_resume_reuses_runs(tmp_path: Path) -> None:
     from benchmarks import quality
 
     args = ["--quick", "--out", str(tmp_path), "--workloads", "friedman", "--methods", "cosine", "prodigy"]
-    assert quality.main(args) == 0
+    assert quality.main([*args, "autolrs_short"]) == 0
     first = {p.name: p.read_text() for p in (tmp_path / "runs" / "friedman").glob("*.json")}
-    assert quality.main([*args, "--resume"]) == 0
+    assert quality.main([*args, "autolrs_short", "--resume"]) == 0  # (the shorter budget's run matches its record)
     assert {p.name: p.read_text() for p in (tmp_path / "runs" / "friedman").glob("*.json")} == first
-    assert "0 runs trained in this invocation, 4 reused" in (tmp_path / "friedman.md").read_text()
+    text = (tmp_path / "friedman.md").read_text()
+    assert "0 runs trained in this invocation, 5 reused" in text
+    assert "Budget 30 optimizer steps per run (`autolrs_short`: 23 steps, evaluated every 4 and at its last);" in text
 
 
 def test_overhead_quick(tmp_path: Path) -> None:
