@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 __all__ = [
     "AUTOLRS_VARIANTS",
     "BEFORE_COMMIT",
+    "BUDGET_SCALES",
     "DEFAULT_METHODS",
     "GIVEN_RANGE_VARIANTS",
     "METHODS",
@@ -40,6 +41,7 @@ __all__ = [
     "QUICK_TAU",
     "REPLAY_VARIANTS",
     "REWORK1_COMMIT",
+    "SPEEDUP_TARGET",
     "WORKLOADS",
     "DiabetesDataModule",
     "DiabetesMLP",
@@ -50,6 +52,7 @@ __all__ = [
     "autolrs_kwargs",
     "autolrs_settings",
     "mean_loss",
+    "run_budget",
     "run_one",
 ]
 
