@@ -27,7 +27,7 @@ against that loss, without whole AutoLRS runs. For each workload and seed:
      takes away from every LR; this judge credits a trial only with what it gains after its first probe. (A scratch
      copy of the package judging every stage's trials so, ten seeds of ``python -m benchmarks.seeds``, ended higher
      than the default in 30 of 50 runs: stage 0 begins from the initial weights, where that first step is mostly the
-     model's own progress; judging only the later stages so, 17 of 50 higher and 9 lower; README, "Benchmarks".)
+     model's own progress; judging only the later stages so, 17 of 50 higher and 9 lower; `benchmarks/HISTORY.md`.)
 
    Each judge's pick follows the package's rule: the lowest value, unless the anchor (×1) is within 3 % of it.
 

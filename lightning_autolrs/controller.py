@@ -135,7 +135,7 @@ _REFERENCE_WINDOW = 20
 DIVERGENCE_FLOOR = 0.5
 #: A stage searches within ÷/× this factor of its anchor (stage 0: around the configured LR). Stage 0 used its square
 #: (÷/× 9) before: its short trials from a fresh model favour the fastest early drop, which picked 9× the configured
-#: LR on Friedman (+22 % against cosine) and up to 4× on the digits CNN (README, "Benchmarks").
+#: LR on Friedman (+22 % against cosine) and up to 4× on the digits CNN (`benchmarks/HISTORY.md`).
 TRUST_FACTOR = 3.0
 #: Without a search (a budget too small for one), the schedule is the common baseline: a linear warmup over this share
 #: of the budget to the configured LR, then a half cosine down to ``min_lr``.
@@ -941,7 +941,7 @@ class StageController:
         the anneal, which lowers every LR anyway. What a smaller LR shows in a short trial (the loss drops at once) is
         what the anneal gives every LR, so a judge that may go down picks the smallest LR of the region too often
         (``benchmarks/results/judge.md``: the lowest of five in 8 of 12 cases, while the stage plus the anneal
-        favoured it in 4). Measured on seeds 0-9 (README, "Benchmarks"): the char LM's runs that dropped to ÷3 there
+        favoured it in 4). Measured on seeds 0-9 (`benchmarks/HISTORY.md`): the char LM's runs that dropped to ÷3 there
         ended 2.1-2.9 % above cosine at the module's LR; searching upwards only, its median went from 1.657 to 1.645
         (cosine: 1.650), at a cost on the digits CNN (paired mean −6.2 % → −4.4 % against cosine, still below it)."""
         lo, hi = self.min_lr, self._eff_max_lr
@@ -971,9 +971,10 @@ class StageController:
 
         Why the fit's first loss bounds it from below: late in training, when the training loss is near zero, one hard
         batch lifts it far more than 5× without anything having gone wrong. On the quality benchmark's digits
-        workloads (seeds 0-9, README "Benchmarks") every divergence was one such batch, at losses of 0.03-0.28 against
-        a first loss of 2.3: 12 trials were cut short, and 17 exploit fallbacks in 11 runs sent training back to the
-        stage's start. A net that collapses (to chance level, to the mean prediction) is back near its first loss."""
+        workloads (seeds 0-9, `benchmarks/HISTORY.md`) every divergence was one such batch, at losses of 0.03-0.28
+        against a first loss of 2.3: 12 trials were cut short, and 17 exploit fallbacks in 11 runs sent training back to
+        the stage's start. A net that collapses (to chance level, to the mean prediction) is back near its first
+        loss."""
         if loss is None:
             return False
         if not math.isfinite(loss):

@@ -57,9 +57,9 @@ MIN_TRIAL_STEPS = 20
 #: With an optimizer that keeps a second-moment estimate (``betas`` in its param group: Adam, AdamW, NAdam, ...), the
 #: first stage's exploit phase starts again from the stage start and warms up to the chosen LR over
 #: ``2 / (1 - beta2)`` steps (the untuned warmup rule of Ma & Yarats, 2021), at most this share of the stage's τ.
-#: Measured on ten seeds of the quality benchmark (README, "Benchmarks", where the figures are): it lowers the char LM's
-#: (AdamW) and Friedman's (Adam) final loss in most seeds; the same warmup on the two SGD workloads raised theirs, and a
-#: warmup of 5 % of τ helped no workload clearly.
+#: Measured on ten seeds of the quality benchmark (`benchmarks/HISTORY.md`, where the figures are): it lowers the char
+#: LM's (AdamW) and Friedman's (Adam) final loss in most seeds; the same warmup on the two SGD workloads raised theirs,
+#: and a warmup of 5 % of τ helped no workload clearly.
 EXPLOIT_WARMUP_SHARE = 0.25
 
 
@@ -172,7 +172,7 @@ class Settings:
     search_ratio: float = _setting(
         0.05,
         """trial length as a fraction of τ, in (0, 1). The default 5 % (with ``num_trials=4``) keeps the search
-        at about 15 % of the steps; 10 % lost to it on the quality benchmark (README, "Benchmarks").""",
+        at about 15 % of the steps; 10 % lost to it on the quality benchmark (`benchmarks/HISTORY.md`).""",
         lambda n, v: check_float(n, v, open_unit=True),
     )
     beta: float = _setting(
