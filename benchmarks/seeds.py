@@ -37,7 +37,7 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -120,13 +120,27 @@ def _spread(v: Sequence[float]) -> str:
 def paired_lines(results: dict, workloads: Sequence[str], methods: Sequence[str], seeds: Sequence[int]) -> list[str]:
     """The markdown table of every (workload, row): median, paired mean / worst difference, seeds at or below."""
     columns = ("workload", "row", "final val loss, median [min–max]", "cosine at the module's LR, median")
+    rows = _rows_against(results, workloads, methods, seeds, REFERENCE, lambda ref: f"{statistics.median(ref):.4g}")
+    return _paired_table(columns, rows, "cosine")
+
+
+def _rows_against(
+    results: dict,
+    workloads: Sequence[str],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    reference: str,
+    ref_cell: Callable[[list[float]], str],
+) -> list[tuple[str, str, list[float], list[float]]]:
+    """:func:`_paired_table`'s rows: each (workload, row) with its final losses and those of the ``reference`` row's
+    runs of the same seeds (first cells: workload, row, the row's spread, ``ref_cell`` of the reference's losses)."""
     rows = []
     for w in workloads:
-        ref = _finals(results, w, REFERENCE, seeds)
+        ref = _finals(results, w, reference, seeds)
         for m in methods:
             v = _finals(results, w, m, seeds)
-            rows.append((m, f"| {w} | `{m}` | {_spread(v)} | {statistics.median(ref):.4g}", v, ref))
-    return _paired_table(columns, rows, "cosine")
+            rows.append((m, f"| {w} | `{m}` | {_spread(v)} | {ref_cell(ref)}", v, ref))
+    return rows
 
 
 def against_lines(
@@ -137,13 +151,7 @@ def against_lines(
     seeds at or below."""
     label = METHODS[against].label
     columns = ("workload", "row", "final val loss, median [min–max]", f"{label}, median [min–max]")
-    rows = []
-    for w in workloads:
-        ref = _finals(results, w, against, seeds)
-        for m in methods:
-            v = _finals(results, w, m, seeds)
-            rows.append((m, f"| {w} | `{m}` | {_spread(v)} | {_spread(ref)}", v, ref))
-    return _paired_table(columns, rows, f"`{against}`")
+    return _paired_table(columns, _rows_against(results, workloads, methods, seeds, against, _spread), f"`{against}`")
 
 
 def tuned_lr(results: dict, workload: str) -> float:
