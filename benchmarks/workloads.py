@@ -1,7 +1,9 @@
 """Workloads and LR-schedule methods of the quality benchmark, and the function that trains one run.
 
-A *workload* is a LightningModule + LightningDataModule pair that needs no download (the two bundled demos and an MLP
-regression on scikit-learn's bundled diabetes data), a step budget, and the LR grid the tuned baselines search. A
+A *workload* is a LightningModule + LightningDataModule pair that needs no download (the two bundled demos, MLPs on
+scikit-learn's bundled digits and on its generated regression and classification data, a GRU language model on
+standard-library sources), a step budget, and the LR grid the tuned baselines search. Three of them (:data:`HELD_OUT`)
+were added after ``AutoLRS()``'s defaults were chosen, to test those defaults out of sample. A
 *method* says how the learning rate is set: a fixed schedule around a given peak LR (constant, cosine with linear
 warmup, OneCycle), a different optimizer (schedule-free, Prodigy), or the :class:`~lightning_autolrs.AutoLRS` callback.
 
@@ -35,6 +37,8 @@ __all__ = [
     "BUDGET_SCALES",
     "DEFAULT_METHODS",
     "GIVEN_RANGE_VARIANTS",
+    "GRU_FILES",
+    "HELD_OUT",
     "METHODS",
     "PINNED_COMMITS",
     "QUICK_RANGE_TEST_STEPS",
@@ -43,11 +47,17 @@ __all__ = [
     "REWORK1_COMMIT",
     "SPEEDUP_TARGET",
     "WORKLOADS",
+    "CharGRU",
+    "ClassificationDataModule",
+    "ClassificationMLP",
     "DiabetesDataModule",
     "DiabetesMLP",
     "DigitsMLP",
+    "Friedman3DataModule",
     "FriedmanDataModule",
+    "GRUTextDataModule",
     "Method",
+    "TanhRegressor",
     "Workload",
     "autolrs_kwargs",
     "autolrs_settings",
@@ -196,6 +206,213 @@ class FriedmanDataModule(DiabetesDataModule):
         self.val_set = TensorDataset(x[:n_val], y[:n_val])
 
 
+class ClassificationDataModule(DiabetesDataModule):
+    """scikit-learn's generated classification data (``make_classification``: 6 classes, 32 features of which 16
+    informative and 8 redundant, 2 clusters per class, 2 % of the labels flipped), ``n_samples`` samples generated with
+    a fixed seed, the last 1/6 held out for validation, features standardised with train statistics; ``seed`` reshuffles
+    the batches. A held-out workload (see :data:`HELD_OUT`)."""
+
+    def __init__(self, batch_size: int = 128, n_samples: int = 12000, seed: int = 0) -> None:
+        super().__init__(batch_size=batch_size, val_fraction=1 / 6, seed=seed, split_seed=0)
+        self.n_samples = n_samples
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        from sklearn.datasets import make_classification
+
+        x_np, y_np = make_classification(
+            n_samples=self.n_samples,
+            n_features=32,
+            n_informative=16,
+            n_redundant=8,
+            n_classes=6,
+            n_clusters_per_class=2,
+            flip_y=0.02,
+            random_state=0,
+        )
+        x = torch.tensor(x_np, dtype=torch.float32)
+        y = torch.tensor(y_np, dtype=torch.long)
+        n_val = round(len(y) * self.val_fraction)
+        mu, sd = x[n_val:].mean(0), x[n_val:].std(0)
+        x = (x - mu) / sd
+        self.train_set = TensorDataset(x[n_val:], y[n_val:])
+        self.val_set = TensorDataset(x[:n_val], y[:n_val])
+
+
+class ClassificationMLP(_Supervised):
+    """A GELU MLP classifier (32 → ``hidden`` → ``hidden`` → 6), SGD with Nesterov momentum 0.9 and weight decay
+    1e-4. A held-out workload's module (see :data:`HELD_OUT`)."""
+
+    def __init__(self, lr: float = 0.01, hidden: int = 128) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(
+            nn.Linear(32, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 6)
+        )
+
+    loss = staticmethod(nn.functional.cross_entropy)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+
+class Friedman3DataModule(DiabetesDataModule):
+    """scikit-learn's generated Friedman #3 regression (``make_friedman3``: 4 features, an arctan of their products,
+    noise 0.1), ``n_samples`` samples generated with a fixed seed, the last 1/5 held out, features and targets
+    standardised with train statistics; ``seed`` reshuffles the batches. A held-out workload (see :data:`HELD_OUT`)."""
+
+    def __init__(self, batch_size: int = 32, n_samples: int = 5000, seed: int = 0) -> None:
+        super().__init__(batch_size=batch_size, val_fraction=0.2, seed=seed, split_seed=0)
+        self.n_samples = n_samples
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        from sklearn.datasets import make_friedman3
+
+        x_np, y_np = make_friedman3(n_samples=self.n_samples, noise=0.1, random_state=0)
+        x = torch.tensor(x_np, dtype=torch.float32)
+        y = torch.tensor(y_np, dtype=torch.float32)
+        n_val = round(len(y) * self.val_fraction)
+        mu, sd = x[n_val:].mean(0), x[n_val:].std(0)
+        y_mu, y_sd = y[n_val:].mean(), y[n_val:].std()
+        x, y = (x - mu) / sd, (y - y_mu) / y_sd
+        self.train_set = TensorDataset(x[n_val:], y[n_val:])
+        self.val_set = TensorDataset(x[:n_val], y[:n_val])
+
+
+class TanhRegressor(_Supervised):
+    """A tanh MLP regressor (4 → ``hidden`` → ``hidden`` → 1) on the MSE, SGD with momentum 0.9. A held-out
+    workload's module (see :data:`HELD_OUT`)."""
+
+    def __init__(self, lr: float = 0.01, hidden: int = 64) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(
+            nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+        )
+
+    loss = staticmethod(nn.functional.mse_loss)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
+
+
+#: The standard-library sources of the GRU language model: none of them is in the char-level Transformer's corpus
+#: (:data:`lightning_autolrs.demos.charlm.STDLIB_FILES`).
+GRU_FILES: tuple[str, ...] = (
+    "typing.py",
+    "inspect.py",
+    "pathlib.py",
+    "logging/__init__.py",
+    "logging/handlers.py",
+    "unittest/case.py",
+    "unittest/mock.py",
+    "tarfile.py",
+    "zipfile.py",
+)
+
+
+class GRUTextDataModule(pl.LightningDataModule):
+    """Byte-level windows of other standard-library sources (:data:`GRU_FILES`) than the char-level Transformer's:
+    the first ``1 - val_fraction`` of the text trains (random windows, seeded by ``seed``), the rest validates
+    (non-overlapping windows). A held-out workload (see :data:`HELD_OUT`)."""
+
+    def __init__(
+        self,
+        block_size: int = 32,
+        batch_size: int = 32,
+        max_chars: int = 300_000,
+        val_fraction: float = 0.05,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.block_size, self.batch_size, self.max_chars = block_size, batch_size, max_chars
+        self.val_fraction, self.seed = val_fraction, seed
+        self.train_data: torch.Tensor | None = None
+        self.val_data: torch.Tensor | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_data is not None:
+            return
+        import sysconfig
+        from pathlib import Path
+
+        root = Path(sysconfig.get_paths()["stdlib"])
+        paths = [root / rel for rel in GRU_FILES if (root / rel).is_file()]
+        if not paths:
+            raise FileNotFoundError(f"none of {GRU_FILES} found under {root}: this Python ships no .py sources")
+        text = b"\n\n".join(path.read_bytes().replace(b"\r\n", b"\n") for path in paths)[: self.max_chars]
+        data = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
+        n_train = round(len(data) * (1.0 - self.val_fraction))
+        self.train_data, self.val_data = data[:n_train].clone(), data[n_train:].clone()
+
+    def _windows(self, data: torch.Tensor, starts: torch.Tensor) -> TensorDataset:
+        idx = starts.unsqueeze(1) + torch.arange(self.block_size + 1)
+        chunks = data[idx]
+        return TensorDataset(chunks[:, :-1], chunks[:, 1:])
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        assert self.train_data is not None
+        generator = torch.Generator().manual_seed(self.seed)
+        n = len(self.train_data) // self.block_size
+        starts = torch.randint(0, len(self.train_data) - self.block_size, (n,), generator=generator)
+        return DataLoader(
+            self._windows(self.train_data, starts),
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=generator,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        assert self.val_data is not None
+        n = (len(self.val_data) - 1) // self.block_size
+        starts = torch.arange(n) * self.block_size
+        return DataLoader(self._windows(self.val_data, starts), batch_size=128, shuffle=False)
+
+
+class CharGRU(pl.LightningModule):
+    """A byte-level GRU language model (embedding ``embed``, one GRU layer of ``hidden`` units, a linear read-out),
+    Adam with its default betas. A held-out workload's module (see :data:`HELD_OUT`)."""
+
+    def __init__(self, lr: float = 1e-3, embed: int = 32, hidden: int = 128) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.emb = nn.Embedding(256, embed)
+        self.gru = nn.GRU(embed, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 256)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(self.emb(x))
+        return self.head(out)
+
+    def _loss(self, batch: Batch) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        return nn.functional.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self.log("val_loss", self._loss(batch), batch_size=len(batch[0]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
 @dataclass(frozen=True)
 class Workload:
     """One benchmark task.
@@ -332,6 +549,39 @@ def _tensor_val(dm: Any) -> list[Batch]:
     return _chunks(*dm.val_set.tensors, 512)
 
 
+def _build_classification(
+    seed: int, quick: bool
+) -> tuple[type[pl.LightningModule], dict[str, Any], pl.LightningDataModule]:
+    return (
+        ClassificationMLP,
+        {"hidden": 32 if quick else 128},
+        ClassificationDataModule(seed=seed, n_samples=1200 if quick else 12000),
+    )
+
+
+def _build_friedman3(seed: int, quick: bool) -> tuple[type[pl.LightningModule], dict[str, Any], pl.LightningDataModule]:
+    return (
+        TanhRegressor,
+        {"hidden": 16 if quick else 64},
+        Friedman3DataModule(seed=seed, n_samples=600 if quick else 5000),
+    )
+
+
+def _build_gru(seed: int, quick: bool) -> tuple[type[pl.LightningModule], dict[str, Any], pl.LightningDataModule]:
+    if quick:
+        return (
+            CharGRU,
+            {"embed": 8, "hidden": 16},
+            GRUTextDataModule(block_size=16, batch_size=8, max_chars=20_000, val_fraction=0.1, seed=seed),
+        )
+    return CharGRU, {}, GRUTextDataModule(seed=seed)
+
+
+def _gru_val(dm: Any) -> list[Batch]:
+    dm.setup()
+    return list(dm.val_dataloader())
+
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
@@ -398,8 +648,54 @@ WORKLOADS: dict[str, Workload] = {
             val_batches=_tensor_val,
             loss_sum=_mse_sum,
         ),
+        Workload(
+            name="classif_mlp",
+            title="held out: MLP classifier (scikit-learn make_classification, 6 classes, 10000 train, 32-128-128-6 "
+            "GELU, SGD + Nesterov momentum 0.9, wd 1e-4, batch 128, lr 0.01)",
+            budget=3000,
+            quick_budget=30,
+            lr=0.01,
+            sf_scale=10.0,
+            family="sgd",
+            build=_build_classification,
+            val_batches=_tensor_val,
+            loss_sum=_ce_sum,
+        ),
+        Workload(
+            name="friedman3_sgd",
+            title="held out: tanh MLP regression (scikit-learn make_friedman3, noise 0.1, 4000 train, 4-64-64-1, "
+            "SGD + momentum 0.9, batch 32, lr 0.01, standardised MSE)",
+            budget=4000,
+            quick_budget=30,
+            lr=0.01,
+            sf_scale=10.0,
+            family="sgd",
+            build=_build_friedman3,
+            val_batches=_tensor_val,
+            loss_sum=_mse_sum,
+        ),
+        Workload(
+            name="gru_lm",
+            title="held out: char-level GRU LM (other stdlib sources, embedding 32, 1x128 GRU, context 32, Adam, "
+            "batch 32, lr 1e-3)",
+            budget=3000,
+            quick_budget=20,
+            lr=1e-3,
+            sf_scale=1.0,
+            family="adam",
+            build=_build_gru,
+            val_batches=_gru_val,
+            loss_sum=_ce_sum,
+        ),
     )
 }
+
+
+HELD_OUT = frozenset({"classif_mlp", "friedman3_sgd", "gru_lm"})
+"""Workloads added after ``AutoLRS()``'s defaults were chosen (package tree 3caaebf, 2026-12-06), to test them out of
+sample: a model, an optimizer set-up and data that no default was measured on (the GRU reads other standard-library
+sources than the char-level Transformer, :data:`GRU_FILES`). Their first results say how the defaults carry over to
+workloads nobody tuned them on; from then on they are benchmark workloads like the others."""
 
 
 # ------------------------------------------------------------------------------------------------------------ methods

@@ -164,6 +164,35 @@ def test_quality_quick(tmp_path: Path) -> None:
     assert run["versions"]["package"]
 
 
+def test_held_out_workloads_train_on_data_and_set_ups_the_tuned_workloads_do_not_have() -> None:
+    from benchmarks.workloads import GRU_FILES, HELD_OUT, WORKLOADS, mean_loss
+    from lightning_autolrs.demos.charlm import STDLIB_FILES
+
+    assert HELD_OUT <= set(WORKLOADS) and len(HELD_OUT) == 3
+    assert not set(GRU_FILES) & set(STDLIB_FILES)  # the GRU reads other sources than the char-level Transformer
+    tuned = [w for name, w in WORKLOADS.items() if name not in HELD_OUT]
+    for name in sorted(HELD_OUT):
+        w = WORKLOADS[name]
+        assert w.title.startswith("held out: ") and w.budget >= 3000
+        module_cls, kwargs, dm = w.build(0, False)
+        assert module_cls not in {t.build(0, True)[0] for t in tuned}  # a model no default was measured on
+        module = module_cls(**kwargs)
+        opt = module.configure_optimizers()
+        assert opt.param_groups[0]["lr"] == w.lr  # the module's own LR is the grid's middle
+        dm.setup()
+        val = w.val_batches(dm)
+        train = next(iter(dm.train_dataloader()))
+        with torch.no_grad():
+            loss = mean_loss(w.loss_sum, module, val)
+        count = sum(b[1].numel() for b in val)
+        assert math.isfinite(loss)
+        assert count == sum(b[1].numel() for b in dm.val_dataloader())  # the whole validation set is evaluated
+        assert train[0].shape[0] == dm.batch_size
+        # the training batches are reshuffled by the seed, the validation set is not
+        assert not torch.equal(next(iter(w.build(1, False)[2].train_dataloader()))[1], train[1])
+        assert torch.equal(w.val_batches(w.build(1, False)[2])[0][1], val[0][1])
+
+
 def test_the_wsd_baselines_hold_the_lr_then_decay_over_autolrs_s_anneal_share() -> None:
     """The warmup-stable-decay rows: the quality benchmark's 5 % warmup, the LR held, then a decay to 0 over the share
     of AutoLRS's default final anneal: a half cosine (``wsd``), or AutoLRS's own anneal (``wsd_sqrt``: the shape of an
