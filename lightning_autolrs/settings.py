@@ -222,7 +222,8 @@ class Settings:
         """find ``min_lr``/``max_lr`` with a short LR range test before the first stage: the LR sweeps geometrically
         from the configured LR × 1e-4 to × 1e2, stopping once the loss blows up; ``max_lr`` is the LR three sweep
         steps before the lowest smoothed loss (the loss lags the LR), not below the configured LR unless the sweep
-        blew up at or below it, and ``min_lr`` = ``max_lr`` / 1000. The model
+        blew up at or below it, nor more than a decade below the highest LR a sweep that blew up took before it did,
+        and ``min_lr`` = ``max_lr`` / 1000. The model
         and optimizer are then restored, so the test costs its steps (counted in the budget, in the ``"warmup"``
         phase) and nothing else; its result is logged and kept in :attr:`range_test_result`. ``None`` (default): on
         when neither ``min_lr`` nor ``max_lr`` is given. ``False``: the range is the configured LR ÷ 100 … × 10

@@ -205,12 +205,13 @@ def test_a_given_min_lr_above_the_range_found_keeps_the_sweeps_evidence() -> Non
     blew = sweep(0.5, [1.0, 0.9, 0.7, 0.5, 0.3, 0.2, 50.0, 1.0, 1.0, 1.0, 1.0])  # blew up at 10^-1.6, below min_lr
     assert blew.result is not None and blew.result.stopped_early and blew.result.lrs[-1] < 0.5
     assert blew.result.max_lr == pytest.approx(0.5 * GIVEN_MIN_SPAN)  # (was 500)
-    # blew up at the sweep's last LR, far above 10x min_lr: max_lr is the LR before it (the blow-up's is not taken)
+    # blew up at the sweep's last LR: what it found is at least a decade below the LR before it (its lowest smoothed
+    # loss, three steps back, points to 1e-4), so a given min_lr below that keeps that range
     steep = RangeTest(9, (1e-4, 1.0), given=(0.005, None))
     for i, loss in enumerate([1.0, 0.5, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 50.0]):
         steep.record(steep.lr(i), loss, step=i + 1)
-    assert steep.result is not None and steep.result.stopped_early and steep.found_max_lr == pytest.approx(1e-4)
-    assert steep.result.max_lr == pytest.approx(10**-0.5)
+    assert steep.result is not None and steep.result.stopped_early and steep.found_max_lr == pytest.approx(10**-1.5)
+    assert (steep.result.min_lr, steep.result.max_lr) == (0.005, pytest.approx(10**-1.5))
     below = sweep(1e-4, falls)  # a given min_lr below what was found: the found max_lr, as before
     assert below.result is not None and below.result.max_lr == below.found_max_lr and below.found_max_lr > 1e-4
     hi_given = RangeTest(4, (1e-4, 1.0), given=(None, 0.3))
@@ -342,6 +343,41 @@ def test_a_lucky_batch_does_not_set_the_level_a_noisy_sweep_is_compared_with() -
     assert rt.spread() ** 2 * 0.036 < 2.5  # (the lowest loss times the squared spread would have stopped here)
 
 
+def test_a_sweep_that_blew_up_puts_max_lr_no_more_than_a_decade_below_where_it_did() -> None:
+    """Batch noise can put the lowest smoothed loss far below where the sweep blows up: on the held-out tanh MLP
+    regression (SGD + momentum, batches of 32) the sweeps blew up at 0.33-0.50 and gave ``max_lr`` = the configured
+    0.01 (its floor), while tuned cosine's LR there is 0.1. ``max_lr`` is now at least a tenth of the highest LR the
+    sweep took without blowing up; a sweep begun under rule 2 (a resumed state) ends by that rule, and a given
+    ``max_lr`` or a sweep that never blew up are as before."""
+    from lightning_autolrs.range_test import BELOW_BLOWUP, RangeTest
+
+    # lowest at the start, then level with noise, then a blow-up at the 38th step
+    losses = [0.5, 0.3, 0.3, 0.3, 0.4] + [0.9, 0.6, 1.2, 0.7, 1.0, 0.8] * 5 + [0.9, 0.7, 40.0, 90.0]
+
+    def sweep(rule: int | None = None, given_hi: float | None = None, n: int = len(losses)) -> RangeTest:
+        rt = RangeTest(40, (1e-6, 1.0), given=(None, given_hi), configured_lr=0.01)
+        if rule is not None:
+            rt.load_state_dict({**rt.state_dict(), "rt_rule": rule})
+        for i, loss in enumerate(losses[:n]):
+            if rt.record(rt.lr(i), loss, step=i + 1) is not None:
+                break
+        return rt
+
+    now, before = sweep(), sweep(rule=2)
+    assert now.result is not None and now.result.stopped_early and len(now.result.lrs) == 38
+    reached = now.lr(36)  # the last LR before the step that blew up
+    assert 0.3 < reached < 0.5
+    assert now.result.max_lr == pytest.approx(reached / BELOW_BLOWUP) and now.found_max_lr == now.result.max_lr
+    assert now.result.min_lr == pytest.approx(now.result.max_lr / 1000)
+    assert before.result is not None and before.result.max_lr == 0.01  # rule 2: the configured LR's floor only
+    given = sweep(given_hi=0.005)
+    assert given.result is not None and given.result.max_lr == 0.005 and given.found_max_lr is None
+    clean = RangeTest(40, (1e-6, 1.0), given=(None, None), configured_lr=0.01)  # no blow-up: no such floor
+    for i, loss in enumerate([*losses[:37], 0.8, 0.9, 0.7]):
+        clean.record(clean.lr(i), loss, step=i + 1)
+    assert clean.result is not None and not clean.result.stopped_early and clean.result.max_lr == 0.01
+
+
 def test_a_sweep_begun_by_an_earlier_version_ends_by_its_rule() -> None:
     """A state without ``rt_rule`` (written up to 73ba20c) stops at a loss above 4x the lowest so far, gets no
     configured-LR floor and leaves the first stage its own first loss as the reference."""
@@ -350,7 +386,7 @@ def test_a_sweep_begun_by_an_earlier_version_ends_by_its_rule() -> None:
     losses = [1.0, 0.4, 0.9, 0.5, 0.6, 1.7, 0.5, 0.6] + [0.5] * 12
     new = RangeTest(20, (1e-7, 0.1), given=(None, None), configured_lr=1e-3)
     state = new.state_dict()
-    assert state["rt_rule"] == RULE == 2
+    assert state["rt_rule"] == RULE == 3
     old = RangeTest(20, (1e-7, 0.1), given=(None, None), configured_lr=1e-3)
     old.load_state_dict({k: v for k, v in state.items() if k != "rt_rule"})
     assert old.rule == 1
@@ -388,7 +424,7 @@ def test_max_lr_is_not_below_the_configured_lr_unless_the_sweep_blew_up_at_or_be
     """Unless the sweep blew up at or below it, nothing showed the configured LR too large, and where the loss does not
     fall its lowest smoothed point can lie anywhere below it (a regression MLP with batches of 2: 0.00016 against a
     configured 0.001; fine-tuning a trained digits MLP: 1.3e-5-5e-4 against 0.05, with a blow-up at 0.44-0.64)."""
-    from lightning_autolrs.range_test import RangeTest
+    from lightning_autolrs.range_test import BELOW_BLOWUP, RangeTest
     from lightning_autolrs.settings import Settings, derive
 
     def sweep(losses: list[float], **kw) -> RangeTest:
@@ -405,7 +441,11 @@ def test_max_lr_is_not_below_the_configured_lr_unless_the_sweep_blew_up_at_or_be
     blew_up = sweep([1.0, 0.9, 0.8, 0.7] + [0.6] * 6 + [9.0] + [1.0] * 9, configured_lr=1e-3)
     assert blew_up.result.stopped_early and blew_up.result.max_lr < 1e-3  # a blow-up below it: that range stands
     above = sweep([1.0, 0.9, 0.8, 0.7] + [0.6] * 14 + [9.0, 1.0], configured_lr=1e-3)  # blew up above it, at 0.05
-    assert above.result.stopped_early and above.result.lrs[-1] > 1e-3 and above.result.max_lr == 1e-3
+    assert above.result.stopped_early and above.result.lrs[-1] > 1e-3
+    # (and no more than a decade below the LR before the blow-up: 0.0234 / 10 is above the configured LR here)
+    assert above.lr(17) / BELOW_BLOWUP > 1e-3 and above.result.max_lr == pytest.approx(above.lr(17) / BELOW_BLOWUP)
+    low = sweep([1.0, 0.9, 0.8, 0.7] + [0.6] * 11 + [9.0] + [1.0] * 4, configured_lr=1e-3)  # blew up at 0.0055
+    assert low.result.stopped_early and low.lr(14) / BELOW_BLOWUP < 1e-3 and low.result.max_lr == 1e-3
     assert sweep(flat, configured_lr=1e-3, given=(None, 1e-4)).result.max_lr == 1e-4  # a max_lr you give wins
     s = Settings()
     c = StageController.from_settings(s, derive(s, configured_lr=0.02, total_steps=2000))
