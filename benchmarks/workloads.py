@@ -179,7 +179,39 @@ class DigitsMLP(_Supervised):
         return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
 
 
-class FriedmanDataModule(DiabetesDataModule):
+class _GeneratedDataModule(DiabetesDataModule):
+    """Data that scikit-learn generates with a fixed seed (:meth:`generate`): the first ``val_fraction`` of the
+    ``n_samples`` samples validates, the rest trains; features (and regression targets) standardised with train
+    statistics; ``seed`` only reshuffles the training batches."""
+
+    classification = False  # integer class labels, not standardised
+
+    def __init__(self, batch_size: int, n_samples: int, seed: int, val_fraction: float) -> None:
+        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, split_seed=0)
+        self.n_samples = n_samples
+
+    def generate(self) -> tuple[Any, Any]:
+        """``(x, y)`` as NumPy arrays."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        x_np, y_np = self.generate()
+        x = torch.tensor(x_np, dtype=torch.float32)
+        n_val = round(len(x) * self.val_fraction)
+        mu, sd = x[n_val:].mean(0), x[n_val:].std(0)
+        if self.classification:
+            x, y = (x - mu) / sd, torch.tensor(y_np, dtype=torch.long)
+        else:
+            y = torch.tensor(y_np, dtype=torch.float32)
+            y_mu, y_sd = y[n_val:].mean(), y[n_val:].std()
+            x, y = (x - mu) / sd, (y - y_mu) / y_sd
+        self.train_set = TensorDataset(x[n_val:], y[n_val:])
+        self.val_set = TensorDataset(x[:n_val], y[:n_val])
+
+
+class FriedmanDataModule(_GeneratedDataModule):
     """scikit-learn's generated Friedman #1 regression (``make_friedman1``: 10 features, 5 informative, noise 1.0),
     6000 samples generated with a fixed seed, standardised with train statistics; ``seed`` reshuffles the batches.
 
@@ -187,41 +219,29 @@ class FriedmanDataModule(DiabetesDataModule):
     """
 
     def __init__(self, batch_size: int = 64, n_samples: int = 6000, seed: int = 0) -> None:
-        super().__init__(batch_size=batch_size, val_fraction=1 / 6, seed=seed, split_seed=0)
-        self.n_samples = n_samples
+        super().__init__(batch_size, n_samples, seed, val_fraction=1 / 6)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def generate(self) -> tuple[Any, Any]:
         from sklearn.datasets import make_friedman1
 
-        x_np, y_np = make_friedman1(n_samples=self.n_samples, n_features=10, noise=1.0, random_state=0)
-        x = torch.tensor(x_np, dtype=torch.float32)
-        y = torch.tensor(y_np, dtype=torch.float32)
-        n_val = round(len(y) * self.val_fraction)
-        mu, sd = x[n_val:].mean(0), x[n_val:].std(0)
-        y_mu, y_sd = y[n_val:].mean(), y[n_val:].std()
-        x, y = (x - mu) / sd, (y - y_mu) / y_sd
-        self.train_set = TensorDataset(x[n_val:], y[n_val:])
-        self.val_set = TensorDataset(x[:n_val], y[:n_val])
+        return make_friedman1(n_samples=self.n_samples, n_features=10, noise=1.0, random_state=0)
 
 
-class ClassificationDataModule(DiabetesDataModule):
+class ClassificationDataModule(_GeneratedDataModule):
     """scikit-learn's generated classification data (``make_classification``: 6 classes, 32 features of which 16
     informative and 8 redundant, 2 clusters per class, 2 % of the labels flipped), ``n_samples`` samples generated with
-    a fixed seed, the last 1/6 held out for validation, features standardised with train statistics; ``seed`` reshuffles
-    the batches. A held-out workload (see :data:`HELD_OUT`)."""
+    a fixed seed, the first 1/6 held out for validation, features standardised with train statistics; ``seed``
+    reshuffles the batches. A held-out workload (see :data:`HELD_OUT`)."""
+
+    classification = True
 
     def __init__(self, batch_size: int = 128, n_samples: int = 12000, seed: int = 0) -> None:
-        super().__init__(batch_size=batch_size, val_fraction=1 / 6, seed=seed, split_seed=0)
-        self.n_samples = n_samples
+        super().__init__(batch_size, n_samples, seed, val_fraction=1 / 6)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def generate(self) -> tuple[Any, Any]:
         from sklearn.datasets import make_classification
 
-        x_np, y_np = make_classification(
+        return make_classification(
             n_samples=self.n_samples,
             n_features=32,
             n_informative=16,
@@ -231,13 +251,6 @@ class ClassificationDataModule(DiabetesDataModule):
             flip_y=0.02,
             random_state=0,
         )
-        x = torch.tensor(x_np, dtype=torch.float32)
-        y = torch.tensor(y_np, dtype=torch.long)
-        n_val = round(len(y) * self.val_fraction)
-        mu, sd = x[n_val:].mean(0), x[n_val:].std(0)
-        x = (x - mu) / sd
-        self.train_set = TensorDataset(x[n_val:], y[n_val:])
-        self.val_set = TensorDataset(x[:n_val], y[:n_val])
 
 
 class ClassificationMLP(_Supervised):
@@ -260,29 +273,18 @@ class ClassificationMLP(_Supervised):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
 
 
-class Friedman3DataModule(DiabetesDataModule):
+class Friedman3DataModule(_GeneratedDataModule):
     """scikit-learn's generated Friedman #3 regression (``make_friedman3``: 4 features, an arctan of their products,
-    noise 0.1), ``n_samples`` samples generated with a fixed seed, the last 1/5 held out, features and targets
+    noise 0.1), ``n_samples`` samples generated with a fixed seed, the first 1/5 held out, features and targets
     standardised with train statistics; ``seed`` reshuffles the batches. A held-out workload (see :data:`HELD_OUT`)."""
 
     def __init__(self, batch_size: int = 32, n_samples: int = 5000, seed: int = 0) -> None:
-        super().__init__(batch_size=batch_size, val_fraction=0.2, seed=seed, split_seed=0)
-        self.n_samples = n_samples
+        super().__init__(batch_size, n_samples, seed, val_fraction=0.2)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def generate(self) -> tuple[Any, Any]:
         from sklearn.datasets import make_friedman3
 
-        x_np, y_np = make_friedman3(n_samples=self.n_samples, noise=0.1, random_state=0)
-        x = torch.tensor(x_np, dtype=torch.float32)
-        y = torch.tensor(y_np, dtype=torch.float32)
-        n_val = round(len(y) * self.val_fraction)
-        mu, sd = x[n_val:].mean(0), x[n_val:].std(0)
-        y_mu, y_sd = y[n_val:].mean(), y[n_val:].std()
-        x, y = (x - mu) / sd, (y - y_mu) / y_sd
-        self.train_set = TensorDataset(x[n_val:], y[n_val:])
-        self.val_set = TensorDataset(x[:n_val], y[:n_val])
+        return make_friedman3(n_samples=self.n_samples, noise=0.1, random_state=0)
 
 
 class TanhRegressor(_Supervised):
