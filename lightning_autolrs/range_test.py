@@ -12,11 +12,12 @@ loss so far. A sweep that stopped on a non-finite loss without having seen a fin
 sweep steps before the lowest smoothed loss (centred moving mean over ``2h + 1`` points, ``h = max(1, n // 10)``; the
 three steps undo the lag of the loss behind the LR, which otherwise puts the minimum where training is already on its
 way to diverging), but never below the configured LR unless the sweep blew up at or below it, nor more than a decade
-(:data:`BELOW_BLOWUP`) below the highest LR a sweep that blew up took before it did, and ``min_lr=max_lr/1000``; a
-bound the user gave wins (a given ``min_lr`` at or above the ``max_lr`` found: ``max_lr`` is the highest LR the sweep
-took without blowing up, at least :data:`GIVEN_MIN_SPAN` x ``min_lr``). The caller then restores the snapshot, so the
-sweep costs its steps and nothing else. A sweep begun by an earlier version of the package ends by the rule it began
-with (:data:`RULE`; a resumed state without ``rt_rule``: a loss above ``4×`` the lowest so far, no configured-LR floor).
+(:data:`BELOW_BLOWUP`) below the highest LR a sweep that blew up took before it did, and ``min_lr=max_lr/1000``; a bound
+the user gave wins (a given ``min_lr`` at or above the ``max_lr`` found, or less than a decade below it: ``max_lr`` is
+the highest LR the sweep took without blowing up, at least :data:`GIVEN_MIN_SPAN` x ``min_lr``). The caller then
+restores the snapshot, so the sweep costs its steps and nothing else. A sweep begun by an earlier version of the package
+ends by the rule it began with (:data:`RULE`; a resumed state without ``rt_rule``: a loss above ``4×`` the lowest so
+far, no configured-LR floor).
 """
 
 from __future__ import annotations
@@ -44,22 +45,22 @@ MEDIAN_WINDOW = 5
 #: lowest so far ends the sweep, no configured-LR floor, the first stage's reference its own first loss (up to 73ba20c);
 #: 2: no :data:`BELOW_BLOWUP` floor (up to 3caaebf, the package tree of 2026-12-06).
 RULE = 3
-#: A sweep that blew up puts ``max_lr`` at least this factor below the highest LR it took without blowing up. The
+#: A sweep that blew up puts ``max_lr`` at most this factor below the highest LR it took without blowing up. The
 #: lowest smoothed loss alone can lie far below that LR where batch noise spreads the losses: on a held-out workload
 #: (a tanh MLP regression with SGD + momentum and batches of 32, ``benchmarks.workloads.HELD_OUT``) the sweeps of seeds
 #: 0-9 blew up at 0.33-0.66, but their noisy minimum (seed 0: losses 0.2-1.7 from one batch to the next) gave
 #: ``max_lr`` = the configured 0.01 in four of them, so no stage could try more, while tuned cosine's best LR there is
-#: 0.1. Where the benchmark's tuned cosine LR is known, the sweeps blew up at 1-30x it (the digits CNN: 0.8-1.9 against
-#: 1.58; the digits MLP: 2.6-6.8x; the digits MLP with Adam: 3.4-28x; that regression: 3.3-6.6x), so a tenth of the
-#: blow-up is a bound to search below, not a choice.
+#: 0.1. Where the benchmark's tuned cosine LR is known, the sweeps blew up at 0.5-28x it (the digits CNN: 0.8-1.9
+#: against 1.58; the digits MLP: 2.6-6.8x; the digits MLP with Adam: 3.4-28x; that regression: 3.3-6.6x), so a tenth
+#: of the blow-up is a bound to search below, not a choice.
 BELOW_BLOWUP = 10.0
 #: Standard deviations of the log-loss noise that :meth:`RangeTest.spread` spans: about the range of 25 samples (a
 #: 100-step sweep's first quarter) of a normal variable.
 RANGE_SIGMAS = 4.0
 LAG = 3  # sweep steps the loss lags behind the LR (momentum, Adam's moments): max_lr steps back this far
-#: With a given ``min_lr`` at or above the ``max_lr`` the sweep points to, ``max_lr`` is the highest LR the sweep took
-#: without blowing up, but at least this factor above ``min_lr`` (a decade to search in; the divergence guard cuts
-#: trials above the blow-up). It was ``min_lr`` x 1000 before, without a word.
+#: With a given ``min_lr`` at or above the ``max_lr`` the sweep points to (by rule 3, also less than a decade below it),
+#: ``max_lr`` is the highest LR the sweep took without blowing up, but at least this factor above ``min_lr`` (a decade
+#: to search in; the divergence guard cuts trials above the blow-up). It was ``min_lr`` x 1000 before, without a word.
 GIVEN_MIN_SPAN = 10.0
 
 
@@ -122,7 +123,8 @@ class RangeTest:
             self.lrs = sweep
         self.given = given
         self.result: RangeTestResult | None = None
-        #: The ``max_lr`` the range test derived (the sweep's, or the configured LR where that floor applies), before a
+        #: The ``max_lr`` the range test derived (the sweep's, raised to the configured LR and to a tenth of the blow-up
+        #: where those floors apply), before a
         #: given ``min_lr`` (``None``: not ended in this process, or ``max_lr`` given; not part of the state: read when
         #: the sweep ends).
         self.found_max_lr: float | None = None
@@ -152,8 +154,10 @@ class RangeTest:
         return len(self._lrs)
 
     def restart(self) -> None:
-        """Forget the sweep's steps so far (a resume without its start snapshot sweeps again from the weights)."""
+        """Forget the sweep's steps so far (a resume without its start snapshot sweeps again from the weights, by
+        this version's rule)."""
         self._lrs, self._losses = [], []
+        self.rule = RULE
         self._reset_levels()
 
     @property
@@ -315,7 +319,9 @@ class RangeTest:
             hi = max(hi, self._reached(stopped) / BELOW_BLOWUP)  # a decade below where the sweep blew up
         self.found_max_lr = hi if given_hi is None else None
         lo = given_lo if given_lo is not None else hi / RANGE_SPAN
-        if not hi > lo:  # a given min_lr at or above what the sweep found (the caller warns)
+        # a given min_lr at or above what the sweep found (the caller warns), or, by rule 3, less than a decade below it
+        # (the blow-up's floor can put that just above a given min_lr): a decade to search in at least
+        if not hi > lo or (self.rule >= 3 and given_lo is not None and given_hi is None and hi < lo * GIVEN_MIN_SPAN):
             hi = max(self._reached(stopped), lo * GIVEN_MIN_SPAN)
         self.result = RangeTestResult(
             start_step=step - len(self._lrs),

@@ -205,13 +205,16 @@ def test_a_given_min_lr_above_the_range_found_keeps_the_sweeps_evidence() -> Non
     blew = sweep(0.5, [1.0, 0.9, 0.7, 0.5, 0.3, 0.2, 50.0, 1.0, 1.0, 1.0, 1.0])  # blew up at 10^-1.6, below min_lr
     assert blew.result is not None and blew.result.stopped_early and blew.result.lrs[-1] < 0.5
     assert blew.result.max_lr == pytest.approx(0.5 * GIVEN_MIN_SPAN)  # (was 500)
-    # blew up at the sweep's last LR: what it found is at least a decade below the LR before it (its lowest smoothed
-    # loss, three steps back, points to 1e-4), so a given min_lr below that keeps that range
-    steep = RangeTest(9, (1e-4, 1.0), given=(0.005, None))
-    for i, loss in enumerate([1.0, 0.5, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 50.0]):
-        steep.record(steep.lr(i), loss, step=i + 1)
-    assert steep.result is not None and steep.result.stopped_early and steep.found_max_lr == pytest.approx(10**-1.5)
-    assert (steep.result.min_lr, steep.result.max_lr) == (0.005, pytest.approx(10**-1.5))
+    # blew up at the sweep's last LR: what it found is a tenth of the LR before it (its lowest smoothed loss, three
+    # steps back, points to 1e-4), and a given min_lr less than a decade below that gets a decade at least: max_lr is
+    # the LR before the blow-up (the blow-up's is not taken)
+    for given_lo in (0.005, 0.0316):
+        steep = RangeTest(9, (1e-4, 1.0), given=(given_lo, None))
+        for i, loss in enumerate([1.0, 0.5, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 50.0]):
+            steep.record(steep.lr(i), loss, step=i + 1)
+        assert steep.result is not None and steep.result.stopped_early
+        assert steep.found_max_lr == pytest.approx(10**-1.5)
+        assert (steep.result.min_lr, steep.result.max_lr) == (given_lo, pytest.approx(10**-0.5))
     below = sweep(1e-4, falls)  # a given min_lr below what was found: the found max_lr, as before
     assert below.result is not None and below.result.max_lr == below.found_max_lr and below.found_max_lr > 1e-4
     hi_given = RangeTest(4, (1e-4, 1.0), given=(None, 0.3))
@@ -349,7 +352,7 @@ def test_a_sweep_that_blew_up_puts_max_lr_no_more_than_a_decade_below_where_it_d
     0.01 (its floor) in four of ten seeds, while tuned cosine's LR there is 0.1. ``max_lr`` is now at least a tenth of
     the highest LR the sweep took without blowing up; a sweep begun under rule 2 (a resumed state) ends by that rule,
     and a given ``max_lr`` or a sweep that never blew up are as before."""
-    from lightning_autolrs.range_test import BELOW_BLOWUP, RangeTest
+    from lightning_autolrs.range_test import BELOW_BLOWUP, RULE, RangeTest
 
     # lowest at the start, then level with noise, then a blow-up at the 38th step
     losses = [0.5, 0.3, 0.3, 0.3, 0.4] + [0.9, 0.6, 1.2, 0.7, 1.0, 0.8] * 5 + [0.9, 0.7, 40.0, 90.0]
@@ -372,6 +375,11 @@ def test_a_sweep_that_blew_up_puts_max_lr_no_more_than_a_decade_below_where_it_d
     assert before.result is not None and before.result.max_lr == 0.01  # rule 2: the configured LR's floor only
     given = sweep(given_hi=0.005)
     assert given.result is not None and given.result.max_lr == 0.005 and given.found_max_lr is None
+    # a checkpoint of a rule-2 sweep resumed without its start snapshot sweeps again, by this version's rule
+    resumed = sweep(rule=2, n=10)
+    assert resumed.result is None and resumed.rule == 2
+    resumed.restart()
+    assert resumed.rule == RULE == 3 and resumed.position == 0
     clean = RangeTest(40, (1e-6, 1.0), given=(None, None), configured_lr=0.01)  # no blow-up: no such floor
     for i, loss in enumerate([*losses[:37], 0.8, 0.9, 0.7]):
         clean.record(clean.lr(i), loss, step=i + 1)
