@@ -148,7 +148,8 @@ class Settings:
         None,
         """upper end of the LR search range. Default (``None``): found by the LR range test, or ``min_lr`` × 1000
         when only ``min_lr`` is given. With ``range_test=True`` and a ``min_lr`` at or above what the sweep finds:
-        the highest LR the sweep took without the loss blowing up, at least ``min_lr`` × 10, and a warning.""",
+        the highest LR the sweep took without the loss blowing up, at least ``min_lr`` × 10, and a warning (the same
+        range, without the warning, for a ``min_lr`` less than a decade below what it finds).""",
         _positive_or_none,
     )
     num_trials: int = _setting(
