@@ -253,21 +253,33 @@ class ClassificationDataModule(_GeneratedDataModule):
         )
 
 
-class ClassificationMLP(_Supervised):
-    """A GELU MLP classifier (32 → ``hidden`` → ``hidden`` → 6), SGD with Nesterov momentum 0.9 and weight decay
-    1e-4. A held-out workload's module (see :data:`HELD_OUT`)."""
+class _TwoHiddenMLP(_Supervised):
+    """``width_in`` → ``hidden`` → ``hidden`` → ``width_out`` with ``activation`` between (the held-out workloads'
+    MLPs; a single output is squeezed to the batch's shape)."""
+
+    width_in: int
+    width_out: int
+    activation: type[nn.Module]
 
     def __init__(self, lr: float = 0.01, hidden: int = 128) -> None:
         super().__init__()
         self.save_hyperparameters()
+        act = type(self).activation
         self.net = nn.Sequential(
-            nn.Linear(32, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 6)
+            nn.Linear(self.width_in, hidden), act(), nn.Linear(hidden, hidden), act(), nn.Linear(hidden, self.width_out)
         )
 
-    loss = staticmethod(nn.functional.cross_entropy)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        out = self.net(x)
+        return out.squeeze(-1) if self.width_out == 1 else out
+
+
+class ClassificationMLP(_TwoHiddenMLP):
+    """A GELU MLP classifier (32 → ``hidden`` → ``hidden`` → 6), SGD with Nesterov momentum 0.9 and weight decay
+    1e-4. A held-out workload's module (see :data:`HELD_OUT`)."""
+
+    width_in, width_out, activation = 32, 6, nn.GELU
+    loss = staticmethod(nn.functional.cross_entropy)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
@@ -287,21 +299,12 @@ class Friedman3DataModule(_GeneratedDataModule):
         return make_friedman3(n_samples=self.n_samples, noise=0.1, random_state=0)
 
 
-class TanhRegressor(_Supervised):
+class TanhRegressor(_TwoHiddenMLP):
     """A tanh MLP regressor (4 → ``hidden`` → ``hidden`` → 1) on the MSE, SGD with momentum 0.9. A held-out
     workload's module (see :data:`HELD_OUT`)."""
 
-    def __init__(self, lr: float = 0.01, hidden: int = 64) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.net = nn.Sequential(
-            nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1)
-        )
-
+    width_in, width_out, activation = 4, 1, nn.Tanh
     loss = staticmethod(nn.functional.mse_loss)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
