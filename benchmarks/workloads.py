@@ -379,9 +379,16 @@ class GRUTextDataModule(pl.LightningDataModule):
         return DataLoader(self._windows(self.val_data, starts), batch_size=128, shuffle=False)
 
 
-class CharGRU(pl.LightningModule):
+def _sequence_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of next-byte logits ``(batch, time, vocab)`` against targets ``(batch, time)``."""
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+class CharGRU(_Supervised):
     """A byte-level GRU language model (embedding ``embed``, one GRU layer of ``hidden`` units, a linear read-out),
     Adam with its default betas. A held-out workload's module (see :data:`HELD_OUT`)."""
+
+    loss = staticmethod(_sequence_ce)
 
     def __init__(self, lr: float = 1e-3, embed: int = 32, hidden: int = 128) -> None:
         super().__init__()
@@ -393,19 +400,6 @@ class CharGRU(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.gru(self.emb(x))
         return self.head(out)
-
-    def _loss(self, batch: Batch) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
-        return nn.functional.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))
-
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self.log("val_loss", self._loss(batch), batch_size=len(batch[0]))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

@@ -297,6 +297,17 @@ class RangeTest:
         best = min(range(len(points)), key=lambda i: (smooth[i], i))
         return points[max(0, best - LAG)][0]
 
+    def _found_max_floored(self, stopped: bool) -> float:
+        """:meth:`_found_max` with its floors: the configured LR where the sweep did not blow up at or below it (rule
+        2 on), a tenth of the highest LR a sweep that blew up took before it did (rule 3 on)."""
+        hi = self._found_max(stopped)
+        configured = self.configured_lr if self.rule >= 2 else None
+        if configured is not None and (not stopped or self._lrs[-1] > configured):
+            hi = max(hi, configured)  # no blow-up at or below the configured LR: it was not shown to be too large
+        if stopped and self.rule >= 3:
+            hi = max(hi, self._reached(stopped) / BELOW_BLOWUP)  # a decade below where the sweep blew up
+        return hi
+
     def _finish(self, stopped: bool, step: int) -> RangeTestResult:
         if stopped and all(v is None for v in self._losses):  # it stopped on a NaN/inf loss and saw no finite one
             assert self.lrs is not None
@@ -311,12 +322,7 @@ class RangeTest:
                 "giving `min_lr`/`max_lr` skips the range test but will not make it finite."
             )
         given_lo, given_hi = self.given
-        hi = given_hi if given_hi is not None else self._found_max(stopped)
-        configured = self.configured_lr if self.rule >= 2 else None
-        if given_hi is None and configured is not None and (not stopped or self._lrs[-1] > configured):
-            hi = max(hi, configured)  # no blow-up at or below the configured LR: it was not shown to be too large
-        if given_hi is None and stopped and self.rule >= 3:
-            hi = max(hi, self._reached(stopped) / BELOW_BLOWUP)  # a decade below where the sweep blew up
+        hi = given_hi if given_hi is not None else self._found_max_floored(stopped)
         self.found_max_lr = hi if given_hi is None else None
         lo = given_lo if given_lo is not None else hi / RANGE_SPAN
         # a given min_lr at or above what the sweep found (the caller warns), or, by rule 3, less than a decade below it
