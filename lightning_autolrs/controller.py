@@ -17,8 +17,8 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
    :attr:`~lightning_autolrs.settings.Derived.start_lr`) the first trial
    runs at the stage's anchor (stage 0: ``anchor_lr``; later: the LR the previous stage ended at) and the stage
    searches within ÷/× :data:`TRUST_FACTOR` of it, stage 0 included (a later stage that the final anneal follows only
-   upwards, from the anchor to × :data:`TRUST_FACTOR`); a forecast within 3 % of the anchor's is a tie, which the
-   anchor wins (:mod:`lightning_autolrs.search`).
+   upwards, from the anchor to × :data:`TRUST_FACTOR`); a forecast within 3 % of the anchor's (after stage 0: and
+   within the trials' noise) is a tie, which the anchor wins (:mod:`lightning_autolrs.search`).
 4. **Exploit**: the stage trains ``τ`` steps at the chosen LR (from the stage start, or, with ``reuse_best_trial``,
    from the chosen trial's end: ``τ − τ'`` more steps). With ``exploit_warmup`` (the callback derives it for an
    optimizer with a second-moment estimate: :func:`~lightning_autolrs.settings.exploit_warmup_steps`) the first

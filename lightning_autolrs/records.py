@@ -54,6 +54,9 @@ class TrialRecord:
         final_loss: mean training loss of the last quarter of its steps (``None`` when it diverged or had no finite
             loss).
         forecast: the forecaster's method (``"exp"``, ...), ``None`` when the trial diverged.
+        noise: the noise of one point of the series it was judged on
+            (:func:`~lightning_autolrs.search.series_noise`; it narrows the stage's tie), ``None`` when it diverged,
+            had fewer than 3 points, or was recorded before the field existed (an older checkpoint).
     """
 
     lr: float
@@ -63,6 +66,7 @@ class TrialRecord:
     diverged: bool
     final_loss: float | None = None
     forecast: str | None = None
+    noise: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

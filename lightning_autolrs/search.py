@@ -13,8 +13,12 @@ Rules (``k`` = ``num_trials``, τ the stage's length, τ' its trial length):
   ``None`` and the proposer gives it a penalty.
 * **Anchor and ties**: a stage's first trial runs at its anchor LR (the configured LR in stage 0, the previous
   stage's choice after it). The stage exploits the trial with the lowest forecast, unless the anchor's forecast is
-  within :data:`TIE_TOLERANCE` (relative) of it: forecasts that close do not separate beyond their noise, and a tie
-  keeps the LR training was already using.
+  within the stage's tie tolerance of it: forecasts that close do not separate beyond their noise, and a tie keeps
+  the LR training was already using. The tolerance is :data:`TIE_TOLERANCE` of the lowest forecast (relative); in
+  the stages after the first it is less when the trials' series are cleaner than that: :data:`TIE_NOISE_Z` standard
+  errors of the difference of two of their points, ``TIE_NOISE_Z · √2 · σ``, σ the median of the trials'
+  :func:`series_noise`. Stage 0 keeps the 3 %: its trials start from an untrained model, and what separates their
+  forecasts there is how each extrapolates the untrained model's first drop, not their series' noise.
 * **Judged series**: with validation probes, the probe of the stage-start model (:meth:`StageSearch.record_level`)
   is every trial's first point, followed by the trial's own probes.
 * **Ranking**: the chosen trial, then the other trials that did not diverge by (forecast, LR) (``min_lr`` if every
@@ -26,6 +30,7 @@ Rules (``k`` = ``num_trials``, τ the stage's length, τ' its trial length):
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -37,10 +42,13 @@ from lightning_autolrs.proposer import LRProposer
 from lightning_autolrs.records import Event, SearchEvent, StageRecord, TrialEvent, TrialRecord
 from lightning_autolrs.settings import Settings
 
-__all__ = ["TIE_TOLERANCE", "SearchOptions", "StageSearch", "TrialOutcome"]
+__all__ = ["TIE_NOISE_Z", "TIE_TOLERANCE", "SearchOptions", "StageSearch", "TrialOutcome", "series_noise"]
 
-#: Forecasts within this relative distance of each other are a tie, which the anchor trial wins.
+#: Forecasts within this relative distance of each other are a tie, which the anchor trial wins (the widest tie).
 TIE_TOLERANCE = 0.03
+#: After stage 0 a tie is narrower when the trials' series are clean: forecasts that differ by more than this many
+#: standard errors of a difference of two series points (``√2 · σ``) are not a tie, even within :data:`TIE_TOLERANCE`.
+TIE_NOISE_Z = 2.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,33 @@ class TrialOutcome:
 
 def _jsonable(x: float) -> float | None:
     return x if math.isfinite(x) else None
+
+
+def _robust_scale(values: list[float], center: float) -> float:
+    """``1.4826 · MAD`` around ``center``: the standard deviation of Gaussian noise, unmoved by a few outliers."""
+    return 1.4826 * statistics.median([abs(v - center) for v in values])
+
+
+def series_noise(series: list[float], forecast: Forecast | None) -> float | None:
+    """The noise of one point of a trial's judged series (in its units): the robust scale of the series around the
+    forecast's fitted curve ``a · exp(-b t) + c`` (``t = i + 1`` for the ``i``-th entry) when the forecast is an
+    ``"exp"`` fit, else of its successive differences divided by ``√2`` (the forecaster's model-free estimate);
+    ``None`` with fewer than 3 finite points.
+
+    Example:
+        >>> round(series_noise([1.0, 1.1, 0.9, 1.1, 0.9, 1.0], None), 4)
+        0.1048
+    """
+    if forecast is not None and forecast.method == "exp":
+        res = [y - (forecast.a * math.exp(-forecast.b * (i + 1)) + forecast.c) for i, y in enumerate(series)]
+        res = [r for r in res if math.isfinite(r)]
+        if len(res) >= 3:
+            return _robust_scale(res, statistics.median(res))
+    ys = [y for y in series if math.isfinite(y)]
+    if len(ys) < 3:
+        return None
+    d = [b - a for a, b in itertools.pairwise(ys)]
+    return _robust_scale(d, statistics.median(d)) / math.sqrt(2.0)
 
 
 class StageSearch:
@@ -237,6 +272,7 @@ class StageSearch:
             diverged=diverged,
             final_loss=_jsonable(statistics.fmean(tail)) if tail and not diverged else None,
             forecast=None if forecast is None else forecast.method,
+            noise=None if diverged else series_noise(series, forecast),
         )
         return trial, predicted
 
@@ -276,7 +312,8 @@ class StageSearch:
 
     def preferred(self, trials: list[TrialRecord]) -> int | None:
         """Index of the trial the stage would exploit now: the lowest (forecast, LR), unless the anchor trial's
-        forecast is within :data:`TIE_TOLERANCE` of it (relative), which keeps the anchor; ``None`` if all diverged."""
+        forecast is within the tie tolerance of it (module docstring), which keeps the anchor; ``None`` if all
+        diverged."""
         valid = [i for i, t in enumerate(trials) if not t.diverged and t.predicted_loss is not None]
         if not valid:
             return None
@@ -286,7 +323,11 @@ class StageSearch:
             return best
         best_loss, anchor_loss = trials[best].predicted_loss, trials[a].predicted_loss
         assert best_loss is not None and anchor_loss is not None
-        return a if anchor_loss - best_loss <= TIE_TOLERANCE * abs(best_loss) else best
+        tolerance = TIE_TOLERANCE * abs(best_loss)
+        noise = [n for i in valid if (n := trials[i].noise) is not None and math.isfinite(n)]
+        if noise and self.stage > 0:
+            tolerance = min(tolerance, TIE_NOISE_Z * math.sqrt(2.0) * statistics.median(noise))
+        return a if anchor_loss - best_loss <= tolerance else best
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:

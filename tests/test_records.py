@@ -23,7 +23,9 @@ from lightning_autolrs.records import (
 )
 from lightning_autolrs.schedule import Schedule
 
-TRIAL = TrialRecord(lr=0.1, start_step=5, predicted_loss=0.4, steps=7, diverged=False, final_loss=0.45, forecast="exp")
+TRIAL = TrialRecord(
+    lr=0.1, start_step=5, predicted_loss=0.4, steps=7, diverged=False, final_loss=0.45, forecast="exp", noise=0.01
+)
 FALLBACK = FallbackRecord(step=40, failed_lr=0.3, new_lr=0.03)
 STAGE = StageRecord(
     stage=2,

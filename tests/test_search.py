@@ -96,8 +96,8 @@ def test_search_state_round_trips() -> None:
 
 @pytest.mark.parametrize(("other", "anchor_kept"), [(0.99, True), (0.9709, True), (0.97, False), (0.9, False)])
 def test_a_tie_keeps_the_anchor(other: float, anchor_kept: bool) -> None:
-    """Forecasts within TIE_TOLERANCE (3 %) of the best do not separate: the stage keeps its anchor (the LR it
-    started from); a clearly lower forecast wins."""
+    """In stage 0, forecasts within TIE_TOLERANCE (3 %) of the best do not separate, however clean the series (here
+    constant): the stage keeps its anchor (the LR it started from); a clearly lower forecast wins."""
     from lightning_autolrs.controller import StageController
     from lightning_autolrs.search import TIE_TOLERANCE
 
@@ -111,3 +111,78 @@ def test_a_tie_keeps_the_anchor(other: float, anchor_kept: bool) -> None:
     trials = c.history[0]["trials"]
     assert trials[0]["lr"] == 0.02 and trials[1]["lr"] != 0.02
     assert c.history[0]["best_lr"] == (0.02 if anchor_kept else trials[1]["lr"])
+
+
+def _preferred(stage: int, other: float, noise: tuple[float | None, float | None]) -> int | None:
+    """Which of two trials (the anchor's forecast 1.0, the other's ``other``, with these series noises) stage
+    ``stage`` prefers."""
+    from lightning_autolrs.records import TrialRecord
+
+    search, _ = _search(num_trials=3)
+    search.set_stage(stage, 50, 10)
+    search.anchor_index = 0
+    trials = [
+        TrialRecord(lr=0.01, start_step=0, predicted_loss=1.0, steps=10, diverged=False, noise=noise[0]),
+        TrialRecord(lr=0.02, start_step=10, predicted_loss=other, steps=10, diverged=False, noise=noise[1]),
+    ]
+    return search.preferred(trials)
+
+
+@pytest.mark.parametrize(
+    ("other", "noise", "anchor_kept"),
+    [
+        (0.99, (0.0, 0.0), False),  # constant series: any difference separates
+        (0.99, (0.003, 0.003), False),  # 2·√2·0.003 = 0.0085 < 0.01
+        (0.99, (0.004, 0.004), True),  # 0.0113 > 0.01: within the noise
+        (0.99, (0.002, 0.006), True),  # the median of the two: 0.004
+        (0.99, (None, 0.003), False),  # a trial without a noise does not count
+        (0.99, (None, None), True),  # none has one (recorded before it existed): the 3 % tie
+        (0.97, (0.05, 0.05), False),  # noisy series: the tie is still at most 3 %
+        (0.9709, (0.05, 0.05), True),
+    ],
+)
+def test_after_stage_0_clean_series_narrow_the_tie(
+    other: float, noise: tuple[float | None, float | None], anchor_kept: bool
+) -> None:
+    """After stage 0 the tie is at most TIE_NOISE_Z (2) standard errors of a difference of two series points,
+    2·√2·σ (σ: the median of the trials' noises), and at most 3 %; stage 0 keeps the 3 % whatever the noise."""
+    from lightning_autolrs.search import TIE_NOISE_Z
+
+    assert TIE_NOISE_Z == 2.0
+    assert _preferred(1, other, noise) == (0 if anchor_kept else 1)
+    assert _preferred(0, other, noise) == (0 if other > 0.9709 - 1e-12 else 1)
+
+
+def test_a_later_stage_leaves_its_anchor_for_a_clean_one_percent() -> None:
+    """Through the controller: constant series, the other trial 1 % below the anchor's. Stage 0 keeps its anchor (a
+    tie within 3 %); stage 1, whose anchor is that LR, leaves it (its series have no noise)."""
+    from lightning_autolrs.controller import StageController
+
+    c = StageController(
+        1e-3, 1.0, num_trials=2, tau=50, tau_max=50, search_ratio=0.2, total_steps=400, seed=0, anchor_lr=0.02
+    )
+    while c.stage < 2 and not (c.stage == 1 and c.phase == "exploit"):
+        plan = c.begin_step()
+        c.end_step(1.0 if plan.lr == 0.02 else 0.99)
+    first, second = c.history[0], c.history[1]
+    assert first["best_lr"] == 0.02 and [t["noise"] for t in first["trials"]] == [0.0, 0.0]
+    assert second["trials"][0]["lr"] == 0.02 and second["best_lr"] == second["trials"][1]["lr"] != 0.02
+
+
+def test_series_noise_is_the_scale_around_the_fit_or_of_the_differences() -> None:
+    """An exponential series with noise: the residuals' robust scale (not the trend's); a series without a fit: the
+    robust scale of its successive differences over √2; too few points: None."""
+    import random
+
+    from lightning_autolrs.forecast import ExponentialForecaster
+    from lightning_autolrs.search import series_noise
+
+    rng = random.Random(0)
+    series = [0.5 + 2.0 * math.exp(-0.05 * (i + 1)) + 0.01 * rng.gauss(0.0, 1.0) for i in range(200)]
+    fc = ExponentialForecaster().predict(series, 2000)
+    assert fc.method == "exp"
+    assert 0.008 < series_noise(series, fc) < 0.012  # the noise, 0.01; the trend spans 1.6
+    assert series_noise(series, None) > 0.012  # differences of a steep series also carry its curvature's spread
+    flat = [1.0 + 0.01 * rng.gauss(0.0, 1.0) for _ in range(200)]
+    assert 0.008 < series_noise(flat, ExponentialForecaster().predict(flat, 2000)) < 0.012
+    assert series_noise([1.0, float("nan"), 0.9], None) is None and series_noise([1.0, 0.9, 0.8], None) == 0.0
