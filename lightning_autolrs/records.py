@@ -55,8 +55,9 @@ class TrialRecord:
             loss).
         forecast: the forecaster's method (``"exp"``, ...), ``None`` when the trial diverged.
         noise: the noise of one point of the series it was judged on
-            (:func:`~lightning_autolrs.search.series_noise`; it narrows the stage's tie), ``None`` when it diverged,
-            had fewer than 3 points, or was recorded before the field existed (an older checkpoint).
+            (:func:`~lightning_autolrs.search.series_noise`; it narrows the tie of a stage after the first); ``None``,
+            and left out of :meth:`to_dict`, when it diverged, had fewer than 3 points, or belongs to a run begun
+            before the tie used it (resumed from an older checkpoint).
     """
 
     lr: float
@@ -69,7 +70,10 @@ class TrialRecord:
     noise: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if d["noise"] is None:  # (a run begun before the noise existed records its trials as it did)
+            del d["noise"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialRecord:

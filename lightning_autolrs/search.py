@@ -18,7 +18,8 @@ Rules (``k`` = ``num_trials``, τ the stage's length, τ' its trial length):
   the stages after the first it is less when the trials' series are cleaner than that: :data:`TIE_NOISE_Z` standard
   errors of the difference of two of their points, ``TIE_NOISE_Z · √2 · σ``, σ the median of the trials'
   :func:`series_noise`. Stage 0 keeps the 3 %: its trials start from an untrained model, and what separates their
-  forecasts there is how each extrapolates the untrained model's first drop, not their series' noise.
+  forecasts there is how each extrapolates the untrained model's first drop, not their series' noise. A run resumed
+  from a state written before this rule (no ``noise_ties`` key) keeps the 3 % tie in every stage, as it went on.
 * **Judged series**: with validation probes, the probe of the stage-start model (:meth:`StageSearch.record_level`)
   is every trial's first point, followed by the trial's own probes.
 * **Ranking**: the chosen trial, then the other trials that did not diverge by (forecast, LR) (``min_lr`` if every
@@ -168,6 +169,7 @@ class StageSearch:
         self.level_probe: float | None = None  # the validation probe of the stage-start model
         self.reuse = options.reuse_best_trial  # this stage keeps its best trial's end state (configure; on load, the
         # controller derives it from the stage and its exploit warmup)
+        self.noise_ties = True  # later stages' ties narrowed to the trials' noise (False: a run begun before the rule)
 
     # ------------------------------------------------------------------ a stage
     def set_stage(self, stage: int, tau: int, tau_prime: int) -> None:
@@ -272,7 +274,7 @@ class StageSearch:
             diverged=diverged,
             final_loss=_jsonable(statistics.fmean(tail)) if tail and not diverged else None,
             forecast=None if forecast is None else forecast.method,
-            noise=None if diverged else series_noise(series, forecast),
+            noise=None if diverged or not self.noise_ties else series_noise(series, forecast),
         )
         return trial, predicted
 
@@ -325,7 +327,7 @@ class StageSearch:
         assert best_loss is not None and anchor_loss is not None
         tolerance = TIE_TOLERANCE * abs(best_loss)
         noise = [n for i in valid if (n := trials[i].noise) is not None and math.isfinite(n)]
-        if noise and self.stage > 0:
+        if noise and self.stage > 0 and self.noise_ties:
             tolerance = min(tolerance, TIE_NOISE_Z * math.sqrt(2.0) * statistics.median(noise))
         return a if anchor_loss - best_loss <= tolerance else best
 
@@ -344,11 +346,13 @@ class StageSearch:
             "anchor_index": self.anchor_index,
             "anchor_lr": self.anchor_lr,
             "level_probe": self.level_probe,
+            "noise_ties": self.noise_ties,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; keys added in later versions are read with defaults, and the keys of the
-        removed search options (``stage_level``, ``abort_checked``, ``warm_prior``) are ignored."""
+        """Restore :meth:`state_dict`; keys added in later versions are read with defaults (``noise_ties``: ``False``,
+        the rule of a state written without it), and the keys of the removed search options (``stage_level``,
+        ``abort_checked``, ``warm_prior``) are ignored."""
         self.trial = int(state.get("trial", 0))
         self.trial_start = int(state.get("trial_start", 0))
         self.trial_losses = [float(x) for x in state.get("trial_losses", [])]
@@ -363,5 +367,6 @@ class StageSearch:
         self.anchor_lr = None if anchor_lr is None else float(anchor_lr)
         level = state.get("level_probe")
         self.level_probe = None if level is None else float(level)
+        self.noise_ties = bool(state.get("noise_ties", False))  # absent: written before the rule, which it keeps
         if "proposer" in state:
             self.proposer.load_state_dict(state["proposer"])

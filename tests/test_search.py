@@ -186,3 +186,27 @@ def test_series_noise_is_the_scale_around_the_fit_or_of_the_differences() -> Non
     flat = [1.0 + 0.01 * rng.gauss(0.0, 1.0) for _ in range(200)]
     assert 0.008 < series_noise(flat, ExponentialForecaster().predict(flat, 2000)) < 0.012
     assert series_noise([1.0, float("nan"), 0.9], None) is None and series_noise([1.0, 0.9, 0.8], None) == 0.0
+
+
+def test_a_state_written_before_the_noise_tie_keeps_the_three_percent_tie() -> None:
+    """A run resumed from a state without ``noise_ties`` (written before the rule) goes on as it would have: its later
+    stages tie within 3 % whatever the noise, and its trials record no noise (their dicts are as before)."""
+    from lightning_autolrs.records import TrialRecord
+
+    search, record = _search(num_trials=2)
+    state = search.state_dict()
+    assert state["noise_ties"] is True
+    del state["noise_ties"]
+    search.load_state_dict(state)
+    assert search.noise_ties is False
+    search.set_stage(1, 50, 10)
+    search.anchor_index = 0
+    trials = [
+        TrialRecord(lr=0.01, start_step=0, predicted_loss=1.0, steps=10, diverged=False, noise=0.0),
+        TrialRecord(lr=0.02, start_step=10, predicted_loss=0.99, steps=10, diverged=False, noise=0.0),
+    ]
+    assert search.preferred(trials) == 0  # with the rule: 1 (test_after_stage_0_clean_series_narrow_the_tie)
+    lr = search.start((1e-3, 1.0), step=0, anchor=0.02)
+    for t in range(10):
+        search.record_step(record, lr, 1.0 - 0.01 * t, False, t + 1)
+    assert record.trials[0].noise is None and "noise" not in record.trials[0].to_dict()
