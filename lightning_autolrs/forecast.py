@@ -96,6 +96,7 @@ Example:
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -118,6 +119,13 @@ _GRID_CACHE_SIZE = 8
 # (grid_size, number of points) of a series without non-finite values -> (s, coarse beta grid, exp(-beta * s)): the
 # same tensors every fit of that length computes (a stage's trials share their length); at most _GRID_CACHE_SIZE.
 _grid_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _robust_sigma(values: Sequence[float]) -> float:
+    """``1.4826 · MAD`` of plain floats around their median: the standard deviation of Gaussian noise, which a few
+    outliers do not move (the range test's, the overfitting watch's and the tie's noise estimates)."""
+    centre = statistics.median(values)
+    return _MAD_TO_SIGMA * statistics.median([abs(v - centre) for v in values])
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Any
 
 from lightning_autolrs._validation import check_float, check_int
 from lightning_autolrs.exceptions import InvalidArgumentError, NonFiniteLossError
-from lightning_autolrs.forecast import _MAD_TO_SIGMA
+from lightning_autolrs.forecast import _robust_sigma
 from lightning_autolrs.records import RangeTestResult
 from lightning_autolrs.settings import RANGE_SPAN
 
@@ -207,8 +207,7 @@ class RangeTest:
         if len(start) < 4 or min(start) <= 0:
             return None
         steps = [math.log(b) - math.log(a) for a, b in itertools.pairwise(start)]  # (no b / a: it can under/overflow)
-        centre = statistics.median(steps)
-        sigma = _MAD_TO_SIGMA * statistics.median([abs(d - centre) for d in steps]) / math.sqrt(2.0)
+        sigma = _robust_sigma(steps) / math.sqrt(2.0)
         return math.exp(min(RANGE_SIGMAS * sigma, 700.0))  # (beyond: noise no finite loss could stand out from)
 
     def _levels(self, upto: int) -> None:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_autolrs._validation import check_int
-from lightning_autolrs.forecast import ExponentialForecaster, Forecast
+from lightning_autolrs.forecast import ExponentialForecaster, Forecast, _robust_sigma
 from lightning_autolrs.proposer import LRProposer
 from lightning_autolrs.records import Event, SearchEvent, StageRecord, TrialEvent, TrialRecord
 from lightning_autolrs.settings import Settings
@@ -113,11 +113,6 @@ def _jsonable(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _robust_scale(values: list[float], center: float) -> float:
-    """``1.4826 · MAD`` around ``center``: the standard deviation of Gaussian noise, unmoved by a few outliers."""
-    return 1.4826 * statistics.median([abs(v - center) for v in values])
-
-
 def series_noise(series: list[float], forecast: Forecast | None) -> float | None:
     """The noise of one point of a trial's judged series (in its units): the robust scale of the series around the
     forecast's fitted curve ``a · exp(-b t) + c`` (``t = i + 1`` for the ``i``-th entry) when the forecast is an
@@ -132,12 +127,12 @@ def series_noise(series: list[float], forecast: Forecast | None) -> float | None
         res = [y - (forecast.a * math.exp(-forecast.b * (i + 1)) + forecast.c) for i, y in enumerate(series)]
         res = [r for r in res if math.isfinite(r)]
         if len(res) >= 3:
-            return _robust_scale(res, statistics.median(res))
+            return _robust_sigma(res)
     ys = [y for y in series if math.isfinite(y)]
     if len(ys) < 3:
         return None
     d = [b - a for a, b in itertools.pairwise(ys)]
-    return _robust_scale(d, statistics.median(d)) / math.sqrt(2.0)
+    return _robust_sigma(d) / math.sqrt(2.0)
 
 
 class StageSearch:
