@@ -192,7 +192,11 @@ class LRLogger:
     """Sends the LR of the step about to run to the Trainer's loggers as ``autolrs/lr`` on the steps the Trainer logs
     (every ``log_every_n_steps`` optimizer steps, and when it stops), at the loggers' step: what
     ``LearningRateMonitor`` does, without ``self.log``'s per-step bookkeeping. The only place that reads the Trainer's
-    private loop state; :meth:`attach` reads the settings once so a step that logs nothing costs one modulo."""
+    private loop state; :meth:`attach` reads the settings once.
+
+    A call returns how many steps later the next logging step comes, so the caller need not call it before then (a
+    countdown, checked with ``trainer.should_stop`` in the per-step hook: a step that logs nothing costs a
+    decrement)."""
 
     def __init__(self) -> None:
         self._every = 0
@@ -202,14 +206,18 @@ class LRLogger:
         self._every = int(getattr(trainer, "log_every_n_steps", 0) or 0) if trainer.loggers else 0
         self._loop = trainer.fit_loop.epoch_loop
 
-    def __call__(self, trainer: pl.Trainer, lr: float) -> None:
-        if not self._every:
-            return
+    def __call__(self, trainer: pl.Trainer, lr: float) -> float:
+        """Log ``lr`` if the step about to run is a logging step (or the Trainer is stopping); return the number of
+        steps from this one to the next logging step (``inf`` without loggers)."""
+        every = self._every
+        if not every:
+            return math.inf
         step = self._loop._batches_that_stepped  # the step the loggers' metrics carry (Lightning's own counter)
-        if (step + 1) % self._every and not trainer.should_stop:
-            return
-        for logger in trainer.loggers:
-            logger.log_metrics({"autolrs/lr": lr}, step=step)
+        left = every - (step + 1) % every  # (`every` when this step logs)
+        if left == every or trainer.should_stop:
+            for logger in trainer.loggers:
+                logger.log_metrics({"autolrs/lr": lr}, step=step)
+        return left
 
 
 def _rank_mean(total: float, count: float, bad: float) -> float | None:

@@ -186,6 +186,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._loss_only = False  # the plan's steps end with their loss alone (_apply_plan)
         self._progress_bar = ProgressBarHook()
         self._lr_logger = LRLogger()
+        self._log_in: float = 0  # steps to the next step whose LR goes to the loggers (LRLogger's countdown)
         self._world_size = 1
         self._ratios: list[float] = []
         self._step_open = False
@@ -408,6 +409,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._trainer = trainer
         self._late = None
         self._lr_logger.attach(trainer)
+        self._log_in = 0  # (the first step asks the logger)
         self._progress_bar.attach(trainer, self._progress_metrics)
 
     # ------------------------------------------------------------------ the step loop
@@ -423,7 +425,9 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         # wrote another one (AutoLRS's own LR wins at every step, as it did before plans were kept)
         if plan is not self._applied or self._optimizer.param_groups[0]["lr"] != self._applied_lr:
             self._apply_plan(plan, pl_module)
-        self._lr_logger(trainer, plan.lr)
+        self._log_in -= 1
+        if self._log_in <= 0 or trainer.should_stop:
+            self._log_in = self._lr_logger(trainer, plan.lr)
         if self._reads_scale:  # a skipped AMP step only matters to a trial's step count; reading the scale syncs
             self._scale_before = self._scaler_scale()
         self._step_open = True

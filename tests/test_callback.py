@@ -198,6 +198,28 @@ def test_lr_reaches_the_loggers_every_log_every_n_steps_without_self_log(lpl, tm
     assert [float(r["autolrs/lr"]) for r in rows] == pytest.approx([cb.lrs[int(r["step"])] for r in rows])
 
 
+def test_every_step_of_a_stopping_trainer_sends_its_lr_to_the_loggers(lpl, tmp_path) -> None:
+    """`should_stop` set while `min_steps` keeps the fit going (an EarlyStopping before `min_steps`): like
+    LearningRateMonitor, every step from then on sends its LR, and the logging steps before it are the Trainer's own
+    (the per-step hook counts down to the next logging step, and a stopping Trainer overrides the countdown)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    class Stop(lpl.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step == 8:
+                trainer.should_stop = True
+
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, seed=0, verbose=False)
+    lpl.seed_everything(0)
+    kw = trainer_kwargs(tmp_path, max_steps=60, min_steps=20, log_every_n_steps=5, logger=CSVLogger(tmp_path, "run"))
+    trainer = lpl.Trainer(callbacks=[cb, Stop()], **kw)
+    trainer.fit(make_module_class(lpl)())
+    rows = [r for r in csv.DictReader((tmp_path / "run" / "version_0" / "metrics.csv").open()) if r.get("autolrs/lr")]
+    assert trainer.global_step == 20
+    assert [int(r["step"]) for r in rows] == [4, *range(8, 20)]
+    assert [float(r["autolrs/lr"]) for r in rows] == pytest.approx([cb.lrs[int(r["step"])] for r in rows])
+
+
 def test_exploit_losses_reach_the_controller_one_step_late_and_change_nothing_else(lpl, tmp_path, monkeypatch) -> None:
     """No host read of the loss in the step that produced it, outside trials: an exploit / warmup step's loss on an
     accelerator is copied off the device without waiting and read at the end of the next step (here forced for CPU
