@@ -95,6 +95,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import sys
@@ -126,6 +127,13 @@ def _robust_sigma(values: Sequence[float]) -> float:
     outliers do not move (the range test's, the overfitting watch's and the tie's noise estimates)."""
     centre = statistics.median(values)
     return _MAD_TO_SIGMA * statistics.median([abs(v - centre) for v in values])
+
+
+def _difference_sigma(values: Sequence[float]) -> float:
+    """The noise of one point of a series from its successive differences: :func:`_robust_sigma` of them ÷ √2 (a
+    difference of two points carries √2 times one point's noise), so that a trend does not count as noise (the range
+    test's batch-noise spread on log losses; the tie's noise of a series without an exponential fit)."""
+    return _robust_sigma([b - a for a, b in itertools.pairwise(values)]) / math.sqrt(2.0)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ far, no configured-LR floor).
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
 from collections import deque
@@ -30,7 +29,7 @@ from typing import Any
 
 from lightning_autolrs._validation import check_float, check_int
 from lightning_autolrs.exceptions import InvalidArgumentError, NonFiniteLossError
-from lightning_autolrs.forecast import _robust_sigma
+from lightning_autolrs.forecast import _difference_sigma
 from lightning_autolrs.records import RangeTestResult
 from lightning_autolrs.settings import RANGE_SPAN
 
@@ -206,8 +205,7 @@ class RangeTest:
         start = [v for v in self._losses[: self._quarter] if v is not None]
         if len(start) < 4 or min(start) <= 0:
             return None
-        steps = [math.log(b) - math.log(a) for a, b in itertools.pairwise(start)]  # (no b / a: it can under/overflow)
-        sigma = _robust_sigma(steps) / math.sqrt(2.0)
+        sigma = _difference_sigma([math.log(v) for v in start])  # (of log losses, not of ratios: b / a can overflow)
         return math.exp(min(RANGE_SIGMAS * sigma, 700.0))  # (beyond: noise no finite loss could stand out from)
 
     def _levels(self, upto: int) -> None:

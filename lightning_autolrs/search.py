@@ -31,14 +31,13 @@ Rules (``k`` = ``num_trials``, τ the stage's length, τ' its trial length):
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_autolrs._validation import check_int
-from lightning_autolrs.forecast import ExponentialForecaster, Forecast, _robust_sigma
+from lightning_autolrs.forecast import ExponentialForecaster, Forecast, _difference_sigma, _robust_sigma
 from lightning_autolrs.proposer import LRProposer
 from lightning_autolrs.records import Event, SearchEvent, StageRecord, TrialEvent, TrialRecord
 from lightning_autolrs.settings import Settings
@@ -131,8 +130,7 @@ def series_noise(series: list[float], forecast: Forecast | None) -> float | None
     ys = [y for y in series if math.isfinite(y)]
     if len(ys) < 3:
         return None
-    d = [b - a for a, b in itertools.pairwise(ys)]
-    return _robust_sigma(d) / math.sqrt(2.0)
+    return _difference_sigma(ys)
 
 
 class StageSearch:
