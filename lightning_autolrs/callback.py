@@ -482,8 +482,9 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._step_open = False
         if self._late is not None:
             self._report_late_loss()  # the previous step's loss, which waited
-        if self._late_reads and controller.loss_can_wait:
-            # a step whose loss only feeds the guards: read it one step late, so the device queue never waits on it
+        if self._late_reads and not self._reads_scale and controller.loss_can_wait:
+            # a step whose loss only feeds the guards or its trial's series: read it one step late, so the device
+            # queue never waits on it (a trial step under a GradScaler reads the scale, a sync, and its loss at once)
             self._late = LateLoss(trainer, self._step_loss, self._world_size)
             controller.end_step(None, late=True)
             return

@@ -51,10 +51,11 @@ largest training loss of the last 20 steps before the stage; for the first stage
 first quarter, the untrained model's losses on as many batches, with the warmup's when there is one (after a warmup of
 20 steps or more, only the largest of its last 20), or without a range test or warmup its first loss) and above half the
 first training loss of the fit (:data:`DIVERGENCE_FLOOR`; the untrained model's loss when training starts from scratch:
-a loss still far below it has not diverged, however far it rose from a loss near zero), stops a trial at once; the trial
-is recorded as diverged and the proposer gives it a penalty. In the exploit phase the same test restores the snapshot
-and continues the stage at the next-best smaller trial LR (or a tenth of the current LR when none is left, but never
-below ``min_lr``; a finite loss that trips the test at ``min_lr`` becomes the stage's reference, as no smaller LR is
+a loss still far below it has not diverged, however far it rose from a loss near zero), stops a trial at once (a loss
+read one step late, :attr:`StageController.loss_can_wait`, after the next step); the trial is recorded as diverged
+and the proposer gives it a penalty. In the exploit phase the same test restores the snapshot and continues the
+stage at the next-best smaller trial LR (or a tenth of the current LR when none is left, but never below
+``min_lr``; a finite loss that trips the test at ``min_lr`` becomes the stage's reference, as no smaller LR is
 left). With ``collapse_guard`` the exploit phase also falls back that way on a *slow* collapse: once the stage has
 halved its windowed training loss (20-step means) from its start level, the windowed loss is back at the start level for
 a whole window (a net dying at the edge of stability, no spike; rules in
@@ -379,6 +380,8 @@ class StageController:
         self._quiet_below = math.nan
         self._anneal_plan: StepPlan | None = None  # the last plan of an anneal step (begin_step)
         self._late: tuple[int, str, bool] | None = None  # (index, phase, in the anneal) of a loss still to come
+        # a trial step's late loss diverged while the next step was in flight: that step ends the trial
+        self._late_diverged = False
         self._pending_restore = False
         self._pending_capture = False
         self._pending_save_best = False
@@ -572,16 +575,22 @@ class StageController:
     def loss_can_wait(self) -> bool:
         """Whether the step planned now may report its loss one step late (``end_step(None, late=True)``, then
         :meth:`report_late_loss`): a warmup or exploit step (final anneal included) whose loss only feeds the guards,
-        followed by a step of the same phase (no stage start, range test or anneal start next, no restore due). A
-        late divergence then restores the stage snapshot before the step after next: within 2 steps."""
+        followed by a step of the same phase (no stage start, range test or anneal start next, no restore due); or a
+        search trial's step before its last, without a probe, whose loss joins the trial's series before the next
+        step's (the last step's loss is read at once: it ends the trial). A late divergence then restores the stage
+        snapshot before the step after next: within 2 steps. Only for a step that updated the weights (a caller that
+        learns only after the step whether an AMP GradScaler skipped it reads a trial step's loss at once)."""
         plan = self._plan
-        if plan is None or self._plan_range_test or plan.phase == "search" or self._late is not None or plan.probe:
+        if plan is None or self._plan_range_test or self._late is not None or plan.probe:
             return False
         after = self.step + 1
         if plan.phase == "warmup":
             return after < self._warmup_end
         if self._pending_restore or self._pending_restore_best or self._pending_capture:
             return False
+        if plan.phase == "search":
+            search = self.search
+            return not (plan.probe_before or self._late_diverged) and search.trial_steps + 1 < search.tau_prime
         if plan is self._quiet and after < self._quiet_until:
             return True  # (before the end of the exploit phase and the start of the anneal)
         return self._anneal.active or (after < self._exploit_end and not self._anneal.due(after, self._warmup_end))
@@ -600,7 +609,27 @@ class StageController:
             if loss is not None and math.isfinite(loss):
                 self._recent.append(loss)
             return []
+        if phase == "search":
+            return self._late_trial_loss(loss)
         return self._anneal_loss(loss, index) if anneal else self._exploit_loss(loss, index)
+
+    def _late_trial_loss(self, loss: float | None) -> list[Event]:
+        """A trial step's late loss (the step was counted when it ended: :meth:`StageSearch.count_late_step`), judged
+        as :meth:`_record_trial_step` judges one read at once. A divergence ends the trial at the end of the step in
+        flight, which was planned before this loss was known and trained on the diverged weights (the step after it
+        restores the stage snapshot: within 2 steps), or now when no step is in flight (a checkpoint, the run's end)."""
+        self._note_reference(loss)
+        if not self._diverged(loss):
+            if loss is not None:
+                if self.search.trial == 0:
+                    self._guard.note_start(loss)  # the stage's first losses, from the stage-start state
+                self.search.record_late_loss(loss)
+            return []
+        if self._plan is not None:
+            self._late_diverged = True
+            self._quiet = None  # (the step in flight ends on end_step's general path)
+            return []
+        return self._carry_out(self.search.cut_trial(self.stages[-1], self._lr, self.step))
 
     def end_step(
         self,
@@ -655,6 +684,9 @@ class StageController:
             self._late = (len(self.losses) - 1, plan.phase, self._anneal.active)
             if plan.phase == "exploit" and self.stages:
                 self.stages[-1].exploit_steps += 1
+            elif plan.phase == "search":
+                self.stages[-1].search_steps += 1
+                self.search.count_late_step()
             return []
         if self._plan_range_test:
             return self._record_range_test_step(plan.lr, loss)
@@ -665,7 +697,7 @@ class StageController:
         if plan.phase == "search":
             if plan.probe:  # (as an exploit step's: a step without a probe has no probe time)
                 self.stages[-1].probe_seconds += float(probe_seconds)
-            if plan.probe and progressed and probe is not None:
+            if plan.probe and progressed and probe is not None and not self._late_diverged:
                 self.search.add_probe(probe)
             return self._record_trial_step(loss, progressed)
         if self._anneal.active:
@@ -1002,8 +1034,11 @@ class StageController:
         record.search_steps += 1
         if not progressed:
             return []
-        self._note_reference(loss)
-        diverged = self._diverged(loss)
+        if self._late_diverged:  # the step before diverged, read late: this step trained its diverged weights
+            self._late_diverged, diverged = False, True
+        else:
+            self._note_reference(loss)
+            diverged = self._diverged(loss)
         if self.search.trial == 0 and loss is not None and not diverged:
             self._guard.note_start(loss)  # the stage's first losses, from the stage-start state
         outcome = self.search.record_step(record, self._lr, loss, diverged, self.step)
@@ -1408,3 +1443,4 @@ class StageController:
         self._plan = None
         self._quiet = None
         self._late = None
+        self._late_diverged = False

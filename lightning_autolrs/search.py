@@ -245,6 +245,20 @@ class StageSearch:
         self.trial_losses.append(loss)
         return True
 
+    def count_late_step(self) -> None:
+        """A trial step before its last whose loss follows one step late (:meth:`record_late_loss`): counted when it
+        ends, so the step after it is planned as the trial's next (its probe, its last step)."""
+        self.trial_steps += 1
+
+    def record_late_loss(self, loss: float) -> None:
+        """The loss of the step :meth:`count_late_step` counted (finite, not diverged), into the trial's series: before
+        the next step's, which ends after it."""
+        self.trial_losses.append(loss)
+
+    def cut_trial(self, record: StageRecord, lr: float, step: int) -> TrialOutcome:
+        """End the current trial as diverged after its steps so far (a late loss diverged and no step is in flight)."""
+        return self._finish_trial(record, lr, step, diverged=True)
+
     def _series(self) -> tuple[list[float], int]:
         """The series the current trial is judged on and its forecast horizon (in that series' units)."""
         if self.probe_stride:  # judged on validation probes, one every `stride` steps (the stage start's first)

@@ -199,7 +199,8 @@ class Settings:
     divergence_factor: float = _setting(
         5.0,
         """a trial whose loss exceeds this multiple of the stage's reference loss and half the fit's first loss (or
-        is NaN/inf) is stopped at once and restored; in the exploit phase the stage falls back to a smaller LR.""",
+        is NaN/inf) is stopped at once (on an accelerator one step later) and restored; in the exploit phase the stage
+        falls back to a smaller LR.""",
         _check_divergence_factor,
     )
     monitor: str = _setting(

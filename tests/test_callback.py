@@ -220,18 +220,24 @@ def test_every_step_of_a_stopping_trainer_sends_its_lr_to_the_loggers(lpl, tmp_p
     assert [float(r["autolrs/lr"]) for r in rows] == pytest.approx([cb.lrs[int(r["step"])] for r in rows])
 
 
-def test_exploit_losses_reach_the_controller_one_step_late_and_change_nothing_else(lpl, tmp_path, monkeypatch) -> None:
-    """No host read of the loss in the step that produced it, outside trials: an exploit / warmup step's loss on an
-    accelerator is copied off the device without waiting and read at the end of the next step (here forced for CPU
-    losses, which are read at once). The schedule is the same as with every loss read at once (only a divergence is
-    acted on one step later)."""
+@pytest.mark.parametrize("validation", [False, True])
+def test_losses_reach_the_controller_one_step_late_and_change_nothing_else(
+    lpl, tmp_path, monkeypatch, validation: bool
+) -> None:
+    """No host read of the loss in the step that produced it, but at the last step of a trial (which ends the trial)
+    and of a phase (the warmup's, an exploit phase's before a stage or the final anneal begins), and at a step that
+    probes the validation data (which reads the probe): a step's loss on an accelerator is copied off the device
+    without waiting and read at the end of the next step (here forced for CPU losses, which are read at once). The
+    schedule is the same as with every loss read at once (only a divergence is acted on one step later)."""
     from lightning_autolrs._edge import LateLoss
     from lightning_autolrs.controller import StageController
 
     monkeypatch.setattr(AutoLRS, "_reads_late", staticmethod(lambda trainer: True))
 
     reads: list[tuple[int, int]] = []  # (global step when the loss was read, the step that produced it)
-    real_init, real_read = LateLoss.__init__, LateLoss.read
+    at_once: list[int] = []  # the steps whose loss was read in the step itself
+    probed: list[int] = []  # ... of them, those that probed the validation data (in a trial, or at a stage start)
+    real_init, real_read, real_end = LateLoss.__init__, LateLoss.read, StageController.end_step
 
     def init(self, trainer, loss, *args) -> None:
         real_init(self, trainer, loss, *args)
@@ -241,21 +247,49 @@ def test_exploit_losses_reach_the_controller_one_step_late_and_change_nothing_el
         reads.append((self.trainer.global_step, self.step))
         return real_read(self)
 
+    def end_step(self, loss, **kw):
+        if not kw.get("late"):
+            at_once.append(self.step)
+            probed.extend([self.step] if self._plan.probe or self._plan.probe_before else [])
+        return real_end(self, loss, **kw)
+
     monkeypatch.setattr(LateLoss, "__init__", init)
     monkeypatch.setattr(LateLoss, "read", read)
+    monkeypatch.setattr(StageController, "end_step", end_step)
     kw = dict(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=20, seed=0, verbose=False, warmup_steps=5, warmup_lr=0.01)
+    steps = 200 if validation else 120
+    trainer_kw = dict(limit_val_batches=1.0) if validation else {}
+    if validation:  # trials long enough to have steps between their probes
+        kw.update(tau=60, tau_max=60, search_ratio=0.6)
     late = AutoLRS(**kw)
-    fit(lpl, tmp_path, late, max_steps=120)
-    assert len(reads) >= 60  # most warmup and exploit steps
+    fit(lpl, tmp_path, late, max_steps=steps, **trainer_kw)
     # each read once the next step has ended, never in its own step; the last step's at the end of the run
-    assert [r for r in reads if r[0] != r[1] + 2] == [(120, 119)]
+    assert [r for r in reads if r[0] != r[1] + 2] == [(steps, steps - 1)]
     assert all(v is not None for v in late.controller.losses)  # and every one of them reached the controller
+    assert len(reads) + len(at_once) == steps
+    trials = [t for h in late.history for t in h["trials"]]
+    trial_ends = {t["start_step"] + t["steps"] - 1 for t in trials}
+    phase_ends = {h["start_step"] - 1 for h in late.history} | {late.history[-1]["anneal_start"] - 1}
+    assert trial_ends | phase_ends <= set(at_once) <= trial_ends | phase_ends | set(probed)
+    assert bool(probed) is validation and late.history[0]["signal"] == ("val_loss" if validation else "train_loss")
+    trial_steps = {t["start_step"] + i for t in trials for i in range(t["steps"])}
+    late_trial_steps = trial_steps - set(at_once)  # (without probes: all but each trial's last)
+    if validation:  # (trials of 36 steps, probed every 7th)
+        assert len(late_trial_steps) >= 0.8 * len(trial_steps) > 80
+    else:  # (trials of 1, 2 and 4 steps)
+        assert len(late_trial_steps) == len(trial_steps) - len(trials) == 12
 
     monkeypatch.setattr(StageController, "loss_can_wait", property(lambda self: False))
-    at_once = AutoLRS(**kw)
-    fit(lpl, tmp_path, at_once, max_steps=120)
-    assert late.lrs == at_once.lrs and late.controller.losses == at_once.controller.losses
-    assert late.history == at_once.history
+    at_once.clear()
+    now = AutoLRS(**kw)
+    fit(lpl, tmp_path, now, max_steps=steps, **trainer_kw)
+    assert len(at_once) == steps
+    assert late.lrs == now.lrs and late.controller.losses == now.controller.losses
+
+    def records(history: list[dict]) -> list[dict]:  # (the probes' timings differ)
+        return [{k: v for k, v in h.items() if k != "probe_seconds"} for h in history]
+
+    assert records(late.history) == records(now.history)
 
 
 def test_cpu_losses_are_read_in_their_own_step(lpl, tmp_path, monkeypatch) -> None:

@@ -54,11 +54,13 @@ def test_ranks_agree_through_the_first_stages_exploit_warmup(tmp_path) -> None:
 
 @pytest.mark.parametrize("late", [(), ("late",)])
 def test_nan_on_one_rank_aborts_the_trial_on_all(tmp_path, late) -> None:
-    """``late``: exploit losses read one step late, as on an accelerator (LateLoss's collective)."""
+    """``late``: losses read one step late, as on an accelerator (LateLoss's collective), trial steps but a trial's
+    last included: the trial ends one step later, after the step that was in flight when the NaN was read."""
     r0, r1 = launch(tmp_path, "ddp", "1", "7", *late)  # rank 1 sees NaN at step 7, inside trial 2 of stage 0
     assert r0["late_reads"] == r1["late_reads"] == bool(late)
     trials = r0["history"][0]["trials"]
-    assert trials[1]["diverged"] and trials[1]["steps"] == 3  # steps 5, 6, 7
+    assert trials[1]["diverged"] and trials[1]["steps"] == (4 if late else 3)  # steps 5, 6, 7 (and 8)
+    assert trials[2]["start_step"] == (9 if late else 8)
     assert r0["history"] == r1["history"] and r0["lrs"] == r1["lrs"]
     assert r0["params"] == r1["params"]
     assert all(v == v for p in r0["params"] for v in p)  # finite (no NaN) weights on both ranks
@@ -76,8 +78,8 @@ def test_ranks_agree_on_the_range_test(tmp_path) -> None:
 def test_one_all_reduce_per_step_and_only_the_decision_is_broadcast(tmp_path, late) -> None:
     """With validation probes (a stage-start probe and probes inside trials), AutoLRS's per-step hooks make at most
     one collective per step, an all-reduce carrying the loss and the probes together; after an event they also
-    broadcast rank 0's decision, a few hundred bytes, not the controller's whole (growing) state. ``late``: exploit
-    losses read one step late, as on an accelerator (their all-reduce is LateLoss's)."""
+    broadcast rank 0's decision, a few hundred bytes, not the controller's whole (growing) state. ``late``: losses
+    read one step late, as on an accelerator (their all-reduce is LateLoss's), trial steps between probes included."""
     r0, r1 = launch(tmp_path, "ddp", "count", *late)
     assert r0["late_reads"] == r1["late_reads"] == bool(late)
     assert r0["lrs"] == r1["lrs"] and r0["params"] == r1["params"]

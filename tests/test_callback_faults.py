@@ -207,6 +207,34 @@ def test_exploit_divergence_falls_back_and_stays_finite(lpl, tmp_path, monkeypat
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("late", [False, True])
+def test_trial_divergence_read_late_is_cut_within_two_steps(lpl, tmp_path, monkeypatch, late: bool) -> None:
+    """A NaN inside a trial (not at its last step). ``late``: trial losses read one step late, as on an accelerator
+    (no host-device sync in a trial step but its last): the step after the NaN already ran at the trial's LR on the
+    NaN weights, so the trial ends one step later, and the next trial starts from the stage snapshot after it."""
+    if late:
+        monkeypatch.setattr(AutoLRS, "_reads_late", staticmethod(lambda trainer: True))
+
+    class Before(lpl.Callback):  # the weights each step starts from (after AutoLRS's restore: listed after it)
+        def __init__(self) -> None:
+            self.params: dict[int, list[torch.Tensor]] = {}
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.params[trainer.global_step] = [p.detach().clone() for p in pl_module.parameters()]
+
+    cb, before = autolrs(), Before()
+    model = nan_at(lpl, {6})  # stage 0's trials (5 steps each): 0-4, then 5..., the NaN at the second's 2nd step
+    lpl.Trainer(callbacks=[cb, before], **trainer_kwargs(tmp_path, max_steps=60)).fit(model)
+    trials = cb.history[0]["trials"]
+    assert [t["diverged"] for t in trials] == [False, True, False]
+    cut = 7 if late else 6  # the trial's last step
+    assert trials[1]["steps"] == cut - 4 and trials[2]["start_step"] == cut + 1
+    assert cb.lrs[cut] == trials[1]["lr"] and cb.lrs[cut + 1] == trials[2]["lr"]
+    assert bool(torch.isfinite(before.params[7][0]).all()) is not late  # read late, step 7 ran on the NaN weights
+    assert same(before.params[cut + 1], before.params[0])  # the next trial starts from the stage start
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_nan_at_the_last_step_is_undone(lpl, tmp_path) -> None:
     cb = autolrs()
     model = nan_at(lpl, {79})

@@ -662,6 +662,56 @@ def _quiet_case() -> tuple[dict, list[float]]:
     return kw, losses
 
 
+def _trial_case() -> tuple[dict, list[float]]:
+    """Stages of three trials (5, 10 and 20 steps; stage 1's second trial: steps 50-59) without a divergence."""
+    kw = dict(num_trials=3, tau=20, search_ratio=0.25, total_steps=300, anneal_steps=30, seed=0)
+    kw.update(anchor_lr=0.1, collapse_guard=True, warmup_steps=5, warmup_lr=0.01, exploit_warmup=5)
+    return kw, [1.0 + math.exp(-i / 60) + 0.01 * math.sin(i) for i in range(300)]
+
+
+def test_trial_losses_read_late_judge_every_trial_as_read_at_once() -> None:
+    """Read one step late (on an accelerator), a trial step's loss joins its trial's series before the next step's:
+    every plan, forecast and choice is what reading each loss at once gives. A divergence inside a trial ends it one
+    step later (the step in flight trained the diverged weights), and the step after that restores the snapshot."""
+    kw, losses = _trial_case()
+    runs = []
+    for late_reads in (False, True):
+        c, plans = StageController(1e-3, 1.0, **kw), []
+        _drive(c, losses, plans, late_reads=late_reads)
+        runs.append((c, plans))
+    (now, now_plans), (late, late_plans) = runs
+    assert now_plans == late_plans and now.lrs == late.lrs and now.losses == late.losses
+    assert now.history == late.history and len(now.history) == 3
+    assert [t["start_step"] for t in now.history[1]["trials"]] == [40, 50, 60]
+
+    spiked = losses.copy()
+    spiked[52] = 50.0  # the third step of stage 1's second trial: 25x its reference
+    for late_reads, cut in ((False, 52), (True, 53)):
+        c, plans = StageController(1e-3, 1.0, **kw), []
+        _drive(c, spiked, plans, late_reads=late_reads)
+        trials = c.history[1]["trials"]
+        assert [t["diverged"] for t in trials] == [False, True, False]
+        assert trials[1]["steps"] == cut - 49 and trials[2]["start_step"] == cut + 1
+        restores = [i for i, p in enumerate(plans) if 40 <= i < 70 and StepPlan(*p).restore]
+        assert restores == [50, cut + 1, cut + 11]  # each trial after the first starts from the stage snapshot
+        assert c.lrs[cut] == trials[1]["lr"] != c.lrs[cut + 1] == trials[2]["lr"]
+
+
+def test_a_late_trial_loss_that_diverged_with_no_step_in_flight_ends_the_trial_at_once() -> None:
+    """Before a checkpoint and at the run's end the callback hands over the late loss with no step in flight: a
+    divergence ends the trial then, after the steps it took, and the next step restores the stage snapshot."""
+    kw, losses = _trial_case()
+    c = StageController(1e-3, 1.0, **kw)
+    _drive(c, losses[:52], late_reads=False)
+    c.begin_step()
+    assert c.loss_can_wait and not c.end_step(None, late=True)  # step 52, stage 1's second trial's third
+    (event,) = c.report_late_loss(math.nan)
+    assert event.trial == 1 and event.record.diverged and event.record.steps == 3 and event.record.start_step == 50
+    plan = c.begin_step()
+    assert plan.restore and plan.phase == "search" and plan.lr != event.record.lr
+    assert c.search.trial == 2 and c.search.trial_start == c.step == 53
+
+
 def test_reused_quiet_plan_changes_no_plan(monkeypatch) -> None:
     """`begin_step` reuses the plan of a step without actions while nothing that plans a step changed: every plan,
     LR and record is what planning each step afresh gives, fallbacks, stage ends and the anneal included."""
