@@ -544,6 +544,8 @@ class StageController:
         :meth:`restart_stage`) drops it."""
         if plan.restore or plan.capture or plan.probe or plan.save_best or plan.restore_best or plan.probe_before:
             return
+        if self._late_diverged:  # (a resumed step that ends a trial whose late loss diverged: the general path)
+            return
         if plan.phase == "exploit":
             until = self._exploit_end
         elif plan.phase == "search" and self.search.probe_stride == 0:
@@ -1032,7 +1034,7 @@ class StageController:
     def _record_trial_step(self, loss: float | None, progressed: bool) -> list[Event]:
         record = self.stages[-1]
         record.search_steps += 1
-        if not progressed:
+        if not progressed:  # (a step an AMP GradScaler skipped: a late divergence is left to the next one)
             return []
         if self._late_diverged:  # the step before diverged, read late: this step trained its diverged weights
             self._late_diverged, diverged = False, True
@@ -1318,6 +1320,7 @@ class StageController:
             "pending_save_best": self._pending_save_best,
             "pending_restore_best": self._pending_restore_best,
             "pending_rollback": self._pending_rollback,
+            "late_diverged": self._late_diverged,
             "best_probe_end": self._best_probe_end,
             "rolled_back": self._rolled_back,
             "min_lr": self.min_lr,
@@ -1443,4 +1446,5 @@ class StageController:
         self._plan = None
         self._quiet = None
         self._late = None
-        self._late_diverged = False
+        # a state written while a step was in flight, after a late trial loss diverged: that step ends the trial
+        self._late_diverged = bool(state.get("late_diverged", False))

@@ -712,6 +712,38 @@ def test_a_late_trial_loss_that_diverged_with_no_step_in_flight_ends_the_trial_a
     assert c.search.trial == 2 and c.search.trial_start == c.step == 53
 
 
+@pytest.mark.parametrize("spikes", [(52,), (52, 53)])
+def test_a_state_written_while_a_late_divergence_waits_for_the_step_in_flight_resumes_it(spikes) -> None:
+    """A checkpoint written in the middle of a step (between micro-batches, on an exception) hands over the waiting
+    loss first; when it diverged, the state says that the step in flight ends the trial, so the run resumed from it
+    (which takes that step again) cuts the trial where the uninterrupted run does."""
+    kw, losses = _trial_case()
+    for i in spikes:
+        losses[i] = 50.0  # stage 1's second trial's third step (and fourth)
+
+    def run(resume: bool) -> StageController:
+        c = StageController(1e-3, 1.0, **kw)
+        _drive(c, losses[:52])
+        c.begin_step()
+        assert c.loss_can_wait and not c.end_step(None, late=True)  # step 52: its loss waits
+        c.begin_step()  # step 53 in flight
+        assert not c.report_late_loss(losses[52])
+        if resume:
+            state = copy.deepcopy(c.state_dict())
+            c = StageController(1e-3, 1.0, **kw)
+            c.load_state_dict(state)
+            c.begin_step()  # the resumed run takes step 53 again
+        assert not c.loss_can_wait
+        c.end_step(losses[53])
+        _drive(c, losses[54:])
+        return c
+
+    whole, resumed = run(False), run(True)
+    trials = whole.history[1]["trials"]
+    assert trials[1]["diverged"] and trials[1]["steps"] == 4 and trials[2]["start_step"] == 54
+    assert resumed.lrs == whole.lrs and resumed.history == whole.history
+
+
 def test_reused_quiet_plan_changes_no_plan(monkeypatch) -> None:
     """`begin_step` reuses the plan of a step without actions while nothing that plans a step changed: every plan,
     LR and record is what planning each step afresh gives, fallbacks, stage ends and the anneal included."""
