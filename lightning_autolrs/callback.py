@@ -11,6 +11,7 @@ each package that is installed.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import time
@@ -44,6 +45,8 @@ from lightning_autolrs.proposer import DEFAULT_BETA
 from lightning_autolrs.schedule import Schedule, save_schedule
 from lightning_autolrs.settings import Derived, Settings, derive, docstring_args
 from lightning_autolrs.snapshot import StateSnapshot
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -540,9 +543,10 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 trainer, event, controller, num_trials=self._settings.num_trials, verbose=self._settings.verbose
             )
 
-    def _report_late_loss(self) -> None:
+    def _report_late_loss(self, act: bool = True) -> None:
         """Hand the controller the loss that waited a step (see :class:`~lightning_autolrs._edge.LateLoss`); also
-        before a checkpoint and at the run's end, so no state is written or left without it."""
+        before a checkpoint and at the run's end or an exception, so no state is written or left without it.
+        ``act=False``: the controller's events are neither logged nor broadcast to the other ranks."""
         late, self._late = self._late, None
         if late is None or self.controller is None:
             return
@@ -550,7 +554,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if loss is None or self._steps_without_loss:
             self._check_loss_present(loss)
         events = self.controller.report_late_loss(loss)
-        if events:
+        if events and act:
             self._act_on(self._trainer, events)
 
     def _scaler_scale(self) -> float | None:
@@ -620,6 +624,10 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._progress_bar.detach()
+        try:  # the loss still waiting (read late): a divergence in it decides which state is committed
+            self._report_late_loss(act=False)  # (no logging, no collective: the run is ending, maybe on one rank)
+        except Exception as err:  # never mask the exception being handled; the committed state is chosen without it
+            log.debug("AutoLRS: the waiting loss could not be read after %s: %r", type(exception).__name__, err)
         self._abandon_search(f"{type(exception).__name__} was raised")
 
     def _abandon_search(self, why: str) -> None:

@@ -235,6 +235,30 @@ def test_trial_divergence_read_late_is_cut_within_two_steps(lpl, tmp_path, monke
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("step", [6, 25])
+def test_an_exception_in_the_step_after_a_late_nan_leaves_a_committed_model(lpl, tmp_path, monkeypatch, step) -> None:
+    """Losses read one step late (as on an accelerator): a NaN at ``step`` is still waiting when the next step's
+    `training_step` raises. In the exploit phase (25) the exception hands it over, so the model is left at the stage
+    start, where the fallback goes, rather than at the NaN weights; in a trial (6) at the best completed trial's end."""
+    monkeypatch.setattr(AutoLRS, "_reads_late", staticmethod(lambda trainer: True))
+    cls = make_module_class(lpl)
+
+    class NanThenRaise(cls):
+        def training_step(self, batch, batch_idx):
+            if self.trainer.global_step == step + 1:
+                raise RuntimeError("boom")
+            loss = super().training_step(batch, batch_idx)
+            return loss * float("nan") if self.trainer.global_step == step else loss
+
+    cb, rec, model = autolrs(), recorder(lpl), NanThenRaise()
+    trainer = lpl.Trainer(callbacks=[cb, rec], **trainer_kwargs(tmp_path, max_steps=80))
+    with pytest.raises(RuntimeError, match="boom"), pytest.warns(UserWarning, match="RuntimeError was raised"):
+        trainer.fit(model)
+    assert trainer.global_step == step + 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert same(model.parameters(), rec.after[5] if step == 6 else rec.stage_params[0])  # (trial 0: steps 0-4)
+
+
 def test_nan_at_the_last_step_is_undone(lpl, tmp_path) -> None:
     cb = autolrs()
     model = nan_at(lpl, {79})
