@@ -617,14 +617,11 @@ class StageController:
 
     def _late_trial_loss(self, loss: float | None) -> list[Event]:
         """A trial step's late loss (the step was counted when it ended: :meth:`StageSearch.count_late_step`), judged
-        as :meth:`_record_trial_step` judges one read at once. A divergence ends the trial at the end of the step in
+        as one read at once (:meth:`_judge_trial_loss`). A divergence ends the trial at the end of the step in
         flight, which was planned before this loss was known and trained on the diverged weights (the step after it
         restores the stage snapshot: within 2 steps), or now when no step is in flight (a checkpoint, the run's end)."""
-        self._note_reference(loss)
-        if not self._diverged(loss):
+        if not self._judge_trial_loss(loss):
             if loss is not None:
-                if self.search.trial == 0:
-                    self._guard.note_start(loss)  # the stage's first losses, from the stage-start state
                 self.search.record_late_loss(loss)
             return []
         if self._plan is not None:
@@ -1039,12 +1036,18 @@ class StageController:
         if self._late_diverged:  # the step before diverged, read late: this step trained its diverged weights
             self._late_diverged, diverged = False, True
         else:
-            self._note_reference(loss)
-            diverged = self._diverged(loss)
-        if self.search.trial == 0 and loss is not None and not diverged:
-            self._guard.note_start(loss)  # the stage's first losses, from the stage-start state
+            diverged = self._judge_trial_loss(loss)
         outcome = self.search.record_step(record, self._lr, loss, diverged, self.step)
         return [] if outcome is None else self._carry_out(outcome)
+
+    def _judge_trial_loss(self, loss: float | None) -> bool:
+        """Whether a trial step's loss diverged (read at once or late); the stage's reference and, in its first
+        trial, the collapse guard's start level take it in."""
+        self._note_reference(loss)
+        diverged = self._diverged(loss)
+        if self.search.trial == 0 and loss is not None and not diverged:
+            self._guard.note_start(loss)  # the stage's first losses, from the stage-start state
+        return diverged
 
     def _carry_out(self, outcome: TrialOutcome) -> list[Event]:
         """Act on a finished trial: the snapshot flags, the next trial's LR, or the end of the search."""
