@@ -255,19 +255,31 @@ class LateLoss:
     that waits for nothing (the callback reads a CPU loss without one). Either way :meth:`read` returns what
     :func:`reduce_loss` returns: the mean over the ranks that had a loss, ``None`` where none had one, NaN as soon as
     one was not finite. ``world_size``: the Trainer's, when the caller has it at hand (``None``: read from the
-    Trainer)."""
+    Trainer). ``skipped``: a 0-d tensor, true where an AMP GradScaler skipped the step (its scale after the step
+    below the one before), copied along with the loss; :attr:`skipped` holds it once :meth:`read` has run (a rank's
+    own: the ranks' gradients, reduced before the scaler checks them, skip alike)."""
 
-    def __init__(self, trainer: pl.Trainer, loss: torch.Tensor | None, world_size: int | None = None) -> None:
+    def __init__(
+        self,
+        trainer: pl.Trainer,
+        loss: torch.Tensor | None,
+        world_size: int | None = None,
+        skipped: torch.Tensor | bool | None = None,
+    ) -> None:
         self._value: float | None = None
         self._host: torch.Tensor | None = None
         self._event: Any = None
+        self.skipped = False
         if loss is None or loss.is_cpu:
             value = None if loss is None else float(loss.item())
             self._value = reduce_loss(trainer, value, world_size=world_size)
+            self.skipped = skipped is not None and bool(skipped)
         else:
-            self._start_on_device(trainer, loss)
+            self._start_on_device(trainer, loss, skipped)
 
-    def _start_on_device(self, trainer: pl.Trainer, loss: torch.Tensor) -> None:
+    def _start_on_device(
+        self, trainer: pl.Trainer, loss: torch.Tensor, skipped: torch.Tensor | bool | None = None
+    ) -> None:
         loss = loss.detach().to(torch.float64).reshape(())
         finite = torch.isfinite(loss)
         ones = torch.ones_like(loss)
@@ -275,8 +287,11 @@ class LateLoss:
         value = value.reshape(1, 3)  # the layout of `reduce_loss`'s all-reduce, for a rank that has no loss
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(value)
+        if skipped is not None:  # (not reduced: every rank's is its own)
+            flag = torch.as_tensor(skipped).to(value.device, torch.float64).reshape(1)
+            value = torch.cat([value.reshape(3), flag]).reshape(1, 4)
         cuda = value.device.type == "cuda"
-        self._host = torch.empty((1, 3), dtype=torch.float64, pin_memory=cuda)
+        self._host = torch.empty(value.shape, dtype=torch.float64, pin_memory=cuda)
         self._host.copy_(value, non_blocking=cuda)
         if cuda:  # pragma: no cover - no GPU where the tests run
             self._event = torch.cuda.Event()
@@ -287,7 +302,9 @@ class LateLoss:
             return self._value
         if self._event is not None:  # pragma: no cover - no GPU where the tests run
             self._event.synchronize()
-        return _rank_mean(*self._host[0].tolist())
+        values = self._host[0].tolist()
+        self.skipped = len(values) > 3 and values[3] > 0
+        return _rank_mean(*values[:3])
 
 
 class ProgressBarHook:

@@ -184,7 +184,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         # have set the optimizer's param groups from elsewhere (a snapshot put back, a new fit)
         self._applied: Any = None
         self._applied_lr = math.nan  # the LR it set in the first param group
-        self._scale_before: float | None = None
+        self._scale_before: torch.Tensor | float | None = None  # the AMP scale at the step's start (see _scale_now)
         self._reads_scale = False  # the plan's steps read the AMP scale before and after (a search step, with AMP)
         self._loss_only = False  # the plan's steps end with their loss alone (_apply_plan)
         self._progress_bar = ProgressBarHook()
@@ -431,8 +431,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._log_in -= 1
         if self._log_in <= 0 or trainer.should_stop:
             self._log_in = self._lr_logger(trainer, plan.lr)
-        if self._reads_scale:  # a skipped AMP step only matters to a trial's step count; reading the scale syncs
-            self._scale_before = self._scaler_scale()
+        if self._reads_scale:  # a skipped AMP step only matters to a trial's step count (no host read: _scale_now)
+            self._scale_before = self._scale_now()
         self._step_open = True
         self._step_loss = None
 
@@ -485,10 +485,12 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._step_open = False
         if self._late is not None:
             self._report_late_loss()  # the previous step's loss, which waited
-        if self._late_reads and not self._reads_scale and controller.loss_can_wait:
+        if self._late_reads and controller.loss_can_wait and not isinstance(self._scale_before, float):
             # a step whose loss only feeds the guards or its trial's series: read it one step late, so the device
-            # queue never waits on it (a trial step under a GradScaler reads the scale, a sync, and its loss at once)
-            self._late = LateLoss(trainer, self._step_loss, self._world_size)
+            # queue never waits on it; under a GradScaler whether it skipped the step follows with it (a scale the
+            # scaler holds in no tensor yet, before its first step, is read at once)
+            skipped = None if self._scale_before is None else self._skipped()
+            self._late = LateLoss(trainer, self._step_loss, self._world_size, skipped)
             controller.end_step(None, late=True)
             return
         # the one host read of this step (`item` reads the same value as `float`, with less dispatch)
@@ -507,8 +509,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         assert controller is not None
         skipped = False
         if self._scale_before is not None:
-            scale_after = self._scaler_scale()
-            skipped = scale_after is not None and scale_after < self._scale_before
+            skipped = bool(self._skipped())
         probe, probe_seconds = None, 0.0
         if self._plan_probe and self._probe is not None:
             start = time.perf_counter()
@@ -553,12 +554,29 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         loss = late.read()
         if loss is None or self._steps_without_loss:
             self._check_loss_present(loss)
-        events = self.controller.report_late_loss(loss)
+        events = self.controller.report_late_loss(loss, progressed=not late.skipped)
         if events and act:
             self._act_on(self._trainer, events)
 
-    def _scaler_scale(self) -> float | None:
-        return None if self._scaler is None else float(self._scaler.get_scale())
+    def _scale_now(self) -> torch.Tensor | float | None:
+        """The AMP GradScaler's scale without a host read: a copy of the tensor it keeps it in, on its device (the
+        scaler updates that tensor in place); a float before its first step (no tensor yet: its initial scale) or for
+        a scaler without the accessor. ``None`` without a scaler."""
+        scaler = self._scaler
+        if scaler is None:
+            return None
+        get_async = getattr(scaler, "_get_scale_async", None)
+        scale = None if get_async is None else get_async()
+        return float(scaler.get_scale()) if scale is None else scale.detach().clone()
+
+    def _skipped(self) -> torch.Tensor | bool:
+        """Whether the GradScaler skipped the step that just ended (an overflow lowers its scale): a 0-d tensor on the
+        scale's device where the scale was in a tensor before and after the step (no host read), else a bool."""
+        before, after = self._scale_before, self._scale_now()
+        assert before is not None and after is not None
+        if isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor):
+            return after < before
+        return float(after) < float(before)
 
     @property
     def progress_text(self) -> str:

@@ -580,8 +580,8 @@ class StageController:
         followed by a step of the same phase (no stage start, range test or anneal start next, no restore due); or a
         search trial's step before its last, without a probe, whose loss joins the trial's series before the next
         step's (the last step's loss is read at once: it ends the trial). A late divergence then restores the stage
-        snapshot before the step after next: within 2 steps. Only for a step that updated the weights (a caller that
-        learns only after the step whether an AMP GradScaler skipped it reads a trial step's loss at once)."""
+        snapshot before the step after next: within 2 steps. Whether an AMP GradScaler skipped a trial step may
+        follow with its loss (:meth:`report_late_loss`'s ``progressed``)."""
         plan = self._plan
         if plan is None or self._plan_range_test or self._late is not None or plan.probe:
             return False
@@ -597,8 +597,12 @@ class StageController:
             return True  # (before the end of the exploit phase and the start of the anneal)
         return self._anneal.active or (after < self._exploit_end and not self._anneal.due(after, self._warmup_end))
 
-    def report_late_loss(self, loss: float | None) -> list[Event]:
-        """The loss of the step that ended with ``late=True``, one step late; its guard's events, if any."""
+    def report_late_loss(self, loss: float | None, progressed: bool = True) -> list[Event]:
+        """The loss of the step that ended with ``late=True``, one step late; its guard's events, if any.
+        ``progressed=False``: an AMP GradScaler skipped that step (as :meth:`end_step`'s): a trial step is then
+        taken back from its trial's count (:meth:`StageSearch.uncount_late_step`), so the trial still trains τ' steps
+        that updated the weights; the step in flight, planned before this was known, counts one place earlier (a
+        probe it takes lands one step off the stride)."""
         if self._late is None:
             raise RuntimeError("report_late_loss() called without a step that ended with late=True")
         (index, phase, anneal), self._late = self._late, None
@@ -612,6 +616,9 @@ class StageController:
                 self._recent.append(loss)
             return []
         if phase == "search":
+            if not progressed:  # (a skipped step: no loss to judge, as at once)
+                self.search.uncount_late_step()
+                return []
             return self._late_trial_loss(loss)
         return self._anneal_loss(loss, index) if anneal else self._exploit_loss(loss, index)
 

@@ -250,6 +250,11 @@ class StageSearch:
         ends, so the step after it is planned as the trial's next (its probe, its last step)."""
         self.trial_steps += 1
 
+    def uncount_late_step(self) -> None:
+        """Take back the step :meth:`count_late_step` counted: an AMP GradScaler skipped it (it did not update the
+        weights), which the caller learned with its loss."""
+        self.trial_steps -= 1
+
     def record_late_loss(self, loss: float) -> None:
         """The loss of the step :meth:`count_late_step` counted (finite, not diverged), into the trial's series: before
         the next step's, which ends after it."""

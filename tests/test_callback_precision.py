@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from .helpers import autolrs, make_module_class, trainer_kwargs
@@ -59,3 +60,52 @@ def test_grad_scaler_state_is_snapshotted_and_skipped_steps_do_not_count(lpl, tm
     assert scales[3] < scales[2] == 1024.0  # the scaler backed off after the overflow ...
     assert scales[6] == 1024.0  # ... and the restore before trial 2 brought the stage-start scale back
     assert len(cb.lrs) == trainer.global_step == 60
+
+
+@pytest.mark.parametrize("overflow_at", [2, 3])
+def test_a_trial_step_the_grad_scaler_skipped_is_taken_back_when_its_loss_is_read_late(
+    lpl, tmp_path, monkeypatch, overflow_at: int
+) -> None:
+    """On an accelerator a trial step's loss is read one step late under a GradScaler too: whether the scaler skipped
+    the step (its scale fell) is copied along with the loss instead of read in the step. A skipped step is taken back
+    from its trial's count when the news arrives, so the trial still has 5 steps that updated the weights, as read at
+    once (here forced for CPU losses). Step 3's news arrives after step 4 was planned as the trial's last."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from lightning_autolrs import AutoLRS
+    from lightning_autolrs._edge import LateLoss
+    from lightning_autolrs.controller import StageController
+
+    cls = make_module_class(lpl)
+
+    class Overflow(cls):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * 1e30 if self.trainer.global_step == overflow_at else loss  # inf gradients in fp16
+
+    flags: list[tuple[int, bool]] = []  # (step, the skip flag a late read carried)
+    real_read = LateLoss.read
+
+    def read(self):
+        value = real_read(self)
+        flags.append((len(flags), self.skipped))
+        return value
+
+    monkeypatch.setattr(AutoLRS, "_reads_late", staticmethod(lambda trainer: True))
+    monkeypatch.setattr(LateLoss, "read", read)
+    runs = []
+    for can_wait in (True, False):
+        if not can_wait:
+            monkeypatch.setattr(StageController, "loss_can_wait", property(lambda self: False))
+        flags.clear()
+        lpl.seed_everything(0)
+        plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
+        cb = autolrs()
+        trainer = lpl.Trainer(callbacks=[cb], plugins=[plugin], **trainer_kwargs(tmp_path, max_steps=60))
+        trainer.fit(Overflow())
+        runs.append((cb, [skipped for _, skipped in flags]))
+    (late, late_flags), (now, now_flags) = runs
+    trials = late.history[0]["trials"]
+    assert trials[0]["steps"] == 5 and trials[1]["start_step"] == 6  # 6 steps taken, 5 counted, as read at once
+    assert now_flags == [] and late_flags.count(True) == 1 and len(late_flags) > 30
+    assert late.lrs == now.lrs and late.history == now.history

@@ -64,7 +64,10 @@ def test_late_loss_device_path_reads_what_reduce_loss_would(value: float, expect
     late = LateLoss(trainer, None)  # no loss: read at once, None
     assert late.read() is None
     late._start_on_device(trainer, torch.tensor(value, dtype=torch.float32))
-    assert late.read() == pytest.approx(expected, nan_ok=True)
+    assert late.read() == pytest.approx(expected, nan_ok=True) and not late.skipped
+    for skipped in (True, False):  # a GradScaler's skip flag travels with the loss, in the same copy
+        late._start_on_device(trainer, torch.tensor(value, dtype=torch.float32), torch.tensor(skipped))
+        assert late.read() == pytest.approx(expected, nan_ok=True) and late.skipped is skipped
 
 
 @pytest.mark.parametrize("accumulate", [1, 3])
