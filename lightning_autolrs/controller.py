@@ -382,6 +382,7 @@ class StageController:
         self._late: tuple[int, str, bool] | None = None  # (index, phase, in the anneal) of a loss still to come
         # a trial step's late loss diverged while the next step was in flight: that step ends the trial
         self._late_diverged = False
+        self._probe_dropped = False  # the step in flight's probe, planned before a late step turned out skipped
         self._pending_restore = False
         self._pending_capture = False
         self._pending_save_best = False
@@ -601,8 +602,9 @@ class StageController:
         """The loss of the step that ended with ``late=True``, one step late; its guard's events, if any.
         ``progressed=False``: an AMP GradScaler skipped that step (as :meth:`end_step`'s): a trial step is then
         taken back from its trial's count (:meth:`StageSearch.uncount_late_step`), so the trial still trains τ' steps
-        that updated the weights; the step in flight, planned before this was known, counts one place earlier (a
-        probe it takes lands one step off the stride)."""
+        that updated the weights. The step in flight was planned on the count before: where it probes, its probe is
+        not recorded (it would be one step early; the next step, planned on the count taken back, probes where a
+        loss read at once puts the probe), so the trial's series is the one read at once gives."""
         if self._late is None:
             raise RuntimeError("report_late_loss() called without a step that ended with late=True")
         (index, phase, anneal), self._late = self._late, None
@@ -618,6 +620,7 @@ class StageController:
         if phase == "search":
             if not progressed:  # (a skipped step: no loss to judge, as at once)
                 self.search.uncount_late_step()
+                self._probe_dropped = self._plan is not None and self._plan.probe
                 return []
             return self._late_trial_loss(loss)
         return self._anneal_loss(loss, index) if anneal else self._exploit_loss(loss, index)
@@ -703,7 +706,8 @@ class StageController:
         if plan.phase == "search":
             if plan.probe:  # (as an exploit step's: a step without a probe has no probe time)
                 self.stages[-1].probe_seconds += float(probe_seconds)
-            if plan.probe and progressed and probe is not None and not self._late_diverged:
+            dropped, self._probe_dropped = self._probe_dropped, False
+            if plan.probe and progressed and probe is not None and not (self._late_diverged or dropped):
                 self.search.add_probe(probe)
             return self._record_trial_step(loss, progressed)
         if self._anneal.active:
@@ -1331,6 +1335,7 @@ class StageController:
             "pending_restore_best": self._pending_restore_best,
             "pending_rollback": self._pending_rollback,
             "late_diverged": self._late_diverged,
+            "probe_dropped": self._probe_dropped,
             "best_probe_end": self._best_probe_end,
             "rolled_back": self._rolled_back,
             "min_lr": self.min_lr,
@@ -1458,3 +1463,4 @@ class StageController:
         self._late = None
         # a state written while a step was in flight, after a late trial loss diverged: that step ends the trial
         self._late_diverged = bool(state.get("late_diverged", False))
+        self._probe_dropped = bool(state.get("probe_dropped", False))  # (likewise, after a late skipped step)

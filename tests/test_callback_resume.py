@@ -159,6 +159,7 @@ def test_checkpoint_without_keys_added_later_still_loads(lpl, tmp_path, referenc
         "pending_restore_best",
         "best_trial",
         "late_diverged",
+        "probe_dropped",
     ):  # ("version" stays: a state without one reads as version 1, resumed under the version-1 search rules, which
         # tests/test_checkpoint_compat.py checks with checkpoints that version wrote)
         controller.pop(added_later)
