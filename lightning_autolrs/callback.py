@@ -609,6 +609,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     # ------------------------------------------------------------------ ends of the run
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._drop_open_step()
         self._report_late_loss()
         self._progress_bar.detach()
         self._abandon_search("the run ended")
@@ -643,10 +644,19 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._progress_bar.detach()
         try:  # the loss still waiting (read late): a divergence in it decides which state is committed
+            self._drop_open_step()
             self._report_late_loss(act=False)  # (no logging, no collective: the run is ending, maybe on one rank)
         except Exception as err:  # never mask the exception being handled; the committed state is chosen without it
             log.debug("AutoLRS: the waiting loss could not be read after %s: %r", type(exception).__name__, err)
         self._abandon_search(f"{type(exception).__name__} was raised")
+
+    def _drop_open_step(self) -> None:
+        """At the run's end: a step begun but never ended (the module's ``on_train_batch_start`` returned -1 in the
+        last epoch, or the step raised) is dropped from the controller, so the loss still waiting is judged as the
+        last step's: a trial it diverged is recorded."""
+        if self._step_open and self.controller is not None:
+            self.controller.drop_open_step()
+            self._step_open = False
 
     def _abandon_search(self, why: str) -> None:
         """A run cut short: leave the model at the best committed training state (the end of the stage's best

@@ -598,6 +598,13 @@ class StageController:
             return True  # (before the end of the exploit phase and the start of the anneal)
         return self._anneal.active or (after < self._exploit_end and not self._anneal.due(after, self._warmup_end))
 
+    def drop_open_step(self) -> None:
+        """Forget the step :meth:`begin_step` planned last, which will never end (the run ended before it was taken:
+        a module's ``on_train_batch_start`` returned -1 in the last epoch, or its step raised). A late loss handed
+        over after this is judged with no step in flight: a divergence in a trial ends the trial at once."""
+        self._plan = None
+        self._history = None
+
     def report_late_loss(self, loss: float | None, progressed: bool = True) -> list[Event]:
         """The loss of the step that ended with ``late=True``, one step late; its guard's events, if any.
         ``progressed=False``: an AMP GradScaler skipped that step (as :meth:`end_step`'s): a trial step is then

@@ -259,6 +259,33 @@ def test_an_exception_in_the_step_after_a_late_nan_leaves_a_committed_model(lpl,
     assert same(model.parameters(), rec.after[5] if step == 6 else rec.stage_params[0])  # (trial 0: steps 0-4)
 
 
+def test_a_run_that_ends_with_a_step_open_records_the_late_divergence_waiting(lpl, tmp_path, monkeypatch) -> None:
+    """Losses read one step late: a NaN at step 6 (trial 1's second step) is still waiting when the module's
+    ``on_train_batch_start`` returns -1 at step 7 in the last epoch, which ends the run with that step planned but
+    never taken. The run's end drops the open step and hands the loss over: trial 1 is recorded as diverged after its
+    two steps, and the model is left at the end of trial 0, the best completed trial."""
+    monkeypatch.setattr(AutoLRS, "_reads_late", staticmethod(lambda trainer: True))
+    cls = make_module_class(lpl)
+
+    class NanThenStop(cls):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * float("nan") if self.trainer.global_step == 6 else loss
+
+        def on_train_batch_start(self, batch, batch_idx):
+            return -1 if self.trainer.global_step == 7 else None
+
+    cb, rec, model = autolrs(), recorder(lpl), NanThenStop(batch_size=4)  # (an epoch of 96 steps)
+    trainer = lpl.Trainer(callbacks=[cb, rec], **trainer_kwargs(tmp_path, max_steps=80, max_epochs=1))
+    with pytest.warns(UserWarning, match="the run ended"):
+        trainer.fit(model)
+    assert trainer.global_step == 7 and len(cb.lrs) == 7
+    trials = cb.history[0]["trials"]
+    assert [(t["start_step"], t["steps"], t["diverged"]) for t in trials] == [(0, 5, False), (5, 2, True)]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert same(model.parameters(), rec.after[5])  # (trial 0: steps 0-4)
+
+
 def test_nan_at_the_last_step_is_undone(lpl, tmp_path) -> None:
     cb = autolrs()
     model = nan_at(lpl, {79})
