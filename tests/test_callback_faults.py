@@ -257,6 +257,9 @@ def test_an_exception_in_the_step_after_a_late_nan_leaves_a_committed_model(lpl,
     assert trainer.global_step == step + 1
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert same(model.parameters(), rec.after[5] if step == 6 else rec.stage_params[0])  # (trial 0: steps 0-4)
+    if step == 6:  # the trial the NaN diverged is recorded (the step that raised is dropped, never taken)
+        trials = cb.history[0]["trials"]
+        assert [(t["start_step"], t["steps"], t["diverged"]) for t in trials] == [(0, 5, False), (5, 2, True)]
 
 
 def test_a_run_that_ends_with_a_step_open_records_the_late_divergence_waiting(lpl, tmp_path, monkeypatch) -> None:
