@@ -23,6 +23,12 @@ AUTOLRS_DEFAULTS: dict[str, Any] = dict(
 FULL_BATCH_STEPS = 120  # fit_full_batch: full batch, one step per epoch; a checkpoint every 12 epochs (= steps)
 
 
+def without_probe_times(history: list[dict]) -> list[dict]:
+    """``history`` without each stage's ``probe_seconds``: the wall time of its validation probes differs from run to
+    run (and from rank to rank), everything else of two runs that train alike is equal."""
+    return [{k: v for k, v in h.items() if k != "probe_seconds"} for h in history]
+
+
 def autolrs(**kw: Any) -> AutoLRS:
     """An :class:`AutoLRS` with :data:`AUTOLRS_DEFAULTS`, overridden by ``kw``."""
     return AutoLRS(**{**AUTOLRS_DEFAULTS, **kw})

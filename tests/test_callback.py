@@ -16,7 +16,7 @@ from lightning_autolrs import AutoLRS, AutoLRSWarning
 from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError, UnsupportedSetupError
 from lightning_autolrs.settings import plan_tau
 
-from .helpers import autolrs, make_module_class, regression_data, trainer_kwargs
+from .helpers import autolrs, make_module_class, regression_data, trainer_kwargs, without_probe_times
 
 
 def fit(pl, tmp_path, cb: AutoLRS, max_steps: int = 120, module_kw: dict | None = None, **trainer_kw: Any):
@@ -286,10 +286,7 @@ def test_losses_reach_the_controller_one_step_late_and_change_nothing_else(
     assert len(at_once) == steps
     assert late.lrs == now.lrs and late.controller.losses == now.controller.losses
 
-    def records(history: list[dict]) -> list[dict]:  # (the probes' timings differ)
-        return [{k: v for k, v in h.items() if k != "probe_seconds"} for h in history]
-
-    assert records(late.history) == records(now.history)
+    assert without_probe_times(late.history) == without_probe_times(now.history)
 
 
 def test_cpu_losses_are_read_in_their_own_step(lpl, tmp_path, monkeypatch) -> None:
@@ -993,10 +990,8 @@ def test_the_early_anneal_rolls_back_to_the_best_probed_state_and_resumes_bitwis
     assert "autolrs_best_trial_snapshot" in torch.load(ckpt, weights_only=False)
     cb, model, val = run(tmp_path / "b", ckpt_path=str(ckpt))
 
-    def timeless(history):  # (the probes' wall time differs from run to run)
-        return [{k: v for k, v in h.items() if k != "probe_seconds"} for h in history]
-
-    assert cb.lrs == ref_cb.lrs and timeless(cb.history) == timeless(ref_cb.history) and val == ref_val
+    assert cb.lrs == ref_cb.lrs and without_probe_times(cb.history) == without_probe_times(ref_cb.history)
+    assert val == ref_val
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
     # a checkpoint without the snapshots (checkpoint_snapshot=False): the resumed run cannot roll back to a state it
     # did not keep, and trains to the end (it may keep a later best-probed state)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import without_probe_times
+
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_fit.py"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,10 +86,7 @@ def test_one_all_reduce_per_step_and_only_the_decision_is_broadcast(tmp_path, la
     assert r0["late_reads"] == r1["late_reads"] == bool(late)
     assert r0["lrs"] == r1["lrs"] and r0["params"] == r1["params"]
 
-    def records(history: list[dict]) -> list[dict]:  # each rank times its own probes
-        return [{k: v for k, v in h.items() if k != "probe_seconds"} for h in history]
-
-    assert records(r0["history"]) == records(r1["history"])
+    assert without_probe_times(r0["history"]) == without_probe_times(r1["history"])  # each rank times its own probes
     stage = r0["history"][0]
     assert stage["signal"] == "val_loss" and len(stage["trials"]) == 3  # the probes ran, in every trial
     steps = r0["collectives"]

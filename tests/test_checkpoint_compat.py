@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from .helpers import FULL_BATCH_STEPS as STEPS
-from .helpers import autolrs
+from .helpers import autolrs, without_probe_times
 from .helpers import fit_full_batch as run
 
 DATA = Path(__file__).parent / "data"
@@ -82,10 +82,6 @@ def _autolrs_state(checkpoint: dict) -> dict:
     return state
 
 
-def _without_timing(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in h.items() if k != "probe_seconds"} for h in history]
-
-
 def _outcome(trainer) -> tuple[list[float], list[dict], list[list[float]]]:
     """The AutoLRS callback's LRs and history, and the model's final weights, of a finished fit."""
     (cb,) = [c for c in trainer.callbacks if type(c).__name__ == "AutoLRS"]
@@ -140,4 +136,4 @@ def test_version_2_checkpoint_with_the_removed_options_on_resumes_at_the_default
     torch.save(checkpoint, stripped)
     trainer, _ = run(lpl, tmp_path / "b", autolrs(), ckpt_path=str(stripped), validation=True)
     again = _outcome(trainer)
-    assert (again[0], _without_timing(again[1]), again[2]) == (lrs, _without_timing(history), params)
+    assert (again[0], without_probe_times(again[1]), again[2]) == (lrs, without_probe_times(history), params)
