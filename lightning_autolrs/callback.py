@@ -183,6 +183,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         # the plan whose LR the optimizer holds (a kept plan's later steps set nothing); None after anything that may
         # have set the optimizer's param groups from elsewhere (a snapshot put back, a new fit)
         self._applied: Any = None
+        self._applied_base: Any = None  # ... or the first plan of the ramp it is a step of (StepPlan.ramp_of)
         self._applied_lr = math.nan  # the LR it set in the first param group
         self._scale_before: torch.Tensor | float | None = None  # the AMP scale at the step's start (see _scale_now)
         self._reads_scale = False  # the plan's steps read the AMP scale before and after (a search step, with AMP)
@@ -400,7 +401,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 self.controller.drop_best_state()  # (a checkpoint without it: no rollback to a state it did not keep)
             self._loaded_trial = None
         self._step_open = False
-        self._applied = None
+        self._applied = self._applied_base = None
         self._seen_global_step = trainer.global_step
         # read once: the per-step hooks below run on every optimizer step and must stay cheap
         self._scaler = scaler if getattr(scaler, "is_enabled", lambda: False)() else None
@@ -427,7 +428,12 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         # most steps reuse the plan of the step before, whose LR the optimizer holds, unless code outside AutoLRS
         # wrote another one (AutoLRS's own LR wins at every step, as it did before plans were kept)
         if plan is not self._applied or self._optimizer.param_groups[0]["lr"] != self._applied_lr:
-            self._apply_plan(plan, pl_module)
+            if plan.ramp_of is not None and plan.ramp_of is self._applied_base:  # a ramp's next LR: nothing else
+                apply_lr(self._optimizer, plan.lr, self._ratios)
+                self._applied = plan
+                self._applied_lr = self._optimizer.param_groups[0]["lr"]
+            else:
+                self._apply_plan(plan, pl_module)
         self._log_in -= 1
         if self._log_in <= 0 or trainer.should_stop:
             self._log_in = self._lr_logger(trainer, plan.lr)
@@ -446,6 +452,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._level = None
         apply_lr(self._optimizer, plan.lr, self._ratios)
         self._applied = plan
+        self._applied_base = plan.ramp_of or plan  # (the ramp whose next plans need only their LR set)
         self._applied_lr = self._optimizer.param_groups[0]["lr"]
         self._plan_probe = plan.probe
         self._reads_scale = self._scaler is not None and plan.phase == "search"
@@ -722,7 +729,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._trial.capture_module()
             committed.restore_module()
         self._held = what
-        self._applied = None  # (the optimizer's param groups may now hold the committed state's LR)
+        self._applied = self._applied_base = None  # (the optimizer's param groups may hold the committed state's LR)
         return True
 
     def _release_committed(self) -> None:
@@ -734,7 +741,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             else:
                 self._trial.restore_module()
             self._held = None
-            self._applied = None
+            self._applied = self._applied_base = None
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

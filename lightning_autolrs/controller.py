@@ -87,7 +87,7 @@ import math
 import sys
 from collections import deque
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from lightning_autolrs._validation import check_int
 from lightning_autolrs.exceptions import InvalidArgumentError, NonFiniteLossError, UnsupportedSetupError
@@ -170,12 +170,17 @@ class StepPlan:
     restore_best: bool = False
     probe_before: bool = False
 
+    #: The plan this one is a copy of at another LR (:meth:`at_lr`: the first plan of a ramp), ``None`` for a plan
+    #: made by the constructor. A caller that has carried out ``ramp_of``'s actions (none: only plans without any are
+    #: copied) needs to set only the new LR.
+    ramp_of: ClassVar[StepPlan | None] = None
+
     def at_lr(self, lr: float) -> StepPlan:
         """This plan at the LR ``lr`` (the steps of a ramp: the same plan at each step's LR), in a quarter of the
-        constructor's time. (It copies the instance dict: the class must keep no ``__slots__`` and no
-        ``__post_init__``.)"""
+        constructor's time; its :attr:`ramp_of` is the ramp's first plan. (It copies the instance dict: the class must
+        keep no ``__slots__`` and no ``__post_init__``.)"""
         plan = object.__new__(type(self))
-        plan.__dict__.update(self.__dict__, lr=lr)
+        plan.__dict__.update(self.__dict__, lr=lr, ramp_of=self.ramp_of or self)
         return plan
 
 
@@ -470,6 +475,13 @@ class StageController:
                 quiet = self._quiet = quiet.at_lr(self._ramp_lr())
             self._plan = quiet  # most steps: the plan of the step before
             return quiet
+        plan = self._anneal_plan
+        if plan is not None and not (self._pending_restore or self._pending_rollback):
+            lr = self._anneal.lr_at(self.step, self.min_lr)  # most steps of the final anneal: its plan at the next LR
+            if plan.lr != lr:
+                plan = self._anneal_plan = plan.at_lr(lr)
+            self._plan = plan
+            return plan
         self._quiet = None
         if self._anneal.active:  # (it begins after the range test and the warmup, and nothing follows it)
             return self._plan_anneal_step()
@@ -1387,7 +1399,7 @@ class StageController:
 
     def load_sync_state(self, state: dict[str, Any]) -> None:
         """Adopt rank 0's :meth:`sync_state`."""
-        self._quiet = None
+        self._quiet = self._anneal_plan = None
         self.phase = state["phase"]
         self._lr = float(state["lr"])
         self._exploit_end = math.inf if state["exploit_end"] is None else int(state["exploit_end"])
@@ -1466,7 +1478,7 @@ class StageController:
         if state.get("version", 1) < 2:
             self.search.proposer.fit = "lbfgs"  # the GP fit of version 1, so the run proposes what it would have
         self._plan = None
-        self._quiet = None
+        self._quiet = self._anneal_plan = None
         self._late = None
         # a state written while a step was in flight, after a late trial loss diverged: that step ends the trial
         self._late_diverged = bool(state.get("late_diverged", False))

@@ -92,6 +92,37 @@ def test_param_group_ratios_are_kept(lpl, tmp_path) -> None:
         assert g0 == pytest.approx(lr) and g1 == pytest.approx(lr / 10)
 
 
+def test_the_anneals_steps_set_only_their_lr(lpl, tmp_path, monkeypatch) -> None:
+    """A step of a ramp (here the final anneal's decay) is the ramp's first plan at another LR: the callback sets that
+    LR in every param group, at the group's ratio, and does nothing else (`_apply_plan`, which reads the plan's
+    actions, runs at the anneal's first step only); an LR other code writes in the anneal lasts only its step."""
+    applied: list[int] = []
+    original = AutoLRS._apply_plan
+
+    def spy(self, plan, pl_module):
+        applied.append(pl_module.trainer.global_step)
+        return original(self, plan, pl_module)
+
+    monkeypatch.setattr(AutoLRS, "_apply_plan", spy)
+
+    class Meddling(make_module_class(lpl)):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 150:
+                self.optimizers().param_groups[0]["lr"] = 0.01
+            return super().training_step(batch, batch_idx)
+
+    cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=2, tau=20, search_ratio=0.25, seed=0, verbose=False)
+    lpl.seed_everything(0)
+    model = Meddling(two_groups=True, lr=0.1)
+    lpl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_steps=160)).fit(model)
+    start = cb.history[-1]["anneal_start"]
+    assert start == 128 and len(set(cb.lrs[start:])) == 160 - start  # (a new LR at every step of the decay)
+    assert [step for step in applied if step >= start] == [start]
+    seen = model.group_lrs
+    assert [g[0] for g in seen[start:]] == [*cb.lrs[start:150], 0.01, *cb.lrs[151:]]
+    assert all(g1 == pytest.approx(lr / 10) for (_, g1), lr in zip(seen[start:], cb.lrs[start:]))
+
+
 def test_trials_start_from_the_bitwise_stage_snapshot(lpl, tmp_path) -> None:
     seen: dict[int, list[torch.Tensor]] = {}
     cls = make_module_class(lpl)

@@ -932,6 +932,45 @@ def test_reused_quiet_plan_is_dropped_when_the_state_is_set_from_outside() -> No
         assert plan.phase == "search" and plan.capture
 
 
+def test_the_anneals_kept_plan_is_dropped_when_a_state_is_loaded() -> None:
+    """A state from before the final anneal, loaded (a checkpoint) into a controller whose anneal is under way, plans
+    the next step as that state says: the anneal's kept plan (the short path of its steps) belongs to the state it was
+    made in."""
+    kw, losses = _quiet_case()
+    reference = StageController(1e-3, 1.0, **kw)
+    _drive(reference, losses[:200], [])
+    state = reference.state_dict()
+    c = StageController(1e-3, 1.0, **kw)
+    _drive(c, losses[:280], [])
+    assert c._anneal_plan is not None and c._anneal.active and c.step == 280
+    c.load_state_dict(state)
+    plan = c.begin_step()
+    assert not c._anneal.active and plan.phase == "exploit" and plan.lr == reference.begin_step().lr == reference._lr
+
+
+def test_a_ramps_plans_name_the_ramps_first_plan() -> None:
+    """Each step of a ramp (the final anneal, the first stage's exploit warmup) gets a copy of the ramp's first plan
+    at its LR (`StepPlan.at_lr`), which names that plan (`ramp_of`): the callback then sets only the LR."""
+    plan = StepPlan(0.1, "exploit")
+    assert plan.ramp_of is None
+    one = plan.at_lr(0.05)
+    two = one.at_lr(0.02)
+    assert one.ramp_of is plan and two.ramp_of is plan
+    assert dataclasses.astuple(two) == dataclasses.astuple(StepPlan(0.02, "exploit")) and two == StepPlan(
+        0.02, "exploit"
+    )
+    kw, losses = _quiet_case()
+    c, planned = StageController(1e-3, 1.0, **kw), []
+    for loss in losses:
+        planned.append((c.step, c.begin_step()))
+        c.end_step(loss)
+    start = c.history[-1]["anneal_start"]
+    assert start < 285  # (the NaN at step 285 restores: a new plan, then a new ramp)
+    anneal = [p for step, p in planned if start < step <= 285]
+    assert len(anneal) > 10 and all(p.ramp_of is planned[start][1] for p in anneal)
+    assert planned[286][1].restore and planned[286][1].ramp_of is None and planned[290][1].ramp_of is not None
+
+
 # ------------------------------------------------------------------------------- the first stage's exploit warmup
 def _warm(**kw) -> StageController:
     """Stage 0: three trials of 10 steps, then 40 exploit steps, the first 8 of them a warmup."""
