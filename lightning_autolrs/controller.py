@@ -30,7 +30,7 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
    ``1 - sqrt(t)`` (``t`` the share of the anneal done) to ``min_lr``; no search there. A NaN/inf loss in the anneal
    restores the stage snapshot and lowers the anneal's starting LR tenfold (rules in
    :class:`~lightning_autolrs.exploit.FinalAnneal`). With validation probes, an exploit phase (after its warmup) also
-   probes every τ'/2 steps; once its validation loss rises while its training loss falls
+   probes every τ'/2 steps; once its validation loss rises from above its training loss while that falls
    (:class:`~lightning_autolrs.exploit.OverfitWatch`) the anneal begins at once, drops the LR to ``min_lr``
    after its first step and holds it to the end, and no stage follows (an ``"anneal"`` event; the
    stage's ``overfitting`` record). With ``reuse_best_trial`` it begins from the exploit phase's best-probed state:

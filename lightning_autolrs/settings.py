@@ -276,8 +276,8 @@ class Settings:
         """share of the step budget spent on a final anneal: the last stage's LR decays along ``1 - sqrt(t)`` (``t``
         the share of the anneal done: half the way down in its first quarter) to ``min_lr`` over the last
         ``anneal_ratio``·budget steps (no search there). With validation probes it begins earlier once an exploit
-        phase overfits (validation loss up while the training loss falls), and then drops the LR to ``min_lr`` after
-        its first step. ``0`` turns it off; unused when the budget is unbounded.""",
+        phase overfits (validation loss up from above the training loss while that falls), and then drops the LR to
+        ``min_lr`` after its first step. ``0`` turns it off; unused when the budget is unbounded.""",
         _check_anneal_ratio,
     )
 
