@@ -475,13 +475,8 @@ class StageController:
                 quiet = self._quiet = quiet.at_lr(self._ramp_lr())
             self._plan = quiet  # most steps: the plan of the step before
             return quiet
-        plan = self._anneal_plan
-        if plan is not None and not (self._pending_restore or self._pending_rollback):
-            lr = self._anneal.lr_at(self.step, self.min_lr)  # most steps of the final anneal: its plan at the next LR
-            if plan.lr != lr:
-                plan = self._anneal_plan = plan.at_lr(lr)
-            self._plan = plan
-            return plan
+        if self._anneal_plan is not None:  # most steps of the final anneal (its kept plan: no quiet plan to drop)
+            return self._plan_anneal_step()
         self._quiet = None
         if self._anneal.active:  # (it begins after the range test and the warmup, and nothing follows it)
             return self._plan_anneal_step()
