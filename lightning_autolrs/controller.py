@@ -933,13 +933,23 @@ class StageController:
             bounds = self._stage_bounds(anchor, last=self._searched_as_last)
             record.lr_range = list(bounds)
             self._pending_level_probe = record.signal == "val_loss"
-            self._lr = self.search.start(bounds, self.step, anchor=anchor)
+            high = self._searched_as_last and self._no_generalization_gap()
+            self._lr = self.search.start(bounds, self.step, anchor=anchor, high_pick=high)
         else:
             best = self.stages[-2].best_lr if len(self.stages) > 1 else self._anchor()
             best = self._lr if best is None else best
             record.best_lr = best
             self._ranking = [best]
             self._begin_exploit(best)
+
+    def _no_generalization_gap(self) -> bool:
+        """Whether the latest validation probes of the exploit phase before this stage lie at or below the training
+        loss over their steps (:meth:`~lightning_autolrs.exploit.OverfitWatch.latest_levels`; ``False`` without
+        such probes): the model fits its training data no better than unseen data, and the stage before the final
+        anneal exploits the highest LR forecast within :data:`~lightning_autolrs.search.HIGH_PICK_FACTOR` of the
+        lowest."""
+        levels = self._overfit.latest_levels(self.losses, first_step=self.step - len(self.losses))
+        return levels is not None and levels[0] <= levels[1]
 
     def _warmup_stage(self) -> bool:
         """Whether the current stage's exploit phase begins with the exploit warmup (the first stage, with one)."""

@@ -1424,3 +1424,43 @@ def test_a_resume_without_the_snapshot_forgets_the_probes_of_discarded_weights()
     assert resumed._overfit.probes  # the fallback's restore is due: those probes are of weights the checkpoint lacks
     resumed.restart_stage()  # (checkpoint_snapshot=False: the checkpoint holds the stage start)
     assert resumed._overfit.probes == [] and resumed._overfit.base == resumed.step
+
+
+@pytest.mark.parametrize(("train_loss", "high_pick"), [(2.0, True), (0.1, False)])
+def test_the_stage_before_the_anneal_picks_high_without_a_generalization_gap(
+    train_loss: float, high_pick: bool
+) -> None:
+    """Flat validation probes that rise with the LR (what a larger LR's noise does before the anneal removes it): the
+    default judge keeps the lowest LR. The stage searched as the last before the final anneal takes the highest LR
+    whose forecast is within 2x the lowest when the exploit phase before it probed its validation loss at or below
+    its training loss (no generalization gap), and the default judge's pick with a gap; earlier stages are the same."""
+    c = StageController(
+        1e-3,
+        1.0,
+        num_trials=3,
+        tau=80,
+        tau_max=1000,
+        search_ratio=0.25,
+        total_steps=1200,
+        anneal_steps=240,
+        seed=0,
+        monitor="val_loss",
+        anchor_lr=0.05,
+    )
+
+    def val(lr: float) -> float:
+        return 0.5 + 5.0 * lr
+
+    while c.step < c.total_steps:
+        plan = c.begin_step()
+        if plan.probe_before:
+            c.record_level(val(plan.lr))
+        c.end_step(train_loss, probe=val(plan.lr) if plan.probe else None)
+    *earlier, last = c.history
+    assert last["lr_range"][0] == last["trials"][0]["lr"]  # the upward-only stage before the anneal
+    assert all(h["best_lr"] == min(t["lr"] for t in h["trials"]) for h in earlier)
+    lrs = [t["lr"] for t in last["trials"]]
+    forecasts = [t["predicted_loss"] for t in last["trials"]]
+    assert max(forecasts) <= 2 * min(forecasts) and len(set(lrs)) == 3
+    assert last["best_lr"] == (max(lrs) if high_pick else min(lrs))
+    assert c.search.high_pick is high_pick

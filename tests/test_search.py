@@ -210,3 +210,47 @@ def test_a_state_written_before_the_noise_tie_keeps_the_three_percent_tie() -> N
     for t in range(10):
         search.record_step(record, lr, 1.0 - 0.01 * t, False, t + 1)
     assert record.trials[0].noise is None and "noise" not in record.trials[0].to_dict()
+
+
+@pytest.mark.parametrize(
+    ("forecasts", "diverged", "high", "default"),
+    [
+        ((1.0, 1.5, 2.5), (False, False, False), 1, 0),  # 2.5 > 2 × 1.0: the highest within it is 0.02
+        ((1.0, 1.5, 2.0), (False, False, False), 2, 0),  # 2.0 is within 2 × the lowest
+        ((1.2, 1.0, 1.9), (False, False, False), 2, 1),  # within 2 × the lowest (1.0), not the anchor's
+        ((1.0, 1.5, None), (False, False, True), 1, 0),  # a diverged trial is never picked
+    ],
+)
+def test_a_high_pick_stage_takes_the_highest_lr_within_twice_the_lowest_forecast(
+    forecasts: tuple, diverged: tuple, high: int, default: int
+) -> None:
+    """``start(..., high_pick=True)`` (the stage before the final anneal, without a generalization gap): the highest LR
+    among the trials whose forecast is at most HIGH_PICK_FACTOR (2) times the lowest, with no tie rule; otherwise the
+    lowest forecast (or the anchor, within the tie)."""
+    from lightning_autolrs.records import TrialRecord
+    from lightning_autolrs.search import HIGH_PICK_FACTOR
+
+    assert HIGH_PICK_FACTOR == 2.0
+    trials = [
+        TrialRecord(lr=lr, start_step=10 * i, predicted_loss=f, steps=10, diverged=d, noise=0.01)
+        for i, (lr, f, d) in enumerate(zip((0.01, 0.02, 0.03), forecasts, diverged))
+    ]
+    for high_pick, expected in ((True, high), (False, default)):
+        search, _ = _search(num_trials=3)
+        search.start((1e-3, 1.0), step=0, anchor=0.01, high_pick=high_pick)
+        search.set_stage(1, 50, 10)
+        assert search.preferred(trials) == expected
+
+
+def test_the_high_pick_is_kept_in_the_state_and_absent_from_an_older_one() -> None:
+    """A run resumed mid-search keeps the stage's rule; a state written before the rule (no ``high_pick`` key) goes on
+    with the default judge, as it began."""
+    search, _ = _search(num_trials=3)
+    search.start((1e-3, 1.0), step=0, anchor=0.02, high_pick=True)
+    state = json.loads(json.dumps(search.state_dict()))
+    twin, _ = _search(num_trials=3)
+    twin.load_state_dict(state)
+    assert state["high_pick"] is True and twin.high_pick is True
+    del state["high_pick"]
+    twin.load_state_dict(state)
+    assert twin.high_pick is False
