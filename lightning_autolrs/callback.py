@@ -104,14 +104,16 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     the stage's anchor (the optimizer's configured LR in stage 0, the LR the previous stage ended at after it), the
     others proposed by a Gaussian process with an upper-confidence-bound acquisition within ÷/× 3 of the anchor. An
     exponential model fitted to each trial's loss series (validation probes on fixed batches when the Trainer has
-    validation data) forecasts the loss after τ steps; the stage continues from the trial with
-    the best forecast, unless the anchor's forecast is within 3 % of it. τ and τ' double each stage until τ reaches
-    ``tau_max``; the last ``anneal_ratio`` of the budget decays the last LR along ``1 - sqrt(t)`` (with validation data
-    it begins earlier once an exploit phase overfits: validation loss up, training loss down; it then drops the LR to
-    ``min_lr`` after one step). A slow collapse of
-    the training loss back to its stage-start level falls back to a smaller LR. All steps, trials included, are real
-    optimizer steps of the Trainer, so ``max_steps`` / ``max_epochs`` bound the whole run; a budget too small for
-    trials of 20 steps gets a warning and the plain warmup + cosine schedule at the configured LR instead.
+    validation data) forecasts the loss after τ steps; the stage continues from the trial with the best forecast,
+    unless the anchor's forecast is within 3 % of it (the stage before the final anneal searches only upwards from its
+    anchor, and where the model showed no generalization gap before it, validation loss at or below training loss,
+    takes the highest LR forecast within 2× of the best). τ and τ' double each stage until τ reaches ``tau_max``; the
+    last ``anneal_ratio`` of the budget decays the last LR along ``1 - sqrt(t)`` (with validation data it begins
+    earlier once an exploit phase overfits: validation loss up, training loss down; it then drops the LR to ``min_lr``
+    after one step). A slow collapse of the training loss back to its stage-start level falls back to a smaller LR.
+    All steps, trials included, are real optimizer steps of the Trainer, so ``max_steps`` / ``max_epochs`` bound the
+    whole run; a budget too small for trials of 20 steps gets a warning and the plain warmup + cosine schedule at the
+    configured LR instead.
 
     Inside a search, what the rest of Lightning sees is the committed state (the stage start, or the end of the stage's
     best completed trial): Lightning's validation loop runs on its weights (swapped into the module in place and back),

@@ -18,7 +18,9 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
    runs at the stage's anchor (stage 0: ``anchor_lr``; later: the LR the previous stage ended at) and the stage
    searches within ÷/× :data:`TRUST_FACTOR` of it, stage 0 included (a later stage that the final anneal follows only
    upwards, from the anchor to × :data:`TRUST_FACTOR`); a forecast within 3 % of the anchor's (after stage 0: and
-   within the trials' noise) is a tie, which the anchor wins (:mod:`lightning_autolrs.search`).
+   within the trials' noise) is a tie, which the anchor wins, except in the stage before the final anneal when the
+   exploit phase before it showed no generalization gap: that stage exploits the highest LR forecast within
+   :data:`~lightning_autolrs.search.HIGH_PICK_FACTOR` of the lowest (:mod:`lightning_autolrs.search`).
 4. **Exploit**: the stage trains ``τ`` steps at the chosen LR (from the stage start, or, with ``reuse_best_trial``,
    from the chosen trial's end: ``τ − τ'`` more steps). With ``exploit_warmup`` (the callback derives it for an
    optimizer with a second-moment estimate: :func:`~lightning_autolrs.settings.exploit_warmup_steps`) the first
@@ -126,7 +128,10 @@ __all__ = ["DIVERGENCE_FLOOR", "MONITORS", "RANGE_SPAN", "STATE_VERSION", "Stage
 #: way and for one still to come, and an early anneal of such a state decays over the usual length; with the key, an
 #: anneal begun early drops to ``min_lr`` after one step (:data:`~lightning_autolrs.exploit.EARLY_ANNEAL_SPAN`; the
 #: states of 26f9574-65b95c2, which decayed over the usual length, take that up for an anneal still to come, and
-#: for one under way at a NaN/inf restart).
+#: for one under way at a NaN/inf restart). The stage before the final anneal exploits its highest LR forecast within
+#: 2x the lowest where the exploit phase before it showed no generalization gap (issue #12, stop 42; the search's key
+#: ``high_pick``): a version-2 state written before it, resumed within that stage's search, ends the search by the
+#: default judge, and takes the rule up at its next stage start.
 STATE_VERSION = 2
 _REFERENCE_WINDOW = 20
 #: A loss counts as diverged only at or above this share of the fit's first training loss (and above
@@ -933,7 +938,8 @@ class StageController:
             bounds = self._stage_bounds(anchor, last=self._searched_as_last)
             record.lr_range = list(bounds)
             self._pending_level_probe = record.signal == "val_loss"
-            high = self._searched_as_last and self._no_generalization_gap()
+            high = self._searched_as_last and anchor is not None and self._no_generalization_gap()
+            record.high_pick = high
             self._lr = self.search.start(bounds, self.step, anchor=anchor, high_pick=high)
         else:
             best = self.stages[-2].best_lr if len(self.stages) > 1 else self._anchor()
@@ -947,7 +953,10 @@ class StageController:
         loss over their steps (:meth:`~lightning_autolrs.exploit.OverfitWatch.latest_levels`; ``False`` without
         such probes): the model fits its training data no better than unseen data, and the stage before the final
         anneal exploits the highest LR forecast within :data:`~lightning_autolrs.search.HIGH_PICK_FACTOR` of the
-        lowest."""
+        lowest. ``False`` too when a fallback at the exploit phase's end restores earlier weights now: the probes were
+        of weights that are gone."""
+        if self._pending_restore or self._pending_restore_best:
+            return False
         levels = self._overfit.latest_levels(self.losses, first_step=self.step - len(self.losses))
         return levels is not None and levels[0] <= levels[1]
 

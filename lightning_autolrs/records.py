@@ -6,8 +6,8 @@ schedule JSON writes the same dicts (:mod:`lightning_autolrs.schedule`), the log
 here appears everywhere.
 
 Optional fields (``reused_trial``, ``restarted``, ``anneal_start``, ``anneal_lr``, ``exploit_warmup``,
-``overfitting``, ``rolled_back_to``) appear in the dicts only once they are set, as they always have. ``from_dict``
-ignores keys it does not know, such as those of options since removed (``aborted``, ``warm_start``,
+``overfitting``, ``rolled_back_to``, ``high_pick``) appear in the dicts only once they are set, as they always have.
+``from_dict`` ignores keys it does not know, such as those of options since removed (``aborted``, ``warm_start``,
 ``stopped_early``).
 
 Example:
@@ -131,6 +131,9 @@ class StageRecord:
         rolled_back_to: set when that early anneal began from the exploit phase's best-probed state instead of the
             overfit one (``reuse_best_trial``): the global step that state had trained to (its probe followed that
             many steps).
+        high_pick: set when the stage, the last before the final anneal, found no generalization gap and exploits
+            the highest LR whose forecast is within ``HIGH_PICK_FACTOR`` (2×) of the lowest
+            (:mod:`lightning_autolrs.search`), not the lowest forecast.
     """
 
     OPTIONAL: ClassVar[tuple[str, ...]] = (
@@ -141,6 +144,7 @@ class StageRecord:
         "exploit_warmup",
         "overfitting",
         "rolled_back_to",
+        "high_pick",
     )
 
     stage: int
@@ -163,6 +167,7 @@ class StageRecord:
     exploit_warmup: int | None = None
     overfitting: dict[str, list[float]] | None = None
     rolled_back_to: int | None = None
+    high_pick: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

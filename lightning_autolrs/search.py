@@ -32,10 +32,13 @@ Rules (``k`` = ``num_trials``, τ the stage's length, τ' its trial length):
   their steps, :meth:`~lightning_autolrs.exploit.OverfitWatch.latest_levels`): it exploits the highest
   LR among the trials whose forecast is at most :data:`HIGH_PICK_FACTOR` times the lowest (no tie rule). A short
   trial sees at once what a lower LR does to the loss's noise level, and the final anneal removes that noise from
-  every LR anyway, while a higher LR has meanwhile made more progress (``benchmarks/results/judge_held_out.md``: on
-  the held-out regression the anneal favoured × 3 in every seed, the default judge picked ÷√3, ÷√3 and × 1). Where
-  the model fits its training data better than unseen data, a lower LR can be what the anneal favours (Friedman in
-  ``benchmarks/results/judge.md``), so the default judge stays there.
+  every LR anyway, while a higher LR has meanwhile made more progress (``benchmarks/results/judge_held_out.md``,
+  candidates ÷3 … × 3 around the anchor: on the held-out regression the stage plus the anneal ended lowest at × 3 in
+  every seed, where the default judge picked ÷√3, ÷√3 and × 1). Where the model fits its training data better than
+  unseen data, a lower LR can be what the anneal favours (Friedman in ``benchmarks/results/judge.md``), so the default
+  judge stays there. With ``reuse_best_trial``, the end state kept is that of the trial preferred when it ended; a
+  later trial with a lower forecast can narrow the 2× window so that the final pick is another trial, whose state was
+  not kept: the exploit phase then starts from the stage snapshot (as it does whenever the pick was not kept).
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ TIE_TOLERANCE = 0.03
 #: standard errors of a difference of two series points (``√2 · σ``) are not a tie, even within :data:`TIE_TOLERANCE`.
 TIE_NOISE_Z = 2.0
 #: The stage before the final anneal, where the model shows no generalization gap, exploits the highest LR whose
-#: forecast is at most this factor times the lowest (``benchmarks/HISTORY.md``, stop 42).
+#: forecast is at most the lowest plus ``HIGH_PICK_FACTOR - 1`` times its magnitude (this factor times the lowest, for
+#: a positive lowest forecast; ``benchmarks/HISTORY.md``, stop 42).
 HIGH_PICK_FACTOR = 2.0
 
 
@@ -352,8 +356,8 @@ class StageSearch:
     def preferred(self, trials: list[TrialRecord]) -> int | None:
         """Index of the trial the stage would exploit now: the lowest (forecast, LR), unless the anchor trial's
         forecast is within the tie tolerance of it (module docstring), which keeps the anchor; with :attr:`high_pick`,
-        the highest LR whose forecast is at most :data:`HIGH_PICK_FACTOR` times the lowest (the earliest trial of
-        that LR); ``None`` if all diverged."""
+        the highest LR whose forecast is at most the lowest plus ``HIGH_PICK_FACTOR - 1`` times its magnitude (the
+        earliest trial of that LR); ``None`` if all diverged."""
         valid = [i for i, t in enumerate(trials) if not t.diverged and t.predicted_loss is not None]
         if not valid:
             return None

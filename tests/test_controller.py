@@ -1426,14 +1426,28 @@ def test_a_resume_without_the_snapshot_forgets_the_probes_of_discarded_weights()
     assert resumed._overfit.probes == [] and resumed._overfit.base == resumed.step
 
 
-@pytest.mark.parametrize(("train_loss", "high_pick"), [(2.0, True), (0.1, False)])
+EXPLOITED = 0.03026290962412818  # the LR the stage before the last exploits in the test below (probed at 0.5 + 5 lr)
+
+
+@pytest.mark.parametrize(
+    ("train_loss", "monitor", "high_pick"),
+    [
+        (2.0, "val_loss", True),
+        (0.1, "val_loss", False),
+        (0.5 + 5.0 * EXPLOITED, "val_loss", True),
+        (2.0, "train_loss", False),
+    ],
+)
 def test_the_stage_before_the_anneal_picks_high_without_a_generalization_gap(
-    train_loss: float, high_pick: bool
+    train_loss: float, monitor: str, high_pick: bool
 ) -> None:
     """Flat validation probes that rise with the LR (what a larger LR's noise does before the anneal removes it): the
     default judge keeps the lowest LR. The stage searched as the last before the final anneal takes the highest LR
     whose forecast is within 2x the lowest when the exploit phase before it probed its validation loss at or below
-    its training loss (no generalization gap), and the default judge's pick with a gap; earlier stages are the same."""
+    its training loss (no generalization gap: the third case is the boundary, the training loss equal to the probes
+    of the LR the stage before exploits), and the default judge's pick with a gap or without validation probes
+    (``monitor="train_loss"``, whose flat training losses tie at the anchor); earlier stages are the same. The stage's
+    record says when it picked high."""
     c = StageController(
         1e-3,
         1.0,
@@ -1444,7 +1458,7 @@ def test_the_stage_before_the_anneal_picks_high_without_a_generalization_gap(
         total_steps=1200,
         anneal_steps=240,
         seed=0,
-        monitor="val_loss",
+        monitor=monitor,
         anchor_lr=0.05,
     )
 
@@ -1458,9 +1472,30 @@ def test_the_stage_before_the_anneal_picks_high_without_a_generalization_gap(
         c.end_step(train_loss, probe=val(plan.lr) if plan.probe else None)
     *earlier, last = c.history
     assert last["lr_range"][0] == last["trials"][0]["lr"]  # the upward-only stage before the anneal
-    assert all(h["best_lr"] == min(t["lr"] for t in h["trials"]) for h in earlier)
+    lowest = {h["stage"]: min(t["lr"] for t in h["trials"]) for h in earlier}  # the anchor where the losses tie
+    assert all(h["best_lr"] == (lowest[h["stage"]] if monitor == "val_loss" else h["trials"][0]["lr"]) for h in earlier)
     lrs = [t["lr"] for t in last["trials"]]
     forecasts = [t["predicted_loss"] for t in last["trials"]]
     assert max(forecasts) <= 2 * min(forecasts) and len(set(lrs)) == 3
     assert last["best_lr"] == (max(lrs) if high_pick else min(lrs))
-    assert c.search.high_pick is high_pick
+    assert c.search.high_pick is high_pick and last.get("high_pick", False) is high_pick
+    assert not any("high_pick" in h for h in earlier)
+    assert monitor != "val_loss" or earlier[-1]["best_lr"] == EXPLOITED
+
+
+def test_no_high_pick_from_the_probes_of_weights_a_fallback_throws_away() -> None:
+    """The gap test reads the latest probes of the exploit phase before; when a fallback at that phase's end restores
+    earlier weights at the next step, those probes describe weights that are gone, and the stage keeps the default
+    judge."""
+    c = StageController(
+        1e-3, 1.0, num_trials=3, tau=80, tau_max=1000, search_ratio=0.25, total_steps=1200, seed=0, monitor="val_loss"
+    )
+    c.losses = [2.0] * 100
+    c.step = 100
+    for end in (70, 80, 90, 100):
+        c._overfit.add(1.0, end=end)
+    assert c._no_generalization_gap()
+    c._pending_restore = True
+    assert not c._no_generalization_gap()
+    c._pending_restore, c._pending_restore_best = False, True
+    assert not c._no_generalization_gap()

@@ -48,6 +48,7 @@ STAGE = StageRecord(
     exploit_warmup=4,
     overfitting={"val_loss": [0.5, 0.55], "train_loss": [0.3, 0.2]},
     rolled_back_to=40,
+    high_pick=True,
 )
 RANGE = RangeTestResult(start_step=3, steps=4, lrs=[1e-3, 1e-2], losses=[1.0, None], stopped_early=True, min_lr=1e-4,
                         max_lr=0.1)  # fmt: skip

@@ -219,6 +219,7 @@ def test_a_state_written_before_the_noise_tie_keeps_the_three_percent_tie() -> N
         ((1.0, 1.5, 2.0), (False, False, False), 2, 0),  # 2.0 is within 2 × the lowest
         ((1.2, 1.0, 1.9), (False, False, False), 2, 1),  # within 2 × the lowest (1.0), not the anchor's
         ((1.0, 1.5, None), (False, False, True), 1, 0),  # a diverged trial is never picked
+        ((-1.0, -0.5, 0.5), (False, False, False), 1, 0),  # a negative lowest: within it plus its magnitude, 0
     ],
 )
 def test_a_high_pick_stage_takes_the_highest_lr_within_twice_the_lowest_forecast(
@@ -254,3 +255,19 @@ def test_the_high_pick_is_kept_in_the_state_and_absent_from_an_older_one() -> No
     del state["high_pick"]
     twin.load_state_dict(state)
     assert twin.high_pick is False
+
+
+def test_a_high_pick_takes_the_earliest_trial_of_its_lr_and_survives_a_restart() -> None:
+    """Two trials at the highest LR within the window: the earlier one (the one whose end state reuse would have kept).
+    A search restarted from resumed weights keeps its stage's rule."""
+    from lightning_autolrs.records import TrialRecord
+
+    search, record = _search(num_trials=3)
+    search.start((1e-3, 1.0), step=0, anchor=0.01, high_pick=True)
+    trials = [
+        TrialRecord(lr=lr, start_step=10 * i, predicted_loss=f, steps=10, diverged=False)
+        for i, (lr, f) in enumerate([(0.01, 1.0), (0.02, 1.5), (0.02, 1.2)])
+    ]
+    assert search.preferred(trials) == 1
+    search.restart(record, step=30)
+    assert search.high_pick is True and search.preferred(trials) == 1
