@@ -1448,19 +1448,7 @@ def test_the_stage_before_the_anneal_picks_high_without_a_generalization_gap(
     of the LR the stage before exploits), and the default judge's pick with a gap or without validation probes
     (``monitor="train_loss"``, whose flat training losses tie at the anchor); earlier stages are the same. The stage's
     record says when it picked high."""
-    c = StageController(
-        1e-3,
-        1.0,
-        num_trials=3,
-        tau=80,
-        tau_max=1000,
-        search_ratio=0.25,
-        total_steps=1200,
-        anneal_steps=240,
-        seed=0,
-        monitor=monitor,
-        anchor_lr=0.05,
-    )
+    c, _, _ = _overfitting_case(monitor=monitor)  # (its layout only: three stages in 1200 steps, an anchor of 0.05)
 
     def val(lr: float) -> float:
         return 0.5 + 5.0 * lr
