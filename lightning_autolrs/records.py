@@ -131,9 +131,10 @@ class StageRecord:
         rolled_back_to: set when that early anneal began from the exploit phase's best-probed state instead of the
             overfit one (``reuse_best_trial``): the global step that state had trained to (its probe followed that
             many steps).
-        high_pick: set when the stage, the last before the final anneal, found no generalization gap and exploits
-            the highest LR whose forecast is within ``HIGH_PICK_FACTOR`` (2×) of the lowest
-            (:mod:`lightning_autolrs.search`), not the lowest forecast.
+        high_pick: set when the stage, the last before the final anneal, found no generalization gap: it searched
+            from its anchor up to ``HIGH_PICK_REACH`` (9×) instead of 3× (``lr_range``) and exploits the highest LR
+            whose forecast is within ``HIGH_PICK_FACTOR`` (2×) of the lowest (:mod:`lightning_autolrs.search`), not
+            the lowest forecast.
     """
 
     OPTIONAL: ClassVar[tuple[str, ...]] = (
