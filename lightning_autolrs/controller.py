@@ -1018,9 +1018,9 @@ class StageController:
         """The stage's search interval: within ÷/× :data:`TRUST_FACTOR` of the anchor, inside ``[min_lr, upper end]``
         (``last``: only upwards, from the anchor to × :data:`TRUST_FACTOR`, or to × :data:`HIGH_PICK_REACH` when the
         stage picks ``high``, unless the anchor is at the upper end: then ÷/× :data:`TRUST_FACTOR` as in other stages);
-        the whole range without an anchor. Just below the upper end
-        the upward region is narrow and its trials land next to the anchor: a known cost, left as measured (issue #12;
-        a fallback to ÷/× 3 below × √3 of room changed 3 of 40 benchmark runs, 2 of them for the worse).
+        the whole range without an anchor. Just below the upper end the upward region is narrow and its trials land
+        next to the anchor: a known cost, left as measured (issue #12; a fallback to ÷/× 3 below × √3 of room changed
+        3 of 40 benchmark runs, 2 of them for the worse).
 
         Why the stage before the final anneal only searches upwards: its trials are judged a few hundred steps before
         the anneal, which lowers every LR anyway. What a smaller LR shows in a short trial (the loss drops at once) is
