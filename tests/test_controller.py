@@ -453,6 +453,19 @@ def test_the_upward_region_needs_room_above_the_anchor(anchor, expected) -> None
     assert c._stage_bounds(anchor) == pytest.approx((anchor / 3, min(1.0, anchor * 3)))
 
 
+def test_the_upward_region_reaches_from_the_configured_lr_when_the_anchor_lies_below_it() -> None:
+    """Stage 0's trials of the untrained model can move the LR below the configured one (an extrapolated first drop);
+    the stage before the final anneal still searches up to 3x (9x when it picks high) the configured LR, from its
+    anchor. Above the configured LR, and in the other stages, the anchor alone sets the region."""
+    c = make(min_lr=1e-3, max_lr=1.0, anchor_lr=0.1)
+    assert c._stage_bounds(0.02, last=True) == pytest.approx((0.02, 0.3))
+    assert c._stage_bounds(0.02, last=True, high=True) == pytest.approx((0.02, 0.9))
+    assert c._stage_bounds(0.2, last=True) == pytest.approx((0.2, 0.6))
+    assert c._stage_bounds(0.02) == pytest.approx((0.02 / 3, 0.06))
+    capped = make(min_lr=1e-3, max_lr=1.0, anchor_lr=5.0)  # a configured LR above the range counts as its upper end
+    assert capped._stage_bounds(0.02, last=True) == pytest.approx((0.02, 1.0))
+
+
 def test_final_anneal_decays_the_last_lr_to_min_lr() -> None:
     c, sim = make(total=1000, anneal_steps=200), Quadratic()
     sim.run(c, 1000)
@@ -1452,7 +1465,8 @@ def test_the_stage_before_the_anneal_picks_high_without_a_generalization_gap(
     default judge keeps the lowest LR. The stage searched as the last before the final anneal takes the highest LR
     whose forecast is within 2x the lowest when the exploit phase before it probed its validation loss at or below
     its training loss (no generalization gap: the third case is the boundary, the training loss equal to the probes
-    of the LR the stage before exploits), searching from its anchor up to 9x it (3x otherwise), and the default
+    of the LR the stage before exploits), searching from its anchor up to 9x (3x otherwise) the configured LR, which
+    lies above the anchor where the stages before moved down (the validation runs), and the default
     judge's pick with a gap or without validation probes (``monitor="train_loss"``, whose flat training losses tie at
     the anchor); earlier stages are the same. The stage's record says when it picked high."""
     c, _, _ = _overfitting_case(monitor=monitor)  # (its layout only: three stages in 1200 steps, an anchor of 0.05)
@@ -1466,8 +1480,9 @@ def test_the_stage_before_the_anneal_picks_high_without_a_generalization_gap(
             c.record_level(val(plan.lr))
         c.end_step(train_loss, probe=val(plan.lr) if plan.probe else None)
     *earlier, last = c.history
-    anchor = last["trials"][0]["lr"]  # the upward-only stage before the anneal: from its anchor to 9x or 3x it
-    assert last["lr_range"] == pytest.approx([anchor, anchor * (HIGH_PICK_REACH if high_pick else TRUST_FACTOR)])
+    anchor = last["trials"][0]["lr"]  # the upward-only stage before the anneal: from its anchor to 9x or 3x the
+    assert (anchor < 0.05) is (monitor == "val_loss")  # configured LR, below which the stages before moved here
+    assert last["lr_range"] == pytest.approx([anchor, 0.05 * (HIGH_PICK_REACH if high_pick else TRUST_FACTOR)])
     lowest = {h["stage"]: min(t["lr"] for t in h["trials"]) for h in earlier}  # the anchor where the losses tie
     assert all(h["best_lr"] == (lowest[h["stage"]] if monitor == "val_loss" else h["trials"][0]["lr"]) for h in earlier)
     lrs = [t["lr"] for t in last["trials"]]
