@@ -1029,12 +1029,13 @@ class StageController:
         trials of the untrained model by extrapolating their first drop, and an exponential fit extrapolates a curve
         still falling steeply (a smaller LR's) lower than one that has already levelled off (a larger LR's, which got
         further in the same steps). On the held-out char GRU that moved stage 0 below the configured LR in 15 of 20
-        runs (to 0.54-0.84 of it) while the tuned LR lies at about 3× it, and the stage before the anneal, searching
-        from there to × 3, exploited its highest trial in 15 of 20 runs: the region's top held it below what it
-        wanted (× 9 of that anchor overshot, to 0.004-0.009). Reaching from the configured LR instead, the GRU's seeds
-        0-19 end 12 runs lower and 3 higher (paired mean −0.46 %), seeds 20-39, chosen after, 9 lower and 3 higher
-        (−0.35 %). Elsewhere the rule applies only where a stage moved below the configured LR first: Friedman, 3 of
-        30 runs changed (−2.5 %, +2.5 %, +0.0 %; `benchmarks/HISTORY.md`, stop 44).
+        runs (to 0.54-0.84 of it) while the tuned LR lies at about 3× it; in 12 of those 15 the stage before the
+        anneal, searching from there to × 3, exploited its highest trial. Reaching from the configured LR instead, the
+        GRU's seeds 0-19 end 12 runs lower and 3 higher (paired mean −0.46 %), seeds 20-39, chosen after, 9 lower and
+        3 higher (−0.35 %). × 9 of the anchor in every stage before the anneal ended the GRU about as low (10 runs
+        lower, 10 higher than this rule) but changed every workload's last stage (the digits CNN +6 %); this rule
+        applies only where a stage moved below the configured LR first: Friedman, 3 of 30 runs end differently
+        (−2.5 %, +2.5 %, +0.0 %; `benchmarks/HISTORY.md`, stop 44).
 
         Why the stage before the final anneal only searches upwards: its trials are judged a few hundred steps before
         the anneal, which lowers every LR anyway. What a smaller LR shows in a short trial (the loss drops at once) is
