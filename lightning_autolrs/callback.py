@@ -38,7 +38,7 @@ from lightning_autolrs._edge import (
     report_event,
     second_moment_beta,
 )
-from lightning_autolrs.controller import STATE_VERSION, StageController, StepPlan, check_state_version
+from lightning_autolrs.controller import FALLBACK_WARMUP, STATE_VERSION, StageController, StepPlan, check_state_version
 from lightning_autolrs.exceptions import AutoLRSWarning, UnsupportedSetupError
 from lightning_autolrs.probe import ValidationProbe, implements_validation_step
 from lightning_autolrs.proposer import DEFAULT_BETA
@@ -77,10 +77,18 @@ def _fallback_schedule(settings: Settings, derived: Derived) -> str:
     lr = f"the configured lr={peak:.4g}"
     if peak != derived.configured_lr:
         lr = f"lr={peak:.4g} (the configured lr={derived.configured_lr:.4g} clamped to `min_lr`…`max_lr`)"
+    total = int(derived.total_steps or 0)
     if settings.warmup_steps:
-        warmup = f"a {settings.warmup_steps}-step linear warmup (`warmup_steps`) to lr={derived.warmup_lr:.4g}"
-        return f"{warmup}, then a cosine decay from {lr} to {derived.min_lr:.4g}"
-    return f"a 5 % linear warmup to {lr}, then a cosine decay to {derived.min_lr:.4g}"
+        warmup = settings.warmup_steps
+        start = f"a {warmup}-step linear warmup (`warmup_steps`) to lr={derived.warmup_lr:.4g}, then {lr} held"
+    else:
+        warmup = round(FALLBACK_WARMUP * total)
+        start = f"a 5 % linear warmup to {lr}, held"
+    decay = min(round(settings.anneal_ratio * total), max(0, total - warmup))
+    if decay <= 0:
+        return f"{start} to the end (`anneal_ratio`={settings.anneal_ratio:g}: no final anneal)"
+    decayed = f"decayed along 1 - sqrt(t) to {derived.min_lr:.4g} over the last {decay} steps (the final anneal)"
+    return f"{start}, then {decayed}"
 
 
 def _check_snapshot_device_available(device: Any) -> None:
@@ -112,8 +120,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     earlier once an exploit phase overfits: validation loss up, training loss down; it then drops the LR to ``min_lr``
     after one step). A slow collapse of the training loss back to its stage-start level falls back to a smaller LR.
     All steps, trials included, are real optimizer steps of the Trainer, so ``max_steps`` / ``max_epochs`` bound the
-    whole run; a budget too small for trials of 20 steps gets a warning and the plain warmup + cosine schedule at the
-    configured LR instead.
+    whole run; a budget too small for trials of 20 steps gets a warning and, instead of a search, a 5 % warmup to the
+    configured LR, held, then the final anneal.
 
     Inside a search, what the rest of Lightning sees is the committed state (the stage start, or the end of the stage's
     best completed trial): Lightning's validation loop runs on its weights (swapped into the module in place and back),

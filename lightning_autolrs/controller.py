@@ -48,7 +48,7 @@ Budget rule (``total_steps`` known; the stages share what the final anneal leave
 LR until the anneal. A stage whose exploit phase would leave too few steps for the next stage's search
 (``(k + 1)·τ'_next``) exploits until the anneal instead. So every step of the budget belongs to exactly one phase.
 With ``fallback`` (a budget too small for one search) there are no stages: a linear warmup over
-:data:`FALLBACK_WARMUP` of the budget to ``anchor_lr``, then the anneal.
+:data:`FALLBACK_WARMUP` of the budget to ``anchor_lr``, that LR held, then the anneal's decay over its usual length.
 
 Divergence rule: a step whose loss is NaN/inf, or above ``divergence_factor`` times the stage's reference loss (the
 largest training loss of the last 20 steps before the stage; for the first stage, the largest loss of the range test's
@@ -134,7 +134,9 @@ __all__ = ["DIVERGENCE_FLOOR", "MONITORS", "RANGE_SPAN", "STATE_VERSION", "Stage
 #: 2x the lowest where the exploit phase before it showed no generalization gap (issue #12, stop 42; the search's key
 #: ``high_pick``): a version-2 state written before it, resumed within that stage's search, ends the search by the
 #: default judge, and takes the rule up at its next stage start. That stage searches up to × :data:`HIGH_PICK_REACH`
-#: of its anchor (stop 43): a stage under way in a state written before keeps the bounds the state holds.
+#: of its anchor (stop 43): a stage under way in a state written before keeps the bounds the state holds. A run without
+#: a search holds its LR before the final anneal's decay (stop 45; key ``anneal_decay``): a state written before it
+#: decays along the half cosine over every step after the warmup, as it began to.
 STATE_VERSION = 2
 _REFERENCE_WINDOW = 20
 #: A loss counts as diverged only at or above this share of the fit's first training loss (and above
@@ -154,8 +156,13 @@ TRUST_FACTOR = 3.0
 #: lower; the wider region for every such stage, where the default judge chooses within it, cost the digits CNN
 #: +6 %: `benchmarks/HISTORY.md`).
 HIGH_PICK_REACH = TRUST_FACTOR**2
-#: Without a search (a budget too small for one), the schedule is the common baseline: a linear warmup over this share
-#: of the budget to the configured LR, then a half cosine down to ``min_lr``.
+#: Without a search (a budget too small for one) the schedule is that of a run whose every stage keeps its anchor: a
+#: linear warmup over this share of the budget to the configured LR, that LR held, then the final anneal's decay
+#: (``1 - sqrt(t)`` to ``min_lr`` over the last ``anneal_ratio`` of the budget). It was the common warmup + half cosine
+#: before (kept for the states of runs begun then). At budgets this short a model is far from trained, and a cosine
+#: spends half the run below half the LR: on the quality benchmark's eight workloads at 500 steps (five seeds each,
+#: `benchmarks/HISTORY.md`, stop 45) the held LR ended lower than the cosine in all 40 runs, and at or below a constant
+#: LR in 22 of 40, the cosine in 4.
 FALLBACK_WARMUP = 0.05
 _MAX_FLOAT = sys.float_info.max  # (a loss above it is inf: never on end_step's short path)
 
@@ -421,16 +428,19 @@ class StageController:
         self._exploit_end: float = self.step  # the first begin_step after warmup starts a stage
         self._searched_as_last = False  # the stage searched as the one the final anneal follows (_before_anneal)
         self._ranking: list[float] = []  # trial LRs of the current stage, best first (exploit fallbacks)
-        # (without a search the schedule is the common warmup + cosine baseline: its decay is a half cosine)
-        self._anneal = FinalAnneal(anneal_steps, self.total_steps, shape="cosine" if fallback else "sqrt")
+        # (without a search: warmup, the anchor held, then the final anneal's decay over its usual length)
+        decay = None
+        if fallback and self.total_steps is not None:
+            decay = round(settings.anneal_ratio * self.total_steps)
+        self._anneal = FinalAnneal(anneal_steps, self.total_steps, decay=decay)
         self._overfit = OverfitWatch()  # the exploit phase's validation probes (the early anneal)
         self._guard = CollapseGuard(collapse_guard)
         self.anchor_lr = anchor_lr
         self.fallback = fallback  # no search: the whole budget after warmup is the anneal from `anchor_lr`
-        self._fallback_warmup = False  # the warmup is the cosine baseline's own (it ramps to the anneal's start)
+        self._fallback_warmup = False  # the warmup is the schedule's own (it ramps to the anneal's start)
         if fallback and anchor_lr is not None:
             self._lr = anchor_lr
-            if self.warmup_steps == 0 and self.total_steps is not None:  # the cosine baseline's 5 % linear warmup
+            if self.warmup_steps == 0 and self.total_steps is not None:  # a 5 % linear warmup
                 self._fallback_warmup = True
                 self.warmup_steps = round(FALLBACK_WARMUP * self.total_steps)
                 self.warmup_lr = anchor_lr
@@ -839,8 +849,9 @@ class StageController:
 
     # ------------------------------------------------------------------ the final anneal
     def _begin_anneal(self) -> None:
-        """The last ``anneal_steps`` steps: a decay along ``1 - sqrt(t)`` from the LR in use down to ``min_lr`` (a half
-        cosine without a search; inside the first stage's exploit warmup: from where the ramp has got to)."""
+        """The last ``anneal_steps`` steps: a decay along ``1 - sqrt(t)`` from the LR in use down to ``min_lr`` (without
+        a search, the whole run after warmup, the LR held before the decay; inside the first stage's exploit warmup:
+        from where the ramp has got to)."""
         if self.stages and not self._stage_finite:
             raise self._non_finite_error()
         self.phase = "exploit"
@@ -997,7 +1008,12 @@ class StageController:
         if self.anchor_lr is None:
             return None
         previous = self._lr if len(self.stages) > 1 else self.anchor_lr  # the LR in use, after any fallback
-        return min(max(previous, self.min_lr), self._eff_max_lr)
+        return self._in_range(previous)
+
+    def _in_range(self, lr: float) -> float:
+        """``lr`` clamped to the range a stage searches in: ``[min_lr, upper end]`` (the upper end after any
+        divergence cap)."""
+        return min(max(lr, self.min_lr), self._eff_max_lr)
 
     def _before_anneal(self, tau: int, tau_prime: int) -> bool:
         """Whether the stage starting now is a later stage (not stage 0) that the final anneal follows: its exploit
@@ -1051,7 +1067,7 @@ class StageController:
         tlo = anchor if upward else anchor / TRUST_FACTOR
         base = anchor
         if upward and self.anchor_lr is not None:  # the upward region's top: from the higher of anchor and anchor_lr
-            base = max(anchor, min(max(self.anchor_lr, lo), hi))
+            base = max(anchor, self._in_range(self.anchor_lr))
         tlo, thi = max(lo, tlo), min(hi, base * (HIGH_PICK_REACH if upward and high else TRUST_FACTOR))
         return (tlo, thi) if thi > tlo else (lo, hi)
 

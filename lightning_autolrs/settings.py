@@ -164,9 +164,9 @@ class Settings:
         budget: the largest τ with which three stages (τ, 2τ, 4τ; else two, else one) and their searches fit in the
         steps left after warmup, the range test and the final anneal, provided trials are at least 20 steps long
         (``search_ratio``·τ ≥ 20). A budget too small for one such stage gets one warning and no search: a 5 %
-        linear warmup (or ``warmup_steps``) to the configured LR (within ``min_lr``/``max_lr`` when given), then a
-        cosine decay. 1000 if the budget is unbounded. A ``tau`` you give is used as is, trials shorter than 20 steps
-        included.""",
+        linear warmup (or ``warmup_steps``) to the configured LR (within ``min_lr``/``max_lr`` when given), that LR
+        held, then the final anneal (the last ``anneal_ratio`` of the budget). 1000 if the budget is unbounded. A
+        ``tau`` you give is used as is, trials shorter than 20 steps included.""",
         _int_at_least(1, allow_none=True),
     )
     tau_max: int = _setting(8000, "τ doubles each stage until it reaches ``tau_max``.", _int_at_least(1))
@@ -381,7 +381,8 @@ class Derived:
         configured_lr: the optimizer's configured LR (stage 0's anchor; see :attr:`start_lr`).
         anneal_steps: length of the final anneal (0: none).
         fallback: the budget is too small for a search: no range test and no stages, the whole budget (after
-            warmup) is the anneal from :attr:`start_lr`.
+            warmup) is the anneal from :attr:`start_lr`, which holds it before its decay (its last ``anneal_ratio``
+            of the budget).
         needed_steps: the smallest budget that allows a search (set when ``fallback``).
         exploit_warmup: steps of the warmup that begins the first stage's exploit phase (0: none; see
             :func:`exploit_warmup_steps`).
@@ -403,7 +404,7 @@ class Derived:
 
     @property
     def start_lr(self) -> float:
-        """Stage 0's anchor: the configured LR; without a search (``fallback``), the LR the decay starts from: the
+        """Stage 0's anchor: the configured LR; without a search (``fallback``), the LR held before the decay: the
         configured LR within the range (a range you give bounds that schedule too)."""
         if self.fallback and self.min_lr is not None and self.max_lr is not None:
             return min(max(self.configured_lr, self.min_lr), self.max_lr)
@@ -515,8 +516,8 @@ def derive(
 
     Budget (known ``total_steps``): the range test, then warmup, then the stages, then the final anneal
     (``anneal_ratio``·budget steps). τ comes from :func:`plan_tau` over the steps left for stages; when not even one
-    stage with trials of :data:`MIN_TRIAL_STEPS` fits, the run falls back to no search (``fallback``): a cosine decay
-    from the configured LR (within the range you give: :attr:`Derived.start_lr`) over the budget after warmup.
+    stage with trials of :data:`MIN_TRIAL_STEPS` fits, the run falls back to no search (``fallback``): the configured LR
+    (within the range you give: :attr:`Derived.start_lr`) held after warmup, then the final anneal.
 
     Args:
         s: the settings.

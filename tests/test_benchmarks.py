@@ -357,6 +357,24 @@ def test_small_batches_quick(tmp_path: Path) -> None:
     assert rows[0][0] == "8" and rows[0][1] in ("0 of 1", "1 of 1")
 
 
+def test_short_budget_quick_trains_autolrs_without_a_search_against_the_baselines(tmp_path: Path) -> None:
+    from benchmarks import short_budget
+
+    assert short_budget.main(["--quick", "--workers", "1", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "short_budget.md").read_text()
+    assert "Command: `python -m benchmarks.short_budget --quick --workers 1 --out " in text
+    assert "AutoLRS() runs that searched (none should): 0." in text
+    runs = json.loads((tmp_path / "short_budget.json").read_text())
+    by = {r["kind"]: r for r in runs}
+    assert sorted(by) == ["autolrs", "constant", "cosine", "wsd_sqrt"] and all(r["steps"] == 100 for r in runs)
+    assert by["autolrs"]["stages"] == 0 and by["autolrs"]["search_steps"] == 0
+    # without a search AutoLRS() trains the WSD schedule: warmup, the configured LR held, then its final anneal
+    assert by["autolrs"]["val_loss"] == pytest.approx(by["wsd_sqrt"]["val_loss"], rel=1e-3)
+    assert by["autolrs"]["val_loss"] != pytest.approx(by["cosine"]["val_loss"], rel=1e-3)
+    row = next(line for line in text.splitlines() if line.startswith("| friedman3_sgd | 100 |"))
+    assert row.count("|") == 10  # workload, budget, four medians, three counts
+
+
 def test_finetune_quick(tmp_path: Path) -> None:
     from benchmarks import finetune
 

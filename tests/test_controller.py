@@ -515,19 +515,48 @@ def test_a_state_written_before_the_anneal_shape_was_kept_anneals_along_the_half
     assert old.state_dict()["anneal_shape"] == "cosine"
 
 
-def test_the_schedule_without_a_search_keeps_the_cosine_baseline_s_half_cosine_across_a_resume() -> None:
+def test_the_schedule_without_a_search_holds_the_configured_lr_then_anneals_across_a_resume() -> None:
+    """A budget too small for a search: a 5 % linear warmup to the configured LR, that LR held, then the final
+    anneal's decay along 1 - sqrt(t) over the last ``anneal_ratio`` (20 %) of the budget; a resume continues it."""
     settings = Settings(verbose=False)
     derived = derive(settings, configured_lr=0.05, total_steps=200)  # too small a budget for a search
     assert derived.fallback
     a, sim = StageController.from_settings(settings, derived), Quadratic()
-    assert a.state_dict()["anneal_shape"] == "cosine"
+    assert a.state_dict()["anneal_shape"] == "sqrt" and a.state_dict()["anneal_decay"] == 40
     sim.run(a, 100)
     resumed = _resumed_at(lambda: StageController.from_settings(settings, derived), sim, a.state_dict(), 100)
     sim.run(a, 100)
     assert resumed.lrs == a.lrs and len(a.lrs) == 200
-    warm = a.warmup_steps  # 5 % linear warmup to anchor_lr, then a half cosine to min_lr over the rest
-    assert warm == 10 and a.lrs[warm] == 0.05
-    assert a.lrs[warm + 95] == pytest.approx(a.min_lr + (0.05 - a.min_lr) * 0.5, rel=1e-9)
+    assert a.warmup_steps == 10 and a.lrs[:10] == pytest.approx([0.05 * (i + 1) / 10 for i in range(10)])
+    assert a.lrs[10:161] == [0.05] * 151  # held up to the decay's first step (step 160 of 200)
+    low = a.min_lr
+    assert a.lrs[170] == pytest.approx(low + (0.05 - low) * 0.5, rel=1e-9)  # 1 - sqrt(t): half-way at a quarter
+    assert a.lrs[-1] == pytest.approx(low + (0.05 - low) * (1 - math.sqrt(39 / 40)), rel=1e-9)
+
+
+def test_a_run_without_a_search_begun_with_the_half_cosine_keeps_it_across_a_resume() -> None:
+    """A state written before the schedule without a search held its LR (its anneal a half cosine over every step
+    after the warmup, no ``anneal_decay``) goes on along that half cosine, as the run it continues began."""
+    settings = Settings(verbose=False)
+    derived = derive(settings, configured_lr=0.05, total_steps=200)
+    a, sim = StageController.from_settings(settings, derived), Quadratic()
+    sim.run(a, 100)
+    state = {k: v for k, v in a.state_dict().items() if k != "anneal_decay"}
+    state["anneal_shape"] = "cosine"
+    resumed = _resumed_at(lambda: StageController.from_settings(settings, derived), sim, state, 100)
+    assert resumed.lrs[:100] == a.lrs[:100]
+    low = resumed.min_lr  # the half cosine from the end of the 10-step warmup over the 190 steps left: half at 105
+    assert resumed.lrs[10 + 95] == pytest.approx(low + (0.05 - low) * 0.5, rel=1e-9)
+    assert resumed.state_dict()["anneal_shape"] == "cosine" and resumed.state_dict()["anneal_decay"] is None
+
+
+def test_a_run_without_a_search_and_without_an_anneal_holds_the_configured_lr_to_the_end() -> None:
+    settings = Settings(anneal_ratio=0.0, verbose=False)
+    derived = derive(settings, configured_lr=0.05, total_steps=200)
+    assert derived.fallback
+    a = StageController.from_settings(settings, derived)
+    Quadratic().run(a, 200)
+    assert a.lrs[10:] == [0.05] * 190
 
 
 def test_a_run_without_a_search_resumed_from_a_state_of_before_the_range_bounded_it_keeps_its_own_lr() -> None:
@@ -545,7 +574,8 @@ def test_a_run_without_a_search_resumed_from_a_state_of_before_the_range_bounded
     sim.run(old, 197)
     assert resumed.lrs == old.lrs and max(old.lrs) == pytest.approx(0.05)
     copy.deepcopy(sim).run(new, 200)  # and the run begun now: within the range
-    assert max(new.lrs) == pytest.approx(0.01) and new.lrs[-1] == pytest.approx(1e-3, rel=1e-3)
+    last = 1e-3 + (0.01 - 1e-3) * (1 - math.sqrt(39 / 40))  # the last step of the decay towards min_lr
+    assert max(new.lrs) == pytest.approx(0.01) and new.lrs[-1] == pytest.approx(last, rel=1e-9)
 
 
 def test_a_stage_0_that_does_not_fit_before_the_anneal_does_not_search() -> None:
@@ -846,7 +876,7 @@ def _quiet_exploit_cases() -> list:
     )  # fmt: skip
     Quadratic().run(unsearched, 500)
     collapsing, _ = _collapsing_run(collapse_guard=True)
-    # a budget too small for a search: warmup and a half cosine without a stage, a NaN in its anneal
+    # a budget too small for a search: warmup, the LR held and the anneal without a stage, a NaN in its anneal
     settings = Settings(verbose=False)
     no_search = StageController.from_settings(settings, derive(settings, configured_lr=0.05, total_steps=200))
     out.append([])
