@@ -160,9 +160,9 @@ HIGH_PICK_REACH = TRUST_FACTOR**2
 #: linear warmup over this share of the budget to the configured LR, that LR held, then the final anneal's decay
 #: (``1 - sqrt(t)`` to ``min_lr`` over the last ``anneal_ratio`` of the budget). It was the common warmup + half cosine
 #: before (kept for the states of runs begun then). At budgets this short a model is far from trained, and a cosine
-#: spends half the run below half the LR: on the quality benchmark's eight workloads at 500 steps (five seeds each,
-#: `benchmarks/HISTORY.md`, stop 45) the held LR ended lower than the cosine in all 40 runs, and at or below a constant
-#: LR in 22 of 40, the cosine in 4.
+#: spends half the run below half the LR: on the quality benchmark's eight workloads at 300 and 500 steps (five seeds
+#: each; ``benchmarks/results/short_budget.md``) the held LR ended lower than the cosine in all 80 runs, and at or below
+#: a constant LR in 41 of 80, the cosine in 7.
 FALLBACK_WARMUP = 0.05
 _MAX_FLOAT = sys.float_info.max  # (a loss above it is inf: never on end_step's short path)
 
