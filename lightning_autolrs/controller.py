@@ -162,7 +162,7 @@ HIGH_PICK_REACH = TRUST_FACTOR**2
 #: before (kept for the states of runs begun then). At budgets this short a model is far from trained, and a cosine
 #: spends half the run below half the LR: on the quality benchmark's eight workloads at 300 and 500 steps (five seeds
 #: each; ``benchmarks/results/short_budget.md``) the held LR ended lower than the cosine in all 80 runs, and at or below
-#: a constant LR in 41 of 80, the cosine in 7.
+#: a constant LR in 41 of 80 (the cosine itself: in 7 of 80).
 FALLBACK_WARMUP = 0.05
 _MAX_FLOAT = sys.float_info.max  # (a loss above it is inf: never on end_step's short path)
 
