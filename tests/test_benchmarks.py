@@ -363,7 +363,7 @@ def test_short_budget_quick_trains_autolrs_without_a_search_against_the_baseline
     assert short_budget.main(["--quick", "--workers", "1", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "short_budget.md").read_text()
     assert "Command: `python -m benchmarks.short_budget --quick --workers 1 --out " in text
-    assert "AutoLRS() runs that searched (none should): 0." in text
+    assert "AutoLRS() runs that searched: 0 of 1 (below 614 steps none does)." in text
     runs = json.loads((tmp_path / "short_budget.json").read_text())
     by = {r["kind"]: r for r in runs}
     assert sorted(by) == ["autolrs", "constant", "cosine", "wsd_sqrt"] and all(r["steps"] == 100 for r in runs)
