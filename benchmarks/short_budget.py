@@ -94,7 +94,7 @@ def table(runs: list[dict[str, Any]], kinds: Sequence[str], command: str, starte
     for name in dict.fromkeys(r["workload"] for r in runs):
         for budget in sorted({r["steps"] for r in runs if r["workload"] == name}):
             by = {(r["kind"], r["seed"]): r["val_loss"] for r in runs if r["workload"] == name and r["steps"] == budget}
-            both_ok, cells, below = 0, [], []
+            both_ok, cells = 0, []
             for k in kinds:
                 values = [by[k, s] for s in seeds if by.get((k, s)) is not None]
                 cells.append(paired.fmt(statistics.median(values)) if values else "—")

@@ -84,7 +84,7 @@ def _fallback_schedule(settings: Settings, derived: Derived) -> str:
     else:
         warmup = round(FALLBACK_WARMUP * total)
         start = f"a 5 % linear warmup to {lr}, held"
-    decay = min(round(settings.anneal_ratio * total), max(0, total - warmup))
+    decay = min(derived.decay_steps or 0, max(0, total - warmup))
     if decay <= 0:
         return f"{start} to the end (`anneal_ratio`={settings.anneal_ratio:g}: no final anneal)"
     decayed = f"decayed along 1 - sqrt(t) to {derived.min_lr:.4g} over the last {decay} steps (the final anneal)"

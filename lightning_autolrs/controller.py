@@ -351,6 +351,7 @@ class StageController:
             anchor_lr=derived.start_lr,
             collapse_guard=True,
             fallback=derived.fallback,
+            anneal_decay=derived.decay_steps,
             exploit_warmup=derived.exploit_warmup,
         )
         return self
@@ -373,6 +374,7 @@ class StageController:
         anchor_lr: float | None = None,
         collapse_guard: bool = False,
         fallback: bool = False,
+        anneal_decay: int | None = None,
         exploit_warmup: int = 0,
     ) -> None:
         if settings.warmup_steps > 0 and warmup_lr is None:
@@ -428,11 +430,8 @@ class StageController:
         self._exploit_end: float = self.step  # the first begin_step after warmup starts a stage
         self._searched_as_last = False  # the stage searched as the one the final anneal follows (_before_anneal)
         self._ranking: list[float] = []  # trial LRs of the current stage, best first (exploit fallbacks)
-        # (without a search: warmup, the anchor held, then the final anneal's decay over its usual length)
-        decay = None
-        if fallback and self.total_steps is not None:
-            decay = round(settings.anneal_ratio * self.total_steps)
-        self._anneal = FinalAnneal(anneal_steps, self.total_steps, decay=decay)
+        # (without a search: warmup, the anchor held, then the final anneal's decay over `Derived.decay_steps`)
+        self._anneal = FinalAnneal(anneal_steps, self.total_steps, decay=anneal_decay)
         self._overfit = OverfitWatch()  # the exploit phase's validation probes (the early anneal)
         self._guard = CollapseGuard(collapse_guard)
         self.anchor_lr = anchor_lr

@@ -384,6 +384,8 @@ class Derived:
             warmup) is the anneal from :attr:`start_lr`, which holds it before its decay (its last ``anneal_ratio``
             of the budget).
         needed_steps: the smallest budget that allows a search (set when ``fallback``).
+        decay_steps: with ``fallback``, the steps at the end of the budget the LR decays over after holding
+            :attr:`start_lr`: the final anneal's usual length (``anneal_ratio``·budget); ``None`` otherwise.
         exploit_warmup: steps of the warmup that begins the first stage's exploit phase (0: none; see
             :func:`exploit_warmup_steps`).
     """
@@ -400,6 +402,7 @@ class Derived:
     anneal_steps: int = 0
     fallback: bool = False
     needed_steps: int = 0
+    decay_steps: int | None = None
     exploit_warmup: int = 0
 
     @property
@@ -589,6 +592,7 @@ def derive(
                 fallback=True,
                 exploit_warmup=0,
                 needed_steps=need,
+                decay_steps=anneal,
             )
             if s.warmup_lr is not None and s.warmup_steps:
                 return fallback  # (its warmup_lr is the one you gave)
