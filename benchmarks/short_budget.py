@@ -57,11 +57,15 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
     if kind == "autolrs":
         out["stages"] = len(result["autolrs"]["stages"])
         out["search_steps"] = result["autolrs"]["search_steps"]
+        # what the search found and chose: the range, and each stage's trials and pick
+        out["autolrs"] = {k: result["autolrs"][k] for k in ("range_test", "found_range", "stages")}
     return out
 
 
 def table(runs: list[dict[str, Any]], kinds: Sequence[str], command: str, started: str, wall_min: float) -> str:
     cpus = sorted({r["cpu"] for r in runs})
+    others = [k for k in kinds if k != "autolrs"]  # AutoLRS() is paired with each
+    both = all(b in kinds for b in BASELINES)  # issue #12's two baselines, cosine and a constant LR
     seeds = sorted({r["seed"] for r in runs})
     searched = sum(r.get("stages", 0) > 0 for r in runs if r["kind"] == "autolrs")
     total = sum(r["kind"] == "autolrs" for r in runs)
@@ -79,48 +83,41 @@ def table(runs: list[dict[str, Any]], kinds: Sequence[str], command: str, starte
         "the module's configured LR. Medians over the seeds; a count pairs each AutoLRS() run with the same seed's.",
         "",
         "| workload | budget | "
-        + " | ".join(f"{KINDS[k]}: median" for k in kinds)
-        + " | "
-        + " | ".join(f"AutoLRS() at or below {KINDS[b]}" for b in BASELINES if b in kinds)
-        + " | at or below both |",
-        "| --- | ---: | "
-        + " | ".join("---:" for _ in kinds)
-        + " | "
-        + " | ".join("---:" for b in BASELINES if b in kinds)
-        + " | ---: |",
+        + " | ".join([f"{KINDS[k]}: median" for k in kinds] + [f"AutoLRS() at or below {KINDS[b]}" for b in others])
+        + (" | at or below both |" if both else " |"),
+        "| --- | ---: | " + " | ".join("---:" for _ in (*kinds, *others)) + (" | ---: |" if both else " |"),
     ]
-    totals = {b: 0 for b in (*BASELINES, "both")}
-    count = 0
+    totals = {b: 0 for b in others}
+    both_total = count = 0
     for name in dict.fromkeys(r["workload"] for r in runs):
         for budget in sorted({r["steps"] for r in runs if r["workload"] == name}):
             by = {(r["kind"], r["seed"]): r["val_loss"] for r in runs if r["workload"] == name and r["steps"] == budget}
-            both_ok, cells = 0, []
+            cells = []
             for k in kinds:
                 values = [by[k, s] for s in seeds if by.get((k, s)) is not None]
                 cells.append(paired.fmt(statistics.median(values)) if values else "—")
-            n = 0
-            ok = {b: 0 for b in BASELINES}
+            n = both_ok = 0
+            ok = {b: 0 for b in others}
             for s in seeds:
                 a = by.get(("autolrs", s))
-                base = {b: by.get((b, s)) for b in BASELINES if b in kinds}
+                base = {b: by.get((b, s)) for b in others}
                 if a is None or any(v is None for v in base.values()):
                     continue
                 n += 1
                 for b, v in base.items():
                     ok[b] += a <= v
-                both_ok += all(a <= v for v in base.values())
-            below = [f"{ok[b]} of {n}" for b in BASELINES if b in kinds]
-            for b in BASELINES:
+                both_ok += all(a <= base[b] for b in BASELINES if b in base)
+            for b in others:
                 totals[b] += ok[b]
-            totals["both"] += both_ok
+            both_total += both_ok
             count += n
-            lines.append(f"| {name} | {budget} | " + " | ".join(cells + below) + f" | {both_ok} of {n} |")
-    lines += [
-        "",
-        "All rows: AutoLRS() at or below "
-        + ", ".join(f"{KINDS[b]} in {totals[b]} of {count}" for b in BASELINES if b in kinds)
-        + f", both in {totals['both']} of {count}.",
-    ]
+            row = cells + [f"{ok[b]} of {n}" for b in others] + ([f"{both_ok} of {n}"] if both else [])
+            lines.append(f"| {name} | {budget} | " + " | ".join(row) + " |")
+    if others:
+        summary = [f"{KINDS[b]} in {totals[b]} of {count}" for b in others]
+        if both:
+            summary.append(f"cosine and constant both in {both_total} of {count}")
+        lines += ["", "All rows: AutoLRS() at or below " + ", ".join(summary) + "."]
     return "\n".join(lines) + "\n"
 
 

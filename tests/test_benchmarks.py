@@ -371,8 +371,24 @@ def test_short_budget_quick_trains_autolrs_without_a_search_against_the_baseline
     # without a search AutoLRS() trains the WSD schedule: warmup, the configured LR held, then its final anneal
     assert by["autolrs"]["val_loss"] == pytest.approx(by["wsd_sqrt"]["val_loss"], rel=1e-3)
     assert by["autolrs"]["val_loss"] != pytest.approx(by["cosine"]["val_loss"], rel=1e-3)
+    assert by["autolrs"]["autolrs"]["stages"] == [] and len(by["autolrs"]["autolrs"]["found_range"]) == 2
     row = next(line for line in text.splitlines() if line.startswith("| friedman3_sgd | 100 |"))
-    assert row.count("|") == 10  # workload, budget, four medians, three counts
+    assert row.count("|") == 11  # workload, budget, four medians, AutoLRS() against each of three, and both
+    assert "at or below cosine in 1 of 1, constant in " in text and "cosine and constant both in " in text
+
+
+def test_short_budget_table_pairs_autolrs_only_with_the_kinds_it_ran() -> None:
+    from benchmarks import short_budget
+
+    runs = [
+        {"workload": "gru_lm", "kind": k, "seed": s, "steps": 1500, "val_loss": v, "cpu": "x", "stages": 1}
+        for k, s, v in [("autolrs", 0, 2.0), ("autolrs", 1, 2.4), ("wsd_sqrt", 0, 2.1), ("wsd_sqrt", 1, 2.2)]
+    ]
+    alone = short_budget.table([r for r in runs if r["kind"] == "autolrs"], ["autolrs"], "c", "now", 1.0)
+    assert "| gru_lm | 1500 | 2.2 |" in alone and "at or below" not in alone
+    text = short_budget.table(runs, ["autolrs", "wsd_sqrt"], "c", "now", 1.0)
+    assert "| gru_lm | 1500 | 2.2 | 2.15 | 1 of 2 |" in text and "both" not in text
+    assert "All rows: AutoLRS() at or below WSD in 1 of 2." in text
 
 
 def test_finetune_quick(tmp_path: Path) -> None:
