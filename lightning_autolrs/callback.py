@@ -290,6 +290,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             settings["range_test"] = c.range_test
         if c is None:
             return Schedule(lrs=[], stages=[], settings=settings)
+        if not c.fallback:  # the warmup in use: the one you gave, or one derived for a one-stage budget
+            settings["warmup_steps"] = c.warmup_steps
         return Schedule(lrs=list(c.lrs), stages=c.history, settings=settings, losses=list(c.losses))
 
     def save_schedule(self, path: str | os.PathLike[str]) -> Path:

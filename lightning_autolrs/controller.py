@@ -341,7 +341,7 @@ class StageController:
             settings,
             tau=derived.tau,
             tau_max=derived.tau_max,
-            warmup_lr=derived.warmup_lr if settings.warmup_steps > 0 else None,
+            warmup_lr=derived.warmup_lr if derived.warmup_steps > 0 else None,
             total_steps=derived.total_steps,
             start_step=start_step,
             range_test=range_test,
@@ -353,6 +353,7 @@ class StageController:
             fallback=derived.fallback,
             anneal_decay=derived.decay_steps,
             exploit_warmup=derived.exploit_warmup,
+            warmup_steps=derived.warmup_steps,
         )
         return self
 
@@ -376,12 +377,14 @@ class StageController:
         fallback: bool = False,
         anneal_decay: int | None = None,
         exploit_warmup: int = 0,
+        warmup_steps: int | None = None,
     ) -> None:
-        if settings.warmup_steps > 0 and warmup_lr is None:
+        warmup = settings.warmup_steps if warmup_steps is None else check_int("warmup_steps", warmup_steps, minimum=0)
+        if warmup > 0 and warmup_lr is None:
             raise InvalidArgumentError("`warmup_lr` is required when `warmup_steps` > 0; pass the LR warmup ends at.")
         self.settings = settings
         self.tau, self.tau_max, self.warmup_lr = tau, tau_max, warmup_lr
-        self.warmup_steps = settings.warmup_steps
+        self.warmup_steps = warmup  # (the settings', or derived: Derived.warmup_steps)
         self.total_steps = check_int("total_steps", total_steps, minimum=1, allow_none=True)
         range_test.given = given_range or (settings.min_lr, settings.max_lr)
         self._range_test = range_test
@@ -1423,6 +1426,7 @@ class StageController:
             "warmup_from": self._warmup_from,
             "warmup_first": self._warmup_first,
             "exploit_warmup": self.exploit_warmup,
+            "warmup_steps": self.warmup_steps,
             "ramp_start": self._ramp_start,
             **self._anneal.state_dict(),
             **self._overfit.state_dict(),
@@ -1527,6 +1531,10 @@ class StageController:
         self._warmup_from = int(state.get("warmup_from", 0))
         # a state written before the exploit warmup existed continues without it (its first stage reuses its trial)
         self.exploit_warmup = int(state.get("exploit_warmup", 0))
+        # a state written before a one-stage budget warmed up first (no "warmup_steps") has only the warmup you gave
+        self.warmup_steps = int(
+            state.get("warmup_steps", self.warmup_steps if self._fallback_warmup else self.settings.warmup_steps)
+        )
         self.search.reuse = self.search.options.reuse_best_trial and not self._warmup_stage()
         ramp = state.get("ramp_start")
         self._ramp_start = None if ramp is None else int(ramp)

@@ -388,6 +388,10 @@ class Derived:
             :attr:`start_lr`: the final anneal's usual length (``anneal_ratio``·budget); ``None`` otherwise.
         exploit_warmup: steps of the warmup that begins the first stage's exploit phase (0: none; see
             :func:`exploit_warmup_steps`).
+        warmup_steps: steps of the linear warmup before the first stage (after the range test): ``warmup_steps``
+            when you give it; else, where the budget fits only one stage, with an optimizer that has a second-moment
+            estimate, the length :func:`exploit_warmup_steps` gives (that stage then searches from the warmed-up
+            model, keeps the winning trial's steps, and its exploit phase has no warmup of its own); else 0.
     """
 
     min_lr: float | None
@@ -404,6 +408,7 @@ class Derived:
     needed_steps: int = 0
     decay_steps: int | None = None
     exploit_warmup: int = 0
+    warmup_steps: int = 0
 
     @property
     def start_lr(self) -> float:
@@ -490,13 +495,21 @@ def plan_tau(region: int, num_trials: int, search_ratio: float, reuse_best_trial
         >>> plan_tau(600, 4, 0.1, True, 8000), plan_tau(200, 4, 0.1, True, 8000)
         (461, None)
     """
+    plan = _plan_stages(region, num_trials, search_ratio, reuse_best_trial, tau_max)
+    return None if plan is None else plan[0]
+
+
+def _plan_stages(
+    region: int, num_trials: int, search_ratio: float, reuse_best_trial: bool, tau_max: int
+) -> tuple[int, int] | None:
+    """``(τ, stages)`` of :func:`plan_tau`: its τ and how many stages (3, 2 or 1) it planned for."""
     k = num_trials - 1 if reuse_best_trial else num_trials
     per_tau = 1 + k * search_ratio
     tau_min = math.ceil(MIN_TRIAL_STEPS / search_ratio)
     for stages in (3, 2, 1):
         tau = math.floor(region / ((2**stages - 1) * per_tau) + 1e-9)  # (260 / 1.3 is 200, not 199.99…)
         if tau >= tau_min:
-            return min(tau, tau_max)
+            return min(tau, tau_max), stages
     return None
 
 
@@ -553,7 +566,7 @@ def derive(
     before = s.warmup_steps + rt_steps  # steps before the first stage
     sweep = (configured_lr * RANGE_TEST_BELOW, configured_lr * RANGE_TEST_ABOVE)
 
-    def derived(tau: int) -> Derived:
+    def derived(tau: int, warmup: int = s.warmup_steps) -> Derived:
         return Derived(
             min_lr=lo,
             max_lr=hi,
@@ -565,7 +578,8 @@ def derive(
             total_steps=total,
             range_test_lrs=sweep,
             configured_lr=configured_lr,
-            exploit_warmup=0 if s.warmup_steps else exploit_warmup_steps(beta2, tau),
+            exploit_warmup=0 if warmup else exploit_warmup_steps(beta2, tau),
+            warmup_steps=warmup,
         )
 
     if s.tau is not None:
@@ -573,7 +587,7 @@ def derive(
     elif total is None:
         tau = min(1000, s.tau_max)
     else:
-        planned = plan_tau(total - before - anneal, s.num_trials, s.search_ratio, s.reuse_best_trial, s.tau_max)
+        planned = _plan_stages(total - before - anneal, s.num_trials, s.search_ratio, s.reuse_best_trial, s.tau_max)
         if planned is None:
             k = s.num_trials - 1 if s.reuse_best_trial else s.num_trials
             stage = math.ceil(MIN_TRIAL_STEPS / s.search_ratio) * (1 + k * s.search_ratio)
@@ -597,7 +611,14 @@ def derive(
             if s.warmup_lr is not None and s.warmup_steps:
                 return fallback  # (its warmup_lr is the one you gave)
             return replace(fallback, warmup_lr=fallback.start_lr)  # the warmup ramps to where the decay starts
-        tau = planned
+        tau, stages = planned
+        warm = 0 if stages > 1 or s.warmup_steps else exploit_warmup_steps(beta2, tau)
+        if warm:  # one stage, an optimizer with a second-moment estimate: it warms up before the search instead
+            again = _plan_stages(
+                total - before - warm - anneal, s.num_trials, s.search_ratio, s.reuse_best_trial, s.tau_max
+            )
+            if again is not None:
+                return derived(again[0], warmup=warm)
     if total is not None and check_budget and s.tau is not None:
         need = before + anneal + (s.num_trials + 1) * tau_prime_for(tau, s.search_ratio)
         if need > total:

@@ -1120,6 +1120,32 @@ def test_a_state_from_before_the_exploit_warmup_finishes_its_first_stage_as_it_b
     assert "exploit_warmup" not in new.history[0]
 
 
+def test_a_state_from_before_one_stage_warmed_up_first_finishes_as_it_began() -> None:
+    """A one-stage run with Adam begun when its warmup followed the search (a state without ``warmup_steps``) resumes
+    with no warmup before its search and with its exploit warmup, though today's derive would warm up first."""
+    s = Settings(min_lr=1e-3, max_lr=1.0, seed=0)  # (a range given: no range test)
+    now = derive(s, 0.01, 1500, beta2=0.999)
+    assert now.warmup_steps == 260 and now.exploit_warmup == 0  # one stage: today's run warms up first ...
+    before = dataclasses.replace(now, tau=1043, warmup_steps=0, exploit_warmup=260)  # ... where it once did not
+    old, sim_old = StageController.from_settings(s, before), Quadratic(seed=3)
+    sim_old.run(old, 15)  # inside stage 0's first trial
+    state = old.state_dict()
+    del state["warmup_steps"]
+    new = StageController.from_settings(s, now)
+    new.load_state_dict(state)
+    sim_new = Quadratic(seed=3)
+    sim_new.w, sim_new.saved, sim_new.gen = sim_old.w.clone(), sim_old.saved.clone(), sim_old.gen.clone_state()
+    sim_old.run(old, 1485)
+    sim_new.run(new, 1485)
+    assert new.lrs == old.lrs and new.history == old.history and new.warmup_steps == 0
+    assert new.history[0]["exploit_warmup"] == 260 and new.history[0]["start_step"] == 0
+    fresh = StageController.from_settings(s, now)  # and a state written today carries its warmup
+    Quadratic(seed=3).run(fresh, 300)
+    again = StageController.from_settings(s, before)
+    again.load_state_dict(fresh.state_dict())
+    assert again.warmup_steps == 260 and again.history[0]["start_step"] == 260
+
+
 def test_an_anneal_that_begins_inside_the_warmup_decays_from_where_the_ramp_got_to() -> None:
     """A first stage that is also the last: a fallback 3 steps before the final anneal restores the stage start and
     ramps again; the anneal then decays from the ramp's LR, never jumping up to the full LR (review)."""

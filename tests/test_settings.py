@@ -231,3 +231,23 @@ def test_the_exploit_warmup_follows_the_optimizers_second_moment_decay() -> None
     # a warmup the user asked for already warms the model up; a budget too small to search has its own warmup
     assert derive(Settings(warmup_steps=50), 0.003, 3000, beta2=0.99).exploit_warmup == 0
     assert derive(Settings(), 0.003, 300, beta2=0.99).exploit_warmup == 0
+
+
+def test_a_budget_of_one_stage_warms_an_adam_family_optimizer_up_before_its_search() -> None:
+    """With one stage, the stage the final anneal follows, the warmup that begins the first stage's exploit phase
+    comes before its search instead (of the same length): the search judges a warmed-up model and the exploit phase
+    continues from the winning trial, whose steps the exploit warmup would have discarded."""
+    one = derive(Settings(), 0.001, 1500)  # one stage: 1500 - 75 range-test steps - 300 anneal steps = 1125 < 3 x 400
+    assert (one.tau, one.warmup_steps, one.exploit_warmup) == (978, 0, 0)  # no second-moment estimate: no warmup
+    adam = derive(Settings(), 0.001, 1500, beta2=0.999)
+    assert adam.warmup_steps == exploit_warmup_steps(0.999, 978) == 244 and adam.exploit_warmup == 0
+    assert adam.tau == plan_tau(1500 - 75 - 244 - 300, 4, 0.05, True, 8000) == 766  # τ of the steps left
+    assert adam.warmup_lr == 0.001  # the warmup ramps to the configured LR, stage 0's anchor
+    assert derive(Settings(), 0.001, 1500, beta2=0.99).warmup_steps == 200  # 2 / (1 - beta2) steps, as before
+    # two stages or more: the exploit warmup after stage 0's search, as before
+    two = derive(Settings(), 0.001, 3000, beta2=0.999)
+    assert (two.tau, two.warmup_steps, two.exploit_warmup) == (666, 0, 166)
+    # a warmup you give stays the only one; where the warmup would leave no room for a search, the exploit warmup
+    assert derive(Settings(warmup_steps=50), 0.001, 1500, beta2=0.999).warmup_steps == 50
+    edge = derive(Settings(), 0.001, 614, beta2=0.999)
+    assert (edge.tau, edge.warmup_steps, edge.exploit_warmup, edge.fallback) == (400, 0, 100, False)
