@@ -6,9 +6,9 @@ step the training loss it produced. Everything else (stages, trials, forecasts, 
 
 The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ' = search_ratio·τ``):
 
-1. **Warmup** (optional): ``warmup_steps`` steps with ``lr = warmup_lr · (i + 1) / warmup_steps`` (a default
-   ``warmup_lr``, the configured LR, bounded by the range the range test found: :attr:`StageController.warmup_target`).
-   No search.
+1. **Warmup** (``warmup_steps``, or one derived for a one-stage budget, step 4): ``warmup_steps`` steps with
+   ``lr = warmup_lr · (i + 1) / warmup_steps`` (a default ``warmup_lr``, the configured LR, bounded by the range the
+   range test found: :attr:`StageController.warmup_target`). No search.
 2. **Stage start**: the caller captures a snapshot of model and optimizer (and, with validation probes, probes the
    stage-start model: the first point of every trial's series).
 3. **Search**: ``k`` trials. Trial ``j`` restores the snapshot (all but the first), trains ``τ'`` steps at the LR the
@@ -28,7 +28,9 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
    optimizer with a second-moment estimate: :func:`~lightning_autolrs.settings.exploit_warmup_steps`) the first
    stage's exploit phase instead starts again from the stage start and ramps the LR linearly from ``min_lr`` to the
    chosen LR over its first ``exploit_warmup`` steps: the search picks the LR from the start state, and training then
-   warms up to it. A fallback in that stage (which restores the stage start) ramps again, to its smaller LR.
+   warms up to it. A fallback in that stage (which restores the stage start) ramps again, to its smaller LR. Where
+   the budget fits only one stage, the callback derives a warmup of the same length before the search instead
+   (``Derived.warmup_steps``, step 1) and no ``exploit_warmup``: that stage keeps its winning trial.
 5. **Next stage**: ``τ`` and ``τ'`` double until ``τ`` reaches ``tau_max``.
 6. **Final anneal** (``anneal_steps``): the last ``anneal_steps`` steps of the budget decay the LR in use along
    ``1 - sqrt(t)`` (``t`` the share of the anneal done) to ``min_lr``; no search there. A NaN/inf loss in the anneal
@@ -355,6 +357,8 @@ class StageController:
             exploit_warmup=derived.exploit_warmup,
             warmup_steps=derived.warmup_steps,
         )
+        self._default_warmup_lr = derived.warmup_lr  # (a state from a run with a warmup, resumed where none derives)
+        self._unwarmed_tau = derived.unwarmed_tau
         return self
 
     def _setup(
@@ -384,6 +388,8 @@ class StageController:
             raise InvalidArgumentError("`warmup_lr` is required when `warmup_steps` > 0; pass the LR warmup ends at.")
         self.settings = settings
         self.tau, self.tau_max, self.warmup_lr = tau, tau_max, warmup_lr
+        self._default_warmup_lr = warmup_lr
+        self._unwarmed_tau: int | None = None  # Derived.unwarmed_tau
         self.warmup_steps = warmup  # (the settings', or derived: Derived.warmup_steps)
         self.total_steps = check_int("total_steps", total_steps, minimum=1, allow_none=True)
         range_test.given = given_range or (settings.min_lr, settings.max_lr)
@@ -1531,10 +1537,15 @@ class StageController:
         self._warmup_from = int(state.get("warmup_from", 0))
         # a state written before the exploit warmup existed continues without it (its first stage reuses its trial)
         self.exploit_warmup = int(state.get("exploit_warmup", 0))
-        # a state written before a one-stage budget warmed up first (no "warmup_steps") has only the warmup you gave
+        # a state written before a one-stage budget warmed up first (no "warmup_steps") has only the warmup you gave,
+        # and, before its first stage began, the τ planned without the derived warmup
         self.warmup_steps = int(
             state.get("warmup_steps", self.warmup_steps if self._fallback_warmup else self.settings.warmup_steps)
         )
+        if "warmup_steps" not in state and not self.stages and self._unwarmed_tau is not None:
+            self.tau = self._unwarmed_tau
+        if self.warmup_steps > 0 and self.warmup_lr is None:  # a warmup the budget of today would not derive
+            self.warmup_lr = self._default_warmup_lr
         self.search.reuse = self.search.options.reuse_best_trial and not self._warmup_stage()
         ramp = state.get("ramp_start")
         self._ramp_start = None if ramp is None else int(ramp)

@@ -183,7 +183,13 @@ class Settings:
         lambda n, v: check_float(n, v, positive=True),
     )
     warmup_steps: int = _setting(
-        0, "linear LR warmup steps before the first stage (no search during warmup).", _int_at_least(0)
+        0,
+        """linear LR warmup steps before the first stage (no search during warmup). ``0``: none, except where the
+        budget fits only one stage, also after the warmup, ``tau`` is not given and the optimizer has a second-moment
+        estimate (``betas``: Adam, AdamW, ...; 782–1839 steps at the defaults with no range given, for β₂ ≥ 0.99): that
+        run warms up to ``warmup_lr`` over min(⌈2 / (1 − β₂)⌉, a quarter of the τ planned without the warmup) steps
+        after the range test, then searches.""",
+        _int_at_least(0),
     )
     warmup_lr: float | None = _setting(
         None,
@@ -392,6 +398,8 @@ class Derived:
             when you give it; else, where the budget fits only one stage, with an optimizer that has a second-moment
             estimate, the length :func:`exploit_warmup_steps` gives (that stage then searches from the warmed-up
             model, keeps the winning trial's steps, and its exploit phase has no warmup of its own); else 0.
+        unwarmed_tau: with such a derived warmup, the τ planned without it (and with :attr:`exploit_warmup` instead),
+            which a run begun before this rule resumes with; ``None`` otherwise.
     """
 
     min_lr: float | None
@@ -409,6 +417,7 @@ class Derived:
     decay_steps: int | None = None
     exploit_warmup: int = 0
     warmup_steps: int = 0
+    unwarmed_tau: int | None = None
 
     @property
     def start_lr(self) -> float:
@@ -427,6 +436,10 @@ def exploit_warmup_steps(beta2: float | None, tau: int) -> int:
     Why: Adam's first updates divide by a second-moment estimate made of a handful of gradients, so they are about
     ``lr`` in every coordinate, whatever the gradient's size; a net trained at the full LR from its first step pays for
     them all run long (on the char LM, a warmed-up held LR ends about 1 % lower than the same LR without a warmup).
+
+    Where the budget fits only one stage, :func:`derive` puts a warmup of this length before the search instead
+    (:attr:`Derived.warmup_steps`): that stage is also the last, and the trials an exploit warmup throws away are
+    about a seventh of such a budget (``benchmarks/HISTORY.md``, stop 46: one-stage budgets).
 
     Example:
         >>> exploit_warmup_steps(0.99, tau=1000), exploit_warmup_steps(0.999, tau=1000)
@@ -531,7 +544,8 @@ def derive(
     """The values a run uses, from the settings, the optimizer's configured LR and the Trainer's step budget.
 
     Budget (known ``total_steps``): the range test, then warmup, then the stages, then the final anneal
-    (``anneal_ratio``·budget steps). τ comes from :func:`plan_tau` over the steps left for stages; when not even one
+    (``anneal_ratio``·budget steps). τ comes from :func:`plan_tau` over the steps left for stages (where only one
+    stage fits and ``beta2`` is given, after a warmup of :func:`exploit_warmup_steps` steps); when not even one
     stage with trials of :data:`MIN_TRIAL_STEPS` fits, the run falls back to no search (``fallback``): the configured LR
     (within the range you give: :attr:`Derived.start_lr`) held after warmup, then the final anneal.
 
@@ -541,7 +555,9 @@ def derive(
         total_steps: the Trainer's estimated stepping batches (``None``, negative or ``inf``: unbounded).
         check_budget: refuse a budget too small for one search with a given ``tau`` (off when resuming).
         beta2: the optimizer's second-moment decay (``betas[1]`` of its first param group; ``None``: it has none), for
-            the warmup of the first stage's exploit phase (:func:`exploit_warmup_steps`; none with ``warmup_steps``).
+            the warmup of the first stage's exploit phase (:func:`exploit_warmup_steps`; none with ``warmup_steps``),
+            or, where only one stage fits (also after that warmup) and neither ``tau`` nor ``warmup_steps`` is given,
+            for a warmup of the same length before the search (:attr:`Derived.warmup_steps`).
 
     Raises:
         InvalidArgumentError: a given ``tau`` does not fit one search in the budget, or ``warmup_steps`` is not below
@@ -566,7 +582,7 @@ def derive(
     before = s.warmup_steps + rt_steps  # steps before the first stage
     sweep = (configured_lr * RANGE_TEST_BELOW, configured_lr * RANGE_TEST_ABOVE)
 
-    def derived(tau: int, warmup: int = s.warmup_steps) -> Derived:
+    def derived(tau: int, warmup: int = s.warmup_steps, unwarmed: int | None = None) -> Derived:
         return Derived(
             min_lr=lo,
             max_lr=hi,
@@ -580,6 +596,7 @@ def derive(
             configured_lr=configured_lr,
             exploit_warmup=0 if warmup else exploit_warmup_steps(beta2, tau),
             warmup_steps=warmup,
+            unwarmed_tau=unwarmed,
         )
 
     if s.tau is not None:
@@ -618,7 +635,7 @@ def derive(
                 total - before - warm - anneal, s.num_trials, s.search_ratio, s.reuse_best_trial, s.tau_max
             )
             if again is not None:
-                return derived(again[0], warmup=warm)
+                return derived(again[0], warmup=warm, unwarmed=tau)
     if total is not None and check_budget and s.tau is not None:
         need = before + anneal + (s.num_trials + 1) * tau_prime_for(tau, s.search_ratio)
         if need > total:

@@ -1146,6 +1146,62 @@ def test_a_state_from_before_one_stage_warmed_up_first_finishes_as_it_began() ->
     assert again.warmup_steps == 260 and again.history[0]["start_step"] == 260
 
 
+def test_a_state_from_before_one_stage_warmed_up_first_resumes_its_range_test_with_the_tau_it_planned() -> None:
+    """Written inside the range test, before the first stage began (review): the resumed run plans the τ it began with
+    (978, not the 766 left after today's warmup) and its exploit warmup, and trains as it would have."""
+    s = Settings(seed=0)
+    now = derive(s, 0.01, 1500, beta2=0.999)
+    assert (now.tau, now.unwarmed_tau, now.warmup_steps) == (766, 978, 244)
+    before = dataclasses.replace(now, tau=978, warmup_steps=0, exploit_warmup=244, unwarmed_tau=None)
+    old, sim_old = StageController.from_settings(s, before), Quadratic(seed=4)
+    sim_old.run(old, 30)  # inside the range test (75 steps)
+    state = old.state_dict()
+    del state["warmup_steps"]
+    new = StageController.from_settings(s, now)
+    new.load_state_dict(state)
+    sim_new = Quadratic(seed=4)
+    sim_new.w, sim_new.saved, sim_new.gen = sim_old.w.clone(), sim_old.saved.clone(), sim_old.gen.clone_state()
+    sim_old.run(old, 1470)
+    sim_new.run(new, 1470)
+    assert new.lrs == old.lrs and new.history == old.history and new.history[0]["tau"] == 978
+
+
+def test_a_run_resumed_inside_its_warmup_with_a_budget_that_derives_none_finishes_the_warmup() -> None:
+    """A one-stage run's state from its warmup, resumed with a larger budget (two stages: no warmup derives), used to
+    fail at its next step for want of the LR the warmup ramps to (review)."""
+    s = Settings(seed=0)
+    one, more = derive(s, 0.01, 1500, beta2=0.999), derive(s, 0.01, 3000, beta2=0.999)
+    assert (one.warmup_steps, more.warmup_steps) == (244, 0)
+    a, sim = StageController.from_settings(s, one), Quadratic(seed=5)
+    sim.run(a, 150)  # the range test (up to 75 steps), then the warmup's first steps (of 244)
+    b = StageController.from_settings(s, more)
+    b.load_state_dict(a.state_dict())
+    sim.run(b, 200)
+    swept = b.range_test["steps"]
+    assert b.warmup_steps == 244 and swept < 150 and b.history[0]["start_step"] == swept + 244
+    assert b.lrs[swept : swept + 244] == pytest.approx([b.warmup_target * (i + 1) / 244 for i in range(244)])
+    assert b.warmup_target == min(0.01, b.max_lr)  # the configured LR, within the range the sweep found
+
+
+def test_a_state_without_a_search_from_before_the_derived_warmup_keeps_its_own_warmup() -> None:
+    """A budget too small for a search has its 5 % warmup; its state from before ``warmup_steps`` was kept resumes
+    inside that warmup, not with the settings' 0."""
+    s = Settings(seed=0)
+    d = derive(s, 0.01, 400, beta2=0.999)
+    assert d.fallback
+    a, sim = StageController.from_settings(s, d), Quadratic(seed=6)
+    sim.run(a, 10)  # inside the 20-step warmup
+    state = a.state_dict()
+    del state["warmup_steps"]
+    b = StageController.from_settings(s, d)
+    b.load_state_dict(state)
+    sim_b = Quadratic(seed=6)
+    sim_b.w, sim_b.gen = sim.w.clone(), sim.gen.clone_state()
+    sim.run(a, 390)
+    sim_b.run(b, 390)
+    assert b.warmup_steps == 20 and b.lrs == a.lrs and b.lrs[19] == 0.01
+
+
 def test_an_anneal_that_begins_inside_the_warmup_decays_from_where_the_ramp_got_to() -> None:
     """A first stage that is also the last: a fallback 3 steps before the final anneal restores the stage start and
     ramps again; the anneal then decays from the ramp's LR, never jumping up to the full LR (review)."""

@@ -237,7 +237,7 @@ def test_a_budget_of_one_stage_warms_an_adam_family_optimizer_up_before_its_sear
     """With one stage, the stage the final anneal follows, the warmup that begins the first stage's exploit phase
     comes before its search instead (of the same length): the search judges a warmed-up model and the exploit phase
     continues from the winning trial, whose steps the exploit warmup would have discarded."""
-    one = derive(Settings(), 0.001, 1500)  # one stage: 1500 - 75 range-test steps - 300 anneal steps = 1125 < 3 x 400
+    one = derive(Settings(), 0.001, 1500)  # one stage: 1500 - 75 - 300 = 1125 < 3 x 1.15 x 400
     assert (one.tau, one.warmup_steps, one.exploit_warmup) == (978, 0, 0)  # no second-moment estimate: no warmup
     adam = derive(Settings(), 0.001, 1500, beta2=0.999)
     assert adam.warmup_steps == exploit_warmup_steps(0.999, 978) == 244 and adam.exploit_warmup == 0
