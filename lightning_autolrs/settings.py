@@ -439,7 +439,7 @@ def exploit_warmup_steps(beta2: float | None, tau: int) -> int:
 
     Where the budget fits only one stage, :func:`derive` puts a warmup of this length before the search instead
     (:attr:`Derived.warmup_steps`): that stage is also the last, and the trials an exploit warmup throws away are
-    about a seventh of such a budget (``benchmarks/HISTORY.md``, stop 46: one-stage budgets).
+    13 % of such a budget (``benchmarks/HISTORY.md``, stop 46: one-stage budgets).
 
     Example:
         >>> exploit_warmup_steps(0.99, tau=1000), exploit_warmup_steps(0.999, tau=1000)
