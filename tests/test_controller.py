@@ -24,7 +24,7 @@ from lightning_autolrs.controller import (
     default_tau,
 )
 from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError
-from lightning_autolrs.settings import Settings, derive
+from lightning_autolrs.settings import Derived, Settings, derive
 
 from .helpers import Quadratic, make
 
@@ -1120,6 +1120,24 @@ def test_a_state_from_before_the_exploit_warmup_finishes_its_first_stage_as_it_b
     assert "exploit_warmup" not in new.history[0]
 
 
+def _resumed_without_the_warmup_key(
+    s: Settings, before: Derived, now: Derived, seed: int, at: int, total: int = 1500
+) -> tuple[StageController, StageController]:
+    """A run derived as ``before`` trained ``at`` steps, its state (less the ``warmup_steps`` key, as written before the
+    key existed) resumed by a controller derived as ``now``; both then train to ``total`` steps on the same data."""
+    old, sim_old = StageController.from_settings(s, before), Quadratic(seed=seed)
+    sim_old.run(old, at)
+    state = old.state_dict()
+    del state["warmup_steps"]
+    new = StageController.from_settings(s, now)
+    new.load_state_dict(state)
+    sim_new = Quadratic(seed=seed)
+    sim_new.w, sim_new.saved, sim_new.gen = sim_old.w.clone(), sim_old.saved.clone(), sim_old.gen.clone_state()
+    sim_old.run(old, total - at)
+    sim_new.run(new, total - at)
+    return old, new
+
+
 def test_a_state_from_before_one_stage_warmed_up_first_finishes_as_it_began() -> None:
     """A one-stage run with Adam begun when its warmup followed the search (a state without ``warmup_steps``) resumes
     with no warmup before its search and with its exploit warmup, though today's derive would warm up first."""
@@ -1127,16 +1145,7 @@ def test_a_state_from_before_one_stage_warmed_up_first_finishes_as_it_began() ->
     now = derive(s, 0.01, 1500, beta2=0.999)
     assert now.warmup_steps == 260 and now.exploit_warmup == 0  # one stage: today's run warms up first ...
     before = dataclasses.replace(now, tau=1043, warmup_steps=0, exploit_warmup=260)  # ... where it once did not
-    old, sim_old = StageController.from_settings(s, before), Quadratic(seed=3)
-    sim_old.run(old, 15)  # inside stage 0's first trial
-    state = old.state_dict()
-    del state["warmup_steps"]
-    new = StageController.from_settings(s, now)
-    new.load_state_dict(state)
-    sim_new = Quadratic(seed=3)
-    sim_new.w, sim_new.saved, sim_new.gen = sim_old.w.clone(), sim_old.saved.clone(), sim_old.gen.clone_state()
-    sim_old.run(old, 1485)
-    sim_new.run(new, 1485)
+    old, new = _resumed_without_the_warmup_key(s, before, now, seed=3, at=15)  # inside stage 0's first trial
     assert new.lrs == old.lrs and new.history == old.history and new.warmup_steps == 0
     assert new.history[0]["exploit_warmup"] == 260 and new.history[0]["start_step"] == 0
     fresh = StageController.from_settings(s, now)  # and a state written today carries its warmup
@@ -1153,16 +1162,7 @@ def test_a_state_from_before_one_stage_warmed_up_first_resumes_its_range_test_wi
     now = derive(s, 0.01, 1500, beta2=0.999)
     assert (now.tau, now.unwarmed_tau, now.warmup_steps) == (766, 978, 244)
     before = dataclasses.replace(now, tau=978, warmup_steps=0, exploit_warmup=244, unwarmed_tau=None)
-    old, sim_old = StageController.from_settings(s, before), Quadratic(seed=4)
-    sim_old.run(old, 30)  # inside the range test (75 steps)
-    state = old.state_dict()
-    del state["warmup_steps"]
-    new = StageController.from_settings(s, now)
-    new.load_state_dict(state)
-    sim_new = Quadratic(seed=4)
-    sim_new.w, sim_new.saved, sim_new.gen = sim_old.w.clone(), sim_old.saved.clone(), sim_old.gen.clone_state()
-    sim_old.run(old, 1470)
-    sim_new.run(new, 1470)
+    old, new = _resumed_without_the_warmup_key(s, before, now, seed=4, at=30)  # inside the range test (75 steps)
     assert new.lrs == old.lrs and new.history == old.history and new.history[0]["tau"] == 978
 
 
