@@ -430,6 +430,53 @@ def test_the_stage_before_the_final_anneal_searches_only_upwards(anneal_steps) -
     assert c.history[0]["lr_range"] == pytest.approx([0.02 / 3, 0.02 * 3])  # stage 0 as before
 
 
+def test_a_warmed_up_stage_0_that_the_final_anneal_follows_searches_only_upwards() -> None:
+    """One stage with Adam: after the derived warmup, stage 0 is the stage before the anneal and searches from the
+    configured LR up to 3x it. Without a warmup (SGD), or with stages after it, stage 0 searches ÷/× 3."""
+    s = Settings(min_lr=1e-3, max_lr=1.0, seed=0)  # (a range given: no range test)
+    one = derive(s, 0.01, 1500, beta2=0.999)
+    assert one.warmup_steps == 260
+    c = StageController.from_settings(s, one)
+    Quadratic(seed=3).run(c, 1500)
+    (stage,) = c.history
+    assert stage["start_step"] == 260 and stage["lr_range"] == pytest.approx([0.01, 0.03])
+    assert all(0.01 <= t["lr"] <= 0.03 for t in stage["trials"]) and stage["best_lr"] >= 0.01
+    assert c.state_dict()["searched_as_last"] is True
+    sgd = StageController.from_settings(s, derive(s, 0.01, 1500))  # no second-moment estimate: no warmup
+    Quadratic(seed=3).run(sgd, 1500)
+    assert sgd.warmup_steps == 0 and sgd.history[0]["lr_range"] == pytest.approx([0.01 / 3, 0.03])
+    given = Settings(min_lr=1e-3, max_lr=1.0, seed=0, warmup_steps=100)  # a warmup you give, with stages after it
+    more = StageController.from_settings(given, derive(given, 0.01, 6000, beta2=0.999))
+    Quadratic(seed=3).run(more, 1500)
+    assert len(more.history) >= 2 and more.history[0]["lr_range"] == pytest.approx([0.01 / 3, 0.03])
+
+
+def test_a_state_from_before_a_warmed_up_stage_0_searched_upwards_resumes_as_it_began() -> None:
+    """A one-stage run's state written inside its warmup before the rule (no ``first_stage_upward`` key) searches
+    ÷/× 3 at its stage 0, as the run that wrote it would have; a state written today keeps the upward search."""
+    s = Settings(min_lr=1e-3, max_lr=1.0, seed=0)
+    one = derive(s, 0.01, 1500, beta2=0.999)
+    before = StageController.from_settings(s, one)
+    before._first_stage_upward = False  # (the rule of 1e2d6f1)
+    sim_before = Quadratic(seed=3)
+    sim_before.run(before, 100)  # inside the 260-step warmup
+    state = before.state_dict()
+    del state["first_stage_upward"]
+    resumed, sim = StageController.from_settings(s, one), Quadratic(seed=3)
+    resumed.load_state_dict(state)
+    sim.w, sim.gen = sim_before.w.clone(), sim_before.gen.clone_state()
+    sim_before.run(before, 1400)
+    sim.run(resumed, 1400)
+    assert resumed.lrs == before.lrs and resumed.history == before.history
+    assert resumed.history[0]["lr_range"] == pytest.approx([0.01 / 3, 0.03])
+    today = StageController.from_settings(s, one)
+    Quadratic(seed=3).run(today, 100)
+    again = StageController.from_settings(s, one)
+    again.load_state_dict(today.state_dict())
+    Quadratic(seed=3).run(again, 1400)
+    assert again.history[0]["lr_range"] == pytest.approx([0.01, 0.03])
+
+
 def test_a_stage_that_searched_as_the_last_exploits_until_the_anneal() -> None:
     # a trial of stage 1 diverges, so its search ends 14 steps early: room for a third stage, which must not start
     c = make(total=602, anneal_steps=180, num_trials=4, tau=40, tau_max=160, anchor_lr=0.3, seed=3)
