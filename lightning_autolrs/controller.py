@@ -359,9 +359,9 @@ class StageController:
             anneal_decay=derived.decay_steps,
             exploit_warmup=derived.exploit_warmup,
             warmup_steps=derived.warmup_steps,
+            default_warmup_lr=derived.warmup_lr,
+            unwarmed_tau=derived.unwarmed_tau,
         )
-        self._default_warmup_lr = derived.warmup_lr  # (a state from a run with a warmup, resumed where none derives)
-        self._unwarmed_tau = derived.unwarmed_tau
         return self
 
     def _setup(
@@ -385,14 +385,17 @@ class StageController:
         anneal_decay: int | None = None,
         exploit_warmup: int = 0,
         warmup_steps: int | None = None,
+        default_warmup_lr: float | None = None,
+        unwarmed_tau: int | None = None,
     ) -> None:
         warmup = settings.warmup_steps if warmup_steps is None else check_int("warmup_steps", warmup_steps, minimum=0)
         if warmup > 0 and warmup_lr is None:
             raise InvalidArgumentError("`warmup_lr` is required when `warmup_steps` > 0; pass the LR warmup ends at.")
         self.settings = settings
         self.tau, self.tau_max, self.warmup_lr = tau, tau_max, warmup_lr
-        self._default_warmup_lr = warmup_lr
-        self._unwarmed_tau: int | None = None  # Derived.unwarmed_tau
+        # for resuming a state whose run warmed up where this budget derives no warmup, or planned τ without one
+        self._default_warmup_lr = warmup_lr if default_warmup_lr is None else default_warmup_lr
+        self._unwarmed_tau = unwarmed_tau  # Derived.unwarmed_tau
         self.warmup_steps = warmup  # (the settings', or derived: Derived.warmup_steps)
         self.total_steps = check_int("total_steps", total_steps, minimum=1, allow_none=True)
         range_test.given = given_range or (settings.min_lr, settings.max_lr)

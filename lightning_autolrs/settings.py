@@ -526,11 +526,17 @@ def _plan_stages(
     return None
 
 
+def _plan_for(s: Settings, region: int) -> tuple[int, int] | None:
+    """:func:`_plan_stages` for ``region`` steps of stages with the settings' ``num_trials``, ``search_ratio``,
+    ``reuse_best_trial`` and ``tau_max``."""
+    return _plan_stages(region, s.num_trials, s.search_ratio, s.reuse_best_trial, s.tau_max)
+
+
 def _planned_tau(s: Settings, total: int) -> int | None:
     """The derived τ for a budget of ``total`` steps (``None``: too small for a search)."""
     before = s.warmup_steps + _range_test_steps(s, total)
-    region = total - before - round(s.anneal_ratio * total)
-    return plan_tau(region, s.num_trials, s.search_ratio, s.reuse_best_trial, s.tau_max)
+    plan = _plan_for(s, total - before - round(s.anneal_ratio * total))
+    return None if plan is None else plan[0]
 
 
 def derive(
@@ -604,7 +610,7 @@ def derive(
     elif total is None:
         tau = min(1000, s.tau_max)
     else:
-        planned = _plan_stages(total - before - anneal, s.num_trials, s.search_ratio, s.reuse_best_trial, s.tau_max)
+        planned = _plan_for(s, total - before - anneal)
         if planned is None:
             k = s.num_trials - 1 if s.reuse_best_trial else s.num_trials
             stage = math.ceil(MIN_TRIAL_STEPS / s.search_ratio) * (1 + k * s.search_ratio)
@@ -631,9 +637,7 @@ def derive(
         tau, stages = planned
         warm = 0 if stages > 1 or s.warmup_steps else exploit_warmup_steps(beta2, tau)
         if warm:  # one stage, an optimizer with a second-moment estimate: it warms up before the search instead
-            again = _plan_stages(
-                total - before - warm - anneal, s.num_trials, s.search_ratio, s.reuse_best_trial, s.tau_max
-            )
+            again = _plan_for(s, total - before - warm - anneal)
             if again is not None:
                 return derived(again[0], warmup=warm, unwarmed=tau)
     if total is not None and check_budget and s.tau is not None:
