@@ -16,7 +16,7 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
    UCB) learns from (LR, forecast) pairs. With ``anchor_lr`` (the callback passes the configured LR:
    :attr:`~lightning_autolrs.settings.Derived.start_lr`) the first trial
    runs at the stage's anchor (stage 0: ``anchor_lr``; later: the LR the previous stage ended at) and the stage
-   searches within ÷/× :data:`TRUST_FACTOR` of it, stage 0 included (a stage that the final anneal follows only
+   searches within ÷/× :data:`TRUST_FACTOR` of it, stage 0 included (a stage that the final anneal follows searches only
    upwards, from the anchor to × :data:`TRUST_FACTOR` of the anchor or of ``anchor_lr``, whichever is higher: a later
    stage, or stage 0 after a warmup, as where one stage fits, step 4); a
    forecast within 3 % of the anchor's (after stage 0: and

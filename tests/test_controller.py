@@ -449,6 +449,9 @@ def test_a_warmed_up_stage_0_that_the_final_anneal_follows_searches_only_upwards
     more = StageController.from_settings(given, derive(given, 0.01, 6000, beta2=0.999))
     Quadratic(seed=3).run(more, 1500)
     assert len(more.history) >= 2 and more.history[0]["lr_range"] == pytest.approx([0.01 / 3, 0.03])
+    alone = StageController.from_settings(given, derive(given, 0.01, 1500))  # ... and with one stage, SGD too
+    Quadratic(seed=3).run(alone, 1500)
+    assert len(alone.history) == 1 and alone.history[0]["lr_range"] == pytest.approx([0.01, 0.03])
 
 
 def test_a_state_from_before_a_warmed_up_stage_0_searched_upwards_resumes_as_it_began() -> None:
