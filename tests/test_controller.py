@@ -267,8 +267,7 @@ def test_state_dict_round_trip_mid_search_continues_identically() -> None:
     loaded = torch.load(buf, weights_only=True)
     b = make(total=600)
     b.load_state_dict(loaded)
-    sim_b = Quadratic(seed=1)
-    sim_b.w, sim_b.saved, sim_b.gen = sim_a.w.clone(), sim_a.saved.clone(), sim_a.gen.clone_state()
+    sim_b = copy.deepcopy(sim_a)
     sim_a.run(a, 543)
     sim_b.run(b, 543)
     assert a.lrs == b.lrs and a.history == b.history
@@ -461,15 +460,9 @@ def test_a_state_from_before_a_warmed_up_stage_0_searched_upwards_resumes_as_it_
     one = derive(s, 0.01, 1500, beta2=0.999)
     before = StageController.from_settings(s, one)
     before._first_stage_upward = False  # (the rule of 1e2d6f1)
-    sim_before = Quadratic(seed=3)
-    sim_before.run(before, 100)  # inside the 260-step warmup
-    state = before.state_dict()
-    del state["first_stage_upward"]
-    resumed, sim = StageController.from_settings(s, one), Quadratic(seed=3)
-    resumed.load_state_dict(state)
-    sim.w, sim.gen = sim_before.w.clone(), sim_before.gen.clone_state()
-    sim_before.run(before, 1400)
-    sim.run(resumed, 1400)
+    before, resumed = _resumed_without(  # written inside the 260-step warmup
+        before, StageController.from_settings(s, one), "first_stage_upward", seed=3, at=100
+    )
     assert resumed.lrs == before.lrs and resumed.history == before.history
     assert resumed.history[0]["lr_range"] == pytest.approx([0.01 / 3, 0.03])
     today = StageController.from_settings(s, one)
@@ -1143,8 +1136,7 @@ def test_state_round_trip_in_the_first_stages_exploit_continues_identically(into
     buf.seek(0)
     b = _warm(total=400, exploit_warmup=0)  # the state carries the run's warmup, whatever derives today
     b.load_state_dict(torch.load(buf, weights_only=True))
-    sim_b = Quadratic(seed=1)
-    sim_b.w, sim_b.saved, sim_b.gen = sim_a.w.clone(), sim_a.saved.clone(), sim_a.gen.clone_state()
+    sim_b = copy.deepcopy(sim_a)
     sim_a.run(a, 400 - at)
     sim_b.run(b, 400 - at)
     assert a.lrs == b.lrs and a.history == b.history and torch.equal(sim_a.w, sim_b.w)
@@ -1154,38 +1146,37 @@ def test_state_round_trip_in_the_first_stages_exploit_continues_identically(into
 def test_a_state_from_before_the_exploit_warmup_finishes_its_first_stage_as_it_began() -> None:
     """A checkpoint written inside the first stage's search by a version without the warmup resumes with the best-trial
     reuse it began with, even where today's optimizer would get a warmup."""
-    old, sim_old = _warm(total=300, exploit_warmup=0), Quadratic(seed=2)
-    sim_old.run(old, 15)
-    state = old.state_dict()
-    for key in ("exploit_warmup", "ramp_start"):
-        del state[key]
-    new = _warm(total=300)
-    new.load_state_dict(state)
-    sim_new = Quadratic(seed=2)
-    sim_new.w, sim_new.saved, sim_new.gen = sim_old.w.clone(), sim_old.saved.clone(), sim_old.gen.clone_state()
-    sim_new.best = None if sim_old.best is None else sim_old.best.clone()
-    sim_old.run(old, 285)
-    sim_new.run(new, 285)
+    old, new = _resumed_without(
+        _warm(total=300, exploit_warmup=0), _warm(total=300), "exploit_warmup", "ramp_start", seed=2, at=15, total=300
+    )
     assert new.lrs == old.lrs and new.history == old.history
     assert "exploit_warmup" not in new.history[0]
+
+
+def _resumed_without(
+    old: StageController, new: StageController, *keys: str, seed: int, at: int, total: int = 1500
+) -> tuple[StageController, StageController]:
+    """``old`` trained ``at`` steps; its state, less ``keys`` (as written before those keys existed), resumed by
+    ``new``; both then train to ``total`` steps on the same data (``new`` on a copy of ``old``'s simulator)."""
+    sim_old = Quadratic(seed=seed)
+    sim_old.run(old, at)
+    state = old.state_dict()
+    for key in keys:
+        del state[key]
+    new.load_state_dict(state)
+    sim_new = copy.deepcopy(sim_old)
+    sim_old.run(old, total - at)
+    sim_new.run(new, total - at)
+    return old, new
 
 
 def _resumed_without_the_warmup_key(
     s: Settings, before: Derived, now: Derived, seed: int, at: int, total: int = 1500
 ) -> tuple[StageController, StageController]:
-    """A run derived as ``before`` trained ``at`` steps, its state (less the ``warmup_steps`` key, as written before the
-    key existed) resumed by a controller derived as ``now``; both then train to ``total`` steps on the same data."""
-    old, sim_old = StageController.from_settings(s, before), Quadratic(seed=seed)
-    sim_old.run(old, at)
-    state = old.state_dict()
-    del state["warmup_steps"]
-    new = StageController.from_settings(s, now)
-    new.load_state_dict(state)
-    sim_new = Quadratic(seed=seed)
-    sim_new.w, sim_new.saved, sim_new.gen = sim_old.w.clone(), sim_old.saved.clone(), sim_old.gen.clone_state()
-    sim_old.run(old, total - at)
-    sim_new.run(new, total - at)
-    return old, new
+    """A run derived as ``before``, its state without the ``warmup_steps`` key resumed by one derived as ``now``
+    (:func:`_resumed_without`)."""
+    old, new = StageController.from_settings(s, before), StageController.from_settings(s, now)
+    return _resumed_without(old, new, "warmup_steps", seed=seed, at=at, total=total)
 
 
 def test_a_state_from_before_one_stage_warmed_up_first_finishes_as_it_began() -> None:
@@ -1239,16 +1230,7 @@ def test_a_state_without_a_search_from_before_the_derived_warmup_keeps_its_own_w
     s = Settings(seed=0)
     d = derive(s, 0.01, 400, beta2=0.999)
     assert d.fallback
-    a, sim = StageController.from_settings(s, d), Quadratic(seed=6)
-    sim.run(a, 10)  # inside the 20-step warmup
-    state = a.state_dict()
-    del state["warmup_steps"]
-    b = StageController.from_settings(s, d)
-    b.load_state_dict(state)
-    sim_b = Quadratic(seed=6)
-    sim_b.w, sim_b.gen = sim.w.clone(), sim.gen.clone_state()
-    sim.run(a, 390)
-    sim_b.run(b, 390)
+    a, b = _resumed_without_the_warmup_key(s, d, d, seed=6, at=10, total=400)  # inside the 20-step warmup
     assert b.warmup_steps == 20 and b.lrs == a.lrs and b.lrs[19] == 0.01
 
 
@@ -1300,8 +1282,7 @@ def test_a_state_saved_inside_the_first_search_resumes_without_keeping_a_trial()
     assert a.phase == "search" and a.stage == 0
     b = _warm(total=400, exploit_warmup=0, reuse_best_trial=True)
     b.load_state_dict(a.state_dict())
-    sim_b = Quadratic(seed=3)
-    sim_b.w, sim_b.saved, sim_b.gen = sim_a.w.clone(), sim_a.saved.clone(), sim_a.gen.clone_state()
+    sim_b = copy.deepcopy(sim_a)
     sim_a.run(a, 397)
     sim_b.run(b, 397)
     assert a.lrs == b.lrs and a.history == b.history and torch.equal(sim_a.w, sim_b.w)
