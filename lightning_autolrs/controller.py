@@ -94,7 +94,7 @@ import math
 import sys
 from collections import deque
 from dataclasses import dataclass, fields, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from lightning_autolrs._validation import check_int
 from lightning_autolrs.exceptions import InvalidArgumentError, NonFiniteLossError, UnsupportedSetupError
@@ -435,7 +435,10 @@ class StageController:
         self._pending_rollback = False  # the early anneal's first step restores the best-probed exploit state
         self._best_probe_end: int | None = None  # ... captured after this many steps (None: none held)
         self._rolled_back = False  # the early anneal began from it (a NaN/inf in the anneal goes back there)
-        self._recent: deque[float] = deque(maxlen=_REFERENCE_WINDOW)
+        self._recent_losses: deque[float] = deque(maxlen=_REFERENCE_WINDOW)  # (read through _recent)
+        # quiet exploit steps' losses not yet handed to the guard and the reference window (_hand_over): `losses`
+        # from index `_held_from`, `_held` of them, handed over at the latest when `losses` reaches `_hand_over_at`
+        self._held_from = self._held = self._hand_over_at = 0
         self._eff_max_lr = self.max_lr
         self._stage = -1
         self._stage_tau = 0
@@ -448,7 +451,7 @@ class StageController:
         # (without a search: warmup, the anchor held, then the final anneal's decay over `Derived.decay_steps`)
         self._anneal = FinalAnneal(anneal_steps, self.total_steps, decay=anneal_decay)
         self._overfit = OverfitWatch()  # the exploit phase's validation probes (the early anneal)
-        self._guard = CollapseGuard(collapse_guard)
+        self._collapse_guard = CollapseGuard(collapse_guard)  # (read through _guard)
         self.anchor_lr = anchor_lr
         self.fallback = fallback  # no search: the whole budget after warmup is the anneal from `anchor_lr`
         self._fallback_warmup = False  # the warmup is the schedule's own (it ramps to the anneal's start)
@@ -492,6 +495,35 @@ class StageController:
     @collapse_guard.setter
     def collapse_guard(self, enabled: bool) -> None:
         self._guard.enabled = enabled
+
+    @property
+    def _guard(self) -> CollapseGuard:
+        """The slow-collapse guard, with every exploit loss so far (:meth:`_hand_over`)."""
+        if self._held:
+            self._hand_over()
+        return self._collapse_guard
+
+    @property
+    def _recent(self) -> deque[float]:
+        """The last :data:`_REFERENCE_WINDOW` finite losses of the warmup and exploit steps (the next stage's
+        reference: :meth:`_start_stage`), every one so far included (:meth:`_hand_over`)."""
+        if self._held:
+            self._hand_over()
+        return self._recent_losses
+
+    def _hand_over(self) -> bool:
+        """Hand the losses of the quiet exploit steps that :meth:`end_step` held (its shortest path, most steps of a
+        run: issue #14) to the slow-collapse guard and the reference window, in their order, as if each step had
+        handed over its own; whether the guard fired at the last of them. The two read them through :attr:`_guard`
+        and :attr:`_recent`, which hand them over first, so nothing sees them without; :meth:`end_step` hands them
+        over at the step the guard could first fire (:meth:`CollapseGuard.room`), so it fires where it did."""
+        start, held = self._held_from, self._held
+        self._held = 0
+        losses = cast("list[float]", self.losses[start : start + held])  # (a quiet step's loss is finite)
+        guard = self._collapse_guard
+        fired = guard.enabled and guard.add_all(losses) and self._lr > self.min_lr
+        self._recent_losses.extend(losses[:-1] if fired else losses)  # (a loss that fired the guard stays out)
+        return fired
 
     # ------------------------------------------------------------------ the two events
     def begin_step(self) -> StepPlan:
@@ -726,8 +758,21 @@ class StageController:
         # state keeps plain floats, which `torch.load(weights_only=True)` reads)
         if plan is not None and type(loss) is float and not self._pending_restore and not late:
             if plan is self._quiet and -math.inf < loss <= self._quiet_below:  # (False for NaN)
-                if plan.phase == "exploit":
-                    return self._short_step(plan.lr, loss, "exploit")
+                if plan.phase == "exploit":  # (the shortest path: its loss is held for the guard, _hand_over)
+                    self._plan = self._history = None
+                    self.lrs.append(plan.lr)
+                    self.step += 1
+                    losses = self.losses
+                    losses.append(loss)
+                    self._stage_finite = True
+                    self.stages[-1].exploit_steps += 1
+                    if not self._held:  # (the guard could fire after `room` more losses at the earliest)
+                        self._held_from = len(losses) - 1
+                        self._hand_over_at = self._held_from + self._collapse_guard.room()
+                    self._held += 1
+                    if len(losses) < self._hand_over_at:
+                        return []
+                    return self._exploit_fallback(loss, self.step - 1) if self._hand_over() else []
                 if progressed and self.search.record_quiet_step(loss):  # (a trial's step before its last)
                     return self._short_step(plan.lr, loss, "search")
             elif plan is self._anneal_plan and -math.inf < loss < math.inf:
@@ -1189,12 +1234,12 @@ class StageController:
         return self._exploit_loss(loss, self.step - 1)
 
     def _short_step(self, lr: float, loss: float, phase: str) -> list[Event]:
-        """:meth:`end_step` of most steps of a run, in fewer calls, with the records the general path keeps: a finite
-        loss and no restore due, at the end of a step planned by a kept plan at or below :attr:`_quiet_below` (a
-        reference in the stage, no divergence): of an exploit phase (``"exploit"``, with a search in the stage: the
-        loss can only have collapsed the stage, which the guard records) or of a search trial before its last step
-        (``"search"``, whose trial has recorded the loss: :meth:`StageSearch.record_quiet_step`); or planned by the
-        final anneal's kept plan (``"anneal"``, where only a NaN/inf acts)."""
+        """:meth:`end_step` of many steps of a run, in fewer calls, with the records the general path keeps: a
+        finite loss and no restore due, at the end of a step planned by a kept plan at or below :attr:`_quiet_below`
+        (a reference in the stage, no divergence) of a search trial before its last step (``"search"``, whose trial
+        has recorded the loss: :meth:`StageSearch.record_quiet_step`); or planned by the final anneal's kept plan
+        (``"anneal"``, where only a NaN/inf acts). (A kept exploit plan's step takes a shorter path still, in
+        :meth:`end_step`.)"""
         self._plan = self._history = None
         self.lrs.append(lr)
         self.step += 1
@@ -1208,12 +1253,6 @@ class StageController:
             return []
         if stages:  # (an anneal without a search, the budget's fallback, has no stage)
             stages[-1].exploit_steps += 1
-        if phase == "anneal":
-            return []
-        guard = self._guard
-        if guard.enabled and guard.add(loss) and self._lr > self.min_lr:
-            return self._exploit_fallback(loss, self.step - 1)
-        self._recent.append(loss)
         return []
 
     def _exploit_loss(self, loss: float | None, step: int) -> list[Event]:
@@ -1522,7 +1561,8 @@ class StageController:
         if self.stages:  # the run's own τ (derived from the budget it began with), whatever derives today
             self.tau = self.stages[0].tau
         self._history = None
-        self._recent = deque(state.get("recent", []), maxlen=_REFERENCE_WINDOW)
+        self._held = 0  # (losses held for the guard: the state's replace them)
+        self._recent_losses = deque(state.get("recent", []), maxlen=_REFERENCE_WINDOW)
         self._eff_max_lr = float(state.get("eff_max_lr", self.max_lr))
         self._stage = int(state.get("stage", -1))
         self._stage_tau = int(state.get("stage_tau", 0))

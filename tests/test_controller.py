@@ -351,9 +351,12 @@ def test_every_setting_changes_the_schedule(change) -> None:
 
 
 # ------------------------------------------------------------------ the search rework (issue #12)
-def _collapsing_run(collapse_guard: bool, edge: float = 0.06) -> tuple[StageController, list[float]]:
-    """A net that learns faster at larger LRs during a short trial, but dies (its loss climbs back to chance, 2.3,
-    without a spike) after 30 exploit steps at an LR above ``edge``: the collapse seen at the edge of stability."""
+def _collapsing_run(
+    collapse_guard: bool, edge: float = 0.06, states: list | None = None
+) -> tuple[StageController, list[float]]:
+    """A net that learns faster at larger LRs during a short trial, but dies (its loss climbs back to chance, 2.3-2.304,
+    without a spike) after 30 exploit steps at an LR above ``edge``: the collapse seen at the edge of stability.
+    ``states`` collects the events and the whole state after each step."""
     c = StageController(
         1e-3, 1.0, num_trials=3, tau=100, tau_max=100, search_ratio=0.2, total_steps=230, seed=0,
         anchor_lr=0.05, collapse_guard=collapse_guard,
@@ -370,9 +373,11 @@ def _collapsing_run(collapse_guard: bool, edge: float = 0.06) -> tuple[StageCont
             loss = 1.0 - plan.lr + 1.3 * math.exp(-plan.lr * since)  # larger LRs look better in a short trial
             level = loss
         else:
-            loss = level - 0.5 if since <= 30 else 2.3  # learns for a while, then dies
+            loss = level - 0.5 if since <= 30 else 2.3 + 0.001 * (since % 5)  # learns for a while, then dies
         losses.append(loss)
-        c.end_step(loss)
+        events = c.end_step(loss)
+        if states is not None:
+            states.append((events, c.state_dict()))
     return c, losses
 
 
@@ -876,12 +881,19 @@ def _quiet_exploit_cases() -> list:
     ``divergence_factor`` times the reference that stay below the fit's floor or reach it, losses at the bound and at
     the floor, validation probes and an early anneal, an exploit phase without a reference loss yet, a late divergence
     reported before a step that may not wait (a restore already due), a budget without a search (NaN and inf in its
-    anneal), a stage without a search and a slow collapse caught by the guard (the probes' runs and the last two:
-    their final state)."""
+    anneal), a stage without a search and a slow collapse caught by the guard (the probes' runs, the quiet plan case
+    once more without and with the guard, and the last two: their final state)."""
     kw, losses = _quiet_case()
     out: list = [[], []]
     for late_reads, states in zip((False, True), out):
         _drive(StageController(1e-3, 1.0, **kw), losses, late_reads=late_reads, states=states)
+    for guard in (False, True):  # the state read only at the end: losses held over whole exploit phases
+        c, events = StageController(1e-3, 1.0, **{**kw, "collapse_guard": guard}), []
+        for loss in losses:
+            if c.step < 300:
+                c.begin_step()
+                events.append(c.end_step(loss))
+        out.append((events, c.lrs, c.losses, c.history, c.state_dict()))
     out.append([])
     spikes = [0.005] * 45 + [0.1, 0.005, 1.1, 0.005, 1.2] + [0.005] * 10 + [-math.inf] + [0.005] * 10
     _drive(_trained_down(), spikes, late_reads=False, states=out[-1])
@@ -919,6 +931,8 @@ def _quiet_exploit_cases() -> list:
     )  # fmt: skip
     Quadratic().run(unsearched, 500)
     collapsing, _ = _collapsing_run(collapse_guard=True)
+    out.append([])
+    _collapsing_run(collapse_guard=True, states=out[-1])  # (and its state after each step)
     # a budget too small for a search: warmup, the LR held and the anneal without a stage, a NaN in its anneal
     settings = Settings(verbose=False)
     no_search = StageController.from_settings(settings, derive(settings, configured_lr=0.05, total_steps=200))
@@ -930,17 +944,31 @@ def _quiet_exploit_cases() -> list:
 
 def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) -> None:
     """The end of a step that the kept quiet plan of an exploit phase or the final anneal's kept plan planned (most
-    steps of a run) takes a short path (`_short_step`, issue #14): every LR, record, event and state is what `end_step`
-    gave before it (no step routed there: the kept plans hidden from `end_step`), and both of the exploit phase's ways
-    to a fallback are taken (the collapse guard on the short path; a divergence handed to the general one)."""
+    steps of a run) takes a short path (issue #14: in `end_step` itself for a quiet exploit step, whose loss is held for
+    the collapse guard and the reference window until the guard could fire, `_hand_over`; `_short_step` for the
+    others): every LR, record, event and state is what `end_step` gave before it (no step routed there: the kept plans
+    hidden from `end_step`), and both of the exploit phase's ways to a fallback are taken (the collapse guard on the
+    short path; a divergence handed to the general one)."""
     calls = {"quiet": 0, "anneal": 0, "search": 0, "general": 0, "fallback_quiet": 0, "fallback_general": 0}
-    quiet_end, general, fallback = (
-        StageController._short_step, StageController._exploit_loss, StageController._exploit_fallback
+    end_step, quiet_end, general, fallback = (
+        StageController.end_step, StageController._short_step, StageController._exploit_loss,
+        StageController._exploit_fallback,
     )  # fmt: skip
     inside = []
 
+    def counted_end_step(self, loss, **kwargs):
+        plan = self._plan
+        quiet = plan is not None and plan is self._quiet and plan.phase == "exploit" and type(loss) is float
+        quiet = quiet and not (kwargs.get("late") or self._pending_restore) and -math.inf < loss <= self._quiet_below
+        general_before = calls["general"]
+        events = end_step(self, loss, **kwargs)
+        if quiet:
+            calls["quiet"] += 1
+            assert calls["general"] == general_before  # (the short path, never the general one)
+        return events
+
     def counted_quiet(self, lr, loss, phase):
-        calls["quiet" if phase == "exploit" else phase] += 1
+        calls[phase] += 1
         return quiet_end(self, lr, loss, phase)
 
     def counted_general(self, loss, step):
@@ -955,6 +983,7 @@ def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) 
         calls["fallback_general" if inside else "fallback_quiet"] += 1
         return fallback(self, loss, step)
 
+    monkeypatch.setattr(StageController, "end_step", counted_end_step)
     monkeypatch.setattr(StageController, "_short_step", counted_quiet)
     monkeypatch.setattr(StageController, "_exploit_loss", counted_general)
     monkeypatch.setattr(StageController, "_exploit_fallback", counted_fallback)
@@ -977,6 +1006,7 @@ def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) 
 
     monkeypatch.setattr(StageController, "end_step", general_end_step)
     monkeypatch.setattr(StageController, "_short_step", None)  # never called
+    monkeypatch.setattr(StageController, "_hand_over", None)  # (nor this: no loss is held)
     assert _quiet_exploit_cases() == short
 
 
