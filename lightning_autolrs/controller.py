@@ -170,6 +170,8 @@ HIGH_PICK_REACH = TRUST_FACTOR**2
 #: a constant LR in 41 of 80 (the cosine itself: in 7 of 80).
 FALLBACK_WARMUP = 0.05
 _MAX_FLOAT = sys.float_info.max  # (a loss above it is inf: never on end_step's short path)
+#: Anneal steps planned at once (:meth:`StageController._plan_anneal_ahead`).
+_ANNEAL_AHEAD = 64
 
 
 @dataclass(frozen=True)
@@ -424,6 +426,8 @@ class StageController:
         # loss at or below this ends on end_step's short path (NaN: never; see _quiet_limit)
         self._quiet_below = math.nan
         self._anneal_plan: StepPlan | None = None  # the last plan of an anneal step (begin_step)
+        self._anneal_ahead: list[StepPlan] = []  # the plans of the anneal's next steps (_plan_anneal_ahead) ...
+        self._ahead_from, self._ahead_generation, self._ahead_min_lr = 0, -1, math.nan  # (from: step; for: curve)
         self._late: tuple[int, str, bool] | None = None  # (index, phase, in the anneal) of a loss still to come
         # a trial step's late loss diverged while the next step was in flight: that step ends the trial
         self._late_diverged = False
@@ -597,7 +601,21 @@ class StageController:
     def _plan_anneal_step(self) -> StepPlan:
         """The plan of a step of the final anneal: its LR, and the restore a NaN/inf in it asked for. Steps of the
         same LR without a restore (the hold after its decay; after an early anneal's drop, every step left) reuse one
-        plan object, as :meth:`_keep_quiet_plan` does elsewhere."""
+        plan object, as :meth:`_keep_quiet_plan` does elsewhere. The plans of the :data:`_ANNEAL_AHEAD` steps from a
+        step planned here are made at once (:meth:`_plan_anneal_ahead`), and the steps after it take theirs while the
+        plan handed out before is still the anneal's, nothing is due and the curve is the same (issue #14: computing an
+        LR and copying a plan per step, on caches the training step has just filled, was most of an anneal step's
+        path)."""
+        ahead, i = self._anneal_ahead, self.step - self._ahead_from
+        if (
+            0 < i < len(ahead)
+            and ahead[i - 1] is self._anneal_plan
+            and not (self._pending_restore or self._pending_rollback)
+            and self._anneal.generation == self._ahead_generation
+            and self.min_lr == self._ahead_min_lr
+        ):
+            planned = self._anneal_plan = self._plan = ahead[i]
+            return planned
         restore, rollback = self._pending_restore, self._pending_rollback
         if restore:
             self._anneal.restart_if_held(self.step)  # (a NaN/inf in the hold after an early anneal's drop)
@@ -613,7 +631,19 @@ class StageController:
         elif plan.lr != lr:
             plan = self._anneal_plan = plan.at_lr(lr)
         self._plan = plan
+        if plan is self._anneal_plan:
+            self._plan_anneal_ahead(plan)
         return plan
+
+    def _plan_anneal_ahead(self, plan: StepPlan) -> None:
+        """The plans :meth:`_plan_anneal_step` would make for the steps after this one, from ``plan`` (this step's),
+        for up to :data:`_ANNEAL_AHEAD` steps in all: each at its step's LR, the same object while the LR stays."""
+        plans, lr_at, min_lr = [plan], self._anneal.lr_at, self.min_lr
+        for step in range(self.step + 1, self.step + _ANNEAL_AHEAD):
+            lr = lr_at(step, min_lr)
+            plans.append(plans[-1] if plans[-1].lr == lr else plans[-1].at_lr(lr))
+        self._anneal_ahead, self._ahead_from = plans, self.step
+        self._ahead_generation, self._ahead_min_lr = self._anneal.generation, min_lr
 
     def _keep_quiet_plan(self, plan: StepPlan) -> None:
         """Keep a plan without snapshot actions or probes for the steps that follow (the fast path of

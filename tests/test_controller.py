@@ -15,6 +15,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+import lightning_autolrs.controller as controller_module
 from lightning_autolrs.controller import (
     DIVERGENCE_FLOOR,
     HIGH_PICK_REACH,
@@ -1008,6 +1009,47 @@ def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) 
     monkeypatch.setattr(StageController, "_short_step", None)  # never called
     monkeypatch.setattr(StageController, "_hand_over", None)  # (nor this: no loss is held)
     assert _quiet_exploit_cases() == short
+
+
+def _anneal_interrupted_cases() -> list:
+    """The quiet plan case's run, its state after every step, with two interruptions of its final anneal: resumed from
+    its state in the middle of the anneal (after 3 more steps), and its stage restarted (a resume without a snapshot) right after the NaN
+    in the anneal lowered the anneal's LR."""
+    kw, losses = _quiet_case()
+    out = []
+    for at, restart in ((280, False), (286, True)):
+        c, states = StageController(1e-3, 1.0, **kw), []
+        _drive(c, losses[:at], late_reads=False, states=states)
+        if restart:
+            c.restart_stage()
+        else:  # (into the same controller, from further on: what it planned ahead is not for this state)
+            state = c.state_dict()
+            _drive(c, losses[at : at + 3], late_reads=False)
+            c.load_state_dict(state)
+        _drive(c, losses[at:], late_reads=False, states=states)
+        out.append(states)
+    return out
+
+
+def test_the_anneal_steps_planned_ahead_are_the_steps_planned_one_at_a_time(monkeypatch) -> None:
+    """The final anneal's plans made up to `_ANNEAL_AHEAD` steps at a time (issue #14) give every step the LR, record,
+    event and state that planning one step at a time gives: in the runs of the short path's test (a NaN/inf in the
+    anneal and its restore, an early anneal, an anneal without a search), and in an anneal resumed from its state or
+    whose stage restarted after a NaN lowered its LR."""
+    filled = []
+    plan_ahead = StageController._plan_anneal_ahead
+
+    def counted(self, plan):
+        filled.append(self.step)
+        return plan_ahead(self, plan)
+
+    monkeypatch.setattr(StageController, "_plan_anneal_ahead", counted)
+    ahead = _quiet_exploit_cases() + _anneal_interrupted_cases()
+    planned_one_at_a_time = len(filled)
+    monkeypatch.setattr(controller_module, "_ANNEAL_AHEAD", 1)
+    filled.clear()
+    assert _quiet_exploit_cases() + _anneal_interrupted_cases() == ahead
+    assert len(filled) > 5 * planned_one_at_a_time  # (the anneal steps: most took a plan made ahead)
 
 
 def test_a_skipped_step_inside_a_trial_is_not_one_of_its_steps_on_the_short_path() -> None:
