@@ -1013,8 +1013,8 @@ def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) 
 
 def _anneal_interrupted_cases() -> list:
     """The quiet plan case's run, its state after every step, with two interruptions of its final anneal: resumed from
-    its state in the middle of the anneal (after 3 more steps), and its stage restarted (a resume without a snapshot) right after the NaN
-    in the anneal lowered the anneal's LR."""
+    its state in the middle of the anneal (after 3 more steps), and its stage restarted (a resume without a snapshot)
+    right after the NaN in the anneal lowered the anneal's LR."""
     kw, losses = _quiet_case()
     out = []
     for at, restart in ((280, False), (286, True)):
