@@ -441,7 +441,8 @@ class StageController:
         self._rolled_back = False  # the early anneal began from it (a NaN/inf in the anneal goes back there)
         self._recent_losses: deque[float] = deque(maxlen=_REFERENCE_WINDOW)  # (read through _recent)
         # quiet exploit steps' losses not yet handed to the guard and the reference window (_hand_over): `losses`
-        # from index `_held_from`, `_held` of them, handed over at the latest when `losses` reaches `_hand_over_at`
+        # from index `_held_from`, `_held` of them in a row, handed over at the latest when the last of them is the
+        # loss at index `_hand_over_at - 1` (end_step starts a new row after a loss it did not hold)
         self._held_from = self._held = self._hand_over_at = 0
         self._eff_max_lr = self.max_lr
         self._stage = -1
@@ -504,7 +505,7 @@ class StageController:
     def _guard(self) -> CollapseGuard:
         """The slow-collapse guard, with every exploit loss so far (:meth:`_hand_over`)."""
         if self._held:
-            self._hand_over()
+            self._settle()
         return self._collapse_guard
 
     @property
@@ -512,8 +513,13 @@ class StageController:
         """The last :data:`_REFERENCE_WINDOW` finite losses of the warmup and exploit steps (the next stage's
         reference: :meth:`_start_stage`), every one so far included (:meth:`_hand_over`)."""
         if self._held:
-            self._hand_over()
+            self._settle()
         return self._recent_losses
+
+    def _settle(self) -> None:
+        """:meth:`_hand_over` where no held loss can fire the guard: before the step at which it could first fire."""
+        fired = self._hand_over()
+        assert not fired, "held losses are handed over at the latest at the step the guard could first fire"
 
     def _hand_over(self) -> bool:
         """Hand the losses of the quiet exploit steps that :meth:`end_step` held (its shortest path, most steps of a
@@ -796,10 +802,14 @@ class StageController:
                     losses.append(loss)
                     self._stage_finite = True
                     self.stages[-1].exploit_steps += 1
-                    if not self._held:  # (the guard could fire after `room` more losses at the earliest)
+                    held = self._held
+                    if held and self._held_from + held != len(losses) - 1:  # (a loss not held came between them)
+                        self._settle()
+                        held = 0
+                    if not held:  # (the guard could fire after `room` more losses at the earliest)
                         self._held_from = len(losses) - 1
                         self._hand_over_at = self._held_from + self._collapse_guard.room()
-                    self._held += 1
+                    self._held = held + 1
                     if len(losses) < self._hand_over_at:
                         return []
                     return self._exploit_fallback(loss, self.step - 1) if self._hand_over() else []

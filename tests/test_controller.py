@@ -940,7 +940,76 @@ def _quiet_exploit_cases() -> list:
     out.append([])
     anneal = [math.nan] + [0.7] * 60 + [math.inf] + [0.7] * 78  # (NaN and inf: a restore, a tenfold lower start)
     _drive(no_search, [1.0 - 0.004 * i for i in range(60)] + anneal, late_reads=False, states=out[-1])
-    return out + [(c.lrs, c.losses, c.history, c.state_dict()) for c in (unsearched, collapsing)]
+    ends = [(c.lrs, c.losses, c.history, c.state_dict()) for c in (unsearched, collapsing, _collapse_to_min_lr())]
+    return out + ends + _holding_cases()
+
+
+def _collapse_to_min_lr() -> StageController:
+    """A slow collapse at every LR down to ``min_lr``, where the guard no longer falls back."""
+    c = StageController(
+        0.01, 1.0, num_trials=3, tau=400, tau_max=400, search_ratio=0.05, total_steps=600, seed=0, anchor_lr=0.05,
+        collapse_guard=True,
+    )  # fmt: skip
+    since, level = 0, 2.3
+    for _ in range(600):
+        plan = c.begin_step()
+        since = 1 if plan.restore or plan.capture or plan.restore_best else since + 1
+        if plan.phase == "search":
+            loss = level = 1.0 - plan.lr + 1.3 * math.exp(-plan.lr * since)
+        else:
+            loss = level - 0.5 if since <= 30 else 2.3 + 0.001 * (since % 5)
+        c.end_step(loss)
+    assert [f["new_lr"] for h in c.history for f in h["fallbacks"]] == [0.01]  # (to min_lr, then no fallback)
+    return c
+
+
+def _holding_cases() -> list:
+    """What a controller that holds quiet exploit losses (issue #14) meets besides the steps' ends: another state
+    loaded into it (from further on), the guard switched off, losses read late and at once in turns, and a late loss
+    reported only after the next step ended (an order the callback never uses); each run's final state, or its state
+    after each step."""
+    kw, losses = _quiet_case()
+    out = []
+    for interrupt in ("load", "switch off"):
+        c, later = StageController(1e-3, 1.0, **kw), StageController(1e-3, 1.0, **kw)
+        _drive(c, losses[:75], late_reads=False)
+        _drive(later, losses[:200], late_reads=False)
+        if interrupt == "load":
+            c.load_state_dict(later.state_dict())
+            out.append(c.state_dict())  # (the state loaded, nothing of what was held before)
+            _drive(c, losses[200:], late_reads=False)
+        else:
+            c.collapse_guard = False
+            out.append(c.state_dict())
+            _drive(c, losses[75:], late_reads=False)
+        out.append((c.lrs, c.losses, c.history, c.state_dict()))
+    c, events, late = StageController(1e-3, 1.0, **kw), [], []
+    for i, loss in enumerate(losses):  # every third step read late where it may be
+        c.begin_step()
+        events.append(c.report_late_loss(late.pop()) if late else [])
+        if i % 3 == 0 and c.loss_can_wait:
+            events.append(c.end_step(None, late=True))
+            late.append(loss)
+        else:
+            events.append(c.end_step(loss))
+    out.append((events, c.lrs, c.losses, c.history, c.state_dict()))
+    c, states, i = StageController(1e-3, 1.0, **kw), [], 0
+    while True:  # to a quiet exploit step of stage 1 with quiet steps after it
+        plan = c.begin_step()
+        if c.stage == 1 and plan is c._quiet and plan.phase == "exploit" and c.step + 3 < c.exploit_end:
+            break
+        c.end_step(losses[i])
+        i += 1
+    c.end_step(losses[i])  # a quiet exploit step's loss, held
+    c.begin_step()
+    c.end_step(None, late=True)  # a step whose loss comes late ...
+    c.begin_step()
+    states.append(c.end_step(losses[i + 2]))  # ... after the next step's end
+    c.begin_step()
+    states.append(c.report_late_loss(losses[i + 1]))
+    states.append(c.end_step(losses[i + 3]))
+    _drive(c, losses[i + 4 :], late_reads=False, states=states)
+    return [*out, states]
 
 
 def test_the_quiet_exploit_steps_end_as_the_general_path_ends_them(monkeypatch) -> None:
