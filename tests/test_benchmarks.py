@@ -765,3 +765,28 @@ def test_step_path_selects_the_steps_its_figure_is_taken_over() -> None:
     for got in (quiet, every):
         assert got["search"] == 50 and got["anneal"] == 40 and got["exploit warmup"] == 30
         assert got["quiet exploit"] == 11 and got["quiet exploit n"] == 3 and "range test/warmup" not in got
+
+
+def test_same_runs_finds_a_run_that_differs_in_one_step_s_lr(tmp_path: Path) -> None:
+    """`benchmarks.same_runs` compares each run's final loss, every step's LR and validation curve exactly: a run that
+    differs in one LR's last bit, or is missing from the folder before, fails the check."""
+    from benchmarks.same_runs import compare, main
+
+    run = {"final_loss": 1.5, "lrs": [0.1, 0.2, 0.3], "curve": [[0, 2.0, "start"], [3, 1.5, "exploit"]]}
+    for folder, lrs in (("before", [0.1, 0.2, 0.3]), ("after", [0.1, 0.2, 0.3])):
+        (tmp_path / folder / "runs" / "w").mkdir(parents=True)
+        for name in ("autolrs_s0", "autolrs_s1", "cosine_lr0.1_s0"):
+            (tmp_path / folder / "runs" / "w" / f"{name}.json").write_text(json.dumps({**run, "lrs": lrs}))
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "before"), str(tmp_path / "after"), "--out", str(out)]) == 0
+    assert "**2 of 2 runs the same**" in (out / "same_runs.md").read_text()  # (autolrs* only)
+    changed = {**run, "lrs": [0.1, math.nextafter(0.2, 1.0), 0.3]}
+    (tmp_path / "after" / "runs" / "w" / "autolrs_s1.json").write_text(json.dumps(changed))
+    (tmp_path / "after" / "runs" / "w" / "autolrs_s2.json").write_text(json.dumps(run))
+    rows = {r["run"]: r for r in compare(tmp_path / "before", tmp_path / "after")}
+    assert (rows["autolrs_s1"]["final_loss"], rows["autolrs_s1"]["lrs"], rows["autolrs_s1"]["curve"]) == (
+        True, False, True
+    )  # fmt: skip
+    assert rows["autolrs_s2"]["lrs"] is None and rows["autolrs_s0"]["lrs"] is True
+    assert main([str(tmp_path / "before"), str(tmp_path / "after"), "--out", str(out)]) == 1
+    assert "**1 of 3 runs the same**" in (out / "same_runs.md").read_text()
