@@ -1100,6 +1100,44 @@ def _anneal_interrupted_cases() -> list:
     return out
 
 
+def _anneal_plan_cases() -> list:
+    """Each step's plan (its values, and which object it is: a kept plan is handed out again as the same object) and
+    events, and the final state, in three final anneals that change under the plans made ahead: `min_lr` written in the
+    anneal; the anneal due while an exploit step's loss is still to come, which then is a NaN (a restore due that the
+    anneal's own `fail` did not see); and an anneal of 150 steps (its decay crosses a 64-step batch of plans) whose
+    state is synchronised twice (as under DDP) and which meets a NaN."""
+    kw, losses = _quiet_case()
+    losses = [*losses, *(1.0 + math.exp(-i / 60) + 0.01 * math.sin(i) for i in range(300, 400))]
+    losses[285] = 1.0 + math.exp(-285 / 60)  # (the NaN of the quiet case: one only where a case puts it)
+    out = []
+    for case in ("min_lr", "pending restore", "synchronised"):
+        total = 400 if case == "synchronised" else 300
+        args = {**kw, "total_steps": total, "anneal_steps": 150 if case == "synchronised" else 30}
+        c, log, seen = StageController(1e-3, 1.0, **args), [], {}
+
+        def begin(c=c, log=log, seen=seen) -> None:
+            plan = c.begin_step()
+            log.append((c.step, dataclasses.astuple(plan), seen.setdefault(id(plan), (len(seen), plan))[0]))
+
+        while c.step < total:
+            if case == "min_lr" and c.step == 280:
+                c.min_lr = 2e-3  # (a public attribute, written inside the anneal)
+            if case == "synchronised" and c.step in (300, 333):
+                c.load_sync_state(c.sync_state())
+            begin()
+            if case == "pending restore" and c.step == 200:
+                assert c.loss_can_wait and c.phase == "exploit"
+                log.append(c.end_step(None, late=True))
+                c.anneal_steps = 100  # (the anneal is due at the next step: 300 - 100 < 201)
+                begin()
+                assert c._anneal.active
+                log.append(c.report_late_loss(math.nan))  # (the exploit step's loss: a fallback, a restore due)
+            nan = case == "synchronised" and c.step == 320
+            log.append(c.end_step(math.nan if nan else losses[c.step - 1]))
+        out.append((log, c.lrs, c.history, c.state_dict()))
+    return out
+
+
 def test_the_anneal_steps_planned_ahead_are_the_steps_planned_one_at_a_time(monkeypatch) -> None:
     """The final anneal's plans made up to `_ANNEAL_AHEAD` steps at a time (issue #14) give every step the LR, record,
     event and state that planning one step at a time gives: in the runs of the short path's test (a NaN/inf in the
@@ -1113,11 +1151,11 @@ def test_the_anneal_steps_planned_ahead_are_the_steps_planned_one_at_a_time(monk
         return plan_ahead(self, plan)
 
     monkeypatch.setattr(StageController, "_plan_anneal_ahead", counted)
-    ahead = _quiet_exploit_cases() + _anneal_interrupted_cases()
+    ahead = _quiet_exploit_cases() + _anneal_interrupted_cases() + _anneal_plan_cases()
     planned_one_at_a_time = len(filled)
     monkeypatch.setattr(controller_module, "_ANNEAL_AHEAD", 1)
     filled.clear()
-    assert _quiet_exploit_cases() + _anneal_interrupted_cases() == ahead
+    assert _quiet_exploit_cases() + _anneal_interrupted_cases() + _anneal_plan_cases() == ahead
     assert len(filled) > 5 * planned_one_at_a_time  # (the anneal steps: most took a plan made ahead)
 
 
