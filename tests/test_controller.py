@@ -881,8 +881,8 @@ def _quiet_exploit_cases() -> list:
     plan case (NaN and spike divergences, the exploit warmup, the anneal), spikes (and a -inf loss) above
     ``divergence_factor`` times the reference that stay below the fit's floor or reach it, losses at the bound and at
     the floor, validation probes and an early anneal, an exploit phase without a reference loss yet, a late divergence
-    reported before a step that may not wait (a restore already due), a budget without a search (NaN and inf in its
-    anneal), a stage without a search and a slow collapse caught by the guard (the probes' runs, the quiet plan case
+    reported before a step that may not wait (a restore already due), a budget without a search (NaN and inf after
+    its warmup), a stage without a search and a slow collapse caught by the guard (the probes' runs, the quiet plan case
     once more without and with the guard, and the last two: their final state)."""
     kw, losses = _quiet_case()
     out: list = [[], []]
@@ -934,12 +934,13 @@ def _quiet_exploit_cases() -> list:
     collapsing, _ = _collapsing_run(collapse_guard=True)
     out.append([])
     _collapsing_run(collapse_guard=True, states=out[-1])  # (and its state after each step)
-    # a budget too small for a search: warmup, the LR held and the anneal without a stage, a NaN in its anneal
+    # a budget too small for a search: warmup, the LR held and the anneal without a stage, a NaN and an inf while held
     settings = Settings(verbose=False)
     no_search = StageController.from_settings(settings, derive(settings, configured_lr=0.05, total_steps=200))
     out.append([])
-    anneal = [math.nan] + [0.7] * 60 + [math.inf] + [0.7] * 78  # (NaN and inf: a restore, a tenfold lower start)
+    anneal = [math.nan] + [0.7] * 60 + [math.inf] + [0.7] * 78  # (no stage: no snapshot, no fallback)
     _drive(no_search, [1.0 - 0.004 * i for i in range(60)] + anneal, late_reads=False, states=out[-1])
+    assert no_search.history == [] and no_search.lrs[-1] < no_search.lrs[-20] < no_search.lrs[-41] == 0.05  # (decays)
     ends = [(c.lrs, c.losses, c.history, c.state_dict()) for c in (unsearched, collapsing, _collapse_to_min_lr())]
     return out + ends + _holding_cases()
 
