@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["compare", "main"]
+__all__ = ["compare", "count_same", "main"]
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 CHECKS = ("final_loss", "lrs", "curve")  # the run's recorded values compared (each exactly)
@@ -50,6 +50,11 @@ def compare(before: Path, after: Path, match: str = "autolrs*") -> list[dict[str
     return rows
 
 
+def count_same(rows: Sequence[dict[str, Any]]) -> int:
+    """How many runs are the same in every one of :data:`CHECKS` (a run missing from BEFORE is not)."""
+    return sum(all(r[k] for k in CHECKS) for r in rows)
+
+
 def _packages(rows: Sequence[dict[str, Any]], side: int) -> str:
     """The packages (``tree:<hash>`` of the code that trained them) the runs of one side name."""
     return ", ".join(sorted({str(r["packages"][side]) for r in rows if r["packages"][side] is not None})) or "—"
@@ -60,7 +65,7 @@ def _cell(value: bool | None) -> str:
 
 
 def report(rows: Sequence[dict[str, Any]], command: str, before: Path, after: Path) -> str:
-    same = sum(all(r[k] for k in CHECKS) for r in rows)
+    same = count_same(rows)
     lines = [
         "# Same runs (`python -m benchmarks.same_runs`)",
         "",
@@ -96,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m benchmarks.same_runs " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "same_runs.md").write_text(report(rows, command, args.before, args.after))
-    same = sum(all(r[k] for k in CHECKS) for r in rows)
+    same = count_same(rows)
     sys.stdout.write(f"{same} of {len(rows)} runs the same; wrote {args.out / 'same_runs.md'}\n")
     return 0 if rows and same == len(rows) else 1
 

@@ -770,7 +770,7 @@ def test_step_path_selects_the_steps_its_figure_is_taken_over() -> None:
 def test_same_runs_finds_a_run_that_differs_in_one_step_s_lr(tmp_path: Path) -> None:
     """`benchmarks.same_runs` compares each run's final loss, every step's LR and validation curve exactly: a run that
     differs in one LR's last bit, or is missing from the folder before, fails the check."""
-    from benchmarks.same_runs import compare, main
+    from benchmarks.same_runs import compare, count_same, main
 
     run = {"final_loss": 1.5, "lrs": [0.1, 0.2, 0.3], "curve": [[0, 2.0, "start"], [3, 1.5, "exploit"]]}
     for folder, lrs in (("before", [0.1, 0.2, 0.3]), ("after", [0.1, 0.2, 0.3])):
@@ -788,5 +788,6 @@ def test_same_runs_finds_a_run_that_differs_in_one_step_s_lr(tmp_path: Path) -> 
         True, False, True
     )  # fmt: skip
     assert rows["autolrs_s2"]["lrs"] is None and rows["autolrs_s0"]["lrs"] is True
+    assert count_same(list(rows.values())) == 1  # (a missing run is not the same)
     assert main([str(tmp_path / "before"), str(tmp_path / "after"), "--out", str(out)]) == 1
     assert "**1 of 3 runs the same**" in (out / "same_runs.md").read_text()
