@@ -38,7 +38,7 @@ from lightning_autolrs._edge import (
     report_event,
     second_moment_beta,
 )
-from lightning_autolrs.controller import FALLBACK_WARMUP, STATE_VERSION, StageController, StepPlan, check_state_version
+from lightning_autolrs.controller import STATE_VERSION, StageController, StepPlan, check_state_version
 from lightning_autolrs.exceptions import AutoLRSWarning, UnsupportedSetupError
 from lightning_autolrs.probe import ValidationProbe, implements_validation_step
 from lightning_autolrs.proposer import DEFAULT_BETA
@@ -82,8 +82,8 @@ def _fallback_schedule(settings: Settings, derived: Derived) -> str:
         warmup = settings.warmup_steps
         start = f"a {warmup}-step linear warmup (`warmup_steps`) to lr={derived.warmup_lr:.4g}, then {lr} held"
     else:
-        warmup = round(FALLBACK_WARMUP * total)
-        start = f"a 5 % linear warmup to {lr}, held"
+        warmup = 0
+        start = f"{lr} from the first step, held"
     decay = min(derived.decay_steps or 0, max(0, total - warmup))
     if decay <= 0:
         return f"{start} to the end (`anneal_ratio`={settings.anneal_ratio:g}: no final anneal)"
@@ -120,8 +120,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     earlier once an exploit phase overfits: validation loss up, training loss down; it then drops the LR to ``min_lr``
     after one step). A slow collapse of the training loss back to its stage-start level falls back to a smaller LR.
     All steps, trials included, are real optimizer steps of the Trainer, so ``max_steps`` / ``max_epochs`` bound the
-    whole run; a budget too small for trials of 20 steps gets a warning and, instead of a search, a 5 % warmup to the
-    configured LR, held, then the final anneal.
+    whole run; a budget too small for trials of 20 steps gets a warning and, instead of a search, the configured LR
+    from the first step, held, then the final anneal's decay over half its usual length.
 
     Inside a search, what the rest of Lightning sees is the committed state (the stage start, or the end of the stage's
     best completed trial): Lightning's validation loop runs on its weights (swapped into the module in place and back),

@@ -50,8 +50,9 @@ Budget rule (``total_steps`` known; the stages share what the final anneal leave
 ``k·τ'`` search steps plus at least ``τ'`` exploit steps fit in what is left; otherwise it exploits the previous stage's
 LR until the anneal. A stage whose exploit phase would leave too few steps for the next stage's search
 (``(k + 1)·τ'_next``) exploits until the anneal instead. So every step of the budget belongs to exactly one phase.
-With ``fallback`` (a budget too small for one search) there are no stages: a linear warmup over
-:data:`FALLBACK_WARMUP` of the budget to ``anchor_lr``, that LR held, then the anneal's decay over its usual length.
+With ``fallback`` (a budget too small for one search) there are no stages: ``anchor_lr`` from the first step (after
+``warmup_steps`` when given), held, then the anneal's decay over the last ``anneal_decay`` steps
+(:data:`~lightning_autolrs.settings.FALLBACK_DECAY` of its usual length).
 
 Divergence rule: a step whose loss is NaN/inf, or above ``divergence_factor`` times the stage's reference loss (the
 largest training loss of the last 20 steps before the stage; for the first stage, the largest loss of the range test's
@@ -161,14 +162,12 @@ TRUST_FACTOR = 3.0
 #: lower; the wider region for every such stage, where the default judge chooses within it, cost the digits CNN
 #: +6 %: `benchmarks/HISTORY.md`).
 HIGH_PICK_REACH = TRUST_FACTOR**2
-#: Without a search (a budget too small for one) the schedule is that of a run whose every stage keeps its anchor: a
-#: linear warmup over this share of the budget to the configured LR, that LR held, then the final anneal's decay
-#: (``1 - sqrt(t)`` to ``min_lr`` over the last ``anneal_ratio`` of the budget). It was the common warmup + half cosine
-#: before (kept for the states of runs begun then). At budgets this short a model is far from trained, and a cosine
-#: spends half the run below half the LR: on the quality benchmark's eight workloads at 300 and 500 steps (five seeds
-#: each; ``benchmarks/results/short_budget.md``) the held LR ended lower than the cosine in all 80 runs, and at or below
-#: a constant LR in 41 of 80 (the cosine itself: in 7 of 80).
-FALLBACK_WARMUP = 0.05
+#: Without a search (a budget too small for one) a state written up to stop 48 began with a linear warmup over this
+#: share of the budget to the configured LR (the run's own, when the settings gave none), which its resume keeps (a
+#: state written before ``warmup_steps`` was kept has it from here). Since stop 49 such a run has no warmup of its own:
+#: the configured LR from the first step, held, then the decay (:data:`~lightning_autolrs.settings.FALLBACK_DECAY`).
+#: Before stop 45 the schedule was the common warmup + half cosine (kept for the states of runs begun then).
+LEGACY_FALLBACK_WARMUP = 0.05
 _MAX_FLOAT = sys.float_info.max  # (a loss above it is inf: never on end_step's short path)
 #: Anneal steps planned at once (:meth:`StageController._plan_anneal_ahead`).
 _ANNEAL_AHEAD = 64
@@ -453,21 +452,22 @@ class StageController:
         self._exploit_end: float = self.step  # the first begin_step after warmup starts a stage
         self._searched_as_last = False  # the stage searched as the one the final anneal follows (_before_anneal)
         self._ranking: list[float] = []  # trial LRs of the current stage, best first (exploit fallbacks)
-        # (without a search: warmup, the anchor held, then the final anneal's decay over `Derived.decay_steps`)
+        # (without a search: the anchor held, after a warmup you gave, then the final anneal's decay over
+        # `Derived.decay_steps`)
         self._anneal = FinalAnneal(anneal_steps, self.total_steps, decay=anneal_decay)
         self._overfit = OverfitWatch()  # the exploit phase's validation probes (the early anneal)
         self._collapse_guard = CollapseGuard(collapse_guard)  # (read through _guard)
         self.anchor_lr = anchor_lr
         self.fallback = fallback  # no search: the whole budget after warmup is the anneal from `anchor_lr`
-        self._fallback_warmup = False  # the warmup is the schedule's own (it ramps to the anneal's start)
+        # no warmup given: the schedule's own warmup, none since stop 49 (a resumed older state's ramps to the
+        # anneal's start, LEGACY_FALLBACK_WARMUP)
+        self._fallback_warmup = False
         if fallback and anchor_lr is not None:
             self._lr = anchor_lr
-            if self.warmup_steps == 0 and self.total_steps is not None:  # a 5 % linear warmup
+            if self.warmup_steps == 0 and self.total_steps is not None:
                 self._fallback_warmup = True
-                self.warmup_steps = round(FALLBACK_WARMUP * self.total_steps)
                 self.warmup_lr = anchor_lr
-                self.anneal_steps = self.total_steps - self.warmup_steps
-                self.phase = "warmup" if self.warmup_steps > self.step else self.phase
+                self.anneal_steps = self.total_steps
         self._pending_level_probe = False
         self._stage_finite = True  # a finite training loss was seen since the stage began
         self.exploit_warmup = check_int("exploit_warmup", exploit_warmup, minimum=0)
@@ -1639,9 +1639,9 @@ class StageController:
         self.exploit_warmup = int(state.get("exploit_warmup", 0))
         # a state written before a one-stage budget warmed up first (no "warmup_steps") has only the warmup you gave,
         # and, before its first stage began, the τ planned without the derived warmup
-        self.warmup_steps = int(
-            state.get("warmup_steps", self.warmup_steps if self._fallback_warmup else self.settings.warmup_steps)
-        )
+        total = self.total_steps
+        legacy = round(LEGACY_FALLBACK_WARMUP * total) if self._fallback_warmup and total is not None else None
+        self.warmup_steps = int(state.get("warmup_steps", self.settings.warmup_steps if legacy is None else legacy))
         if "warmup_steps" not in state and not self.stages and self._unwarmed_tau is not None:
             self.tau = self._unwarmed_tau
         # a state written before a warmed-up stage 0 could search as the last before the anneal keeps ÷/× 3 there

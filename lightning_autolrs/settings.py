@@ -25,6 +25,7 @@ from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTy
 from lightning_autolrs.proposer import DEFAULT_BETA
 
 __all__ = [
+    "FALLBACK_DECAY",
     "MIN_TRIAL_STEPS",
     "MONITORS",
     "RANGE_SPAN",
@@ -54,6 +55,17 @@ RANGE_TEST_MAX_STEPS = 100
 #: 67-75 % of the time from 5 points on (their last values 62-71 %); on single-batch training losses neither does
 #: better than 53-67 %, even at 40 points.
 MIN_TRIAL_STEPS = 20
+#: Without a search (a budget too small for one) the configured LR is held from the first step, and the LR decays over
+#: this share of the final anneal's usual length (``anneal_ratio``·budget) at the end. At budgets this short a model
+#: is far from trained, and every step below the configured LR costs progress a constant LR keeps: measured on the
+#: eight workloads of the quality benchmark at 300 and 500 steps (``python -m benchmarks.short_budget``; stop 49,
+#: ``benchmarks/HISTORY.md``), the 5 % warmup and the decay over the usual length before ended at or below both cosine
+#: and a constant LR at the module's LR in 41 of 80 runs (seeds 0-4); without the warmup and with the decay over half
+#: that length, in 56 of 80 (64 runs lower than before, 16 higher; chosen there among four variants), and on seeds
+#: 5-9, run after the choice, in 47 of 80 against 40 (59 lower, 21 higher; at or below cosine 78 of 80 against 80).
+#: A constant LR still ends lower on the classifier and the GRU in every run: any decay below the configured LR costs
+#: them progress at these budgets.
+FALLBACK_DECAY = 0.5
 #: With an optimizer that keeps a second-moment estimate (``betas`` in its param group: Adam, AdamW, NAdam, ...), the
 #: first stage's exploit phase starts again from the stage start and warms up to the chosen LR over
 #: ``2 / (1 - beta2)`` steps (the untuned warmup rule of Ma & Yarats, 2021), at most this share of the stage's τ.
@@ -163,9 +175,10 @@ class Settings:
         """the first stage's exploit length τ in optimizer steps. Default (``None``): derived from the Trainer's step
         budget: the largest τ with which three stages (τ, 2τ, 4τ; else two, else one) and their searches fit in the
         steps left after warmup, the range test and the final anneal, provided trials are at least 20 steps long
-        (``search_ratio``·τ ≥ 20). A budget too small for one such stage gets one warning and no search: a 5 %
-        linear warmup (or ``warmup_steps``) to the configured LR (within ``min_lr``/``max_lr`` when given), that LR
-        held, then the final anneal (the last ``anneal_ratio`` of the budget). 1000 if the budget is unbounded. A
+        (``search_ratio``·τ ≥ 20). A budget too small for one such stage gets one warning and no search: the
+        configured LR (within ``min_lr``/``max_lr`` when given) from the first step (after ``warmup_steps`` when
+        given), held, then the final anneal's decay over half its usual length (the last ``anneal_ratio``/2 of the
+        budget; :data:`FALLBACK_DECAY`). 1000 if the budget is unbounded. A
         ``tau`` you give is used as is, trials shorter than 20 steps included.""",
         _int_at_least(1, allow_none=True),
     )
@@ -387,11 +400,12 @@ class Derived:
         configured_lr: the optimizer's configured LR (stage 0's anchor; see :attr:`start_lr`).
         anneal_steps: length of the final anneal (0: none).
         fallback: the budget is too small for a search: no range test and no stages, the whole budget (after
-            warmup) is the anneal from :attr:`start_lr`, which holds it before its decay (its last ``anneal_ratio``
-            of the budget).
+            ``warmup_steps``, when given) is the anneal from :attr:`start_lr`, which holds it before its decay (its
+            last :attr:`decay_steps`).
         needed_steps: the smallest budget that allows a search (set when ``fallback``).
         decay_steps: with ``fallback``, the steps at the end of the budget the LR decays over after holding
-            :attr:`start_lr`: the final anneal's usual length (``anneal_ratio``·budget); ``None`` otherwise.
+            :attr:`start_lr`: :data:`FALLBACK_DECAY` of the final anneal's usual length (``anneal_ratio``·budget);
+            ``None`` otherwise.
         exploit_warmup: steps of the warmup that begins the first stage's exploit phase (0: none; see
             :func:`exploit_warmup_steps`).
         warmup_steps: steps of the linear warmup before the first stage (after the range test): ``warmup_steps``
@@ -553,7 +567,8 @@ def derive(
     (``anneal_ratio``·budget steps). τ comes from :func:`plan_tau` over the steps left for stages (where only one
     stage fits and ``beta2`` is given, after a warmup of :func:`exploit_warmup_steps` steps); when not even one
     stage with trials of :data:`MIN_TRIAL_STEPS` fits, the run falls back to no search (``fallback``): the configured LR
-    (within the range you give: :attr:`Derived.start_lr`) held after warmup, then the final anneal.
+    (within the range you give: :attr:`Derived.start_lr`) held from the first step (after ``warmup_steps`` when given),
+    then the final anneal's decay over :data:`FALLBACK_DECAY` of its usual length.
 
     Args:
         s: the settings.
@@ -629,7 +644,7 @@ def derive(
                 fallback=True,
                 exploit_warmup=0,
                 needed_steps=need,
-                decay_steps=anneal,
+                decay_steps=round(FALLBACK_DECAY * s.anneal_ratio * total),
             )
             if s.warmup_lr is not None and s.warmup_steps:
                 return fallback  # (its warmup_lr is the one you gave)

@@ -512,9 +512,10 @@ def test_a_budget_too_small_to_search_stays_in_the_range_you_gave_and_says_what_
         _, model = fit(lpl, tmp_path, cb, max_steps=150, module_kw=dict(lr=0.05))
     (message,) = [str(w.message) for w in rec if "too small" in str(w.message)]
     assert "a 40-step linear warmup (`warmup_steps`) to lr=0.01, then lr=0.01 (the configured lr=0.05 clamp" in message
-    assert "held, then decayed along 1 - sqrt(t) to 0.001 over the last 30 steps (the final anneal)" in message
+    assert "held, then decayed along 1 - sqrt(t) to 0.001 over the last 15 steps (the final anneal)" in message
     assert max(cb.lrs) == pytest.approx(0.01) and cb.lrs[39:120] == pytest.approx([0.01] * 81)  # not the module's 0.05
-    assert cb.lrs[-1] < 1.2e-3 and (cb.min_lr, cb.max_lr) == (1e-3, 0.01)
+    assert cb.lrs[-1] == pytest.approx(1e-3 + (0.01 - 1e-3) * (1 - math.sqrt(14 / 15)))  # (the decay's last step)
+    assert (cb.min_lr, cb.max_lr) == (1e-3, 0.01)
     assert [g[0] for g in model.group_lrs] == pytest.approx(cb.lrs)
 
 
@@ -733,14 +734,15 @@ def test_a_budget_too_small_to_search_warns_once_and_decays_from_the_configured_
         _, model = fit(lpl, tmp_path, cb, max_steps=150, module_kw=dict(lr=0.05))
     assert sum("too small" in str(w.message) for w in rec) == 1
     assert cb.history == [] and cb.range_test_result is None  # no search, no range test
-    # instead of 1-step trials: a 5 % linear warmup to the configured LR, that LR held, then the final anneal (the
-    # last 20 % of the budget) along 1 - sqrt(t)
+    # instead of 1-step trials: the configured LR from the first step, held, then the final anneal's decay along
+    # 1 - sqrt(t) over half its usual length (the last 10 % of the budget)
     (message,) = [str(w.message) for w in rec if "too small" in str(w.message)]
-    assert "a 5 % linear warmup to the configured lr=0.05, held, then decayed along 1 - sqrt(t) to 5e-05 over the" in (
-        message
+    assert (
+        "the configured lr=0.05 from the first step, held, then decayed along 1 - sqrt(t) to 5e-05 over the last 15"
+        in (message)
     )
-    warm, decay = round(0.05 * 150), round(0.2 * 150)
-    expected = [0.05 * (i + 1) / warm for i in range(warm)] + [0.05] * (150 - warm - decay)
+    decay = round(0.1 * 150)
+    expected = [0.05] * (150 - decay)
     expected += [5e-5 + (0.05 - 5e-5) * (1 - math.sqrt(i / decay)) for i in range(decay)]
     assert cb.lrs == pytest.approx(expected)
     assert [g[0] for g in model.group_lrs] == pytest.approx(cb.lrs)

@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ import lightning_autolrs.controller as controller_module
 from lightning_autolrs.controller import (
     DIVERGENCE_FLOOR,
     HIGH_PICK_REACH,
+    LEGACY_FALLBACK_WARMUP,
     TRUST_FACTOR,
     StageController,
     StepPlan,
@@ -565,22 +567,51 @@ def test_a_state_written_before_the_anneal_shape_was_kept_anneals_along_the_half
 
 
 def test_the_schedule_without_a_search_holds_the_configured_lr_then_anneals_across_a_resume() -> None:
-    """A budget too small for a search: a 5 % linear warmup to the configured LR, that LR held, then the final
-    anneal's decay along 1 - sqrt(t) over the last ``anneal_ratio`` (20 %) of the budget; a resume continues it."""
+    """A budget too small for a search: the configured LR from the first step (no warmup: what the module trains
+    without AutoLRS), held, then the final anneal's decay along 1 - sqrt(t) over half its usual length (the last
+    ``anneal_ratio``/2, 10 %, of the budget); a resume continues it."""
     settings = Settings(verbose=False)
     derived = derive(settings, configured_lr=0.05, total_steps=200)  # too small a budget for a search
-    assert derived.fallback
+    assert derived.fallback and derived.decay_steps == 20
     a, sim = StageController.from_settings(settings, derived), Quadratic()
-    assert a.state_dict()["anneal_shape"] == "sqrt" and a.state_dict()["anneal_decay"] == 40
+    assert a.state_dict()["anneal_shape"] == "sqrt" and a.state_dict()["anneal_decay"] == 20
     sim.run(a, 100)
     resumed = _resumed_at(lambda: StageController.from_settings(settings, derived), sim, a.state_dict(), 100)
     sim.run(a, 100)
     assert resumed.lrs == a.lrs and len(a.lrs) == 200
-    assert a.warmup_steps == 10 and a.lrs[:10] == pytest.approx([0.05 * (i + 1) / 10 for i in range(10)])
-    assert a.lrs[10:161] == [0.05] * 151  # held up to the decay's first step (step 160 of 200)
+    assert a.warmup_steps == 0 and a.lrs[:181] == [0.05] * 181  # held up to the decay's first step (step 180)
     low = a.min_lr
-    assert a.lrs[170] == pytest.approx(low + (0.05 - low) * 0.5, rel=1e-9)  # 1 - sqrt(t): half-way at a quarter
-    assert a.lrs[-1] == pytest.approx(low + (0.05 - low) * (1 - math.sqrt(39 / 40)), rel=1e-9)
+    assert a.lrs[185] == pytest.approx(low + (0.05 - low) * 0.5, rel=1e-9)  # 1 - sqrt(t): half-way at a quarter
+    assert a.lrs[-1] == pytest.approx(low + (0.05 - low) * (1 - math.sqrt(19 / 20)), rel=1e-9)
+
+
+def _fallback_warmup_reference() -> dict:
+    """The schedule without a search as stop 48 trained it, and its states
+    (``tests/data/make_fallback_warmup_fixture.py``)."""
+    return json.loads((Path(__file__).parent / "data" / "fallback_warmup_reference.json").read_text())
+
+
+def test_a_run_without_a_search_resumed_from_a_state_with_the_5_percent_warmup_keeps_its_schedule() -> None:
+    """Up to stop 48 a budget too small for a search began with a 5 % warmup and decayed over the final anneal's
+    usual length. Its states (written by that code: ``tests/data/make_fallback_warmup_fixture.py``), resumed inside
+    the warmup, in the held LR and in the decay, go on with the LRs that code trained, with ``anneal_ratio`` given or
+    not; so do they without the ``warmup_steps`` key (a state written before stop 46 kept it, the warmup then being
+    :data:`LEGACY_FALLBACK_WARMUP` of the budget)."""
+    ref = _fallback_warmup_reference()
+    assert ref["defaults"]["states"]["100"]["warmup_steps"] == round(LEGACY_FALLBACK_WARMUP * 200) == 10
+    for case in ref.values():
+        settings = Settings(verbose=False, **case["settings"])
+        derived = derive(settings, configured_lr=0.05, total_steps=200)
+        assert derived.fallback and case["lrs"][:10] == pytest.approx([0.005 * (i + 1) for i in range(10)])
+        for at, state in case["states"].items():
+            for keep_key in (True, False):
+                loaded = state if keep_key else {k: v for k, v in state.items() if k != "warmup_steps"}
+                c = StageController.from_settings(settings, derived)
+                c.load_state_dict(copy.deepcopy(loaded))
+                while c.step < 200:
+                    c.begin_step()
+                    c.end_step(1.0 - 0.001 * c.step)
+                assert c.lrs == case["lrs"], (at, keep_key)
 
 
 def test_a_run_without_a_search_begun_with_the_half_cosine_keeps_it_across_a_resume() -> None:
@@ -588,12 +619,11 @@ def test_a_run_without_a_search_begun_with_the_half_cosine_keeps_it_across_a_res
     after the warmup, no ``anneal_decay``) goes on along that half cosine, as the run it continues began."""
     settings = Settings(verbose=False)
     derived = derive(settings, configured_lr=0.05, total_steps=200)
-    a, sim = StageController.from_settings(settings, derived), Quadratic()
-    sim.run(a, 100)
-    state = {k: v for k, v in a.state_dict().items() if k != "anneal_decay"}
+    written = _fallback_warmup_reference()["defaults"]  # (a state with the 5 % warmup, which those runs had too)
+    state = {k: v for k, v in written["states"]["100"].items() if k not in ("anneal_decay", "warmup_steps")}
     state["anneal_shape"] = "cosine"
-    resumed = _resumed_at(lambda: StageController.from_settings(settings, derived), sim, state, 100)
-    assert resumed.lrs[:100] == a.lrs[:100]
+    resumed = _resumed_at(lambda: StageController.from_settings(settings, derived), Quadratic(), state, 100)
+    assert resumed.lrs[:100] == written["lrs"][:100]
     low = resumed.min_lr  # the half cosine from the end of the 10-step warmup over the 190 steps left: half at 105
     assert resumed.lrs[10 + 95] == pytest.approx(low + (0.05 - low) * 0.5, rel=1e-9)
     assert resumed.state_dict()["anneal_shape"] == "cosine" and resumed.state_dict()["anneal_decay"] is None
@@ -609,9 +639,9 @@ def test_a_run_without_a_search_and_without_an_anneal_holds_the_configured_lr_to
 
 
 def test_a_run_without_a_search_resumed_from_a_state_of_before_the_range_bounded_it_keeps_its_own_lr() -> None:
-    """Without a search the LR now stays in the range you give (it ramps to and decays from the configured 0.05
-    clamped to 0.01). A state written before that, inside the 5 % warmup, holds the anneal's start 0.05: the resumed
-    run ramps to it and decays from it, as the run it continues did, not half one schedule and half the other."""
+    """Without a search the LR now stays in the range you give (it holds and decays from the configured 0.05 clamped
+    to 0.01). A state written before that holds the anneal's start 0.05: the resumed run holds it and decays from it,
+    as the run it continues did, not half one schedule and half the other."""
     settings = Settings(min_lr=1e-3, max_lr=0.01, verbose=False)
     derived = derive(settings, configured_lr=0.05, total_steps=200)
     assert derived.fallback and derived.start_lr == 0.01
@@ -623,7 +653,7 @@ def test_a_run_without_a_search_resumed_from_a_state_of_before_the_range_bounded
     sim.run(old, 197)
     assert resumed.lrs == old.lrs and max(old.lrs) == pytest.approx(0.05)
     copy.deepcopy(sim).run(new, 200)  # and the run begun now: within the range
-    last = 1e-3 + (0.01 - 1e-3) * (1 - math.sqrt(39 / 40))  # the last step of the decay towards min_lr
+    last = 1e-3 + (0.01 - 1e-3) * (1 - math.sqrt(19 / 20))  # the last step of the decay towards min_lr
     assert max(new.lrs) == pytest.approx(0.01) and new.lrs[-1] == pytest.approx(last, rel=1e-9)
 
 
@@ -940,7 +970,7 @@ def _quiet_exploit_cases() -> list:
     out.append([])
     anneal = [math.nan] + [0.7] * 60 + [math.inf] + [0.7] * 78  # (no stage: no snapshot, no fallback)
     _drive(no_search, [1.0 - 0.004 * i for i in range(60)] + anneal, late_reads=False, states=out[-1])
-    assert no_search.history == [] and no_search.lrs[-1] < no_search.lrs[-20] < no_search.lrs[-41] == 0.05  # (decays)
+    assert no_search.history == [] and no_search.lrs[-1] < no_search.lrs[-10] < no_search.lrs[-21] == 0.05  # (decays)
     ends = [(c.lrs, c.losses, c.history, c.state_dict()) for c in (unsearched, collapsing, _collapse_to_min_lr())]
     return out + ends + _holding_cases()
 
@@ -1402,16 +1432,6 @@ def test_a_run_resumed_inside_its_warmup_with_a_budget_that_derives_none_finishe
     assert b.warmup_steps == 244 and swept < 150 and b.history[0]["start_step"] == swept + 244
     assert b.lrs[swept : swept + 244] == pytest.approx([b.warmup_target * (i + 1) / 244 for i in range(244)])
     assert b.warmup_target == min(0.01, b.max_lr)  # the configured LR, within the range the sweep found
-
-
-def test_a_state_without_a_search_from_before_the_derived_warmup_keeps_its_own_warmup() -> None:
-    """A budget too small for a search has its 5 % warmup; its state from before ``warmup_steps`` was kept resumes
-    inside that warmup, not with the settings' 0."""
-    s = Settings(seed=0)
-    d = derive(s, 0.01, 400, beta2=0.999)
-    assert d.fallback
-    a, b = _resumed_without_the_warmup_key(s, d, d, seed=6, at=10, total=400)  # inside the 20-step warmup
-    assert b.warmup_steps == 20 and b.lrs == a.lrs and b.lrs[19] == 0.01
 
 
 def test_an_anneal_that_begins_inside_the_warmup_decays_from_where_the_ramp_got_to() -> None:

@@ -56,7 +56,8 @@ def test_plot_draws_a_warmup_and_range_test_cut_short_by_an_early_stop(tmp_path)
 
 
 def test_plot_draws_the_schedule_of_a_run_without_a_search() -> None:
-    """A budget too small for a search: a 5 % warmup, then the LR held and decayed, no stage; both are drawn."""
+    """A budget too small for a search, with a warmup you gave: the warmup, then the LR held and decayed, no stage;
+    both are drawn."""
     s = sample()
     s.lrs, s.stages, s.losses = [0.05, 0.1, 0.1, 0.075, 0.025, 0.001], [], []
     lines = {line.get_label(): list(line.get_ydata()) for line in plot_schedule(s).axes[0].get_lines()}

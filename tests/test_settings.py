@@ -209,7 +209,7 @@ def test_a_warmup_that_fills_the_budget_is_refused_at_fit_start() -> None:
 
 def test_a_warmup_lr_without_warmup_steps_is_not_what_the_schedule_without_a_search_ramps_to() -> None:
     d = derive(Settings(min_lr=1e-3, max_lr=0.01, warmup_lr=0.05), 0.05, 300)
-    assert d.fallback and d.warmup_lr == d.start_lr == 0.01  # the 5 % warmup ramps to the decay's start
+    assert d.fallback and d.warmup_lr == d.start_lr == 0.01  # (a resumed state's 5 % warmup ramps to the decay's start)
     assert derive(Settings(min_lr=1e-3, max_lr=0.01, warmup_lr=0.005, warmup_steps=30), 0.05, 300).warmup_lr == 0.005
 
 
