@@ -86,7 +86,8 @@ def _fallback_schedule(settings: Settings, derived: Derived) -> str:
         start = f"{lr} from the first step, held"
     decay = min(derived.decay_steps or 0, max(0, total - warmup))
     if decay <= 0:
-        return f"{start} to the end (`anneal_ratio`={settings.anneal_ratio:g}: no final anneal)"
+        why = "no final anneal" if settings.anneal_ratio == 0 else "its decay rounds to no step at this budget"
+        return f"{start} to the end (`anneal_ratio`={settings.anneal_ratio:g}: {why})"
     decayed = f"decayed along 1 - sqrt(t) to {derived.min_lr:.4g} over the last {decay} steps (the final anneal)"
     return f"{start}, then {decayed}"
 

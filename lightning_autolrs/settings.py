@@ -296,7 +296,8 @@ class Settings:
         the share of the anneal done: half the way down in its first quarter) to ``min_lr`` over the last
         ``anneal_ratio``·budget steps (no search there). With validation probes it begins earlier once an exploit
         phase overfits (validation loss up from above the training loss while that falls), and then drops the LR to
-        ``min_lr`` after its first step. ``0`` turns it off; unused when the budget is unbounded.""",
+        ``min_lr`` after its first step. Without a search (a budget too small for one) the decay takes half that
+        (:data:`FALLBACK_DECAY`). ``0`` turns it off; unused when the budget is unbounded.""",
         _check_anneal_ratio,
     )
 

@@ -1068,3 +1068,22 @@ def test_the_early_anneal_rolls_back_to_the_best_probed_state_and_resumes_bitwis
     plain_cb, _, plain_val = run(tmp_path / "c", reuse_best_trial=False)
     assert plain_cb.history[0]["overfitting"] and "rolled_back_to" not in plain_cb.history[0]
     assert ref_val < plain_val
+
+
+def test_the_too_small_budget_warning_says_what_the_run_trains_and_why_it_has_no_decay() -> None:
+    """The warning's schedule (no search): the configured LR from the first step, held, then the decay over half the
+    anneal's length (10 % of 200 steps); no decay says why: none asked for, or half of a tiny anneal rounds to none."""
+    from lightning_autolrs.callback import _fallback_schedule
+
+    s = Settings(verbose=False)
+    assert _fallback_schedule(s, derive(s, 0.05, 200)) == (
+        "the configured lr=0.05 from the first step, held, then decayed along 1 - sqrt(t) to 5e-05 over the last 20 "
+        "steps (the final anneal)"
+    )
+    off = Settings(anneal_ratio=0.0, verbose=False)
+    assert _fallback_schedule(off, derive(off, 0.05, 100)).endswith("to the end (`anneal_ratio`=0: no final anneal)")
+    tiny = Settings(anneal_ratio=0.01, verbose=False)
+    d = derive(tiny, 0.05, 100)
+    assert d.decay_steps == 0 and _fallback_schedule(tiny, d).endswith(
+        "held to the end (`anneal_ratio`=0.01: its decay rounds to no step at this budget)"
+    )

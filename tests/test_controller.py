@@ -594,15 +594,20 @@ def _fallback_warmup_reference() -> dict:
 def test_a_run_without_a_search_resumed_from_a_state_with_the_5_percent_warmup_keeps_its_schedule() -> None:
     """Up to stop 48 a budget too small for a search began with a 5 % warmup and decayed over the final anneal's
     usual length. Its states (written by that code: ``tests/data/make_fallback_warmup_fixture.py``), resumed inside
-    the warmup, in the held LR and in the decay, go on with the LRs that code trained, with ``anneal_ratio`` given or
-    not; so do they without the ``warmup_steps`` key (a state written before stop 46 kept it, the warmup then being
+    the warmup, in the held LR and in the decay, go on with the LRs that code trained: at the defaults, with
+    ``anneal_ratio`` or ``warmup_steps`` given, after a NaN while the LR was held, and from a state whose warmup ramps
+    to the configured 0.05 that a range you gave (0.001-0.01) bounds today (written before the range bounded it); so
+    do they without the ``warmup_steps`` key (a state written before stop 46 kept it, the warmup then being
     :data:`LEGACY_FALLBACK_WARMUP` of the budget)."""
     ref = _fallback_warmup_reference()
     assert ref["defaults"]["states"]["100"]["warmup_steps"] == round(LEGACY_FALLBACK_WARMUP * 200) == 10
-    for case in ref.values():
-        settings = Settings(verbose=False, **case["settings"])
-        derived = derive(settings, configured_lr=0.05, total_steps=200)
-        assert derived.fallback and case["lrs"][:10] == pytest.approx([0.005 * (i + 1) for i in range(10)])
+    assert set(ref) == {"defaults", "anneal_ratio_0.3", "warmup_steps_30", "nan_while_held", "range_before_clamp"}
+    for name, case in ref.items():
+        settings = Settings(verbose=False, **case.get("settings", {}))
+        derived = derive(settings, configured_lr=0.05, total_steps=200)  # (today's: the range bounds it)
+        assert derived.fallback
+        ramp = 30 if name == "warmup_steps_30" else 10
+        assert case["lrs"][:ramp] == pytest.approx([0.05 * (i + 1) / ramp for i in range(ramp)])  # (to 0.05)
         for at, state in case["states"].items():
             for keep_key in (True, False):
                 loaded = state if keep_key else {k: v for k, v in state.items() if k != "warmup_steps"}
@@ -610,8 +615,8 @@ def test_a_run_without_a_search_resumed_from_a_state_with_the_5_percent_warmup_k
                 c.load_state_dict(copy.deepcopy(loaded))
                 while c.step < 200:
                     c.begin_step()
-                    c.end_step(1.0 - 0.001 * c.step)
-                assert c.lrs == case["lrs"], (at, keep_key)
+                    c.end_step(math.nan if c.step == case.get("nan_at") else 1.0 - 0.001 * c.step)
+                assert c.lrs == case["lrs"], (name, at, keep_key)
 
 
 def test_a_run_without_a_search_begun_with_the_half_cosine_keeps_it_across_a_resume() -> None:
