@@ -85,6 +85,8 @@ def _fallback_schedule(settings: Settings, derived: Derived) -> str:
         warmup = 0
         start = f"{lr} from the first step, held"
     decay = min(derived.decay_steps or 0, max(0, total - warmup))
+    if decay > 0 and derived.min_lr is not None and peak <= derived.min_lr:
+        return f"{start} to the end (it is `min_lr` already: the final anneal has nothing to decay)"
     if decay <= 0:
         why = "no final anneal" if settings.anneal_ratio == 0 else "its decay rounds to no step at this budget"
         return f"{start} to the end (`anneal_ratio`={settings.anneal_ratio:g}: {why})"

@@ -1072,7 +1072,8 @@ def test_the_early_anneal_rolls_back_to_the_best_probed_state_and_resumes_bitwis
 
 def test_the_too_small_budget_warning_says_what_the_run_trains_and_why_it_has_no_decay() -> None:
     """The warning's schedule (no search): the configured LR from the first step, held, then the decay over half the
-    anneal's length (10 % of 200 steps); no decay says why: none asked for, or half of a tiny anneal rounds to none."""
+    anneal's length (10 % of 200 steps); no decay says why: none asked for, half of a tiny anneal rounds to none, or
+    the LR held is `min_lr` already."""
     from lightning_autolrs.callback import _fallback_schedule
 
     s = Settings(verbose=False)
@@ -1086,4 +1087,9 @@ def test_the_too_small_budget_warning_says_what_the_run_trains_and_why_it_has_no
     d = derive(tiny, 0.05, 100)
     assert d.decay_steps == 0 and _fallback_schedule(tiny, d).endswith(
         "held to the end (`anneal_ratio`=0.01: its decay rounds to no step at this budget)"
+    )
+    above = Settings(min_lr=0.1, max_lr=1.0, verbose=False)  # (the configured 0.05 clamped up to `min_lr`)
+    assert _fallback_schedule(above, derive(above, 0.05, 200)) == (
+        "lr=0.1 (the configured lr=0.05 clamped to `min_lr`…`max_lr`) from the first step, held to the end (it is "
+        "`min_lr` already: the final anneal has nothing to decay)"
     )
