@@ -18,10 +18,16 @@ is therefore measured here against a baseline checkout in the same session, in a
   an exploit phase that ask for nothing, :meth:`~lightning_autolrs.controller.StageController.begin_step`), ``exploit
   warmup`` (an exploit step without the kept plan, or of the ramp of the first stage's exploit warmup with an
   Adam-family optimizer, whose LR changes every step), ``anneal`` (the final anneal), ``search`` and ``range
-  test/warmup``. Steps with a GP decision, a forecast or a snapshot copy in the hooks (a trial's end) are left out. The
-  per-step path reported is, with ``--select quiet`` (default), that of the quiet exploit steps, what most steps of a
-  long run are (in the MLP case at 800 steps about 140 per run, 499-639); with ``--select all``, that of every step
-  left, which is :mod:`benchmarks.overhead`'s per-step figure. Each kind's median is reported besides.
+  test/warmup``. From stop 50 on the callback takes most of these steps in quiet runs (on CPU:
+  :meth:`~lightning_autolrs.controller.StageController.quiet_run`): they call neither controller method, and the run's
+  last step hands all their losses to the controller at once, one ``begin_step`` and ``end_step`` per step inside its
+  end hook; the two parts are summed over their calls in the step, and a column of each run's mean per-step path
+  carries that last step's work, which the medians leave out. A step is labelled by the LR its plan set (the
+  controller's open plan is the run's first). Steps with a GP decision, a forecast or a snapshot copy in the hooks (a
+  trial's end) are left out. The per-step path reported is, with ``--select quiet`` (default), that of the quiet
+  exploit steps, what most steps of a long run are (in the MLP case at 800 steps about 140 per run, 499-639); with
+  ``--select all``, that of every step left, which is :mod:`benchmarks.overhead`'s per-step figure. Each kind's median
+  is reported besides.
 * ``--reps`` runs per checkout, the checkouts' order alternating from repeat to repeat; reported per checkout: the
   median over its runs of each run's median, and the paired ratio (this checkout ÷ baseline, per repeat) as median
   and min-max.
@@ -60,12 +66,12 @@ KINDS = ("quiet exploit", "exploit warmup", "anneal", "search", "range test/warm
 CASES = {"mlp": 800, "charlm": 600}  # the case and its default number of steps
 
 
-def _kind(controller: Any, kept: bool) -> str:
-    """The kind of the step just planned (see the module docstring)."""
+def _kind(controller: Any, kept: bool, lr: float) -> str:
+    """The kind of the step just planned at ``lr`` (see the module docstring)."""
     if controller._anneal.active:
         return "anneal"
     if controller.phase == "exploit":  # (the exploit warmup's ramp: a plan below the LR in use)
-        return "quiet exploit" if kept and controller._plan.lr == controller._lr else "exploit warmup"
+        return "quiet exploit" if kept and lr == controller._lr else "exploit warmup"
     return "search" if controller.phase == "search" else "range test/warmup"
 
 
@@ -130,8 +136,8 @@ def measure(steps: int, case: str = "mlp", floor: bool = False) -> dict[str, Any
                 t = clock()
                 try:
                     return original(*args, **kwargs)
-                finally:
-                    now[name] = clock() - t
+                finally:  # (summed: the steps of a quiet run reach the controller together at its last step)
+                    now[name] = now.get(name, 0) + clock() - t
 
             setattr(obj, name, wrapper)
 
@@ -149,18 +155,20 @@ def measure(steps: int, case: str = "mlp", floor: bool = False) -> dict[str, Any
             t = clock()
             start_hook(*args, **kwargs)
             now["start_hook"] = clock() - t
-            c = cb.controller
+            # the controller as the hooks left it (`cb.controller` would hand it a quiet run's losses first)
+            c = cb.__dict__.get("_controller", cb.__dict__.get("controller"))
             kept = c is not None and c._plan is not None and c._plan is c._quiet  # the plan of the step before
-            now["kind"] = _kind(c, kept) if c is not None else ""
+            applied = cb._applied  # (the step's plan: in a quiet run the controller's is the run's first)
+            now["kind"] = _kind(c, kept, applied.lr) if c is not None and applied is not None else ""
 
         def on_end(*args: Any, **kwargs: Any) -> None:
             t = clock()
             end_hook(*args, **kwargs)
             now["end_hook"] = clock() - t
-            if now["kind"] and events() == now["events"] and "begin_step" in now and "end_step" in now:
+            if now["kind"] and events() == now["events"]:
                 now["path"] = now["start_hook"] + now["end_hook"]
                 for p in PARTS:
-                    times[p].append(now[p])
+                    times[p].append(now.get(p, 0))  # (a step of a quiet run calls neither)
                 kinds.append(now["kind"])
 
         cb.on_train_start, cb.on_train_batch_start, cb.on_train_batch_end = train_start, on_start, on_end
@@ -180,6 +188,7 @@ def _summary(result: dict[str, Any], select: str) -> dict[str, float]:
     times, kinds = result["times"], result["kinds"]
     keep = [i for i, k in enumerate(kinds) if select == "all" or k in ("quiet exploit", "floor")]
     got = {p: statistics.median(times[p][i] for i in keep) for p in PARTS if p in times} | {"n": len(keep)}
+    got["mean"] = statistics.fmean(times["path"][i] for i in keep)
     for kind in KINDS:
         path = [times["path"][i] for i, k in enumerate(kinds) if k == kind]
         if path:
@@ -226,8 +235,8 @@ def report(
         steps += " (the floor: every step)"
     lines += [
         f"| checkout | runs | {steps} per run | per-step path: median µs (min-max over runs) | start hook | "
-        "end hook | controller `begin_step` | controller `end_step` |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "end hook | controller `begin_step` | controller `end_step` | per-step path: mean µs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, runs in rows.items():
         cells = []
@@ -238,6 +247,8 @@ def report(
                 continue
             med = statistics.median(values)
             cells.append(f"{_us(med)} ({_us(min(values))}–{_us(max(values))})" if p == "path" else _us(med))
+        means = [r["mean"] for r in runs if "mean" in r]
+        cells.append(_us(statistics.median(means)) if means else "—")
         lines.append(
             f"| {name} | {len(runs)} | {int(statistics.median(r['n'] for r in runs))} | " + " | ".join(cells) + " |"
         )
@@ -280,8 +291,11 @@ def report(
         "",
         f"Each run's figure is the median over {which}; no GP decision, forecast or snapshot copy in the hooks); the "
         "tables show the median over runs. The hooks' times are those of the per-step path of `benchmarks.overhead`; "
-        "`begin_step` and `end_step` are measured inside them (through wrappers, whose cost both checkouts carry "
-        "alike).",
+        "`begin_step` and `end_step` are measured inside them (through wrappers), summed over their calls in the step: "
+        "the steps of a quiet run (a package from stop 50 on) call neither, and the run's last step hands all their "
+        "losses to the controller, one `begin_step` and `end_step` per step, inside its end hook. The mean column "
+        "(median over runs of each run's mean over the same steps) carries that last step's work, which the medians "
+        "leave out.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -178,7 +178,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._settings = Settings(**{f.name: arguments[f.name] for f in fields(Settings)})  # checks every argument
         self._derived: Derived | None = None  # derived at fit start
         self._probe: ValidationProbe | None = None
-        self.controller: StageController | None = None
+        self._controller: StageController | None = None  # (read through `controller`, which brings it up to date)
         self._snapshot: StateSnapshot | None = None
         self._loaded_state: dict[str, Any] | None = None
         self._loaded_snapshot: dict[str, Any] | None = None
@@ -201,6 +201,15 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._scale_before: torch.Tensor | float | None = None  # the AMP scale at the step's start (see _scale_now)
         self._reads_scale = False  # the plan's steps read the AMP scale before and after (a search step, with AMP)
         self._loss_only = False  # the plan's steps end with their loss alone (_apply_plan)
+        # a quiet run (StageController.quiet_run): steps planned ahead whose losses are handed to the controller
+        # together at the run's end (or before anything reads it); its plans, the index of the next step to begin,
+        # the steps still to begin, the losses of its steps ended so far, and the highest loss one may end with
+        self._in_run = False
+        self._run_plans: list[StepPlan] = []
+        self._run_next = 0
+        self._run_left = 0
+        self._run_losses: list[float] = []
+        self._run_below = math.nan
         self._progress_bar = ProgressBarHook()
         self._lr_logger = LRLogger()
         self._log_in: float = 0  # steps to the next step whose LR goes to the loggers (LRLogger's countdown)
@@ -219,19 +228,33 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ public results
     @property
+    def controller(self) -> StageController | None:
+        """The run's :class:`~lightning_autolrs.controller.StageController` (``None`` before training starts), with
+        every step ended so far recorded (the steps of a quiet run are handed to it when it is read)."""
+        self._sync()
+        return self._controller
+
+    @controller.setter
+    def controller(self, controller: StageController | None) -> None:
+        self._end_run()
+        self._controller = controller
+
+    @property
     def lrs(self) -> list[float]:
         """Base LR applied at each optimizer step so far (index = global step)."""
-        return [] if self.controller is None else self.controller.lrs
+        self._sync()
+        return [] if self._controller is None else self._controller.lrs
 
     @property
     def history(self) -> list[dict[str, Any]]:
         """One JSON-serialisable dict per stage (see the class docstring)."""
-        return [] if self.controller is None else self.controller.history
+        self._sync()
+        return [] if self._controller is None else self._controller.history
 
     @property
     def phase(self) -> str:
         """Current phase: ``"warmup"``, ``"search"`` or ``"exploit"``."""
-        return "warmup" if self.controller is None else self.controller.phase
+        return "warmup" if self._controller is None else self._controller.phase
 
     @property
     def min_lr(self) -> float | None:
@@ -245,7 +268,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         return self._range_in_use()[1]
 
     def _range_in_use(self) -> tuple[float | None, float | None]:
-        c = self.controller
+        c = self._controller
         if c is not None and (c.range_test_steps == 0 or c.range_test is not None):
             return c.min_lr, c.max_lr  # the controller's range, once it is final
         if self._derived is not None:
@@ -261,8 +284,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     def warmup_lr(self) -> float | None:
         """The LR reached at the end of warmup: given, or derived at fit start (the configured LR, bounded by the range
         once it is known: given, or found by the range test)."""
-        if self.controller is not None and self.controller.warmup_lr is not None:
-            return self.controller.warmup_target
+        if self._controller is not None and self._controller.warmup_lr is not None:
+            return self._controller.warmup_target
         return self._settings.warmup_lr if self._derived is None else self._derived.warmup_lr
 
     @property
@@ -278,13 +301,14 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     @property
     def range_test_result(self) -> dict[str, Any] | None:
         """The LR range test's result (``steps``, ``lrs``, ``losses``, ``min_lr``, ``max_lr``, ...), once it ran."""
-        c = self.controller
+        c = self._controller
         return None if c is None or c.range_test is None else dict(c.range_test)
 
     @property
     def schedule(self) -> Schedule:
         """The schedule found so far, as data (see :mod:`lightning_autolrs.schedule`)."""
-        c = self.controller
+        self._sync()
+        c = self._controller
         settings = self._settings.to_json()  # the settings, with the values in use where derived
         settings.update(min_lr=self.min_lr, max_lr=self.max_lr, tau=self.tau, warmup_lr=self.warmup_lr)
         settings["total_steps"] = self.total_steps
@@ -361,7 +385,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.controller = None
+        self._controller = None
         if self._derived is None:  # stepped aside at fit start (`fast_dev_run`)
             return
         monitor = self._settings.monitor
@@ -378,7 +402,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             if self._probe is None:
                 monitor = "train_loss"
         assert self._derived is not None
-        self.controller = StageController.from_settings(
+        self._controller = StageController.from_settings(
             self._settings, self._derived, start_step=trainer.global_step, monitor=monitor
         )
         scaler = getattr(trainer.precision_plugin, "scaler", None)
@@ -396,7 +420,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._held = None
         if self._loaded_state is not None:
             state, self._loaded_state = self._loaded_state, None
-            self.controller.load_state_dict(state["controller"])
+            self._controller.load_state_dict(state["controller"])
             if self._loaded_snapshot is not None:
                 self._snapshot.load_state_dict(self._loaded_snapshot)
                 self._loaded_snapshot = None
@@ -406,16 +430,17 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 if self._best_snapshot is not None and self._loaded_best is not None:
                     self._best_snapshot.load_state_dict(self._loaded_best)
                 self._loaded_best = None
-            elif self.controller.needs_snapshot and self.controller.phase in ("search", "warmup"):
+            elif self._controller.needs_snapshot and self._controller.phase in ("search", "warmup"):
                 # checkpoint saved without the snapshot: redo the interrupted search (or range test) from the weights
-                self.controller.restart_stage()
-            elif self.controller.phase == "exploit" and self.controller.stage >= 0:
-                self.controller.restart_stage()  # (a restore the checkpoint could not carry is dropped)
+                self._controller.restart_stage()
+            elif self._controller.phase == "exploit" and self._controller.stage >= 0:
+                self._controller.restart_stage()  # (a restore the checkpoint could not carry is dropped)
                 self._snapshot.capture()  # the exploit guard falls back to the resumed weights
-            if self.controller.holds_best_state and (self._best_snapshot is None or not self._best_snapshot.captured):
-                self.controller.drop_best_state()  # (a checkpoint without it: no rollback to a state it did not keep)
+            if self._controller.holds_best_state and (self._best_snapshot is None or not self._best_snapshot.captured):
+                self._controller.drop_best_state()  # (a checkpoint without it: no rollback to a state it did not keep)
             self._loaded_trial = None
         self._step_open = False
+        self._in_run, self._run_left, self._run_losses, self._run_plans = False, 0, [], []
         self._applied = self._applied_base = None
         self._seen_global_step = trainer.global_step
         # read once: the per-step hooks below run on every optimizer step and must stay cheap
@@ -436,7 +461,23 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        controller = self.controller
+        if self._run_left and not self._step_open:  # a step of a quiet run: its plan's LR, nothing else to do
+            if self._optimizer.param_groups[0]["lr"] == self._applied_lr:
+                plan = self._run_plans[self._run_next]
+                self._run_next += 1
+                self._run_left -= 1
+                if plan is not self._applied:  # (a ramp's or the anneal's next LR)
+                    apply_lr(self._optimizer, plan.lr, self._ratios)
+                    self._applied = plan
+                    self._applied_lr = self._optimizer.param_groups[0]["lr"]
+                self._log_in -= 1
+                if self._log_in <= 0 or trainer.should_stop:
+                    self._log_in = self._lr_logger(trainer, plan.lr)
+                self._step_open = True
+                self._step_loss = None
+                return
+            self._sync()  # code outside AutoLRS wrote another LR: the controller's plan is applied again
+        controller = self._controller
         if self._step_open or controller is None or controller.step >= self._budget:
             return
         plan = controller.begin_step()
@@ -454,8 +495,52 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
             self._log_in = self._lr_logger(trainer, plan.lr)
         if self._reads_scale:  # a skipped AMP step only matters to a trial's step count (no host read: _scale_now)
             self._scale_before = self._scale_now()
+        elif self._loss_only and not self._late_reads and not self._steps_without_loss:
+            self._begin_run(controller)
         self._step_open = True
         self._step_loss = None
+
+    def _begin_run(self, controller: StageController) -> None:
+        """Start a quiet run at the step just planned, where the controller plans one of two steps or more (see
+        :meth:`StageController.quiet_run`; on CPU, where a loss is read at once, without probes, DDP or AMP): its
+        steps to come only set their plan's LR, and their losses reach the controller together at its end."""
+        plans = controller.quiet_run()
+        steps = int(min(len(plans), self._budget - controller.step))
+        if steps >= 2:
+            self._in_run = True
+            self._run_plans = plans[:steps]
+            self._run_next = 1
+            self._run_left = steps - 1
+            self._run_losses = []
+            self._run_below = controller.quiet_below
+
+    def _sync(self) -> None:
+        """Bring the controller up to date with a quiet run's steps ended so far (:meth:`_end_run`), before anything
+        reads it (a checkpoint, validation, the public results, the run's end)."""
+        if self._in_run:
+            events = self._end_run()
+            if events:  # (none: a run's events come at its last step, whose hook ends the run)
+                self._act_on(self._trainer, events)
+
+    def _end_run(self) -> list[Any]:
+        """Hand the losses of the quiet run's ended steps to the controller (:meth:`StageController.end_quiet_run`),
+        and begin its step still open there, so the controller is where the steps one at a time would have left it;
+        before anything reads the controller. The controller's events (only at the end of a full run)."""
+        if not self._in_run:
+            return []
+        controller = self._controller
+        assert controller is not None
+        losses, plans = self._run_losses, self._run_plans
+        self._in_run, self._run_left, self._run_losses, self._run_plans = False, 0, [], []
+        if not losses:  # (the run's first step, still open: the controller planned it)
+            return []
+        events = controller.end_quiet_run(losses, plans)
+        if self._step_open:  # a step of the run the controller has not planned yet: plan it
+            plan = controller.begin_step()
+            if events or plan.lr != self._applied.lr:
+                raise RuntimeError("AutoLRS: a quiet run ended inside a step planned at another LR")
+            self._applied = plan
+        return events
 
     def _apply_plan(self, plan: StepPlan, pl_module: pl.LightningModule) -> None:
         """What a step's plan asks for before its step (snapshot copies, the stage-start probe), its LR set in the
@@ -492,7 +577,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        controller = self.controller
+        controller = self._controller
         if not self._step_open or controller is None:
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
@@ -504,6 +589,22 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if global_step == self._seen_global_step:
             return  # gradient accumulation: the optimizer step has not happened yet
         self._seen_global_step = global_step
+        if self._in_run:
+            step_loss = None if self._step_loss is None else self._step_loss.item()
+            if type(step_loss) is float and -math.inf < step_loss <= self._run_below:  # (False for NaN)
+                self._step_open = False
+                self._run_losses.append(step_loss)
+                if not self._run_left:  # the run's last step: its losses to the controller
+                    events = self._end_run()
+                    if events:
+                        self._act_on(trainer, events)
+                return
+            self._sync()  # a loss the short path does not take: the steps before it, then the general path
+            self._step_open = False
+            events = self._end_step(trainer, pl_module, step_loss)
+            if events:
+                self._act_on(trainer, events)
+            return
         self._step_open = False
         if self._late is not None:
             self._report_late_loss()  # the previous step's loss, which waited
@@ -527,7 +628,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     def _end_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step_loss: float | None) -> list[Any]:
         """The controller's ``end_step`` with what the step's plan asked for besides its loss (a skipped AMP step, the
         validation probe, the stage-start probe, the mean over the ranks), and the check for steps without a loss."""
-        controller = self.controller
+        controller = self._controller
         assert controller is not None
         skipped = False
         if self._scale_before is not None:
@@ -556,7 +657,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         return trainer.strategy.root_device.type != "cpu"
 
     def _act_on(self, trainer: pl.Trainer, events: list[Any]) -> None:
-        controller = self.controller
+        controller = self._controller
         assert controller is not None
         if events and self._world_size > 1:
             # rank 0 decides: every rank adopts its decision, so all ranks apply the same LR at the same step
@@ -571,12 +672,12 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         before a checkpoint and at the run's end or an exception, so no state is written or left without it.
         ``act=False``: the controller's events are neither logged nor broadcast to the other ranks."""
         late, self._late = self._late, None
-        if late is None or self.controller is None:
+        if late is None or self._controller is None:
             return
         loss = late.read()
         if loss is None or self._steps_without_loss:
             self._check_loss_present(loss)
-        events = self.controller.report_late_loss(loss, progressed=not late.skipped)
+        events = self._controller.report_late_loss(loss, progressed=not late.skipped)
         if events and act:
             self._act_on(self._trainer, events)
 
@@ -603,7 +704,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     @property
     def progress_text(self) -> str:
         """Where the schedule is, e.g. ``"stage 2 · trial 3/10"``, shown in the progress bar."""
-        c = self.controller
+        c = self._controller
         if c is not None and c.range_test_running:
             return f"range test {c.range_test_position + 1}/{c.range_test_steps}"
         if c is None or c.phase == "warmup":
@@ -614,14 +715,16 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
 
     def _progress_metrics(self) -> dict[str, str]:
         """The current LR and :attr:`progress_text`, for the progress bar."""
-        c = self.controller
+        c = self._controller
+        if self._run_losses:  # (a quiet run's steps, not handed to the controller yet: the last one's LR)
+            return {"lr": f"{self._run_plans[len(self._run_losses) - 1].lr:.3g}", "autolrs": self.progress_text}
         lr = {"lr": f"{c.lrs[-1]:.3g}"} if c is not None and c.lrs else {}
         return {**lr, "autolrs": self.progress_text}
 
     def _check_loss_present(self, loss: float | None) -> None:
-        assert self.controller is not None
+        assert self._controller is not None
         self._steps_without_loss = 0 if loss is not None else self._steps_without_loss + 1
-        limit = max(_NO_LOSS_LIMIT, self.controller.stage_steps[1])
+        limit = max(_NO_LOSS_LIMIT, self._controller.stage_steps[1])
         if self._steps_without_loss >= limit:
             raise UnsupportedSetupError(
                 f"`training_step` returned no loss in {self._steps_without_loss} consecutive optimizer steps; AutoLRS "
@@ -631,6 +734,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     # ------------------------------------------------------------------ ends of the run
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sync()
         self._drop_open_step()
         self._report_late_loss()
         self._progress_bar.detach()
@@ -639,7 +743,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not (
-            self._settings.save_files and trainer.loggers and trainer.is_global_zero and self.controller is not None
+            self._settings.save_files and trainer.loggers and trainer.is_global_zero and self._controller is not None
         ):
             return
         log_dir = trainer.log_dir
@@ -666,6 +770,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._progress_bar.detach()
         try:  # the loss still waiting (read late): a divergence in it decides which state is committed
+            if self._in_run:  # (a quiet run's losses: no events before its last step)
+                self._end_run()
             self._drop_open_step()
             self._report_late_loss(act=False)  # (no logging, no collective: the run is ending, maybe on one rank)
         except Exception as err:  # never mask the exception being handled; the committed state is chosen without it
@@ -676,14 +782,14 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         """At the run's end: a step begun but never ended (the module's ``on_train_batch_start`` returned -1 in the
         last epoch, or the step raised) is dropped from the controller, so the loss still waiting is judged as the
         last step's: a trial it diverged is recorded."""
-        if self._step_open and self.controller is not None:
-            self.controller.drop_open_step()
+        if self._step_open and self._controller is not None:
+            self._controller.drop_open_step()
             self._step_open = False
 
     def _abandon_search(self, why: str) -> None:
         """A run cut short: leave the model at the best committed training state (the end of the stage's best
         completed trial when there is one, else the stage start) and say how many steps that kept and discarded."""
-        c = self.controller
+        c = self._controller
         if c is None or self._snapshot is None or not self._snapshot.captured or not c.finalize():
             return
         state, trial, kept, discarded = self._committed()
@@ -709,7 +815,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     def _committed(self) -> tuple[str, int | None, int, int]:
         """:meth:`StageController.committed_on_stop`, with ``"best"`` read as ``"stage"`` when no best-trial snapshot
         holds it: ``(state, trial, kept, discarded)``, ``state`` one of ``"current"``, ``"best"``, ``"stage"``."""
-        c, snap = self.controller, self._snapshot
+        c, snap = self._controller, self._snapshot
         if c is None or snap is None or not snap.captured:
             return "current", None, 0, 0
         state, trial, kept, discarded = c.committed_on_stop()
@@ -761,6 +867,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning validates (and EarlyStopping / ModelCheckpoint(monitor=...) judge) the committed weights
+        self._sync()
         self._validation_swapped = not trainer.sanity_checking and self._held is None and self._hold_committed("module")
 
     @override
@@ -772,10 +879,11 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     # ------------------------------------------------------------------ checkpoints
     @override
     def state_dict(self) -> dict[str, Any]:
-        if self.controller is None:
+        if self._controller is None:
             return {}
+        self._sync()
         self._report_late_loss()  # the state includes the last step's loss (and any fallback it calls for)
-        return {"version": STATE_VERSION, "ratios": list(self._ratios), "controller": self.controller.state_dict()}
+        return {"version": STATE_VERSION, "ratios": list(self._ratios), "controller": self._controller.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -789,8 +897,9 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
+        self._sync()
         self._report_late_loss()
-        c, snap = self.controller, self._snapshot
+        c, snap = self._controller, self._snapshot
         if c is None or snap is None:
             return
         held = self._held

@@ -94,6 +94,7 @@ from __future__ import annotations
 import math
 import sys
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, cast
 
@@ -860,6 +861,72 @@ class StageController:
                 events = self._watch_overfitting(float(probe))
         return events
 
+    def quiet_run(self) -> list[StepPlan]:
+        """The plans of the steps, from the one planned now, that end on :meth:`end_step`'s short paths with nothing to
+        act on before the last of them, given each a finite loss at or below :attr:`quiet_below` (a NaN, inf or
+        larger loss takes the general path, as at every step); empty when the step planned now does not. The caller
+        may take them at their plans' LRs without calling :meth:`begin_step` and :meth:`end_step` for each, and hand
+        their losses over together (:meth:`end_quiet_run`): issue #14, the two calls per step, on caches the training
+        step has just filled, were most of a step's path. Such a run is:
+
+        - a kept exploit plan's steps (the first stage's exploit warmup's ramp included), up to the end of the
+          exploit phase, the next overfitting probe or the final anneal's start (where the kept plan ends), and up to
+          the step at which the slow-collapse guard could first fire (that last step may return the guard's events);
+        - a search trial's steps kept by its plan (no validation probes), up to its last step included (which ends
+          the trial: its events);
+        - the final anneal's steps planned ahead (:meth:`_plan_anneal_ahead`).
+
+        No budget is known here: the caller stops the run at its own."""
+        plan = self._plan
+        if plan is None or self._pending_restore or self._late is not None or self._late_diverged:
+            return []
+        if plan is self._anneal_plan:
+            ahead, i = self._anneal_ahead, self.step - self._ahead_from
+            if not (0 <= i < len(ahead) and ahead[i] is plan) or self._pending_rollback:
+                return []
+            return ahead[i:]
+        if plan is not self._quiet or self._quiet_lr != self._lr or not self._quiet_below >= -math.inf:
+            return []  # (NaN: no step takes the short path)
+        if plan.phase == "search":
+            return [plan] * (self.search.tau_prime - self.search.trial_steps)
+        if plan.phase != "exploit":
+            return []
+        start = len(self.losses)  # (the step planned now appends its loss at this index)
+        if self._held and self._held_from + self._held == start:  # (its loss joins the row held so far)
+            steps = self._hand_over_at - start
+        else:  # (it starts a new row: the held losses before are handed over first, as end_step does)
+            if self._held:
+                self._settle()
+            steps = self._collapse_guard.room()
+        steps = int(min(self._quiet_until - self.step, steps))
+        if plan.lr == self._lr:  # (no ramp)
+            return [plan] * steps
+        plans = [plan]
+        for step in range(self.step + 1, self.step + steps):  # (the ramp's next LRs, as begin_step plans them)
+            lr = plans[-1].lr if plans[-1].lr == self._lr else self._ramp_lr_at(step)
+            plans.append(plans[-1] if plans[-1].lr == lr else plans[-1].at_lr(lr))
+        return plans
+
+    @property
+    def quiet_below(self) -> float:
+        """The highest training loss with which a step of a :meth:`quiet_run` ends on a short path (NaN: none): for
+        the final anneal's steps the largest finite float."""
+        return _MAX_FLOAT if self._plan is not None and self._plan is self._anneal_plan else self._quiet_below
+
+    def end_quiet_run(self, losses: Sequence[float], plans: Sequence[StepPlan]) -> list[Event]:
+        """End the first ``len(losses)`` steps of a run that :meth:`quiet_run` returned as ``plans``, as
+        :meth:`end_step` and :meth:`begin_step` one at a time would: the first loss ends the step planned now, each
+        further one the step after it. ``losses`` are finite floats at or below :attr:`quiet_below`; only the last
+        loss of the whole run may return events. No plan is open afterwards."""
+        events: list[Event] = []
+        for i, loss in enumerate(losses):
+            if i and self.begin_step().lr != plans[i].lr:
+                raise RuntimeError("end_quiet_run(): a step of the run was planned at another LR")
+            if events:
+                raise RuntimeError("end_quiet_run(): a step before the run's last returned events")
+            events = self.end_step(loss)
+        return events
+
     def record_level(self, value: float | None) -> None:
         """The validation probe of the stage-start model, asked for by :attr:`StepPlan.probe_before`."""
         self._history = None
@@ -1095,11 +1162,15 @@ class StageController:
     def _ramp_lr(self) -> float:
         """The LR of the step planned now: the LR in use, or during the exploit warmup a linear ramp from ``min_lr``
         (the LR in use, when lower) up to it."""
+        return self._ramp_lr_at(self.step)
+
+    def _ramp_lr_at(self, step: int) -> float:
+        """:meth:`_ramp_lr` of the exploit step ``step`` (this one or a later one of the same phase)."""
         start = self._ramp_start
-        if start is None or self.phase != "exploit" or self.step + 1 >= start + self.exploit_warmup:
+        if start is None or self.phase != "exploit" or step + 1 >= start + self.exploit_warmup:
             return self._lr  # (its last step: the LR itself, which the ramp's arithmetic may miss by an ulp)
         low = min(self.min_lr, self._lr)
-        return low + (self._lr - low) * (self.step - start + 1) / self.exploit_warmup
+        return low + (self._lr - low) * (step - start + 1) / self.exploit_warmup
 
     def _anchor(self) -> float | None:
         """The LR of a stage's first trial: the LR the previous stage ended at (its choice, or the LR an exploit

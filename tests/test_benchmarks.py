@@ -713,9 +713,12 @@ def test_step_path_against_a_baseline_checkout(tmp_path: Path) -> None:
     assert [r[0] for r in rows] == ["this checkout", "baseline", "floor"] and header[4] == "start hook"
     for row in rows[:2]:  # the kept plan's steps: after the first stage's exploit warmup (400-498), before the anneal
         assert int(row[2]) == 141
-        assert all(float(cell.split()[0]) > 0 for cell in row[3:])
+        assert all(float(cell.split()[0]) > 0 for cell in row[3:6] + row[8:])
+    # the controller's parts: this checkout (twice) takes the kept plan's steps in quiet runs, which call neither
+    assert rows[0][6:8] == rows[1][6:8] == ["0.0", "0.0"]
     floor = rows[2]  # every step, timed in the same two hooks; no controller to time inside them
-    assert int(floor[2]) == 800 and all(float(c.split()[0]) > 0 for c in floor[3:6]) and floor[6:] == ["—", "—"]
+    assert int(floor[2]) == 800 and all(float(c.split()[0]) > 0 for c in floor[3:6])
+    assert floor[6:8] == ["—", "—"] and float(floor[8]) > 0
     assert re.search(r"Paired ratio .*: median \d+\.\d{3} \(min", text)
     ratio = float(re.search(r"per-step path ÷ the floor's \(per repeat\): median (\d+\.\d{2}) \(min", text)[1])
     assert ratio == pytest.approx(float(rows[0][3].split()[0]) / float(floor[3].split()[0]), rel=0.05)

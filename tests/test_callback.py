@@ -1093,3 +1093,73 @@ def test_the_too_small_budget_warning_says_what_the_run_trains_and_why_it_has_no
         "lr=0.1 (the configured lr=0.05 clamped to `min_lr`…`max_lr`) from the first step, held to the end (it is "
         "`min_lr` already: the final anneal has nothing to decay)"
     )
+
+
+@pytest.mark.parametrize(("optimizer", "validation"), [("sgd", False), ("adam", True)])
+def test_quiet_runs_train_and_record_what_steps_one_at_a_time_do(
+    lpl, tmp_path, monkeypatch, optimizer: str, validation: bool
+) -> None:
+    """On CPU the steps of a quiet run (a kept exploit plan's, the exploit warmup's ramp with Adam, a trial's, the
+    final anneal's planned ahead: issue #14) set their LR and hand their losses to the controller together: every LR
+    the optimizer saw, the weights, the schedule, the checkpoints written mid-run and what a callback reads from
+    AutoLRS mid-run are those of steps taken one at a time (quiet runs turned off), bitwise."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_autolrs.controller import StageController
+
+    handed: list[int] = []
+    real_end_run = StageController.end_quiet_run
+
+    def end_quiet_run(self, losses, plans):
+        handed.append(len(losses))
+        return real_end_run(self, losses, plans)
+
+    monkeypatch.setattr(StageController, "end_quiet_run", end_quiet_run)
+    steps = 300
+    out = []
+    for runs in (True, False):
+        if not runs:
+            monkeypatch.setattr(StageController, "quiet_run", lambda self: [])
+        seen: list[tuple] = []
+        cb = AutoLRS(min_lr=1e-3, max_lr=0.5, num_trials=3, tau=40, seed=0, verbose=False, monitor="train_loss")
+
+        class Reader(lpl.Callback):  # reads AutoLRS mid-run, between the steps of a quiet run
+            def __init__(self, cb: AutoLRS, seen: list[tuple]) -> None:
+                self.cb, self.seen = cb, seen
+
+            def on_train_batch_end(self, trainer, *args) -> None:
+                if trainer.global_step % 37 == 0:
+                    cb = self.cb
+                    self.seen.append((trainer.global_step, list(cb.lrs), without_probe_times(cb.history), cb.phase))
+
+        folder = tmp_path / f"runs_{runs}"
+        checkpoints = ModelCheckpoint(dirpath=folder, every_n_train_steps=50, save_top_k=-1)
+        lpl.seed_everything(0)
+        model = make_module_class(lpl)(optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 0.01)
+        trainer_kw = dict(limit_val_batches=1.0, val_check_interval=5) if validation else {}
+        trainer = lpl.Trainer(
+            callbacks=[cb, Reader(cb, seen), checkpoints],
+            **trainer_kwargs(folder, max_steps=steps, enable_checkpointing=True, **trainer_kw),
+        )
+        trainer.fit(model)
+        saved = sorted(folder.glob("*.ckpt"))
+        states = [torch.load(p, weights_only=False) for p in saved]
+        out.append(
+            (
+                model.group_lrs, cb.lrs, without_probe_times(cb.history), seen,
+                {k: v.clone() for k, v in model.state_dict().items()},
+                [(s["state_dict"], s["optimizer_states"], s["callbacks"]["AutoLRS"]) for s in states],
+                [p.name for p in saved],
+            )
+        )  # fmt: skip
+        if runs:
+            assert sum(handed) > 0.6 * steps  # most steps ended inside a quiet run
+            assert any(h["trials"] for h in cb.history) and cb.history[-1].get("anneal_start") is not None
+    (lrs, cb_lrs, history, seen, weights, ckpts, names), reference = out
+    assert lrs == reference[0] and cb_lrs == reference[1] and len(cb_lrs) == steps
+    assert history == reference[2] and seen == reference[3] and len(seen) == steps // 37
+    assert weights.keys() == reference[4].keys() and all(torch.equal(weights[k], reference[4][k]) for k in weights)
+    assert names == reference[6] and len(names) == steps // 50
+    for (model_state, optimizer_state, callback_state), other in zip(ckpts, reference[5]):
+        assert all(torch.equal(model_state[k], other[0][k]) for k in model_state)
+        assert str(optimizer_state) == str(other[1]) and callback_state == other[2]

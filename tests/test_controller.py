@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -1860,3 +1861,118 @@ def test_no_high_pick_from_the_probes_of_weights_a_fallback_throws_away() -> Non
     assert not c._no_generalization_gap()
     c._pending_restore, c._pending_restore_best = False, True
     assert not c._no_generalization_gap()
+
+
+# ---------------------------------------------------------------- quiet runs (issue #14)
+def _drive_steps(
+    c: StageController, losses: list[float | None], runs: bool, syncs: frozenset[int] = frozenset()
+) -> tuple[list[float], list[list], dict[int, dict], int]:
+    """Feed ``losses`` as the callback does on CPU (each loss at its step's end): with ``runs``, in the quiet runs the
+    controller plans (:meth:`StageController.quiet_run`: the steps between set only their plan's LR, their losses
+    reach the controller together at the run's end, or at a ``syncs`` step's end, where the callback hands them over
+    before a checkpoint or validation reads the controller); without, one ``begin_step``/``end_step`` per step. The
+    LR each step trained at, the events at each step's end, the state at each ``syncs`` step's end, and how many
+    steps ended inside a run before its last."""
+    lrs: list[float] = []
+    events: list[list] = []
+    states: dict[int, dict] = {}
+    run: list[StepPlan] = []
+    got: list[float] = []
+    below, inside = math.nan, 0
+    for k, loss in enumerate(losses):
+        if c.total_steps is not None and k >= c.total_steps:
+            break
+        if got and len(got) < len(run):  # a run's next step
+            plan = run[len(got)]
+        else:
+            run, got = [], []
+            plan = c.begin_step()
+            if runs:
+                planned = c.quiet_run()[: (c.total_steps or math.inf) - c.step]
+                if len(planned) >= 2:
+                    run, below = planned, c.quiet_below
+        lrs.append(plan.lr)
+        if run and type(loss) is float and -math.inf < loss <= below:
+            got.append(loss)
+            if len(got) == len(run):
+                events.append(c.end_quiet_run(got, run))
+                run, got = [], []
+            else:
+                events.append([])
+                inside += 1
+        else:
+            if got:  # the run's steps before this one, then this one planned and ended one at a time
+                assert c.end_quiet_run(got, run) == []
+                assert c.begin_step().lr == plan.lr
+            run, got = [], []
+            events.append(c.end_step(loss))
+        if k in syncs:
+            if got:
+                assert c.end_quiet_run(got, run) == []
+            run, got = [], []
+            states[k] = c.state_dict()
+    if got:
+        assert c.end_quiet_run(got, run) == []
+    return lrs, events, states, inside
+
+
+def _random_quiet_case(seed: int) -> tuple[Callable[[], StageController], list[float | None]]:
+    """A controller's settings and a loss series drawn from ``seed``: stages, trials and an exploit warmup of random
+    lengths, with or without the final anneal and the collapse guard; NaN, inf, spikes, missing losses and a climb
+    back to the start level (a slow collapse) at random steps."""
+    rng = torch.Generator().manual_seed(seed)
+
+    def pick(options: list) -> Any:
+        return options[int(torch.randint(len(options), (1,), generator=rng))]
+
+    total = pick([160, 240, 400])
+    kw = dict(
+        num_trials=pick([2, 3, 4]), tau=pick([20, 30, 50]), search_ratio=pick([0.2, 0.25, 0.3]), total_steps=total,
+        anneal_steps=pick([0, 30, 70]), seed=seed, anchor_lr=0.1, collapse_guard=pick([True, False]),
+        exploit_warmup=pick([0, 5, 12]),
+    )  # fmt: skip
+    if pick([True, False]):
+        kw.update(warmup_steps=5, warmup_lr=0.01)
+    noise = torch.rand(total, generator=rng).tolist()
+    losses: list[float | None] = [1.0 + math.exp(-i / 60) + 0.02 * noise[i] for i in range(total)]
+    start = int(torch.randint(60, total - 50, (1,), generator=rng))
+    for i in range(start, start + pick([0, 20, 45])):  # back to the start level for a while
+        losses[i] = 2.0 + 0.01 * noise[i]
+    for bad in (math.nan, math.inf, -math.inf, 50.0, 8.0, None):
+        for _ in range(pick([0, 0, 1, 2])):
+            losses[int(torch.randint(total, (1,), generator=rng))] = bad
+    return lambda: StageController(1e-3, 1.0, **kw), losses
+
+
+def test_steps_in_quiet_runs_train_and_record_what_steps_one_at_a_time_do() -> None:
+    """The quiet runs the controller plans (issue #14: the callback takes their steps without calling into the
+    controller, and hands their losses over together) give every step the LR, and every step's end the events, that
+    planning and ending steps one at a time gives, and the same state at every point the callback hands a run over
+    early (a checkpoint, validation) and at the end: in the exploit phases (the exploit warmup's ramp, the collapse
+    guard's hand-overs), the trials, the final anneal, with divergences, NaN/inf, missing losses and slow collapses."""
+    kw, losses = _quiet_case()
+    cases: list[tuple[Callable[[], StageController], list[float | None]]] = [
+        (lambda: StageController(1e-3, 1.0, **kw), losses)
+    ]
+    _, collapsing = _collapsing_run(collapse_guard=True)
+    cases.append((lambda: _collapsing_run(collapse_guard=True)[0].__class__(
+        1e-3, 1.0, num_trials=3, tau=100, tau_max=100, search_ratio=0.2, total_steps=230, seed=0, anchor_lr=0.05,
+        collapse_guard=True,
+    ), collapsing))  # fmt: skip
+    cases += [_random_quiet_case(seed) for seed in range(24)]
+    inside = 0
+    for i, (new, series) in enumerate(cases):
+        syncs = frozenset(range(i % 7 + 3, len(series), 17 + i % 5))
+        reference = new()
+        lrs, events, states, _ = _drive_steps(reference, series, runs=False, syncs=syncs)
+        for sync in (frozenset(), syncs):
+            c = new()
+            got = _drive_steps(c, series, runs=True, syncs=sync)
+            assert got[0] == lrs and got[1] == events, i
+            assert got[2] == {k: states[k] for k in sync}, i
+            assert (c.lrs, c.losses, c.history, c.state_dict()) == (
+                reference.lrs, reference.losses, reference.history, reference.state_dict()
+            ), i  # fmt: skip
+            inside += got[3]
+    assert any(e for es in events for e in es)
+    assert inside > 3000  # (most steps ended inside a run)
