@@ -230,7 +230,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     @property
     def controller(self) -> StageController | None:
         """The run's :class:`~lightning_autolrs.controller.StageController` (``None`` before training starts), with
-        every step ended so far recorded (the steps of a quiet run are handed to it when it is read)."""
+        every step ended so far recorded: the steps of a quiet run are handed to it when it is read, so an object kept
+        from an earlier read may lag behind by the steps of the run in progress."""
         self._sync()
         return self._controller
 
@@ -241,7 +242,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
 
     @property
     def lrs(self) -> list[float]:
-        """Base LR applied at each optimizer step so far (index = global step)."""
+        """Base LR applied at each optimizer step so far (index = global step). The controller's list, brought up to
+        date by this read: a list kept from an earlier read may lag behind by the steps of a quiet run in progress."""
         self._sync()
         return [] if self._controller is None else self._controller.lrs
 

@@ -873,7 +873,8 @@ class StageController:
           exploit phase, the next overfitting probe or the final anneal's start (where the kept plan ends), and up to
           the step at which the slow-collapse guard could first fire (that last step may return the guard's events);
         - a search trial's steps kept by its plan (no validation probes), up to its last step included (which ends
-          the trial: its events);
+          the trial: its events), and before the final anneal's start (which a trial of a stage restarted on resume
+          may reach);
         - the final anneal's steps planned ahead (:meth:`_plan_anneal_ahead`).
 
         No budget is known here: the caller stops the run at its own."""
@@ -887,8 +888,8 @@ class StageController:
             return ahead[i:]
         if plan is not self._quiet or self._quiet_lr != self._lr or not self._quiet_below >= -math.inf:
             return []  # (NaN: no step takes the short path)
-        if plan.phase == "search":
-            return [plan] * (self.search.tau_prime - self.search.trial_steps)
+        if plan.phase == "search":  # (a trial of a resumed stage may reach past the final anneal's start)
+            return [plan] * int(min(self.search.tau_prime - self.search.trial_steps, self._quiet_until - self.step))
         if plan.phase != "exploit":
             return []
         start = len(self.losses)  # (the step planned now appends its loss at this index)

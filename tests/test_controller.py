@@ -1878,9 +1878,9 @@ def _drive_steps(
     states: dict[int, dict] = {}
     run: list[StepPlan] = []
     got: list[float] = []
-    below, inside = math.nan, 0
+    below, inside, start = math.nan, 0, c.step
     for k, loss in enumerate(losses):
-        if c.total_steps is not None and k >= c.total_steps:
+        if c.total_steps is not None and start + k >= c.total_steps:
             break
         if got and len(got) < len(run):  # a run's next step
             plan = run[len(got)]
@@ -1960,7 +1960,20 @@ def test_steps_in_quiet_runs_train_and_record_what_steps_one_at_a_time_do() -> N
         collapse_guard=True,
     ), collapsing))  # fmt: skip
     cases += [_random_quiet_case(seed) for seed in range(24)]
-    inside = 0
+    # resumed inside stage 1's second trial (steps 50-59) with a smaller budget: the final anneal now begins at step
+    # 55, inside the trial, which it cuts short
+    trial_kw, trial_losses = _trial_case()
+    written = StageController(1e-3, 1.0, **trial_kw)
+    _drive(written, trial_losses[:52], late_reads=False)
+    assert written.phase == "search" and written.search.trial == 1 and written.search.trial_steps == 2
+
+    def resumed() -> StageController:
+        c = StageController(1e-3, 1.0, **{**trial_kw, "total_steps": 85})
+        c.load_state_dict(written.state_dict())
+        return c
+
+    cases.append((resumed, trial_losses[52:85]))
+    inside, with_events = 0, 0
     for i, (new, series) in enumerate(cases):
         syncs = frozenset(range(i % 7 + 3, len(series), 17 + i % 5))
         reference = new()
@@ -1974,5 +1987,8 @@ def test_steps_in_quiet_runs_train_and_record_what_steps_one_at_a_time_do() -> N
                 reference.lrs, reference.losses, reference.history, reference.state_dict()
             ), i  # fmt: skip
             inside += got[3]
-    assert any(e for es in events for e in es)
+        with_events += any(events)
+    assert with_events >= 20
+    assert reference.history[-1]["anneal_start"] == 55  # (the resumed case: the anneal cut its trial at 5 of 10 steps)
+    assert reference.search.trial_steps == 5
     assert inside > 3000  # (most steps ended inside a run)
