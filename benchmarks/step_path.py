@@ -22,7 +22,7 @@ is therefore measured here against a baseline checkout in the same session, in a
   :meth:`~lightning_autolrs.controller.StageController.quiet_run`): they call neither controller method, and the run's
   last step hands all their losses to the controller at once, one ``begin_step`` and ``end_step`` per step inside its
   end hook; the two parts are summed over their calls in the step, and a column of each run's mean per-step path
-  carries that last step's work, which the medians leave out. A step is labelled by the LR its plan set (the
+  carries that last step's work, which the medians do not reflect. A step is labelled by the LR its plan set (the
   controller's open plan is the run's first). Steps with a GP decision, a forecast or a snapshot copy in the hooks (a
   trial's end) are left out. The per-step path reported is, with ``--select quiet`` (default), that of the quiet
   exploit steps, what most steps of a long run are (in the MLP case at 800 steps about 140 per run, 499-639); with
@@ -295,7 +295,7 @@ def report(
         "the steps of a quiet run (a package from stop 50 on) call neither, and the run's last step hands all their "
         "losses to the controller, one `begin_step` and `end_step` per step, inside its end hook. The mean column "
         "(median over runs of each run's mean over the same steps) carries that last step's work, which the medians "
-        "leave out.",
+        "do not reflect.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -539,8 +539,8 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         events = controller.end_quiet_run(losses, plans)
         if self._step_open:  # a step of the run the controller has not planned yet: plan it
             plan = controller.begin_step()
-            if events or plan.lr != self._applied.lr:
-                raise RuntimeError("AutoLRS: a quiet run ended inside a step planned at another LR")
+            if events or not plan.takes_as(self._applied):
+                raise RuntimeError("AutoLRS: a quiet run ended inside a step planned otherwise")
             self._applied = plan
         return events
 

@@ -205,6 +205,17 @@ class StepPlan:
     #: copied) needs to set only the new LR.
     ramp_of: ClassVar[StepPlan | None] = None
 
+    def takes_as(self, other: StepPlan) -> bool:
+        """Whether a step planned by this plan is taken as one planned by ``other``: the same LR and phase, and no
+        action in either (the plans of a quiet run, :meth:`StageController.quiet_run`)."""
+        return (
+            self.lr == other.lr
+            and self.phase == other.phase
+            and not (self.restore or self.capture or self.probe or self.save_best or self.restore_best)
+            and not (self.probe_before or other.restore or other.capture or other.probe or other.save_best)
+            and not (other.restore_best or other.probe_before)
+        )
+
     def at_lr(self, lr: float) -> StepPlan:
         """This plan at the LR ``lr`` (the steps of a ramp: the same plan at each step's LR), in a quarter of the
         constructor's time; its :attr:`ramp_of` is the ramp's first plan. (It copies the instance dict: the class must
@@ -921,8 +932,8 @@ class StageController:
         loss of the whole run may return events. No plan is open afterwards."""
         events: list[Event] = []
         for i, loss in enumerate(losses):
-            if i and self.begin_step().lr != plans[i].lr:
-                raise RuntimeError("end_quiet_run(): a step of the run was planned at another LR")
+            if i and not self.begin_step().takes_as(plans[i]):
+                raise RuntimeError("end_quiet_run(): a step of the run was planned otherwise")
             if events:
                 raise RuntimeError("end_quiet_run(): a step before the run's last returned events")
             events = self.end_step(loss)

@@ -1992,3 +1992,14 @@ def test_steps_in_quiet_runs_train_and_record_what_steps_one_at_a_time_do() -> N
     assert reference.history[-1]["anneal_start"] == 55  # (the resumed case: the anneal cut its trial at 5 of 10 steps)
     assert reference.search.trial_steps == 5
     assert inside > 3000  # (most steps ended inside a run)
+
+
+def test_a_quiet_runs_step_is_taken_only_as_a_plan_of_the_same_lr_and_phase_without_actions() -> None:
+    """The check a quiet run's hand-over makes of each step replanned one at a time (`StepPlan.takes_as`): a plan of
+    another LR or phase, or one with any action (a snapshot copy, a probe), is not the step the run took."""
+    quiet = StepPlan(0.1, "exploit")
+    assert quiet.takes_as(StepPlan(0.1, "exploit")) and quiet.at_lr(0.1).takes_as(quiet)
+    assert not quiet.takes_as(StepPlan(0.2, "exploit")) and not quiet.takes_as(StepPlan(0.1, "search"))
+    for action in ("restore", "capture", "probe", "save_best", "restore_best", "probe_before"):
+        acting = StepPlan(0.1, "exploit", **{action: True})
+        assert not acting.takes_as(quiet) and not quiet.takes_as(acting), action
