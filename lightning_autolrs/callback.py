@@ -202,12 +202,9 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._reads_scale = False  # the plan's steps read the AMP scale before and after (a search step, with AMP)
         self._loss_only = False  # the plan's steps end with their loss alone (_apply_plan)
         # a quiet run (StageController.quiet_run): steps planned ahead whose losses are handed to the controller
-        # together at the run's end (or before anything reads it); its plans, the index of the next step to begin,
-        # the steps still to begin, the losses of its steps ended so far, and the highest loss one may end with
-        self._in_run = False
+        # together at the run's end (or before anything reads it); its plans (empty: no run), the losses of its steps
+        # ended so far (as many: the next step to begin is the one at that index), and the highest loss one may end with
         self._run_plans: list[StepPlan] = []
-        self._run_next = 0
-        self._run_left = 0
         self._run_losses: list[float] = []
         self._run_below = math.nan
         self._progress_bar = ProgressBarHook()
@@ -234,11 +231,6 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         from an earlier read may lag behind by the steps of the run in progress."""
         self._sync()
         return self._controller
-
-    @controller.setter
-    def controller(self, controller: StageController | None) -> None:
-        self._end_run()
-        self._controller = controller
 
     @property
     def lrs(self) -> list[float]:
@@ -442,7 +434,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
                 self._controller.drop_best_state()  # (a checkpoint without it: no rollback to a state it did not keep)
             self._loaded_trial = None
         self._step_open = False
-        self._in_run, self._run_left, self._run_losses, self._run_plans = False, 0, [], []
+        self._run_losses, self._run_plans = [], []
         self._applied = self._applied_base = None
         self._seen_global_step = trainer.global_step
         # read once: the per-step hooks below run on every optimizer step and must stay cheap
@@ -463,11 +455,10 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._run_left and not self._step_open:  # a step of a quiet run: its plan's LR, nothing else to do
+        ended = self._run_losses
+        if ended and len(ended) < len(self._run_plans) and not self._step_open:  # a quiet run's step: its plan's LR
             if self._optimizer.param_groups[0]["lr"] == self._applied_lr:
-                plan = self._run_plans[self._run_next]
-                self._run_next += 1
-                self._run_left -= 1
+                plan = self._run_plans[len(ended)]
                 if plan is not self._applied:  # (a ramp's or the anneal's next LR)
                     apply_lr(self._optimizer, plan.lr, self._ratios)
                     self._applied = plan
@@ -509,17 +500,14 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         plans = controller.quiet_run()
         steps = int(min(len(plans), self._budget - controller.step))
         if steps >= 2:
-            self._in_run = True
             self._run_plans = plans[:steps]
-            self._run_next = 1
-            self._run_left = steps - 1
             self._run_losses = []
             self._run_below = controller.quiet_below
 
     def _sync(self) -> None:
         """Bring the controller up to date with a quiet run's steps ended so far (:meth:`_end_run`), before anything
         reads it (a checkpoint, validation, the public results, the run's end)."""
-        if self._in_run:
+        if self._run_plans:
             events = self._end_run()
             if events:  # (none: a run's events come at its last step, whose hook ends the run)
                 self._act_on(self._trainer, events)
@@ -528,12 +516,12 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         """Hand the losses of the quiet run's ended steps to the controller (:meth:`StageController.end_quiet_run`),
         and begin its step still open there, so the controller is where the steps one at a time would have left it;
         before anything reads the controller. The controller's events (only at the end of a full run)."""
-        if not self._in_run:
+        if not self._run_plans:
             return []
         controller = self._controller
         assert controller is not None
         losses, plans = self._run_losses, self._run_plans
-        self._in_run, self._run_left, self._run_losses, self._run_plans = False, 0, [], []
+        self._run_losses, self._run_plans = [], []
         if not losses:  # (the run's first step, still open: the controller planned it)
             return []
         events = controller.end_quiet_run(losses, plans)
@@ -591,12 +579,12 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         if global_step == self._seen_global_step:
             return  # gradient accumulation: the optimizer step has not happened yet
         self._seen_global_step = global_step
-        if self._in_run:
+        if self._run_plans:
             step_loss = None if self._step_loss is None else self._step_loss.item()
             if type(step_loss) is float and -math.inf < step_loss <= self._run_below:  # (False for NaN)
                 self._step_open = False
                 self._run_losses.append(step_loss)
-                if not self._run_left:  # the run's last step: its losses to the controller
+                if len(self._run_losses) == len(self._run_plans):  # the run's last step: its losses to the controller
                     events = self._end_run()
                     if events:
                         self._act_on(trainer, events)
@@ -772,8 +760,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._progress_bar.detach()
         try:  # the loss still waiting (read late): a divergence in it decides which state is committed
-            if self._in_run:  # (a quiet run's losses: no events before its last step)
-                self._end_run()
+            self._end_run()  # (a quiet run's losses: no events before its last step)
             self._drop_open_step()
             self._report_late_loss(act=False)  # (no logging, no collective: the run is ending, maybe on one rank)
         except Exception as err:  # never mask the exception being handled; the committed state is chosen without it

@@ -205,16 +205,15 @@ class StepPlan:
     #: copied) needs to set only the new LR.
     ramp_of: ClassVar[StepPlan | None] = None
 
+    @property
+    def acts(self) -> bool:
+        """Whether the plan asks for anything besides its LR (a snapshot copy or restore, a probe)."""
+        return self.restore or self.capture or self.probe or self.save_best or self.restore_best or self.probe_before
+
     def takes_as(self, other: StepPlan) -> bool:
         """Whether a step planned by this plan is taken as one planned by ``other``: the same LR and phase, and no
         action in either (the plans of a quiet run, :meth:`StageController.quiet_run`)."""
-        return (
-            self.lr == other.lr
-            and self.phase == other.phase
-            and not (self.restore or self.capture or self.probe or self.save_best or self.restore_best)
-            and not (self.probe_before or other.restore or other.capture or other.probe or other.save_best)
-            and not (other.restore_best or other.probe_before)
-        )
+        return self.lr == other.lr and self.phase == other.phase and not (self.acts or other.acts)
 
     def at_lr(self, lr: float) -> StepPlan:
         """This plan at the LR ``lr`` (the steps of a ramp: the same plan at each step's LR), in a quarter of the
@@ -671,7 +670,7 @@ class StageController:
         warmup, whose LR ramps up to the LR in use, each step gets a new plan of the same kind at the ramp's next LR.
         Anything that sets the state from outside (:meth:`load_state_dict`, :meth:`load_sync_state`,
         :meth:`restart_stage`) drops it."""
-        if plan.restore or plan.capture or plan.probe or plan.save_best or plan.restore_best or plan.probe_before:
+        if plan.acts:
             return
         if self._late_diverged:  # (a resumed step that ends a trial whose late loss diverged: the general path)
             return
