@@ -214,7 +214,7 @@ class StageSearch:
         within :data:`HIGH_PICK_FACTOR` of the lowest (module docstring)."""
         self.bounds = bounds
         self.high_pick = high_pick
-        self.proposer.reset(min_lr=bounds[0], max_lr=bounds[1], seed=self._stage_seed())
+        self.proposer.reset(min_lr=bounds[0], max_lr=bounds[1], seed=self._stage_seed(), anchor=anchor)
         self.anchor_index = None if anchor is None else 0
         self.anchor_lr = anchor
         return self.begin_trial(0, step, lr=anchor)
@@ -227,7 +227,9 @@ class StageSearch:
     def restart(self, record: StageRecord, step: int) -> float:
         """Start the stage's search again (the trials so far are dropped); returns the first trial's LR."""
         record.trials = []
-        self.proposer.reset(min_lr=self.bounds[0], max_lr=self.bounds[1], seed=self._stage_seed())
+        self.proposer.reset(
+            min_lr=self.bounds[0], max_lr=self.bounds[1], seed=self._stage_seed(), anchor=self.anchor_lr
+        )
         self.best_trial = None
         return self.begin_trial(0, step, lr=self.anchor_lr)
 
