@@ -143,7 +143,10 @@ __all__ = ["DIVERGENCE_FLOOR", "MONITORS", "RANGE_SPAN", "STATE_VERSION", "Stage
 #: a search holds its LR before the final anneal's decay (stop 45; key ``anneal_decay``): a state written before it
 #: decays along the half cosine over every step after the warmup, as it began to. A stage 0 after a warmup searches
 #: upwards when the final anneal follows it (stop 47; key ``first_stage_upward``): a state written before it, resumed
-#: before its stage 0 began, searches ÷/× 3 there as it would have.
+#: before its stage 0 began, searches ÷/× 3 there as it would have. A stage's initial design starts at its anchor (stop
+#: 51; the proposer's key ``anchor``): a stage in progress in a state written before goes on with the random start it
+#: began with (unless it restarts, ``restart_stage``, which drops its trials and starts at the anchor), and the next
+#: stage starts at its anchor.
 STATE_VERSION = 2
 _REFERENCE_WINDOW = 20
 #: A loss counts as diverged only at or above this share of the fit's first training loss (and above

@@ -51,9 +51,10 @@ Rules:
   fully determined by the seed. A stage whose first trial runs at a given LR (``reset(anchor=lr)``, the stage's anchor)
   starts the sequence there instead: ``u_0`` is the anchor's ``x`` and the sequence steps by ``+(sqrt(5) - 1) / 2`` or
   by its negative (the direction drawn from ``seed``), so the anchor is the design's first point and the next one lies
-  at least 0.38 away from it. With a random ``u_0`` the second point could land next to the anchor (in 64 of 128 first
-  stages of the quality benchmark's runs it lay within 0.15 of it), where two trials of almost the same LR differ by
-  noise alone and the GP, fitted to them, proposes small steps away from both.
+  at least 0.38 away from it. With a random ``u_0`` the second point could land next to the anchor (within 0.15 of
+  it in 64 of the 128 first stages of the benchmarks' runs of seeds 0-2 and 40-49: ``benchmarks/HISTORY.md``, stop
+  51), where two trials of almost the same LR differ by noise alone and the GP, fitted to them, proposes small steps
+  away from both.
 * **Duplicates.** No proposal lies within ``dedup_tol`` (in ``x`` units, default ``1e-3``, i.e. 0.1 % of the log
   range) of an ``x`` already tried: such grid points / design points are skipped. If every grid point is excluded the
   grid point farthest from all tried points is returned.

@@ -212,7 +212,8 @@ class Settings:
     )
     seed: int | None = _setting(
         None,
-        "seed of each stage's first, space-filling proposals (stage ``s`` uses ``seed + s``; ``None`` acts as 0).",
+        "seed of each stage's first, space-filling proposals (from the stage's anchor, the direction of their first "
+        "step; without one, where they start); stage ``s`` uses ``seed + s``; ``None`` acts as 0.",
         lambda n, v: check_int(n, v, allow_none=True),
     )
     divergence_factor: float = _setting(

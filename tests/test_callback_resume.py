@@ -45,21 +45,26 @@ def test_resume_is_bitwise_exact(lpl, tmp_path, reference, step, phase) -> None:
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_params))
 
 
-def test_resume_inside_a_trial_with_losses_read_late_is_bitwise_exact(lpl, tmp_path, reference, monkeypatch) -> None:
+def test_resume_inside_a_trial_with_losses_read_late_is_bitwise_exact(lpl, tmp_path, monkeypatch) -> None:
     """On an accelerator a trial step's loss is read one step late; a checkpoint written inside a trial holds it (the
     callback hands the controller the waiting loss first), so the run resumed from it ends bitwise as the uninterrupted
-    one, which ends as the reference (every loss read at once, as on CPU)."""
+    one, which ends as the reference (every loss read at once, as on CPU). Seed 1: a run without an exploit fallback,
+    whose restore comes a step later when losses are read late, by design (README, "Failure behaviour you can rely
+    on"); the shared reference (seed 0) has one since stop 51's anchored design."""
     from lightning_autolrs import AutoLRS
 
+    ref_cb = autolrs(seed=1)
+    _, ref_model = run(lpl, tmp_path / "ref", ref_cb)  # every loss read at once
+    ref_params = [p.detach().clone() for p in ref_model.parameters()]
+    assert not any(h["fallbacks"] for h in ref_cb.history)
     monkeypatch.setattr(AutoLRS, "_reads_late", staticmethod(lambda trainer: True))
-    _, ref_cb, ref_params = reference
     trial = next(t for t in ref_cb.history[0]["trials"] if t["start_step"] < 12 < t["start_step"] + t["steps"] - 1)
     assert trial  # step 11, the last before the checkpoint, is a trial step before its trial's last: read late
-    late_cb = autolrs()
+    late_cb = autolrs(seed=1)
     _, late_model = run(lpl, tmp_path / "a", late_cb, save_every_epoch=True)
     assert late_cb.lrs == ref_cb.lrs and late_cb.history == ref_cb.history
     assert all(torch.equal(a, b) for a, b in zip(late_model.parameters(), ref_params))
-    cb = autolrs()
+    cb = autolrs(seed=1)
     trainer, model = run(lpl, tmp_path / "b", cb, ckpt_path=str(tmp_path / "a" / "ckpt" / "step=12.ckpt"))
     assert trainer.global_step == STEPS and cb.lrs == ref_cb.lrs and cb.history == ref_cb.history
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_params))

@@ -1706,7 +1706,7 @@ def test_a_restore_in_the_anneal_is_planned_once_even_at_the_lr_of_the_steps_aft
     """Two NaN/inf losses in the hold bring the anneal's LR down twice (÷ 10 each, to about ``min_lr``): the restore
     each asks for is planned on one step only, never reused for the steps of the same LR after it (the callback would
     restore every step)."""
-    c, train, val = _overfitting_case(seed=3)  # (its early anneal begins at 0.0167: ÷ 10 reaches min_lr at once)
+    c, train, val = _overfitting_case(seed=3)  # (its early anneal begins at 0.0167: the second ÷ 10 is min_lr)
     plans: list[tuple] = []
     _drive_val(c, lambda step: math.nan if step in (1000, 1010) else train(step), val, plans)
     last = c.history[-1]
