@@ -355,16 +355,21 @@ def test_every_setting_changes_the_schedule(change) -> None:
 
 
 # ------------------------------------------------------------------ the search rework (issue #12)
+def _collapsing_controller(collapse_guard: bool) -> StageController:
+    """The controller :func:`_collapsing_run` drives: one stage of three trials around 0.05, 230 steps."""
+    return StageController(
+        1e-3, 1.0, num_trials=3, tau=100, tau_max=100, search_ratio=0.2, total_steps=230, seed=1,
+        anchor_lr=0.05, collapse_guard=collapse_guard,
+    )  # fmt: skip
+
+
 def _collapsing_run(
     collapse_guard: bool, edge: float = 0.06, states: list | None = None
 ) -> tuple[StageController, list[float]]:
     """A net that learns faster at larger LRs during a short trial, but dies (its loss climbs back to chance, 2.3-2.304,
     without a spike) after 30 exploit steps at an LR above ``edge``: the collapse seen at the edge of stability.
     ``states`` collects the events and the whole state after each step."""
-    c = StageController(
-        1e-3, 1.0, num_trials=3, tau=100, tau_max=100, search_ratio=0.2, total_steps=230, seed=1,
-        anchor_lr=0.05, collapse_guard=collapse_guard,
-    )  # fmt: skip
+    c = _collapsing_controller(collapse_guard)
     losses: list[float] = []
     since = 0  # steps trained at the current LR since the last restore
     level = 2.3
@@ -1957,10 +1962,7 @@ def test_steps_in_quiet_runs_train_and_record_what_steps_one_at_a_time_do() -> N
         (lambda: StageController(1e-3, 1.0, **kw), losses)
     ]
     _, collapsing = _collapsing_run(collapse_guard=True)
-    cases.append((lambda: _collapsing_run(collapse_guard=True)[0].__class__(
-        1e-3, 1.0, num_trials=3, tau=100, tau_max=100, search_ratio=0.2, total_steps=230, seed=1, anchor_lr=0.05,
-        collapse_guard=True,
-    ), collapsing))  # fmt: skip
+    cases.append((lambda: _collapsing_controller(collapse_guard=True), collapsing))
     cases += [_random_quiet_case(seed) for seed in range(24)]
     # resumed inside stage 1's second trial (steps 50-59) with a smaller budget: the final anneal now begins at step
     # 55, inside the trial, which it cuts short
