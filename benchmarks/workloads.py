@@ -741,12 +741,14 @@ AUTOLRS_VARIANTS: dict[str, dict[str, Any]] = {
     "autolrs_anneal10": {"anneal_ratio": 0.1},
     "autolrs_warmup150": {"warmup_steps": 150},
     "autolrs_beta2": {"beta": 2.0},
+    "autolrs_beta32": {"beta": 32.0},
     "autolrs_ratio05": {"search_ratio": 0.05},
     "autolrs_r05_k3": {"search_ratio": 0.05, "num_trials": 3},
     "autolrs_ratio03": {"search_ratio": 0.03},
     "autolrs_ratio10": {"search_ratio": 0.1},
     "autolrs_k3_r075": {"num_trials": 3, "search_ratio": 0.075},
     "autolrs_k5_r0375": {"num_trials": 5, "search_ratio": 0.0375},
+    "autolrs_k5": {"num_trials": 5},
     "autolrs_short": {},
 }
 """Constructor arguments of each AutoLRS row besides ``min_lr``/``max_lr`` and ``seed``. ``autolrs`` is ``AutoLRS()``
@@ -874,11 +876,13 @@ METHODS: dict[str, Method] = {
             "AutoLRS, defaults but warmup_steps=150 (5 % of the 3000-step budgets)",
         ),
         _variant("autolrs_beta2", "AutoLRS, defaults but beta=2"),
+        _variant("autolrs_beta32", "AutoLRS, defaults but beta=32"),
         _variant("autolrs_ratio05", "AutoLRS, defaults but search_ratio=0.05"),
         _variant("autolrs_r05_k3", "AutoLRS, defaults but search_ratio=0.05, num_trials=3"),
         _variant("autolrs_ratio03", "AutoLRS, defaults but search_ratio=0.03"),
         _variant("autolrs_k3_r075", "AutoLRS, defaults but num_trials=3, search_ratio=0.075"),
         _variant("autolrs_k5_r0375", "AutoLRS, defaults but num_trials=5, search_ratio=0.0375"),
+        _variant("autolrs_k5", "AutoLRS, defaults but num_trials=5"),
         _variant(
             "autolrs_short", f"AutoLRS() at its defaults on 1/{SPEEDUP_TARGET:g} of the budget, no LR range given", True
         ),
