@@ -167,7 +167,8 @@ class Settings:
     num_trials: int = _setting(
         4,
         """candidate LRs tried per stage (≥ 2); the first one of each stage is the stage's anchor: the optimizer's
-        configured LR in stage 0, the previous stage's choice after it.""",
+        configured LR in stage 0, the previous stage's choice after it. On the quality benchmark 3 and 5 ended
+        higher than 4 in most runs, 3 despite the steps it saves (stop 52, `benchmarks/HISTORY.md`).""",
         _int_at_least(2),
     )
     tau: int | None = _setting(
@@ -192,7 +193,9 @@ class Settings:
     beta: float = _setting(
         DEFAULT_BETA,
         """UCB exploration weight (``mean + sqrt(beta)·sigma`` on the negated forecast loss). The default 8 explores a
-        lot, which is cheap: the stage keeps the best *observed* trial, and a stage has only a few trials.""",
+        lot, which is cheap: the stage keeps the best *observed* trial, and a stage has only a few trials. Neither 2
+        nor 32 did better on the quality benchmark: 2 ended the digits CNN 40 % higher, 32 more runs higher than
+        lower (stop 52, `benchmarks/HISTORY.md`).""",
         lambda n, v: check_float(n, v, positive=True),
     )
     warmup_steps: int = _setting(
