@@ -194,8 +194,8 @@ class Settings:
         DEFAULT_BETA,
         """UCB exploration weight (``mean + sqrt(beta)·sigma`` on the negated forecast loss). The default 8 explores a
         lot, which is cheap: the stage keeps the best *observed* trial, and a stage has only a few trials. Neither 2
-        nor 32 did better on the quality benchmark: 2 ended the digits CNN 40 % higher, 32 more runs higher than
-        lower (stop 52, `benchmarks/HISTORY.md`).""",
+        nor 32 did better on the quality benchmark's workloads: 2 ended 20 runs lower and 24 higher (seeds 0-2 and
+        40-44), 32 5 lower and 9 higher (seeds 0-2; stop 52, `benchmarks/HISTORY.md`).""",
         lambda n, v: check_float(n, v, positive=True),
     )
     warmup_steps: int = _setting(
