@@ -15,7 +15,9 @@ without the tuned grid (which it does not need), and reports per workload:
 With ``--against ROW ...`` it also trains the quality benchmark's untuned rows named (:data:`UNTUNED`: a constant or
 warmup-stable-decay schedule at the module's LR, schedule-free at its default LR, Prodigy) on the same seeds and pairs
 each AutoLRS run with each of them seed by seed, as above: the first and third goals of issue #12 (at or below a
-constant LR at the module's LR; ahead of schedule-free and Prodigy at their defaults) on more than three seeds.
+constant LR at the module's LR; ahead of schedule-free and Prodigy at their defaults) on more than three seeds. An
+AutoLRS row named there (``--against autolrs``) is paired with the other AutoLRS rows instead: a candidate setting
+against the defaults, run by run, from the same runs.
 
 With ``--held-out-tuned`` it also answers the quality benchmark's second goal on seeds that did not choose the
 tuned LR: the quality benchmark's tuned cosine is the grid point whose median final loss over its seeds (0, 1, 2) is
@@ -146,8 +148,8 @@ def _rows_against(
 def against_lines(
     results: dict, workloads: Sequence[str], methods: Sequence[str], seeds: Sequence[int], against: str
 ) -> list[str]:
-    """The markdown table of every (workload, AutoLRS row) against the untuned row ``against`` (one of
-    :data:`UNTUNED`), each run paired with that row's run of the same seed: medians, paired mean / worst difference,
+    """The markdown table of every (workload, AutoLRS row) against the row ``against`` (one of :data:`UNTUNED`, or
+    another AutoLRS row), each run paired with that row's run of the same seed: medians, paired mean / worst difference,
     seeds at or below."""
     label = METHODS[against].label
     columns = ("workload", "row", "final val loss, median [min–max]", f"{label}, median [min–max]")
@@ -216,8 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--against",
         nargs="+",
         default=[],
-        choices=UNTUNED,
-        help="also pair the rows with these untuned rows of the quality benchmark, seed by seed",
+        choices=[*UNTUNED, *rows],
+        help="also pair the rows with these untuned rows of the quality benchmark (or AutoLRS rows), seed by seed",
     )
     p.add_argument("--out", default="benchmarks/results", help="output folder (runs cached in OUT/runs)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes")
@@ -276,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             f"Each AutoLRS run paired with the `{against}` run of the same seed.",
             "",
-            *against_lines(results, args.workloads, args.methods, args.seeds, against),
+            *against_lines(results, args.workloads, [m for m in args.methods if m != against], args.seeds, against),
         ]
     if args.held_out_tuned:
         text += [

@@ -581,6 +581,32 @@ def test_seeds_against_pairs_each_autolrs_run_with_the_untuned_rows_run_of_its_s
         seeds.main(["--against", "cosine", "--out", str(tmp_path / "unused")])
 
 
+def test_seeds_against_an_autolrs_row_pairs_the_other_rows_with_its_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--against autolrs``: a candidate row against the defaults, seed by seed, from the runs the rows train anyway
+    (no run is added); the reference row is not paired with itself."""
+    from benchmarks import seeds
+
+    finals = {"autolrs": [1.0, 2.0, 4.0], "autolrs_k3": [1.1, 2.0, 3.0], "cosine": [9.0] * 3}
+    calls: list[dict] = []
+
+    def fake_execute(tasks: dict, out: Path, jobs: int, resume: bool) -> tuple[dict, int, int]:
+        calls.append(tasks)
+        return {key: {"final_loss": finals[task["kind"]][task["seed"]]} for key, task in tasks.items()}, len(tasks), 0
+
+    monkeypatch.setattr(seeds, "execute", fake_execute)
+    argv = ["--workloads", "friedman", "--methods", "autolrs", "autolrs_k3", "--seeds", "0", "1", "2"]
+    assert seeds.main([*argv, "--against", "autolrs", "--out", str(tmp_path)]) == 0
+    (tasks,) = calls
+    assert len(tasks) == 3 * 3  # cosine at the module's LR and the two rows: the reference adds none
+    text = (tmp_path / "seeds.md").read_text()
+    _, rows = _table(text, "| workload | row | final val loss, median [min–max] | AutoLRS() at its defaults")
+    # +10 %, 0 %, -25 % against the same seed's run at the defaults; medians 2 against 2: at or below
+    assert rows == [["friedman", "`autolrs_k3`", "2 [1.1–3]", "2 [1–4]", "yes", "-5.0 %", "+10.0 %", "2/3"]]
+    assert "at or below the same seed's `autolrs` run in 2/3 runs" in text
+
+
 def test_judge_quick(tmp_path: Path) -> None:
     from benchmarks import judge
 
