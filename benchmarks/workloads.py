@@ -2,8 +2,11 @@
 
 A *workload* is a LightningModule + LightningDataModule pair that needs no download (the two bundled demos, MLPs on
 scikit-learn's bundled digits and on its generated regression and classification data, a GRU language model on
-standard-library sources), a step budget, and the LR grid the tuned baselines search. Three of them (:data:`HELD_OUT`)
-were added after ``AutoLRS()``'s defaults were chosen, to test those defaults out of sample. A
+standard-library sources, the bundled char-level Transformer trained in one pass over a larger corpus), a step budget,
+and the LR grid the tuned baselines search. Three of them (:data:`HELD_OUT`) were added after ``AutoLRS()``'s defaults
+were chosen, to test those defaults out of sample, with models no default was measured on; the one-pass Transformer
+(``charlm_stream``, stop 53) came later still, with the char LM's model in another regime: no window seen twice, so
+its validation loss follows its training loss, as in language-model pretraining. A
 *method* says how the learning rate is set: a fixed schedule around a given peak LR (constant, cosine with linear
 warmup, OneCycle), a different optimizer (schedule-free, Prodigy), or the :class:`~lightning_autolrs.AutoLRS` callback.
 
@@ -379,6 +382,68 @@ class GRUTextDataModule(pl.LightningDataModule):
         return DataLoader(self._windows(self.val_data, starts), batch_size=128, shuffle=False)
 
 
+class StreamTextDataModule(pl.LightningDataModule):
+    """One pass over a large byte corpus: the standard library's top-level ``*.py`` sources (Python 3.11's, sorted by
+    name) but for the char LM's and the GRU's files, concatenated and cut at ``max_chars``. The text is cut into
+    ``chunk``-byte pieces; every ``val_every``-th piece validates (so validation and training text come from the same
+    files), the rest trains. Training batches are the training text's non-overlapping windows in a seeded random
+    order, each window once per epoch: a run shorter than an epoch never sees a window twice, as in language-model
+    pretraining, where the validation loss follows the training loss."""
+
+    def __init__(
+        self,
+        block_size: int = 32,
+        batch_size: int = 32,
+        max_chars: int = 4_000_000,
+        chunk: int = 8192,
+        val_every: int = 100,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.block_size, self.batch_size, self.max_chars = block_size, batch_size, max_chars
+        self.chunk, self.val_every, self.seed = chunk, val_every, seed
+        self.train_data: torch.Tensor | None = None
+        self.val_data: torch.Tensor | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_data is not None:
+            return
+        import sysconfig
+        from pathlib import Path
+
+        from lightning_autolrs.demos.charlm import STDLIB_FILES
+
+        root = Path(sysconfig.get_paths()["stdlib"])
+        skip = {Path(rel).name for rel in (*STDLIB_FILES, *GRU_FILES)}
+        paths = sorted(p for p in root.glob("*.py") if p.name not in skip)
+        text = b"\n\n".join(p.read_bytes().replace(b"\r\n", b"\n") for p in paths)[: self.max_chars]
+        pieces = [text[i : i + self.chunk] for i in range(0, len(text), self.chunk)]
+        val = b"".join(x for i, x in enumerate(pieces) if i % self.val_every == self.val_every - 1)
+        train = b"".join(x for i, x in enumerate(pieces) if i % self.val_every != self.val_every - 1)
+        self.train_data = torch.frombuffer(bytearray(train), dtype=torch.uint8).long()
+        self.val_data = torch.frombuffer(bytearray(val), dtype=torch.uint8).long()
+
+    def _windows(self, data: torch.Tensor, starts: torch.Tensor) -> TensorDataset:
+        idx = starts.unsqueeze(1) + torch.arange(self.block_size + 1)
+        chunks = data[idx]
+        return TensorDataset(chunks[:, :-1], chunks[:, 1:])
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        assert self.train_data is not None
+        n = (len(self.train_data) - 1) // self.block_size
+        generator = torch.Generator().manual_seed(self.seed)
+        starts = torch.randperm(n, generator=generator) * self.block_size
+        return DataLoader(self._windows(self.train_data, starts), batch_size=self.batch_size, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        assert self.val_data is not None
+        n = (len(self.val_data) - 1) // self.block_size
+        starts = torch.arange(n) * self.block_size
+        return DataLoader(self._windows(self.val_data, starts), batch_size=128, shuffle=False)
+
+
 def _sequence_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of next-byte logits ``(batch, time, vocab)`` against targets ``(batch, time)``."""
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
@@ -569,6 +634,17 @@ def _build_gru(seed: int, quick: bool) -> tuple[type[pl.LightningModule], dict[s
     return CharGRU, {}, GRUTextDataModule(seed=seed)
 
 
+def _build_charlm_stream(
+    seed: int, quick: bool
+) -> tuple[type[pl.LightningModule], dict[str, Any], pl.LightningDataModule]:
+    from lightning_autolrs.demos import CharTransformerLM
+
+    if quick:
+        data = StreamTextDataModule(block_size=16, batch_size=16, max_chars=60_000, chunk=2048, val_every=10, seed=seed)
+        return CharTransformerLM, dict(_CHARLM_QUICK_MODEL), data
+    return CharTransformerLM, dict(_CHARLM_MODEL), StreamTextDataModule(seed=seed)
+
+
 def _gru_val(dm: Any) -> list[Batch]:
     dm.setup()
     return list(dm.val_dataloader())
@@ -676,6 +752,19 @@ WORKLOADS: dict[str, Workload] = {
             sf_scale=1.0,
             family="adam",
             build=_build_gru,
+            val_batches=_gru_val,
+            loss_sum=_ce_sum,
+        ),
+        Workload(
+            name="charlm_stream",
+            title="char-level Transformer LM trained in one pass (3.9 MB of other stdlib sources, no window "
+            "seen twice; d=64, 2 layers, context 32, AdamW wd 0.01, batch 32, lr 3e-3)",
+            budget=3000,
+            quick_budget=20,
+            lr=3e-3,
+            sf_scale=1.0,
+            family="adam",
+            build=_build_charlm_stream,
             val_batches=_gru_val,
             loss_sum=_ce_sum,
         ),

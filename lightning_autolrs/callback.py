@@ -118,10 +118,11 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
     validation data) forecasts the loss after τ steps; the stage continues from the trial with the best forecast,
     unless the anchor's forecast is within 3 % of it (the stage before the final anneal searches only upwards from its
     anchor, and where the model showed no generalization gap before it, validation loss at or below training loss,
-    takes the highest LR forecast within 2× of the best). τ and τ' double each stage until τ reaches ``tau_max``; the
-    last ``anneal_ratio`` of the budget decays the last LR along ``1 - sqrt(t)`` (with validation data it begins
-    earlier once an exploit phase overfits: validation loss up, training loss down; it then drops the LR to ``min_lr``
-    after one step). A slow collapse of the training loss back to its stage-start level falls back to a smaller LR.
+    with an optimizer that keeps no second-moment estimate, takes the highest LR forecast within 2× of the best). τ and
+    τ' double each stage until τ reaches ``tau_max``; the last ``anneal_ratio`` of the budget decays the last LR along
+    ``1 - sqrt(t)`` (with validation data it begins earlier once an exploit phase overfits: validation loss up,
+    training loss down; it then drops the LR to ``min_lr`` after one step). A slow collapse of the training loss back
+    to its stage-start level falls back to a smaller LR.
     All steps, trials included, are real optimizer steps of the Trainer, so ``max_steps`` / ``max_epochs`` bound the
     whole run; a budget too small for trials of 20 steps gets a warning and, instead of a search, the configured LR
     from the first step, held, then the final anneal's decay over half its usual length.

@@ -21,8 +21,9 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
    stage, or stage 0 after a warmup, as where one stage fits, step 4); a
    forecast within 3 % of the anchor's (after stage 0: and
    within the trials' noise) is a tie, which the anchor wins, except in the stage before the final anneal when the
-   exploit phase before it showed no generalization gap: that stage searches from its anchor up to
-   × :data:`HIGH_PICK_REACH` (of the same base) and exploits the highest LR forecast within
+   exploit phase before it showed no generalization gap and the optimizer keeps no second-moment estimate
+   (``second_moment``: SGD and the like, :meth:`StageController._may_pick_high`): that stage searches from its
+   anchor up to × :data:`HIGH_PICK_REACH` (of the same base) and exploits the highest LR forecast within
    :data:`~lightning_autolrs.search.HIGH_PICK_FACTOR` of the lowest (:mod:`lightning_autolrs.search`).
 4. **Exploit**: the stage trains ``τ`` steps at the chosen LR (from the stage start, or, with ``reuse_best_trial``,
    from the chosen trial's end: ``τ − τ'`` more steps). With ``exploit_warmup`` (the callback derives it for an
@@ -146,7 +147,9 @@ __all__ = ["DIVERGENCE_FLOOR", "MONITORS", "RANGE_SPAN", "STATE_VERSION", "Stage
 #: before its stage 0 began, searches ÷/× 3 there as it would have. A stage's initial design starts at its anchor (stop
 #: 51; the proposer's key ``anchor``): a stage in progress in a state written before goes on with the random start it
 #: began with (unless it restarts, ``restart_stage``, which drops its trials and starts at the anchor), and the next
-#: stage starts at its anchor.
+#: stage starts at its anchor. With an optimizer that keeps a second-moment estimate the stage before the final anneal
+#: never picks high (stop 53; key ``high_pick_sgd_only``): a state written before it, resumed before that stage began,
+#: may still pick high there, as it would have.
 STATE_VERSION = 2
 _REFERENCE_WINDOW = 20
 #: A loss counts as diverged only at or above this share of the fit's first training loss (and above
@@ -273,6 +276,9 @@ class StageController:
             from the stage start instead of reusing a trial (0: none).
         collapse_guard: fall back from a slow collapse in the exploit phase (see the module docstring and
             :class:`~lightning_autolrs.exploit.CollapseGuard`).
+        second_moment: the optimizer keeps a second-moment estimate (Adam and the like): the stage before the final
+            anneal never picks high (:meth:`_may_pick_high`; the callback derives it,
+            :attr:`~lightning_autolrs.settings.Derived.second_moment`).
         proposer: an :class:`LRProposer` to use instead of a new one (for tests).
         forecaster: an :class:`ExponentialForecaster` to use instead of a new one.
 
@@ -314,6 +320,7 @@ class StageController:
         anchor_lr: float | None = None,
         collapse_guard: bool = False,
         exploit_warmup: int = 0,
+        second_moment: bool = False,
         proposer: LRProposer | None = None,
         forecaster: ExponentialForecaster | None = None,
     ) -> None:
@@ -340,6 +347,7 @@ class StageController:
             anchor_lr=anchor_lr,
             collapse_guard=collapse_guard,
             exploit_warmup=exploit_warmup,
+            second_moment=second_moment,
         )
 
     @classmethod
@@ -376,6 +384,7 @@ class StageController:
             warmup_steps=derived.warmup_steps,
             default_warmup_lr=derived.warmup_lr,
             unwarmed_tau=derived.unwarmed_tau,
+            second_moment=derived.second_moment,
         )
         return self
 
@@ -402,6 +411,7 @@ class StageController:
         warmup_steps: int | None = None,
         default_warmup_lr: float | None = None,
         unwarmed_tau: int | None = None,
+        second_moment: bool = False,
     ) -> None:
         warmup = settings.warmup_steps if warmup_steps is None else check_int("warmup_steps", warmup_steps, minimum=0)
         if warmup > 0 and warmup_lr is None:
@@ -489,6 +499,8 @@ class StageController:
         self._warmup_from = 0  # the step the warmup begins at: the range test's end when it ran (it runs first)
         self._warmup_first = False  # a run resumed from a state written when the warmup came before the range test
         self._first_stage_upward = True  # a stage 0 after a warmup may be the last before the anneal (_before_anneal)
+        self.second_moment = second_moment  # the optimizer keeps a second-moment estimate (Derived.second_moment)
+        self._high_pick_sgd_only = True  # with one, no high pick (False: a state written before the rule)
 
     @property
     def anneal_span(self) -> int:
@@ -1138,7 +1150,8 @@ class StageController:
             self.phase = "search"
             anchor = self._anchor()
             self._searched_as_last = self._before_anneal(tau, tau_prime)
-            high = self._searched_as_last and anchor is not None and self._no_generalization_gap()
+            high = self._searched_as_last and anchor is not None and self._may_pick_high()
+            high = high and self._no_generalization_gap()
             bounds = self._stage_bounds(anchor, last=self._searched_as_last, high=high)
             record.lr_range = list(bounds)
             self._pending_level_probe = record.signal == "val_loss"
@@ -1150,6 +1163,16 @@ class StageController:
             record.best_lr = best
             self._ranking = [best]
             self._begin_exploit(best)
+
+    def _may_pick_high(self) -> bool:
+        """Whether the stage before the final anneal may pick high: not with an optimizer that keeps a second-moment
+        estimate (:attr:`second_moment`). The high pick's premise is that what separates a short trial's forecasts
+        there is the noise level each LR holds, which the anneal takes from every LR: the gradient noise of SGD, whose
+        level grows with the LR. An Adam-family optimizer normalises its steps, and where it showed no gap (a char-level
+        Transformer trained in one pass, its validation loss at 0.96-0.99 of its training loss) the high pick took 4-9x
+        the configured LR, whose forecasts lay 13-20 % above the lowest, and ended above cosine at that LR
+        (``benchmarks/HISTORY.md``, stop 53). A state written before this rule keeps picking high."""
+        return not (self.second_moment and self._high_pick_sgd_only)
 
     def _no_generalization_gap(self) -> bool:
         """Whether the latest validation probes of the exploit phase before this stage lie at or below the training
@@ -1617,6 +1640,7 @@ class StageController:
             "exploit_warmup": self.exploit_warmup,
             "warmup_steps": self.warmup_steps,
             "first_stage_upward": self._first_stage_upward,
+            "high_pick_sgd_only": self._high_pick_sgd_only,
             "ramp_start": self._ramp_start,
             **self._anneal.state_dict(),
             **self._overfit.state_dict(),
@@ -1731,6 +1755,8 @@ class StageController:
             self.tau = self._unwarmed_tau
         # a state written before a warmed-up stage 0 could search as the last before the anneal keeps ÷/× 3 there
         self._first_stage_upward = bool(state.get("first_stage_upward", False))
+        # a state written before Adam-family optimizers stopped picking high may still pick high
+        self._high_pick_sgd_only = bool(state.get("high_pick_sgd_only", False))
         if self.warmup_steps > 0 and self.warmup_lr is None:  # a warmup the budget of today would not derive
             self.warmup_lr = self._default_warmup_lr
         self.search.reuse = self.search.options.reuse_best_trial and not self._warmup_stage()

@@ -29,7 +29,8 @@ Rules (``k`` = ``num_trials``, τ the stage's length, τ' its trial length):
   restarts from the stage start with a warmup).
 * **The stage before the final anneal, with no generalization gap** (``start(..., high_pick=True)``: the controller
   passes it when the latest validation probes of the exploit phase before lie at or below the training loss over
-  their steps, :meth:`~lightning_autolrs.exploit.OverfitWatch.latest_levels`): it exploits the highest
+  their steps, :meth:`~lightning_autolrs.exploit.OverfitWatch.latest_levels`, and the optimizer keeps no
+  second-moment estimate): it exploits the highest
   LR among the trials whose forecast is at most :data:`HIGH_PICK_FACTOR` times the lowest (no tie rule). A short
   trial sees at once what a lower LR does to the loss's noise level, and the final anneal removes that noise from
   every LR anyway, while a higher LR has meanwhile made more progress (``benchmarks/results/judge_held_out.md``,

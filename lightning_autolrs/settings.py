@@ -419,6 +419,8 @@ class Derived:
             model, keeps the winning trial's steps, and its exploit phase has no warmup of its own); else 0.
         unwarmed_tau: with such a derived warmup, the τ planned without it (and with :attr:`exploit_warmup` instead),
             which a run begun before this rule resumes with; ``None`` otherwise.
+        second_moment: the optimizer keeps a second-moment estimate (Adam and the like: ``beta2`` given), so the stage
+            before the final anneal never picks high (``StageController``, ``second_moment``).
     """
 
     min_lr: float | None
@@ -437,6 +439,7 @@ class Derived:
     exploit_warmup: int = 0
     warmup_steps: int = 0
     unwarmed_tau: int | None = None
+    second_moment: bool = False
 
     @property
     def start_lr(self) -> float:
@@ -583,7 +586,8 @@ def derive(
         beta2: the optimizer's second-moment decay (``betas[1]`` of its first param group; ``None``: it has none), for
             the warmup of the first stage's exploit phase (:func:`exploit_warmup_steps`; none with ``warmup_steps``),
             or, where only one stage fits (also after that warmup) and neither ``tau`` nor ``warmup_steps`` is given,
-            for a warmup of the same length before the search (:attr:`Derived.warmup_steps`).
+            for a warmup of the same length before the search (:attr:`Derived.warmup_steps`); given, the stage before
+            the final anneal never picks high (:attr:`Derived.second_moment`).
 
     Raises:
         InvalidArgumentError: a given ``tau`` does not fit one search in the budget, or ``warmup_steps`` is not below
@@ -623,6 +627,7 @@ def derive(
             exploit_warmup=0 if warmup else exploit_warmup_steps(beta2, tau),
             warmup_steps=warmup,
             unwarmed_tau=unwarmed,
+            second_moment=beta2 is not None,
         )
 
     if s.tau is not None:

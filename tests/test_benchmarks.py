@@ -193,6 +193,31 @@ def test_held_out_workloads_train_on_data_and_set_ups_the_tuned_workloads_do_not
         assert torch.equal(w.val_batches(w.build(1, False)[2])[0][1], val[0][1])
 
 
+def test_the_one_pass_language_model_sees_no_training_window_twice_within_its_budget() -> None:
+    """``charlm_stream``: an epoch is every non-overlapping window of the training text once, in an order the seed
+    reshuffles, and longer than the run's budget; validation text from the same files, disjoint from training, the
+    same for every seed; the char LM's model."""
+    from benchmarks.workloads import WORKLOADS
+
+    w = WORKLOADS["charlm_stream"]
+    module_cls, kwargs, dm = w.build(0, False)
+    loader = dm.train_dataloader()
+    assert len(loader) >= w.budget  # one pass is longer than the run
+    x, y = loader.dataset.tensors
+    t = dm.block_size
+    n = (len(dm.train_data) - 1) // t
+    windows = dm.train_data[: n * t].view(n, t)
+    assert sorted(bytes(r) for r in x.to(torch.uint8).numpy()) == sorted(
+        bytes(r) for r in windows.to(torch.uint8).numpy()
+    )
+    assert torch.equal(y[:, :-1], x[:, 1:])
+    assert len(dm.val_data) == 32 * 1024 and 3.8e6 < len(dm.train_data) + len(dm.val_data) <= dm.max_chars
+    other = w.build(1, False)[2]
+    assert not torch.equal(other.train_dataloader().dataset.tensors[0][:32], x[:32])
+    assert torch.equal(w.val_batches(other)[0][1], w.val_batches(dm)[0][1])
+    assert module_cls is WORKLOADS["charlm"].build(0, False)[0] and kwargs == WORKLOADS["charlm"].build(0, False)[1]
+
+
 def test_the_wsd_baselines_hold_the_lr_then_decay_over_autolrs_s_anneal_share() -> None:
     """The warmup-stable-decay rows: the quality benchmark's 5 % warmup, the LR held, then a decay to 0 over the share
     of AutoLRS's default final anneal: a half cosine (``wsd``), or AutoLRS's own anneal (``wsd_sqrt``: the shape of an
