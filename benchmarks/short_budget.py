@@ -1,15 +1,17 @@
-"""Short budgets: ``AutoLRS()`` against the schedules one would use instead, where the budget leaves little room.
+"""Other budgets: ``AutoLRS()`` against the schedules one would use instead, at budgets other than the workloads' own
+(short ones, where the budget leaves little room, and long ones, where three stages fit).
 
 Below the budget a search needs (614 steps at the defaults with no range given) ``AutoLRS()`` does not search: it
 warns once and trains a fixed schedule at the module's configured LR; a little above it, it searches in one or two
-stages. This benchmark trains the quality benchmark's
-workloads (:data:`benchmarks.workloads.WORKLOADS`, their modules, data and validation sets) for ``--budgets`` optimizer
-steps each, with ``AutoLRS()`` at its defaults (validation data given to the Trainer, as in the quality benchmark) and
-with three schedules at the configured LR: cosine with a 5 % warmup (the quality benchmark's ``cosine_configured``),
-a constant LR (``constant_configured``) and warmup-stable-decay with AutoLRS's final anneal (``wsd_sqrt_configured``:
-5 % warmup, the LR held, ``1 - sqrt(t)`` over the last 20 %). Issue #12 asks of that schedule: never worse than
-cosine or a constant LR at the module's LR. One row per workload and budget: medians over the seeds, and in how many
-seeds ``AutoLRS()`` ended at or below each baseline (the same seed's run: same data, same initial weights).
+stages, and from 4 150 steps in three (τ, 2τ, 4τ; at the defaults with no range given). This benchmark trains the
+quality benchmark's workloads (:data:`benchmarks.workloads.WORKLOADS`, their modules, data and validation sets) for
+``--budgets`` optimizer steps each, with ``AutoLRS()`` at its defaults (validation data given to the Trainer, as in the
+quality benchmark) and with three schedules at the configured LR: cosine with a 5 % warmup (the quality benchmark's
+``cosine_configured``), a constant LR (``constant_configured``) and warmup-stable-decay with AutoLRS's final anneal
+(``wsd_sqrt_configured``: 5 % warmup, the LR held, ``1 - sqrt(t)`` over the last 20 %). Issue #12 asks of that
+schedule: never worse than cosine or a constant LR at the module's LR. One row per workload and budget: medians over
+the seeds, and in how many seeds ``AutoLRS()`` ended at or below each baseline (the same seed's run: same data, same
+initial weights).
 
 ``python -m benchmarks.short_budget`` runs it with the package it imports (``--kinds`` picks the rows; ``autolrs`` is
 always among them).
@@ -70,7 +72,7 @@ def table(runs: list[dict[str, Any]], kinds: Sequence[str], command: str, starte
     searched = sum(r.get("stages", 0) > 0 for r in runs if r["kind"] == "autolrs")
     total = sum(r["kind"] == "autolrs" for r in runs)
     lines = [
-        "# Short budgets (`python -m benchmarks.short_budget`)",
+        "# Other budgets (`python -m benchmarks.short_budget`)",
         "",
         f"Command: `{command}`",
         "",
