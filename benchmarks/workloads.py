@@ -382,13 +382,14 @@ class GRUTextDataModule(pl.LightningDataModule):
         return DataLoader(self._windows(self.val_data, starts), batch_size=128, shuffle=False)
 
 
-class StreamTextDataModule(pl.LightningDataModule):
+class StreamTextDataModule(GRUTextDataModule):
     """One pass over a large byte corpus: the standard library's top-level ``*.py`` sources (Python 3.11's, sorted by
     name) but for the char LM's and the GRU's files, concatenated and cut at ``max_chars``. The text is cut into
     ``chunk``-byte pieces; every ``val_every``-th piece validates (so validation and training text come from the same
     files), the rest trains. Training batches are the training text's non-overlapping windows in a seeded random
     order, each window once per epoch: a run shorter than an epoch never sees a window twice, as in language-model
-    pretraining, where the validation loss follows the training loss."""
+    pretraining, where the validation loss follows the training loss. Validation: as the GRU's (its windows and
+    loader are :class:`GRUTextDataModule`'s)."""
 
     def __init__(
         self,
@@ -399,11 +400,8 @@ class StreamTextDataModule(pl.LightningDataModule):
         val_every: int = 100,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        self.block_size, self.batch_size, self.max_chars = block_size, batch_size, max_chars
-        self.chunk, self.val_every, self.seed = chunk, val_every, seed
-        self.train_data: torch.Tensor | None = None
-        self.val_data: torch.Tensor | None = None
+        super().__init__(block_size=block_size, batch_size=batch_size, max_chars=max_chars, seed=seed)
+        self.chunk, self.val_every = chunk, val_every
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_data is not None:
@@ -423,11 +421,6 @@ class StreamTextDataModule(pl.LightningDataModule):
         self.train_data = torch.frombuffer(bytearray(train), dtype=torch.uint8).long()
         self.val_data = torch.frombuffer(bytearray(val), dtype=torch.uint8).long()
 
-    def _windows(self, data: torch.Tensor, starts: torch.Tensor) -> TensorDataset:
-        idx = starts.unsqueeze(1) + torch.arange(self.block_size + 1)
-        chunks = data[idx]
-        return TensorDataset(chunks[:, :-1], chunks[:, 1:])
-
     def train_dataloader(self) -> DataLoader:
         self.setup()
         assert self.train_data is not None
@@ -435,13 +428,6 @@ class StreamTextDataModule(pl.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         starts = torch.randperm(n, generator=generator) * self.block_size
         return DataLoader(self._windows(self.train_data, starts), batch_size=self.batch_size, drop_last=True)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        assert self.val_data is not None
-        n = (len(self.val_data) - 1) // self.block_size
-        starts = torch.arange(n) * self.block_size
-        return DataLoader(self._windows(self.val_data, starts), batch_size=128, shuffle=False)
 
 
 def _sequence_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
