@@ -25,8 +25,9 @@ import math
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -320,6 +321,20 @@ class TanhRegressor(_TwoHiddenMLP):
 GRU_FILES: tuple[str, ...] = ("typing.py", "inspect.py", "pathlib.py", "logging/__init__.py")
 
 
+def _join_sources(paths: Sequence[Path], max_chars: int) -> bytes:
+    """The files at ``paths`` in order, line endings normalised to ``\\n``, separated by a blank line, cut at
+    ``max_chars`` bytes (no file after the cut is read)."""
+    sep = b"\n\n"
+    parts: list[bytes] = []
+    joined = -len(sep)  # the length of ``sep.join(parts)``
+    for path in paths:
+        if joined >= max_chars:
+            break
+        parts.append(path.read_bytes().replace(b"\r\n", b"\n"))
+        joined += len(sep) + len(parts[-1])
+    return sep.join(parts)[:max_chars]
+
+
 class GRUTextDataModule(pl.LightningDataModule):
     """Byte-level windows of other standard-library sources (:data:`GRU_FILES`) than the char-level Transformer's:
     the first ``1 - val_fraction`` of the text trains (random windows, seeded by ``seed``), the rest validates
@@ -343,14 +358,13 @@ class GRUTextDataModule(pl.LightningDataModule):
         if self.train_data is not None:
             return
         import sysconfig
-        from pathlib import Path
 
         root = Path(sysconfig.get_paths()["stdlib"])
         paths = [root / rel for rel in GRU_FILES]
         missing = [str(path) for path in paths if not path.is_file()]
         if missing:  # (another corpus would be another workload: no file is skipped)
             raise FileNotFoundError(f"the GRU workload reads {GRU_FILES} of Python 3.11's sources; missing: {missing}")
-        text = b"\n\n".join(path.read_bytes().replace(b"\r\n", b"\n") for path in paths)[: self.max_chars]
+        text = _join_sources(paths, self.max_chars)
         data = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
         n_train = round(len(data) * (1.0 - self.val_fraction))
         self.train_data, self.val_data = data[:n_train].clone(), data[n_train:].clone()
@@ -407,14 +421,13 @@ class StreamTextDataModule(GRUTextDataModule):
         if self.train_data is not None:
             return
         import sysconfig
-        from pathlib import Path
 
         from lightning_autolrs.demos.charlm import STDLIB_FILES
 
         root = Path(sysconfig.get_paths()["stdlib"])
         skip = {Path(rel).name for rel in (*STDLIB_FILES, *GRU_FILES)}
         paths = sorted(p for p in root.glob("*.py") if p.name not in skip)
-        text = b"\n\n".join(p.read_bytes().replace(b"\r\n", b"\n") for p in paths)[: self.max_chars]
+        text = _join_sources(paths, self.max_chars)
         pieces = [text[i : i + self.chunk] for i in range(0, len(text), self.chunk)]
         val = b"".join(x for i, x in enumerate(pieces) if i % self.val_every == self.val_every - 1)
         train = b"".join(x for i, x in enumerate(pieces) if i % self.val_every != self.val_every - 1)
