@@ -1801,6 +1801,18 @@ def test_a_resume_without_the_snapshot_forgets_the_probes_of_discarded_weights()
     assert resumed._overfit.probes == [] and resumed._overfit.base == resumed.step
 
 
+def _drive_flat_probes(c: StageController, train_loss: float, until: int | None = None) -> None:
+    """Validation probes that rise with the LR, flat in time (0.5 + 5 lr: what a larger LR's noise does before the
+    anneal removes it), and a flat training loss, up to step ``until`` (the end of the budget by default)."""
+    end = c.total_steps if until is None else until
+    assert end is not None
+    while c.step < end:
+        plan = c.begin_step()
+        if plan.probe_before:
+            c.record_level(0.5 + 5.0 * plan.lr)
+        c.end_step(train_loss, probe=0.5 + 5.0 * plan.lr if plan.probe else None)
+
+
 EXPLOITED = 0.012687503979773883  # the LR the stage before the last exploits in the test below (probed at 0.5 + 5 lr)
 
 
@@ -1825,15 +1837,7 @@ def test_the_stage_before_the_anneal_picks_high_without_a_generalization_gap(
     judge's pick with a gap or without validation probes (``monitor="train_loss"``, whose flat training losses tie at
     the anchor); earlier stages are the same. The stage's record says when it picked high."""
     c, _, _ = _overfitting_case(monitor=monitor, seed=4)  # (its layout: three stages in 1200 steps, an anchor of 0.05)
-
-    def val(lr: float) -> float:
-        return 0.5 + 5.0 * lr
-
-    while c.step < c.total_steps:
-        plan = c.begin_step()
-        if plan.probe_before:
-            c.record_level(val(plan.lr))
-        c.end_step(train_loss, probe=val(plan.lr) if plan.probe else None)
+    _drive_flat_probes(c, train_loss)
     *earlier, last = c.history
     anchor = last["trials"][0]["lr"]  # the upward-only stage before the anneal: from its anchor to 9x or 3x the
     assert (anchor < 0.05) is (monitor == "val_loss")  # configured LR, below which the stages before moved here
@@ -1852,21 +1856,11 @@ def test_the_stage_before_the_anneal_picks_high_without_a_generalization_gap(
     assert monitor != "val_loss" or earlier[-1]["best_lr"] == EXPLOITED
 
 
-def _drive_flat_probes(c: StageController, train_loss: float, until: int | None = None) -> None:
-    """The probes of the test above (0.5 + 5 lr, flat in time) and a flat training loss, up to step ``until``."""
-    end = c.total_steps if until is None else until
-    assert end is not None
-    while c.step < end:
-        plan = c.begin_step()
-        if plan.probe_before:
-            c.record_level(0.5 + 5.0 * plan.lr)
-        c.end_step(train_loss, probe=0.5 + 5.0 * plan.lr if plan.probe else None)
-
-
 def test_with_a_second_moment_estimate_the_stage_before_the_anneal_never_picks_high() -> None:
-    """The first case above (no generalization gap) with an Adam-family optimizer (``second_moment``): the stage
-    before the anneal searches × 3 above its anchor and the default judge picks, as with a gap; the same run with SGD
-    picks high. Stop 53: on a char-level Transformer trained in one pass the high pick took 4-9x the configured LR."""
+    """The first case of the high-pick test above (no generalization gap) with an Adam-family optimizer
+    (``second_moment``): the stage before the anneal searches × 3 above its anchor and the default judge picks, as with
+    a gap; the same run with SGD picks high. Stop 53: on a char-level Transformer trained in one pass the high pick
+    took 4-9x the configured LR."""
     runs = {}
     for second_moment in (False, True):
         c, _, _ = _overfitting_case(monitor="val_loss", seed=4, second_moment=second_moment)
