@@ -402,7 +402,13 @@ def report_event(
                 f"while the training loss fell {t0:.4g} -> {t1:.4g}); the final anneal begins at step {event.step}"
                 + ("" if back is None else f" from the weights of step {back} (the lowest validation probe)")
                 + f" and holds lr={min(controller.min_lr, event.lr):.4g} from step "
-                f"{event.step + controller.anneal_span} to the end."
+                f"{event.step + controller.anneal_span} to the end"
+                + (
+                    ", probing on: should the validation loss rise again, the last step goes back to the weights of "
+                    "the hold's lowest probe."
+                    if controller.hold_watch
+                    else "."
+                )
             )
     else:
         assert isinstance(event, FallbackEvent)

@@ -730,6 +730,13 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._report_late_loss()
         self._progress_bar.detach()
         self._abandon_search("the run ended")
+        controller = self._controller
+        back = controller.history[-1].get("restored_at_end") if controller is not None and controller.stages else None
+        if back is not None and self._settings.verbose:
+            rank_zero_info(
+                f"AutoLRS: the validation loss rose in the hold after the early anneal; the last step went back to the "
+                f"weights of step {back} (the hold's lowest validation probe)."
+            )
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

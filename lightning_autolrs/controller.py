@@ -45,7 +45,11 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
    each probe lower than the phase's earlier ones has the best-trial snapshot (idle once the exploit phase has begun)
    capture the model after it, and the anneal's first step restores the lowest (the stage's ``rolled_back_to``;
    not when the probe that fired is itself the lowest), so the run does not end on the weights the overfitting left;
-   a NaN/inf in the anneal then goes back to that state.
+   a NaN/inf in the anneal then goes back to that state. The hold after the drop probes on, every τ'/2 steps, and
+   captures the state after each probe lower than the hold's earlier ones; the budget's last step restores the lowest
+   when the latest window of probes lies above it by the watch's own margin (2 % and 2 standard errors; the stage's
+   ``restored_at_end``): at ``min_lr`` the model still fits its training data, slowly, for what may be most of the
+   budget.
 
 Budget rule (``total_steps`` known; the stages share what the final anneal leaves): a stage searches only when the
 ``k·τ'`` search steps plus at least ``τ'`` exploit steps fit in what is left; otherwise it exploits the previous stage's
@@ -462,6 +466,10 @@ class StageController:
         self._pending_rollback = False  # the early anneal's first step restores the best-probed exploit state
         self._best_probe_end: int | None = None  # ... captured after this many steps (None: none held)
         self._rolled_back = False  # the early anneal began from it (a NaN/inf in the anneal goes back there)
+        # the hold after an early anneal probes on (_hold_plan); the step its best-probed state was captured after
+        self._hold_watch = False
+        self._hold_best_end: int | None = None
+        self._hold_rule = True  # an early anneal watches its hold (False: a state written before the rule)
         self._recent_losses: deque[float] = deque(maxlen=_REFERENCE_WINDOW)  # (read through _recent)
         # quiet exploit steps' losses not yet handed to the guard and the reference window (_hand_over): `losses`
         # from index `_held_from`, `_held` of them in a row, handed over at the latest when the last of them is the
@@ -642,7 +650,7 @@ class StageController:
         if (
             0 < i < len(ahead)
             and ahead[i - 1] is self._anneal_plan
-            and not (self._pending_restore or self._pending_rollback)
+            and not (self._pending_restore or self._pending_rollback or self._pending_save_best)
             and self._anneal.generation == self._ahead_generation
             and self.min_lr == self._ahead_min_lr
         ):
@@ -652,10 +660,17 @@ class StageController:
         if restore:
             self._anneal.restart_if_held(self.step)  # (a NaN/inf in the hold after an early anneal's drop)
             self._pending_restore = False
+            if self._hold_watch:  # (the weights its probes saw are gone)
+                self._overfit.reset(self.step)
+                self._hold_best_end, self._pending_save_best = None, False
         if rollback:
             self._pending_rollback, self._rolled_back = False, True
         best = rollback or (restore and self._rolled_back)  # (after a rollback, a NaN/inf goes back to its state)
         lr = self._anneal.lr_at(self.step, self.min_lr)
+        held = None if restore or rollback else self._hold_plan(lr)
+        if held is not None:
+            self._plan = held
+            return held
         plan = self._anneal_plan
         if restore or rollback or plan is None:
             plan = StepPlan(lr, "exploit", restore=restore and not best, restore_best=best)
@@ -671,11 +686,54 @@ class StageController:
         """The plans :meth:`_plan_anneal_step` would make for the steps after this one, from ``plan`` (this step's),
         for up to :data:`_ANNEAL_AHEAD` steps in all: each at its step's LR, the same object while the LR stays."""
         plans, lr_at, min_lr = [plan], self._anneal.lr_at, self.min_lr
-        for step in range(self.step + 1, self.step + _ANNEAL_AHEAD):
+        end = self.step + _ANNEAL_AHEAD
+        if self._hold_watch:  # (up to the hold's next probe or the budget's last step: planned one at a time)
+            end = min(end, self._hold_next(self.step + 1))
+        for step in range(self.step + 1, end):
             lr = lr_at(step, min_lr)
             plans.append(plans[-1] if plans[-1].lr == lr else plans[-1].at_lr(lr))
         self._anneal_ahead, self._ahead_from = plans, self.step
         self._ahead_generation, self._ahead_min_lr = self._anneal.generation, min_lr
+
+    def _hold_plan(self, lr: float) -> StepPlan | None:
+        """The plan of a step of the hold after an early anneal that acts (``None``: a plain anneal step): a probe
+        every τ'/2 steps, the capture of the state after a probe lower than the hold's earlier ones
+        (``save_best``), and at the budget's last step the restore of that state (``restore_best``) when the probes
+        since have risen above it (:meth:`~lightning_autolrs.exploit.OverfitWatch.rose_from_best`; the stage's
+        ``restored_at_end``). Why: at ``min_lr`` the model goes on fitting its training data, slowly, for what may be
+        most of the budget; on the quality benchmark's digits workloads the validation loss rose 2.4-3.2 % over the
+        hold (``benchmarks/HISTORY.md``, stop 54)."""
+        if not self._hold_watch:
+            return None
+        assert self.total_steps is not None
+        save, self._pending_save_best = self._pending_save_best, False
+        if self.step >= self.total_steps - 1:  # (the last step: no capture needed, the state is the one it ends on)
+            self._hold_watch = False
+            if self._hold_best_end is None or save or not self._overfit.rose_from_best():
+                return None
+            self.stages[-1].restored_at_end = self._hold_best_end
+            self._history = None
+            return StepPlan(lr, "exploit", restore_best=True)
+        probe = self._hold_next(self.step) == self.step
+        return StepPlan(lr, "exploit", probe=probe, save_best=save) if probe or save else None
+
+    def _hold_next(self, step: int) -> int:
+        """The first step from ``step`` on that the hold plans one at a time (:meth:`_hold_plan`): one whose end
+        probes (every τ'/2 steps from the watch's first step), or the budget's last step."""
+        assert self.total_steps is not None
+        base, stride = self._overfit.base, self._overfit_stride()
+        first = max(step, base)
+        first += (stride - (first + 1 - base) % stride) % stride
+        return min(first, self.total_steps - 1)
+
+    def _hold_probe(self, probe: float) -> None:
+        """A probe of the hold after an early anneal: the next step captures the state after it when it is the hold's
+        lowest so far."""
+        probes = self._overfit.probes
+        if not probes or probe < min(probes):
+            self._pending_save_best = True
+            self._hold_best_end = self.step
+        self._overfit.add(probe, self.step)
 
     def _keep_quiet_plan(self, plan: StepPlan) -> None:
         """Keep a plan without snapshot actions or probes for the steps that follow (the fast path of
@@ -877,7 +935,12 @@ class StageController:
                 self.search.add_probe(probe)
             return self._record_trial_step(loss, progressed)
         if self._anneal.active:
-            return self._record_anneal_step(loss)
+            events = self._record_anneal_step(loss)
+            if plan.probe:  # (the hold after an early anneal)
+                self.stages[-1].probe_seconds += float(probe_seconds)
+                if self._hold_watch and not self._pending_restore and probe is not None and math.isfinite(probe):
+                    self._hold_probe(float(probe))
+            return events
         events = self._record_exploit_step(loss)
         if plan.probe:
             self.stages[-1].probe_seconds += float(probe_seconds)
@@ -1100,7 +1163,8 @@ class StageController:
         begin the final anneal at once: it drops the LR in use to ``min_lr`` after one step and holds it to the end
         (:class:`~lightning_autolrs.exploit.FinalAnneal`), and no stage follows. With ``reuse_best_trial``, a probe
         below the phase's earlier ones has the next step capture the model into the best-trial snapshot, and the
-        anneal's first step restores the lowest earlier probe's state (the rollback)."""
+        anneal's first step restores the lowest earlier probe's state (the rollback); the watch then starts again on
+        the hold, from its first step at ``min_lr`` (:meth:`_hold_plan`)."""
         probes = self._overfit.probes
         lowest = probe < (min(probes) if probes else math.inf)
         self._overfit.add(probe, self.step)
@@ -1117,6 +1181,9 @@ class StageController:
         record = self.stages[-1]
         record.overfitting = self._overfit.evidence
         record.rolled_back_to = back
+        if self._hold_rule and self.settings.reuse_best_trial:  # the hold's probes, from its first step at min_lr
+            self._hold_watch, self._hold_best_end = True, None
+            self._overfit.reset(self.step + 1)
         assert record.anneal_start is not None and record.anneal_lr is not None
         return [AnnealEvent(self._stage, record.anneal_start, record.anneal_lr, dict(record.overfitting or {}))]
 
@@ -1569,11 +1636,17 @@ class StageController:
         self._best_probe_end = None
 
     @property
+    def hold_watch(self) -> bool:
+        """Whether the hold after an early anneal probes on, for the budget's last step to go back to its best-probed
+        state (:meth:`_hold_plan`)."""
+        return self._hold_watch
+
+    @property
     def holds_best_state(self) -> bool:
         """Whether the best-trial snapshot holds a state a later step may restore outside a search: the best-probed
         state of the exploit phase under way (the early anneal's rollback), due or done (a NaN/inf in the anneal
         goes back to it)."""
-        if self._pending_rollback or self._rolled_back:
+        if self._pending_rollback or self._rolled_back or (self._hold_watch and self._hold_best_end is not None):
             return True
         return self.phase == "exploit" and not self._anneal.active and self._best_probe_end is not None
 
@@ -1581,7 +1654,11 @@ class StageController:
         """The best-trial snapshot lost the best-probed state (a run resumed from a checkpoint that did not carry it):
         no rollback to it (a rollback still due is dropped, with its ``rolled_back_to``), and a NaN/inf in the anneal
         restores the stage snapshot. A capture still due (the checkpoint was written between the lowest probe and the
-        step that captures it) keeps it: the resumed weights are that probed state, which the next step captures."""
+        step that captures it) keeps it: the resumed weights are that probed state, which the next step captures.
+        In the hold after an early anneal the same holds for its best-probed state (no restore at the budget's last
+        step without one)."""
+        if self._hold_watch and not self._pending_save_best:
+            self._hold_best_end = None
         if self._pending_save_best and self.phase == "exploit" and not (self._pending_rollback or self._rolled_back):
             return
         if self._pending_rollback and self.stages:
@@ -1641,6 +1718,9 @@ class StageController:
             "warmup_steps": self.warmup_steps,
             "first_stage_upward": self._first_stage_upward,
             "high_pick_sgd_only": self._high_pick_sgd_only,
+            "hold_rule": self._hold_rule,
+            "hold_watch": self._hold_watch,
+            "hold_best_end": self._hold_best_end,
             "ramp_start": self._ramp_start,
             **self._anneal.state_dict(),
             **self._overfit.state_dict(),
@@ -1671,6 +1751,8 @@ class StageController:
             "pending_restore_best": self._pending_restore_best,
             "pending_rollback": self._pending_rollback,
             "pending_level_probe": self._pending_level_probe,
+            "hold_watch": self._hold_watch,
+            "hold_base": self._overfit.base,
         }
 
     def load_sync_state(self, state: dict[str, Any]) -> None:
@@ -1691,6 +1773,9 @@ class StageController:
         self._pending_restore_best = bool(state["pending_restore_best"])
         self._pending_rollback = bool(state.get("pending_rollback", False))
         self._pending_level_probe = bool(state["pending_level_probe"])
+        if state.get("hold_watch") and not (self._hold_watch and self._overfit.base == state["hold_base"]):
+            self._hold_watch, self._hold_best_end = True, None  # (the early anneal began on rank 0 only)
+            self._overfit.reset(int(state["hold_base"]))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned; keys added in later versions are read with defaults. A
@@ -1757,6 +1842,11 @@ class StageController:
         self._first_stage_upward = bool(state.get("first_stage_upward", False))
         # a state written before Adam-family optimizers stopped picking high may still pick high
         self._high_pick_sgd_only = bool(state.get("high_pick_sgd_only", False))
+        # a state written before the hold after an early anneal was watched holds min_lr to the end, as it began to
+        self._hold_rule = bool(state.get("hold_rule", False))
+        self._hold_watch = bool(state.get("hold_watch", False))
+        end = state.get("hold_best_end")
+        self._hold_best_end = None if end is None else int(end)
         if self.warmup_steps > 0 and self.warmup_lr is None:  # a warmup the budget of today would not derive
             self.warmup_lr = self._default_warmup_lr
         self.search.reuse = self.search.options.reuse_best_trial and not self._warmup_stage()

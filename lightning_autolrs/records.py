@@ -135,6 +135,9 @@ class StageRecord:
             from its anchor up to ``HIGH_PICK_REACH`` (9×) instead of 3× (``lr_range``) and exploits the highest LR
             whose forecast is within ``HIGH_PICK_FACTOR`` (2×) of the lowest (:mod:`lightning_autolrs.search`), not
             the lowest forecast.
+        restored_at_end: set when the budget's last step went back to the best-probed state of the hold after an
+            early anneal (``reuse_best_trial``), the probes since having risen above it: the global step that state
+            had trained to.
     """
 
     OPTIONAL: ClassVar[tuple[str, ...]] = (
@@ -146,6 +149,7 @@ class StageRecord:
         "overfitting",
         "rolled_back_to",
         "high_pick",
+        "restored_at_end",
     )
 
     stage: int
@@ -169,6 +173,7 @@ class StageRecord:
     overfitting: dict[str, list[float]] | None = None
     rolled_back_to: int | None = None
     high_pick: bool = False
+    restored_at_end: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

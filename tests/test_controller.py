@@ -1582,14 +1582,17 @@ def test_the_early_anneal_begins_from_the_exploit_phases_best_probed_state() -> 
     start, back = last["anneal_start"], last["rolled_back_to"]
     plan_at = dict(objects)
     assert plan_at[start].restore_best and not plan_at[start].restore and plan_at[start].phase == "exploit"
-    # the state restored is the one captured at the step after the lowest probe of the last exploit phase
-    ends, probes = c._overfit.ends, c._overfit.probes
-    assert back == ends[probes.index(min(probes[:-1]))] and plan_at[back].save_best
+    # the state restored is the one captured at the step after the lowest probe of the last exploit phase (read
+    # before the probe that fired: the hold after the anneal's drop then probes on, from a new watch)
+    before, train, val = _overfitting_case(reuse_best_trial=True)
+    _drive_val(before, train, val, steps=start - 1)
+    ends, probes = before._overfit.ends, before._overfit.probes
+    assert back == ends[probes.index(min(probes))] and plan_at[back].save_best
     captures = [step for step, plan in objects if plan.save_best and plan.phase == "exploit"]
     exploit_start = last["exploit_start"]
-    assert back in captures and all(exploit_start < step <= back for step in captures if step >= exploit_start)
+    assert back in captures and all(exploit_start < step <= back for step in captures if exploit_start <= step < start)
     assert 300 < back < start and val(back) < val(start)  # (the validation loss rises after step 300)
-    assert not any(p.restore_best for step, p in objects if step > start)  # once
+    assert not any(p.restore_best for step, p in objects if start < step < 1199)  # once (the last step: the hold's)
     # without reuse_best_trial (no second snapshot): the early anneal as before, no capture in an exploit phase
     plain, train, val = _overfitting_case(reuse_best_trial=False)
     plain_objects: list = []
@@ -1723,6 +1726,72 @@ def test_a_restore_in_the_anneal_is_planned_once_even_at_the_lr_of_the_steps_aft
     second = restores[-1]  # an early anneal restarts with one step at its LR, then holds min_lr
     assert plans[second][0] == second_lr
     assert all(plan[:3] == (c.min_lr, "exploit", False) for plan in plans[second + 1 :])
+
+
+def test_the_hold_after_an_early_anneal_ends_on_its_best_probed_state_when_the_probes_rose_since() -> None:
+    """With ``reuse_best_trial`` the hold after an early anneal's drop probes on every τ'/2 steps; the step after a
+    probe lower than the hold's earlier ones captures the model into the best-trial snapshot, and the budget's last
+    step restores it (the stage's ``restored_at_end``) when the latest probes lie above it. The LR stays ``min_lr``.
+    Without the rise (a validation loss that falls again in the hold), the run ends on its own weights; a state written
+    before the rule holds ``min_lr`` to the end without probes, as it began to; the watch round-trips through a
+    checkpoint and through rank 0's decision."""
+    c, train, val = _overfitting_case(reuse_best_trial=True)
+    objects: list = []
+    _drive_val(c, train, val, objects=objects)
+    last = c.history[-1]
+    start = last["anneal_start"]
+    hold = [(step, plan) for step, plan in objects if step > start]
+    probed = [step for step, plan in hold if plan.probe]
+    stride = last["tau_prime"] // 2
+    assert probed and probed[0] == start + stride and all(b - a == stride for a, b in itertools.pairwise(probed))
+    # the validation loss rises through the hold: its first probe is the lowest, captured at the next step ...
+    assert [step for step, plan in hold if plan.save_best] == [probed[0] + 1]
+    # ... and restored at the last step, the only restore after the anneal's first step
+    assert [step for step, plan in hold if plan.restore_best or plan.restore] == [1199]
+    assert last["restored_at_end"] == probed[0] + 1 and set(c.lrs[start + 1 :]) == {1e-3} and len(c.lrs) == 1200
+
+    # a validation loss that falls again in the hold: its latest probe is its lowest, nothing to go back to
+    def val_down(step: int) -> float:
+        return val(step) if step <= start + 1 else val(start + 1) - 1e-4 * (step - start - 1)
+
+    c, train, _ = _overfitting_case(reuse_best_trial=True)
+    objects = []
+    _drive_val(c, train, val_down, objects=objects)
+    assert c.history[-1]["anneal_start"] == start and "restored_at_end" not in c.history[-1]
+    assert not any(plan.restore_best for step, plan in objects if step > start)
+
+    # a state written before the rule (no "hold_rule"), resumed before its early anneal: no probes in the hold
+    a, train, val = _overfitting_case(reuse_best_trial=True)
+    _drive_val(a, train, val, steps=500)
+    state = a.state_dict()
+    for key in ("hold_rule", "hold_watch", "hold_best_end"):
+        del state[key]
+    b, _, _ = _overfitting_case(reuse_best_trial=True)
+    b.load_state_dict(state)
+    objects = []
+    _drive_val(b, train, val, objects=objects)
+    assert b.history[-1]["anneal_start"] == start and "restored_at_end" not in b.history[-1]
+    assert not any(plan.acts for step, plan in objects if step > start)
+
+    # a checkpoint in the hold, between a probe and its capture, resumes to the same end
+    for load in ("state_dict", "sync_state"):
+        a, train, val = _overfitting_case(reuse_best_trial=True)
+        _drive_val(a, train, val, steps=probed[0] + 1)
+        assert a._pending_save_best and a.holds_best_state
+        b, _, _ = _overfitting_case(reuse_best_trial=True)
+        if load == "state_dict":
+            buf = io.BytesIO()
+            torch.save(a.state_dict(), buf)
+            buf.seek(0)
+            b.load_state_dict(torch.load(buf, weights_only=True))
+        else:  # (a rank whose watch did not fire adopts rank 0's anneal, its hold watch included)
+            _drive_val(b, train, val, steps=start - 1)
+            b.load_sync_state(a.sync_state())
+            assert b._hold_watch and b._overfit.base == start + 1
+            continue
+        objects = []
+        _drive_val(b, train, val, objects=objects)
+        assert b.history[-1]["restored_at_end"] == probed[0] + 1 and objects[-1][1].restore_best
 
 
 def test_a_nan_in_the_hold_after_an_early_anneal_begins_it_again_from_the_restored_start() -> None:

@@ -49,6 +49,7 @@ STAGE = StageRecord(
     overfitting={"val_loss": [0.5, 0.55], "train_loss": [0.3, 0.2]},
     rolled_back_to=40,
     high_pick=True,
+    restored_at_end=90,
 )
 RANGE = RangeTestResult(start_step=3, steps=4, lrs=[1e-3, 1e-2], losses=[1.0, None], stopped_early=True, min_lr=1e-4,
                         max_lr=0.1)  # fmt: skip
