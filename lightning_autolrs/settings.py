@@ -239,7 +239,8 @@ class Settings:
         """continue the exploit phase from the end state of the best trial (one more in-memory snapshot) instead of
         re-training its τ' steps from the stage start; saves τ' steps per stage (not in the first stage with an
         Adam-family optimizer, whose exploit phase warms up from the stage start). In an exploit phase the same
-        snapshot keeps the best-probed state, which an early anneal (overfitting) starts from.""",
+        snapshot keeps the best-probed state, which an early anneal (overfitting) starts from, and in the hold after
+        it the state the run's last step goes back to should the validation loss rise again.""",
         _as_bool,
     )
     range_test: bool | None = _setting(

@@ -1016,7 +1016,8 @@ def test_an_overfitting_run_anneals_early_and_ends_lower(lpl, tmp_path, monkeypa
     assert stage["exploit_start"] < back < start
     assert (
         f"the final anneal begins at step {start} from the weights of step {back} (the lowest validation probe) and "
-        f"holds lr={tail[-1]:.4g} from step {start + 1} to the end" in caplog.text
+        f"holds lr={tail[-1]:.4g} from step {start + 1} to the end, probing on: should the validation loss rise "
+        "again, the last step goes back to the weights of the hold's lowest probe." in caplog.text
     )
     from lightning_autolrs.exploit import OverfitWatch
 
@@ -1026,7 +1027,7 @@ def test_an_overfitting_run_anneals_early_and_ends_lower(lpl, tmp_path, monkeypa
     assert val_loss < late_val_loss  # (0.911 against 1.198; decaying over the usual 200 steps: 1.004)
 
 
-def test_the_early_anneal_rolls_back_to_the_best_probed_state_and_resumes_bitwise(lpl, tmp_path) -> None:
+def test_the_early_anneal_rolls_back_to_the_best_probed_state_and_resumes_bitwise(lpl, tmp_path, monkeypatch) -> None:
     """The early anneal of an overfitting run (full-batch, so a resumed run sees the same data) restores the exploit
     phase's best-probed state, kept in the best-trial snapshot: a checkpoint written between that capture and the
     anneal carries the snapshot, and the run resumed from it ends bitwise where the uninterrupted one ends. Without
@@ -1075,6 +1076,22 @@ def test_the_early_anneal_rolls_back_to_the_best_probed_state_and_resumes_bitwis
     # ends below it, the one without a rollback above it (the weights the overfitting left go on rising)
     assert ref_val < stage["overfitting"]["val_loss"][1]
     assert plain_val > plain_cb.history[0]["overfitting"]["val_loss"][1]
+    # the hold after the anneal's drop probed on: the validation loss rose again, and the last step went back to the
+    # state after the hold's lowest probe; a checkpoint written in the hold after that capture carries it, and the run
+    # resumed from it ends bitwise where the uninterrupted one ends
+    kept = stage["restored_at_end"]
+    later = sorted(s for s in steps if kept < s < 1000)
+    ckpt = tmp_path / "a" / "ckpt" / f"step={later[0]}.ckpt"
+    assert start < kept and "autolrs_best_trial_snapshot" in torch.load(ckpt, weights_only=False)
+    cb, model, val = run(tmp_path / "f", ckpt_path=str(ckpt))
+    assert cb.lrs == ref_cb.lrs and without_probe_times(cb.history) == without_probe_times(ref_cb.history)
+    assert val == ref_val and all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
+    # ... and it ends lower than the same run ending on its own weights (the hold's test switched off)
+    from lightning_autolrs.exploit import OverfitWatch
+
+    monkeypatch.setattr(OverfitWatch, "rose_from_best", lambda self: False)
+    own_cb, _, own_val = run(tmp_path / "g")
+    assert "restored_at_end" not in own_cb.history[0] and own_cb.lrs == ref_cb.lrs and ref_val < own_val
 
 
 def test_the_too_small_budget_warning_says_what_the_run_trains_and_why_it_has_no_decay() -> None:
