@@ -243,7 +243,6 @@ def test_the_fits_first_loss_survives_a_checkpoint() -> None:
 def test_losses_of_float_subclasses_are_kept_as_plain_floats() -> None:
     """A caller may hand ``end_step`` a numpy float; the state keeps plain floats on every path (the short path of
     most steps included), so ``torch.load(weights_only=True)`` reads it back."""
-    import io
 
     import numpy as np
 
@@ -252,9 +251,15 @@ def test_losses_of_float_subclasses_are_kept_as_plain_floats() -> None:
         c.begin_step()
         c.end_step(np.float64(1.0 / (1 + 0.05 * i)))
     assert c.phase == "exploit" and {type(x) for x in c.losses} == {float}
-    torch.save(c.state_dict(), buf := io.BytesIO())
+    assert _through_torch(c.state_dict())["losses"] == c.losses
+
+
+def _through_torch(state: dict) -> dict:
+    """``state`` as a checkpoint carries it: saved with ``torch.save`` and read back with ``weights_only=True``."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
     buf.seek(0)
-    assert torch.load(buf, weights_only=True)["losses"] == c.losses
+    return torch.load(buf, weights_only=True)
 
 
 def test_first_proposal_is_deterministic_given_seed() -> None:
@@ -265,10 +270,7 @@ def test_first_proposal_is_deterministic_given_seed() -> None:
 def test_state_dict_round_trip_mid_search_continues_identically() -> None:
     a, sim_a = make(total=600), Quadratic(seed=1)
     sim_a.run(a, 57)  # inside the first stage's search
-    state = a.state_dict()
-    torch.save(state, buf := __import__("io").BytesIO())
-    buf.seek(0)
-    loaded = torch.load(buf, weights_only=True)
+    loaded = _through_torch(a.state_dict())
     b = make(total=600)
     b.load_state_dict(loaded)
     sim_b = copy.deepcopy(sim_a)
@@ -1353,11 +1355,8 @@ def test_state_round_trip_in_the_first_stages_exploit_continues_identically(into
     _run_until(a, sim_a, lambda c: c.stage == 0 and c.phase == "exploit")
     sim_a.run(a, into)
     at = a.step
-    buf = __import__("io").BytesIO()
-    torch.save(a.state_dict(), buf)
-    buf.seek(0)
     b = _warm(total=400, exploit_warmup=0)  # the state carries the run's warmup, whatever derives today
-    b.load_state_dict(torch.load(buf, weights_only=True))
+    b.load_state_dict(_through_torch(a.state_dict()))
     sim_b = copy.deepcopy(sim_a)
     sim_a.run(a, 400 - at)
     sim_b.run(b, 400 - at)
@@ -1606,10 +1605,7 @@ def test_the_early_anneal_begins_from_the_exploit_phases_best_probed_state() -> 
         assert a.step == start and a._pending_rollback
         b, _, _ = _overfitting_case(reuse_best_trial=True)
         if load == "state_dict":
-            buf = io.BytesIO()
-            torch.save(a.state_dict(), buf)
-            buf.seek(0)
-            b.load_state_dict(torch.load(buf, weights_only=True))
+            b.load_state_dict(_through_torch(a.state_dict()))
         else:  # (the other rank has the same state but the decision, as after the event's broadcast)
             _drive_val(b, train, val, steps=start)
             b._pending_rollback = False
@@ -1780,10 +1776,7 @@ def test_the_hold_after_an_early_anneal_ends_on_its_best_probed_state_when_the_p
         assert a._pending_save_best and a.holds_best_state
         b, _, _ = _overfitting_case(reuse_best_trial=True)
         if load == "state_dict":
-            buf = io.BytesIO()
-            torch.save(a.state_dict(), buf)
-            buf.seek(0)
-            b.load_state_dict(torch.load(buf, weights_only=True))
+            b.load_state_dict(_through_torch(a.state_dict()))
         else:  # (a rank whose watch did not fire adopts rank 0's anneal, its hold watch included)
             _drive_val(b, train, val, steps=start - 1)
             b.load_sync_state(a.sync_state())
