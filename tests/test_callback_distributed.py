@@ -68,6 +68,17 @@ def test_nan_on_one_rank_aborts_the_trial_on_all(tmp_path, late) -> None:
     assert all(v == v for p in r0["params"] for v in p)  # finite (no NaN) weights on both ranks
 
 
+def test_ranks_agree_through_an_early_anneal_and_the_restore_at_its_holds_end(tmp_path) -> None:
+    """``AutoLRS()`` at its defaults on a model that overfits: the final anneal begins early, from the exploit phase's
+    best-probed state; the hold after it probes on (each probe rides in its step's all-reduce) and the budget's last
+    step goes back to the hold's best-probed state, on both ranks alike."""
+    r0, r1 = launch(tmp_path, "ddp", "overfit")
+    (stage,) = r0["history"]
+    assert stage["overfitting"] and stage["rolled_back_to"] < stage["anneal_start"] < stage["restored_at_end"] < 1000
+    assert r0["global_step"] == 1000 and r0["lrs"] == r1["lrs"] and r0["params"] == r1["params"]
+    assert without_probe_times(r0["history"]) == without_probe_times(r1["history"])
+
+
 def test_ranks_agree_on_the_range_test(tmp_path) -> None:
     r0, r1 = launch(tmp_path, "ddp", "range")
     assert r0["range_test"] is not None and r0["range_test"] == r1["range_test"]

@@ -1,9 +1,10 @@
 """Run a short AutoLRS fit on 2 CPU processes (gloo) and dump each rank's view of the schedule as JSON.
 
-Usage: python tests/scripts/ddp_fit.py STRATEGY OUT_DIR [NAN_RANK NAN_STEP | range | count]
+Usage: python tests/scripts/ddp_fit.py STRATEGY OUT_DIR [NAN_RANK NAN_STEP | range | count | overfit]
 (``range``: no min_lr/max_lr, so the LR range test runs first; ``count``: with validation data, so trials are judged
 on validation probes, and every ``torch.distributed`` call made inside AutoLRS's per-step hooks is recorded per step,
-with the pickled size of what a broadcast sends)
+with the pickled size of what a broadcast sends; ``overfit``: ``AutoLRS()`` at its defaults on a model that overfits,
+whose final anneal begins early)
 Used by tests/test_callback_distributed.py (a DDP launch re-runs this script per rank, so it cannot run inside pytest).
 """
 
@@ -58,6 +59,36 @@ class WithValidation(Regressor):
         g = torch.Generator().manual_seed(1)
         x = torch.randn(128, 8, generator=g)
         return DataLoader(TensorDataset(x, torch.tanh(x.sum(dim=1, keepdim=True))), batch_size=32)
+
+
+class Memorizer(lpl.LightningModule):
+    """Few training samples, a wide net and noisy targets (``overfit``): the exploit phase overfits, the final anneal
+    begins early, and the hold after it probes on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(320, 8, generator=g)
+        y = x[:, :1] + 0.8 * torch.randn(320, 1, generator=g)
+        self.train_set, self.val_set = TensorDataset(x[:64], y[:64]), TensorDataset(x[64:], y[64:])
+        self.net = nn.Sequential(nn.Linear(8, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=4)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_set, batch_size=32)
 
 
 _COLLECTIVES = ("all_reduce", "broadcast", "broadcast_object_list", "all_gather", "all_gather_object", "barrier")
@@ -144,10 +175,13 @@ def main() -> None:
     nan_rank, nan_step = (int(extra[0]), int(extra[1])) if len(extra) > 1 else (-1, -1)
     range_test = extra == ["range"]
     count = extra == ["count"]
+    overfit = extra == ["overfit"]
     torch.set_num_threads(1)
     lpl.seed_everything(0)
     args = dict(num_trials=3, tau=20, tau_max=40, search_ratio=0.25, seed=0, verbose=False)
-    if range_test:
+    if overfit:  # the defaults, as a user's run
+        cb = AutoLRS(verbose=False)
+    elif range_test:
         cb = AutoLRS(range_test_steps=20, **args)
     else:
         cb = AutoLRS(min_lr=1e-3, max_lr=0.5, **args)
@@ -156,7 +190,7 @@ def main() -> None:
         accelerator="cpu",
         devices=2,
         strategy=strategy,
-        max_steps=90 if range_test else 70,
+        max_steps=1000 if overfit else 90 if range_test else 70,
         callbacks=[cb, Dump(out, counter)] + ([counter] if counter else []),
         logger=False,
         enable_checkpointing=False,
@@ -164,8 +198,9 @@ def main() -> None:
         enable_model_summary=False,
         # count: validation data, so trials are judged on probes (whose values join the step's all-reduce)
         **({"limit_val_batches": 4, "num_sanity_val_steps": 0} if count else {}),
+        **({"check_val_every_n_epoch": 100000, "num_sanity_val_steps": 0} if overfit else {}),
     )
-    trainer.fit(WithValidation() if count else Regressor(nan_rank, nan_step))
+    trainer.fit(Memorizer() if overfit else WithValidation() if count else Regressor(nan_rank, nan_step))
 
 
 if __name__ == "__main__":
