@@ -49,7 +49,7 @@ The schedule, step by step (``k`` = ``num_trials``, ``τ`` = stage length, ``τ'
    captures the state after each probe lower than the hold's earlier ones; the budget's last step restores the lowest
    when the latest window of probes lies above it by the watch's own margin (2 % and 2 standard errors; the stage's
    ``restored_at_end``): at ``min_lr`` the model still fits its training data, slowly, for what may be most of the
-   budget.
+   budget. Once the hold has captured a state, a NaN/inf there goes back to that state and holds ``min_lr``.
 
 Budget rule (``total_steps`` known; the stages share what the final anneal leaves): a stage searches only when the
 ``k·τ'`` search steps plus at least ``τ'`` exploit steps fit in what is left; otherwise it exploits the previous stage's
@@ -657,20 +657,24 @@ class StageController:
             planned = self._anneal_plan = self._plan = ahead[i]
             return planned
         restore, rollback = self._pending_restore, self._pending_rollback
+        # a NaN/inf in the hold after the hold captured a state goes back to that state, at min_lr: no restart
+        held = restore and self._hold_watch and self._hold_best_end is not None
         if restore:
-            self._anneal.restart_if_held(self.step)  # (a NaN/inf in the hold after an early anneal's drop)
+            if not held:
+                self._anneal.restart_if_held(self.step)  # (a NaN/inf in the hold after an early anneal's drop)
             self._pending_restore = False
-            if self._hold_watch:  # (the weights its probes saw are gone)
+            if self._hold_watch:  # (the weights its probes saw are gone; the next probe's state is captured anew)
                 self._overfit.reset(self.step)
-                self._hold_best_end, self._pending_save_best = None, False
+                self._pending_save_best = False
         if rollback:
             self._pending_rollback, self._rolled_back = False, True
-        best = rollback or (restore and self._rolled_back)  # (after a rollback, a NaN/inf goes back to its state)
+        # (after a rollback, a NaN/inf goes back to its state; after a capture in the hold, to the hold's)
+        best = rollback or (restore and (self._rolled_back or held))
         lr = self._anneal.lr_at(self.step, self.min_lr)
-        held = None if restore or rollback else self._hold_plan(lr)
-        if held is not None:
-            self._plan = held
-            return held
+        acting = None if restore or rollback else self._hold_plan(lr)
+        if acting is not None:
+            self._plan = acting
+            return acting
         plan = self._anneal_plan
         if restore or rollback or plan is None:
             plan = StepPlan(lr, "exploit", restore=restore and not best, restore_best=best)
@@ -1127,6 +1131,8 @@ class StageController:
         if loss is None or math.isfinite(loss) or not self.stages or self._pending_restore:
             return []  # (a restore already due: the step trained weights that are thrown away)
         failed = self._anneal.fail(self.min_lr)
+        if self.stages[-1].restored_at_end is not None:  # (a late NaN/inf of the step before: the restore is undone)
+            self.stages[-1].restored_at_end = None
         fallback = FallbackRecord(step=step, failed_lr=failed, new_lr=self._anneal.lr)
         self.stages[-1].fallbacks.append(fallback)
         self._pending_restore = True
@@ -1847,6 +1853,8 @@ class StageController:
         self._hold_watch = bool(state.get("hold_watch", False))
         end = state.get("hold_best_end")
         self._hold_best_end = None if end is None else int(end)
+        if self._hold_watch and not self.settings.reuse_best_trial:  # (resumed without the best-trial snapshot)
+            self._hold_watch, self._hold_best_end, self._pending_save_best = False, None, False
         if self.warmup_steps > 0 and self.warmup_lr is None:  # a warmup the budget of today would not derive
             self.warmup_lr = self._default_warmup_lr
         self.search.reuse = self.search.options.reuse_best_trial and not self._warmup_stage()

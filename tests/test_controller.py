@@ -1787,6 +1787,44 @@ def test_the_hold_after_an_early_anneal_ends_on_its_best_probed_state_when_the_p
         assert b.history[-1]["restored_at_end"] == probed[0] + 1 and objects[-1][1].restore_best
 
 
+def test_a_nan_in_the_hold_after_its_capture_goes_back_to_it_and_undoes_the_restore_at_the_end() -> None:
+    """Once the hold after an early anneal has captured its best-probed state, a NaN/inf there goes back to that state
+    and holds ``min_lr`` (before the capture, to the rolled-back state, the anneal beginning again from it at a tenth
+    of the LR, as before). A NaN/inf read late, after the last step planned the hold's restore, undoes that restore's
+    record (the run ends on the stage snapshot, as a NaN/inf at the end did before). A run resumed without
+    ``reuse_best_trial`` stops watching the hold."""
+    c, train, val = _overfitting_case(reuse_best_trial=True)
+    _drive_val(c, train, val)
+    start = c.history[-1]["anneal_start"]
+    captured = c.history[-1]["restored_at_end"]
+    for at, again in ((captured + 10, False), (start + 5, True)):  # after the hold's capture; before it
+        c, train, val = _overfitting_case(reuse_best_trial=True)
+        _drive_val(c, train, val, steps=at)
+        c.begin_step()
+        c.end_step(math.nan)
+        plan = c.begin_step()
+        assert plan.restore_best and not plan.restore
+        assert (plan.lr > 1e-3) == again  # (the anneal begins again from the restored state, at a tenth of its LR)
+
+    def nan_late(step: int) -> float:
+        return math.nan if step == 1198 else train(step)
+
+    c, train, val = _overfitting_case(reuse_best_trial=True)
+    plans: list[tuple] = []
+    _drive_val(c, nan_late, val, plans=plans)  # (anneal losses are read one step late where the controller allows)
+    assert plans[1199][6] and c.history[-1]["fallbacks"][-1]["step"] == 1198  # (StepPlan.restore_best)
+    assert "restored_at_end" not in c.history[-1] and c.committed_on_stop()[0] == "stage"
+
+    a, train, val = _overfitting_case(reuse_best_trial=True)
+    _drive_val(a, train, val, steps=captured)  # (between the hold's first probe and its capture)
+    assert a._pending_save_best and a._hold_watch
+    b, _, _ = _overfitting_case(reuse_best_trial=False)
+    b.load_state_dict(a.state_dict())
+    objects: list = []
+    _drive_val(b, train, val, objects=objects)
+    assert not any(plan.acts for step, plan in objects) and "restored_at_end" not in b.history[-1]
+
+
 def test_a_nan_in_the_hold_after_an_early_anneal_begins_it_again_from_the_restored_start() -> None:
     c, train, val = _overfitting_case()
     _drive_val(c, train, val)
