@@ -255,3 +255,13 @@ def clone_gen(gen: torch.Generator) -> torch.Generator:
     out = torch.Generator()
     out.set_state(gen.get_state())
     return out
+
+
+def memorizer_parts() -> tuple[TensorDataset, TensorDataset, nn.Module]:
+    """Few noisy training samples (64 of 320) and a wide net: a model that fits the noise, whose validation loss
+    turns up (the early anneal's tests, in one process and under DDP). The net draws from the global RNG."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(320, 8, generator=g)
+    y = x[:, :1] + 0.8 * torch.randn(320, 1, generator=g)
+    net = nn.Sequential(nn.Linear(8, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1))
+    return TensorDataset(x[:64], y[:64]), TensorDataset(x[64:], y[64:]), net

@@ -16,7 +16,7 @@ from lightning_autolrs import AutoLRS, AutoLRSWarning
 from lightning_autolrs.exceptions import InvalidArgumentError, InvalidArgumentTypeError, UnsupportedSetupError
 from lightning_autolrs.settings import Settings, derive, exploit_warmup_steps, plan_tau
 
-from .helpers import autolrs, make_module_class, regression_data, trainer_kwargs, without_probe_times
+from .helpers import autolrs, make_module_class, memorizer_parts, regression_data, trainer_kwargs, without_probe_times
 
 
 def fit(pl, tmp_path, cb: AutoLRS, max_steps: int = 120, module_kw: dict | None = None, **trainer_kw: Any):
@@ -958,16 +958,12 @@ def _memorizer(pl, full_batch: bool = False) -> Any:
     """Few noisy training samples, a wide net and Adam: the net fits the noise, and the validation loss turns up.
     ``full_batch``: every step sees the 64 training samples in one batch, in order (a resumed run sees the same)."""
     from torch import nn
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import DataLoader
 
     class Memorizer(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            g = torch.Generator().manual_seed(0)
-            x = torch.randn(320, 8, generator=g)
-            y = x[:, :1] + 0.8 * torch.randn(320, 1, generator=g)
-            self.train_set, self.val_set = TensorDataset(x[:64], y[:64]), TensorDataset(x[64:], y[64:])
-            self.net = nn.Sequential(nn.Linear(8, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1))
+            self.train_set, self.val_set, self.net = memorizer_parts()
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             x, y = batch

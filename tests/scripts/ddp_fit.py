@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_autolrs import AutoLRS
+from tests.helpers import memorizer_parts  # (the ranks run with this checkout on PYTHONPATH)
 
 
 class Regressor(lpl.LightningModule):
@@ -67,11 +68,7 @@ class Memorizer(lpl.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(320, 8, generator=g)
-        y = x[:, :1] + 0.8 * torch.randn(320, 1, generator=g)
-        self.train_set, self.val_set = TensorDataset(x[:64], y[:64]), TensorDataset(x[64:], y[64:])
-        self.net = nn.Sequential(nn.Linear(8, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1))
+        self.train_set, self.val_set, self.net = memorizer_parts()
 
     def training_step(self, batch, batch_idx):
         x, y = batch
