@@ -731,7 +731,7 @@ class AutoLRS(*callback_bases()):  # type: ignore[misc]
         self._progress_bar.detach()
         self._abandon_search("the run ended")
         controller = self._controller
-        back = controller.history[-1].get("restored_at_end") if controller is not None and controller.stages else None
+        back = controller.stages[-1].restored_at_end if controller is not None and controller.stages else None
         if back is not None and self._settings.verbose:
             rank_zero_info(
                 f"AutoLRS: the validation loss rose in the hold after the early anneal; the last step went back to the "
